@@ -7,6 +7,7 @@
  * replace the slow paths of the wasm backend without changing any model code.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { registerAllGradients } from './tfjs-gradients.ts';
 
 export type BackendName = 'tensorflow' | 'wasm' | 'cpu';
 
@@ -55,6 +56,7 @@ function parseForced(value: string | undefined): BackendName | undefined {
 }
 
 async function select(forcedName: string | undefined, log: (line: string) => void): Promise<BackendInfo> {
+  registerAllGradients();
   const forced = parseForced(forcedName);
   const skipped: { name: BackendName; reason: string }[] = [];
   for (const name of forced ? [forced] : ORDER) {

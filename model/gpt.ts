@@ -1,0 +1,392 @@
+/**
+ * The GPT: a decoder-only transformer (pre-LayerNorm, causal self-attention, GELU MLP) with a
+ * language-model head tied to the token embedding, a value head (PPO) and a scalar head (the
+ * reward model). The whole model lives in this one file, nanoGPT-style.
+ *
+ * Deviations from nanoGPT, each for the tfjs wasm backend:
+ *  1. Activations stay rank-2 `[B*T, C]` between blocks so every linear layer is a rank-2
+ *     matMul (the backend's fast path); attention alone reshapes to `[B, H, T, hs]`.
+ *  2. The token embedding's gradient is a scatter-add done in JS inside a custom gradient,
+ *     because the wasm backend has no kernel for the gradient of `gather`.
+ *  3. No dropout (the models are small and trained for few epochs).
+ *  4. Decoding keeps one KV cache per sequence (`[H, t, hs]` per layer) so sequences of
+ *     different lengths decode together: caches are padded to the longest and masked.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { z } from 'zod';
+
+export const GPTConfigSchema = z
+  .object({
+    nLayer: z.number().int().positive().describe('transformer blocks'),
+    nHead: z.number().int().positive().describe('attention heads per block'),
+    nEmbd: z.number().int().positive().describe('embedding width'),
+    blockSize: z.number().int().positive().describe('context length in tokens'),
+    vocabSize: z.number().int().positive().describe('tokenizer vocabulary size'),
+  })
+  .strict()
+  .refine((c) => c.nEmbd % c.nHead === 0, { message: 'nEmbd must be divisible by nHead' });
+
+export type GPTConfig = Readonly<z.infer<typeof GPTConfigSchema>>;
+
+/** Which heads sit on the trunk: a policy has LM + value heads, a reward model a scalar head. */
+export type ModelKind = 'policy' | 'reward';
+
+/** Per-sequence decoding state: for each layer, keys and values `[H, t, hs]`. */
+export interface KVCache {
+  k: tf.Tensor3D[];
+  v: tf.Tensor3D[];
+  /** Tokens already in the cache (the position of the next token). */
+  length: number;
+}
+
+const LN_EPS = 1e-5;
+
+/** Parameter names and shapes, in a fixed order (the checkpoint's order). */
+export function parameterShapes(cfg: GPTConfig, kind: ModelKind): [string, number[]][] {
+  const C = cfg.nEmbd;
+  const shapes: [string, number[]][] = [
+    ['wte', [cfg.vocabSize, C]],
+    ['wpe', [cfg.blockSize, C]],
+  ];
+  for (let l = 0; l < cfg.nLayer; l++) {
+    const p = `h.${l}.`;
+    shapes.push(
+      [p + 'ln1.g', [C]], [p + 'ln1.b', [C]],
+      [p + 'attn.wqkv', [C, 3 * C]], [p + 'attn.bqkv', [3 * C]],
+      [p + 'attn.wo', [C, C]], [p + 'attn.bo', [C]],
+      [p + 'ln2.g', [C]], [p + 'ln2.b', [C]],
+      [p + 'mlp.wfc', [C, 4 * C]], [p + 'mlp.bfc', [4 * C]],
+      [p + 'mlp.wproj', [4 * C, C]], [p + 'mlp.bproj', [C]],
+    );
+  }
+  shapes.push(['lnf.g', [C]], ['lnf.b', [C]]);
+  if (kind === 'policy') shapes.push(['value.w', [C, 1]], ['value.b', [1]]);
+  else shapes.push(['score.w', [C, 1]], ['score.b', [1]]);
+  return shapes;
+}
+
+function initTensor(name: string, shape: number[], cfg: GPTConfig, seed: number): tf.Tensor {
+  const leaf = name.slice(name.lastIndexOf('.') + 1);
+  if (leaf === 'g') return tf.ones(shape);
+  if (leaf.startsWith('b') || name.startsWith('value.') || name.startsWith('score.')) return tf.zeros(shape);
+  // GPT-2: N(0, 0.02), residual projections scaled by 1/sqrt(2 nLayer).
+  const std = leaf === 'wo' || leaf === 'wproj' ? 0.02 / Math.sqrt(2 * cfg.nLayer) : 0.02;
+  return tf.randomNormal(shape, 0, std, 'float32', seed);
+}
+
+/**
+ * A GPT whose parameters are tfjs variables.
+ *
+ * @example
+ *   const gpt = GPT.create({ nLayer: 2, nHead: 2, nEmbd: 32, blockSize: 64, vocabSize: 300 }, 'policy');
+ *   const logits = tf.tidy(() => gpt.forward(tf.tensor2d([[1, 2, 3]], [1, 3], 'int32')));  // [1, 3, V]
+ */
+export class GPT {
+  private constructor(
+    readonly config: GPTConfig,
+    readonly kind: ModelKind,
+    /** Parameters by name, in checkpoint order. */
+    readonly params: ReadonlyMap<string, tf.Variable>,
+  ) {}
+
+  static create(config: GPTConfig, kind: ModelKind, seed = 1337): GPT {
+    const cfg = Object.freeze(GPTConfigSchema.parse(config));
+    const params = new Map<string, tf.Variable>();
+    parameterShapes(cfg, kind).forEach(([name, shape], i) => {
+      const init = initTensor(name, shape, cfg, seed * 1000 + i);
+      params.set(name, tf.variable(init, true, `${name}#${nextId++}`));
+      init.dispose();
+    });
+    return new GPT(cfg, kind, params);
+  }
+
+  /** Builds a model from named arrays (a checkpoint), checking every name and shape. */
+  static fromWeights(config: GPTConfig, kind: ModelKind, weights: ReadonlyMap<string, Float32Array>): GPT {
+    const cfg = Object.freeze(GPTConfigSchema.parse(config));
+    const params = new Map<string, tf.Variable>();
+    for (const [name, shape] of parameterShapes(cfg, kind)) {
+      const data = weights.get(name);
+      const size = shape.reduce((a, b) => a * b, 1);
+      if (!data || data.length !== size) {
+        params.forEach((p) => p.dispose());
+        throw new Error(`weights: "${name}" ${data ? `has ${data.length} values, expected ${size}` : 'is missing'}`);
+      }
+      params.set(name, tf.variable(tf.tensor(data, shape, 'float32'), true, `${name}#${nextId++}`));
+    }
+    return new GPT(cfg, kind, params);
+  }
+
+  /** A deep copy (e.g. the frozen reference policy, or a trunk for the reward model). */
+  clone(kind: ModelKind = this.kind, trainable = true): GPT {
+    const params = new Map<string, tf.Variable>();
+    const fresh = kind === this.kind ? undefined : GPT.create(this.config, kind);
+    for (const [name] of parameterShapes(this.config, kind)) {
+      const src = this.params.get(name) ?? fresh!.params.get(name)!;
+      params.set(name, tf.variable(src.clone(), trainable, `${name}#${nextId++}`));
+    }
+    fresh?.dispose();
+    return new GPT(this.config, kind, params);
+  }
+
+  /** Copies the values of `other`'s parameters into this model's (same config and kind). */
+  assign(other: GPT): void {
+    for (const [name, p] of this.params) p.assign(other.params.get(name)!);
+  }
+
+  get numParams(): number {
+    let n = 0;
+    for (const p of this.params.values()) n += p.size;
+    return n;
+  }
+
+  /** Trainable variables: everything except the head this loss does not use. */
+  trainableVariables(): tf.Variable[] {
+    return [...this.params.values()];
+  }
+
+  /** Named Float32Arrays of every parameter (for checkpoints). */
+  async exportWeights(): Promise<Map<string, { data: Float32Array; shape: number[] }>> {
+    const out = new Map<string, { data: Float32Array; shape: number[] }>();
+    for (const [name, p] of this.params) out.set(name, { data: (await p.data()) as Float32Array, shape: p.shape });
+    return out;
+  }
+
+  dispose(): void {
+    for (const p of this.params.values()) p.dispose();
+  }
+
+  private p(name: string): tf.Variable {
+    const v = this.params.get(name);
+    if (!v) throw new Error(`GPT(${this.kind}) has no parameter "${name}"`);
+    return v;
+  }
+
+  // ---------------------------------------------------------------- full forward pass
+
+  /**
+   * Final hidden states after the last LayerNorm: `[B*T, C]` for ids `[B, T]` (int32).
+   * Rows are in (b, t) order.
+   */
+  hidden(idx: tf.Tensor2D): tf.Tensor2D {
+    const [B, T] = idx.shape;
+    const { nLayer, nHead, nEmbd: C, blockSize } = this.config;
+    if (T > blockSize) throw new Error(`sequence of ${T} tokens exceeds blockSize ${blockSize}`);
+    const hs = C / nHead;
+    const tok = embed(this.p('wte'), tf.reshape(idx, [B * T]) as tf.Tensor1D); // [B*T, C]
+    const pos = tf.tile(tf.slice(this.p('wpe'), [0, 0], [T, C]), [B, 1]); // [B*T, C]
+    let x = tf.add(tok, pos) as tf.Tensor2D; // [B*T, C]
+    const mask = causalMask(T); // [T, T], 0 or -1e9
+    for (let l = 0; l < nLayer; l++) {
+      const h = `h.${l}.`;
+      const a = layerNorm(x, this.p(h + 'ln1.g'), this.p(h + 'ln1.b'));
+      const qkv = linear(a, this.p(h + 'attn.wqkv'), this.p(h + 'attn.bqkv')); // [B*T, 3C]
+      const heads = (t: tf.Tensor2D) => tf.transpose(tf.reshape(t, [B, T, nHead, hs]), [0, 2, 1, 3]); // [B, H, T, hs]
+      const [q, k, v] = tf.split(qkv, 3, 1) as [tf.Tensor2D, tf.Tensor2D, tf.Tensor2D];
+      const att = tf.add(tf.mul(tf.matMul(heads(q), heads(k), false, true), 1 / Math.sqrt(hs)), mask); // [B, H, T, T]
+      const y = tf.matMul(tf.softmax(att), heads(v)); // [B, H, T, hs]
+      const merged = tf.reshape(tf.transpose(y, [0, 2, 1, 3]), [B * T, C]) as tf.Tensor2D; // [B*T, C]
+      x = tf.add(x, linear(merged, this.p(h + 'attn.wo'), this.p(h + 'attn.bo')));
+      const m = layerNorm(x, this.p(h + 'ln2.g'), this.p(h + 'ln2.b'));
+      const fc = gelu(linear(m, this.p(h + 'mlp.wfc'), this.p(h + 'mlp.bfc'))); // [B*T, 4C]
+      x = tf.add(x, linear(fc, this.p(h + 'mlp.wproj'), this.p(h + 'mlp.bproj')));
+    }
+    return layerNorm(x, this.p('lnf.g'), this.p('lnf.b'));
+  }
+
+  /** Language-model logits `[N, V]` of hidden states `[N, C]` (head tied to `wte`). */
+  lmLogits(h: tf.Tensor2D): tf.Tensor2D {
+    return tf.matMul(h, this.p('wte'), false, true); // [N, V]
+  }
+
+  /** Value-head estimates `[N]` (policy only). */
+  values(h: tf.Tensor2D): tf.Tensor1D {
+    return tf.reshape(linear(h, this.p('value.w'), this.p('value.b')), [-1]) as tf.Tensor1D;
+  }
+
+  /** Scalar-head scores `[N]` (reward model only). */
+  scores(h: tf.Tensor2D): tf.Tensor1D {
+    return tf.reshape(linear(h, this.p('score.w'), this.p('score.b')), [-1]) as tf.Tensor1D;
+  }
+
+  /** Logits `[B, T, V]` for ids `[B, T]`. */
+  forward(idx: tf.Tensor2D): tf.Tensor3D {
+    const [B, T] = idx.shape;
+    return tf.reshape(this.lmLogits(this.hidden(idx)), [B, T, this.config.vocabSize]);
+  }
+
+  // ---------------------------------------------------------------- incremental decoding
+
+  /** Runs a prompt through the model; returns its cache and the logits of its last token `[V]`. */
+  prefill(ids: readonly number[]): { cache: KVCache; logits: Float32Array } {
+    const T = ids.length;
+    if (T === 0) throw new Error('prefill needs at least one token');
+    const { nLayer, nHead, nEmbd: C, blockSize } = this.config;
+    if (T > blockSize) throw new Error(`prompt of ${T} tokens exceeds blockSize ${blockSize}`);
+    const hs = C / nHead;
+    const cache: KVCache = { k: [], v: [], length: T };
+    const logits = tf.tidy(() => {
+      const idx = tf.tensor1d(ids as number[], 'int32');
+      let x = tf.add(tf.gather(this.p('wte'), idx), tf.slice(this.p('wpe'), [0, 0], [T, C])) as tf.Tensor2D; // [T, C]
+      const mask = causalMask(T);
+      for (let l = 0; l < nLayer; l++) {
+        const h = `h.${l}.`;
+        const a = layerNorm(x, this.p(h + 'ln1.g'), this.p(h + 'ln1.b'));
+        const qkv = linear(a, this.p(h + 'attn.wqkv'), this.p(h + 'attn.bqkv')); // [T, 3C]
+        const heads = (t: tf.Tensor2D) => tf.transpose(tf.reshape(t, [T, nHead, hs]), [1, 0, 2]) as tf.Tensor3D; // [H, T, hs]
+        const [q, k, v] = (tf.split(qkv, 3, 1) as tf.Tensor2D[]).map(heads) as [tf.Tensor3D, tf.Tensor3D, tf.Tensor3D];
+        cache.k.push(tf.keep(k));
+        cache.v.push(tf.keep(v));
+        const att = tf.add(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(hs)), mask); // [H, T, T]
+        const y = tf.reshape(tf.transpose(tf.matMul(tf.softmax(att), v), [1, 0, 2]), [T, C]) as tf.Tensor2D; // [T, C]
+        x = tf.add(x, linear(y, this.p(h + 'attn.wo'), this.p(h + 'attn.bo')));
+        x = tf.add(x, this.mlp(h, x));
+      }
+      const last = tf.slice(x, [T - 1, 0], [1, C]) as tf.Tensor2D;
+      return tf.reshape(this.lmLogits(layerNorm(last, this.p('lnf.g'), this.p('lnf.b'))), [-1]);
+    });
+    const out = logits.dataSync() as Float32Array;
+    logits.dispose();
+    return { cache, logits: out };
+  }
+
+  /**
+   * One decoding step for N sequences at once: feeds `tokens[i]` to `caches[i]` (appending to
+   * it) and returns the next-token logits, `N * V` values row by row.
+   */
+  decodeStep(caches: readonly KVCache[], tokens: readonly number[]): Float32Array {
+    const N = caches.length;
+    if (N !== tokens.length) throw new Error(`decodeStep: ${N} caches but ${tokens.length} tokens`);
+    const { nLayer, nHead, nEmbd: C, blockSize } = this.config;
+    const hs = C / nHead;
+    for (const c of caches) {
+      if (c.length >= blockSize) throw new Error(`cache is full (${c.length} of blockSize ${blockSize})`);
+    }
+    const lengths = caches.map((c) => c.length + 1); // after this step
+    const Tmax = Math.max(...lengths);
+    const newK: tf.Tensor3D[][] = [];
+    const newV: tf.Tensor3D[][] = [];
+    const logits = tf.tidy(() => {
+      const idx = tf.tensor1d(tokens as number[], 'int32');
+      const pos = tf.tensor1d(caches.map((c) => c.length), 'int32');
+      let x = tf.add(tf.gather(this.p('wte'), idx), tf.gather(this.p('wpe'), pos)) as tf.Tensor2D; // [N, C]
+      // Additive mask over padded key positions: [N, 1, 1, Tmax].
+      const maskData = new Float32Array(N * Tmax);
+      lengths.forEach((len, i) => maskData.fill(-1e9, i * Tmax + len, (i + 1) * Tmax));
+      const mask = tf.tensor4d(maskData, [N, 1, 1, Tmax]);
+      for (let l = 0; l < nLayer; l++) {
+        const h = `h.${l}.`;
+        const a = layerNorm(x, this.p(h + 'ln1.g'), this.p(h + 'ln1.b'));
+        const qkv = linear(a, this.p(h + 'attn.wqkv'), this.p(h + 'attn.bqkv')); // [N, 3C]
+        const [q, k, v] = (tf.split(qkv, 3, 1) as tf.Tensor2D[]).map((t) => tf.reshape(t, [N, nHead, 1, hs])); // [N, H, 1, hs]
+        const ks: tf.Tensor3D[] = [];
+        const vs: tf.Tensor3D[] = [];
+        const kPad: tf.Tensor3D[] = [];
+        const vPad: tf.Tensor3D[] = [];
+        for (let i = 0; i < N; i++) {
+          const ki = tf.concat([caches[i]!.k[l]!, tf.reshape(tf.slice(k!, [i, 0, 0, 0], [1, nHead, 1, hs]), [nHead, 1, hs])], 1) as tf.Tensor3D; // [H, t+1, hs]
+          const vi = tf.concat([caches[i]!.v[l]!, tf.reshape(tf.slice(v!, [i, 0, 0, 0], [1, nHead, 1, hs]), [nHead, 1, hs])], 1) as tf.Tensor3D;
+          ks.push(tf.keep(ki));
+          vs.push(tf.keep(vi));
+          const pad = Tmax - lengths[i]!;
+          kPad.push(pad ? tf.pad(ki, [[0, 0], [0, pad], [0, 0]]) : ki);
+          vPad.push(pad ? tf.pad(vi, [[0, 0], [0, pad], [0, 0]]) : vi);
+        }
+        newK.push(ks);
+        newV.push(vs);
+        const K = tf.stack(kPad) as tf.Tensor4D; // [N, H, Tmax, hs]
+        const V = tf.stack(vPad) as tf.Tensor4D;
+        const att = tf.add(tf.mul(tf.matMul(q!, K, false, true), 1 / Math.sqrt(hs)), mask); // [N, H, 1, Tmax]
+        const y = tf.reshape(tf.matMul(tf.softmax(att), V), [N, C]) as tf.Tensor2D; // [N, C]
+        x = tf.add(x, linear(y, this.p(h + 'attn.wo'), this.p(h + 'attn.bo')));
+        x = tf.add(x, this.mlp(h, x));
+      }
+      return this.lmLogits(layerNorm(x, this.p('lnf.g'), this.p('lnf.b'))); // [N, V]
+    });
+    caches.forEach((c, i) => {
+      for (let l = 0; l < nLayer; l++) {
+        c.k[l]!.dispose();
+        c.v[l]!.dispose();
+        c.k[l] = newK[l]![i]!;
+        c.v[l] = newV[l]![i]!;
+      }
+      c.length += 1;
+    });
+    const out = logits.dataSync() as Float32Array;
+    logits.dispose();
+    return out;
+  }
+
+  private mlp(h: string, x: tf.Tensor2D): tf.Tensor2D {
+    const m = layerNorm(x, this.p(h + 'ln2.g'), this.p(h + 'ln2.b'));
+    const fc = gelu(linear(m, this.p(h + 'mlp.wfc'), this.p(h + 'mlp.bfc')));
+    return linear(fc, this.p(h + 'mlp.wproj'), this.p(h + 'mlp.bproj'));
+  }
+}
+
+let nextId = 0;
+
+/** Frees a sequence's cache. */
+export function disposeCache(cache: KVCache): void {
+  for (const t of cache.k) t.dispose();
+  for (const t of cache.v) t.dispose();
+  cache.k = [];
+  cache.v = [];
+}
+
+/** Bytes held by a cache (for memory-bounded caches of live conversations). */
+export function cacheBytes(cache: KVCache): number {
+  let n = 0;
+  for (const t of cache.k) n += t.size * 4;
+  for (const t of cache.v) n += t.size * 4;
+  return n;
+}
+
+// ------------------------------------------------------------------ building blocks
+
+function linear(x: tf.Tensor2D, w: tf.Tensor, b: tf.Tensor): tf.Tensor2D {
+  return tf.add(tf.matMul(x, w as tf.Tensor2D), b); // [N, out]
+}
+
+function layerNorm(x: tf.Tensor2D, g: tf.Tensor, b: tf.Tensor): tf.Tensor2D {
+  const mean = tf.mean(x, -1, true);
+  const xc = tf.sub(x, mean);
+  const variance = tf.mean(tf.square(xc), -1, true);
+  return tf.add(tf.mul(tf.mul(xc, tf.rsqrt(tf.add(variance, LN_EPS))), g), b);
+}
+
+function gelu(x: tf.Tensor2D): tf.Tensor2D {
+  return tf.mul(tf.mul(x, 0.5), tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1));
+}
+
+const masks = new Map<number, Float32Array>();
+function causalMask(T: number): tf.Tensor2D {
+  let data = masks.get(T);
+  if (!data) {
+    data = new Float32Array(T * T);
+    for (let i = 0; i < T; i++) data.fill(-1e9, i * T + i + 1, (i + 1) * T);
+    masks.set(T, data);
+  }
+  return tf.tensor2d(data, [T, T]);
+}
+
+/** Token embedding `[N, C]` = wte[ids], with a scatter-add gradient computed in JS. */
+function embed(wte: tf.Variable, ids: tf.Tensor1D): tf.Tensor2D {
+  const idData = ids.dataSync(); // read now: `ids` is not kept alive for the backward pass
+  const f = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const w = args[0] as tf.Tensor;
+    const value = tf.gather(w, ids) as tf.Tensor2D;
+    const gradFunc = (dy: tf.Tensor) => {
+      const [V, C] = w.shape as [number, number];
+      const g = new Float32Array(V * C);
+      const dyData = dy.dataSync() as Float32Array;
+      for (let r = 0; r < idData.length; r++) {
+        const dst = idData[r]! * C;
+        const src = r * C;
+        for (let c = 0; c < C; c++) g[dst + c]! += dyData[src + c]!;
+      }
+      return tf.tensor2d(g, [V, C]);
+    };
+    return { value, gradFunc };
+  });
+  return f(wte) as tf.Tensor2D;
+}
