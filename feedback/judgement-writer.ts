@@ -1,0 +1,123 @@
+/**
+ * Group commit for judgements. Submissions that arrive while the database is busy (or within
+ * the same turn of the event loop) are queued and written together in one transaction; each
+ * promise resolves only after that transaction's COMMIT, so "acknowledged" means "durable".
+ * One transaction per batch instead of per judgement is what makes thousands of writes per
+ * second possible on SQLite with a synced WAL.
+ *
+ * If a batch fails as a whole (a storage error, or a concurrent writer in another process
+ * taking the same subject first), each item is retried alone so the others still land; an
+ * item that fails alone rejects its promise with the underlying error.
+ */
+import type { Kysely } from 'kysely';
+import { applyJudgements, type JudgementResult } from './judgements.ts';
+import type { JudgementInput } from './judgement-input.ts';
+import type { Database, DialectName } from './schema.ts';
+import { writeTransaction } from './transaction.ts';
+
+/** Options for {@link JudgementWriter}. */
+export interface JudgementWriterOptions {
+  /** Most judgements per transaction (default 256). */
+  maxBatch?: number;
+}
+
+interface Pending {
+  input: unknown;
+  resolve: (r: JudgementResult) => void;
+  reject: (err: unknown) => void;
+}
+
+/** Counters since the writer was made. */
+export interface JudgementWriterStats {
+  submitted: number;
+  batches: number;
+  largestBatch: number;
+}
+
+/** Queues judgements and commits them in batches; see the module docs. */
+export class JudgementWriter {
+  readonly #db: Kysely<Database>;
+  readonly #dialect: DialectName;
+  readonly #maxBatch: number;
+  #queue: Pending[] = [];
+  #scheduled = false;
+  #draining: Promise<void> | null = null;
+  #closed = false;
+  readonly stats: JudgementWriterStats = { submitted: 0, batches: 0, largestBatch: 0 };
+
+  constructor(db: Kysely<Database>, dialect: DialectName, options: JudgementWriterOptions = {}) {
+    const maxBatch = options.maxBatch ?? 256;
+    if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new RangeError(`maxBatch must be a positive integer, got ${maxBatch}`);
+    this.#db = db;
+    this.#dialect = dialect;
+    this.#maxBatch = maxBatch;
+  }
+
+  /**
+   * Stores one judgement; resolves once it is committed (or refused: `{ ok: false, error }`).
+   * @example
+   * const r = await store.writer.submit({ kind: 'comparison', a, b, choice: 'a', raterId: 'u1' });
+   * if (!r.ok) reply({ type: 'error', code: r.error.code, message: r.error.message });
+   */
+  submit(input: JudgementInput | unknown): Promise<JudgementResult> {
+    if (this.#closed) return Promise.reject(new Error('judgement writer is closed'));
+    return new Promise((resolve, reject) => {
+      this.#queue.push({ input, resolve, reject });
+      this.stats.submitted++;
+      this.#schedule();
+    });
+  }
+
+  /** Resolves when everything submitted so far has been committed. */
+  async flush(): Promise<void> {
+    while (this.#draining || this.#scheduled || this.#queue.length > 0) {
+      if (this.#draining) await this.#draining;
+      else await new Promise<void>((r) => setImmediate(r));
+    }
+  }
+
+  /** Flushes, then refuses further submissions. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    await this.flush();
+  }
+
+  #schedule(): void {
+    if (this.#scheduled || this.#draining) return;
+    this.#scheduled = true;
+    setImmediate(() => {
+      this.#scheduled = false;
+      this.#draining = this.#drain().finally(() => {
+        this.#draining = null;
+        if (this.#queue.length > 0) this.#schedule();
+      });
+    });
+  }
+
+  async #drain(): Promise<void> {
+    while (this.#queue.length > 0) {
+      const batch = this.#queue.splice(0, this.#maxBatch);
+      this.stats.batches++;
+      this.stats.largestBatch = Math.max(this.stats.largestBatch, batch.length);
+      await this.#commit(batch);
+    }
+  }
+
+  async #commit(batch: Pending[]): Promise<void> {
+    let results: JudgementResult[];
+    try {
+      results = await writeTransaction(this.#db, this.#dialect, (trx) => applyJudgements(trx, batch.map((p) => p.input)));
+    } catch {
+      for (const p of batch) {
+        try {
+          const [r] = await writeTransaction(this.#db, this.#dialect, (trx) => applyJudgements(trx, [p.input]));
+          p.resolve(r!);
+        } catch (err) {
+          p.reject(err);
+        }
+      }
+      return;
+    }
+    batch.forEach((p, i) => p.resolve(results[i]!));
+  }
+}

@@ -1,0 +1,119 @@
+/**
+ * Test helpers: run a suite against both dialects, each test file in its own temporary SQLite
+ * file or PostgreSQL schema, and seed a context with candidate replies.
+ *
+ * PostgreSQL comes from `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`).
+ * When it is unreachable the PostgreSQL suites are skipped with a message, except under `CI`,
+ * where they fail.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import pg from 'pg';
+import { addAssistantReply } from './generations.ts';
+import { addMessage, createConversation } from './conversations.ts';
+import type { FeedbackStore } from './open-store.ts';
+import type { Database, DialectName } from './schema.ts';
+import { openTempStore } from './temp-store.ts';
+import type { Kysely } from 'kysely';
+
+/** The PostgreSQL server the tests use. */
+export const TEST_PG_URL = process.env.TEST_DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/test';
+
+let reachable: Promise<string | null> | undefined;
+
+/** Null when PostgreSQL answers, else why not. */
+export function postgresProblem(): Promise<string | null> {
+  reachable ??= (async () => {
+    const client = new pg.Client({ connectionString: TEST_PG_URL, connectionTimeoutMillis: 2000 });
+    try {
+      await client.connect();
+      await client.query('select 1');
+      return null;
+    } catch (err) {
+      return String((err as Error).message || err);
+    } finally {
+      await client.end().catch(() => {});
+    }
+  })();
+  return reachable;
+}
+
+/** What a dialect suite gets. */
+export interface DialectContext {
+  dialect: DialectName;
+  /** The suite's shared store (opened before the first test, deleted after the last). */
+  store(): FeedbackStore;
+  /** A fresh store of this dialect; the caller closes it. */
+  openFresh(): Promise<FeedbackStore>;
+}
+
+function url(dialect: DialectName): string | undefined {
+  return dialect === 'postgres' ? TEST_PG_URL : undefined;
+}
+
+/** Declares `body` once per dialect, as `title [sqlite]` and `title [postgres]`. */
+export async function describeEachDialect(title: string, body: (ctx: DialectContext) => void): Promise<void> {
+  const problem = await postgresProblem();
+  for (const dialect of ['sqlite', 'postgres'] as const) {
+    const name = `${title} [${dialect}]`;
+    if (dialect === 'postgres' && problem !== null) {
+      if (process.env.CI) {
+        test(`${name}: PostgreSQL must be reachable under CI`, () => assert.fail(`PostgreSQL at ${TEST_PG_URL}: ${problem}`));
+      } else {
+        describe(name, { skip: `PostgreSQL unreachable at ${TEST_PG_URL} (${problem})` }, () => {});
+      }
+      continue;
+    }
+    describe(name, () => {
+      let shared: FeedbackStore | undefined;
+      const ctx: DialectContext = {
+        dialect,
+        store: () => shared ?? assert.fail('store not open yet'),
+        openFresh: () => openTempStore({ url: url(dialect), prefix: 'fb_test' }),
+      };
+      before(async () => {
+        shared = await ctx.openFresh();
+      });
+      after(async () => {
+        await shared?.close();
+      });
+      body(ctx);
+    });
+  }
+}
+
+/** A context (system + user message) and `n` assistant replies to it from `modelVersionId`. */
+export interface SeededContext {
+  conversationId: string;
+  contextId: string;
+  replies: string[];
+}
+
+/** Seeds a conversation whose last user message has `n` sibling replies. */
+export async function seedContext(
+  db: Kysely<Database>,
+  opts: { n?: number; userId?: string; modelVersionId?: string; prompt?: string } = {},
+): Promise<SeededContext> {
+  const { n = 3, userId = 'user-1', modelVersionId = 'v1', prompt = 'What does serendipity mean?' } = opts;
+  const conversation = await createConversation(db, { userId });
+  const system = await addMessage(db, { conversationId: conversation.id, role: 'system', content: 'Be brief.' });
+  const user = await addMessage(db, { conversationId: conversation.id, parentId: system.id, role: 'user', content: prompt, userId });
+  const replies: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const { message } = await addAssistantReply(db, {
+      message: { conversationId: conversation.id, parentId: user.id, content: `reply ${i} to ${prompt}`, tokenCount: 4 },
+      generation: {
+        modelVersionId,
+        params: { temperature: 0.8 },
+        seed: i,
+        finishReason: 'stop',
+        promptTokens: 10,
+        completionTokens: 4,
+        latencyMs: 20,
+        ttftMs: 5,
+      },
+    });
+    replies.push(message.id);
+  }
+  return { conversationId: conversation.id, contextId: user.id, replies };
+}
