@@ -1,0 +1,88 @@
+/**
+ * `npm run bench -- [--json] [--only NAME[,NAME]] [--peer PATH]`: the project's benchmarks, one
+ * JSON object per line with `--json`.
+ *
+ * `--peer PATH` (or `PEER_SCRIPT`) runs the PyTorch peer script (`torch_gpt.py`) on the same
+ * shapes in the same run and adds `peer_tokens_per_s` and `ratio` to the training lines, so the
+ * comparison is made on one machine at one moment.
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { parseArgv } from '../model/config.ts';
+import { benchTrain, SHAPES, type ShapeName } from './train.ts';
+
+type Line = Record<string, unknown>;
+type Bench = { name: string; run: (ctx: Ctx) => Promise<Line[]> };
+interface Ctx {
+  peer?: string;
+}
+
+function runPeer(script: string, shape: ShapeName): Line | undefined {
+  const s = SHAPES[shape];
+  const python = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+  const r = spawnSync(python, [script, '--layers', `${s.nLayer}`, '--heads', `${s.nHead}`, '--embd', `${s.nEmbd}`, '--block', `${s.blockSize}`, '--vocab', `${s.vocabSize}`, '--batch', `${s.batch}`], { encoding: 'utf8' });
+  if (r.status !== 0) {
+    console.error(`peer failed on ${shape}: ${r.stderr.trim().split('\n').pop()}`);
+    return undefined;
+  }
+  return JSON.parse(r.stdout.trim().split('\n').pop()!) as Line;
+}
+
+const BENCHES: Bench[] = [
+  {
+    name: 'train',
+    run: async (ctx) => {
+      const out: Line[] = [];
+      for (const shape of ['small', 'medium'] as const) {
+        const line: Line = await benchTrain(shape);
+        if (ctx.peer) {
+          const peer = runPeer(ctx.peer, shape);
+          if (peer) {
+            line.peer_tokens_per_s = peer.train_tokens_per_s;
+            line.ratio = +((line.tokens_per_s as number) / (peer.train_tokens_per_s as number)).toFixed(3);
+          }
+        }
+        out.push(line);
+      }
+      return out;
+    },
+  },
+  {
+    name: 'feedback_ingest',
+    run: async () => {
+      const { benchFeedbackIngest } = await import('./feedback-ingest.ts');
+      const out = [await benchFeedbackIngest({})];
+      if (process.env.DATABASE_URL?.startsWith('postgres')) out.push(await benchFeedbackIngest({ url: process.env.DATABASE_URL }));
+      return out;
+    },
+  },
+  {
+    name: 'gemm',
+    run: async () => {
+      const { benchKernels } = await import('./kernels.ts');
+      return benchKernels();
+    },
+  },
+];
+
+async function main(): Promise<void> {
+  const { flags } = parseArgv(process.argv.slice(2));
+  const json = flags.get('json') === true;
+  const only = typeof flags.get('only') === 'string' ? String(flags.get('only')).split(',') : undefined;
+  const peerFlag = flags.get('peer');
+  const ctx: Ctx = { peer: typeof peerFlag === 'string' ? peerFlag : process.env.PEER_SCRIPT };
+  const unknown = only?.filter((n) => !BENCHES.some((b) => b.name === n));
+  if (unknown?.length) throw new Error(`unknown benchmark ${unknown.join(', ')}; known: ${BENCHES.map((b) => b.name).join(', ')}`);
+  for (const b of BENCHES) {
+    if (only && !only.includes(b.name)) continue;
+    for (const line of await b.run(ctx)) {
+      if (json) console.log(JSON.stringify(line));
+      else console.log(Object.entries(line).map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : v}`).join(' '));
+    }
+  }
+}
+
+main().catch((err) => {
+  console.error(`bench: ${(err as Error).message}`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,32 @@
+/**
+ * Entry-point helpers for the training commands: run only when the file is the process's main
+ * module, print `--help` from the config schema, and turn errors into one clear line and exit 1.
+ */
+import { pathToFileURL } from 'node:url';
+import type { z } from 'zod';
+import { describeConfig, parseConfig } from '../model/config.ts';
+
+export function isMain(importMetaUrl: string): boolean {
+  return importMetaUrl === pathToFileURL(process.argv[1] ?? '').href;
+}
+
+export async function runCli<S extends z.ZodObject<z.ZodRawShape>>(
+  usage: string,
+  schema: S,
+  envPrefix: string,
+  main: (cfg: Readonly<z.infer<S>>) => Promise<unknown>,
+): Promise<void> {
+  const argv = process.argv.slice(2);
+  if (argv.includes('--help') || argv.includes('-h')) {
+    console.log(`${usage}\n\nOptions (also ${envPrefix}_<NAME> in the environment):\n${describeConfig(schema)}`);
+    return;
+  }
+  try {
+    await main(parseConfig(schema, { argv, env: process.env, envPrefix }));
+  } catch (err) {
+    const e = err as Error & { code?: string };
+    console.error(`error${e.code ? ` [${e.code}]` : ''}: ${e.message}`);
+    if (process.env.DEBUG) console.error(e.stack);
+    process.exitCode = 1;
+  }
+}

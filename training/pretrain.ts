@@ -1,0 +1,88 @@
+/**
+ * Pretraining: next-token prediction on the corpus, every token weighted, with held-out loss
+ * and perplexity. Writes resumable checkpoints under `runDir` and publishes the final one as
+ * `out` (stage "base").
+ *
+ *   npm run pretrain -- --steps 2000 --n-layer 4 --n-embd 128
+ */
+import { z } from 'zod';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { isMain, runCli } from './cli.ts';
+import { initBackend } from '../model/backend.ts';
+import { GPT } from '../model/gpt.ts';
+import { Tokenizer, type TokenizerJSON } from '../model/tokenizer.ts';
+import { corpusTokens, streamBatchAt, streamEvalBatches } from './datasets.ts';
+import { latestCheckpoint, trainLoop } from './train-loop.ts';
+import { publishCheckpoint } from './publish.ts';
+
+export const PretrainConfig = z.object({
+  data: z.string().default('data').describe('directory made by build-data (corpus.*.jsonl, tokenizer.json)'),
+  runDir: z.string().default('runs/pretrain').describe('where resumable checkpoints go'),
+  out: z.string().default('checkpoints/base').describe('where the final checkpoint is published'),
+  nLayer: z.number().int().positive().default(4).describe('transformer blocks'),
+  nHead: z.number().int().positive().default(4).describe('attention heads'),
+  nEmbd: z.number().int().positive().default(128).describe('embedding width'),
+  blockSize: z.number().int().positive().default(128).describe('context length'),
+  batchSize: z.number().int().positive().default(16).describe('sequences per step'),
+  steps: z.number().int().positive().default(1500).describe('optimizer steps'),
+  lr: z.number().positive().default(2e-3).describe('peak learning rate'),
+  minLr: z.number().nonnegative().default(2e-4).describe('final learning rate (cosine)'),
+  warmup: z.number().int().nonnegative().default(100).describe('warmup steps'),
+  weightDecay: z.number().nonnegative().default(0.1).describe('AdamW weight decay on matrices'),
+  gradClip: z.number().nonnegative().default(1).describe('global gradient-norm clip (0 = off)'),
+  evalEvery: z.number().int().positive().default(250).describe('held-out evaluation period (steps)'),
+  evalBatches: z.number().int().positive().default(8).describe('held-out batches per evaluation'),
+  saveEvery: z.number().int().positive().default(250).describe('checkpoint period (steps)'),
+  seed: z.number().int().default(1).describe('seed for init and batches'),
+  resume: z.boolean().default(true).describe('continue from the run directory\'s latest checkpoint'),
+  backend: z.string().default('').describe('force a tensor backend (tensorflow, wasm, cpu)'),
+});
+export type PretrainConfig = z.infer<typeof PretrainConfig>;
+
+export function loadTokenizer(dataDir: string): Tokenizer {
+  const path = join(dataDir, 'tokenizer.json');
+  let json: TokenizerJSON;
+  try {
+    json = JSON.parse(readFileSync(path, 'utf8')) as TokenizerJSON;
+  } catch {
+    throw new Error(`${path} is missing or not JSON: run \`npm run build-data\` first`);
+  }
+  return Tokenizer.fromJSON(json);
+}
+
+export async function pretrain(cfg: PretrainConfig, log: (l: string) => void = (l) => console.error(l)) {
+  await initBackend({ backend: cfg.backend || undefined, log });
+  const tok = loadTokenizer(cfg.data);
+  const train = corpusTokens(cfg.data, 'train', tok);
+  const val = corpusTokens(cfg.data, 'val', tok);
+  log(`pretrain: ${train.length} training tokens, ${val.length} held-out tokens, vocab ${tok.vocabSize}`);
+  const model = { nLayer: cfg.nLayer, nHead: cfg.nHead, nEmbd: cfg.nEmbd, blockSize: cfg.blockSize, vocabSize: tok.vocabSize };
+  const result = await trainLoop({
+    stage: 'base',
+    runDir: cfg.runDir,
+    tokenizer: tok,
+    init: () => GPT.create(model, 'policy', cfg.seed),
+    parent: null,
+    steps: cfg.steps,
+    lr: cfg.lr,
+    minLr: cfg.minLr,
+    warmup: cfg.warmup,
+    weightDecay: cfg.weightDecay,
+    gradClip: cfg.gradClip,
+    evalEvery: cfg.evalEvery,
+    saveEvery: cfg.saveEvery,
+    resume: cfg.resume,
+    batchAt: streamBatchAt(train, cfg.batchSize, cfg.blockSize, cfg.seed),
+    evalBatches: streamEvalBatches(val, cfg.batchSize, cfg.blockSize, cfg.evalBatches),
+    runConfig: { ...cfg },
+    log,
+  });
+  publishCheckpoint(latestCheckpoint(cfg.runDir)!, cfg.out);
+  log(`pretrain: held-out loss ${result.evalLoss.toFixed(4)} (perplexity ${Math.exp(result.evalLoss).toFixed(1)}), ${Math.round(result.tokensPerSecond)} tokens/s; published ${cfg.out}`);
+  return result;
+}
+
+if (isMain(import.meta.url)) {
+  await runCli('npm run pretrain -- [options]', PretrainConfig, 'PRETRAIN', async (cfg) => (await pretrain(cfg)).gpt.dispose());
+}
