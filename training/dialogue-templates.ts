@@ -30,7 +30,7 @@ export interface WordSense {
   example: string;
 }
 
-const MAX_DEFINITION = 150; // characters; keeps replies under ~60 tokens
+const MAX_DEFINITION = 140; // characters; keeps replies under ~60 tokens
 const MAX_EXAMPLE = 90;
 
 const WORD_CHAR = /[\p{L}\p{N}]/u;
