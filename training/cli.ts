@@ -30,3 +30,16 @@ export async function runCli<S extends z.ZodObject<z.ZodRawShape>>(
     process.exitCode = 1;
   }
 }
+
+/** A flag set by the first Ctrl-C (SIGINT/SIGTERM), so training loops can save and stop; a second one exits at once. */
+export function stopRequested(): () => boolean {
+  let requested = false;
+  const onSignal = () => {
+    if (requested) process.exit(130);
+    requested = true;
+    console.error('\nstopping after this step (saving a checkpoint); press Ctrl-C again to quit at once');
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  return () => requested;
+}

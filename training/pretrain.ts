@@ -8,7 +8,7 @@
 import { z } from 'zod';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { isMain, runCli } from './cli.ts';
+import { isMain, runCli, stopRequested } from './cli.ts';
 import { initBackend } from '../model/backend.ts';
 import { GPT } from '../model/gpt.ts';
 import { Tokenizer, type TokenizerJSON } from '../model/tokenizer.ts';
@@ -51,7 +51,7 @@ export function loadTokenizer(dataDir: string): Tokenizer {
   return Tokenizer.fromJSON(json);
 }
 
-export async function pretrain(cfg: PretrainConfig, log: (l: string) => void = (l) => console.error(l)) {
+export async function pretrain(cfg: PretrainConfig, log: (l: string) => void = (l) => console.error(l), shouldStop?: () => boolean) {
   await initBackend({ backend: cfg.backend || undefined, log });
   const tok = loadTokenizer(cfg.data);
   const train = corpusTokens(cfg.data, 'train', tok);
@@ -77,12 +77,14 @@ export async function pretrain(cfg: PretrainConfig, log: (l: string) => void = (
     evalBatches: streamEvalBatches(val, cfg.batchSize, cfg.blockSize, cfg.evalBatches),
     runConfig: { ...cfg },
     log,
+    shouldStop,
   });
+  if (result.interrupted) return result;
   publishCheckpoint(latestCheckpoint(cfg.runDir)!, cfg.out);
   log(`pretrain: held-out loss ${result.evalLoss.toFixed(4)} (perplexity ${Math.exp(result.evalLoss).toFixed(1)}), ${Math.round(result.tokensPerSecond)} tokens/s; published ${cfg.out}`);
   return result;
 }
 
 if (isMain(import.meta.url)) {
-  await runCli('npm run pretrain -- [options]', PretrainConfig, 'PRETRAIN', async (cfg) => (await pretrain(cfg)).gpt.dispose());
+  await runCli('npm run pretrain -- [options]', PretrainConfig, 'PRETRAIN', async (cfg) => (await pretrain(cfg, undefined, stopRequested())).gpt.dispose());
 }

@@ -15,7 +15,7 @@ import { readJsonl, renderRows, rowBatchAt, rowEvalBatches, type Dialogue } from
 import { latestCheckpoint, trainLoop, evaluateLoss } from './train-loop.ts';
 import { publishCheckpoint } from './publish.ts';
 import { loadTokenizer } from './pretrain.ts';
-import { isMain, runCli } from './cli.ts';
+import { isMain, runCli, stopRequested } from './cli.ts';
 
 export const SftConfig = z.object({
   data: z.string().default('data').describe('directory made by build-data (dialogues.*.jsonl, tokenizer.json)'),
@@ -38,7 +38,7 @@ export const SftConfig = z.object({
 });
 export type SftConfig = z.infer<typeof SftConfig>;
 
-export async function sft(cfg: SftConfig, log: (l: string) => void = (l) => console.error(l)) {
+export async function sft(cfg: SftConfig, log: (l: string) => void = (l) => console.error(l), shouldStop?: () => boolean) {
   await initBackend({ backend: cfg.backend || undefined, log });
   const tok = loadTokenizer(cfg.data);
   const base = loadCheckpoint(cfg.init, { tokenizerFingerprint: tok.fingerprint(), kind: 'policy' });
@@ -70,13 +70,15 @@ export async function sft(cfg: SftConfig, log: (l: string) => void = (l) => cons
     evalBatches,
     runConfig: { ...cfg, baseHeldOutLoss: baseLoss },
     log,
+    shouldStop,
   });
   baseModel.dispose();
+  if (result.interrupted) return { ...result, baseLoss };
   publishCheckpoint(latestCheckpoint(cfg.runDir)!, cfg.out);
   log(`sft: held-out assistant-token loss ${result.evalLoss.toFixed(4)} (base ${baseLoss.toFixed(4)}), ${Math.round(result.tokensPerSecond)} tokens/s; published ${cfg.out}`);
   return { ...result, baseLoss };
 }
 
 if (isMain(import.meta.url)) {
-  await runCli('npm run sft -- [options]', SftConfig, 'SFT', async (cfg) => (await sft(cfg)).gpt.dispose());
+  await runCli('npm run sft -- [options]', SftConfig, 'SFT', async (cfg) => (await sft(cfg, undefined, stopRequested())).gpt.dispose());
 }

@@ -48,11 +48,15 @@ export interface TrainLoopOptions {
   evalBatches: readonly Batch[];
   runConfig: Record<string, unknown>;
   log?: (line: string) => void;
+  /** Checked after every step: when it returns true the loop saves a resumable checkpoint and returns. */
+  shouldStop?: () => boolean;
 }
 
 export interface TrainLoopResult {
   gpt: GPT;
   step: number;
+  /** True when `shouldStop` ended the run before `steps`. */
+  interrupted: boolean;
   trainLoss: number;
   evalLoss: number;
   tokensPerSecond: number;
@@ -178,6 +182,12 @@ export async function trainLoop(o: TrainLoopOptions): Promise<TrainLoopResult> {
     history.push(entry);
     const tps = tokens / ((performance.now() - t0) / 1000);
     progress.update(step + 1, { loss: smooth, tokensPerSecond: tps });
+    if (o.shouldStop?.() && step + 1 < o.steps) {
+      await save(step + 1, false);
+      progress.note(`stopped at step ${step + 1}; run again to resume`);
+      opt.dispose();
+      return { gpt, step: step + 1, interrupted: true, trainLoss: smooth, evalLoss, tokensPerSecond: 0, history };
+    }
     if ((step + 1) % o.saveEvery === 0 && step + 1 < o.steps) await save(step + 1, false);
   }
   progress.done();
@@ -185,5 +195,5 @@ export async function trainLoop(o: TrainLoopOptions): Promise<TrainLoopResult> {
   if (startStep < o.steps || !existsSync(stepDir(o.runDir, o.steps))) await save(o.steps, true);
   opt.dispose();
   const tokensPerSecond = tokens / Math.max(1e-9, (performance.now() - t0) / 1000);
-  return { gpt, step: o.steps, trainLoss: smooth, evalLoss, tokensPerSecond, history };
+  return { gpt, step: o.steps, interrupted: false, trainLoss: smooth, evalLoss, tokensPerSecond, history };
 }
