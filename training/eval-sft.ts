@@ -66,10 +66,11 @@ function followUps(dialogues: readonly Dialogue[]): FollowUp[] {
 
 function generateAll(gpt: GPT, tok: Tokenizer, contexts: ChatMessage[][], maxTokens: number, batchSize: number) {
   const results = [];
+  const room = Math.max(1, gpt.config.blockSize - Math.min(maxTokens, Math.floor(gpt.config.blockSize / 2)));
   for (let i = 0; i < contexts.length; i += batchSize) {
     const prompts = contexts.slice(i, i + batchSize).map((c) => {
       const ids = renderChat(tok, c, { addGenerationPrompt: true }).ids;
-      return ids.slice(Math.max(0, ids.length - (gpt.config.blockSize - maxTokens)));
+      return ids.slice(Math.max(0, ids.length - room));
     });
     results.push(...generateBatch(gpt, tok, prompts, { temperature: 0, maxTokens, seed: 0 }));
   }
@@ -112,7 +113,8 @@ export function sampleDialogues(gpt: GPT, tok: Tokenizer, dialogues: readonly Di
         continue;
       }
       const ids = renderChat(tok, convo, { addGenerationPrompt: true }).ids;
-      const [g] = generateBatch(gpt, tok, [ids.slice(-(gpt.config.blockSize - 48))], { temperature: 0, maxTokens: 48, seed: 0 });
+      const room = Math.max(1, gpt.config.blockSize - Math.min(48, Math.floor(gpt.config.blockSize / 2)));
+      const [g] = generateBatch(gpt, tok, [ids.slice(Math.max(0, ids.length - room))], { temperature: 0, maxTokens: 48, seed: 0 });
       convo.push({ role: 'assistant', content: g!.text });
     }
     out.push(convo);

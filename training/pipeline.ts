@@ -65,7 +65,7 @@ export async function pipeline(cfg: PipelineConfig, log: (l: string) => void = (
   lap('data', t);
 
   t = performance.now();
-  if (!existsSync(join(cfg.data, 'tokenizer.json'))) trainTokenizerFromCorpus(cfg.data, cfg.vocabSize, cfg.tokenizerSampleMb * 1e6);
+  if (!existsSync(join(cfg.data, 'tokenizer.json'))) trainTokenizerFromCorpus(join(cfg.data, 'corpus.train.jsonl'), cfg.vocabSize, cfg.tokenizerSampleMb * 1e6);
   else log(`tokenizer: ${cfg.data}/tokenizer.json exists, reusing it`);
   const tok = loadTokenizer(cfg.data);
   if (tok.vocabSize !== cfg.vocabSize) log(`tokenizer: existing vocabulary is ${tok.vocabSize} (not ${cfg.vocabSize}); delete ${cfg.data}/tokenizer.json to retrain it`);

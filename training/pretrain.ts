@@ -63,6 +63,7 @@ export async function pretrain(cfg: PretrainConfig, log: (l: string) => void = (
     runDir: cfg.runDir,
     tokenizer: tok,
     init: () => GPT.create(model, 'policy', cfg.seed),
+    config: model,
     parent: null,
     steps: cfg.steps,
     lr: cfg.lr,

@@ -56,6 +56,7 @@ export async function sft(cfg: SftConfig, log: (l: string) => void = (l) => cons
     runDir: cfg.runDir,
     tokenizer: tok,
     init: () => baseModel.clone(),
+    config: base.meta.config,
     parent: cfg.init,
     steps: cfg.steps,
     lr: cfg.lr,

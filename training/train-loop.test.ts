@@ -23,7 +23,7 @@ before(async () => {
 
 function options(runDir: string, extra: Partial<TrainLoopOptions> = {}): TrainLoopOptions {
   return {
-    stage: 'base', runDir, tokenizer: tok, init: () => GPT.create(cfg, 'policy', 9), parent: null,
+    stage: 'base', runDir, tokenizer: tok, init: () => GPT.create(cfg, 'policy', 9), config: cfg, parent: null,
     steps: 6, lr: 1e-2, minLr: 1e-3, warmup: 2, weightDecay: 0.1, gradClip: 1, evalEvery: 3, saveEvery: 100, resume: true,
     batchAt: streamBatchAt(stream, 4, 16, 1), evalBatches: streamEvalBatches(stream, 4, 16, 2), runConfig: {}, log: () => {},
     ...extra,

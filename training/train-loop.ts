@@ -32,6 +32,8 @@ export interface TrainLoopOptions {
   tokenizer: Tokenizer;
   /** Starting weights (a new model, or the parent checkpoint's); ignored when resuming. */
   init: () => GPT;
+  /** The model shape `init` makes; a checkpoint to resume from must have it. */
+  config: GPTConfig;
   parent: string | null;
   steps: number;
   lr: number;
@@ -123,8 +125,17 @@ export async function trainLoop(o: TrainLoopOptions): Promise<TrainLoopResult> {
   let opt: AdamW;
   const adamCfg = { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: o.weightDecay, gradClip: o.gradClip };
   const resumeFrom = o.resume ? latestCheckpoint(o.runDir) : undefined;
+  if (!o.resume) rmSync(o.runDir, { recursive: true, force: true });
   if (resumeFrom) {
-    const ck = loadCheckpoint(resumeFrom, { tokenizerFingerprint: o.tokenizer.fingerprint(), withOptimizer: true });
+    let ck;
+    try {
+      ck = loadCheckpoint(resumeFrom, { config: o.config, tokenizerFingerprint: o.tokenizer.fingerprint(), withOptimizer: true });
+    } catch (err) {
+      throw new Error(`${o.runDir} holds a run that cannot continue this one (${(err as Error).message}); pass --no-resume or delete ${o.runDir}`);
+    }
+    if (ck.meta.parent !== o.parent) {
+      throw new Error(`${o.runDir} holds a run started from ${ck.meta.parent ?? 'scratch'}, not ${o.parent ?? 'scratch'}; pass --no-resume or delete ${o.runDir}`);
+    }
     gpt = GPT.fromWeights(ck.meta.config as GPTConfig, ck.meta.kind, ck.weights);
     opt = new AdamW(gpt.params, adamCfg);
     if (ck.optimizer) opt.importState(ck.optimizer, ck.meta.step);
