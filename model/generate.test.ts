@@ -6,7 +6,8 @@ import { GPT } from './gpt.ts';
 import { Tokenizer } from './tokenizer.ts';
 import { endOfTurnId, renderChat } from './chat-template.ts';
 import { DecodeSequence, generateBatch } from './generate.ts';
-import { sampleToken, seededRandom } from './sampling.ts';
+import { sampleToken } from './sampling.ts';
+import { createRng } from './random.ts';
 
 let tok: Tokenizer;
 let gpt: GPT;
@@ -71,7 +72,7 @@ test('a stop string ends the reply before it, and streamed deltas never leak its
 
 test('top-k 1 is greedy and top-p keeps only the nucleus', () => {
   const logits = new Float32Array([1, 5, 2, 4.9]);
-  const rng = seededRandom(3);
+  const rng = createRng(3);
   for (let i = 0; i < 20; i++) assert.equal(sampleToken(logits, 0, 4, { temperature: 1, topK: 1, topP: 1 }, rng), 1);
   const seen = new Set<number>();
   for (let i = 0; i < 200; i++) seen.add(sampleToken(logits, 0, 4, { temperature: 1, topK: 0, topP: 0.8 }, rng));

@@ -8,7 +8,8 @@ import type { GPT, KVCache } from './gpt.ts';
 import { disposeCache } from './gpt.ts';
 import { StreamDecoder, type Tokenizer } from './tokenizer.ts';
 import { endOfTurnId } from './chat-template.ts';
-import { DEFAULT_SAMPLING, sampleToken, seededRandom, type SamplingParams } from './sampling.ts';
+import { DEFAULT_SAMPLING, sampleToken, type SamplingParams } from './sampling.ts';
+import { createRng } from './random.ts';
 
 export type FinishReason = 'stop' | 'length' | 'cancelled';
 
@@ -47,7 +48,7 @@ export class DecodeSequence {
     readonly opts: GenerateOptions,
     private readonly blockSize: number,
   ) {
-    this.rng = seededRandom(opts.seed);
+    this.rng = createRng(opts.seed);
     this.decoder = new StreamDecoder(tok);
     this.eot = endOfTurnId(tok);
   }

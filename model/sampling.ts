@@ -1,6 +1,6 @@
 /**
  * Next-token sampling from a row of logits: temperature, top-k, top-p (nucleus), with a seeded
- * generator so the same seed gives the same text. Temperature 0 is greedy.
+ * generator (model/random.ts) so the same seed gives the same text. Temperature 0 is greedy.
  */
 
 /** Sampling knobs, as the chat APIs expose them. */
@@ -15,23 +15,11 @@ export interface SamplingParams {
 
 export const DEFAULT_SAMPLING: SamplingParams = Object.freeze({ temperature: 0.8, topK: 0, topP: 0.95 });
 
-/** A small, fast, seedable generator (mulberry32) returning floats in [0, 1). */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /**
  * Picks a token from `logits[offset .. offset+V)`.
  *
  * @example
- *   const rng = seededRandom(42);
+ *   const rng = createRng(42);
  *   const id = sampleToken(logits, 0, vocabSize, { temperature: 0.7, topK: 50, topP: 0.9 }, rng);
  */
 export function sampleToken(

@@ -20,7 +20,7 @@ import { z } from 'zod';
 import { describeConfig, parseConfig } from '../model/config.ts';
 import { locateDataPackages, nodePackageResolver, readBrown, readFactbook, readSotu, readWordnet, type Country, type Doc, type PackageResolver } from './data-sources.ts';
 import { countryProse, factbookDialogue, mixedDialogue, selectWordSenses, synsetProse, wordnetDialogue, type Dialogue, type WordSense } from './dialogue-templates.ts';
-import { createRng, type Rng } from './seeded-random.ts';
+import { createRng, type Rng } from '../model/random.ts';
 
 export const BuildDataConfig = z.object({
   out: z.string().default('data').describe('output directory'),

@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from '
 import { dirname, join } from 'node:path';
 import type { Tokenizer } from '../model/tokenizer.ts';
 import { renderChat, type ChatMessage } from '../model/chat-template.ts';
-import { seededRandom } from '../model/sampling.ts';
+import { createRng } from '../model/random.ts';
 import type { Batch } from './train-loop.ts';
 
 export interface Dialogue {
@@ -68,7 +68,7 @@ export function corpusTokens(dataDir: string, split: 'train' | 'val', tok: Token
 export function streamBatchAt(tokens: Int32Array, B: number, T: number, seed: number): (step: number) => Batch {
   if (tokens.length < T + 2) throw new Error(`token stream of ${tokens.length} tokens is shorter than one window of ${T + 1}`);
   return (step) => {
-    const rng = seededRandom(seed * 1_000_003 + step);
+    const rng = createRng(seed * 1_000_003 + step);
     const inputs = new Int32Array(B * T);
     const targets = new Int32Array(B * T);
     for (let b = 0; b < B; b++) {
@@ -138,7 +138,7 @@ export function rowsToBatch(rows: readonly Row[], padId: number): Batch {
 /** Random batches of rows, deterministic in (seed, step). */
 export function rowBatchAt(rows: readonly Row[], B: number, padId: number, seed: number): (step: number) => Batch {
   return (step) => {
-    const rng = seededRandom(seed * 1_000_003 + step);
+    const rng = createRng(seed * 1_000_003 + step);
     const pick: Row[] = [];
     for (let b = 0; b < B; b++) pick.push(rows[Math.floor(rng() * rows.length)]!);
     return rowsToBatch(pick, padId);

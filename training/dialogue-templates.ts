@@ -11,7 +11,7 @@
  */
 import type { ChatMessage } from '../model/chat-template.ts';
 import type { Country, IndexEntry, PartOfSpeech, Synset } from './data-sources.ts';
-import type { Rng } from './seeded-random.ts';
+import type { Rng } from '../model/random.ts';
 
 /** One line of dialogues.*.jsonl. */
 export interface Dialogue {

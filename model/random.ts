@@ -1,5 +1,5 @@
 /**
- * Seeded pseudo-random numbers for data building (sfc32 seeded through splitmix32), so every
+ * Seeded pseudo-random numbers (sfc32 seeded through splitmix32) for data building, batches and sampling, so every
  * shuffle and choice is reproducible from one integer seed. Not for cryptography.
  */
 
