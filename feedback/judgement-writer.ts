@@ -6,8 +6,8 @@
  * second possible on SQLite with a synced WAL.
  *
  * If a batch fails as a whole (a storage error, or a concurrent writer in another process
- * taking the same subject first), each item is retried alone so the others still land; an
- * item that fails alone rejects its promise with the underlying error.
+ * taking the same subject first), each item is retried alone (up to 3 times) so the others
+ * still land; an item that still fails rejects its promise with the underlying error.
  */
 import type { Kysely } from 'kysely';
 import { applyJudgements, type JudgementResult } from './judgements.ts';
@@ -108,16 +108,24 @@ export class JudgementWriter {
     try {
       results = await writeTransaction(this.#db, this.#dialect, (trx) => applyJudgements(trx, batch.map((p) => p.input)));
     } catch {
-      for (const p of batch) {
-        try {
-          const [r] = await writeTransaction(this.#db, this.#dialect, (trx) => applyJudgements(trx, [p.input]));
-          p.resolve(r!);
-        } catch (err) {
-          p.reject(err);
-        }
-      }
+      for (const p of batch) await this.#commitAlone(p);
       return;
     }
     batch.forEach((p, i) => p.resolve(results[i]!));
+  }
+
+  async #commitAlone(p: Pending, attempts = 3): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const [r] = await writeTransaction(this.#db, this.#dialect, (trx) => applyJudgements(trx, [p.input]));
+        p.resolve(r!);
+        return;
+      } catch (err) {
+        if (attempt >= attempts) {
+          p.reject(err);
+          return;
+        }
+      }
+    }
   }
 }

@@ -105,7 +105,7 @@ function plan(index: number, j: JudgementInput, messages: Map<string, MessageFac
     index,
     kind: j.kind,
     id,
-    hash: payloadHash(j),
+    hash: j.idempotencyKey === undefined ? '' : payloadHash(j),
     scopeKey: j.idempotencyKey === undefined ? null : JSON.stringify([j.raterId, j.idempotencyKey]),
   };
   if (j.kind === 'thumb') {

@@ -90,15 +90,19 @@ export async function up(db: Kysely<any>, dialect: DialectName): Promise<void> {
   await db.schema.createIndex('rankings_context').on('rankings').column('context_id').execute();
 
   for (const table of judgementTables) {
-    await db.schema
-      .createIndex(`${table}_current_subject`)
-      .on(table)
-      .column('subject_key')
-      .unique()
-      .where(sql.ref('current'), '=', 1)
-      .execute();
-    await db.schema.createIndex(`${table}_subject`).on(table).columns(['subject_key', 'created_at']).execute();
-    await db.schema.createIndex(`${table}_created`).on(table).column('created_at').execute();
+    await db.schema.createIndex(`${table}_subject`).on(table).column('subject_key').execute();
+    // One current judgement per subject. SQLite serialises writers, and the repository keeps
+    // this invariant inside each write transaction; PostgreSQL writers run concurrently, so
+    // there the database enforces it. (Fewer indexes = fewer pages written per group commit.)
+    if (dialect === 'postgres') {
+      await db.schema
+        .createIndex(`${table}_current_subject`)
+        .on(table)
+        .column('subject_key')
+        .unique()
+        .where(sql.ref('current'), '=', 1)
+        .execute();
+    }
   }
 
   await db.schema

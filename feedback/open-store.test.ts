@@ -1,0 +1,76 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { sql } from 'kysely';
+import { migrateToEmpty, migrateToLatest } from './migrate.ts';
+import { dialectOf, openStore } from './open-store.ts';
+import { describeEachDialect } from './test-support.ts';
+
+test('with no URL the store is a WAL SQLite file under the data dir, synced at commit level NORMAL', async () => {
+  const saved = process.env.DATABASE_URL;
+  delete process.env.DATABASE_URL;
+  const dir = mkdtempSync(join(tmpdir(), 'fb-open-'));
+  try {
+    const store = await openStore({ dataDir: join(dir, 'data') });
+    assert.equal(store.dialect, 'sqlite');
+    assert.equal(store.location, join(dir, 'data', 'feedback.sqlite'));
+    const pragma = async (name: string) => Object.values((await sql.raw(`pragma ${name}`).execute(store.db)).rows[0] as object)[0];
+    assert.equal(await pragma('journal_mode'), 'wal');
+    assert.equal(await pragma('synchronous'), 1);
+    assert.equal(await pragma('foreign_keys'), 1);
+    assert.equal(await pragma('busy_timeout'), 5000);
+    await store.close();
+    assert.ok(existsSync(join(dir, 'data', 'feedback.sqlite')));
+  } finally {
+    if (saved !== undefined) process.env.DATABASE_URL = saved;
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('the URL picks the dialect, and unknown schemes are refused', async () => {
+  assert.equal(dialectOf('postgres://u@h/db'), 'postgres');
+  assert.equal(dialectOf('postgresql://u@h/db'), 'postgres');
+  assert.equal(dialectOf('sqlite:/tmp/x.sqlite'), 'sqlite');
+  assert.equal(dialectOf(undefined), 'sqlite');
+  await assert.rejects(openStore({ url: 'mysql://u@h/db' }), /unsupported database URL scheme/);
+  await assert.rejects(openStore({ url: 'postgres://u@h/db', schema: 'Bad-Name' }), /invalid PostgreSQL schema name/);
+});
+
+test('reopening a migrated SQLite file keeps its data and runs nothing twice', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'fb-reopen-'));
+  const url = `sqlite:${join(dir, 'f.sqlite')}`;
+  try {
+    const a = await openStore({ url });
+    await a.db.insertInto('conversations').values({ id: 'c1', user_id: 'u', session_id: null, title: null, created_at: 'x' }).execute();
+    await a.close();
+    const b = await openStore({ url });
+    assert.equal((await b.db.selectFrom('conversations').selectAll().execute()).length, 1);
+    await b.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+await describeEachDialect('migrations', (ctx) => {
+  test('go down to an empty schema and up again', async () => {
+    const store = await ctx.openFresh();
+    try {
+      const schema = store.dialect === 'postgres' ? store.location : undefined;
+      const tables = async () =>
+        (await store.db.introspection.getTables())
+          .filter((t) => schema === undefined || t.schema === schema)
+          .map((t) => t.name)
+          .sort();
+      const full = await tables();
+      assert.ok(full.includes('thumbs') && full.includes('promotion_log') && full.includes('run_metrics'), full.join());
+      await migrateToEmpty(store.db, store.dialect, schema);
+      assert.deepEqual(await tables(), []);
+      await migrateToLatest(store.db, store.dialect, schema);
+      assert.deepEqual(await tables(), full);
+    } finally {
+      await store.close();
+    }
+  });
+});
