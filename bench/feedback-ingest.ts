@@ -11,7 +11,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { openTempStore } from '../feedback/temp-store.ts';
-import { seedContext, type SeededContext } from '../feedback/test-support.ts';
+import { seedContext, type SeededContext } from '../feedback/seed-context.ts';
 
 const WRITERS = 32;
 const CONTEXTS = 64;

@@ -4,7 +4,7 @@
  * without end, printing `ack <kind> <id>` for each one the moment its promise resolves.
  */
 import { openStore } from './open-store.ts';
-import { seedContext } from './test-support.ts';
+import { seedContext } from './seed-context.ts';
 
 const file = process.argv[2];
 if (!file) throw new Error('usage: burst-writer-fixture.ts <sqlite file>');

@@ -9,12 +9,11 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import pg from 'pg';
-import { addAssistantReply } from './generations.ts';
-import { addMessage, createConversation } from './conversations.ts';
 import type { FeedbackStore } from './open-store.ts';
-import type { Database, DialectName } from './schema.ts';
+import type { DialectName } from './schema.ts';
 import { openTempStore } from './temp-store.ts';
-import type { Kysely } from 'kysely';
+
+export { seedContext, type SeededContext } from './seed-context.ts';
 
 /** The PostgreSQL server the tests use. */
 export const TEST_PG_URL = process.env.TEST_DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/test';
@@ -80,40 +79,4 @@ export async function describeEachDialect(title: string, body: (ctx: DialectCont
       body(ctx);
     });
   }
-}
-
-/** A context (system + user message) and `n` assistant replies to it from `modelVersionId`. */
-export interface SeededContext {
-  conversationId: string;
-  contextId: string;
-  replies: string[];
-}
-
-/** Seeds a conversation whose last user message has `n` sibling replies. */
-export async function seedContext(
-  db: Kysely<Database>,
-  opts: { n?: number; userId?: string; modelVersionId?: string; prompt?: string } = {},
-): Promise<SeededContext> {
-  const { n = 3, userId = 'user-1', modelVersionId = 'v1', prompt = 'What does serendipity mean?' } = opts;
-  const conversation = await createConversation(db, { userId });
-  const system = await addMessage(db, { conversationId: conversation.id, role: 'system', content: 'Be brief.' });
-  const user = await addMessage(db, { conversationId: conversation.id, parentId: system.id, role: 'user', content: prompt, userId });
-  const replies: string[] = [];
-  for (let i = 0; i < n; i++) {
-    const { message } = await addAssistantReply(db, {
-      message: { conversationId: conversation.id, parentId: user.id, content: `reply ${i} to ${prompt}`, tokenCount: 4 },
-      generation: {
-        modelVersionId,
-        params: { temperature: 0.8 },
-        seed: i,
-        finishReason: 'stop',
-        promptTokens: 10,
-        completionTokens: 4,
-        latencyMs: 20,
-        ttftMs: 5,
-      },
-    });
-    replies.push(message.id);
-  }
-  return { conversationId: conversation.id, contextId: user.id, replies };
 }
