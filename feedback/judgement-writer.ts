@@ -19,6 +19,11 @@ import { writeTransaction } from './transaction.ts';
 export interface JudgementWriterOptions {
   /** Most judgements per transaction (default 256). */
   maxBatch?: number;
+  /**
+   * Batches in flight at once (default 1 on SQLite, whose one connection serialises them
+   * anyway; 4 on PostgreSQL, where commits of several connections overlap).
+   */
+  concurrency?: number;
 }
 
 interface Pending {
@@ -39,18 +44,25 @@ export class JudgementWriter {
   readonly #db: Kysely<Database>;
   readonly #dialect: DialectName;
   readonly #maxBatch: number;
+  readonly #concurrency: number;
   #queue: Pending[] = [];
   #scheduled = false;
-  #draining: Promise<void> | null = null;
+  #inFlight = 0;
+  #idle: (() => void)[] = [];
   #closed = false;
   readonly stats: JudgementWriterStats = { submitted: 0, batches: 0, largestBatch: 0 };
 
   constructor(db: Kysely<Database>, dialect: DialectName, options: JudgementWriterOptions = {}) {
     const maxBatch = options.maxBatch ?? 256;
+    const concurrency = options.concurrency ?? (dialect === 'postgres' ? 4 : 1);
     if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new RangeError(`maxBatch must be a positive integer, got ${maxBatch}`);
+    if (!Number.isInteger(concurrency) || concurrency < 1) {
+      throw new RangeError(`concurrency must be a positive integer, got ${concurrency}`);
+    }
     this.#db = db;
     this.#dialect = dialect;
     this.#maxBatch = maxBatch;
+    this.#concurrency = concurrency;
   }
 
   /**
@@ -69,11 +81,9 @@ export class JudgementWriter {
   }
 
   /** Resolves when everything submitted so far has been committed. */
-  async flush(): Promise<void> {
-    while (this.#draining || this.#scheduled || this.#queue.length > 0) {
-      if (this.#draining) await this.#draining;
-      else await new Promise<void>((r) => setImmediate(r));
-    }
+  flush(): Promise<void> {
+    if (this.#queue.length === 0 && this.#inFlight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#idle.push(resolve));
   }
 
   /** Flushes, then refuses further submissions. */
@@ -82,24 +92,27 @@ export class JudgementWriter {
     await this.flush();
   }
 
+  // Waiting one turn of the event loop lets concurrent submitters join the same batch.
   #schedule(): void {
-    if (this.#scheduled || this.#draining) return;
+    if (this.#scheduled || this.#inFlight >= this.#concurrency) return;
     this.#scheduled = true;
     setImmediate(() => {
       this.#scheduled = false;
-      this.#draining = this.#drain().finally(() => {
-        this.#draining = null;
-        if (this.#queue.length > 0) this.#schedule();
-      });
+      this.#pump();
     });
   }
 
-  async #drain(): Promise<void> {
-    while (this.#queue.length > 0) {
+  #pump(): void {
+    while (this.#inFlight < this.#concurrency && this.#queue.length > 0) {
       const batch = this.#queue.splice(0, this.#maxBatch);
       this.stats.batches++;
       this.stats.largestBatch = Math.max(this.stats.largestBatch, batch.length);
-      await this.#commit(batch);
+      this.#inFlight++;
+      void this.#commit(batch).finally(() => {
+        this.#inFlight--;
+        if (this.#queue.length > 0) this.#pump();
+        else if (this.#inFlight === 0) for (const done of this.#idle.splice(0)) done();
+      });
     }
   }
 
