@@ -1,0 +1,64 @@
+/**
+ * The HTTP app (Hono): health, metrics and the OpenAI-compatible routes. Errors are thrown as
+ * `ChatError`s and turned into responses in the one `onError` below, in OpenAI's error shape
+ * (`{ error: { message, type, code, param } }`) with `Retry-After` on 429 and 503.
+ * Testable without a socket through `app.request()`.
+ */
+import { Hono } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
+import type { ChatService } from './chat-service.ts';
+import type { ServerConfig } from './config.ts';
+import { ChatError, openAIErrorType, toChatError } from './errors.ts';
+import type { ServerMetrics } from './metrics.ts';
+import { openAIRoutes } from './openai-routes.ts';
+import type { RateLimiter } from './rate-limit.ts';
+
+export interface AppDeps {
+  /** Undefined until the model and store are ready. */
+  chat: () => ChatService | undefined;
+  config: ServerConfig;
+  metrics: ServerMetrics;
+  limiter: RateLimiter;
+}
+
+export function createApp(deps: AppDeps): Hono {
+  const app = new Hono();
+
+  app.get('/healthz', (c) => {
+    const chat = deps.chat();
+    if (!chat) return c.json({ status: 'loading' }, 503, { 'Retry-After': '1' });
+    return c.json({ status: 'ok', modelVersion: chat.model.version });
+  });
+
+  app.get('/metrics', async (c) => {
+    const body = await deps.metrics.registry.metrics();
+    return c.body(body, 200, { 'Content-Type': deps.metrics.registry.contentType });
+  });
+
+  app.use(
+    '/v1/*',
+    bodyLimit({
+      maxSize: deps.config.maxMessageBytes,
+      onError: () => {
+        throw new ChatError('message_too_large', `the request body is over ${deps.config.maxMessageBytes} bytes`);
+      },
+    }),
+  );
+  app.route('/v1', openAIRoutes({ chat: deps.chat, limiter: deps.limiter, maxN: deps.config.maxN }));
+
+  app.notFound((c) => {
+    deps.metrics.errors.inc({ code: 'not_found' });
+    return c.json({ error: { message: 'no such route', type: 'not_found_error', code: 'not_found', param: null } }, 404);
+  });
+
+  app.onError((err, c) => {
+    const e = toChatError(err);
+    if (e.code === 'internal_error') console.error('request failed:', err);
+    deps.metrics.errors.inc({ code: e.code });
+    const headers: Record<string, string> = {};
+    if (e.retryAfter !== undefined) headers['Retry-After'] = String(e.retryAfter);
+    return c.json({ error: { message: e.message, type: openAIErrorType(e.status), code: e.code, param: null } }, e.status as 400, headers);
+  });
+
+  return app;
+}

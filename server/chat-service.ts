@@ -1,0 +1,267 @@
+/**
+ * Conversations as the server sees them, shared by the WebSocket and the OpenAI doors: rebuild
+ * a conversation's active branch from the store (or the session cache), render the prompt with
+ * the one chat template (dropping the oldest turns, never the system prompt, when it outgrows the
+ * context window), submit replies to the scheduler, and store every reply with its generation
+ * record (model version, sampling parameters, seed, usage, timings).
+ */
+import { randomInt } from 'node:crypto';
+import { renderChat, type ChatMessage } from '../model/chat-template.ts';
+import { DEFAULT_GENERATE, type GenerateOptions } from '../model/generate.ts';
+import { disposeCache } from '../model/gpt.ts';
+import { addMessage, createConversation, getConversation, getThread, listMessages } from '../feedback/conversations.ts';
+import { addAssistantReply } from '../feedback/generations.ts';
+import type { FeedbackStore } from '../feedback/open-store.ts';
+import type { ServerConfig } from './config.ts';
+import { ChatError } from './errors.ts';
+import type { ServerMetrics } from './metrics.ts';
+import type { GenerationResult, Job, Scheduler } from './scheduler.ts';
+import type { ConversationState, SessionCache, Turn } from './session-cache.ts';
+import type { Sampling } from './ws-protocol.ts';
+
+export interface ChatDeps {
+  store: FeedbackStore;
+  scheduler: Scheduler;
+  sessions: SessionCache;
+  config: ServerConfig;
+  metrics: ServerMetrics;
+}
+
+/** A prompt ready to decode. */
+export interface Prompt {
+  ids: number[];
+  /** Messages dropped from the front (after the system prompt) to fit the context window. */
+  droppedMessages: number;
+}
+
+/** A reply once decoded and stored. */
+export interface StoredReply {
+  messageId: string;
+  parentId: string;
+  content: string;
+  result: GenerationResult;
+  droppedMessages: number;
+  candidate: number;
+  opts: GenerateOptions;
+}
+
+/** Replies in flight: cancel them, or await them. */
+export interface ReplyRun {
+  readonly jobs: readonly Job[];
+  readonly done: Promise<StoredReply[]>;
+  cancel(): void;
+}
+
+export class ChatService {
+  readonly #inFlight = new Set<string>();
+
+  constructor(readonly deps: ChatDeps) {}
+
+  get model() {
+    return this.deps.scheduler.model;
+  }
+
+  /** Starts a conversation (optionally with a system prompt stored as its first message). */
+  async start(userId: string, opts: { system?: string; title?: string } = {}): Promise<ConversationState> {
+    const { db } = this.deps.store;
+    const conv = await createConversation(db, { userId, title: opts.title });
+    const path: Turn[] = [];
+    if (opts.system) {
+      const m = await addMessage(db, { conversationId: conv.id, role: 'system', content: opts.system, userId });
+      path.push({ id: m.id, role: 'system', content: m.content });
+    }
+    const state: ConversationState = { id: conv.id, userId, path };
+    this.deps.sessions.put(state);
+    this.#gauges();
+    return state;
+  }
+
+  /**
+   * A conversation's live state: from the session cache, else rebuilt from the store (the active
+   * branch is the path to its most recent message). Another user's conversation is "unknown".
+   */
+  async load(conversationId: string, userId: string): Promise<ConversationState> {
+    const cached = this.deps.sessions.get(conversationId);
+    if (cached) {
+      if (cached.userId !== userId) throw new ChatError('unknown_conversation', `no conversation ${conversationId}`);
+      return cached;
+    }
+    const { db } = this.deps.store;
+    const conv = await getConversation(db, conversationId);
+    if (!conv || conv.user_id !== userId) throw new ChatError('unknown_conversation', `no conversation ${conversationId}`);
+    const msgs = await listMessages(db, conversationId);
+    const leaf = msgs[msgs.length - 1];
+    const thread = leaf ? await getThread(db, leaf.id) : [];
+    const state: ConversationState = { id: conv.id, userId, path: thread.map((m) => ({ id: m.id, role: m.role, content: m.content })) };
+    const again = this.deps.sessions.get(conversationId); // another request may have rebuilt it meanwhile
+    if (again) return again;
+    this.deps.sessions.put(state);
+    this.#gauges();
+    return state;
+  }
+
+  /** The path from the root to `messageId` (a message of this conversation), from the cache when it is on the active branch. */
+  async threadTo(state: ConversationState, messageId: string): Promise<Turn[]> {
+    const i = state.path.findIndex((t) => t.id === messageId);
+    if (i >= 0) return state.path.slice(0, i + 1);
+    const thread = await getThread(this.deps.store.db, messageId);
+    if (!thread.length || thread[0]!.conversation_id !== state.id) throw new ChatError('unknown_message', `no message ${messageId} in conversation ${state.id}`);
+    return thread.map((m) => ({ id: m.id, role: m.role, content: m.content }));
+  }
+
+  /** Stores a user message after `parent` (default: the end of the active branch) and returns the context it closes. */
+  async addUserMessage(state: ConversationState, content: string, parentId?: string): Promise<Turn[]> {
+    let base = parentId ? await this.threadTo(state, parentId) : state.path;
+    // A user message follows a system or assistant turn; after a user turn without a reply, it replaces it.
+    if (base.length && base[base.length - 1]!.role === 'user') base = base.slice(0, -1);
+    const parent = base[base.length - 1];
+    const m = await addMessage(this.deps.store.db, { conversationId: state.id, parentId: parent?.id ?? null, role: 'user', content, userId: state.userId });
+    return [...base, { id: m.id, role: 'user', content }];
+  }
+
+  /** Sampling options from a request, checked against the limits. */
+  options(p: Sampling = {}): GenerateOptions {
+    const { config } = this.deps;
+    const maxTokens = p.maxTokens ?? config.defaultMaxTokens;
+    if (maxTokens > config.maxTokens) throw new ChatError('max_tokens_too_large', `maxTokens ${maxTokens} is over the limit of ${config.maxTokens}`);
+    return {
+      temperature: p.temperature ?? DEFAULT_GENERATE.temperature,
+      topK: p.topK ?? DEFAULT_GENERATE.topK,
+      topP: p.topP ?? DEFAULT_GENERATE.topP,
+      maxTokens,
+      seed: p.seed ?? randomInt(0, 2 ** 31),
+      stop: p.stop ?? [],
+    };
+  }
+
+  /**
+   * Renders `messages` (ending with a user turn) for generation. Drops the oldest messages after
+   * the system prompt, whole user/assistant exchanges at a time, until `minReplyTokens` (or
+   * `maxTokens`, if smaller) fit after the prompt. Throws `prompt_too_long` when even the last
+   * user message (with the system prompt) does not fit, or the prompt is over `maxPromptTokens`.
+   */
+  prompt(messages: readonly ChatMessage[], maxTokens: number): Prompt {
+    const { tok, gpt } = this.model;
+    const { blockSize } = gpt.config;
+    const reserve = Math.min(maxTokens, this.deps.config.minReplyTokens);
+    const system = messages[0]?.role === 'system' ? [messages[0]] : [];
+    let rest = messages.slice(system.length);
+    let dropped = 0;
+    const render = (m: readonly ChatMessage[]): number[] => renderChat(tok, m, { addGenerationPrompt: true }).ids;
+    try {
+      renderChat(tok, messages); // validates roles and order with the template's own rules
+    } catch (err) {
+      throw new ChatError('invalid_request', (err as Error).message);
+    }
+    let ids = render([...system, ...rest]);
+    if (ids.length > this.deps.config.maxPromptTokens) throw new ChatError('prompt_too_long', `the prompt has ${ids.length} tokens; the limit is ${this.deps.config.maxPromptTokens}`);
+    while (ids.length + reserve > blockSize) {
+      if (rest.length <= 1) {
+        throw new ChatError('prompt_too_long', `the last message (with the system prompt) takes ${ids.length} tokens; the context window is ${blockSize} with ${reserve} kept for the reply`);
+      }
+      const cut = rest.length >= 3 ? 2 : 1;
+      rest = rest.slice(cut);
+      dropped += cut;
+      ids = render([...system, ...rest]);
+    }
+    return { ids, droppedMessages: dropped };
+  }
+
+  /**
+   * Reserves a conversation for one request at a time (replies, regenerations, comparisons);
+   * throws `busy` while another holds it. Call the returned function when done.
+   */
+  claim(conversationId: string): () => void {
+    if (this.#inFlight.has(conversationId)) throw new ChatError('busy', `a reply is already being generated in conversation ${conversationId}; wait for it or cancel it`);
+    this.#inFlight.add(conversationId);
+    let released = false;
+    return () => {
+      if (!released) this.#inFlight.delete(conversationId);
+      released = true;
+    };
+  }
+
+  /**
+   * Generates `n` sibling replies to the user message ending `context`, decoded together, and
+   * stores each. The first becomes the conversation's active branch (and keeps its KV cache).
+   */
+  reply(
+    state: ConversationState | undefined,
+    conversationId: string,
+    context: readonly Turn[],
+    opts: GenerateOptions,
+    n: number,
+    source: string,
+    onDelta?: (candidate: number, text: string) => void,
+  ): ReplyRun {
+    const userTurn = context[context.length - 1];
+    if (!userTurn || userTurn.role !== 'user') throw new ChatError('invalid_request', 'a reply needs a user message to answer');
+    const prompt = this.prompt(context.map((t) => ({ role: t.role, content: t.content })), opts.maxTokens);
+    const { scheduler, metrics } = this.deps;
+    const jobs: Job[] = [];
+    const perCandidate = Array.from({ length: n }, (_, i) => ({ ...opts, seed: (opts.seed + i) % Number.MAX_SAFE_INTEGER }));
+    try {
+      for (let i = 0; i < n; i++) {
+        const reuse = i === 0 && state ? this.deps.sessions.takeKv(state) : undefined;
+        jobs.push(
+          scheduler.submit({
+            promptIds: prompt.ids,
+            opts: perCandidate[i]!,
+            reuse,
+            keepContext: i === 0 && state !== undefined,
+            source,
+            onDelta: onDelta && ((t) => onDelta(i, t)),
+          }),
+        );
+      }
+    } catch (err) {
+      jobs.forEach((j) => j.cancel());
+      throw err;
+    }
+    metrics.requests.inc({ source }, n);
+    const done = (async () => {
+      try {
+        const results = await Promise.all(jobs.map((j) => j.result));
+        const stored: StoredReply[] = [];
+        for (let i = 0; i < n; i++) {
+          const r = results[i]!;
+          const o = perCandidate[i]!;
+          const { message } = await addAssistantReply(this.deps.store.db, {
+            message: { conversationId, parentId: userTurn.id, content: r.text, tokenCount: r.completionTokens },
+            generation: {
+              modelVersionId: r.version,
+              params: { temperature: o.temperature, topP: o.topP, topK: o.topK, maxTokens: o.maxTokens, stop: o.stop, source, candidates: n, droppedMessages: prompt.droppedMessages },
+              seed: o.seed,
+              finishReason: r.finishReason,
+              promptTokens: r.promptTokens,
+              completionTokens: r.completionTokens,
+              latencyMs: r.latencyMs,
+              ttftMs: r.ttftMs,
+            },
+          });
+          stored.push({ messageId: message.id, parentId: userTurn.id, content: r.text, result: r, droppedMessages: prompt.droppedMessages, candidate: i, opts: o });
+        }
+        if (state) {
+          state.path = [...context, { id: stored[0]!.messageId, role: 'assistant', content: stored[0]!.content }];
+          const ctx = results[0]!.context;
+          if (ctx) this.deps.sessions.giveKv(state, ctx);
+          else this.deps.sessions.put(state);
+        }
+        return stored;
+      } catch (err) {
+        for (const r of await Promise.allSettled(jobs.map((j) => j.result))) {
+          if (r.status === 'fulfilled' && r.value.context) disposeCache(r.value.context.cache);
+        }
+        throw err;
+      } finally {
+        this.#gauges();
+      }
+    })();
+    return { jobs, done, cancel: () => jobs.forEach((j) => j.cancel()) };
+  }
+
+  #gauges(): void {
+    this.deps.metrics.activeConversations.set(this.deps.sessions.size);
+    this.deps.metrics.sessionBytes.set(this.deps.sessions.bytes);
+  }
+}

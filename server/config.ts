@@ -1,0 +1,50 @@
+/**
+ * The chat server's config: one frozen object, defaults < environment (unprefixed, e.g. `PORT`,
+ * `MODEL_DIR`, `MAX_BATCH`) < command line (`--port 9000`). Parsed by the project's one config
+ * parser (`model/config.ts`).
+ */
+import { z } from 'zod';
+import { parseConfig } from '../model/config.ts';
+
+export const ServerConfigSchema = z.object({
+  port: z.number().int().min(0).max(65535).default(8080).describe('HTTP and WebSocket port (0 = ephemeral)'),
+  host: z.string().default('0.0.0.0').describe('interface to listen on'),
+  modelDir: z.string().default('checkpoints/sft').describe('checkpoint directory of the model served'),
+  dataDir: z.string().optional().describe('where the default SQLite store lives (default <project>/data)'),
+  databaseUrl: z.string().optional().describe('postgres://… or sqlite:<path>; default SQLite in dataDir'),
+  maxBatch: z.number().int().positive().default(32).describe('sequences decoded together in one step'),
+  maxQueue: z.number().int().nonnegative().default(64).describe('requests waiting for a batch slot before "overloaded"'),
+  prefillTokensPerStep: z.number().int().positive().default(256).describe('prompt tokens prefilled between two decode steps (at least one prompt)'),
+  maxMessageBytes: z.number().int().positive().default(64 * 1024).describe('largest WebSocket frame / HTTP body accepted'),
+  maxPromptTokens: z.number().int().positive().default(4096).describe('largest prompt (before context-window trimming) accepted'),
+  maxTokens: z.number().int().positive().default(256).describe('most tokens one reply may ask for'),
+  defaultMaxTokens: z.number().int().positive().default(128).describe('reply length when the request names none'),
+  minReplyTokens: z.number().int().positive().default(16).describe('context kept free for the reply when old turns are dropped'),
+  maxN: z.number().int().positive().default(4).describe('most choices (`n`) per OpenAI request'),
+  requestsPerMinute: z.number().int().positive().default(120).describe('generation requests per client per minute'),
+  messagesPerSecond: z.number().int().positive().default(50).describe('WebSocket messages per socket per second before rate_limited'),
+  floodCloseAfter: z.number().int().positive().default(200).describe('rate-limited WebSocket messages in a row before the socket is closed (1008)'),
+  sessionCacheBytes: z.number().int().positive().default(256 * 1024 * 1024).describe('bytes of live conversation state (KV caches included) kept in memory'),
+  heartbeatMs: z.number().int().positive().default(30_000).describe('WebSocket ping interval; a socket silent for one interval is terminated'),
+  maxSocketBufferBytes: z.number().int().positive().default(4 * 1024 * 1024).describe('unsent bytes a slow WebSocket reader may accumulate before it is closed'),
+  retryAfterSeconds: z.number().int().positive().default(1).describe('Retry-After sent with "overloaded"'),
+});
+
+export type ServerConfig = Readonly<z.infer<typeof ServerConfigSchema>>;
+
+/** Reads the server config from argv and the environment (`PORT`, `MODEL_DIR`, `DATABASE_URL`, …). */
+export function loadServerConfig(argv: readonly string[] = process.argv.slice(2), env: NodeJS.ProcessEnv = process.env, overrides: Partial<ServerConfig> = {}): ServerConfig {
+  // Environment keys are unprefixed (`PORT`, not `SERVER_PORT`) as the README promises; parseConfig
+  // needs a prefix, so the environment is presented under one.
+  const prefixed: Record<string, string | undefined> = {};
+  for (const key of Object.keys(ServerConfigSchema.shape)) {
+    const name = key.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase();
+    if (env[name] !== undefined && env[name] !== '') prefixed[`CHAT_${name}`] = env[name];
+  }
+  return parseConfig(ServerConfigSchema, { argv, env: prefixed, envPrefix: 'CHAT', overrides });
+}
+
+/** The config with every default (tests override what they need). */
+export function defaultServerConfig(overrides: Partial<ServerConfig> = {}): ServerConfig {
+  return parseConfig(ServerConfigSchema, { overrides });
+}

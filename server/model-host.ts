@@ -1,0 +1,37 @@
+/**
+ * The model being served: a policy GPT, its tokenizer and a version id, loaded from a
+ * sha256-verified checkpoint directory. The version id is `<directory name>-<first 12 hex of the
+ * weights' sha256>`, stamped on every reply and every stored generation.
+ */
+import { basename, resolve } from 'node:path';
+import { GPT } from '../model/gpt.ts';
+import { Tokenizer } from '../model/tokenizer.ts';
+import { loadCheckpoint } from '../model/checkpoint.ts';
+
+/** A loaded model, ready to decode. */
+export interface ServedModel {
+  readonly gpt: GPT;
+  readonly tok: Tokenizer;
+  /** e.g. `sft-3f2a9c0d11be` */
+  readonly version: string;
+  readonly dir: string;
+  readonly createdAt: number;
+}
+
+/** The version id of a checkpoint directory and its weights' sha256. */
+export function versionId(dir: string, sha256: string): string {
+  return `${basename(resolve(dir))}-${sha256.slice(0, 12)}`;
+}
+
+/**
+ * Loads a policy checkpoint (throws `CheckpointError` with a stable code when it is missing or corrupt).
+ *
+ * @example
+ *   const model = loadServedModel('checkpoints/sft');   // model.version === 'sft-…'
+ */
+export function loadServedModel(dir: string): ServedModel {
+  const ck = loadCheckpoint(dir, { kind: 'policy' });
+  const tok = Tokenizer.fromJSON(ck.tokenizer);
+  const gpt = GPT.fromWeights(ck.meta.config, 'policy', ck.weights);
+  return Object.freeze({ gpt, tok, version: versionId(dir, ck.meta.sha256), dir: resolve(dir), createdAt: Math.floor(Date.parse(ck.meta.createdAt) / 1000) || 0 });
+}

@@ -1,0 +1,229 @@
+/**
+ * OpenAI-compatible routes: `GET /v1/models` and `POST /v1/chat/completions`, streaming (SSE
+ * `chat.completion.chunk`s, then `data: [DONE]`) and not. The official `openai` client works
+ * against them unchanged.
+ *
+ * Choices made here:
+ *  1. `model` in a request may be any string (clients often hard-code one); responses name the
+ *     version actually served, which is also the one id `/v1/models` lists.
+ *  2. Each request is stored as a new conversation (user `api:<client>`), its messages as a chain
+ *     and its `n` choices as sibling replies with their generation records.
+ *  3. Consecutive messages of the same role are joined with a blank line, `developer` counts as
+ *     `system`, and content parts other than text are refused.
+ *  4. Non-standard extras, ignored by clients: each choice carries `message_id` (the stored reply,
+ *     for feedback) on the final chunk / in the response.
+ */
+import { randomBytes } from 'node:crypto';
+import { Hono, type Context } from 'hono';
+import { streamSSE } from 'hono/streaming';
+import { z } from 'zod';
+import type { ChatMessage } from '../model/chat-template.ts';
+import { addMessage, createConversation } from '../feedback/conversations.ts';
+import type { ChatService, StoredReply } from './chat-service.ts';
+import { ChatError } from './errors.ts';
+import type { RateLimiter } from './rate-limit.ts';
+import type { Turn } from './session-cache.ts';
+
+const ContentPart = z.looseObject({ type: z.string(), text: z.string().optional() });
+
+const MessageSchema = z.looseObject({
+  role: z.enum(['system', 'developer', 'user', 'assistant']),
+  content: z.union([z.string(), z.array(ContentPart)]).nullable().optional(),
+  name: z.string().optional(),
+});
+
+/** The request fields the server honours (others are accepted and ignored). */
+export const ChatCompletionRequestSchema = z.looseObject({
+  model: z.string().min(1).max(256),
+  messages: z.array(MessageSchema).min(1).max(1000),
+  temperature: z.number().min(0).max(2).nullable().optional(),
+  top_p: z.number().gt(0).max(1).nullable().optional(),
+  max_tokens: z.number().int().positive().nullable().optional(),
+  max_completion_tokens: z.number().int().positive().nullable().optional(),
+  stop: z.union([z.string().min(1), z.array(z.string().min(1)).max(4)]).nullable().optional(),
+  seed: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).nullable().optional(),
+  n: z.number().int().positive().nullable().optional(),
+  stream: z.boolean().nullable().optional(),
+  stream_options: z.looseObject({ include_usage: z.boolean().optional() }).nullable().optional(),
+  user: z.string().max(256).optional(),
+});
+export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequestSchema>;
+
+export interface OpenAIDeps {
+  chat: () => ChatService | undefined;
+  limiter: RateLimiter;
+  maxN: number;
+}
+
+/** Normalises OpenAI messages to the chat template's turns. */
+export function toChatMessages(messages: ChatCompletionRequest['messages']): ChatMessage[] {
+  const out: ChatMessage[] = [];
+  messages.forEach((m, i) => {
+    const role = m.role === 'developer' ? 'system' : m.role;
+    let content: string;
+    if (typeof m.content === 'string') content = m.content;
+    else if (m.content == null) content = '';
+    else {
+      const bad = m.content.find((p) => p.type !== 'text' || typeof p.text !== 'string');
+      if (bad) throw new ChatError('invalid_request', `messages[${i}].content: only text parts are supported, got ${JSON.stringify(bad.type)}`);
+      content = m.content.map((p) => p.text).join('');
+    }
+    const last = out[out.length - 1];
+    if (last && last.role === role) last.content += `\n\n${content}`;
+    else out.push({ role, content });
+  });
+  if (out.some((m, i) => m.role === 'system' && i > 0)) throw new ChatError('invalid_request', 'system (or developer) messages may only come first');
+  if (out[out.length - 1]?.role !== 'user') throw new ChatError('invalid_request', 'the last message must be from the user');
+  return out;
+}
+
+function clientKey(c: Context): string {
+  const auth = c.req.header('authorization');
+  if (auth?.startsWith('Bearer ') && auth.length > 7) return `key:${auth.slice(7, 71)}`;
+  const incoming = (c.env as { incoming?: { socket?: { remoteAddress?: string } } } | undefined)?.incoming;
+  return `ip:${incoming?.socket?.remoteAddress ?? 'unknown'}`;
+}
+
+function finishReason(r: StoredReply['result']['finishReason']): 'stop' | 'length' {
+  return r === 'length' ? 'length' : 'stop';
+}
+
+export function openAIRoutes(deps: OpenAIDeps): Hono {
+  const app = new Hono();
+  const need = (): ChatService => {
+    const chat = deps.chat();
+    if (!chat) throw new ChatError('not_ready', 'the model is still loading', 503, 1);
+    return chat;
+  };
+
+  app.get('/models', (c) => {
+    const m = need().model;
+    return c.json({ object: 'list', data: [{ id: m.version, object: 'model', created: m.createdAt, owned_by: 'rlhf-chat' }] });
+  });
+
+  app.get('/models/:id', (c) => {
+    const m = need().model;
+    if (c.req.param('id') !== m.version) throw new ChatError('model_not_found', `no model ${c.req.param('id')}; this server serves ${m.version}`);
+    return c.json({ id: m.version, object: 'model', created: m.createdAt, owned_by: 'rlhf-chat' });
+  });
+
+  app.post('/chat/completions', async (c) => {
+    const chat = need();
+    let body: unknown;
+    try {
+      body = await c.req.json();
+    } catch {
+      throw new ChatError('invalid_json', 'the request body is not valid JSON');
+    }
+    const parsed = ChatCompletionRequestSchema.safeParse(body);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0]!;
+      throw new ChatError('invalid_request', `${issue.path.join('.') || 'body'}: ${issue.message}`);
+    }
+    const req = parsed.data;
+    const n = req.n ?? 1;
+    if (n > deps.maxN) throw new ChatError('invalid_request', `n is at most ${deps.maxN}`);
+    const messages = toChatMessages(req.messages);
+    const stop = req.stop == null ? undefined : typeof req.stop === 'string' ? [req.stop] : req.stop;
+    const opts = chat.options({
+      temperature: req.temperature ?? undefined,
+      topP: req.top_p ?? undefined,
+      maxTokens: req.max_completion_tokens ?? req.max_tokens ?? undefined,
+      seed: req.seed ?? undefined,
+      stop,
+    });
+    chat.prompt(messages, opts.maxTokens); // refuse a prompt that cannot fit before storing anything
+    const key = clientKey(c);
+    deps.limiter.take(key);
+
+    const { db } = chat.deps.store;
+    const userId = `api:${req.user ?? key}`.slice(0, 128);
+    const conv = await createConversation(db, { userId });
+    const context: Turn[] = [];
+    for (const m of messages) {
+      const row = await addMessage(db, { conversationId: conv.id, parentId: context[context.length - 1]?.id ?? null, role: m.role, content: m.content, userId });
+      context.push({ id: row.id, role: m.role, content: m.content });
+    }
+
+    const id = `chatcmpl-${randomBytes(12).toString('hex')}`;
+    const created = Math.floor(Date.now() / 1000);
+    const model = chat.model.version;
+    const signal = c.req.raw.signal;
+
+    if (!req.stream) {
+      const run = chat.reply(undefined, conv.id, context, opts, n, 'openai');
+      const onAbort = () => run.cancel();
+      signal.addEventListener('abort', onAbort, { once: true });
+      let replies: StoredReply[];
+      try {
+        replies = await run.done;
+      } finally {
+        signal.removeEventListener('abort', onAbort);
+      }
+      const prompt = replies[0]!.result.promptTokens;
+      const completion = replies.reduce((a, r) => a + r.result.completionTokens, 0);
+      return c.json({
+        id,
+        object: 'chat.completion',
+        created,
+        model,
+        system_fingerprint: model,
+        choices: replies.map((r) => ({
+          index: r.candidate,
+          message: { role: 'assistant', content: r.content, refusal: null },
+          logprobs: null,
+          finish_reason: finishReason(r.result.finishReason),
+          message_id: r.messageId,
+        })),
+        usage: { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion },
+      });
+    }
+
+    const includeUsage = req.stream_options?.include_usage === true;
+    const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) =>
+      JSON.stringify({ id, object: 'chat.completion.chunk', created, model, system_fingerprint: model, choices, ...extra });
+    // Deltas arrive from the decode loop synchronously; they are queued and written in order.
+    const lines: string[] = [];
+    let wake: (() => void) | undefined;
+    const push = (line: string) => {
+      lines.push(line);
+      wake?.();
+    };
+    for (let i = 0; i < n; i++) push(chunk([{ index: i, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]));
+    const run = chat.reply(undefined, conv.id, context, opts, n, 'openai', (i, text) => push(chunk([{ index: i, delta: { content: text }, logprobs: null, finish_reason: null }])));
+    let finished = false;
+    run.done
+      .then((replies) => {
+        for (const r of replies) push(chunk([{ index: r.candidate, delta: {}, logprobs: null, finish_reason: finishReason(r.result.finishReason), message_id: r.messageId }]));
+        if (includeUsage) {
+          const prompt = replies[0]!.result.promptTokens;
+          const completion = replies.reduce((a, r) => a + r.result.completionTokens, 0);
+          push(chunk([], { usage: { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion } }));
+        }
+        push('[DONE]');
+      })
+      .catch((err: unknown) => {
+        const e = err instanceof ChatError ? err : new ChatError('internal_error', 'internal error');
+        push(JSON.stringify({ error: { message: e.message, type: 'server_error', code: e.code, param: null } }));
+      })
+      .finally(() => {
+        finished = true;
+        wake?.();
+      });
+    return streamSSE(c, async (stream) => {
+      stream.onAbort(() => run.cancel());
+      signal.addEventListener('abort', () => run.cancel(), { once: true });
+      for (;;) {
+        while (lines.length) {
+          if (stream.aborted) return;
+          await stream.writeSSE({ data: lines.shift()! });
+        }
+        if (finished) return;
+        await new Promise<void>((r) => (wake = r));
+        wake = undefined;
+      }
+    });
+  });
+
+  return app;
+}

@@ -1,0 +1,337 @@
+/**
+ * Continuous batching. Every reply being decoded is a slot holding a `DecodeSequence`; the loop
+ *
+ *   1. admits waiting requests into free slots (prefill, or extension of a cached context),
+ *      within a prompt-token budget so running replies keep flowing;
+ *   2. runs ONE batched `decodeStep` over every live slot and pushes each row of logits to its
+ *      sequence, streaming the text deltas;
+ *   3. retires finished slots and yields to the event loop (`setImmediate`) so sockets are served.
+ *
+ * Sequences join and leave between steps. The queue is bounded: when `maxBatch` slots are busy and
+ * `maxQueue` requests wait, `submit` throws `overloaded`. Cancelling frees a slot at once (cancel
+ * can only run between steps, since a step is synchronous).
+ *
+ * Deviation worth knowing: a cached context (a conversation's KV cache from its previous turn) is
+ * extended by feeding the new prompt tokens through batched decode steps, one token per step,
+ * instead of a prefill that continues a cache (the model has none yet). The loop picks whichever
+ * it estimates cheaper from measured step and prefill times.
+ */
+import { DecodeSequence, type FinishReason, type GenerateOptions } from '../model/generate.ts';
+import { disposeCache, type KVCache } from '../model/gpt.ts';
+import { ChatError } from './errors.ts';
+import type { ServerMetrics } from './metrics.ts';
+import type { ServedModel } from './model-host.ts';
+import type { CachedContext } from './session-cache.ts';
+
+/** What to generate. */
+export interface GenerationRequest {
+  promptIds: readonly number[];
+  opts: GenerateOptions;
+  /** A cached context whose ids may prefix `promptIds`; the scheduler takes ownership of it. */
+  reuse?: CachedContext;
+  /** Return the final KV cache in the result (the caller then owns it) instead of freeing it. */
+  keepContext?: boolean;
+  /** Called with each released piece of text, in order. */
+  onDelta?: (text: string) => void;
+  /** Label for metrics (`ws`, `openai`, …). */
+  source?: string;
+}
+
+export interface GenerationResult {
+  text: string;
+  ids: number[];
+  finishReason: FinishReason;
+  promptTokens: number;
+  completionTokens: number;
+  /** From acceptance to the first sampled token (undefined if cancelled before it). */
+  ttftMs?: number;
+  latencyMs: number;
+  version: string;
+  /** Whether the prompt reused a cached context instead of a full prefill. */
+  reusedContext: boolean;
+  context?: CachedContext;
+}
+
+/** A submitted request. */
+export interface Job {
+  readonly id: number;
+  readonly result: Promise<GenerationResult>;
+  /** Stops the reply (or removes it from the queue); its result resolves with finish reason `cancelled`. */
+  cancel(): void;
+}
+
+export interface SchedulerOptions {
+  maxBatch: number;
+  maxQueue: number;
+  prefillTokensPerStep: number;
+  retryAfterSeconds: number;
+  /** `auto` (default) extends a cached context when estimated cheaper; `always`/`never` for tests. */
+  reuse?: 'auto' | 'always' | 'never';
+  metrics?: ServerMetrics;
+}
+
+interface Pending {
+  id: number;
+  req: GenerationRequest;
+  accepted: number;
+  resolve: (r: GenerationResult) => void;
+  reject: (e: unknown) => void;
+  state: 'waiting' | 'active' | 'done';
+  slot?: Slot;
+}
+
+interface Slot {
+  job: Pending;
+  seq: DecodeSequence;
+  cache: KVCache;
+  /** Prompt tokens still to feed before sampling starts (context extension). */
+  feed: readonly number[];
+  fed: number;
+  ttftMs?: number;
+  reused: boolean;
+}
+
+const tick = () => new Promise<void>((r) => setImmediate(r));
+
+export class Scheduler {
+  readonly #waiting: Pending[] = [];
+  readonly #active: Slot[] = [];
+  #running = false;
+  #nextId = 1;
+  #closed = false;
+  // Cost estimates (ms), refined by measurement.
+  #stepMs = 5;
+  #prefillMsPerToken = 0.5;
+  #tpsWindow = { start: performance.now(), tokens: 0 };
+
+  constructor(
+    public model: ServedModel,
+    readonly opts: SchedulerOptions,
+  ) {}
+
+  /** Requests waiting for a slot. */
+  get queueDepth(): number {
+    return this.#waiting.length;
+  }
+
+  /** Replies being decoded. */
+  get activeCount(): number {
+    return this.#active.length;
+  }
+
+  /**
+   * Queues a generation. Throws `overloaded` (429, with Retry-After) when the queue is full.
+   *
+   * @example
+   *   const job = scheduler.submit({ promptIds, opts: { ...DEFAULT_GENERATE, maxTokens: 32 }, onDelta: (t) => send(t) });
+   *   const { text, finishReason } = await job.result;
+   */
+  submit(req: GenerationRequest): Job {
+    if (this.#closed) throw new ChatError('not_ready', 'the server is shutting down', 503);
+    if (this.#active.length + this.#waiting.length >= this.opts.maxBatch + this.opts.maxQueue) {
+      if (req.reuse) disposeCache(req.reuse.cache);
+      throw new ChatError('overloaded', `the server is busy (${this.#waiting.length} requests waiting); retry later`, 429, this.opts.retryAfterSeconds);
+    }
+    let resolve!: (r: GenerationResult) => void;
+    let reject!: (e: unknown) => void;
+    const result = new Promise<GenerationResult>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    const job: Pending = { id: this.#nextId++, req, accepted: performance.now(), resolve, reject, state: 'waiting' };
+    this.#waiting.push(job);
+    this.#gauges();
+    this.#kick();
+    return { id: job.id, result, cancel: () => this.#cancel(job) };
+  }
+
+  /** Cancels everything and refuses new work. */
+  close(): void {
+    this.#closed = true;
+    for (const j of [...this.#waiting]) this.#cancel(j);
+    for (const s of [...this.#active]) this.#cancel(s.job);
+  }
+
+  #cancel(job: Pending): void {
+    if (job.state === 'waiting') {
+      this.#waiting.splice(this.#waiting.indexOf(job), 1);
+      if (job.req.reuse) disposeCache(job.req.reuse.cache);
+      job.state = 'done';
+      job.resolve({ text: '', ids: [], finishReason: 'cancelled', promptTokens: job.req.promptIds.length, completionTokens: 0, latencyMs: performance.now() - job.accepted, version: this.model.version, reusedContext: false });
+      this.#gauges();
+    } else if (job.state === 'active') {
+      const slot = job.slot!;
+      slot.seq.cancel();
+      this.#retire(slot);
+      this.#gauges();
+    }
+  }
+
+  #kick(): void {
+    if (this.#running) return;
+    this.#running = true;
+    setImmediate(() => {
+      this.#loop()
+        .catch((err) => console.error('scheduler loop failed:', err))
+        .finally(() => {
+          this.#running = false;
+          if (this.#waiting.length || this.#active.length) this.#kick();
+        });
+    });
+  }
+
+  async #loop(): Promise<void> {
+    while (this.#waiting.length || this.#active.length) {
+      await this.#admit();
+      this.#step();
+      this.#gauges();
+      await tick();
+    }
+  }
+
+  async #admit(): Promise<void> {
+    let budget = this.opts.prefillTokensPerStep;
+    let admitted = 0;
+    while (this.#waiting.length && this.#active.length < this.opts.maxBatch && (admitted === 0 || budget > 0)) {
+      const job = this.#waiting.shift()!;
+      try {
+        budget -= this.#start(job);
+      } catch (err) {
+        job.state = 'done';
+        job.reject(err);
+      }
+      admitted++;
+      if (this.#waiting.length) await tick(); // a long prompt must not starve the sockets
+    }
+  }
+
+  /** Moves a job into a slot; returns the prompt tokens prefilled. */
+  #start(job: Pending): number {
+    const { gpt, tok } = this.model;
+    const { promptIds, opts, reuse } = job.req;
+    const V = gpt.config.vocabSize;
+    let feed: number[] | undefined;
+    if (reuse) {
+      const fits = reuse.version === this.model.version && reuse.ids.length < promptIds.length && reuse.ids.every((id, i) => promptIds[i] === id);
+      const extra = promptIds.length - reuse.ids.length;
+      const cheaper = extra * this.#stepMs < promptIds.length * this.#prefillMsPerToken;
+      const policy = this.opts.reuse ?? 'auto';
+      if (fits && (policy === 'always' || (policy === 'auto' && cheaper))) feed = promptIds.slice(reuse.ids.length);
+      else disposeCache(reuse.cache);
+    }
+    if (feed) {
+      const cache = reuse!.cache;
+      const slot: Slot = { job, seq: new DecodeSequence(tok, cache, opts, gpt.config.blockSize), cache, feed, fed: 0, reused: true };
+      this.#activate(slot);
+      return 0;
+    }
+    const t0 = performance.now();
+    const { cache, logits } = gpt.prefill(promptIds);
+    const ms = performance.now() - t0;
+    this.#prefillMsPerToken = 0.8 * this.#prefillMsPerToken + (0.2 * ms) / promptIds.length;
+    const slot: Slot = { job, seq: new DecodeSequence(tok, cache, opts, gpt.config.blockSize), cache, feed: [], fed: 0, reused: false };
+    this.#activate(slot);
+    this.#sample(slot, logits, 0, V);
+    return promptIds.length;
+  }
+
+  #activate(slot: Slot): void {
+    slot.job.state = 'active';
+    slot.job.slot = slot;
+    this.#active.push(slot);
+  }
+
+  #sample(slot: Slot, logits: Float32Array, offset: number, V: number): void {
+    if (slot.ttftMs === undefined) {
+      slot.ttftMs = performance.now() - slot.job.accepted;
+      this.opts.metrics?.ttft.observe({ source: slot.job.req.source ?? 'other' }, slot.ttftMs / 1000);
+    }
+    const delta = slot.seq.push(logits, offset, V);
+    this.#tpsWindow.tokens++;
+    this.opts.metrics?.tokens.inc();
+    if (delta) this.#emit(slot, delta);
+    if (slot.seq.done) this.#retire(slot);
+  }
+
+  #emit(slot: Slot, delta: string): void {
+    try {
+      slot.job.req.onDelta?.(delta);
+    } catch (err) {
+      console.error('onDelta callback failed:', err);
+    }
+  }
+
+  #step(): void {
+    const live = this.#active.filter((s) => !s.seq.done);
+    if (!live.length) return;
+    const { gpt } = this.model;
+    const V = gpt.config.vocabSize;
+    const tokens = live.map((s) => (s.fed < s.feed.length ? s.feed[s.fed]! : s.seq.lastToken));
+    const t0 = performance.now();
+    let logits: Float32Array;
+    try {
+      logits = gpt.decodeStep(live.map((s) => s.cache), tokens);
+    } catch (err) {
+      for (const s of live) {
+        this.#remove(s);
+        s.seq.dispose();
+        s.job.state = 'done';
+        s.job.reject(err);
+      }
+      return;
+    }
+    const ms = performance.now() - t0;
+    this.#stepMs = 0.8 * this.#stepMs + 0.2 * ms;
+    this.opts.metrics?.stepSeconds.observe(ms / 1000);
+    this.opts.metrics?.batchSize.set(live.length);
+    live.forEach((s, row) => {
+      if (s.job.state !== 'active') return; // cancelled from a callback during this loop
+      if (s.fed < s.feed.length) {
+        s.fed++;
+        if (s.fed < s.feed.length) return;
+      }
+      this.#sample(s, logits, row * V, V);
+    });
+  }
+
+  #remove(slot: Slot): void {
+    const i = this.#active.indexOf(slot);
+    if (i >= 0) this.#active.splice(i, 1);
+  }
+
+  #retire(slot: Slot): void {
+    this.#remove(slot);
+    const { job, seq } = slot;
+    if (job.state !== 'active') return;
+    job.state = 'done';
+    const r: GenerationResult = {
+      text: seq.text,
+      ids: seq.ids,
+      finishReason: seq.finishReason ?? 'cancelled',
+      promptTokens: job.req.promptIds.length,
+      completionTokens: seq.ids.length,
+      ttftMs: slot.ttftMs,
+      latencyMs: performance.now() - job.accepted,
+      version: this.model.version,
+      reusedContext: slot.reused,
+    };
+    if (job.req.keepContext && r.finishReason === 'stop' && slot.fed === slot.feed.length && seq.ids.length > 0) {
+      // The cache holds the prompt and every sampled token but the last (never fed back).
+      r.context = { ids: [...job.req.promptIds, ...seq.ids.slice(0, -1)], cache: slot.cache, version: this.model.version };
+    } else seq.dispose();
+    job.resolve(r);
+  }
+
+  #gauges(): void {
+    const m = this.opts.metrics;
+    if (!m) return;
+    m.queueDepth.set(this.#waiting.length);
+    m.activeSequences.set(this.#active.length);
+    const now = performance.now();
+    const w = this.#tpsWindow;
+    if (now - w.start >= 1000) {
+      m.tokensPerSecond.set((w.tokens * 1000) / (now - w.start));
+      this.#tpsWindow = { start: now, tokens: 0 };
+    }
+  }
+}

@@ -1,0 +1,100 @@
+/**
+ * Starts the chat server in-process: HTTP (Hono on Node) and the `/ws` WebSocket endpoint on one
+ * port, the feedback store, the scheduler and the session cache. Listening starts first (so
+ * `/healthz` can say "loading"); the model and store load next; then the server is ready.
+ * `main.ts` is the command-line entry; tests and the benchmark call `startServer` directly.
+ */
+import type { AddressInfo } from 'node:net';
+import type { Server } from 'node:http';
+import { serve } from '@hono/node-server';
+import { openStore, type FeedbackStore } from '../feedback/open-store.ts';
+import { createApp } from './app.ts';
+import { ChatService } from './chat-service.ts';
+import type { ServerConfig } from './config.ts';
+import { ServerMetrics } from './metrics.ts';
+import { loadServedModel, type ServedModel } from './model-host.ts';
+import { RateLimiter } from './rate-limit.ts';
+import { Scheduler, type SchedulerOptions } from './scheduler.ts';
+import { SessionCache } from './session-cache.ts';
+import { ChatWebSocketServer } from './ws-handler.ts';
+
+export interface StartOptions {
+  /** A model already loaded (tests); default: load `config.modelDir`. */
+  model?: ServedModel;
+  /** A store already open (tests); default: open from `config.databaseUrl` / `config.dataDir`. */
+  store?: FeedbackStore;
+  /** Close the store on `close()` (default: only when this function opened it). */
+  ownStore?: boolean;
+  /** Process metrics (CPU, memory, event-loop lag) in /metrics; default true. */
+  defaultMetrics?: boolean;
+  reuse?: SchedulerOptions['reuse'];
+  log?: (line: string) => void;
+}
+
+export interface RunningServer {
+  readonly url: string;
+  readonly port: number;
+  readonly http: Server;
+  readonly ws: ChatWebSocketServer;
+  readonly metrics: ServerMetrics;
+  /** Resolves when the model and store are loaded (rejects if loading failed). */
+  readonly ready: Promise<ChatService>;
+  chat(): ChatService | undefined;
+  close(): Promise<void>;
+}
+
+/**
+ * @example
+ *   const srv = await startServer(loadServerConfig());
+ *   await srv.ready;  // GET /healthz now answers 200
+ */
+export async function startServer(config: ServerConfig, opts: StartOptions = {}): Promise<RunningServer> {
+  const log = opts.log ?? ((l: string) => console.error(l));
+  const metrics = new ServerMetrics({ defaultMetrics: opts.defaultMetrics ?? true });
+  const limiter = new RateLimiter(config.requestsPerMinute);
+  let chat: ChatService | undefined;
+  const getChat = () => chat;
+  const app = createApp({ chat: getChat, config, metrics, limiter });
+  const http = await new Promise<Server>((resolve) => {
+    const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, () => resolve(s as Server));
+  });
+  const ws = new ChatWebSocketServer(http, { chat: getChat, config, metrics, limiter });
+  const port = (http.address() as AddressInfo).port;
+  let scheduler: Scheduler | undefined;
+  let store: FeedbackStore | undefined;
+  const ownStore = opts.ownStore ?? !opts.store;
+
+  const ready = (async () => {
+    const { initBackend } = await import('../model/backend.ts');
+    await initBackend({ log });
+    const model = opts.model ?? loadServedModel(config.modelDir);
+    store = opts.store ?? (await openStore({ url: config.databaseUrl, dataDir: config.dataDir }));
+    scheduler = new Scheduler(model, { maxBatch: config.maxBatch, maxQueue: config.maxQueue, prefillTokensPerStep: config.prefillTokensPerStep, retryAfterSeconds: config.retryAfterSeconds, reuse: opts.reuse, metrics });
+    const sessions = new SessionCache(config.sessionCacheBytes);
+    chat = new ChatService({ store, scheduler, sessions, config, metrics });
+    metrics.setModel(model.version);
+    log(`serving ${model.version} (${model.gpt.numParams} parameters, context ${model.gpt.config.blockSize}) on port ${port}; store: ${store.dialect} ${store.location}`);
+    return chat;
+  })();
+  ready.catch(() => {}); // the caller observes failures through `ready`
+
+  return {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    http,
+    ws,
+    metrics,
+    ready,
+    chat: getChat,
+    async close() {
+      ws.close();
+      scheduler?.close();
+      await new Promise<void>((resolve) => {
+        http.close(() => resolve());
+        http.closeAllConnections?.();
+      });
+      await ready.catch(() => undefined);
+      if (store && ownStore) await store.close();
+    },
+  };
+}
