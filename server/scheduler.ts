@@ -315,7 +315,7 @@ export class Scheduler {
       version: this.model.version,
       reusedContext: slot.reused,
     };
-    if (job.req.keepContext && r.finishReason === 'stop' && slot.fed === slot.feed.length && seq.ids.length > 0) {
+    if (job.req.keepContext && r.finishReason !== 'cancelled' && slot.fed === slot.feed.length && seq.ids.length > 0) {
       // The cache holds the prompt and every sampled token but the last (never fed back).
       r.context = { ids: [...job.req.promptIds, ...seq.ids.slice(0, -1)], cache: slot.cache, version: this.model.version };
     } else seq.dispose();
