@@ -1,0 +1,45 @@
+/**
+ * Loads the native kernels addon (`native/build/Release/native_kernels.node`, built at install
+ * time by `native/build.mjs`). Returns `undefined` when it is not built or fails to load, so
+ * callers fall back to the wasm backend's own kernels. `TF_NATIVE_ADDON` overrides the path.
+ *
+ * The addon works in place on the wasm heap; see `native/src/addon.cc` for the parameter
+ * layouts of `gemm` and `transpose`.
+ */
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+export interface NativeAddon {
+  /** C = act(op(A)·op(B) + bias) on the heap; `params` as documented in addon.cc. */
+  gemm(heap: ArrayBuffer, params: Float64Array): void;
+  /** Axis permutation of 4-byte elements on the heap. */
+  transpose(heap: ArrayBuffer, params: Float64Array): void;
+  /** The compiled micro-kernel and the size of the thread pool. */
+  info(): { kernel: string; threads: number };
+}
+
+export const DEFAULT_ADDON_PATH = fileURLToPath(
+  new URL('../../native/build/Release/native_kernels.node', import.meta.url),
+);
+
+const cache = new Map<string, { addon?: NativeAddon; error?: string }>();
+
+/** The addon at `path` (default: the built one), or an error message saying why not. */
+export function loadNativeAddon(
+  path: string = process.env.TF_NATIVE_ADDON || DEFAULT_ADDON_PATH,
+): { addon?: NativeAddon; error?: string } {
+  let entry = cache.get(path);
+  if (!entry) {
+    try {
+      const addon = createRequire(import.meta.url)(path) as NativeAddon;
+      if (typeof addon.gemm !== 'function' || typeof addon.transpose !== 'function') {
+        throw new Error('not the native kernels addon');
+      }
+      entry = { addon };
+    } catch (err) {
+      entry = { error: err instanceof Error ? err.message.split('\n')[0]! : String(err) };
+    }
+    cache.set(path, entry);
+  }
+  return entry;
+}

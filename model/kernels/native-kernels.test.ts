@@ -1,0 +1,280 @@
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import * as tf from '@tensorflow/tfjs-core';
+import '@tensorflow/tfjs-backend-wasm';
+import { registerAllGradients } from '../tfjs-gradients.ts';
+import { DEFAULT_ADDON_PATH, loadNativeAddon } from './native-addon.ts';
+import { registerNativeKernels, unregisterNativeKernels } from './native-kernels.ts';
+
+const ALL = ['BatchMatMul', '_FusedMatMul', 'Transpose'];
+
+before(async () => {
+  if (!existsSync(DEFAULT_ADDON_PATH)) {
+    const script = fileURLToPath(new URL('../../native/build.mjs', import.meta.url));
+    const run = spawnSync(process.execPath, [script, '--strict'], { encoding: 'utf8' });
+    assert.equal(run.status, 0, `the native addon is not built and building it failed:\n${run.stdout}${run.stderr}`);
+  }
+  registerAllGradients();
+  assert.ok(await tf.setBackend('wasm'));
+  await tf.ready();
+});
+
+after(() => unregisterNativeKernels());
+
+/** Runs fn with the wasm backend's own kernels, then puts the native ones back. */
+function withOriginals<T>(fn: () => T): T {
+  unregisterNativeKernels();
+  try {
+    return fn();
+  } finally {
+    assert.deepEqual(registerNativeKernels(), ALL);
+  }
+}
+
+function assertClose(got: tf.Tensor, want: tf.Tensor | Float32Array, label: string, tol = 1e-4): void {
+  const g = got.dataSync();
+  const w = want instanceof Float32Array ? want : want.dataSync();
+  assert.equal(g.length, w.length, `${label}: size`);
+  let scale = 1;
+  for (const v of w) scale = Math.max(scale, Math.abs(v));
+  for (let i = 0; i < w.length; i++) {
+    if (!(Math.abs(g[i]! - w[i]!) <= tol * scale)) {
+      assert.fail(`${label}: element ${i} is ${g[i]}, expected ${w[i]} (scale ${scale})`);
+    }
+  }
+}
+
+/** Plain JS batched matmul with full broadcasting of the batch dims. */
+function referenceMatMul(a: tf.Tensor, b: tf.Tensor, ta: boolean, tb: boolean): Float32Array {
+  const [ad, bd] = [a.dataSync(), b.dataSync()];
+  const [ar, br] = [a.shape.length, b.shape.length];
+  const m = ta ? a.shape[ar - 1]! : a.shape[ar - 2]!;
+  const k = ta ? a.shape[ar - 2]! : a.shape[ar - 1]!;
+  const n = tb ? b.shape[br - 2]! : b.shape[br - 1]!;
+  const outer = tf.broadcast_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2));
+  const batchIndex = (shape: number[], flat: number): number => {
+    const padded = [...new Array<number>(outer.length - shape.length).fill(1), ...shape];
+    let index = 0;
+    let rest = flat;
+    let stride = 1;
+    for (let d = outer.length - 1; d >= 0; d--) {
+      const coord = rest % outer[d]!;
+      rest = Math.floor(rest / outer[d]!);
+      if (padded[d] !== 1) index += coord * stride;
+      stride *= padded[d]!;
+    }
+    return index;
+  };
+  const batch = outer.reduce((x, y) => x * y, 1);
+  const out = new Float32Array(batch * m * n);
+  for (let bi = 0; bi < batch; bi++) {
+    const ao = batchIndex(a.shape.slice(0, -2), bi) * m * k;
+    const bo = batchIndex(b.shape.slice(0, -2), bi) * k * n;
+    for (let i = 0; i < m; i++) {
+      for (let j = 0; j < n; j++) {
+        let s = 0;
+        for (let p = 0; p < k; p++) {
+          s += ad[ao + (ta ? p * m + i : i * k + p)]! * bd[bo + (tb ? j * k + p : p * n + j)]!;
+        }
+        out[(bi * m + i) * n + j] = s;
+      }
+    }
+  }
+  return out;
+}
+
+function operandShapes(m: number, n: number, k: number, ta: boolean, tb: boolean): [number[], number[]] {
+  return [ta ? [k, m] : [m, k], tb ? [n, k] : [k, n]];
+}
+
+test('registers BatchMatMul, _FusedMatMul and Transpose when the addon loads', () => {
+  assert.deepEqual(registerNativeKernels(), ALL);
+  assert.deepEqual(registerNativeKernels(), ALL, 'registering twice is harmless');
+  assert.match(loadNativeAddon().addon!.info().kernel, /\d+x\d+/);
+});
+
+test('2-D matMul matches the original wasm kernel for odd sizes and all transposes', () => {
+  const sizes = [1, 3, 17, 130];
+  for (const m of sizes) {
+    for (const n of [1, 17, 130, 33]) {
+      for (const k of [1, 3, 130, 300]) {
+        for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]] as const) {
+          tf.tidy(() => {
+            const [sa, sb] = operandShapes(m, n, k, ta, tb);
+            const a = tf.randomNormal(sa);
+            const b = tf.randomNormal(sb);
+            const want = withOriginals(() => tf.matMul(a, b, ta, tb));
+            const got = tf.matMul(a, b, ta, tb);
+            assert.deepEqual(got.shape, [m, n]);
+            assertClose(got, want, `m=${m} n=${n} k=${k} ta=${ta} tb=${tb}`);
+          });
+        }
+      }
+    }
+  }
+});
+
+test('large and multi-threaded matMuls match the original kernel', () => {
+  for (const [m, n, k] of [[1024, 384, 128], [128, 384, 1024], [16, 384, 128], [257, 2050, 129]]) {
+    for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]] as const) {
+      tf.tidy(() => {
+        const [sa, sb] = operandShapes(m!, n!, k!, ta, tb);
+        const a = tf.randomNormal(sa);
+        const b = tf.randomNormal(sb);
+        const want = withOriginals(() => tf.matMul(a, b, ta, tb));
+        assertClose(tf.matMul(a, b, ta, tb), want, `m=${m} n=${n} k=${k} ta=${ta} tb=${tb}`);
+      });
+    }
+  }
+});
+
+test('batched rank-3 and rank-4 matMuls broadcast batch dims like tf does', () => {
+  const cases: [number[], number[], boolean, boolean][] = [
+    [[4, 17, 3], [4, 3, 130], false, false],
+    [[4, 3, 17], [4, 130, 3], true, true],
+    [[2, 4, 130, 17], [2, 4, 130, 17], false, true], // attention scores [B,H,T,hs]·[B,H,T,hs]^T
+    [[2, 4, 130, 130], [2, 4, 130, 17], true, false],
+    [[2, 4, 33, 17], [1, 1, 17, 5], false, false], // a batch of 1 broadcast against many
+    [[1, 17, 33], [3, 17, 5], true, false],
+    [[3, 33, 17], [17, 5], false, false], // rank 3 x rank 2
+    [[2, 1, 3, 5], [1, 3, 5, 4], false, false], // general broadcast (the original cannot)
+    [[2, 1, 5, 3], [1, 3, 4, 5], true, true],
+  ];
+  for (const [sa, sb, ta, tb] of cases) {
+    tf.tidy(() => {
+      const a = tf.randomNormal(sa);
+      const b = tf.randomNormal(sb);
+      const got = tf.matMul(a, b, ta, tb);
+      assertClose(got, referenceMatMul(a, b, ta, tb), `${sa} x ${sb} ta=${ta} tb=${tb}`);
+    });
+  }
+});
+
+const ACTIVATIONS = {
+  linear: (x: tf.Tensor) => x,
+  relu: tf.relu,
+  relu6: tf.relu6,
+  elu: tf.elu,
+  sigmoid: tf.sigmoid,
+  leakyrelu: (x: tf.Tensor) => tf.leakyRelu(x, 0.3),
+} as const;
+
+// Against unfused ops: the original wasm _FusedMatMul (4.22) is wrong when a transpose is set.
+test('fused matMul with bias and activations matches matMul, add and the activation', () => {
+  for (const activation of Object.keys(ACTIVATIONS) as (keyof typeof ACTIVATIONS)[]) {
+    for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]] as const) {
+      tf.tidy(() => {
+        const [sa, sb] = operandShapes(37, 130, 19, ta, tb);
+        const a = tf.mul(tf.randomNormal(sa), 2);
+        const b = tf.randomNormal(sb);
+        const bias = tf.randomNormal([130]);
+        const args = { a, b, transposeA: ta, transposeB: tb, bias, activation, leakyreluAlpha: 0.3 };
+        const want = withOriginals(() => ACTIVATIONS[activation](tf.add(tf.matMul(a, b, ta, tb), bias)));
+        assertClose(tf.fused.matMul(args), want, `${activation} ta=${ta} tb=${tb}`);
+      });
+    }
+  }
+});
+
+test('transpose matches the original kernel for GPT and general permutations', () => {
+  const cases: [number[], number[], 'float32' | 'int32'][] = [
+    [[8, 17, 4, 32], [0, 2, 1, 3], 'float32'], // [B,T,H,hs] -> [B,H,T,hs]
+    [[8, 4, 17, 32], [0, 2, 1, 3], 'float32'],
+    [[130, 33], [1, 0], 'float32'],
+    [[1, 130, 1, 33], [3, 2, 1, 0], 'float32'],
+    [[3, 5, 7, 11], [3, 1, 0, 2], 'float32'],
+    [[3, 5, 7, 11], [2, 3, 0, 1], 'int32'],
+    [[2, 3, 4, 5, 6], [4, 0, 3, 1, 2], 'float32'],
+    [[64, 64, 65], [2, 0, 1], 'float32'], // large enough to use both threads
+  ];
+  for (const [shape, perm, dtype] of cases) {
+    tf.tidy(() => {
+      const x = dtype === 'int32' ? tf.randomUniform(shape, -100, 100, 'int32') : tf.randomNormal(shape);
+      const want = withOriginals(() => tf.transpose(x, perm));
+      const got = tf.transpose(x, perm);
+      assert.deepEqual(got.shape, want.shape);
+      assert.deepEqual(Array.from(got.dataSync()), Array.from(want.dataSync()), `${shape} perm ${perm}`);
+    });
+  }
+});
+
+test('gradients through matMul and transpose match the original kernels', () => {
+  const cases: [number[], number[], boolean, boolean][] = [
+    [[17, 33], [33, 5], false, false],
+    [[33, 17], [5, 33], true, true],
+    [[2, 3, 17, 8], [2, 3, 17, 8], false, true],
+    [[3, 8, 17], [3, 8, 4], true, false],
+  ]; // tf's matMul gradient does not reduce broadcast batch dims, so none are broadcast here
+  for (const [sa, sb, ta, tb] of cases) {
+    tf.tidy(() => {
+      const a = tf.randomNormal(sa);
+      const b = tf.randomNormal(sb);
+      const f = (x: tf.Tensor, y: tf.Tensor) => {
+        const c = tf.matMul(x, y, ta, tb);
+        const perm = c.shape.map((_, i) => c.shape.length - 1 - i);
+        return tf.sum(tf.mul(tf.transpose(c, perm), tf.transpose(c, perm)));
+      };
+      const got = tf.grads(f)([a, b]);
+      const want = withOriginals(() => tf.grads(f)([a, b]));
+      assertClose(got[0]!, want[0]!, `dA ${sa} x ${sb}`);
+      assertClose(got[1]!, want[1]!, `dB ${sa} x ${sb}`);
+    });
+  }
+});
+
+test('kernels leave no tensors behind', () => {
+  const before = tf.memory().numTensors;
+  tf.tidy(() => {
+    const a = tf.randomNormal([2, 1, 9, 5]);
+    tf.matMul(a, tf.randomNormal([1, 3, 5, 4]));
+    const b = tf.randomNormal([3, 4, 5]);
+    tf.transpose(a, [3, 2, 1, 0]);
+    tf.fused.matMul({ a: tf.randomNormal([9, 5]), b: tf.randomNormal([5, 4]), bias: tf.ones([4]) });
+    tf.grads((x: tf.Tensor) => tf.sum(tf.matMul(x, b, false, true)))([tf.randomNormal([3, 9, 5])]);
+  });
+  const [x, y] = [tf.ones([3, 3]), tf.ones([3, 3])];
+  const c = tf.matMul(x, y);
+  tf.dispose([x, y, c]);
+  assert.equal(tf.memory().numTensors, before);
+});
+
+test('the addon rejects operands outside the heap instead of touching them', () => {
+  const { addon } = loadNativeAddon();
+  const heap = new ArrayBuffer(64);
+  const params = new Float64Array([0, 0, 0, 1, 4, 4, 4, 0, 0, 16, 16, -1, 0, 0]);
+  addon!.gemm(heap, params); // 4x4 fits in 64 bytes
+  params[2] = 16;
+  assert.throws(() => addon!.gemm(heap, params), RangeError);
+  assert.throws(() => addon!.transpose(heap, new Float64Array([0, 0, 2, 4, 5, 1, 0])), RangeError);
+});
+
+test('TF_NATIVE_KERNELS=0 or a missing addon registers nothing and plain wasm still works', () => {
+  unregisterNativeKernels();
+  const original = tf.getKernel('BatchMatMul', 'wasm');
+  const saved = { kernels: process.env.TF_NATIVE_KERNELS, addon: process.env.TF_NATIVE_ADDON };
+  try {
+    process.env.TF_NATIVE_KERNELS = '0';
+    assert.deepEqual(registerNativeKernels(), []);
+    delete process.env.TF_NATIVE_KERNELS;
+    process.env.TF_NATIVE_ADDON = '/nonexistent/native_kernels.node';
+    assert.deepEqual(registerNativeKernels(), []);
+    assert.equal(tf.getKernel('BatchMatMul', 'wasm'), original);
+    const c = tf.matMul(tf.ones([2, 3]), tf.ones([2, 3]), false, true);
+    assert.deepEqual(Array.from(c.dataSync()), [3, 3, 3, 3]);
+    c.dispose();
+    delete process.env.TF_NATIVE_ADDON;
+    process.env.TF_NATIVE_KERNELS = 'Transpose';
+    assert.deepEqual(registerNativeKernels(), ['Transpose']);
+    assert.equal(tf.getKernel('BatchMatMul', 'wasm'), original);
+  } finally {
+    for (const [key, value] of [['TF_NATIVE_KERNELS', saved.kernels], ['TF_NATIVE_ADDON', saved.addon]] as const) {
+      if (value === undefined) delete process.env[key];
+      else process.env[key] = value;
+    }
+    unregisterNativeKernels();
+    registerNativeKernels();
+  }
+});
