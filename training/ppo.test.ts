@@ -1,0 +1,114 @@
+import { test, before } from 'node:test';
+import assert from 'node:assert/strict';
+import * as tf from '@tensorflow/tfjs-core';
+import { initBackend } from '../model/backend.ts';
+import { GPT } from '../model/gpt.ts';
+import type { Tokenizer } from '../model/tokenizer.ts';
+import { PpoTrainer, gae, KlController, formatPpoStats, type PpoKnobs } from './ppo.ts';
+import { RuleRewardSource } from './reward-source.ts';
+import { toyConfig, toyPrompts, toyTokenizer } from './rlhf-fixture.ts';
+import { renderChat } from '../model/chat-template.ts';
+
+let tok: Tokenizer;
+before(async () => {
+  await initBackend({ backend: 'wasm', log: () => {} });
+  tok = toyTokenizer();
+});
+
+const small: Partial<PpoKnobs> = { batchSize: 16, minibatchSize: 8, epochs: 2, maxTokens: 8, lr: 3e-3, minLr: 3e-3, steps: 100, seed: 1 };
+const isLetter = (id: number) => id >= 97 && id < 123; // single lowercase-letter byte tokens
+const letters = new RuleRewardSource('share of letter tokens', (it) => it.replyIds.filter(isLetter).length / it.replyIds.length);
+
+test('GAE with γ = λ = 1 and zero values is the reward-to-go', () => {
+  const rewards = Float32Array.from([0, 1, 2, 3, 0, 0, 0, 5]);
+  const values = new Float32Array(8);
+  const { adv, ret } = gae(rewards, values, [[1, 2, 3], [1, 3]], 4, 1, 1);
+  assert.deepEqual([...adv], [0, 6, 5, 3, 0, 5, 0, 5]);
+  assert.deepEqual([...ret], [...adv]);
+  const discounted = gae(rewards, values, [[1, 2, 3]], 4, 0.5, 1).adv;
+  assert.equal(discounted[1], 1 + 0.5 * 2 + 0.25 * 3);
+});
+
+test('the adaptive KL coefficient grows above the target and shrinks below it, at most 20% per horizon', () => {
+  const c = new KlController(0.1, 1, 100);
+  c.update(10, 100);
+  assert.ok(Math.abs(c.value - 0.12) < 1e-12);
+  c.update(0, 50);
+  assert.ok(Math.abs(c.value - 0.12 * 0.9) < 1e-12);
+  const fixed = new KlController(0.1, undefined, 100);
+  fixed.update(10, 100);
+  assert.equal(fixed.value, 0.1);
+});
+
+test('PPO with a rule reward raises the reward while the adaptive controller keeps KL near its target', async () => {
+  const policy = GPT.create(toyConfig(tok), 'policy', 11);
+  const reference = policy.clone('policy', false);
+  const klTarget = 2;
+  const ppo = new PpoTrainer({ policy, reference, tok, reward: letters, prompts: toyPrompts(8), knobs: { ...small, adaptiveKl: true, klCoef: 0.15, klTarget, klHorizon: 100, missingEotPenalty: 0 } });
+  const hist = [];
+  for (let i = 0; i < 30; i++) hist.push(await ppo.step());
+  const first = hist.slice(0, 4).reduce((a, s) => a + s.score, 0) / 4;
+  const last = hist.slice(-4).reduce((a, s) => a + s.score, 0) / 4;
+  const lastKl = hist.slice(-4).reduce((a, s) => a + s.kl, 0) / 4;
+  assert.ok(last > first + 0.08, `score ${first.toFixed(3)} → ${last.toFixed(3)}\n${hist.map((s) => formatPpoStats(s)).join('\n')}`);
+  assert.ok(lastKl < 1.5 * klTarget, `KL ${lastKl.toFixed(3)} stays within 1.5× its target ${klTarget}\n${hist.map((s) => formatPpoStats(s)).join('\n')}`);
+  assert.ok(hist.every((s) => s.approxKlByEpoch.length === 2 && s.clipFrac >= 0 && Number.isFinite(s.valueLoss) && s.entropy > 0 && s.replyLength > 0));
+  ppo.dispose();
+  policy.dispose();
+  reference.dispose();
+});
+
+/** Exact KL(policy ‖ reference) of the first reply token's distribution, averaged over fixed prompts. */
+function exactKl(policy: GPT, reference: GPT): number {
+  const rows = toyPrompts(8, 9).map((p) => renderChat(tok, p, { addGenerationPrompt: true }).ids);
+  const T = Math.min(...rows.map((r) => r.length));
+  return tf.tidy(() => {
+    const idx = tf.tensor2d(rows.flatMap((r) => r.slice(r.length - T)), [rows.length, T], 'int32');
+    const lp = tf.logSoftmax(policy.lmLogits(policy.hidden(idx))); // [B*T, V]
+    const lq = tf.logSoftmax(reference.lmLogits(reference.hidden(idx)));
+    const kl = tf.reshape(tf.sum(tf.mul(tf.exp(lp), tf.sub(lp, lq)), 1), [rows.length, T]); // [B, T]
+    return tf.mean(tf.slice(kl, [0, T - 1], [rows.length, 1])).dataSync()[0]!;
+  });
+}
+
+test('a strong KL coefficient with no reward pulls a drifted policy back to the reference', async () => {
+  const reference = GPT.create(toyConfig(tok), 'policy', 12);
+  const policy = reference.clone();
+  tf.tidy(() => {
+    const w = policy.params.get('wte')!;
+    w.assign(tf.add(w, tf.randomNormal(w.shape, 0, 0.1, 'float32', 3)));
+  });
+  const zero = new RuleRewardSource('zero', () => 0);
+  const ppo = new PpoTrainer({ policy, reference, tok, reward: zero, prompts: toyPrompts(8), knobs: { ...small, klCoef: 1, missingEotPenalty: 0, seed: 2 } });
+  const kls = [exactKl(policy, reference)];
+  for (let i = 0; i < 16; i++) {
+    await ppo.step();
+    kls.push(exactKl(policy, reference));
+  }
+  assert.ok(kls[0]! > 0.05, `the drifted policy starts away from the reference (KL ${kls[0]})`);
+  assert.ok(kls[16]! < 0.5 * kls[0]!, `exact KL per token over steps: ${kls.map((k) => k.toFixed(4)).join(' ')}`);
+  ppo.dispose();
+  policy.dispose();
+  reference.dispose();
+});
+
+test('a PPO step (with EMA and PPO-ptx) leaves the number of tensors unchanged', async () => {
+  const policy = GPT.create(toyConfig(tok), 'policy', 13);
+  const reference = policy.clone('policy', false);
+  const ids = tok.encode(' apple pear plum grape lemon melon kiwi fig date lime'.repeat(4));
+  const T = 16;
+  const ptxBatchAt = () => ({ B: 2, T, inputs: Int32Array.from(ids.slice(0, 2 * T)), targets: Int32Array.from(ids.slice(1, 2 * T + 1)), weights: new Float32Array(2 * T).fill(1) });
+  const ppo = new PpoTrainer({ policy, reference, tok, reward: letters, prompts: toyPrompts(4), knobs: { ...small, batchSize: 4, minibatchSize: 2, emaDecay: 0.9, ptxCoef: 0.5 }, ptxBatchAt });
+  await ppo.step(); // the optimizer makes its moment slots on its first update
+  const before = tf.memory().numTensors;
+  const s = await ppo.step();
+  assert.equal(tf.memory().numTensors, before);
+  assert.ok(Number.isFinite(s.ptxLoss) && s.ptxLoss > 0);
+  const emaW = ppo.shipped.params.get('lnf.b')!.dataSync();
+  const polW = policy.params.get('lnf.b')!.dataSync();
+  assert.notDeepEqual([...emaW], [...polW], 'the EMA lags the policy');
+  assert.notEqual(ppo.shipped, policy);
+  ppo.dispose();
+  policy.dispose();
+  reference.dispose();
+});

@@ -1,0 +1,625 @@
+/**
+ * PPO with a KL leash to the SFT model: the RL stage of InstructGPT (Ouyang et al. 2022), in the
+ * shape of TRL's PPOTrainer (per-token KL penalty in the reward, GAE, clipped policy and value
+ * losses, several epochs over minibatches of one batch of rollouts).
+ *
+ * Symbols. x a prompt (a real conversation ending with a user turn), y = (y_1..y_L) a reply
+ * sampled from the policy π_θ, π_ref the frozen SFT reference, r(x, y) the reward source's score
+ * (reward model, rule or remote scorer), V_θ the policy's value head, β the KL coefficient.
+ *
+ * Per-token reward (t = 1..L):
+ *     kl_t = log π_θold(y_t | x, y_<t) − log π_ref(y_t | x, y_<t)        (k1)
+ *         or (ρ_t − 1) − log ρ_t with ρ_t = π_ref/π_θold                 (k3, ≥ 0, lower variance)
+ *     r_t  = −β · kl_t  +  [t = L] · (r(x, y) − p_eot · [no <|end|> in y])
+ * Advantages by GAE over the reply tokens, δ_t = r_t + γ V(s_{t+1}) − V(s_t),
+ *     A_t = Σ_k (γλ)^k δ_{t+k},  R_t = A_t + V(s_t),  then A whitened over the batch.
+ * Loss per minibatch, masked means over reply tokens, ρ_t = π_θ/π_θold:
+ *     L_pg  = mean max(−A_t ρ_t, −A_t clip(ρ_t, 1−ε, 1+ε))
+ *     L_vf  = ½ mean max((V_t − R_t)², (V_old,t + clip(V_t − V_old,t, −ε_v, ε_v) − R_t)²)
+ *     L     = L_pg + c_vf L_vf − c_ent H[π_θ] + γ_ptx · (−log π_θ on pretraining text)   (PPO-ptx)
+ * KL controller: fixed β, or adaptive (Ziegler et al. 2019): e = clip(KL/KL_target − 1, ±0.2),
+ *     β ← β (1 + e · B / horizon), with KL the batch mean of Σ_t kl_t (k1) per reply.
+ * EMA: after every optimizer step θ_ema ← d θ_ema + (1 − d) θ; the saved policy is θ_ema when d > 0.
+ *
+ * Deviations from TRL's PPOTrainer:
+ *  1. The value head sits on the policy's trunk (one model, `value.*` parameters) instead of a
+ *     separate value model initialised from the reward model: half the memory and forward passes
+ *     on a laptop; the value loss therefore also shapes the trunk (c_vf keeps that small).
+ *  2. The KL estimator in the reward is selectable (k1 or k3); TRL puts k1 in the reward.
+ *  3. Sampling masks out special tokens other than `<|end|>` (model/generate.ts), so π_θold is the
+ *     policy's distribution only up to that renormalisation; with temperature 1 and no top-k/p
+ *     the log-probabilities are otherwise exact. Other sampling settings are allowed but then the
+ *     ratio is taken against the untempered policy (as TRL does when temperature ≠ 1 is misused).
+ *  4. The missing-end-of-turn penalty replaces TRL's `missing_eos_penalty`: subtracted from the
+ *     score of replies cut off by `maxTokens` (same effect, named after our chat format).
+ *  5. No reward whitening or clipping by default (`whitenScores` turns on score normalisation by
+ *     a running mean/std); rewards from our reward model are already normalised to SFT = 0.
+ *  6. An entropy bonus is available (`entCoef`, default 0), as in the PPO paper, not in TRL.
+ * Deviations from InstructGPT:
+ *  7. PPO-ptx mixes the pretraining loss into the same minibatch step rather than alternating
+ *     separate pretraining gradient steps; γ_ptx defaults to 0 (plain PPO).
+ *  8. The reference is the SFT policy and the run may start from the current champion (the online
+ *     loop) instead of from SFT; the KL is always measured against SFT.
+ *  9. Tiny scale: a few dozen rollouts per step instead of 512, and the value head is not
+ *     pretrained on reward-model targets.
+ *
+ *   node --import tsx training/ppo.ts --policy checkpoints/sft --reference checkpoints/sft \
+ *     --reward checkpoints/reward --prompts prompts.jsonl --out checkpoints/policy
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { z } from 'zod';
+import { existsSync, readFileSync } from 'node:fs';
+import { initBackend } from '../model/backend.ts';
+import { GPT } from '../model/gpt.ts';
+import { AdamW } from '../model/adamw.ts';
+import { Tokenizer } from '../model/tokenizer.ts';
+import { loadCheckpoint, saveCheckpoint } from '../model/checkpoint.ts';
+import { entropy, maskedCrossEntropy, tokenLogProbs } from '../model/losses.ts';
+import { generateBatch, type FinishReason } from '../model/generate.ts';
+import { endOfTurnId, renderChat, type ChatMessage } from '../model/chat-template.ts';
+import { createRng, type Rng } from '../model/random.ts';
+import type { FeedbackStore } from '../feedback/index.ts';
+import { exportSft } from '../feedback/index.ts';
+import type { Batch } from './train-loop.ts';
+import { mean, optimizerStep, padRows, warmupCosine } from './rlhf-common.ts';
+import type { RewardSource } from './reward-source.ts';
+import { isMain, runCli, stopRequested } from './cli.ts';
+
+export const PpoConfig = z.object({
+  policy: z.string().default('checkpoints/sft').describe('checkpoint the policy starts from (SFT, or the current champion)'),
+  reference: z.string().default('checkpoints/sft').describe('frozen KL reference (the SFT checkpoint)'),
+  reward: z.string().default('checkpoints/reward').describe('reward-model checkpoint (ignored with --rewardUrl)'),
+  rewardUrl: z.string().default('').describe('score with a remote HTTP scorer instead of a reward model'),
+  rewardTimeoutMs: z.number().int().positive().default(30_000).describe('timeout of one remote scoring request'),
+  prompts: z.string().default('').describe('JSONL of prompts ({prompt} or {messages}); or use --database'),
+  database: z.string().default('').describe('feedback store URL or "default": prompts from real conversations'),
+  out: z.string().default('checkpoints/policy').describe('where the policy checkpoint is written (must not exist)'),
+  steps: z.number().int().positive().default(100).describe('PPO steps (each: one batch of rollouts, then updates)'),
+  batchSize: z.number().int().positive().default(16).describe('rollouts (prompt, reply) per step'),
+  minibatchSize: z.number().int().positive().default(8).describe('rollouts per gradient step'),
+  epochs: z.number().int().positive().default(4).describe('PPO epochs over each batch of rollouts'),
+  maxTokens: z.number().int().positive().default(48).describe('most tokens per sampled reply'),
+  temperature: z.number().nonnegative().default(1).describe('sampling temperature of rollouts (1 = on-policy)'),
+  lr: z.number().positive().default(1e-5).describe('peak learning rate'),
+  minLr: z.number().nonnegative().default(1e-6).describe('final learning rate (cosine)'),
+  warmup: z.number().int().nonnegative().default(0).describe('warmup optimizer steps'),
+  weightDecay: z.number().nonnegative().default(0).describe('AdamW weight decay on matrices'),
+  gradClip: z.number().nonnegative().default(1).describe('global gradient-norm clip (0 = off)'),
+  klEstimator: z.enum(['k1', 'k3']).default('k1').describe('per-token KL estimator in the reward: k1 = log-ratio, k3 = (ρ−1) − log ρ'),
+  klCoef: z.number().nonnegative().default(0.05).describe('β: KL penalty coefficient (initial value when adaptive)'),
+  adaptiveKl: z.boolean().default(false).describe('adapt β towards klTarget (Ziegler et al.)'),
+  klTarget: z.number().positive().default(6).describe('target KL per reply (nats, summed over tokens) of the adaptive controller'),
+  klHorizon: z.number().positive().default(10_000).describe('horizon (rollouts) of the adaptive controller'),
+  gamma: z.number().min(0).max(1).default(1).describe('γ: discount'),
+  lam: z.number().min(0).max(1).default(0.95).describe('λ: GAE parameter'),
+  clipRange: z.number().positive().default(0.2).describe('ε: policy ratio clip'),
+  clipRangeValue: z.number().positive().default(0.2).describe('ε_v: value clip around the rollout-time values'),
+  vfCoef: z.number().nonnegative().default(0.1).describe('c_vf: value-loss weight'),
+  entCoef: z.number().nonnegative().default(0).describe('c_ent: entropy bonus weight'),
+  missingEotPenalty: z.number().nonnegative().default(1).describe('subtracted from the score of replies without <|end|>'),
+  whitenScores: z.boolean().default(false).describe('normalise scores by a running mean/std before use'),
+  ptxCoef: z.number().nonnegative().default(0).describe('γ_ptx: pretraining-loss weight (PPO-ptx; 0 = off)'),
+  ptxData: z.string().default('data').describe('build-data directory whose corpus feeds PPO-ptx'),
+  ptxBatchSize: z.number().int().positive().default(4).describe('pretraining rows per gradient step (PPO-ptx)'),
+  emaDecay: z.number().min(0).max(1).default(0).describe('EMA of policy weights, saved instead of the raw weights (0 = off)'),
+  seed: z.number().int().default(4).describe('seed for prompts and sampling'),
+  backend: z.string().default('').describe('force a tensor backend (tensorflow, wasm, cpu)'),
+});
+export type PpoConfig = z.infer<typeof PpoConfig>;
+
+const PpoKnobs = PpoConfig.omit({ policy: true, reference: true, reward: true, rewardUrl: true, rewardTimeoutMs: true, prompts: true, database: true, out: true, ptxData: true, backend: true });
+/** The knobs the trainer itself uses (everything but file locations). */
+export type PpoKnobs = z.infer<typeof PpoKnobs>;
+
+/** Defaults of every knob. */
+export const PPO_DEFAULTS: Readonly<PpoKnobs> = Object.freeze(PpoKnobs.parse({}));
+
+/** One sampled reply. */
+export interface Episode {
+  prompt: ChatMessage[];
+  promptIds: number[];
+  replyIds: number[];
+  reply: string;
+  finishReason: FinishReason;
+}
+
+/** What one PPO step measured (the per-step log line). */
+export interface PpoStepStats {
+  step: number;
+  /** Mean reward-source score (before the missing-EOT penalty). */
+  score: number;
+  /** Mean total per-reply reward: score − penalty − β Σ kl. */
+  reward: number;
+  /** Mean KL to the reference per reply, summed over tokens (k1 on the sampled tokens). */
+  kl: number;
+  /** Mean per-token k3 estimate (non-negative). */
+  klK3: number;
+  klCoef: number;
+  clipFrac: number;
+  valueLoss: number;
+  policyLoss: number;
+  entropy: number;
+  replyLength: number;
+  /** Share of replies that ended with `<|end|>`. */
+  eotRate: number;
+  /** Approximate KL(π_θold ‖ π_θ) = ½ mean (log ratio)², at the end of each PPO epoch. */
+  approxKlByEpoch: number[];
+  ptxLoss: number;
+  rolloutMs: number;
+  updateMs: number;
+}
+
+/** Token rows of a batch of episodes: inputs `[B, T]`, targets and reply mask `[B*T]`. */
+interface RolloutRows {
+  B: number;
+  T: number;
+  inputs: Int32Array;
+  targets: Int32Array;
+  mask: Float32Array;
+  /** For each row, the positions (in 0..T) of its reply tokens. */
+  replyPos: number[][];
+}
+
+function buildRows(episodes: readonly Episode[], pad: number): RolloutRows {
+  const seqs = episodes.map((e) => [...e.promptIds, ...e.replyIds]);
+  const p = padRows(seqs.map((s) => s.slice(0, -1)), pad);
+  const { B, T } = p;
+  const targets = new Int32Array(B * T).fill(pad);
+  const mask = new Float32Array(B * T);
+  const replyPos: number[][] = [];
+  episodes.forEach((e, b) => {
+    targets.set(seqs[b]!.slice(1), b * T);
+    const pos: number[] = [];
+    for (let k = 0; k < e.replyIds.length; k++) {
+      const t = e.promptIds.length - 1 + k; // the input position that predicts reply token k
+      pos.push(t);
+      mask[b * T + t] = 1;
+    }
+    replyPos.push(pos);
+  });
+  return { B, T, inputs: p.ids, targets, mask, replyPos };
+}
+
+/** Subset of rows (a minibatch), re-padded to its own longest row. */
+function sliceRows(r: RolloutRows, rows: readonly number[], arrays: Float32Array[]): { rows: RolloutRows; arrays: Float32Array[] } {
+  const T = Math.max(...rows.map((b) => r.replyPos[b]![r.replyPos[b]!.length - 1]! + 1));
+  const B = rows.length;
+  const pick = <A extends Int32Array | Float32Array>(src: A, make: (n: number) => A): A => {
+    const out = make(B * T);
+    rows.forEach((b, i) => out.set(src.subarray(b * r.T, b * r.T + T), i * T));
+    return out;
+  };
+  return {
+    rows: {
+      B,
+      T,
+      inputs: pick(r.inputs, (n) => new Int32Array(n)),
+      targets: pick(r.targets, (n) => new Int32Array(n)),
+      mask: pick(r.mask, (n) => new Float32Array(n)),
+      replyPos: rows.map((b) => r.replyPos[b]!),
+    },
+    arrays: arrays.map((a) => pick(a, (n) => new Float32Array(n))),
+  };
+}
+
+/** Log-probabilities of the targets `[B*T]` (and values, for a policy), no gradient. */
+function forwardStats(model: GPT, r: RolloutRows, withValues: boolean): { logp: Float32Array; values?: Float32Array } {
+  return tf.tidy(() => {
+    const h = model.hidden(tf.tensor2d(r.inputs, [r.B, r.T], 'int32')); // [B*T, C]
+    const logp = tokenLogProbs(model.lmLogits(h), tf.tensor1d(r.targets, 'int32')).dataSync() as Float32Array; // [B*T]
+    return { logp, values: withValues ? (model.values(h).dataSync() as Float32Array) : undefined };
+  });
+}
+
+/** Generalised advantage estimation over each row's reply tokens; returns advantages and returns `[B*T]`. */
+export function gae(rewards: Float32Array, values: Float32Array, replyPos: readonly number[][], T: number, gamma: number, lam: number): { adv: Float32Array; ret: Float32Array } {
+  const adv = new Float32Array(rewards.length);
+  const ret = new Float32Array(rewards.length);
+  replyPos.forEach((pos, b) => {
+    let last = 0;
+    for (let k = pos.length - 1; k >= 0; k--) {
+      const i = b * T + pos[k]!;
+      const next = k + 1 < pos.length ? values[b * T + pos[k + 1]!]! : 0;
+      const delta = rewards[i]! + gamma * next - values[i]!;
+      last = delta + gamma * lam * last;
+      adv[i] = last;
+      ret[i] = last + values[i]!;
+    }
+  });
+  return { adv, ret };
+}
+
+/** Whitens the masked entries in place (mean 0, std 1). */
+function whiten(x: Float32Array, mask: Float32Array): void {
+  let n = 0, s = 0, s2 = 0;
+  for (let i = 0; i < x.length; i++) if (mask[i]) (n++, (s += x[i]!), (s2 += x[i]! * x[i]!));
+  if (n < 2) return;
+  const m = s / n;
+  const std = Math.sqrt(Math.max(0, s2 / n - m * m)) + 1e-8;
+  for (let i = 0; i < x.length; i++) x[i] = mask[i] ? (x[i]! - m) / std : 0;
+}
+
+const maskedMean = (x: tf.Tensor, m: tf.Tensor, n: number) => tf.div(tf.sum(tf.mul(x, m)), n) as tf.Scalar;
+
+/** The adaptive KL controller of Ziegler et al. (2019). */
+export class KlController {
+  constructor(
+    public value: number,
+    private readonly target: number | undefined,
+    private readonly horizon: number,
+  ) {}
+
+  update(kl: number, nRollouts: number): void {
+    if (this.target === undefined) return;
+    const e = Math.max(-0.2, Math.min(0.2, kl / this.target - 1));
+    this.value *= 1 + (e * nRollouts) / this.horizon;
+  }
+}
+
+export interface PpoTrainerOptions {
+  policy: GPT;
+  reference: GPT;
+  tok: Tokenizer;
+  reward: RewardSource;
+  /** Conversations ending with a user turn. */
+  prompts: readonly ChatMessage[][];
+  knobs?: Partial<PpoKnobs>;
+  /** Pretraining batches for PPO-ptx (required when ptxCoef > 0). */
+  ptxBatchAt?: (step: number) => Batch;
+  log?: (line: string) => void;
+}
+
+/**
+ * PPO on a policy (trained in place) against a frozen reference.
+ *
+ * @example
+ *   const ppo = new PpoTrainer({ policy, reference: sft.clone('policy', false), tok, reward, prompts });
+ *   for (let i = 0; i < 50; i++) console.log(await ppo.step());
+ *   ppo.dispose();
+ */
+export class PpoTrainer {
+  readonly knobs: Readonly<PpoKnobs>;
+  readonly kl: KlController;
+  readonly ema: GPT | undefined;
+  private readonly opt: AdamW;
+  private readonly vars: tf.Variable[];
+  private readonly rng: Rng;
+  private stepCount = 0;
+  private updates = 0;
+  private scoreStats = { n: 0, mean: 0, m2: 0 };
+  private readonly pad: number;
+  private readonly eot: number;
+
+  constructor(private readonly o: PpoTrainerOptions) {
+    this.knobs = Object.freeze({ ...PPO_DEFAULTS, ...o.knobs });
+    if (o.policy.kind !== 'policy' || o.reference.kind !== 'policy') throw new Error('PPO needs policy models (with LM and value heads) for the policy and the reference');
+    if (!o.prompts.length) throw new Error('PPO needs at least one prompt');
+    if (this.knobs.ptxCoef > 0 && !o.ptxBatchAt) throw new Error('ptxCoef > 0 needs pretraining batches (ptxBatchAt)');
+    if (this.knobs.minibatchSize > this.knobs.batchSize) throw new Error(`minibatchSize ${this.knobs.minibatchSize} exceeds batchSize ${this.knobs.batchSize}`);
+    const k = this.knobs;
+    this.kl = new KlController(k.klCoef, k.adaptiveKl ? k.klTarget : undefined, k.klHorizon);
+    this.opt = new AdamW(o.policy.params, { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: k.weightDecay, gradClip: k.gradClip });
+    this.vars = o.policy.trainableVariables();
+    this.rng = createRng(k.seed);
+    this.ema = k.emaDecay > 0 ? o.policy.clone('policy', false) : undefined;
+    this.pad = o.tok.specialId('<|pad|>');
+    this.eot = endOfTurnId(o.tok);
+  }
+
+  /** Samples one reply per prompt from the policy. */
+  rollout(prompts: readonly ChatMessage[][], seed: number): Episode[] {
+    const { policy, tok } = this.o;
+    const maxPrompt = policy.config.blockSize - this.knobs.maxTokens - 1;
+    if (maxPrompt < 2) throw new Error(`maxTokens ${this.knobs.maxTokens} leaves no room for a prompt in blockSize ${policy.config.blockSize}`);
+    const promptIds = prompts.map((p) => {
+      const ids = renderChat(tok, p, { addGenerationPrompt: true }).ids;
+      return ids.slice(Math.max(0, ids.length - maxPrompt));
+    });
+    const gens = generateBatch(policy, tok, promptIds, { maxTokens: this.knobs.maxTokens, temperature: this.knobs.temperature, topK: 0, topP: 1, seed, stop: [] });
+    return gens.map((g, i) => ({ prompt: prompts[i]!, promptIds: promptIds[i]!, replyIds: g.ids, reply: g.text, finishReason: g.finishReason }));
+  }
+
+  /** One PPO step: rollouts, scores, advantages, then `epochs` passes of minibatch updates. */
+  async step(): Promise<PpoStepStats> {
+    const k = this.knobs;
+    const { policy, reference, tok } = this.o;
+    const t0 = performance.now();
+    const prompts = Array.from({ length: k.batchSize }, () => this.rng.pick(this.o.prompts));
+    const episodes = this.rollout(prompts, k.seed * 100_003 + this.stepCount * 1_009);
+    const rawScores = await this.o.reward.score(episodes.map((e) => ({ prompt: e.prompt, reply: e.reply, replyIds: e.replyIds })));
+    const rows = buildRows(episodes, this.pad);
+    const cur = forwardStats(policy, rows, true);
+    const ref = forwardStats(reference, rows, false);
+    const rolloutMs = performance.now() - t0;
+
+    const t1 = performance.now();
+    const scores = rawScores.map((s, i) => {
+      let x = s;
+      if (k.whitenScores) x = this.whitenScore(s);
+      return episodes[i]!.replyIds[episodes[i]!.replyIds.length - 1] === this.eot ? x : x - k.missingEotPenalty;
+    });
+    const beta = this.kl.value;
+    const rewards = new Float32Array(rows.B * rows.T);
+    const klSeq: number[] = [];
+    const k3s: number[] = [];
+    const total: number[] = [];
+    rows.replyPos.forEach((pos, b) => {
+      let klSum = 0;
+      let tot = 0;
+      pos.forEach((t, j) => {
+        const i = b * rows.T + t;
+        const logRatio = cur.logp[i]! - ref.logp[i]!;
+        const k3 = Math.exp(-logRatio) - 1 + logRatio;
+        klSum += logRatio;
+        k3s.push(k3);
+        rewards[i] = -beta * (k.klEstimator === 'k1' ? logRatio : k3) + (j === pos.length - 1 ? scores[b]! : 0);
+        tot += rewards[i]!;
+      });
+      klSeq.push(klSum);
+      total.push(tot);
+    });
+    const { adv, ret } = gae(rewards, cur.values!, rows.replyPos, rows.T, k.gamma, k.lam);
+    whiten(adv, rows.mask);
+
+    const order = Array.from({ length: rows.B }, (_, i) => i);
+    const stats = { clip: [] as number[], vf: [] as number[], pg: [] as number[], ent: [] as number[], ptx: [] as number[] };
+    const approxKlByEpoch: number[] = [];
+    const totalUpdates = Math.max(1, k.steps * k.epochs * Math.ceil(k.batchSize / k.minibatchSize));
+    for (let epoch = 0; epoch < k.epochs; epoch++) {
+      const perm = this.rng.shuffle(order);
+      const epochKl: number[] = [];
+      for (let s = 0; s < perm.length; s += k.minibatchSize) {
+        const mb = sliceRows(rows, perm.slice(s, s + k.minibatchSize), [cur.logp, cur.values!, adv, ret]);
+        const [oldLogp, oldValues, mAdv, mRet] = mb.arrays as [Float32Array, Float32Array, Float32Array, Float32Array];
+        const lr = warmupCosine(this.updates, totalUpdates, k.lr, k.minLr, k.warmup);
+        const ptx = k.ptxCoef > 0 ? this.o.ptxBatchAt!(this.updates) : undefined;
+        const r = optimizerStep(policy, this.opt, this.vars, lr, () => this.loss(mb.rows, oldLogp, oldValues, mAdv, mRet, ptx));
+        this.updates++;
+        this.emaUpdate();
+        stats.clip.push(r.aux.clipFrac!);
+        stats.vf.push(r.aux.valueLoss!);
+        stats.pg.push(r.aux.policyLoss!);
+        stats.ent.push(r.aux.entropy!);
+        if (ptx) stats.ptx.push(r.aux.ptxLoss!);
+        epochKl.push(r.aux.approxKl!);
+      }
+      approxKlByEpoch.push(mean(epochKl));
+    }
+    const kl = mean(klSeq);
+    this.kl.update(kl, rows.B);
+    this.stepCount++;
+    return {
+      step: this.stepCount,
+      score: mean(rawScores),
+      reward: mean(total),
+      kl,
+      klK3: mean(k3s),
+      klCoef: beta,
+      clipFrac: mean(stats.clip),
+      valueLoss: mean(stats.vf),
+      policyLoss: mean(stats.pg),
+      entropy: mean(stats.ent),
+      replyLength: mean(episodes.map((e) => e.replyIds.length)),
+      eotRate: mean(episodes.map((e) => (e.replyIds[e.replyIds.length - 1] === this.eot ? 1 : 0))),
+      approxKlByEpoch,
+      ptxLoss: stats.ptx.length ? mean(stats.ptx) : NaN,
+      rolloutMs,
+      updateMs: performance.now() - t1,
+    };
+  }
+
+  /** The clipped PPO loss of a minibatch (plus value, entropy and ptx terms) and its diagnostics. */
+  private loss(r: RolloutRows, oldLogp: Float32Array, oldValues: Float32Array, adv: Float32Array, ret: Float32Array, ptx: Batch | undefined): { loss: tf.Scalar; aux: Record<string, tf.Scalar> } {
+    const k = this.knobs;
+    const { policy } = this.o;
+    const n = r.mask.reduce((a, b) => a + b, 0);
+    const m = tf.tensor1d(r.mask); // [B*T]
+    const h = policy.hidden(tf.tensor2d(r.inputs, [r.B, r.T], 'int32')); // [B*T, C]
+    const logits = policy.lmLogits(h); // [B*T, V]
+    const logp = tokenLogProbs(logits, tf.tensor1d(r.targets, 'int32')); // [B*T]
+    const values = policy.values(h); // [B*T]
+    const A = tf.tensor1d(adv);
+    const R = tf.tensor1d(ret);
+    const Vold = tf.tensor1d(oldValues);
+    const logRatio = tf.mul(tf.sub(logp, tf.tensor1d(oldLogp)), m); // [B*T], 0 off the reply
+    const ratio = tf.exp(logRatio);
+    const pg1 = tf.mul(tf.neg(A), ratio);
+    const pg2 = tf.mul(tf.neg(A), tf.clipByValue(ratio, 1 - k.clipRange, 1 + k.clipRange));
+    const policyLoss = maskedMean(tf.maximum(pg1, pg2), m, n);
+    const vClipped = tf.add(Vold, tf.clipByValue(tf.sub(values, Vold), -k.clipRangeValue, k.clipRangeValue));
+    const valueLoss = tf.mul(maskedMean(tf.maximum(tf.square(tf.sub(values, R)), tf.square(tf.sub(vClipped, R))), m, n), 0.5) as tf.Scalar;
+    const ent = maskedMean(entropy(logits), m, n);
+    let loss = tf.add(policyLoss, tf.mul(valueLoss, k.vfCoef)) as tf.Scalar;
+    if (k.entCoef > 0) loss = tf.sub(loss, tf.mul(ent, k.entCoef)) as tf.Scalar;
+    const aux: Record<string, tf.Scalar> = {
+      policyLoss,
+      valueLoss,
+      entropy: ent,
+      clipFrac: maskedMean(tf.cast(tf.greater(pg2, pg1), 'float32'), m, n),
+      approxKl: maskedMean(tf.mul(tf.square(logRatio), 0.5), m, n),
+    };
+    if (ptx) {
+      const hp = policy.hidden(tf.tensor2d(ptx.inputs, [ptx.B, ptx.T], 'int32')); // [B*T, C]
+      const ptxLoss = maskedCrossEntropy(policy.lmLogits(hp), tf.tensor1d(ptx.targets, 'int32'), tf.tensor1d(ptx.weights));
+      loss = tf.add(loss, tf.mul(ptxLoss, k.ptxCoef)) as tf.Scalar;
+      aux.ptxLoss = ptxLoss;
+    }
+    return { loss, aux };
+  }
+
+  private whitenScore(s: number): number {
+    const st = this.scoreStats;
+    st.n++;
+    const d = s - st.mean;
+    st.mean += d / st.n;
+    st.m2 += d * (s - st.mean);
+    const std = st.n > 1 ? Math.sqrt(st.m2 / (st.n - 1)) : 1;
+    return (s - st.mean) / (std + 1e-8);
+  }
+
+  private emaUpdate(): void {
+    if (!this.ema) return;
+    const d = this.knobs.emaDecay;
+    tf.tidy(() => {
+      for (const [name, p] of this.ema!.params) p.assign(tf.add(tf.mul(p, d), tf.mul(this.o.policy.params.get(name)!, 1 - d)));
+    });
+  }
+
+  /** The weights to ship: the EMA when enabled, else the policy's. */
+  get shipped(): GPT {
+    return this.ema ?? this.o.policy;
+  }
+
+  dispose(): void {
+    this.opt.dispose();
+    this.ema?.dispose();
+  }
+}
+
+/** One line per step: reward, KL, clip fraction, value loss, entropy, length, approx KL by epoch. */
+export function formatPpoStats(s: PpoStepStats, total?: number): string {
+  const f = (x: number, d = 3) => (Number.isFinite(x) ? x.toFixed(d) : '-');
+  return (
+    `ppo step ${s.step}${total ? `/${total}` : ''}: score ${f(s.score)} reward ${f(s.reward)} kl ${f(s.kl)} (k3/token ${f(s.klK3, 4)}) β ${f(s.klCoef, 4)} ` +
+    `clipfrac ${f(s.clipFrac)} vf ${f(s.valueLoss, 4)} pg ${f(s.policyLoss, 4)} entropy ${f(s.entropy)} len ${f(s.replyLength, 1)} eot ${f(s.eotRate, 2)} ` +
+    `approx-kl/epoch [${s.approxKlByEpoch.map((x) => f(x, 5)).join(' ')}]${Number.isFinite(s.ptxLoss) ? ` ptx ${f(s.ptxLoss)}` : ''} ` +
+    `rollout ${(s.rolloutMs / 1000).toFixed(2)}s update ${(s.updateMs / 1000).toFixed(2)}s`
+  );
+}
+
+/** The scalar metrics of a step (for the store's run metrics). */
+export function ppoMetrics(s: PpoStepStats): Record<string, number> {
+  const out: Record<string, number> = {
+    score: s.score, reward: s.reward, kl: s.kl, kl_k3: s.klK3, kl_coef: s.klCoef, clip_frac: s.clipFrac, value_loss: s.valueLoss,
+    policy_loss: s.policyLoss, entropy: s.entropy, reply_length: s.replyLength, eot_rate: s.eotRate,
+    approx_kl: s.approxKlByEpoch[s.approxKlByEpoch.length - 1] ?? NaN, ptx_loss: s.ptxLoss, rollout_ms: s.rolloutMs, update_ms: s.updateMs,
+  };
+  for (const key of Object.keys(out)) if (!Number.isFinite(out[key])) delete out[key];
+  return out;
+}
+
+// ------------------------------------------------------------------ prompts
+
+function userPrefixes(turns: readonly ChatMessage[]): ChatMessage[][] {
+  const out: ChatMessage[][] = [];
+  turns.forEach((t, i) => {
+    if (t.role === 'user') out.push(turns.slice(0, i + 1).map((m) => ({ role: m.role, content: m.content })));
+  });
+  return out;
+}
+
+/** Prompts from JSONL rows `{ prompt }` (turns or a string) or `{ messages }` (every user turn with its context). */
+export function readPromptsJsonl(path: string): ChatMessage[][] {
+  const out: ChatMessage[][] = [];
+  readFileSync(path, 'utf8').split('\n').forEach((line, i) => {
+    if (!line.trim()) return;
+    let row: { prompt?: unknown; messages?: unknown };
+    try {
+      row = JSON.parse(line) as typeof row;
+    } catch {
+      throw new Error(`${path}:${i + 1}: not valid JSON`);
+    }
+    if (typeof row.prompt === 'string') out.push([{ role: 'user', content: row.prompt }]);
+    else if (Array.isArray(row.prompt)) out.push(...userPrefixes(row.prompt as ChatMessage[]).slice(-1));
+    else if (Array.isArray(row.messages)) out.push(...userPrefixes(row.messages as ChatMessage[]));
+    else throw new Error(`${path}:${i + 1}: expected { prompt } or { messages }`);
+  });
+  return dedupe(out);
+}
+
+/** Prompts from real conversations in the store: every user turn with its preceding context. */
+export async function loadStorePrompts(store: FeedbackStore, opts: { since?: string; limit?: number } = {}): Promise<ChatMessage[][]> {
+  const out: ChatMessage[][] = [];
+  for await (const row of exportSft(store.db, { keepThumbsDown: true, ...(opts.since ? { since: opts.since } : {}) })) {
+    out.push(...userPrefixes(row.messages));
+    if (opts.limit && out.length >= opts.limit) break;
+  }
+  return dedupe(out);
+}
+
+function dedupe(prompts: ChatMessage[][]): ChatMessage[][] {
+  const seen = new Set<string>();
+  return prompts.filter((p) => {
+    const key = JSON.stringify(p);
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+}
+
+// ------------------------------------------------------------------ command line
+
+/** Loads the checkpoints and the reward source, runs PPO, saves the policy. */
+export async function ppo(cfg: PpoConfig, log: (l: string) => void = (l) => console.error(l), shouldStop?: () => boolean): Promise<{ history: PpoStepStats[] }> {
+  await initBackend({ backend: cfg.backend || undefined, log });
+  if (existsSync(cfg.out)) throw new Error(`${cfg.out} already exists; checkpoints are never overwritten (choose another --out)`);
+  const refCk = loadCheckpoint(cfg.reference, { kind: 'policy' });
+  const tok = Tokenizer.fromJSON(refCk.tokenizer);
+  const expect = { config: refCk.meta.config, tokenizerFingerprint: tok.fingerprint() };
+  const polCk = loadCheckpoint(cfg.policy, { ...expect, kind: 'policy' });
+  const reference = GPT.fromWeights(refCk.meta.config, 'policy', refCk.weights);
+  const policy = GPT.fromWeights(polCk.meta.config, 'policy', polCk.weights);
+  const { RemoteRewardSource, RewardModelSource } = await import('./reward-source.ts');
+  let rm: GPT | undefined;
+  let reward: RewardSource;
+  if (cfg.rewardUrl) reward = new RemoteRewardSource(cfg.rewardUrl, { timeoutMs: cfg.rewardTimeoutMs });
+  else {
+    const rmCk = loadCheckpoint(cfg.reward, { kind: 'reward', tokenizerFingerprint: tok.fingerprint() });
+    rm = GPT.fromWeights(rmCk.meta.config, 'reward', rmCk.weights);
+    reward = new RewardModelSource(rm, tok, { label: cfg.reward });
+  }
+  let prompts: ChatMessage[][];
+  if (cfg.database) {
+    const { openStore } = await import('../feedback/index.ts');
+    const store = await openStore(cfg.database === 'default' ? {} : { url: cfg.database });
+    try {
+      prompts = await loadStorePrompts(store);
+    } finally {
+      await store.close();
+    }
+  } else if (cfg.prompts) prompts = readPromptsJsonl(cfg.prompts);
+  else throw new Error('give --prompts prompts.jsonl or --database URL');
+  log(`ppo: ${prompts.length} prompts, reward from ${reward.name}, KL to ${cfg.reference}`);
+  let ptxBatchAt: ((step: number) => Batch) | undefined;
+  if (cfg.ptxCoef > 0) {
+    const { corpusTokens, streamBatchAt } = await import('./datasets.ts');
+    ptxBatchAt = streamBatchAt(corpusTokens(cfg.ptxData, 'train', tok), cfg.ptxBatchSize, policy.config.blockSize, cfg.seed);
+  }
+  const knobs = PpoKnobs.parse(Object.fromEntries(Object.keys(PPO_DEFAULTS).map((key) => [key, cfg[key as keyof PpoConfig]])));
+  const trainer = new PpoTrainer({ policy, reference, tok, reward, prompts, knobs, ptxBatchAt, log });
+  const history: PpoStepStats[] = [];
+  for (let i = 0; i < cfg.steps; i++) {
+    const s = await trainer.step();
+    history.push(s);
+    log(formatPpoStats(s, cfg.steps));
+    if (shouldStop?.()) {
+      log(`ppo: stopped at step ${s.step}; saving what was trained`);
+      break;
+    }
+  }
+  const last = history.slice(-Math.min(5, history.length));
+  saveCheckpoint(cfg.out, {
+    weights: await trainer.shipped.exportWeights(),
+    meta: {
+      stage: 'policy',
+      kind: 'policy',
+      config: policy.config,
+      tokenizerFingerprint: tok.fingerprint(),
+      parent: cfg.policy,
+      step: history.length,
+      metrics: { ...ppoMetrics(last[last.length - 1]!), scoreLast5: mean(last.map((s) => s.score)), klLast5: mean(last.map((s) => s.kl)) },
+      runConfig: { ...cfg, reference: cfg.reference, rewardSource: reward.name },
+    },
+    tokenizer: tok.toJSON(),
+  });
+  log(`ppo: saved ${cfg.out}`);
+  trainer.dispose();
+  policy.dispose();
+  reference.dispose();
+  rm?.dispose();
+  return { history };
+}
+
+if (isMain(import.meta.url)) {
+  await runCli('node --import tsx training/ppo.ts --policy checkpoints/sft --reference checkpoints/sft --reward checkpoints/reward --prompts prompts.jsonl|--database URL --out checkpoints/policy', PpoConfig, 'PPO', (cfg) => ppo(cfg, undefined, stopRequested()));
+}
