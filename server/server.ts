@@ -87,8 +87,8 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
     ready,
     chat: getChat,
     async close() {
-      ws.close();
       scheduler?.close();
+      await ws.close();
       await new Promise<void>((resolve) => {
         http.close(() => resolve());
         http.closeAllConnections?.();

@@ -299,10 +299,13 @@ export class ChatWebSocketServer {
     }
   }
 
-  /** Closes every socket (1001) and stops the heartbeat. */
-  close(): void {
+  /** Closes every socket (1001), terminating those that do not finish the close handshake within `graceMs`. */
+  async close(graceMs = 1000): Promise<void> {
     clearInterval(this.#heartbeat);
     for (const conn of this.#connections) conn.close(CLOSE.goingAway, 'server shutting down');
+    const t0 = Date.now();
+    while (this.#connections.size && Date.now() - t0 < graceMs) await new Promise((r) => setTimeout(r, 20));
+    for (const conn of this.#connections) conn.ws.terminate();
     this.wss.close();
   }
 }
