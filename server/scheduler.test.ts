@@ -49,7 +49,8 @@ test('sequences join and leave between steps (continuous batching)', async () =>
   const { m, sizes } = spied();
   const s = new Scheduler(m, OPTS);
   const long = s.submit({ promptIds: prompt('a'), opts: { ...greedy(30), temperature: 1, seed: 5 } });
-  await new Promise((r) => setTimeout(r, 5));
+  for (let i = 0; i < 10_000 && sizes.length < 2; i++) await new Promise((r) => setImmediate(r));
+  assert.equal(sizes.length, 2, 'the first reply is decoding alone');
   const short = s.submit({ promptIds: prompt('b'), opts: greedy(3) });
   const [a, b] = await Promise.all([long.result, short.result]);
   assert.ok(b.completionTokens <= 3);
