@@ -322,7 +322,7 @@ export class PpoTrainer {
   /** One PPO step: rollouts, scores, advantages, then `epochs` passes of minibatch updates. */
   async step(): Promise<PpoStepStats> {
     const k = this.knobs;
-    const { policy, reference, tok } = this.o;
+    const { policy, reference } = this.o;
     const t0 = performance.now();
     const prompts = Array.from({ length: k.batchSize }, () => this.rng.pick(this.o.prompts));
     const episodes = this.rollout(prompts, k.seed * 100_003 + this.stepCount * 1_009);

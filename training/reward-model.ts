@@ -184,7 +184,7 @@ export function evaluateRewardModel(rm: GPT, tok: Tokenizer, groups: readonly Pr
 export function pairStatistics(deltas: readonly number[], weights: readonly number[]): RewardEval {
   const n = deltas.length;
   if (!n) return { pairs: 0, accuracy: NaN, weightedAccuracy: NaN, loss: NaN, ece: NaN };
-  const hit = deltas.map((d) => (d > 0 ? 1 : d === 0 ? 0.5 : 0));
+  const hit: number[] = deltas.map((d) => (d > 0 ? 1 : d === 0 ? 0.5 : 0));
   const wsum = weights.reduce((a, b) => a + b, 0);
   const bins = Array.from({ length: 10 }, () => ({ n: 0, conf: 0, acc: 0 }));
   deltas.forEach((d, i) => {

@@ -1,0 +1,102 @@
+/**
+ * RLHF throughput on the small shape (4 layers, 4 heads, 128 wide, block 128, vocab 2048) with
+ * random weights: PPO steps (rollouts + scoring + reference pass, then PPO epochs) and reward-model
+ * training steps. Reports the share of a PPO step spent in rollout vs update.
+ *
+ *   {"bench":"ppo","shape":"small","episodes_per_s":…,"tokens_per_s":…,"rollout_share":…,"update_share":…}
+ *   {"bench":"reward","shape":"small","pairs_per_s":…}
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { initBackend } from '../model/backend.ts';
+import { GPT } from '../model/gpt.ts';
+import { Tokenizer, type TokenizerJSON } from '../model/tokenizer.ts';
+import { createRng } from '../model/random.ts';
+import type { ChatMessage } from '../model/chat-template.ts';
+import { PpoTrainer } from '../training/ppo.ts';
+import { RewardModelSource } from '../training/reward-source.ts';
+import { trainRewardModel } from '../training/reward-model.ts';
+import type { PreferenceGroup } from '../training/preferences.ts';
+import { SHAPES } from './train.ts';
+
+const WORDS = 'the of and to in is was he for it with as his on be at by had are but from or have an they which one you were all we her she there would their will when who him been has more if no out so said what up its about into than them can only other new some could time these two may then do first any my now such like our over man me even most made after also did many before must through back years where much your way well down should because each just those people how too little state good very make world still own see men work long get here between both life being under never day same another know while last might us great old year off come since against go came right used take three'.split(' ');
+
+function benchTokenizer(vocabSize: number): Tokenizer {
+  const path = 'data/tokenizer.json';
+  if (existsSync(path)) {
+    const tok = Tokenizer.fromJSON(JSON.parse(readFileSync(path, 'utf8')) as TokenizerJSON);
+    if (tok.vocabSize === vocabSize) return tok;
+  }
+  const rng = createRng(7);
+  const text = Array.from({ length: 60_000 }, () => rng.pick(WORDS) + (rng.int(7) ? '' : String(rng.int(1000)))).join(' ');
+  return Tokenizer.train(text, { vocabSize });
+}
+
+function sentence(rng: ReturnType<typeof createRng>, n: number): string {
+  return Array.from({ length: n }, () => rng.pick(WORDS)).join(' ');
+}
+
+export async function benchRlhf(opts: { ppoSteps?: number; rewardSteps?: number } = {}): Promise<Record<string, unknown>[]> {
+  const info = await initBackend({ log: () => {} });
+  const backend = info.name + (info.nativeKernels.length ? '+native' : '');
+  const s = SHAPES.small;
+  const cfg = { nLayer: s.nLayer, nHead: s.nHead, nEmbd: s.nEmbd, blockSize: s.blockSize, vocabSize: s.vocabSize };
+  const tok = benchTokenizer(s.vocabSize);
+  const rng = createRng(11);
+  const prompts: ChatMessage[][] = Array.from({ length: 64 }, () => [{ role: 'user', content: sentence(rng, 12) }]);
+
+  // ---- PPO: 16 rollouts of up to 48 tokens per step, 4 epochs of minibatches of 8.
+  const policy = GPT.create(cfg, 'policy', 1);
+  const reference = policy.clone('policy', false);
+  const rm = policy.clone('reward');
+  const knobs = { batchSize: 16, minibatchSize: 8, epochs: 4, maxTokens: 48, lr: 1e-5, steps: 100 };
+  const ppo = new PpoTrainer({ policy, reference, tok, reward: new RewardModelSource(rm, tok), prompts, knobs });
+  await ppo.step(); // warm-up (kernel set-up, optimizer slots)
+  const steps = opts.ppoSteps ?? 2;
+  let rolloutMs = 0, updateMs = 0, tokens = 0;
+  const t0 = performance.now();
+  for (let i = 0; i < steps; i++) {
+    const st = await ppo.step();
+    rolloutMs += st.rolloutMs;
+    updateMs += st.updateMs;
+    tokens += st.replyLength * knobs.batchSize;
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  ppo.dispose();
+  policy.dispose();
+  reference.dispose();
+
+  // ---- Reward model: Bradley–Terry steps on 8 pairs of ~60-token exchanges.
+  const groups: PreferenceGroup[] = Array.from({ length: 64 }, () => ({
+    prompt: [{ role: 'user', content: sentence(rng, 12) }],
+    replies: [sentence(rng, 30), sentence(rng, 30)],
+    pairs: [[0, 1]],
+    weight: 1,
+    source: 'bench',
+  }));
+  const rSteps = opts.rewardSteps ?? 4;
+  const rcfg = { epochs: 1, groupsPerBatch: 8, unpairedPerBatch: 0, unpairedCoef: 0, lr: 1e-5, minLr: 1e-6, warmup: 0, weightDecay: 0, gradClip: 1, seed: 1 };
+  trainRewardModel({ rm, tok, train: { groups: groups.slice(0, 8), unpaired: [] }, val: [], cfg: rcfg, log: () => {} }); // warm-up
+  const r = trainRewardModel({ rm, tok, train: { groups: groups.slice(8, 8 + 8 * rSteps), unpaired: [] }, val: [], cfg: rcfg, log: () => {} });
+  rm.dispose();
+
+  return [
+    {
+      bench: 'ppo',
+      shape: 'small',
+      episodes_per_s: +((steps * knobs.batchSize) / seconds).toFixed(3),
+      tokens_per_s: Math.round(tokens / seconds),
+      rollout_share: +(rolloutMs / (rolloutMs + updateMs)).toFixed(3),
+      update_share: +(updateMs / (rolloutMs + updateMs)).toFixed(3),
+      step_s: +(seconds / steps).toFixed(2),
+      rollouts_per_step: knobs.batchSize,
+      max_tokens: knobs.maxTokens,
+      ppo_epochs: knobs.epochs,
+      backend,
+    },
+    { bench: 'reward', shape: 'small', pairs_per_s: +r.pairsPerSecond.toFixed(2), pairs_per_step: 8, backend },
+  ];
+}
+
+if (process.argv[1]?.endsWith('rlhf.ts')) {
+  for (const line of await benchRlhf()) console.log(JSON.stringify(line));
+}
