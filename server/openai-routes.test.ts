@@ -110,10 +110,17 @@ test('bad requests get 400 with an OpenAI error body and a stable code', async (
 });
 
 test('when the queue is full a request gets 429 "overloaded" with Retry-After', async () => {
-  const tight = await startTestServer({ maxBatch: 1, maxQueue: 0, retryAfterSeconds: 3 }, { model: srv.model });
+  // A decode step slowed to ≥ 3 ms keeps the first reply in its slot while the second arrives.
+  const gpt = Object.create(srv.model.gpt) as typeof srv.model.gpt;
+  gpt.decodeStep = (caches, tokens) => {
+    const until = performance.now() + 3;
+    while (performance.now() < until);
+    return srv.model.gpt.decodeStep(caches, tokens);
+  };
+  const tight = await startTestServer({ maxBatch: 1, maxQueue: 0, retryAfterSeconds: 3 }, { model: { ...srv.model, gpt } });
   try {
     const ctl = new AbortController();
-    const first = fetch(`${tight.url}/v1/chat/completions`, { method: 'POST', signal: ctl.signal, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'x', messages: user('hi'), max_tokens: 200, temperature: 1, stream: true }) });
+    const first = fetch(`${tight.url}/v1/chat/completions`, { method: 'POST', signal: ctl.signal, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'x', messages: user('hi'), max_tokens: 200, temperature: 1, seed: 1, stream: true }) });
     const res = await first;
     const reader = res.body!.getReader();
     await reader.read(); // the first reply is decoding

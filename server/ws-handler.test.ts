@@ -5,12 +5,22 @@ import { startServer } from './server.ts';
 import { startTestServer, TestClient, type TestServer } from './test-support.ts';
 
 let srv: TestServer;
+/** The same model with a decode step slowed to ≥ 3 ms, so a reply lasts long enough to be interrupted. */
+let slow: TestServer;
 
 before(async () => {
   srv = await startTestServer({ heartbeatMs: 60_000 });
+  const gpt = Object.create(srv.model.gpt) as typeof srv.model.gpt;
+  gpt.decodeStep = (caches, tokens) => {
+    const until = performance.now() + 3;
+    while (performance.now() < until);
+    return srv.model.gpt.decodeStep(caches, tokens);
+  };
+  slow = await startTestServer({ heartbeatMs: 60_000 }, { model: { ...srv.model, gpt } });
 });
 after(async () => {
   await srv.close();
+  await slow.close();
 });
 
 const isReply = (rid: string) => (m: Record<string, unknown>) => (m.type === 'reply' || m.type === 'error') && m.requestId === rid;
@@ -84,15 +94,15 @@ test('thumbs, comparisons and rankings are stored through the feedback store and
 });
 
 test('cancel stops a reply in flight: it ends with finish reason "cancelled" and is still stored', async () => {
-  const c = await TestClient.connect(srv.wsUrl);
+  const c = await TestClient.connect(slow.wsUrl);
   const conv = await startConversation(c);
-  c.send({ type: 'user_message', requestId: 'd1', conversationId: conv, content: 'tell me everything', params: { maxTokens: 200, temperature: 1 } });
+  c.send({ type: 'user_message', requestId: 'd1', conversationId: conv, content: 'tell me everything', params: { maxTokens: 200, temperature: 1, seed: 1 } });
   await c.next((m) => m.type === 'reply_start' && m.requestId === 'd1');
   c.send({ type: 'cancel', requestId: 'd1' });
   const reply = await c.next(isReply('d1'));
   assert.equal(reply.finishReason, 'cancelled', JSON.stringify(reply));
   assert.ok((reply.usage as { completionTokens: number }).completionTokens < 40);
-  const gen = await getGeneration(srv.chat()!.deps.store.db, String(reply.messageId));
+  const gen = await getGeneration(slow.chat()!.deps.store.db, String(reply.messageId));
   assert.equal(gen?.finish_reason, 'cancelled');
   const late = await c.request({ type: 'cancel', requestId: 'd1' }, (m) => m.type === 'error');
   assert.equal(late.code, 'unknown_request');
@@ -100,9 +110,9 @@ test('cancel stops a reply in flight: it ends with finish reason "cancelled" and
 });
 
 test('a second request in a conversation while one is in flight is refused with "busy"', async () => {
-  const c = await TestClient.connect(srv.wsUrl);
+  const c = await TestClient.connect(slow.wsUrl);
   const conv = await startConversation(c);
-  c.send({ type: 'user_message', requestId: 'e1', conversationId: conv, content: 'one', params: { maxTokens: 200, temperature: 1 } });
+  c.send({ type: 'user_message', requestId: 'e1', conversationId: conv, content: 'one', params: { maxTokens: 200, temperature: 1, seed: 1 } });
   const busy = await c.request({ type: 'user_message', requestId: 'e2', conversationId: conv, content: 'two' }, isReply('e2'));
   assert.equal(busy.code, 'busy');
   c.send({ type: 'cancel', requestId: 'e1' });
