@@ -70,6 +70,11 @@ export function unregisterNativeKernels(): void {
   originals.clear();
 }
 
+/** Names of the native kernels currently registered. */
+export function nativeKernelsRegistered(): string[] {
+  return [...originals.keys()];
+}
+
 /** Why native kernels are off, or the compiled micro-kernel and thread count when on. */
 export function nativeKernelsStatus(): string {
   if (process.env.TF_NATIVE_KERNELS === '0') return 'off (TF_NATIVE_KERNELS=0)';

@@ -8,8 +8,9 @@
 // AVX2 6x16, anything else a portable 4x8 fallback.
 //
 // Threads: one thread for small problems (decoding-size matmuls must stay cheap); otherwise the
-// batch, or the rows or columns of each matrix, are split over the pool. Each thread packs its
-// own panels (some packing is duplicated rather than synchronised).
+// matrices of a batch are tasks for the pool, or each matrix is cut into one slice of rows or
+// columns per thread. Each task packs its own panels (some packing is duplicated rather than
+// synchronised).
 #include "gemm.h"
 
 #include <algorithm>
@@ -41,6 +42,9 @@ constexpr int NR = VL * NV;
 constexpr int64_t KC = 256;
 constexpr int64_t MC = MR * 12;
 constexpr int64_t NC = 2048;
+
+// Up to this many rows, B is used in place (see gemm_few_rows).
+constexpr int64_t kFewRows = 4;
 
 // Work (2*m*n*k summed over the batch) below which one thread is faster than waking another.
 constexpr double kParallelFlops = 3.0e6;
@@ -184,10 +188,16 @@ inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __r
   }
 }
 
+void gemm_few_rows(const Mat& s);
+
 void gemm_serial(const Mat& s) {
   if (s.m <= 0 || s.n <= 0) return;
   if (s.k <= 0) {
     for (int64_t i = 0; i < s.m; ++i) std::memset(s.c + i * s.ldc, 0, s.n * sizeof(float));
+    return;
+  }
+  if (s.m <= kFewRows) {
+    gemm_few_rows(s);
     return;
   }
   const int64_t kc_max = std::min(KC, s.k);
@@ -211,6 +221,49 @@ void gemm_serial(const Mat& s) {
                          pc > 0, mr, nr);
           }
         }
+      }
+    }
+  }
+}
+
+// Few rows (decoding one token at a time): packing would copy all of B to use it once, so B is
+// streamed in place instead: rows of C accumulate rows of B (B not transposed), or each element
+// is a dot product with a contiguous row of B (B transposed).
+void gemm_few_rows(const Mat& s) {
+  constexpr int kMaxK = 4096;
+  alignas(64) float arow[kMaxK];
+  for (int64_t i = 0; i < s.m; ++i) std::memset(s.c + i * s.ldc, 0, s.n * sizeof(float));
+  if (!s.tb) {
+    for (int64_t p = 0; p < s.k; ++p) {
+      const float* b = s.b + p * s.ldb;
+      for (int64_t i = 0; i < s.m; ++i) {
+        const float av = s.ta ? s.a[p * s.lda + i] : s.a[i * s.lda + p];
+        float* c = s.c + i * s.ldc;
+        for (int64_t j = 0; j < s.n; ++j) c[j] += av * b[j];
+      }
+    }
+    return;
+  }
+  for (int64_t i = 0; i < s.m; ++i) {
+    for (int64_t p0 = 0; p0 < s.k; p0 += kMaxK) {
+      const int64_t kc = std::min<int64_t>(kMaxK, s.k - p0);
+      for (int64_t p = 0; p < kc; ++p)
+        arow[p] = s.ta ? s.a[(p0 + p) * s.lda + i] : s.a[i * s.lda + p0 + p];
+      float* c = s.c + i * s.ldc;
+      for (int64_t j = 0; j < s.n; ++j) {
+        const float* b = s.b + j * s.ldb + p0;
+        vec acc[4] = {vec{}, vec{}, vec{}, vec{}};
+        int64_t p = 0;
+        for (; p + 4 * VL <= kc; p += 4 * VL)
+#pragma GCC unroll 4
+          for (int u = 0; u < 4; ++u)
+            acc[u] += *reinterpret_cast<const vec*>(arow + p + u * VL) *
+                      *reinterpret_cast<const uvec*>(b + p + u * VL);
+        vec total = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+        float sum = 0.f;
+        for (int v = 0; v < VL; ++v) sum += total[v];
+        for (; p < kc; ++p) sum += arow[p] * b[p];
+        c[j] += sum;
       }
     }
   }
@@ -271,28 +324,24 @@ Mat cols(Mat s, int64_t j0, int64_t j1) {
 
 struct Plan {
   const GemmArgs* g;
-  int threads;
+  int parts;  // tasks: one per matrix (kBatch) or slices of every matrix (kRows, kCols)
   enum { kBatch, kRows, kCols } split;
 };
 
 void run_part(void* ctx, int t) {
   const Plan& plan = *static_cast<const Plan*>(ctx);
   const GemmArgs& g = *plan.g;
-  const int nt = plan.threads;
   if (plan.split == Plan::kBatch) {
-    const int64_t b0 = g.batch * t / nt, b1 = g.batch * (t + 1) / nt;
-    for (int64_t b = b0; b < b1; ++b) {
-      Mat s = matrix(g, b);
-      gemm_serial(s);
-      epilogue(g, s.c, s.ldc, s.m, s.n, 0);
-    }
+    Mat s = matrix(g, t);
+    gemm_serial(s);
+    epilogue(g, s.c, s.ldc, s.m, s.n, 0);
     return;
   }
   const int64_t extent = plan.split == Plan::kRows ? g.m : g.n;
   const int64_t unit = plan.split == Plan::kRows ? MR : NR;
   const int64_t units = (extent + unit - 1) / unit;
-  const int64_t lo = std::min(extent, units * t / nt * unit);
-  const int64_t hi = std::min(extent, units * (t + 1) / nt * unit);
+  const int64_t lo = std::min(extent, units * t / plan.parts * unit);
+  const int64_t hi = std::min(extent, units * (t + 1) / plan.parts * unit);
   if (lo >= hi) return;
   for (int64_t b = 0; b < g.batch; ++b) {
     Mat s = matrix(g, b);
@@ -312,15 +361,28 @@ void run_part(void* ctx, int t) {
 
 void sgemm(const GemmArgs& g) {
   if (g.batch <= 0 || g.m <= 0 || g.n <= 0) return;
-  Plan plan{&g, Pool::instance().size(), Plan::kBatch};
+  const int threads = Pool::instance().size();
   const double flops = 2.0 * g.batch * g.m * g.n * g.k;
-  if (flops < kParallelFlops) plan.threads = 1;
-  const int nt = plan.threads;
-  if (nt > 1 && !(g.batch >= nt && (g.batch % nt == 0 || g.batch >= 4 * nt))) {
-    // Split the larger side, counted in micro-tiles.
-    plan.split = (g.m + MR - 1) / MR >= (g.n + NR - 1) / NR ? Plan::kRows : Plan::kCols;
+  Plan plan{&g, 1, Plan::kRows};
+  if (threads > 1 && flops >= kParallelFlops) {
+    if (g.batch >= 2 * threads) {
+      plan.split = Plan::kBatch;
+      plan.parts = static_cast<int>(g.batch);
+    } else {
+      // Split the larger side, counted in micro-tiles, into one slice per thread.
+      plan.split = (g.m + MR - 1) / MR >= (g.n + NR - 1) / NR ? Plan::kRows : Plan::kCols;
+      plan.parts = threads;
+    }
   }
-  parallel_for(nt, run_part, &plan);
+  if (plan.parts == 1) {
+    for (int64_t b = 0; b < g.batch; ++b) {
+      Mat s = matrix(g, b);
+      gemm_serial(s);
+      epilogue(g, s.c, s.ldc, s.m, s.n, 0);
+    }
+    return;
+  }
+  parallel_for(plan.parts, run_part, &plan);
 }
 
 const char* sgemm_kernel_name() { return kKernelName; }

@@ -1,8 +1,9 @@
-// Persistent worker threads; see pool.h. The pool object is never destroyed (workers are
-// detached) so process exit never joins or terminates a sleeping thread.
+// Persistent worker threads; see pool.h. The pool object is never destroyed and its workers
+// are detached, so process exit never joins or terminates a sleeping thread.
 #include "pool.h"
 
 #include <cstdlib>
+#include <thread>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -26,7 +27,7 @@ static int default_threads() {
 // Spin iterations a worker waits for the next job before sleeping (a pause is ~10-70 cycles).
 static int spin_iterations() {
   if (const char* env = std::getenv("TF_NATIVE_SPIN")) return std::atoi(env);
-  return 4000;
+  return 2000;
 }
 
 Pool& Pool::instance() {
@@ -34,57 +35,61 @@ Pool& Pool::instance() {
   return *pool;
 }
 
-void Pool::set_size(int n) {
-  std::lock_guard<std::mutex> lock(busy_);
-  if (!started_ && n >= 1) size_ = n;
-}
-
-void Pool::start_locked() {
-  started_ = true;
-  for (int id = 1; id < size_; ++id) {
-    threads_.emplace_back(&Pool::worker, this, id, generation_.load(std::memory_order_relaxed));
-    threads_.back().detach();
+void Pool::work(uint32_t generation) {
+  for (;;) {
+    uint64_t s = claim_.load(std::memory_order_acquire);
+    if (static_cast<uint32_t>(s >> 32) != generation) return;
+    const uint32_t index = static_cast<uint32_t>(s);
+    if (index >= static_cast<uint32_t>(tasks_)) return;
+    // Success means job `generation` is still running, so fn_/ctx_ are its own.
+    if (claim_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) {
+      fn_(ctx_, static_cast<int>(index));
+      done_.fetch_add(1, std::memory_order_release);
+    }
   }
 }
 
-void Pool::worker(int id, uint32_t seen) {
+void Pool::worker() {
   const int spins = spin_iterations();
+  uint32_t seen = 0;
   for (;;) {
-    uint32_t now = seen;
-    for (int i = 0; i < spins; ++i) {
-      now = generation_.load(std::memory_order_acquire);
-      if (now != seen) break;
+    uint32_t now = wake_.load(std::memory_order_acquire);
+    for (int i = 0; i < spins && now == seen; ++i) {
       cpu_relax();
+      now = wake_.load(std::memory_order_acquire);
     }
     while (now == seen) {
-      generation_.wait(seen, std::memory_order_acquire);
-      now = generation_.load(std::memory_order_acquire);
+      wake_.wait(seen, std::memory_order_acquire);
+      now = wake_.load(std::memory_order_acquire);
     }
     seen = now;
-    if (id < jobs_) fn_(ctx_, id);
-    pending_.fetch_sub(1, std::memory_order_acq_rel);
+    work(now);
   }
 }
 
 bool Pool::try_run(int n, Fn fn, void* ctx) {
   std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
   if (!lock.owns_lock()) return false;
-  if (!started_) start_locked();
-  if (n > size_) n = size_;
+  if (!started_) {
+    started_ = true;
+    for (int i = 1; i < size_; ++i) std::thread(&Pool::worker, this).detach();
+  }
   fn_ = fn;
   ctx_ = ctx;
-  jobs_ = n;
-  pending_.store(size_ - 1, std::memory_order_relaxed);
-  generation_.fetch_add(1, std::memory_order_release);
-  generation_.notify_all();
-  fn(ctx, 0);
-  while (pending_.load(std::memory_order_acquire) != 0) cpu_relax();
+  tasks_ = n;
+  done_.store(0, std::memory_order_relaxed);
+  const uint32_t g = ++generation_;
+  claim_.store(static_cast<uint64_t>(g) << 32, std::memory_order_release);
+  wake_.store(g, std::memory_order_release);
+  wake_.notify_all();
+  work(g);
+  while (done_.load(std::memory_order_acquire) < n) cpu_relax();
   return true;
 }
 
 void parallel_for(int n, Pool::Fn fn, void* ctx) {
   Pool& pool = Pool::instance();
-  if (n > 1 && pool.size() > 1 && n <= pool.size() && pool.try_run(n, fn, ctx)) return;
+  if (n > 1 && pool.size() > 1 && pool.try_run(n, fn, ctx)) return;
   for (int i = 0; i < n; ++i) fn(ctx, i);
 }
 
