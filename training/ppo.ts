@@ -308,15 +308,7 @@ export class PpoTrainer {
 
   /** Samples one reply per prompt from the policy. */
   rollout(prompts: readonly ChatMessage[][], seed: number): Episode[] {
-    const { policy, tok } = this.o;
-    const maxPrompt = policy.config.blockSize - this.knobs.maxTokens - 1;
-    if (maxPrompt < 2) throw new Error(`maxTokens ${this.knobs.maxTokens} leaves no room for a prompt in blockSize ${policy.config.blockSize}`);
-    const promptIds = prompts.map((p) => {
-      const ids = renderChat(tok, p, { addGenerationPrompt: true }).ids;
-      return ids.slice(Math.max(0, ids.length - maxPrompt));
-    });
-    const gens = generateBatch(policy, tok, promptIds, { maxTokens: this.knobs.maxTokens, temperature: this.knobs.temperature, topK: 0, topP: 1, seed, stop: [] });
-    return gens.map((g, i) => ({ prompt: prompts[i]!, promptIds: promptIds[i]!, replyIds: g.ids, reply: g.text, finishReason: g.finishReason }));
+    return sampleEpisodes(this.o.policy, this.o.tok, prompts, { maxTokens: this.knobs.maxTokens, temperature: this.knobs.temperature, seed });
   }
 
   /** One PPO step: rollouts, scores, advantages, then `epochs` passes of minibatch updates. */
@@ -474,6 +466,29 @@ export class PpoTrainer {
     this.opt.dispose();
     this.ema?.dispose();
   }
+}
+
+/**
+ * One reply per prompt from `model` (prompts longer than the window keep their latest tokens).
+ * Sampling is untruncated (no top-k/top-p) so the replies follow the model's distribution.
+ */
+export function sampleEpisodes(model: GPT, tok: Tokenizer, prompts: readonly ChatMessage[][], opts: { maxTokens: number; temperature: number; seed: number }): Episode[] {
+  const maxPrompt = model.config.blockSize - opts.maxTokens - 1;
+  if (maxPrompt < 2) throw new Error(`maxTokens ${opts.maxTokens} leaves no room for a prompt in blockSize ${model.config.blockSize}`);
+  const promptIds = prompts.map((p) => {
+    const ids = renderChat(tok, p, { addGenerationPrompt: true }).ids;
+    return ids.slice(Math.max(0, ids.length - maxPrompt));
+  });
+  const gens = generateBatch(model, tok, promptIds, { maxTokens: opts.maxTokens, temperature: opts.temperature, topK: 0, topP: 1, seed: opts.seed, stop: [] });
+  return gens.map((g, i) => ({ prompt: prompts[i]!, promptIds: promptIds[i]!, replyIds: g.ids, reply: g.text, finishReason: g.finishReason }));
+}
+
+/** Σ_t log π(y_t) − log π_ref(y_t) per episode (the k1 estimate of KL(π ‖ π_ref) per reply, on replies sampled from π). */
+export function episodeKl(policy: GPT, reference: GPT, tok: Tokenizer, episodes: readonly Episode[]): number[] {
+  const rows = buildRows(episodes, tok.specialId('<|pad|>'));
+  const a = forwardStats(policy, rows, false).logp;
+  const b = forwardStats(reference, rows, false).logp;
+  return rows.replyPos.map((pos, r) => pos.reduce((sum, t) => sum + a[r * rows.T + t]! - b[r * rows.T + t]!, 0));
 }
 
 /** One line per step: reward, KL, clip fraction, value loss, entropy, length, approx KL by epoch. */

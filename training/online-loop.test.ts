@@ -1,0 +1,93 @@
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { initBackend } from '../model/backend.ts';
+import { GPT } from '../model/gpt.ts';
+import type { Tokenizer } from '../model/tokenizer.ts';
+import { saveCheckpoint } from '../model/checkpoint.ts';
+import { addAssistantReply, addMessage, createConversation, getMetrics, getRun, listModelVersions, openTempStore, resolveAlias, submitJudgements, type FeedbackStore } from '../feedback/index.ts';
+import { OnlineLoopConfig, proxyGoldDiverged, runOnlineIteration } from './online-loop.ts';
+import { toyConfig, toyPreferenceGroups, toyTokenizer } from './rlhf-fixture.ts';
+
+let tok: Tokenizer;
+let root: string;
+let store: FeedbackStore;
+
+before(async () => {
+  await initBackend({ backend: 'wasm', log: () => {} });
+  tok = toyTokenizer();
+  root = mkdtempSync(join(tmpdir(), 'loop-'));
+  const sft = GPT.create(toyConfig(tok), 'policy', 41);
+  saveCheckpoint(join(root, 'sft'), {
+    weights: await sft.exportWeights(),
+    meta: { stage: 'sft', kind: 'policy', config: sft.config, tokenizerFingerprint: tok.fingerprint(), parent: null, step: 1, metrics: {}, runConfig: {} },
+    tokenizer: tok.toJSON(),
+  });
+  sft.dispose();
+  store = await openTempStore();
+  const judgements = [];
+  for (const g of toyPreferenceGroups(40, 12)) {
+    const conv = await createConversation(store.db, { userId: 'u1' });
+    const q = await addMessage(store.db, { conversationId: conv.id, role: 'user', content: g.prompt[0]!.content, userId: 'u1' });
+    const ids = [];
+    for (const [i, reply] of g.replies.entries()) {
+      const { message } = await addAssistantReply(store.db, {
+        message: { conversationId: conv.id, parentId: q.id, content: reply },
+        generation: { modelVersionId: 'sft-x', params: {}, seed: i, finishReason: 'stop', promptTokens: 5, completionTokens: 3, latencyMs: 1, ttftMs: 1 },
+      });
+      ids.push(message.id);
+    }
+    judgements.push({ kind: 'comparison', raterId: 'u1', a: ids[1], b: ids[0], choice: 'b' });
+  }
+  const results = await submitJudgements(store.db, judgements);
+  assert.ok(results.every((r) => r.ok));
+});
+after(() => store.close());
+
+const cfg = (extra: Record<string, unknown>) =>
+  OnlineLoopConfig.parse({
+    sft: '', checkpoints: '', minNewJudgements: 10, rewardEpochs: 4, rewardLr: 3e-3, minRewardAccuracy: 0.6, ppoSteps: 3, batchSize: 8, minibatchSize: 4,
+    epochs: 1, maxTokens: 6, lr: 1e-3, evalPrompts: 4, evalEvery: 2, klBudget: 1000, autoPromote: true, minScoreGain: -100, ...extra,
+  });
+
+test('an iteration trains a reward model, runs PPO from the champion, registers both and promotes through the gates; then waits for new feedback', async () => {
+  const c = cfg({ sft: join(root, 'sft'), checkpoints: join(root, 'ck') });
+  const r = await runOnlineIteration(store, c, { log: () => {} });
+  assert.equal(r.status, 'promoted', r.reason);
+  assert.equal(await resolveAlias(store.db, 'champion'), r.policyVersion);
+  assert.equal(await resolveAlias(store.db, 'candidate'), r.policyVersion);
+  const versions = await listModelVersions(store.db);
+  assert.deepEqual(versions.map((v) => v.kind).sort(), ['policy', 'policy', 'reward'], 'SFT, the reward model and the candidate');
+  assert.ok(r.metrics.rmAccuracy! >= 0.6);
+  const run = await getRun(store.db, r.runId!);
+  assert.equal(run?.status, 'succeeded');
+  const names = new Set((await getMetrics(store.db, r.runId!)).map((m) => m.name));
+  for (const n of ['rm_heldout_accuracy', 'score', 'kl', 'clip_frac', 'value_loss', 'entropy', 'reply_length', 'eval_proxy']) assert.ok(names.has(n), `run metric ${n}`);
+  const again = await runOnlineIteration(store, c, { log: () => {} });
+  assert.equal(again.status, 'skipped');
+  assert.match(again.reason, /waiting for 10/);
+  const held = await runOnlineIteration(store, { ...c, minNewJudgements: 0, minScoreGain: 100, checkpoints: join(root, 'ck3') }, { log: () => {} });
+  assert.equal(held.status, 'candidate');
+  assert.match(held.reason, /not promoted: proxy gain/);
+  assert.equal(await resolveAlias(store.db, 'champion'), r.policyVersion, 'the champion stays');
+  assert.equal(await resolveAlias(store.db, 'candidate'), held.policyVersion);
+});
+
+test('a reward model below the accuracy guard stops the iteration before any policy is trained', async () => {
+  const before = (await listModelVersions(store.db)).length;
+  const r = await runOnlineIteration(store, cfg({ sft: join(root, 'sft'), checkpoints: join(root, 'ck2'), minNewJudgements: 0, minRewardAccuracy: 1, rewardLr: 1e-12 }), { log: () => {} });
+  assert.equal(r.status, 'rejected');
+  assert.match(r.reason, /held-out accuracy 0\.\d+ is below 1 /);
+  assert.equal((await listModelVersions(store.db)).length, before);
+  assert.equal((await getRun(store.db, r.runId!))?.status, 'failed');
+});
+
+test('the Goodhart guard fires only when proxy rises and gold falls for the whole patience window', () => {
+  const h = [{ proxy: 0, gold: 1 }, { proxy: 1, gold: 0.9 }, { proxy: 2, gold: 0.8 }];
+  assert.equal(proxyGoldDiverged(h, 2), true);
+  assert.equal(proxyGoldDiverged(h, 3), false);
+  assert.equal(proxyGoldDiverged([...h, { proxy: 3, gold: 0.85 }], 2), false);
+  assert.equal(proxyGoldDiverged([{ proxy: 0, gold: 1 }, { proxy: 1, gold: 1.1 }, { proxy: 2, gold: 1.2 }], 2), false);
+});

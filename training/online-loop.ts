@@ -1,0 +1,286 @@
+/**
+ * The online loop: turns the feedback people leave into a better policy, in the background.
+ * One iteration:
+ *
+ *   1. waits until at least `minNewJudgements` judgements arrived since the last successful
+ *      iteration (pairs from picks, rankings and sibling thumbs, plus lone thumbs);
+ *   2. retrains the reward model from the SFT trunk on all current judgements; refuses to go on
+ *      when its held-out pairwise accuracy is below `minRewardAccuracy` (guard 1);
+ *   3. runs PPO from the current champion (alias `champion`, or SFT) with the KL measured against
+ *      SFT, stopping early when the KL per reply exceeds `klBudget` (guard 2), or, when a gold
+ *      scorer is given (simulated users' hidden rubric, never available in production), when the
+ *      proxy reward keeps rising while the gold reward falls (guard 3, `goldPatience` evaluations);
+ *   4. evaluates candidate and champion on held-out prompts from real conversations (proxy score,
+ *      KL to SFT, gold score when available);
+ *   5. writes both checkpoints, registers them as model versions, points the `candidate` alias at
+ *      the new policy, and promotes it to `champion` only with `autoPromote` and when it beats the
+ *      champion by `minScoreGain` within the KL budget (and does not lose on gold). Otherwise it
+ *      waits for the admin.
+ * Every iteration is a run (kind `loop`) in the store with its per-step metrics.
+ *
+ * Version ids follow the server's convention, `<checkpoint directory name>-<sha256[:12]>`, so
+ * generations stamped by the server match registered versions.
+ *
+ *   node --import tsx training/online-loop.ts --database default --sft checkpoints/sft [--once]
+ */
+import { z } from 'zod';
+import { basename, join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { initBackend } from '../model/backend.ts';
+import { GPT } from '../model/gpt.ts';
+import { Tokenizer } from '../model/tokenizer.ts';
+import { loadCheckpoint, saveCheckpoint, type CheckpointMeta } from '../model/checkpoint.ts';
+import type { ChatMessage } from '../model/chat-template.ts';
+import {
+  exportPreferencePairs,
+  exportUnpaired,
+  finishRun,
+  newId,
+  getModelVersion,
+  listRuns,
+  logMetrics,
+  promote,
+  registerModelVersion,
+  resolveAlias,
+  startRun,
+  type FeedbackStore,
+} from '../feedback/index.ts';
+import { loadStorePreferences, splitGroups } from './preferences.ts';
+import { normaliseScores, sampleReplies, trainRewardModel } from './reward-model.ts';
+import { RewardModelSource, type RewardSource } from './reward-source.ts';
+import { PpoTrainer, episodeKl, loadStorePrompts, ppoMetrics, sampleEpisodes, type PpoKnobs } from './ppo.ts';
+import { mean } from './rlhf-common.ts';
+import { isMain, runCli, stopRequested } from './cli.ts';
+
+export const OnlineLoopConfig = z.object({
+  database: z.string().default('default').describe('feedback store URL, or "default" (data/feedback.sqlite)'),
+  sft: z.string().default('checkpoints/sft').describe('the SFT checkpoint: reward-model trunk and KL reference'),
+  checkpoints: z.string().default('checkpoints').describe('directory new reward models and policies are written to'),
+  minNewJudgements: z.number().int().nonnegative().default(50).describe('new judgements needed before an iteration runs'),
+  pollSeconds: z.number().positive().default(60).describe('wait between checks for new feedback'),
+  once: z.boolean().default(false).describe('run one iteration (or skip) and exit'),
+  rewardEpochs: z.number().int().positive().default(2).describe('reward-model epochs per iteration'),
+  rewardLr: z.number().positive().default(1e-4).describe('reward-model learning rate'),
+  minRewardAccuracy: z.number().min(0).max(1).default(0.6).describe('guard: held-out pairwise accuracy the reward model must reach'),
+  ppoSteps: z.number().int().positive().default(30).describe('PPO steps per iteration'),
+  batchSize: z.number().int().positive().default(16).describe('PPO rollouts per step'),
+  minibatchSize: z.number().int().positive().default(8).describe('PPO rollouts per gradient step'),
+  epochs: z.number().int().positive().default(4).describe('PPO epochs per batch'),
+  maxTokens: z.number().int().positive().default(48).describe('most tokens per sampled reply'),
+  lr: z.number().positive().default(1e-5).describe('PPO learning rate'),
+  klCoef: z.number().nonnegative().default(0.05).describe('β: KL coefficient (initial, adaptive towards klTarget)'),
+  klTarget: z.number().positive().default(4).describe('adaptive controller target KL per reply (nats)'),
+  klBudget: z.number().positive().default(10).describe('guard: PPO stops when the batch KL per reply to SFT exceeds this'),
+  evalPrompts: z.number().int().positive().default(32).describe('held-out prompts for candidate vs champion'),
+  evalEvery: z.number().int().positive().default(5).describe('PPO steps between proxy/gold evaluations'),
+  goldPatience: z.number().int().positive().default(2).describe('guard: evaluations of proxy up / gold down before stopping'),
+  autoPromote: z.boolean().default(false).describe('promote the candidate to champion when it passes the gates'),
+  minScoreGain: z.number().default(0.05).describe('gate: candidate proxy score must beat the champion by this'),
+  seed: z.number().int().default(6).describe('seed for splits and sampling'),
+  backend: z.string().default('').describe('force a tensor backend (tensorflow, wasm, cpu)'),
+});
+export type OnlineLoopConfig = z.infer<typeof OnlineLoopConfig>;
+
+export type IterationStatus = 'skipped' | 'rejected' | 'candidate' | 'promoted';
+
+export interface IterationResult {
+  status: IterationStatus;
+  reason: string;
+  runId?: string;
+  rewardVersion?: string;
+  policyVersion?: string;
+  metrics: Record<string, number>;
+}
+
+/** A scorer that knows the truth (simulated users' rubric); only tests and simulations have one. */
+export interface LoopOptions {
+  gold?: RewardSource;
+  log?: (line: string) => void;
+  shouldStop?: () => boolean;
+}
+
+/** The server's version id of a checkpoint: `<directory name>-<sha256[:12]>`. */
+export function checkpointVersionId(dir: string, meta: CheckpointMeta): string {
+  return `${basename(resolve(dir))}-${meta.sha256.slice(0, 12)}`;
+}
+
+async function countJudgementsSince(store: FeedbackStore, since: string | undefined): Promise<number> {
+  const f = since ? { since } : {};
+  let n = 0;
+  for await (const _ of exportPreferencePairs(store.db, f)) n++;
+  for await (const _ of exportUnpaired(store.db, f)) n++;
+  return n;
+}
+
+/** Proxy (and gold) score and KL to SFT of a policy's sampled replies on fixed prompts. */
+export async function evaluatePolicy(policy: GPT, sft: GPT, tok: Tokenizer, proxy: RewardSource, prompts: readonly ChatMessage[][], opts: { maxTokens: number; seed: number; gold?: RewardSource }): Promise<{ proxy: number; gold: number; kl: number; length: number }> {
+  const eps = sampleEpisodes(policy, tok, prompts, { maxTokens: opts.maxTokens, temperature: 1, seed: opts.seed });
+  const items = eps.map((e) => ({ prompt: e.prompt, reply: e.reply, replyIds: e.replyIds }));
+  return {
+    proxy: mean(await proxy.score(items)),
+    gold: opts.gold ? mean(await opts.gold.score(items)) : NaN,
+    kl: mean(episodeKl(policy, sft, tok, eps)),
+    length: mean(eps.map((e) => e.replyIds.length)),
+  };
+}
+
+/**
+ * Goodhart guard: true when, over the last `patience` evaluations, the proxy score rose each time
+ * while the gold score fell each time.
+ */
+export function proxyGoldDiverged(history: readonly { proxy: number; gold: number }[], patience: number): boolean {
+  if (history.length < patience + 1) return false;
+  const tail = history.slice(-(patience + 1));
+  for (let i = 1; i < tail.length; i++) {
+    if (!(tail[i]!.proxy > tail[i - 1]!.proxy && tail[i]!.gold < tail[i - 1]!.gold)) return false;
+  }
+  return true;
+}
+
+/** One iteration of the loop (see the file's contract). */
+export async function runOnlineIteration(store: FeedbackStore, cfg: OnlineLoopConfig, o: LoopOptions = {}): Promise<IterationResult> {
+  const log = o.log ?? ((l: string) => console.error(l));
+  const db = store.db;
+  const last = (await listRuns(db, { kind: 'loop', status: 'succeeded' }))[0];
+  const fresh = await countJudgementsSince(store, last?.started_at);
+  if (fresh < cfg.minNewJudgements) {
+    return { status: 'skipped', reason: `${fresh} new judgements since the last iteration; waiting for ${cfg.minNewJudgements}`, metrics: { newJudgements: fresh } };
+  }
+  const sftCk = loadCheckpoint(cfg.sft, { kind: 'policy' });
+  const tok = Tokenizer.fromJSON(sftCk.tokenizer);
+  const sftVersion = checkpointVersionId(cfg.sft, sftCk.meta);
+  if (!(await getModelVersion(db, sftVersion))) {
+    await registerModelVersion(db, { id: sftVersion, kind: 'policy', checkpoint: resolve(cfg.sft), config: { ...sftCk.meta.config }, metrics: sftCk.meta.metrics, notes: 'SFT policy: KL reference of PPO' });
+  }
+  const championVersion = (await resolveAlias(db, 'champion')) ?? sftVersion;
+  const championDir = (await getModelVersion(db, championVersion))!.checkpoint;
+  const run = await startRun(db, { kind: 'loop', config: { ...cfg }, baseVersionId: championVersion });
+  const stamp = newId().toLowerCase();
+  const models: GPT[] = [];
+  const own = <T extends GPT>(m: T) => (models.push(m), m);
+  try {
+    // 2. Reward model.
+    const data = await loadStorePreferences(store);
+    const split = splitGroups(data.groups, 0.15, cfg.seed);
+    const sft = own(GPT.fromWeights(sftCk.meta.config, 'policy', sftCk.weights));
+    const rm = own(sft.clone('reward'));
+    const rmResult = trainRewardModel({
+      rm, tok, train: { groups: split.train, unpaired: data.unpaired }, val: split.val, log,
+      cfg: { epochs: cfg.rewardEpochs, groupsPerBatch: 8, unpairedPerBatch: 8, unpairedCoef: 0.5, lr: cfg.rewardLr, minLr: cfg.rewardLr / 10, warmup: 5, weightDecay: 0, gradClip: 1, seed: cfg.seed },
+    });
+    const acc = rmResult.heldOut.accuracy;
+    await logMetrics(db, run.id, 0, Object.fromEntries(Object.entries({ rm_heldout_accuracy: acc, rm_heldout_ece: rmResult.heldOut.ece, rm_heldout_loss: rmResult.heldOut.loss, new_judgements: fresh }).filter(([, v]) => Number.isFinite(v))));
+    if (!(acc >= cfg.minRewardAccuracy)) {
+      const reason = `reward model held-out accuracy ${acc.toFixed(3)} is below ${cfg.minRewardAccuracy} over ${rmResult.heldOut.pairs} pairs; not training a policy on it`;
+      await finishRun(db, run.id, { status: 'failed', error: reason });
+      return { status: 'rejected', reason, runId: run.id, metrics: { rmAccuracy: acc } };
+    }
+    const allPrompts = await loadStorePrompts(store);
+    const { train: trainPrompts, val: evalPrompts } = splitGroups(allPrompts, Math.min(0.5, cfg.evalPrompts / Math.max(1, allPrompts.length)), cfg.seed);
+    if (!trainPrompts.length || !evalPrompts.length) throw new Error(`too few prompts in the store (${allPrompts.length}) for training and evaluation`);
+    const norm = normaliseScores(rm, tok, sampleReplies(sft, tok, evalPrompts, cfg.maxTokens, cfg.seed));
+    const rmDir = join(cfg.checkpoints, `reward-${stamp}`);
+    const rmMeta = saveCheckpoint(rmDir, {
+      weights: await rm.exportWeights(),
+      meta: { stage: 'reward', kind: 'reward', config: rm.config, tokenizerFingerprint: tok.fingerprint(), parent: cfg.sft, step: rmResult.steps, metrics: { heldOutAccuracy: acc, heldOutEce: rmResult.heldOut.ece, heldOutLoss: rmResult.heldOut.loss, scoreOffset: norm.scoreOffset }, runConfig: { ...cfg } },
+      tokenizer: tok.toJSON(),
+    });
+    const rewardVersion = checkpointVersionId(rmDir, rmMeta);
+    await registerModelVersion(db, { id: rewardVersion, kind: 'reward', checkpoint: resolve(rmDir), config: { ...rm.config }, metrics: rmMeta.metrics, parentId: sftVersion });
+
+    // 3. PPO from the champion, KL to SFT.
+    const champCk = loadCheckpoint(championDir, { kind: 'policy', config: sftCk.meta.config, tokenizerFingerprint: tok.fingerprint() });
+    const champion = own(GPT.fromWeights(champCk.meta.config, 'policy', champCk.weights));
+    const policy = own(champion.clone());
+    const proxy = new RewardModelSource(rm, tok, { label: rewardVersion });
+    const evalOpts = { maxTokens: cfg.maxTokens, seed: cfg.seed + 1, gold: o.gold };
+    const knobs: Partial<PpoKnobs> = { steps: cfg.ppoSteps, batchSize: cfg.batchSize, minibatchSize: Math.min(cfg.minibatchSize, cfg.batchSize), epochs: cfg.epochs, maxTokens: cfg.maxTokens, lr: cfg.lr, minLr: cfg.lr / 10, klCoef: cfg.klCoef, adaptiveKl: true, klTarget: cfg.klTarget, klHorizon: 10 * cfg.batchSize, seed: cfg.seed };
+    const trainer = new PpoTrainer({ policy, reference: sft, tok, reward: proxy, prompts: trainPrompts, knobs, log });
+    const evals = [await evaluatePolicy(policy, sft, tok, proxy, evalPrompts, evalOpts)];
+    let stopReason = '';
+    let steps = 0;
+    try {
+      for (let i = 0; i < cfg.ppoSteps && !stopReason; i++) {
+        const s = await trainer.step();
+        steps = s.step;
+        await logMetrics(db, run.id, s.step, ppoMetrics(s));
+        if (s.kl > cfg.klBudget) stopReason = `KL per reply ${s.kl.toFixed(2)} exceeded the budget ${cfg.klBudget} at step ${s.step}`;
+        if (o.shouldStop?.()) stopReason = 'stop requested';
+        if (!stopReason && s.step % cfg.evalEvery === 0) {
+          const e = await evaluatePolicy(policy, sft, tok, proxy, evalPrompts, evalOpts);
+          evals.push(e);
+          await logMetrics(db, run.id, s.step, Object.fromEntries(Object.entries({ eval_proxy: e.proxy, eval_gold: e.gold, eval_kl: e.kl }).filter(([, v]) => Number.isFinite(v))));
+          if (o.gold && proxyGoldDiverged(evals, cfg.goldPatience)) stopReason = `proxy reward rose while gold reward fell over ${cfg.goldPatience} evaluations (step ${s.step})`;
+        }
+      }
+    } finally {
+      trainer.dispose();
+    }
+    if (stopReason) log(`loop: PPO stopped early: ${stopReason}`);
+
+    // 4. Candidate vs champion.
+    const cand = await evaluatePolicy(policy, sft, tok, proxy, evalPrompts, evalOpts);
+    const champ = await evaluatePolicy(champion, sft, tok, proxy, evalPrompts, evalOpts);
+    const metrics: Record<string, number> = Object.fromEntries(Object.entries({
+      rmAccuracy: acc, ppoSteps: steps, candidateProxy: cand.proxy, championProxy: champ.proxy, candidateKl: cand.kl, championKl: champ.kl,
+      candidateGold: cand.gold, championGold: champ.gold, candidateLength: cand.length,
+    }).filter(([, v]) => Number.isFinite(v)));
+    await logMetrics(db, run.id, steps + 1, metrics);
+
+    // 5. Register, and promote only through the gates.
+    const polDir = join(cfg.checkpoints, `policy-${stamp}`);
+    const polMeta = saveCheckpoint(polDir, {
+      weights: await policy.exportWeights(),
+      meta: { stage: 'policy', kind: 'policy', config: policy.config, tokenizerFingerprint: tok.fingerprint(), parent: championDir, step: steps, metrics, runConfig: { ...cfg, reference: cfg.sft, reward: rewardVersion, stopReason } },
+      tokenizer: tok.toJSON(),
+    });
+    const policyVersion = checkpointVersionId(polDir, polMeta);
+    await registerModelVersion(db, { id: policyVersion, kind: 'policy', checkpoint: resolve(polDir), parentId: championVersion, config: { ...policy.config }, metrics, notes: stopReason || undefined });
+    await promote(db, { alias: 'candidate', versionId: policyVersion, actor: 'online-loop', reason: `proxy ${cand.proxy.toFixed(3)} vs champion ${champ.proxy.toFixed(3)}, KL ${cand.kl.toFixed(2)}` });
+    const gates: string[] = [];
+    if (!(cand.proxy >= champ.proxy + cfg.minScoreGain)) gates.push(`proxy gain ${(cand.proxy - champ.proxy).toFixed(3)} < ${cfg.minScoreGain}`);
+    if (!(cand.kl <= cfg.klBudget)) gates.push(`KL ${cand.kl.toFixed(2)} > budget ${cfg.klBudget}`);
+    if (o.gold && !(cand.gold >= champ.gold)) gates.push(`gold ${cand.gold.toFixed(3)} < champion ${champ.gold.toFixed(3)}`);
+    let status: IterationStatus = 'candidate';
+    let reason = gates.length ? `candidate registered; not promoted: ${gates.join('; ')}` : 'candidate registered; passes the gates, waiting for the admin';
+    if (cfg.autoPromote && !gates.length) {
+      await promote(db, { alias: 'champion', versionId: policyVersion, actor: 'online-loop', reason: `auto-promotion: proxy +${(cand.proxy - champ.proxy).toFixed(3)}, KL ${cand.kl.toFixed(2)}` });
+      status = 'promoted';
+      reason = 'candidate passed the gates and was promoted to champion';
+    }
+    await finishRun(db, run.id, { status: 'succeeded', outputVersionId: policyVersion });
+    log(`loop: ${reason}`);
+    return { status, reason, runId: run.id, rewardVersion, policyVersion, metrics };
+  } catch (err) {
+    await finishRun(db, run.id, { status: 'failed', error: (err as Error).message.slice(0, 10_000) }).catch(() => {});
+    throw err;
+  } finally {
+    for (const m of models) m.dispose();
+  }
+}
+
+/** Runs iterations until stopped (or once). */
+export async function onlineLoop(cfg: OnlineLoopConfig, o: LoopOptions = {}): Promise<IterationResult[]> {
+  const log = o.log ?? ((l: string) => console.error(l));
+  await initBackend({ backend: cfg.backend || undefined, log });
+  const { openStore } = await import('../feedback/index.ts');
+  const store = await openStore(cfg.database === 'default' ? {} : { url: cfg.database });
+  const results: IterationResult[] = [];
+  try {
+    for (;;) {
+      const r = await runOnlineIteration(store, cfg, o);
+      results.push(r);
+      log(`loop: ${r.status}: ${r.reason}`);
+      if (cfg.once || o.shouldStop?.()) break;
+      await sleep(cfg.pollSeconds * 1000);
+      if (o.shouldStop?.()) break;
+    }
+  } finally {
+    await store.close();
+  }
+  return results;
+}
+
+if (isMain(import.meta.url)) {
+  await runCli('node --import tsx training/online-loop.ts --database default --sft checkpoints/sft [--once]', OnlineLoopConfig, 'LOOP', (cfg) => onlineLoop(cfg, { shouldStop: stopRequested() }));
+}
