@@ -92,6 +92,22 @@ test('a strong KL coefficient with no reward pulls a drifted policy back to the 
   reference.dispose();
 });
 
+test('the missing end-of-turn penalty is charged exactly to the replies cut off by maxTokens', async () => {
+  const policy = GPT.create(toyConfig(tok), 'policy', 14);
+  const reference = policy.clone('policy', false);
+  const zero = new RuleRewardSource('zero', () => 0);
+  const ppo = new PpoTrainer({ policy, reference, tok, reward: zero, prompts: toyPrompts(8), knobs: { ...small, maxTokens: 2, klCoef: 0, missingEotPenalty: 0.7, seed: 3 } });
+  const hist = [];
+  for (let i = 0; i < 3; i++) hist.push(await ppo.step());
+  for (const s of hist) {
+    assert.equal(s.score, 0, 'the logged score is the reward source\'s, before the penalty');
+    assert.ok(Math.abs(s.reward + 0.7 * (1 - s.eotRate)) < 1e-6, `reward ${s.reward} with ${s.eotRate} of replies closed`);
+  }
+  ppo.dispose();
+  policy.dispose();
+  reference.dispose();
+});
+
 test('a PPO step (with EMA and PPO-ptx) leaves the number of tensors unchanged', async () => {
   const policy = GPT.create(toyConfig(tok), 'policy', 13);
   const reference = policy.clone('policy', false);

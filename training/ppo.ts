@@ -145,7 +145,9 @@ export interface PpoStepStats {
   /** Approximate KL(π_θold ‖ π_θ) = ½ mean (log ratio)², at the end of each PPO epoch. */
   approxKlByEpoch: number[];
   ptxLoss: number;
+  /** Experience collection: sampling, scoring, and the policy and reference passes over the rollouts. */
   rolloutMs: number;
+  /** Advantages and the PPO epochs of minibatch updates. */
   updateMs: number;
 }
 
