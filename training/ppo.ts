@@ -527,6 +527,7 @@ function userPrefixes(turns: readonly ChatMessage[]): ChatMessage[][] {
 
 /** Prompts from JSONL rows `{ prompt }` (turns or a string) or `{ messages }` (every user turn with its context). */
 export function readPromptsJsonl(path: string): ChatMessage[][] {
+  if (!existsSync(path)) throw new Error(`no prompts file at ${path}; give --prompts prompts.jsonl or --database URL`);
   const out: ChatMessage[][] = [];
   readFileSync(path, 'utf8').split('\n').forEach((line, i) => {
     if (!line.trim()) return;

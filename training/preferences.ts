@@ -20,7 +20,7 @@
  * and thumbs pairs exported to JSONL keep their weights. JSONL may also carry a ranking directly:
  * `{ prompt, ranking: [reply, …] }` (best first; each reply a string or `[{ role, content }]`).
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import type { ChatMessage } from '../model/chat-template.ts';
 import { createRng } from '../model/random.ts';
 import type { FeedbackStore } from '../feedback/index.ts';
@@ -146,6 +146,7 @@ export function unpairedFromRows(rows: Iterable<{ prompt: unknown; completion: u
  * groups, unpaired rows (`completion` + `label`) unpaired examples.
  */
 export function readPreferenceJsonl(path: string): PreferenceData {
+  if (!existsSync(path)) throw new Error(`no preference file at ${path}; export one with \`node --import tsx feedback/export-cli.ts --kind preference --meta --out ${path}\``);
   const pref: Record<string, unknown>[] = [];
   const unp: Record<string, unknown>[] = [];
   readFileSync(path, 'utf8').split('\n').forEach((line, i) => {
