@@ -4,7 +4,7 @@
  * callers fall back to the wasm backend's own kernels. `TF_NATIVE_ADDON` overrides the path.
  *
  * The addon works in place on the wasm heap; see `native/src/addon.cc` for the parameter
- * layouts of `gemm` and `transpose`.
+ * layouts of its functions.
  */
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
@@ -14,6 +14,10 @@ export interface NativeAddon {
   gemm(heap: ArrayBuffer, params: Float64Array): void;
   /** Axis permutation of 4-byte elements on the heap. */
   transpose(heap: ArrayBuffer, params: Float64Array): void;
+  /** out = exp(x), float32. */
+  exp(heap: ArrayBuffer, params: Float64Array): void;
+  /** Sum of x viewed as [outer, reduce, inner] over its middle axis, float32. */
+  sum(heap: ArrayBuffer, params: Float64Array): void;
   /** The compiled micro-kernel and the size of the thread pool. */
   info(): { kernel: string; threads: number };
 }
@@ -32,7 +36,7 @@ export function loadNativeAddon(
   if (!entry) {
     try {
       const addon = createRequire(import.meta.url)(path) as NativeAddon;
-      if (typeof addon.gemm !== 'function' || typeof addon.transpose !== 'function') {
+      if (typeof addon.gemm !== 'function' || typeof addon.sum !== 'function') {
         throw new Error('not the native kernels addon');
       }
       entry = { addon };

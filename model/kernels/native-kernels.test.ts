@@ -8,8 +8,9 @@ import '@tensorflow/tfjs-backend-wasm';
 import { registerAllGradients } from '../tfjs-gradients.ts';
 import { DEFAULT_ADDON_PATH, loadNativeAddon } from './native-addon.ts';
 import { registerNativeKernels, unregisterNativeKernels } from './native-kernels.ts';
+import { reductionBlocks } from './reduce-exp.ts';
 
-const ALL = ['BatchMatMul', '_FusedMatMul', 'Transpose'];
+const ALL = ['BatchMatMul', '_FusedMatMul', 'Transpose', 'Exp', 'Sum'];
 
 before(async () => {
   if (!existsSync(DEFAULT_ADDON_PATH)) {
@@ -90,7 +91,7 @@ function operandShapes(m: number, n: number, k: number, ta: boolean, tb: boolean
   return [ta ? [k, m] : [m, k], tb ? [n, k] : [k, n]];
 }
 
-test('registers BatchMatMul, _FusedMatMul and Transpose when the addon loads', () => {
+test('registers BatchMatMul, _FusedMatMul, Transpose, Exp and Sum when the addon loads', () => {
   assert.deepEqual(registerNativeKernels(), ALL);
   assert.deepEqual(registerNativeKernels(), ALL, 'registering twice is harmless');
   assert.match(loadNativeAddon().addon!.info().kernel, /\d+x\d+/);
@@ -199,6 +200,46 @@ test('transpose matches the original kernel for GPT and general permutations', (
       assert.deepEqual(Array.from(got.dataSync()), Array.from(want.dataSync()), `${shape} perm ${perm}`);
     });
   }
+});
+
+test('exp matches Math.exp to float32 precision, including extremes, NaN and infinities', () => {
+  const special = [0, -0, 1, -1, 1e-8, -87, -87.5, -100, 88, 88.7, 89, 1000, NaN, Infinity, -Infinity];
+  const values = new Float32Array([...special, ...Array.from({ length: 1000 }, (_, i) => (i - 500) * 0.173)]);
+  tf.tidy(() => {
+    const got = tf.exp(tf.tensor1d(values)).dataSync();
+    values.forEach((v, i) => {
+      const want = Math.fround(Math.exp(v));
+      if (Number.isNaN(want)) assert.ok(Number.isNaN(got[i]!), `exp(${v})`);
+      else if (!Number.isFinite(want) || want === 0) assert.equal(got[i], want, `exp(${v})`);
+      else if (want < 1.2e-38) assert.ok(Math.abs(got[i]! - want) <= 1.2e-38, `exp(${v}) is below FLT_MIN: flushed to 0`);
+      else assert.ok(Math.abs(got[i]! - want) <= 2e-7 * want, `exp(${v}) = ${got[i]}, expected ${want}`);
+    });
+  });
+});
+
+test('sum reduces leading, trailing and middle axes like the original kernel', () => {
+  const cases: [number[], number[] | number, boolean][] = [
+    [[1024, 130], [0], false], // bias gradient
+    [[8, 128, 130], [0, 1], true],
+    [[33, 2050], [1], false], // row sums
+    [[3, 1, 5, 7], [-1], true],
+    [[3, 5, 7], [1], false], // middle block
+    [[3, 5, 7], [0, 2], false], // not a single block: the original kernel
+    [[17], [0], false],
+    [[4, 5], [0, 1], false],
+  ];
+  for (const [shape, axis, keepDims] of cases) {
+    tf.tidy(() => {
+      const x = tf.randomNormal(shape);
+      const want = withOriginals(() => tf.sum(x, axis, keepDims));
+      const got = tf.sum(x, axis, keepDims);
+      assert.deepEqual(got.shape, want.shape, `${shape} axis ${axis}`);
+      assertClose(got, want, `sum ${shape} axis ${axis}`, 1e-5);
+    });
+  }
+  assert.deepEqual(reductionBlocks([3, 5, 7], [1]), [3, 5, 7]);
+  assert.deepEqual(reductionBlocks([3, 1, 5, 7], [0, 1]), [1, 3, 35]);
+  assert.equal(reductionBlocks([3, 5, 7], [0, 2]), undefined);
 });
 
 test('gradients through matMul and transpose match the original kernels', () => {

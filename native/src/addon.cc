@@ -6,11 +6,14 @@
 //   gemm(heap, [aOff, bOff, cOff, batch, m, n, k, transA, transB, strideA, strideB,
 //               biasOff (-1: none), activation, alpha])      strides in elements, 0 broadcasts
 //   transpose(heap, [srcOff, dstOff, rank, ...shape, ...perm])    4-byte elements
+//   exp(heap, [xOff, outOff, size])                                float32
+//   sum(heap, [xOff, outOff, outer, reduce, inner])                float32, x as [outer, reduce, inner]
 //   info() -> { kernel, threads }
 #include <napi.h>
 
 #include <cstdint>
 
+#include "elementwise.h"
 #include "gemm.h"
 #include "pool.h"
 #include "transpose.h"
@@ -121,6 +124,37 @@ Napi::Value Transpose(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+Napi::Value Exp(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  Heap h;
+  if (!read_args(info, 3, &h)) return env.Undefined();
+  const double size = h.p[2];
+  if (size < 0 || !in_heap(h, h.p[0], size) || !in_heap(h, h.p[1], size)) {
+    fail(env, "exp: operand outside the heap");
+    return env.Undefined();
+  }
+  nk::exp_f32(reinterpret_cast<const float*>(h.data + static_cast<uint64_t>(h.p[0])),
+              reinterpret_cast<float*>(h.data + static_cast<uint64_t>(h.p[1])),
+              static_cast<int64_t>(size));
+  return env.Undefined();
+}
+
+Napi::Value Sum(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  Heap h;
+  if (!read_args(info, 5, &h)) return env.Undefined();
+  const double outer = h.p[2], reduce = h.p[3], inner = h.p[4];
+  if (outer < 0 || reduce < 0 || inner < 0 || !in_heap(h, h.p[0], outer * reduce * inner) ||
+      !in_heap(h, h.p[1], outer * inner)) {
+    fail(env, "sum: operand outside the heap");
+    return env.Undefined();
+  }
+  nk::sum_f32(reinterpret_cast<const float*>(h.data + static_cast<uint64_t>(h.p[0])),
+              reinterpret_cast<float*>(h.data + static_cast<uint64_t>(h.p[1])),
+              static_cast<int64_t>(outer), static_cast<int64_t>(reduce), static_cast<int64_t>(inner));
+  return env.Undefined();
+}
+
 Napi::Value Info(const Napi::CallbackInfo& info) {
   Napi::Object out = Napi::Object::New(info.Env());
   out.Set("kernel", nk::sgemm_kernel_name());
@@ -131,6 +165,8 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("gemm", Napi::Function::New(env, Gemm, "gemm"));
   exports.Set("transpose", Napi::Function::New(env, Transpose, "transpose"));
+  exports.Set("exp", Napi::Function::New(env, Exp, "exp"));
+  exports.Set("sum", Napi::Function::New(env, Sum, "sum"));
   exports.Set("info", Napi::Function::New(env, Info, "info"));
   return exports;
 }

@@ -1,0 +1,162 @@
+// Vectorised exp and sum. exp: x = n ln2 + r with |r| <= ln2/2, exp(r) by a degree-6
+// polynomial, 2^n put into the exponent bits (Cephes expf coefficients). Inputs below -87.34
+// give 0 (expf would give subnormals down to -103.9), above 88.72 inf; NaN stays NaN. Sums accumulate in float32 across
+// several vector accumulators (so the order differs from a sequential sum, within float32
+// rounding). Large inputs are split over the pool.
+#include "elementwise.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "pool.h"
+#include "simd.h"
+
+namespace nk {
+namespace {
+
+constexpr int64_t kParallelElements = 1 << 17;
+
+inline vec exp_vec(vec x) {
+  const vec hi = splat(88.7228393f), lo = splat(-87.3365447504f);
+  const ivec over = x > hi, under = x < lo;
+  x = x > hi ? hi : x;
+  x = x < lo ? lo : x;
+  // n = round(x / ln2) with the 1.5*2^23 trick.
+  const vec magic = splat(12582912.0f);
+  vec t = x * splat(1.44269504088896341f) + magic;
+  const vec n = t - magic;
+  vec r = x - n * splat(0.693359375f);
+  r = r - n * splat(-2.12194440e-4f);
+  vec p = splat(1.9875691500e-4f);
+  p = p * r + splat(1.3981999507e-3f);
+  p = p * r + splat(8.3334519073e-3f);
+  p = p * r + splat(4.1665795894e-2f);
+  p = p * r + splat(1.6666665459e-1f);
+  p = p * r + splat(5.0000001201e-1f);
+  p = p * r * r + r + splat(1.0f);
+  ivec bits;
+  std::memcpy(&bits, &t, sizeof(bits));
+  ivec magic_bits;
+  std::memcpy(&magic_bits, &magic, sizeof(magic_bits));
+  ivec n_i = bits - magic_bits;
+  // 2^128 is not a float: scale by 2^127 and double p instead.
+  const ivec top = n_i > 127;
+  n_i = top ? 127 : n_i;
+  p = top ? p * 2.0f : p;
+  const ivec e = (n_i + 127) << 23;
+  vec scale;
+  std::memcpy(&scale, &e, sizeof(scale));
+  vec y = p * scale;
+  y = over ? splat(INFINITY) : y;
+  y = under ? vec{} : y;
+  return y;
+}
+
+void exp_range(const float* x, float* out, int64_t begin, int64_t end) {
+  int64_t i = begin;
+  for (; i + VL <= end; i += VL) store(out + i, exp_vec(load(x + i)));
+  if (i < end) {
+    alignas(64) float tail[VL] = {};
+    std::memcpy(tail, x + i, (end - i) * sizeof(float));
+    const vec y = exp_vec(load(tail));
+    std::memcpy(out + i, &y, (end - i) * sizeof(float));
+  }
+  // NaN propagates through the comparisons above as a non-over, non-under value: exp_vec
+  // computes NaN arithmetic for it, so nothing more to do.
+}
+
+struct ExpJob {
+  const float* x;
+  float* out;
+  int64_t size;
+  int parts;
+};
+
+void exp_part(void* ctx, int t) {
+  const ExpJob& j = *static_cast<const ExpJob*>(ctx);
+  const int64_t chunk = (j.size / j.parts + VL - 1) / VL * VL;
+  const int64_t begin = std::min(j.size, chunk * t);
+  const int64_t end = t == j.parts - 1 ? j.size : std::min(j.size, chunk * (t + 1));
+  exp_range(j.x, j.out, begin, end);
+}
+
+inline float row_sum(const float* x, int64_t n) {
+  vec acc[4] = {vec{}, vec{}, vec{}, vec{}};
+  int64_t i = 0;
+  for (; i + 4 * VL <= n; i += 4 * VL)
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u) acc[u] += load(x + i + u * VL);
+  for (; i + VL <= n; i += VL) acc[0] += load(x + i);
+  const vec total = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  float s = 0.f;
+  for (int v = 0; v < VL; ++v) s += total[v];
+  for (; i < n; ++i) s += x[i];
+  return s;
+}
+
+struct SumJob {
+  const float* x;
+  float* out;
+  int64_t outer, reduce, inner;
+  int parts;
+  bool split_inner;
+};
+
+// Sums for outer rows [o0, o1) and inner columns [i0, i1).
+void sum_block(const SumJob& j, int64_t o0, int64_t o1, int64_t i0, int64_t i1) {
+  for (int64_t o = o0; o < o1; ++o) {
+    const float* x = j.x + o * j.reduce * j.inner;
+    float* out = j.out + o * j.inner;
+    if (j.inner == 1) {
+      out[0] = row_sum(x, j.reduce);
+      continue;
+    }
+    std::memset(out + i0, 0, (i1 - i0) * sizeof(float));
+    for (int64_t r = 0; r < j.reduce; ++r) {
+      const float* row = x + r * j.inner;
+      for (int64_t i = i0; i < i1; ++i) out[i] += row[i];
+    }
+  }
+}
+
+void sum_part(void* ctx, int t) {
+  const SumJob& j = *static_cast<const SumJob*>(ctx);
+  if (j.split_inner) {
+    const int64_t chunk = (j.inner / j.parts + VL - 1) / VL * VL;
+    const int64_t i0 = std::min(j.inner, chunk * t);
+    const int64_t i1 = t == j.parts - 1 ? j.inner : std::min(j.inner, chunk * (t + 1));
+    if (i0 < i1) sum_block(j, 0, j.outer, i0, i1);
+  } else {
+    sum_block(j, j.outer * t / j.parts, j.outer * (t + 1) / j.parts, 0, j.inner);
+  }
+}
+
+}  // namespace
+
+void exp_f32(const float* x, float* out, int64_t size) {
+  if (size <= 0) return;
+  ExpJob job{x, out, size, 1};
+  if (size >= kParallelElements) job.parts = Pool::instance().size();
+  parallel_for(job.parts, exp_part, &job);
+}
+
+void sum_f32(const float* x, float* out, int64_t outer, int64_t reduce, int64_t inner) {
+  if (outer <= 0 || inner <= 0) return;
+  if (reduce <= 0) {
+    std::memset(out, 0, outer * inner * sizeof(float));
+    return;
+  }
+  SumJob job{x, out, outer, reduce, inner, 1, false};
+  const int threads = Pool::instance().size();
+  if (outer * reduce * inner >= kParallelElements && threads > 1) {
+    if (outer >= threads) {
+      job.parts = threads;
+    } else if (inner >= 2 * VL * threads) {
+      job.parts = threads;
+      job.split_inner = true;
+    }
+  }
+  parallel_for(job.parts, sum_part, &job);
+}
+
+}  // namespace nk
