@@ -57,6 +57,14 @@ const BENCHES: Bench[] = [
     },
   },
   {
+    name: 'generate',
+    run: async () => (await import('./generate.ts')).benchGenerate(),
+  },
+  {
+    name: 'rlhf',
+    run: async () => (await import('./rlhf.ts')).benchRlhf(),
+  },
+  {
     name: 'gemm',
     run: async () => {
       const { benchKernels } = await import('./kernels.ts');
@@ -82,7 +90,11 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((err) => {
-  console.error(`bench: ${(err as Error).message}`);
-  process.exitCode = 1;
-});
+// Exit explicitly: the wasm backend and closed servers can keep the event loop alive for a while.
+main().then(
+  () => process.exit(0),
+  (err) => {
+    console.error(`bench: ${(err as Error).message}`);
+    process.exit(1);
+  },
+);

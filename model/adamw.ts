@@ -65,7 +65,9 @@ export class AdamW {
   private slot(map: Map<string, tf.Variable>, name: string, p: tf.Variable): tf.Variable {
     let s = map.get(name);
     if (!s) {
-      s = tf.variable(tf.zerosLike(p), false);
+      const zeros = tf.zerosLike(p);
+      s = tf.variable(zeros, false);
+      zeros.dispose();
       map.set(name, s);
     }
     return s;
@@ -88,7 +90,9 @@ export class AdamW {
       if (!p || (prefix !== 'm.' && prefix !== 'v.')) continue;
       const map = prefix === 'm.' ? this.m : this.v;
       map.get(name)?.dispose();
-      map.set(name, tf.variable(tf.tensor(data, p.shape), false));
+      const t = tf.tensor(data, p.shape);
+      map.set(name, tf.variable(t, false));
+      t.dispose();
     }
     this.step = step;
   }

@@ -111,7 +111,9 @@ export class GPT {
         params.forEach((p) => p.dispose());
         throw new Error(`weights: "${name}" ${data ? `has ${data.length} values, expected ${size}` : 'is missing'}`);
       }
-      params.set(name, tf.variable(tf.tensor(data, shape, 'float32'), true, `${name}#${nextId++}`));
+      const t = tf.tensor(data, shape, 'float32');
+      params.set(name, tf.variable(t, true, `${name}#${nextId++}`));
+      t.dispose();
     }
     return new GPT(cfg, kind, params);
   }
@@ -122,7 +124,9 @@ export class GPT {
     const fresh = kind === this.kind ? undefined : GPT.create(this.config, kind);
     for (const [name] of parameterShapes(this.config, kind)) {
       const src = this.params.get(name) ?? fresh!.params.get(name)!;
-      params.set(name, tf.variable(src.clone(), trainable, `${name}#${nextId++}`));
+      const copy = src.clone();
+      params.set(name, tf.variable(copy, trainable, `${name}#${nextId++}`));
+      copy.dispose();
     }
     fresh?.dispose();
     return new GPT(this.config, kind, params);

@@ -43,12 +43,18 @@ export function sampleToken(
     }
     return best;
   }
-  // Candidates sorted by logit, cut by top-k, then softmax and cut by top-p.
+  // Candidates: tokens within a margin of the best logit (the rest have probability below
+  // e^-30 of the best after temperature), sorted by logit, cut by top-k, then by top-p.
+  let max = -Infinity;
+  for (let i = 0; i < V; i++) {
+    const l = logits[offset + i]!;
+    if (l > max && allowed(i)) max = l;
+  }
+  const floor = max - 30 * params.temperature;
   let idx: number[] = [];
-  for (let i = 0; i < V; i++) if (allowed(i)) idx.push(i);
+  for (let i = 0; i < V; i++) if (logits[offset + i]! >= floor && allowed(i)) idx.push(i);
   idx.sort((a, b) => logits[offset + b]! - logits[offset + a]! || a - b);
   if (params.topK > 0 && params.topK < idx.length) idx = idx.slice(0, params.topK);
-  const max = logits[offset + idx[0]!]!;
   const probs = idx.map((i) => Math.exp((logits[offset + i]! - max) / params.temperature));
   let total = probs.reduce((a, b) => a + b, 0);
   if (params.topP < 1) {

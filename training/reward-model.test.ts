@@ -24,9 +24,7 @@ test('Bradley–Terry training learns to prefer replies with the target word (he
   assert.equal(before.accuracy, 0.5, 'a zero head scores every reply 0: chance');
   const n0 = tf.memory().numTensors;
   const r = trainRewardModel({ rm, tok, train: { groups: toyPreferenceGroups(96, 5), unpaired: [] }, val, cfg, log: () => {} });
-  // AdamW keeps the zero tensors its slots were made from (2 per parameter, once per optimizer:
-  // model/adamw.ts); anything per step would exceed that over the run's steps.
-  assert.ok(tf.memory().numTensors - n0 <= 2 * rm.params.size, `leaked ${tf.memory().numTensors - n0} tensors over ${r.steps} steps`);
+  assert.equal(tf.memory().numTensors - n0, 0, `leaked ${tf.memory().numTensors - n0} tensors over ${r.steps} steps`);
   assert.ok(r.heldOut.accuracy > 0.9, `held-out accuracy ${r.heldOut.accuracy}`);
   assert.ok(r.heldOut.loss < Math.log(2), `held-out loss ${r.heldOut.loss} below chance`);
   assert.ok(r.heldOut.ece >= 0 && r.heldOut.ece < 0.5);
