@@ -10,7 +10,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import type { TokenizerJSON } from './tokenizer.ts';
 import type { GPTConfig, ModelKind } from './gpt.ts';
 
@@ -47,6 +47,14 @@ export class CheckpointError extends Error {
     super(message);
     this.name = 'CheckpointError';
   }
+}
+
+/**
+ * The version id of a checkpoint: `<directory name>-<first 12 hex of the weights' sha256>`,
+ * e.g. `sft-3f2a9c0d11be`. Replies, generations and the registry all use it.
+ */
+export function versionId(dir: string, sha256: string): string {
+  return `${basename(resolve(dir))}-${sha256.slice(0, 12)}`;
 }
 
 // ------------------------------------------------------------------ safetensors

@@ -3,10 +3,10 @@
  * sha256-verified checkpoint directory. The version id is `<directory name>-<first 12 hex of the
  * weights' sha256>`, stamped on every reply and every stored generation.
  */
-import { basename, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import { GPT } from '../model/gpt.ts';
 import { Tokenizer } from '../model/tokenizer.ts';
-import { loadCheckpoint } from '../model/checkpoint.ts';
+import { loadCheckpoint, versionId } from '../model/checkpoint.ts';
 
 /** A loaded model, ready to decode. */
 export interface ServedModel {
@@ -18,10 +18,7 @@ export interface ServedModel {
   readonly createdAt: number;
 }
 
-/** The version id of a checkpoint directory and its weights' sha256. */
-export function versionId(dir: string, sha256: string): string {
-  return `${basename(resolve(dir))}-${sha256.slice(0, 12)}`;
-}
+export { versionId };
 
 /**
  * Loads a policy checkpoint (throws `CheckpointError` with a stable code when it is missing or corrupt).

@@ -24,12 +24,12 @@
  *   node --import tsx training/online-loop.ts --database default --sft checkpoints/sft [--once]
  */
 import { z } from 'zod';
-import { basename, join, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { initBackend } from '../model/backend.ts';
 import { GPT } from '../model/gpt.ts';
 import { Tokenizer } from '../model/tokenizer.ts';
-import { loadCheckpoint, saveCheckpoint, type CheckpointMeta } from '../model/checkpoint.ts';
+import { loadCheckpoint, saveCheckpoint, versionId, type CheckpointMeta } from '../model/checkpoint.ts';
 import type { ChatMessage } from '../model/chat-template.ts';
 import {
   exportPreferencePairs,
@@ -99,9 +99,9 @@ export interface LoopOptions {
   shouldStop?: () => boolean;
 }
 
-/** The server's version id of a checkpoint: `<directory name>-<sha256[:12]>`. */
+/** The version id of a checkpoint (see `versionId` in model/checkpoint.ts). */
 export function checkpointVersionId(dir: string, meta: CheckpointMeta): string {
-  return `${basename(resolve(dir))}-${meta.sha256.slice(0, 12)}`;
+  return versionId(dir, meta.sha256);
 }
 
 async function countJudgementsSince(store: FeedbackStore, since: string | undefined): Promise<number> {
