@@ -176,7 +176,7 @@ test('fused matMul with bias and activations matches matMul, add and the activat
         const bias = tf.randomNormal([130]);
         const args = { a, b, transposeA: ta, transposeB: tb, bias, activation, leakyreluAlpha: 0.3 };
         const want = withOriginals(() => activate(activation, tf.add(tf.matMul(a, b, ta, tb), bias)));
-        assertClose(tf.fused.matMul(args), want, `${activation} ta=${ta} tb=${tb}`);
+        assertClose(tf.fused.matMul(args as Parameters<typeof tf.fused.matMul>[0]), want, `${activation} ta=${ta} tb=${tb}`);
       });
     }
   }
