@@ -36,4 +36,6 @@ export { JudgementWriter, type JudgementWriterOptions, type JudgementWriterStats
 export * from './judgement-queries.ts';
 export * from './model-versions.ts';
 export * from './runs.ts';
+export * from './registry-settings.ts';
+export * from './version-feedback.ts';
 export * from './export.ts';

@@ -21,6 +21,9 @@ const versionInput = z.strictObject({
   config: z.record(z.string(), z.unknown()).default({}),
   metrics: z.record(z.string(), z.unknown()).default({}),
   notes: z.string().max(10_000).optional(),
+  stage: z.enum(['base', 'sft', 'reward', 'policy']).optional(),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/).optional(),
+  runId: name.optional(),
 });
 
 const moveInput = z.strictObject({
@@ -32,6 +35,8 @@ const moveInput = z.strictObject({
 
 const rollbackInput = z.strictObject({
   alias: name,
+  /** An earlier version of the alias to go back to (default: the one before the current). */
+  toVersionId: name.optional(),
   actor: z.string().max(128).optional(),
   reason: z.string().max(2000).optional(),
 });
@@ -60,6 +65,9 @@ export async function registerModelVersion(db: Kysely<Database>, input: ModelVer
       metrics_json: JSON.stringify(v.metrics),
       notes: v.notes ?? null,
       created_at: nowIso(),
+      stage: v.stage ?? null,
+      sha256: v.sha256 ?? null,
+      run_id: v.runId ?? null,
     };
     await trx.insertInto('model_versions').values(row).execute();
     return row;
@@ -105,6 +113,7 @@ async function moveAlias(
   reason: string | undefined,
 ): Promise<PromotionLogEntry> {
   const now = nowIso();
+  const target = await getModelVersion(db, to);
   if (from === null) await db.insertInto('model_aliases').values({ alias, version_id: to, updated_at: now }).execute();
   else await db.updateTable('model_aliases').set({ version_id: to, updated_at: now }).where('alias', '=', alias).execute();
   const entry: PromotionLogEntry = {
@@ -116,6 +125,7 @@ async function moveAlias(
     actor: actor ?? null,
     reason: reason ?? null,
     created_at: now,
+    metrics_json: target?.metrics_json ?? null,
   };
   await db.insertInto('promotion_log').values(entry).execute();
   return entry;
@@ -137,24 +147,40 @@ export async function promote(db: Kysely<Database>, input: PromoteInput): Promis
 }
 
 /**
- * Moves `alias` back to the version it held before its current version was promoted; repeated
- * rollbacks walk further back. Errors: `unknown_alias`, `nothing_to_roll_back`.
+ * Where {@link rollback} would move `alias`: `toVersionId` if the alias held it before, else the
+ * version it held before its current one was promoted. Errors: `unknown_alias`,
+ * `nothing_to_roll_back`, `unknown_model_version` (a `toVersionId` the alias never held).
+ */
+export async function rollbackTarget(db: Kysely<Database>, alias: string, toVersionId?: string): Promise<{ current: string; previous: string }> {
+  const current = await resolveAlias(db, alias);
+  if (current === undefined) throw new FeedbackError('unknown_alias', `alias ${alias} is not set`);
+  if (toVersionId !== undefined) {
+    const held = await db.selectFrom('promotion_log').select('id').where('alias', '=', alias).where('to_version_id', '=', toVersionId).executeTakeFirst();
+    if (!held || toVersionId === current) throw new FeedbackError('unknown_model_version', `alias ${alias} never held ${toVersionId} before its current version`);
+    return { current, previous: toVersionId };
+  }
+  const promotion = await db
+    .selectFrom('promotion_log')
+    .select('from_version_id')
+    .where('alias', '=', alias)
+    .where('action', '=', 'promote')
+    .where('to_version_id', '=', current)
+    .orderBy('id', 'desc')
+    .executeTakeFirst();
+  const previous = promotion?.from_version_id;
+  if (!previous) throw new FeedbackError('nothing_to_roll_back', `alias ${alias} has no earlier version`);
+  return { current, previous };
+}
+
+/**
+ * Moves `alias` back to an earlier version (`toVersionId`, or the version it held before its
+ * current one was promoted; repeated rollbacks walk further back) and logs it as a rollback.
+ * Errors: `unknown_alias`, `nothing_to_roll_back`, `unknown_model_version`.
  */
 export async function rollback(db: Kysely<Database>, input: RollbackInput): Promise<PromotionLogEntry> {
   const r = parseInput(rollbackInput, input);
   return inTransaction(db, async (trx) => {
-    const current = await resolveAlias(trx, r.alias);
-    if (current === undefined) throw new FeedbackError('unknown_alias', `alias ${r.alias} is not set`);
-    const promotion = await trx
-      .selectFrom('promotion_log')
-      .select('from_version_id')
-      .where('alias', '=', r.alias)
-      .where('action', '=', 'promote')
-      .where('to_version_id', '=', current)
-      .orderBy('id', 'desc')
-      .executeTakeFirst();
-    const previous = promotion?.from_version_id;
-    if (!previous) throw new FeedbackError('nothing_to_roll_back', `alias ${r.alias} has no earlier version`);
+    const { current, previous } = await rollbackTarget(trx, r.alias, r.toVersionId);
     return moveAlias(trx, r.alias, current, previous, 'rollback', r.actor, r.reason);
   });
 }

@@ -113,6 +113,12 @@ export interface ModelVersionTable {
   metrics_json: string;
   notes: string | null;
   created_at: string;
+  /** Training stage that made it (`base`, `sft`, `reward`, `policy`); null for rows registered before it was recorded. */
+  stage: string | null;
+  /** sha256 (hex) of the weights file, verified again before the server serves it. */
+  sha256: string | null;
+  /** The training run that made it. */
+  run_id: string | null;
 }
 
 export interface ModelAliasTable {
@@ -130,6 +136,15 @@ export interface PromotionLogTable {
   actor: string | null;
   reason: string | null;
   created_at: string;
+  /** The target version's metrics (JSON) at the moment of the move. */
+  metrics_json: string | null;
+}
+
+/** Shared registry settings (`canary_share`, `loop_paused`, …), one JSON value per key. */
+export interface RegistrySettingTable {
+  key: string;
+  value_json: string;
+  updated_at: string;
 }
 
 export interface TrainingRunTable {
@@ -165,6 +180,7 @@ export interface Database {
   model_versions: ModelVersionTable;
   model_aliases: ModelAliasTable;
   promotion_log: PromotionLogTable;
+  registry_settings: RegistrySettingTable;
   training_runs: TrainingRunTable;
   run_metrics: RunMetricTable;
 }
@@ -186,6 +202,7 @@ export type ModelVersion = Selectable<ModelVersionTable>;
 export type NewModelVersion = Insertable<ModelVersionTable>;
 export type ModelAlias = Selectable<ModelAliasTable>;
 export type PromotionLogEntry = Selectable<PromotionLogTable>;
+export type RegistrySetting = Selectable<RegistrySettingTable>;
 export type TrainingRun = Selectable<TrainingRunTable>;
 export type NewTrainingRun = Insertable<TrainingRunTable>;
 export type RunMetric = Selectable<RunMetricTable>;
