@@ -6,6 +6,7 @@
  */
 import { Hono } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
+import { adminRoutes, type AdminDeps } from './admin-routes.ts';
 import type { ChatService } from './chat-service.ts';
 import type { ServerConfig } from './config.ts';
 import { ChatError, openAIErrorType, toChatError } from './errors.ts';
@@ -19,6 +20,8 @@ export interface AppDeps {
   config: ServerConfig;
   metrics: ServerMetrics;
   limiter: RateLimiter;
+  /** The `/admin` routes' dependencies (absent: no admin routes at all). */
+  admin?: AdminDeps;
 }
 
 export function createApp(deps: AppDeps): Hono {
@@ -44,6 +47,10 @@ export function createApp(deps: AppDeps): Hono {
       },
     }),
   );
+  if (deps.admin) {
+    app.use('/admin/*', bodyLimit({ maxSize: 64 * 1024, onError: () => { throw new ChatError('message_too_large', 'the request body is over 65536 bytes'); } }));
+    app.route('/admin', adminRoutes(deps.admin));
+  }
   app.route('/v1', openAIRoutes({ chat: deps.chat, limiter: deps.limiter, maxN: deps.config.maxN }));
 
   app.notFound((c) => {

@@ -15,6 +15,8 @@ import type { FeedbackStore } from '../feedback/open-store.ts';
 import type { ServerConfig } from './config.ts';
 import { ChatError } from './errors.ts';
 import type { ServerMetrics } from './metrics.ts';
+import type { ServedModel } from './model-host.ts';
+import type { ModelRegistry } from './model-registry.ts';
 import type { GenerationResult, Job, Scheduler } from './scheduler.ts';
 import type { ConversationState, SessionCache, Turn } from './session-cache.ts';
 import type { Sampling } from './ws-protocol.ts';
@@ -25,6 +27,8 @@ export interface ChatDeps {
   sessions: SessionCache;
   config: ServerConfig;
   metrics: ServerMetrics;
+  /** Picks the canary arm per conversation; absent: always the scheduler's model. */
+  registry?: Pick<ModelRegistry, 'modelFor'>;
 }
 
 /** A prompt ready to decode. */
@@ -140,8 +144,8 @@ export class ChatService {
    * `maxTokens`, if smaller) fit after the prompt. Throws `prompt_too_long` when even the last
    * user message (with the system prompt) does not fit, or the prompt is over `maxPromptTokens`.
    */
-  prompt(messages: readonly ChatMessage[], maxTokens: number): Prompt {
-    const { tok, gpt } = this.model;
+  prompt(messages: readonly ChatMessage[], maxTokens: number, model: ServedModel = this.model): Prompt {
+    const { tok, gpt } = model;
     const { blockSize } = gpt.config;
     const reserve = Math.min(maxTokens, this.deps.config.minReplyTokens);
     const system = messages[0]?.role === 'system' ? [messages[0]] : [];
@@ -196,7 +200,9 @@ export class ChatService {
   ): ReplyRun {
     const userTurn = context[context.length - 1];
     if (!userTurn || userTurn.role !== 'user') throw new ChatError('invalid_request', 'a reply needs a user message to answer');
-    const prompt = this.prompt(context.map((t) => ({ role: t.role, content: t.content })), opts.maxTokens);
+    // The canary arm is fixed when the reply is submitted; without one, the scheduler's model at admission.
+    const model = this.deps.registry?.modelFor(conversationId);
+    const prompt = this.prompt(context.map((t) => ({ role: t.role, content: t.content })), opts.maxTokens, model);
     const { scheduler, metrics } = this.deps;
     const jobs: Job[] = [];
     const perCandidate = Array.from({ length: n }, (_, i) => ({ ...opts, seed: (opts.seed + i) % Number.MAX_SAFE_INTEGER }));
@@ -210,6 +216,7 @@ export class ChatService {
             reuse,
             keepContext: i === 0 && state !== undefined,
             source,
+            model,
             onDelta: onDelta && ((t) => onDelta(i, t)),
           }),
         );

@@ -28,6 +28,9 @@ export const ServerConfigSchema = z.object({
   heartbeatMs: z.number().int().positive().default(30_000).describe('WebSocket ping interval; a socket silent for one interval is terminated'),
   maxSocketBufferBytes: z.number().int().positive().default(4 * 1024 * 1024).describe('unsent bytes a slow WebSocket reader may accumulate before it is closed'),
   retryAfterSeconds: z.number().int().positive().default(1).describe('Retry-After sent with "overloaded"'),
+  adminToken: z.string().optional().describe('bearer token of the /admin routes; unset = admin routes disabled'),
+  databaseSchema: z.string().optional().describe('PostgreSQL only: schema of the store (processes sharing a registry use the same one)'),
+  registryPollMs: z.number().int().positive().default(500).describe('how often the champion/candidate aliases are re-read (PostgreSQL also gets NOTIFY)'),
 });
 
 export type ServerConfig = Readonly<z.infer<typeof ServerConfigSchema>>;

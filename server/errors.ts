@@ -25,6 +25,10 @@ export type ServerErrorCode =
   | 'busy'
   | 'model_not_found'
   | 'cancelled'
+  | 'unauthorized'
+  | 'admin_disabled'
+  | 'not_a_policy'
+  | 'version_mismatch'
   | 'internal_error';
 
 const STATUS: Record<string, number> = {
@@ -46,6 +50,14 @@ const STATUS: Record<string, number> = {
   busy: 409,
   model_not_found: 404,
   cancelled: 499,
+  unauthorized: 401,
+  admin_disabled: 404,
+  not_a_policy: 409,
+  version_mismatch: 409,
+  unknown_model_version: 404,
+  unknown_alias: 404,
+  unknown_run: 404,
+  nothing_to_roll_back: 409,
   internal_error: 500,
 };
 

@@ -15,6 +15,11 @@
  * extended by feeding the new prompt tokens through batched decode steps, one token per step,
  * instead of a prefill that continues a cache (the model has none yet). The loop picks whichever
  * it estimates cheaper from measured step and prefill times.
+ *
+ * Hot swap: every slot holds the model it started on, and a step runs one `decodeStep` per model
+ * among the live slots (two while an old and a new version overlap). `setModel` switches the
+ * default model between steps: replies in flight finish on their version, the next ones start on
+ * the new one. A replaced model is disposed once no slot or queued request uses it.
  */
 import { DecodeSequence, type FinishReason, type GenerateOptions } from '../model/generate.ts';
 import { disposeCache, type KVCache } from '../model/gpt.ts';
@@ -35,6 +40,8 @@ export interface GenerationRequest {
   onDelta?: (text: string) => void;
   /** Label for metrics (`ws`, `openai`, …). */
   source?: string;
+  /** Decode with this model (a canary candidate); default: the scheduler's model when the request is admitted. */
+  model?: ServedModel;
 }
 
 export interface GenerationResult {
@@ -68,6 +75,8 @@ export interface SchedulerOptions {
   /** `auto` (default) extends a cached context when estimated cheaper; `always`/`never` for tests. */
   reuse?: 'auto' | 'always' | 'never';
   metrics?: ServerMetrics;
+  /** Called after a replaced model was disposed (no sequence used it any more). */
+  onDispose?: (model: ServedModel) => void;
 }
 
 interface Pending {
@@ -78,10 +87,13 @@ interface Pending {
   reject: (e: unknown) => void;
   state: 'waiting' | 'active' | 'done';
   slot?: Slot;
+  model?: ServedModel;
 }
 
 interface Slot {
   job: Pending;
+  /** The model that computed `cache` and decodes every step of this reply. */
+  model: ServedModel;
   seq: DecodeSequence;
   cache: KVCache;
   /** Prompt tokens still to feed before sampling starts (context extension). */
@@ -96,6 +108,8 @@ const tick = () => new Promise<void>((r) => setImmediate(r));
 export class Scheduler {
   readonly #waiting: Pending[] = [];
   readonly #active: Slot[] = [];
+  /** Replaced models waiting for their last sequence to finish. */
+  readonly #retiring = new Set<ServedModel>();
   #running = false;
   #nextId = 1;
   #closed = false;
@@ -108,6 +122,44 @@ export class Scheduler {
     public model: ServedModel,
     readonly opts: SchedulerOptions,
   ) {}
+
+  /**
+   * Makes `next` the model of every request admitted from now on (call between steps: any
+   * synchronous caller is). The previous model keeps decoding the replies that started on it
+   * and is disposed after the last one.
+   */
+  setModel(next: ServedModel): void {
+    const old = this.model;
+    this.model = next;
+    this.#retiring.delete(next);
+    if (old !== next) this.release(old);
+  }
+
+  /** Disposes `model` (not the current one) as soon as no sequence or queued request uses it. */
+  release(model: ServedModel): void {
+    if (model === this.model) return;
+    this.#retiring.add(model);
+    this.#collect();
+  }
+
+  /** Whether a live sequence or a queued request uses `model`. */
+  inUse(model: ServedModel): boolean {
+    return this.#active.some((s) => s.model === model) || this.#waiting.some((j) => j.model === model);
+  }
+
+  /** Versions of the models decoding right now (more than one while a swap overlaps). */
+  get liveVersions(): string[] {
+    return [...new Set(this.#active.map((s) => s.model.version))];
+  }
+
+  #collect(): void {
+    for (const m of this.#retiring) {
+      if (m === this.model || this.inUse(m)) continue;
+      this.#retiring.delete(m);
+      m.gpt.dispose();
+      this.opts.onDispose?.(m);
+    }
+  }
 
   /** Requests waiting for a slot. */
   get queueDepth(): number {
@@ -138,7 +190,7 @@ export class Scheduler {
       resolve = res;
       reject = rej;
     });
-    const job: Pending = { id: this.#nextId++, req, accepted: performance.now(), resolve, reject, state: 'waiting' };
+    const job: Pending = { id: this.#nextId++, req, accepted: performance.now(), resolve, reject, state: 'waiting', model: req.model };
     this.#waiting.push(job);
     this.#gauges();
     this.#kick();
@@ -157,13 +209,15 @@ export class Scheduler {
       this.#waiting.splice(this.#waiting.indexOf(job), 1);
       if (job.req.reuse) disposeCache(job.req.reuse.cache);
       job.state = 'done';
-      job.resolve({ text: '', ids: [], finishReason: 'cancelled', promptTokens: job.req.promptIds.length, completionTokens: 0, latencyMs: performance.now() - job.accepted, version: this.model.version, reusedContext: false });
+      job.resolve({ text: '', ids: [], finishReason: 'cancelled', promptTokens: job.req.promptIds.length, completionTokens: 0, latencyMs: performance.now() - job.accepted, version: (job.model ?? this.model).version, reusedContext: false });
       this.#gauges();
+      this.#collect();
     } else if (job.state === 'active') {
       const slot = job.slot!;
       slot.seq.cancel();
       this.#retire(slot);
       this.#gauges();
+      this.#collect();
     }
   }
 
@@ -185,6 +239,7 @@ export class Scheduler {
       await this.#admit();
       this.#step();
       this.#gauges();
+      this.#collect();
       await tick();
     }
   }
@@ -207,12 +262,13 @@ export class Scheduler {
 
   /** Moves a job into a slot; returns the prompt tokens prefilled. */
   #start(job: Pending): number {
-    const { gpt, tok } = this.model;
+    const model = (job.model ??= this.model);
+    const { gpt, tok } = model;
     const { promptIds, opts, reuse } = job.req;
     const V = gpt.config.vocabSize;
     let feed: number[] | undefined;
     if (reuse) {
-      const fits = reuse.version === this.model.version && reuse.ids.length < promptIds.length && reuse.ids.every((id, i) => promptIds[i] === id);
+      const fits = reuse.version === model.version && reuse.ids.length < promptIds.length && reuse.ids.every((id, i) => promptIds[i] === id);
       const extra = promptIds.length - reuse.ids.length;
       const cheaper = extra * this.#stepMs < promptIds.length * this.#prefillMsPerToken;
       const policy = this.opts.reuse ?? 'auto';
@@ -221,7 +277,7 @@ export class Scheduler {
     }
     if (feed) {
       const cache = reuse!.cache;
-      const slot: Slot = { job, seq: new DecodeSequence(tok, cache, opts, gpt.config.blockSize), cache, feed, fed: 0, reused: true };
+      const slot: Slot = { job, model, seq: new DecodeSequence(tok, cache, opts, gpt.config.blockSize), cache, feed, fed: 0, reused: true };
       this.#activate(slot);
       return 0;
     }
@@ -229,7 +285,7 @@ export class Scheduler {
     const { cache, logits } = gpt.prefill(promptIds);
     const ms = performance.now() - t0;
     this.#prefillMsPerToken = 0.8 * this.#prefillMsPerToken + (0.2 * ms) / promptIds.length;
-    const slot: Slot = { job, seq: new DecodeSequence(tok, cache, opts, gpt.config.blockSize), cache, feed: [], fed: 0, reused: false };
+    const slot: Slot = { job, model, seq: new DecodeSequence(tok, cache, opts, gpt.config.blockSize), cache, feed: [], fed: 0, reused: false };
     this.#activate(slot);
     this.#sample(slot, logits, 0, V);
     return promptIds.length;
@@ -262,12 +318,27 @@ export class Scheduler {
   }
 
   #step(): void {
-    const live = this.#active.filter((s) => !s.seq.done);
-    if (!live.length) return;
-    const { gpt } = this.model;
+    const models = [...new Set(this.#active.filter((s) => !s.seq.done).map((s) => s.model))];
+    let rows = 0;
+    const t0 = performance.now();
+    for (const model of models) {
+      // Re-read per model: a callback of the previous group may have cancelled a slot.
+      const live = this.#active.filter((s) => s.model === model && !s.seq.done && s.job.state === 'active');
+      if (live.length) this.#stepModel(model, live);
+      rows += live.length;
+    }
+    if (!rows) return;
+    const ms = performance.now() - t0;
+    this.#stepMs = 0.8 * this.#stepMs + 0.2 * ms;
+    this.opts.metrics?.stepSeconds.observe(ms / 1000);
+    this.opts.metrics?.batchSize.set(rows);
+  }
+
+  /** One batched decode step of the live slots of one model. */
+  #stepModel(model: ServedModel, live: Slot[]): void {
+    const { gpt } = model;
     const V = gpt.config.vocabSize;
     const tokens = live.map((s) => (s.fed < s.feed.length ? s.feed[s.fed]! : s.seq.lastToken));
-    const t0 = performance.now();
     let logits: Float32Array;
     try {
       logits = gpt.decodeStep(live.map((s) => s.cache), tokens);
@@ -280,10 +351,6 @@ export class Scheduler {
       }
       return;
     }
-    const ms = performance.now() - t0;
-    this.#stepMs = 0.8 * this.#stepMs + 0.2 * ms;
-    this.opts.metrics?.stepSeconds.observe(ms / 1000);
-    this.opts.metrics?.batchSize.set(live.length);
     live.forEach((s, row) => {
       if (s.job.state !== 'active') return; // cancelled from a callback during this loop
       if (s.fed < s.feed.length) {
@@ -312,12 +379,12 @@ export class Scheduler {
       completionTokens: seq.ids.length,
       ttftMs: slot.ttftMs,
       latencyMs: performance.now() - job.accepted,
-      version: this.model.version,
+      version: slot.model.version,
       reusedContext: slot.reused,
     };
     if (job.req.keepContext && r.finishReason !== 'cancelled' && slot.fed === slot.feed.length && seq.ids.length > 0) {
       // The cache holds the prompt and every sampled token but the last (never fed back).
-      r.context = { ids: [...job.req.promptIds, ...seq.ids.slice(0, -1)], cache: slot.cache, version: this.model.version };
+      r.context = { ids: [...job.req.promptIds, ...seq.ids.slice(0, -1)], cache: slot.cache, version: slot.model.version };
     } else seq.dispose();
     job.resolve(r);
   }

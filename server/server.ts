@@ -13,6 +13,7 @@ import { ChatService } from './chat-service.ts';
 import type { ServerConfig } from './config.ts';
 import { ServerMetrics } from './metrics.ts';
 import { loadServedModel, type ServedModel } from './model-host.ts';
+import { ModelRegistry } from './model-registry.ts';
 import { RateLimiter } from './rate-limit.ts';
 import { Scheduler, type SchedulerOptions } from './scheduler.ts';
 import { SessionCache } from './session-cache.ts';
@@ -53,27 +54,39 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
   const metrics = new ServerMetrics({ defaultMetrics: opts.defaultMetrics ?? true });
   const limiter = new RateLimiter(config.requestsPerMinute);
   let chat: ChatService | undefined;
+  let registry: ModelRegistry | undefined;
+  let store: FeedbackStore | undefined;
   const getChat = () => chat;
-  const app = createApp({ chat: getChat, config, metrics, limiter });
+  const admin = { token: config.adminToken || undefined, registry: () => registry, store: () => store, log };
+  const app = createApp({ chat: getChat, config, metrics, limiter, admin });
+  if (!admin.token) log('admin routes disabled: no ADMIN_TOKEN configured');
   const http = await new Promise<Server>((resolve) => {
     const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, () => resolve(s as Server));
   });
   const ws = new ChatWebSocketServer(http, { chat: getChat, config, metrics, limiter });
   const port = (http.address() as AddressInfo).port;
   let scheduler: Scheduler | undefined;
-  let store: FeedbackStore | undefined;
   const ownStore = opts.ownStore ?? !opts.store;
 
   const ready = (async () => {
     const { initBackend } = await import('../model/backend.ts');
     await initBackend({ log });
     const model = opts.model ?? loadServedModel(config.modelDir);
-    store = opts.store ?? (await openStore({ url: config.databaseUrl, dataDir: config.dataDir }));
+    store = opts.store ?? (await openStore({ url: config.databaseUrl, dataDir: config.dataDir, schema: config.databaseSchema }));
     scheduler = new Scheduler(model, { maxBatch: config.maxBatch, maxQueue: config.maxQueue, prefillTokensPerStep: config.prefillTokensPerStep, retryAfterSeconds: config.retryAfterSeconds, reuse: opts.reuse, metrics });
-    const sessions = new SessionCache(config.sessionCacheBytes);
-    chat = new ChatService({ store, scheduler, sessions, config, metrics });
+    registry = new ModelRegistry({
+      store,
+      scheduler,
+      listenUrl: config.databaseUrl ?? process.env.DATABASE_URL,
+      pollMs: config.registryPollMs,
+      log,
+      onSwap: (m) => metrics.setModel(m.version),
+    });
     metrics.setModel(model.version);
-    log(`serving ${model.version} (${model.gpt.numParams} parameters, context ${model.gpt.config.blockSize}) on port ${port}; store: ${store.dialect} ${store.location}`);
+    await registry.start();
+    const sessions = new SessionCache(config.sessionCacheBytes);
+    chat = new ChatService({ store, scheduler, sessions, config, metrics, registry });
+    log(`serving ${registry.champion.version} (${model.gpt.numParams} parameters, context ${model.gpt.config.blockSize}) on port ${port}; store: ${store.dialect} ${store.location}`);
     return chat;
   })();
   ready.catch(() => {}); // the caller observes failures through `ready`
@@ -88,6 +101,7 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
     chat: getChat,
     async close() {
       scheduler?.close();
+      await registry?.close();
       await ws.close();
       await new Promise<void>((resolve) => {
         http.close(() => resolve());

@@ -1,0 +1,201 @@
+/**
+ * `/admin`: the model registry and the online loop, for the person who decides what chats get.
+ * Every route needs `Authorization: Bearer <ADMIN_TOKEN>` (compared in constant time); with no
+ * token configured every route answers `admin_disabled`. Every action is validated before it
+ * changes anything, and logged (alias moves also in the append-only promotion log).
+ * Routes, bodies, responses and error codes: `server/ADMIN.md`.
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { Hono, type Context } from 'hono';
+import { z } from 'zod';
+import { listModelVersions, listPromotions, promote, resolveAlias, rollback, rollbackTarget } from '../feedback/model-versions.ts';
+import type { FeedbackStore } from '../feedback/open-store.ts';
+import { getRegistrySettings, setRegistrySetting } from '../feedback/registry-settings.ts';
+import { getMetrics, getRun, listRuns } from '../feedback/runs.ts';
+import type { RunKind } from '../feedback/schema.ts';
+import { pairsByVersion, thumbsByVersion } from '../feedback/version-feedback.ts';
+import { fitBradleyTerry } from './bradley-terry.ts';
+import { ChatError } from './errors.ts';
+import { POLICY_ALIASES, type ModelRegistry } from './model-registry.ts';
+
+export interface AdminDeps {
+  token: string | undefined;
+  registry: () => ModelRegistry | undefined;
+  store: () => FeedbackStore | undefined;
+  log: (line: string) => void;
+}
+
+const alias = z.string().min(1).max(128);
+const promoteBody = z.strictObject({ versionId: z.string().min(1).max(128), alias: alias.default('champion'), reason: z.string().max(2000).optional(), actor: z.string().max(128).optional() });
+const rollbackBody = z.strictObject({ alias: alias.default('champion'), versionId: z.string().min(1).max(128).optional(), reason: z.string().max(2000).optional(), actor: z.string().max(128).optional() });
+const canaryBody = z.strictObject({ share: z.number().min(0).max(1) });
+const loopBody = z.strictObject({ reason: z.string().max(2000).optional() }).default({});
+
+const digest = (s: string) => createHash('sha256').update(s).digest();
+
+/** Whether `header` carries the bearer token (constant time in the token's content). */
+export function bearerMatches(header: string | undefined, token: string): boolean {
+  const given = /^Bearer (.+)$/.exec(header ?? '')?.[1] ?? '';
+  return timingSafeEqual(digest(given), digest(token));
+}
+
+async function body<T extends z.ZodType>(c: Context, schema: T): Promise<z.output<T>> {
+  let raw: unknown = {};
+  const text = await c.req.text();
+  if (text.trim()) {
+    try {
+      raw = JSON.parse(text);
+    } catch {
+      throw new ChatError('invalid_json', 'the body is not valid JSON');
+    }
+  }
+  const r = schema.safeParse(raw);
+  if (!r.success) throw new ChatError('invalid_request', r.error.issues.map((i) => `${i.path.join('.') || 'body'}: ${i.message}`).join('; '));
+  return r.data;
+}
+
+const row = (p: { metrics_json: string | null } & Record<string, unknown>) => ({ ...p, metrics_json: undefined, metrics: p.metrics_json ? (JSON.parse(p.metrics_json) as unknown) : null });
+
+export function adminRoutes(deps: AdminDeps): Hono {
+  const app = new Hono();
+  const ready = () => {
+    const registry = deps.registry();
+    const store = deps.store();
+    if (!registry || !store) throw new ChatError('not_ready', 'the model is loading', 503, 1);
+    return { registry, store, db: store.db };
+  };
+  const audit = (c: Context, action: string, detail: unknown) => deps.log(`admin: ${action} ${JSON.stringify(detail)} from ${c.req.header('x-forwarded-for') ?? 'direct'}`);
+
+  app.use('*', async (c, next) => {
+    if (deps.token === undefined) throw new ChatError('admin_disabled', 'admin routes are disabled: set ADMIN_TOKEN to enable them');
+    if (!bearerMatches(c.req.header('authorization'), deps.token)) {
+      audit(c, 'refused', { path: c.req.path, code: 'unauthorized' });
+      throw new ChatError('unauthorized', 'missing or wrong bearer token', 401);
+    }
+    await next();
+  });
+
+  app.get('/versions', async (c) => {
+    const { registry, db } = ready();
+    const [versions, thumbs, aliases] = await Promise.all([listModelVersions(db), thumbsByVersion(db), Promise.all(POLICY_ALIASES.map(async (a) => [a, await resolveAlias(db, a)] as const))]);
+    const byVersion = new Map(thumbs.map((t) => [t.versionId, t]));
+    return c.json({
+      serving: registry.state(),
+      aliases: Object.fromEntries(aliases),
+      versions: versions.map((v) => {
+        const t = byVersion.get(v.id);
+        return {
+          id: v.id,
+          kind: v.kind,
+          stage: v.stage,
+          parentId: v.parent_id,
+          checkpoint: v.checkpoint,
+          sha256: v.sha256,
+          runId: v.run_id,
+          createdAt: v.created_at,
+          notes: v.notes,
+          metrics: JSON.parse(v.metrics_json) as unknown,
+          aliases: aliases.filter(([, id]) => id === v.id).map(([a]) => a),
+          thumbs: { up: t?.up ?? 0, down: t?.down ?? 0, upRate: t && t.up + t.down ? t.up / (t.up + t.down) : null },
+        };
+      }),
+    });
+  });
+
+  app.get('/promotions', async (c) => {
+    const { db } = ready();
+    const entries = await listPromotions(db, { alias: c.req.query('alias') || undefined });
+    return c.json({ promotions: entries.map(row) });
+  });
+
+  app.post('/promote', async (c) => {
+    const { registry, db } = ready();
+    const b = await body(c, promoteBody);
+    if (POLICY_ALIASES.includes(b.alias)) {
+      registry.forgetFailure(b.versionId);
+      await registry.prepare(b.versionId); // unknown_model_version, not_a_policy, checkpoint_corrupt, …
+    }
+    const entry = await promote(db, { alias: b.alias, versionId: b.versionId, actor: b.actor ?? 'admin', reason: b.reason });
+    await registry.refresh();
+    audit(c, 'promote', { alias: b.alias, versionId: b.versionId, from: entry.from_version_id });
+    return c.json({ promotion: row(entry), serving: registry.state() });
+  });
+
+  app.post('/rollback', async (c) => {
+    const { registry, db } = ready();
+    const b = await body(c, rollbackBody);
+    const { previous } = await rollbackTarget(db, b.alias, b.versionId);
+    if (POLICY_ALIASES.includes(b.alias)) {
+      registry.forgetFailure(previous);
+      await registry.prepare(previous);
+    }
+    const entry = await rollback(db, { alias: b.alias, toVersionId: b.versionId, actor: b.actor ?? 'admin', reason: b.reason });
+    await registry.refresh();
+    audit(c, 'rollback', { alias: b.alias, from: entry.from_version_id, to: entry.to_version_id });
+    return c.json({ promotion: row(entry), serving: registry.state() });
+  });
+
+  app.get('/canary', async (c) => {
+    const { registry, db } = ready();
+    const settings = await getRegistrySettings(db);
+    return c.json({ share: settings.canary_share, candidate: (await resolveAlias(db, 'candidate')) ?? null, serving: registry.state() });
+  });
+
+  app.put('/canary', async (c) => {
+    const { registry, db } = ready();
+    const b = await body(c, canaryBody);
+    await setRegistrySetting(db, 'canary_share', b.share);
+    await registry.refresh();
+    audit(c, 'canary', b);
+    return c.json({ share: b.share, candidate: (await resolveAlias(db, 'candidate')) ?? null, serving: registry.state() });
+  });
+
+  app.get('/feedback', async (c) => {
+    const { registry, db } = ready();
+    const reference = c.req.query('reference') || registry.champion.version;
+    const [thumbs, pairs] = await Promise.all([thumbsByVersion(db), pairsByVersion(db)]);
+    return c.json({
+      thumbs: thumbs.map((t) => ({ ...t, upRate: t.up + t.down ? t.up / (t.up + t.down) : null })),
+      pairs,
+      bradleyTerry: { reference, interval: 0.95, strengths: fitBradleyTerry(pairs, reference) },
+    });
+  });
+
+  for (const [path, paused] of [['/loop/pause', true], ['/loop/resume', false]] as const) {
+    app.post(path, async (c) => {
+      const { db } = ready();
+      const b = await body(c, loopBody);
+      await setRegistrySetting(db, 'loop_paused', paused);
+      audit(c, paused ? 'loop.pause' : 'loop.resume', b);
+      return c.json({ loopPaused: paused });
+    });
+  }
+
+  app.get('/loop', async (c) => {
+    const { db } = ready();
+    const [settings, runs] = await Promise.all([getRegistrySettings(db), listRuns(db, { kind: 'loop' })]);
+    return c.json({ loopPaused: settings.loop_paused, runs: runs.slice(0, 50).map(runJson) });
+  });
+
+  app.get('/runs', async (c) => {
+    const { db } = ready();
+    const kind = (c.req.query('kind') || undefined) as RunKind | undefined;
+    return c.json({ runs: (await listRuns(db, kind ? { kind } : {})).slice(0, 200).map(runJson) });
+  });
+
+  app.get('/runs/:id', async (c) => {
+    const { db } = ready();
+    const run = await getRun(db, c.req.param('id'));
+    if (!run) throw new ChatError('unknown_run', `no run ${c.req.param('id')}`);
+    const names = c.req.query('names')?.split(',').filter(Boolean);
+    const curves: Record<string, [number, number][]> = {};
+    for (const m of await getMetrics(db, run.id, { names })) (curves[m.name] ??= []).push([m.step, m.value]);
+    return c.json({ run: runJson(run), curves });
+  });
+
+  return app;
+}
+
+function runJson(r: { id: string; kind: string; status: string; config_json: string; base_version_id: string | null; output_version_id: string | null; error: string | null; started_at: string; finished_at: string | null }) {
+  return { id: r.id, kind: r.kind, status: r.status, config: JSON.parse(r.config_json) as unknown, baseVersionId: r.base_version_id, outputVersionId: r.output_version_id, error: r.error, startedAt: r.started_at, finishedAt: r.finished_at };
+}
