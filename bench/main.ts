@@ -65,6 +65,10 @@ const BENCHES: Bench[] = [
     run: async () => (await import('./rlhf.ts')).benchRlhf(),
   },
   {
+    name: 'hot_swap',
+    run: async () => [await (await import('./hot-swap.ts')).benchHotSwap()],
+  },
+  {
     name: 'gemm',
     run: async () => {
       const { benchKernels } = await import('./kernels.ts');
