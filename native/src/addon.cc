@@ -9,10 +9,20 @@
 //   exp(heap, [xOff, outOff, size])                                float32
 //   sum(heap, [xOff, outOff, outer, reduce, inner])                float32, x as [outer, reduce, inner]
 //   info() -> { kernel, threads }
+//
+// Fused decoding (decoder.h): KV caches are native objects handed to JS as tagged externals.
+//   cacheNew(nLayer, nHead, headSize, blockSize) -> cache     freed by cacheFree or by the GC
+//   cacheFree(cache)                                           releases its memory now
+//   cacheBytes(cache) -> bytes held
+//   decode(heap, [nLayer, nHead, C, V, blockSize, N, ...weight offsets (wte, wpe,
+//          12 per block in checkpoint order, lnf.g, lnf.b), ...rows (N), ...tokens (sum rows)],
+//          caches (Array of N distinct caches), logits (Float32Array, N*V))
 #include <napi.h>
 
 #include <cstdint>
+#include <vector>
 
+#include "decoder.h"
 #include "elementwise.h"
 #include "gemm.h"
 #include "pool.h"
@@ -155,6 +165,165 @@ Napi::Value Sum(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// ------------------------------------------------------------------ fused decoding
+
+const napi_type_tag kCacheTag = {0x6b7663616368650aULL, 0x9d2c5e1f4b3a7081ULL};
+
+nk::KVCache* unwrap_cache(const Napi::Env& env, const Napi::Value& value) {
+  if (!value.IsExternal()) return nullptr;
+  bool tagged = false;
+  if (napi_check_object_type_tag(env, value, &kCacheTag, &tagged) != napi_ok || !tagged) return nullptr;
+  return value.As<Napi::External<nk::KVCache>>().Data();
+}
+
+Napi::Value CacheNew(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  int dims[4];
+  for (int i = 0; i < 4; ++i) {
+    if (info.Length() <= static_cast<size_t>(i) || !info[i].IsNumber()) {
+      fail(env, "cacheNew: expected (nLayer, nHead, headSize, blockSize)");
+      return env.Undefined();
+    }
+    const double d = info[i].As<Napi::Number>().DoubleValue();
+    if (!(d >= 1 && d <= 1 << 20) || d != static_cast<int>(d)) {
+      fail(env, "cacheNew: bad dimension");
+      return env.Undefined();
+    }
+    dims[i] = static_cast<int>(d);
+  }
+  auto* cache = new nk::KVCache(dims[0], dims[1], dims[2], dims[3]);
+  auto ext = Napi::External<nk::KVCache>::New(env, cache, [](Napi::Env, nk::KVCache* c) { delete c; });
+  napi_type_tag_object(env, ext, &kCacheTag);
+  return ext;
+}
+
+Napi::Value CacheFree(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  nk::KVCache* cache = info.Length() > 0 ? unwrap_cache(env, info[0]) : nullptr;
+  if (cache == nullptr) fail(env, "cacheFree: not a KV cache");
+  else cache->release();
+  return env.Undefined();
+}
+
+Napi::Value CacheBytes(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  nk::KVCache* cache = info.Length() > 0 ? unwrap_cache(env, info[0]) : nullptr;
+  if (cache == nullptr) {
+    fail(env, "cacheBytes: not a KV cache");
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, static_cast<double>(cache->bytes()));
+}
+
+Napi::Value Decode(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  Heap h;
+  if (!read_args(info, 6, &h)) return env.Undefined();
+  const double* p = h.p;
+  nk::DecoderShape shape;
+  shape.n_layer = static_cast<int>(p[0]);
+  shape.n_head = static_cast<int>(p[1]);
+  shape.n_embd = static_cast<int>(p[2]);
+  shape.vocab = static_cast<int>(p[3]);
+  shape.block_size = static_cast<int>(p[4]);
+  const int n = static_cast<int>(p[5]);
+  if (shape.n_layer < 1 || shape.n_head < 1 || shape.n_embd < 1 || shape.vocab < 1 ||
+      shape.block_size < 1 || shape.n_embd % shape.n_head != 0 || n < 1) {
+    fail(env, "decode: bad shape");
+    return env.Undefined();
+  }
+  const size_t n_weights = 4 + 12 * static_cast<size_t>(shape.n_layer);
+  if (h.np < 6 + n_weights + n) {
+    fail(env, "decode: too few params");
+    return env.Undefined();
+  }
+  if (info.Length() < 4 || !info[2].IsArray() || !info[3].IsTypedArray() ||
+      info[3].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+    fail(env, "decode: expected (ArrayBuffer, Float64Array, caches, Float32Array)");
+    return env.Undefined();
+  }
+  // Weights, with the number of floats each must span.
+  const double C = shape.n_embd;
+  const double sizes[12] = {C, C, C * 3 * C, 3 * C, C * C, C, C, C, C * 4 * C, 4 * C, 4 * C * C, C};
+  const float* wp[4 + 12 * 64];
+  if (shape.n_layer > 64) {
+    fail(env, "decode: too many layers");
+    return env.Undefined();
+  }
+  for (size_t i = 0; i < n_weights; ++i) {
+    double floats;
+    if (i == 0) floats = static_cast<double>(shape.vocab) * C;
+    else if (i == 1) floats = static_cast<double>(shape.block_size) * C;
+    else if (i >= n_weights - 2) floats = C;
+    else floats = sizes[(i - 2) % 12];
+    if (!in_heap(h, p[6 + i], floats)) {
+      fail(env, "decode: weight outside the heap");
+      return env.Undefined();
+    }
+    wp[i] = reinterpret_cast<const float*>(h.data + static_cast<uint64_t>(p[6 + i]));
+  }
+  nk::DecoderWeights w;
+  w.wte = wp[0];
+  w.wpe = wp[1];
+  for (int l = 0; l < shape.n_layer; ++l) {
+    const float* const* q = wp + 2 + 12 * l;
+    w.layers.push_back({q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7], q[8], q[9], q[10], q[11]});
+  }
+  w.lnf_g = wp[n_weights - 2];
+  w.lnf_b = wp[n_weights - 1];
+  Napi::Array list = info[2].As<Napi::Array>();
+  Napi::Float32Array logits = info[3].As<Napi::Float32Array>();
+  if (list.Length() != static_cast<uint32_t>(n) ||
+      logits.ElementLength() != static_cast<size_t>(n) * shape.vocab) {
+    fail(env, "decode: caches or logits do not match N");
+    return env.Undefined();
+  }
+  std::vector<nk::KVCache*> caches(n);
+  std::vector<int> rows(n);
+  const double* tokens_in = p + 6 + n_weights + n;
+  size_t total = 0;
+  for (int s = 0; s < n; ++s) {
+    caches[s] = unwrap_cache(env, list.Get(static_cast<uint32_t>(s)));
+    const double r = p[6 + n_weights + s];
+    if (caches[s] == nullptr || !caches[s]->matches(shape)) {
+      fail(env, "decode: not a KV cache of this shape");
+      return env.Undefined();
+    }
+    if (!(r >= 1) || caches[s]->length() + r > shape.block_size) {
+      fail(env, "decode: a sequence would exceed blockSize");
+      return env.Undefined();
+    }
+    for (int t = 0; t < s; ++t)
+      if (caches[t] == caches[s]) {
+        fail(env, "decode: the same cache twice in a batch");
+        return env.Undefined();
+      }
+    rows[s] = static_cast<int>(r);
+    total += rows[s];
+  }
+  if (h.np < 6 + n_weights + n + total) {
+    fail(env, "decode: too few tokens");
+    return env.Undefined();
+  }
+  std::vector<int32_t> tokens(total);
+  for (size_t i = 0; i < total; ++i) {
+    const double t = tokens_in[i];
+    if (!(t >= 0 && t < shape.vocab) || t != static_cast<int32_t>(t)) {
+      fail(env, "decode: token id out of range");
+      return env.Undefined();
+    }
+    tokens[i] = static_cast<int32_t>(t);
+  }
+  for (int s = 0; s < n; ++s) {
+    if (!caches[s]->reserve(caches[s]->length() + rows[s])) {
+      fail(env, "decode: out of memory for the KV cache");
+      return env.Undefined();
+    }
+  }
+  nk::decode(shape, w, {n, caches.data(), rows.data(), tokens.data(), logits.Data()});
+  return env.Undefined();
+}
+
 Napi::Value Info(const Napi::CallbackInfo& info) {
   Napi::Object out = Napi::Object::New(info.Env());
   out.Set("kernel", nk::sgemm_kernel_name());
@@ -168,6 +337,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("exp", Napi::Function::New(env, Exp, "exp"));
   exports.Set("sum", Napi::Function::New(env, Sum, "sum"));
   exports.Set("info", Napi::Function::New(env, Info, "info"));
+  exports.Set("cacheNew", Napi::Function::New(env, CacheNew, "cacheNew"));
+  exports.Set("cacheFree", Napi::Function::New(env, CacheFree, "cacheFree"));
+  exports.Set("cacheBytes", Napi::Function::New(env, CacheBytes, "cacheBytes"));
+  exports.Set("decode", Napi::Function::New(env, Decode, "decode"));
   return exports;
 }
 

@@ -1,0 +1,313 @@
+// Fused GPT decoding (see decoder.h). Rows are the tokens fed this call, sequence by sequence;
+// all linear layers of a block run as one GEMM over every row of every sequence, attention runs
+// per row and head over that row's own cache (keys 0..position, so no padding and a prompt is
+// causal by construction). Logits are computed for each sequence's last row only.
+#include "decoder.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "elementwise.h"
+#include "gemm.h"
+#include "pool.h"
+#include "simd.h"
+
+namespace nk {
+
+size_t KVCache::bytes() const {
+  return static_cast<size_t>(n_layer_) * 2 * n_head_ * capacity_ * head_size_ * sizeof(float);
+}
+
+bool KVCache::reserve(int tokens) {
+  if (tokens <= capacity_) return true;
+  int capacity = std::max(capacity_ * 2, 16);
+  capacity = std::min(std::max(capacity, tokens), block_size_);
+  const size_t floats = static_cast<size_t>(n_layer_) * 2 * n_head_ * capacity * head_size_;
+  float* data = static_cast<float*>(std::aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64));
+  if (data == nullptr) return false;
+  const size_t plane_new = static_cast<size_t>(capacity) * head_size_;
+  const size_t plane_old = static_cast<size_t>(capacity_) * head_size_;
+  for (int plane = 0; length_ > 0 && plane < n_layer_ * 2 * n_head_; ++plane) {
+    float* dst = data + plane * plane_new;
+    const float* src = data_ + plane * plane_old;
+    if ((plane / n_head_) % 2 == 0) {  // keys: hs rows of `length_` positions
+      for (int d = 0; d < head_size_; ++d)
+        std::memcpy(dst + static_cast<size_t>(d) * capacity, src + static_cast<size_t>(d) * capacity_,
+                    length_ * sizeof(float));
+    } else {
+      std::memcpy(dst, src, static_cast<size_t>(length_) * head_size_ * sizeof(float));
+    }
+  }
+  std::free(data_);
+  data_ = data;
+  capacity_ = capacity;
+  released_ = false;
+  return true;
+}
+
+void KVCache::release() {
+  std::free(data_);
+  data_ = nullptr;
+  capacity_ = 0;
+  length_ = 0;
+  released_ = true;
+}
+
+namespace {
+
+constexpr float kLnEps = 1e-5f;
+// Multiply-adds of attention in one layer above which heads are split over the pool.
+constexpr double kParallelAttention = 1.0e6;
+
+struct Scratch {
+  std::vector<float> x, a, qkv, y, tmp, fc, last;
+  std::vector<int> row_seq, row_pos;
+};
+
+float* sized(std::vector<float>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
+void layer_norm(const float* x, const float* g, const float* b, float* out, int rows, int C) {
+  for (int r = 0; r < rows; ++r) {
+    const float* xr = x + static_cast<size_t>(r) * C;
+    float* o = out + static_cast<size_t>(r) * C;
+    float mean = 0.f;
+    for (int c = 0; c < C; ++c) mean += xr[c];
+    mean /= static_cast<float>(C);
+    float var = 0.f;
+    for (int c = 0; c < C; ++c) var += (xr[c] - mean) * (xr[c] - mean);
+    var /= static_cast<float>(C);
+    const float inv = 1.f / std::sqrt(var + kLnEps);
+    for (int c = 0; c < C; ++c) o[c] = (xr[c] - mean) * inv * g[c] + b[c];
+  }
+}
+
+// Rows up to this many use the unpacked kernel below; more go to sgemm (prefill).
+constexpr int kFewRows = 32;
+// Multiply-adds above which the unpacked kernel splits its columns over the pool.
+constexpr double kParallelMacs = 1.5e6;
+
+// c[MR, NV*VL] = a[MR, k] · w[k, NV*VL] + bias, w read in place (each weight is used once per
+// call when decoding, so packing it would cost more than it saves).
+template <int MR, int NV>
+inline void tile_nn(const float* a, int lda, const float* w, int ldw, int k, const float* bias, float* c, int ldc) {
+  vec acc[MR][NV];
+  for (int v = 0; v < NV; ++v) {
+    const vec b0 = bias ? load(bias + v * VL) : vec{};
+    for (int i = 0; i < MR; ++i) acc[i][v] = b0;
+  }
+  for (int p = 0; p < k; ++p) {
+    vec b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = load(w + static_cast<size_t>(p) * ldw + v * VL);
+    for (int i = 0; i < MR; ++i) {
+      const vec av = splat(a[static_cast<size_t>(i) * lda + p]);
+      for (int v = 0; v < NV; ++v) acc[i][v] += av * b[v];
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) store(c + static_cast<size_t>(i) * ldc + v * VL, acc[i][v]);
+}
+
+template <int NV>
+void rows_nn(const float* a, int m, int k, const float* w, int n, const float* bias, float* c, int j) {
+  const float* bj = bias ? bias + j : nullptr;
+  int i = 0;
+  for (; i + 4 <= m; i += 4) tile_nn<4, NV>(a + static_cast<size_t>(i) * k, k, w + j, n, k, bj, c + static_cast<size_t>(i) * n + j, n);
+  const float* ai = a + static_cast<size_t>(i) * k;
+  float* ci = c + static_cast<size_t>(i) * n + j;
+  switch (m - i) {
+    case 3: tile_nn<3, NV>(ai, k, w + j, n, k, bj, ci, n); break;
+    case 2: tile_nn<2, NV>(ai, k, w + j, n, k, bj, ci, n); break;
+    case 1: tile_nn<1, NV>(ai, k, w + j, n, k, bj, ci, n); break;
+    default: break;
+  }
+}
+
+struct FewRows {
+  const float *a, *w, *bias;
+  float* c;
+  int m, k, n, parts;
+};
+
+// Columns [n * t / parts, n * (t+1) / parts), rounded to vectors, of c = a · w + bias.
+void few_rows_part(void* ctx, int t) {
+  const FewRows& f = *static_cast<const FewRows*>(ctx);
+  const int vecs = f.n / VL;
+  const int j0 = vecs * t / f.parts * VL, j1 = vecs * (t + 1) / f.parts * VL;
+  int j = j0;
+  for (; j + 4 * VL <= j1; j += 4 * VL) rows_nn<4>(f.a, f.m, f.k, f.w, f.n, f.bias, f.c, j);
+  switch ((j1 - j) / VL) {
+    case 3: rows_nn<3>(f.a, f.m, f.k, f.w, f.n, f.bias, f.c, j); break;
+    case 2: rows_nn<2>(f.a, f.m, f.k, f.w, f.n, f.bias, f.c, j); break;
+    case 1: rows_nn<1>(f.a, f.m, f.k, f.w, f.n, f.bias, f.c, j); break;
+    default: break;
+  }
+}
+
+// out[rows, n] = in[rows, k] · w[k, n] + bias
+void linear(const float* in, int rows, int k, const float* w, int n, const float* bias, float* out) {
+  if (rows <= kFewRows && n % VL == 0) {
+    FewRows f{in, w, bias, out, rows, k, n, 1};
+    const double macs = static_cast<double>(rows) * k * n;
+    if (macs >= kParallelMacs && n >= 2 * VL) {
+      f.parts = Pool::instance().size();
+      parallel_for(f.parts, few_rows_part, &f);
+    } else {
+      few_rows_part(&f, 0);
+    }
+    return;
+  }
+  GemmArgs g{};
+  g.a = in;
+  g.b = w;
+  g.c = out;
+  g.batch = 1;
+  g.m = rows;
+  g.n = n;
+  g.k = k;
+  g.bias = bias;
+  g.activation = kLinear;
+  sgemm(g);
+}
+
+void add_into(float* x, const float* y, size_t n) {
+  for (size_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
+void gelu(float* x, size_t n) {
+  for (size_t i = 0; i < n; ++i) x[i] = x[i] * 0.5f * (std::erf(x[i] * 0.70710678118654752f) + 1.f);
+}
+
+struct Attention {
+  const DecoderShape* shape;
+  KVCache* const* caches;
+  const int* row_seq;
+  const int* row_pos;
+  const float* qkv;
+  float* y;
+  int rows, layer;
+};
+
+// softmax(q·Kᵀ / sqrt(hs)) · V for every row, one head.
+void attend_head(void* ctx, int h) {
+  thread_local std::vector<float> scores;
+  const Attention& at = *static_cast<const Attention*>(ctx);
+  const int C = at.shape->n_embd, hs = at.shape->head_size();
+  const float scale = 1.f / std::sqrt(static_cast<float>(hs));
+  float* s = sized(scores, at.shape->block_size + VL);
+  for (int r = 0; r < at.rows; ++r) {
+    KVCache* cache = at.caches[at.row_seq[r]];
+    const size_t cap = cache->capacity();
+    const float* K = cache->keys(at.layer, h);
+    const float* V = cache->values(at.layer, h);
+    const float* q = at.qkv + static_cast<size_t>(r) * 3 * C + h * hs;
+    const int keys = at.row_pos[r] + 1;
+    std::memset(s, 0, keys * sizeof(float));
+    for (int d = 0; d < hs; ++d) {
+      const float qd = q[d];
+      const float* kd = K + d * cap;
+      for (int j = 0; j < keys; ++j) s[j] += qd * kd[j];
+    }
+    float mx = -INFINITY;
+    for (int j = 0; j < keys; ++j) {
+      s[j] *= scale;
+      mx = std::max(mx, s[j]);
+    }
+    for (int j = 0; j < keys; ++j) s[j] -= mx;
+    exp_f32(s, s, keys);
+    float total = 0.f;
+    for (int j = 0; j < keys; ++j) total += s[j];
+    const float inv = 1.f / total;
+    float* out = at.y + static_cast<size_t>(r) * C + h * hs;
+    std::memset(out, 0, hs * sizeof(float));
+    for (int j = 0; j < keys; ++j) {
+      const float p = s[j] * inv;
+      const float* v = V + static_cast<size_t>(j) * hs;
+      for (int d = 0; d < hs; ++d) out[d] += p * v[d];
+    }
+  }
+}
+
+}  // namespace
+
+void decode(const DecoderShape& shape, const DecoderWeights& w, const DecodeBatch& batch) {
+  thread_local Scratch sc;
+  const int C = shape.n_embd, H = shape.n_head, hs = shape.head_size();
+  int R = 0;
+  for (int s = 0; s < batch.n; ++s) R += batch.rows[s];
+  const size_t RC = static_cast<size_t>(R) * C;
+  float* x = sized(sc.x, RC);
+  float* a = sized(sc.a, RC);
+  float* qkv = sized(sc.qkv, RC * 3);
+  float* y = sized(sc.y, RC);
+  float* tmp = sized(sc.tmp, RC);
+  float* fc = sized(sc.fc, RC * 4);
+  if (sc.row_seq.size() < static_cast<size_t>(R)) {
+    sc.row_seq.resize(R);
+    sc.row_pos.resize(R);
+  }
+  int* row_seq = sc.row_seq.data();
+  int* row_pos = sc.row_pos.data();
+  double attention_macs = 0;
+  for (int s = 0, r = 0; s < batch.n; ++s) {
+    for (int t = 0; t < batch.rows[s]; ++t, ++r) {
+      row_seq[r] = s;
+      row_pos[r] = batch.caches[s]->length() + t;
+      attention_macs += 2.0 * (row_pos[r] + 1) * C;
+      const float* te = w.wte + static_cast<size_t>(batch.tokens[r]) * C;
+      const float* pe = w.wpe + static_cast<size_t>(row_pos[r]) * C;
+      for (int c = 0; c < C; ++c) x[static_cast<size_t>(r) * C + c] = te[c] + pe[c];
+    }
+  }
+  for (int l = 0; l < shape.n_layer; ++l) {
+    const LayerWeights& lw = w.layers[l];
+    layer_norm(x, lw.ln1_g, lw.ln1_b, a, R, C);
+    linear(a, R, C, lw.wqkv, 3 * C, lw.bqkv, qkv);  // [R, 3C]
+    for (int r = 0; r < R; ++r) {
+      KVCache* cache = batch.caches[row_seq[r]];
+      const float* row = qkv + static_cast<size_t>(r) * 3 * C;
+      const size_t cap = cache->capacity();
+      for (int h = 0; h < H; ++h) {
+        float* kt = cache->keys(l, h) + row_pos[r];
+        for (int d = 0; d < hs; ++d) kt[d * cap] = row[C + h * hs + d];
+        std::memcpy(cache->values(l, h) + static_cast<size_t>(row_pos[r]) * hs, row + 2 * C + h * hs, hs * sizeof(float));
+      }
+    }
+    Attention at{&shape, batch.caches, row_seq, row_pos, qkv, y, R, l};
+    if (attention_macs >= kParallelAttention && H > 1)
+      parallel_for(H, attend_head, &at);
+    else
+      for (int h = 0; h < H; ++h) attend_head(&at, h);
+    linear(y, R, C, lw.wo, C, lw.bo, tmp);
+    add_into(x, tmp, RC);
+    layer_norm(x, lw.ln2_g, lw.ln2_b, a, R, C);
+    linear(a, R, C, lw.wfc, 4 * C, lw.bfc, fc);  // [R, 4C]
+    gelu(fc, RC * 4);
+    linear(fc, R, 4 * C, lw.wproj, C, lw.bproj, tmp);
+    add_into(x, tmp, RC);
+  }
+  float* last = sized(sc.last, static_cast<size_t>(batch.n) * C);
+  for (int s = 0, r = 0; s < batch.n; ++s) {
+    r += batch.rows[s];
+    std::memcpy(last + static_cast<size_t>(s) * C, x + static_cast<size_t>(r - 1) * C, C * sizeof(float));
+    batch.caches[s]->set_length(batch.caches[s]->length() + batch.rows[s]);
+  }
+  layer_norm(last, w.lnf_g, w.lnf_b, last, batch.n, C);
+  GemmArgs g{};
+  g.a = last;
+  g.b = w.wte;
+  g.c = batch.logits;
+  g.batch = 1;
+  g.m = batch.n;
+  g.n = shape.vocab;
+  g.k = C;
+  g.trans_b = true;
+  g.activation = kLinear;
+  sgemm(g);  // [n, V] = last · wteᵀ
+}
+
+}  // namespace nk
