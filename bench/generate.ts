@@ -19,7 +19,7 @@ import { pathToFileURL } from 'node:url';
 import WebSocket from 'ws';
 import { initBackend } from '../model/backend.ts';
 import { saveCheckpoint } from '../model/checkpoint.ts';
-import { GPT } from '../model/gpt.ts';
+import { GPT, disposeCache } from '../model/gpt.ts';
 import { Tokenizer, type TokenizerJSON } from '../model/tokenizer.ts';
 import { openTempStore } from '../feedback/temp-store.ts';
 import { defaultServerConfig } from '../server/config.ts';
@@ -177,7 +177,7 @@ function decodeSteps(model: ServedModel): Line {
     const ms = (performance.now() - t0) / steps;
     out[`step_ms_n${n}`] = +ms.toFixed(2);
     out[`tokens_per_s_n${n}`] = Math.round((n * 1000) / ms);
-    for (const c of caches) for (const t of [...c.k, ...c.v]) t.dispose();
+    for (const c of caches) disposeCache(c);
   }
   return out;
 }

@@ -9,11 +9,15 @@
  *  2. The token embedding's gradient is a scatter-add done in JS inside a custom gradient,
  *     because the wasm backend has no kernel for the gradient of `gather`.
  *  3. No dropout (the models are small and trained for few epochs).
- *  4. Decoding keeps one KV cache per sequence (`[H, t, hs]` per layer) so sequences of
- *     different lengths decode together: caches are padded to the longest and masked.
+ *  4. Decoding keeps one KV cache per sequence so sequences of different lengths decode together.
+ *     On the wasm backend with the native addon, `prefill`/`decodeStep` run the fused native
+ *     decoder (model/kernels/fused-decoder.ts: one call per step, caches in native memory, no
+ *     padding); otherwise the tfjs path below, whose caches (`[H, t, hs]` per layer) are padded
+ *     to the longest and masked. Both give the logits of the full forward pass.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { z } from 'zod';
+import { FusedDecoder, NativeKVCache, fusedDecoderAvailable } from './kernels/fused-decoder.ts';
 
 export const GPTConfigSchema = z
   .object({
@@ -31,12 +35,54 @@ export type GPTConfig = Readonly<z.infer<typeof GPTConfigSchema>>;
 /** Which heads sit on the trunk: a policy has LM + value heads, a reward model a scalar head. */
 export type ModelKind = 'policy' | 'reward';
 
-/** Per-sequence decoding state: for each layer, keys and values `[H, t, hs]`. */
+/** Which implementation runs `prefill`/`decodeStep`: the fused native decoder or plain tfjs. */
+export type DecodePath = 'native' | 'tfjs';
+
+/**
+ * Per-sequence decoding state, an opaque handle: made by `prefill`, advanced by `decodeStep`,
+ * freed by `disposeCache`. A cache only works with the path (and model shape) that made it.
+ */
 export interface KVCache {
-  k: tf.Tensor3D[];
-  v: tf.Tensor3D[];
   /** Tokens already in the cache (the position of the next token). */
-  length: number;
+  readonly length: number;
+  /** Bytes of memory held (see `cacheBytes`). */
+  readonly bytes: number;
+  /** True once disposed. */
+  readonly disposed: boolean;
+  /** The path that made it. */
+  readonly kind: DecodePath;
+  dispose(): void;
+}
+
+/** The tfjs path's cache: for each layer, keys and values `[H, t, hs]` as tensors. */
+class TensorKVCache implements KVCache {
+  readonly kind = 'tfjs';
+  k: tf.Tensor3D[] = [];
+  v: tf.Tensor3D[] = [];
+  length = 0;
+  disposed = false;
+
+  get bytes(): number {
+    let n = 0;
+    for (const t of this.k) n += t.size * 4;
+    for (const t of this.v) n += t.size * 4;
+    return n;
+  }
+
+  dispose(): void {
+    tf.dispose([...this.k, ...this.v]);
+    this.k = [];
+    this.v = [];
+    this.disposed = true;
+  }
+}
+
+/** Options of `GPT.prefill`. */
+export interface PrefillOptions {
+  /** Continue this cache (e.g. a conversation's earlier turns) instead of starting a new one. */
+  cache?: KVCache;
+  /** Force a path (default: native when available). Ignored when `cache` is given. */
+  path?: DecodePath;
 }
 
 const LN_EPS = 1e-5;
@@ -220,14 +266,91 @@ export class GPT {
 
   // ---------------------------------------------------------------- incremental decoding
 
-  /** Runs a prompt through the model; returns its cache and the logits of its last token `[V]`. */
-  prefill(ids: readonly number[]): { cache: KVCache; logits: Float32Array } {
+  /** The path `prefill` takes by default: native when the fused decoder can run here. */
+  decodePath(): DecodePath {
+    return fusedDecoderAvailable() ? 'native' : 'tfjs';
+  }
+
+  // Plain (not #) fields: tests wrap a GPT with Object.create, and # fields do not follow the prototype.
+  private decoder?: FusedDecoder;
+  private decoderWeights?: tf.Variable[];
+
+  private fused(): { decoder: FusedDecoder; weights: tf.Variable[] } {
+    if (!this.decoder) {
+      this.decoder = new FusedDecoder(this.config);
+      const names = ['wte', 'wpe'];
+      for (let l = 0; l < this.config.nLayer; l++) {
+        for (const n of ['ln1.g', 'ln1.b', 'attn.wqkv', 'attn.bqkv', 'attn.wo', 'attn.bo', 'ln2.g', 'ln2.b', 'mlp.wfc', 'mlp.bfc', 'mlp.wproj', 'mlp.bproj']) names.push(`h.${l}.${n}`);
+      }
+      names.push('lnf.g', 'lnf.b');
+      this.decoderWeights = names.map((n) => this.p(n));
+    }
+    return { decoder: this.decoder, weights: this.decoderWeights! };
+  }
+
+  /**
+   * Runs a prompt through the model; returns its cache and the logits of its last token `[V]`.
+   * With `opts.cache`, the tokens continue that cache (which is returned, advanced).
+   */
+  prefill(ids: readonly number[], opts: PrefillOptions = {}): { cache: KVCache; logits: Float32Array } {
+    const T = ids.length;
+    if (T === 0) throw new Error('prefill needs at least one token');
+    const { blockSize } = this.config;
+    const start = opts.cache?.length ?? 0;
+    if (opts.cache?.disposed) throw new Error('prefill: the cache was disposed');
+    if (start + T > blockSize) {
+      throw new Error(start ? `prompt of ${T} tokens after ${start} cached exceeds blockSize ${blockSize}` : `prompt of ${T} tokens exceeds blockSize ${blockSize}`);
+    }
+    const path = opts.cache?.kind ?? opts.path ?? this.decodePath();
+    if (path === 'native') {
+      const { decoder, weights } = this.fused();
+      const cache = (opts.cache as NativeKVCache | undefined) ?? decoder.newCache();
+      try {
+        return { cache, logits: decoder.run(weights, [cache], [T], ids) };
+      } catch (err) {
+        if (!opts.cache) cache.dispose();
+        throw err;
+      }
+    }
+    if (opts.cache) {
+      let logits!: Float32Array;
+      for (const id of ids) logits = this.decodeStep([opts.cache], [id]);
+      return { cache: opts.cache, logits };
+    }
+    return this.prefillTensors(ids);
+  }
+
+  /**
+   * One decoding step for N sequences at once: feeds `tokens[i]` to `caches[i]` (appending to
+   * it) and returns the next-token logits, `N * V` values row by row. The caches must all come
+   * from the same path.
+   */
+  decodeStep(caches: readonly KVCache[], tokens: readonly number[]): Float32Array {
+    const N = caches.length;
+    if (N !== tokens.length) throw new Error(`decodeStep: ${N} caches but ${tokens.length} tokens`);
+    const { blockSize } = this.config;
+    for (const c of caches) {
+      if (c.disposed) throw new Error('decodeStep: a cache was disposed');
+      if (c.length >= blockSize) throw new Error(`cache is full (${c.length} of blockSize ${blockSize})`);
+    }
+    if (N === 0) return new Float32Array(0);
+    const kind = caches[0]!.kind;
+    if (caches.some((c) => c.kind !== kind)) throw new Error('decodeStep: caches from different decode paths');
+    if (kind === 'native') {
+      const { decoder, weights } = this.fused();
+      return decoder.run(weights, caches as NativeKVCache[], new Array<number>(N).fill(1), tokens);
+    }
+    return this.decodeStepTensors(caches as TensorKVCache[], tokens);
+  }
+
+  private prefillTensors(ids: readonly number[]): { cache: KVCache; logits: Float32Array } {
     const T = ids.length;
     if (T === 0) throw new Error('prefill needs at least one token');
     const { nLayer, nHead, nEmbd: C, blockSize } = this.config;
     if (T > blockSize) throw new Error(`prompt of ${T} tokens exceeds blockSize ${blockSize}`);
     const hs = C / nHead;
-    const cache: KVCache = { k: [], v: [], length: T };
+    const cache = new TensorKVCache();
+    cache.length = T;
     const logits = tf.tidy(() => {
       const idx = tf.tensor1d(ids as number[], 'int32');
       let x = tf.add(tf.gather(this.p('wte'), idx), tf.slice(this.p('wpe'), [0, 0], [T, C])) as tf.Tensor2D; // [T, C]
@@ -253,18 +376,10 @@ export class GPT {
     return { cache, logits: out };
   }
 
-  /**
-   * One decoding step for N sequences at once: feeds `tokens[i]` to `caches[i]` (appending to
-   * it) and returns the next-token logits, `N * V` values row by row.
-   */
-  decodeStep(caches: readonly KVCache[], tokens: readonly number[]): Float32Array {
+  private decodeStepTensors(caches: readonly TensorKVCache[], tokens: readonly number[]): Float32Array {
     const N = caches.length;
-    if (N !== tokens.length) throw new Error(`decodeStep: ${N} caches but ${tokens.length} tokens`);
-    const { nLayer, nHead, nEmbd: C, blockSize } = this.config;
+    const { nLayer, nHead, nEmbd: C } = this.config;
     const hs = C / nHead;
-    for (const c of caches) {
-      if (c.length >= blockSize) throw new Error(`cache is full (${c.length} of blockSize ${blockSize})`);
-    }
     const lengths = caches.map((c) => c.length + 1); // after this step
     const Tmax = Math.max(...lengths);
     const newK: tf.Tensor3D[][] = [];
@@ -329,20 +444,14 @@ export class GPT {
 
 let nextId = 0;
 
-/** Frees a sequence's cache. */
+/** Frees a sequence's cache (idempotent). */
 export function disposeCache(cache: KVCache): void {
-  for (const t of cache.k) t.dispose();
-  for (const t of cache.v) t.dispose();
-  cache.k = [];
-  cache.v = [];
+  cache.dispose();
 }
 
 /** Bytes held by a cache (for memory-bounded caches of live conversations). */
 export function cacheBytes(cache: KVCache): number {
-  let n = 0;
-  for (const t of cache.k) n += t.size * 4;
-  for (const t of cache.v) n += t.size * 4;
-  return n;
+  return cache.bytes;
 }
 
 // ------------------------------------------------------------------ building blocks

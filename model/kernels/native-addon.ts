@@ -20,7 +20,18 @@ export interface NativeAddon {
   sum(heap: ArrayBuffer, params: Float64Array): void;
   /** The compiled micro-kernel and the size of the thread pool. */
   info(): { kernel: string; threads: number };
+  /** A new, empty native KV cache (absent from addons built before the fused decoder). */
+  cacheNew?(nLayer: number, nHead: number, headSize: number, blockSize: number): NativeCacheHandle;
+  /** Releases a cache's memory now (it is also released when the handle is collected). */
+  cacheFree?(cache: NativeCacheHandle): void;
+  /** Bytes a cache holds. */
+  cacheBytes?(cache: NativeCacheHandle): number;
+  /** One fused forward pass of N sequences against their caches; writes N*V logits. */
+  decode?(heap: ArrayBuffer, params: Float64Array, caches: NativeCacheHandle[], logits: Float32Array): void;
 }
+
+/** An opaque native KV cache (an N-API external). */
+export type NativeCacheHandle = { readonly __nativeKVCache: unique symbol };
 
 export const DEFAULT_ADDON_PATH = fileURLToPath(
   new URL('../../native/build/Release/native_kernels.node', import.meta.url),

@@ -1,0 +1,110 @@
+import { test, before } from 'node:test';
+import assert from 'node:assert/strict';
+import * as tf from '@tensorflow/tfjs-core';
+import { initBackend } from '../backend.ts';
+import { GPT, cacheBytes, disposeCache, type DecodePath, type KVCache } from '../gpt.ts';
+import { fusedDecoderAvailable } from './fused-decoder.ts';
+
+// hs = 16, and 3C, 4C multiples of the vector width, as in the real shapes.
+const cfg = { nLayer: 2, nHead: 2, nEmbd: 32, blockSize: 40, vocabSize: 64 };
+let skip: string | false = false;
+
+before(async () => {
+  await initBackend({ backend: 'wasm', log: () => {} });
+  if (!fusedDecoderAvailable()) skip = 'native addon with the fused decoder not built';
+});
+
+function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  assert.equal(a.length, b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
+
+function lastLogits(gpt: GPT, ids: number[]): Float32Array {
+  const all = tf.tidy(() => gpt.forward(tf.tensor2d([ids], [1, ids.length], 'int32'))).dataSync() as Float32Array;
+  return all.slice((ids.length - 1) * cfg.vocabSize);
+}
+
+/** Prefills prompts of different lengths, decodes 6 batched steps, continues one cache by 3 tokens. */
+function run(gpt: GPT, path: DecodePath): { logits: Float32Array[]; seqs: number[][] } {
+  const prompts = [[1], [2, 3, 4, 5, 6], Array.from({ length: 20 }, (_, i) => (i * 7) % 64)];
+  const states = prompts.map((p) => gpt.prefill(p, { path }));
+  states.forEach((s) => assert.equal(s.cache.kind, path));
+  const logits = states.map((s) => s.logits);
+  const seqs = prompts.map((p) => [...p]);
+  for (let step = 0; step < 6; step++) {
+    const tokens = seqs.map((_, i) => 10 + step * 3 + i);
+    logits.push(gpt.decodeStep(states.map((s) => s.cache), tokens));
+    tokens.forEach((t, i) => seqs[i]!.push(t));
+  }
+  const more = [40, 41, 42];
+  const cont = gpt.prefill(more, { cache: states[1]!.cache });
+  assert.equal(cont.cache, states[1]!.cache, 'continuation advances the same cache');
+  assert.equal(cont.cache.length, seqs[1]!.length + 3);
+  seqs[1]!.push(...more);
+  logits.push(cont.logits);
+  states.forEach((s) => disposeCache(s.cache));
+  return { logits, seqs };
+}
+
+test('native and tfjs decoding agree with each other and the full forward pass, across lengths and a continued cache', (t) => {
+  if (skip) return t.skip(skip);
+  const gpt = GPT.create(cfg, 'policy', 11);
+  lastLogits(gpt, [1]); // warm up kernels so tensor counts are stable
+  const before = tf.memory().numTensors;
+  const native = run(gpt, 'native');
+  assert.equal(tf.memory().numTensors, before, 'native decoding makes no tensors');
+  const tfjs = run(gpt, 'tfjs');
+  assert.equal(tf.memory().numTensors, before, 'tfjs decoding leaks no tensors');
+  native.logits.forEach((l, i) => assert.ok(maxAbsDiff(l, tfjs.logits[i]!) < 1e-4, `output ${i}: ${maxAbsDiff(l, tfjs.logits[i]!)}`));
+  // The last batched step and the continuation against the full forward pass.
+  const V = cfg.vocabSize;
+  const step = native.logits[native.logits.length - 2]!;
+  const lengths = native.seqs.map((s) => s.length);
+  lengths[1] -= 3;
+  native.seqs.forEach((s, i) => {
+    const want = lastLogits(gpt, s.slice(0, lengths[i]));
+    assert.ok(maxAbsDiff(step.subarray(i * V, (i + 1) * V), want) < 1e-4, `sequence ${i}`);
+  });
+  assert.ok(maxAbsDiff(native.logits.at(-1)!, lastLogits(gpt, native.seqs[1]!)) < 1e-4, 'continuation');
+  gpt.dispose();
+});
+
+test('the native decoder reads the current weights: an assign is seen by the next call', (t) => {
+  if (skip) return t.skip(skip);
+  const a = GPT.create(cfg, 'policy', 1);
+  const b = GPT.create(cfg, 'policy', 2);
+  const ids = [3, 1, 4, 1, 5];
+  const first = a.prefill(ids, { path: 'native' });
+  a.assign(b);
+  const second = a.prefill(ids, { path: 'native' });
+  assert.ok(maxAbsDiff(first.logits, second.logits) > 1e-3, 'different weights give different logits');
+  assert.ok(maxAbsDiff(second.logits, lastLogits(b, ids)) < 1e-4);
+  [first, second].forEach((s) => disposeCache(s.cache));
+  a.dispose();
+  b.dispose();
+});
+
+test('native caches report their bytes, free them on dispose, and reject misuse without corrupting state', (t) => {
+  if (skip) return t.skip(skip);
+  const gpt = GPT.create(cfg, 'policy', 5);
+  const { cache } = gpt.prefill([1, 2, 3], { path: 'native' });
+  const hs = cfg.nEmbd / cfg.nHead;
+  assert.ok(cacheBytes(cache) >= cfg.nLayer * 2 * cfg.nHead * 3 * hs * 4, `${cacheBytes(cache)} bytes`);
+  const tensorCache: KVCache = gpt.prefill([1, 2, 3], { path: 'tfjs' }).cache;
+  assert.throws(() => gpt.decodeStep([cache, tensorCache], [1, 2]), /different decode paths/);
+  assert.throws(() => gpt.decodeStep([cache, cache], [1, 2]), /same cache twice/);
+  assert.throws(() => gpt.decodeStep([cache], [cfg.vocabSize]), /token id out of range/);
+  assert.throws(() => gpt.prefill(new Array<number>(cfg.blockSize).fill(1), { cache }), /exceeds blockSize/);
+  assert.equal(cache.length, 3, 'a rejected call leaves the cache as it was');
+  const after = gpt.decodeStep([cache], [4]);
+  assert.ok(maxAbsDiff(after, lastLogits(gpt, [1, 2, 3, 4])) < 1e-4);
+  disposeCache(cache);
+  disposeCache(tensorCache);
+  assert.equal(cache.disposed, true);
+  assert.equal(cacheBytes(cache), 0);
+  assert.throws(() => gpt.decodeStep([cache], [1]), /disposed/);
+  disposeCache(cache); // idempotent
+  gpt.dispose();
+});

@@ -1,0 +1,138 @@
+/**
+ * Fused native GPT decoding on the wasm backend: one addon call runs N sequences, each feeding one
+ * or more tokens, through the whole model against KV caches held in native memory, and returns
+ * the next-token logits of each sequence (`native/src/decoder.cc`).
+ *
+ * The weights are not copied: every call passes the current heap offsets of the model's tfjs
+ * variables, so an optimizer step or a hot swap is seen by the next call. The caches are opaque
+ * handles (`NativeKVCache`) freed by `dispose()` (or, as a safety net, when collected).
+ *
+ * Available when the backend is `wasm`, the addon is built with the decoder, and
+ * `TF_NATIVE_KERNELS` is not `0` (a list of kernel names turns it on only if it names `Decoder`).
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { loadNativeAddon, type NativeAddon, type NativeCacheHandle } from './native-addon.ts';
+import { heapOf, offsetOf, type WasmHeapBackend } from './wasm-heap.ts';
+
+/** Model dimensions the decoder needs (a subset of GPTConfig). */
+export interface DecoderConfig {
+  readonly nLayer: number;
+  readonly nHead: number;
+  readonly nEmbd: number;
+  readonly blockSize: number;
+  readonly vocabSize: number;
+}
+
+type DecoderAddon = Required<Pick<NativeAddon, 'cacheNew' | 'cacheFree' | 'cacheBytes' | 'decode'>>;
+
+function decoderAddon(): DecoderAddon | undefined {
+  const setting = process.env.TF_NATIVE_KERNELS;
+  if (setting === '0') return undefined;
+  if (setting && setting !== '1' && !setting.split(',').some((s) => s.trim() === 'Decoder')) return undefined;
+  const { addon } = loadNativeAddon();
+  if (!addon?.decode || !addon.cacheNew || !addon.cacheFree || !addon.cacheBytes) return undefined;
+  return addon as DecoderAddon;
+}
+
+/** True when `FusedDecoder` can run on the current backend. */
+export function fusedDecoderAvailable(): boolean {
+  return tf.getBackend() === 'wasm' && decoderAddon() !== undefined;
+}
+
+/** A sequence's keys and values in native memory. */
+export class NativeKVCache {
+  readonly kind = 'native';
+  #disposed = false;
+  /** Tokens already in the cache (the position of the next token). */
+  length = 0;
+
+  constructor(
+    private readonly addon: DecoderAddon,
+    /** @internal */ readonly handle: NativeCacheHandle,
+  ) {}
+
+  get disposed(): boolean {
+    return this.#disposed;
+  }
+
+  /** Bytes of native memory held. */
+  get bytes(): number {
+    return this.#disposed ? 0 : this.addon.cacheBytes(this.handle);
+  }
+
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.length = 0;
+    this.addon.cacheFree(this.handle);
+  }
+}
+
+/**
+ * Runs decoding for one model's shape.
+ *
+ * @example
+ *   const dec = new FusedDecoder(gpt.config);
+ *   const cache = dec.newCache();
+ *   const logits = dec.run(weights, [cache], [ids.length], ids);   // [1 * V]
+ */
+export class FusedDecoder {
+  readonly #addon: DecoderAddon;
+  readonly #cfg: DecoderConfig;
+  readonly #nWeights: number;
+
+  constructor(cfg: DecoderConfig) {
+    const addon = decoderAddon();
+    if (!addon) throw new Error('fused decoder: the native addon with a decoder is not available');
+    this.#addon = addon;
+    this.#cfg = cfg;
+    this.#nWeights = 4 + 12 * cfg.nLayer;
+  }
+
+  newCache(): NativeKVCache {
+    const { nLayer, nHead, nEmbd, blockSize } = this.#cfg;
+    return new NativeKVCache(this.#addon, this.#addon.cacheNew(nLayer, nHead, nEmbd / nHead, blockSize));
+  }
+
+  /**
+   * Feeds `rows[i]` tokens (taken in order from `tokens`) to `caches[i]` and returns the logits
+   * after each sequence's last token, `N * V` values row by row.
+   *
+   * `weights`: wte, wpe, the 12 parameters of each block in checkpoint order, lnf.g, lnf.b —
+   * float32 tensors on the wasm backend.
+   */
+  run(weights: readonly tf.Tensor[], caches: readonly NativeKVCache[], rows: readonly number[], tokens: readonly number[]): Float32Array {
+    const { nLayer, nHead, nEmbd, blockSize, vocabSize } = this.#cfg;
+    const N = caches.length;
+    if (weights.length !== this.#nWeights) throw new Error(`fused decoder: ${weights.length} weights, expected ${this.#nWeights}`);
+    if (rows.length !== N) throw new Error(`fused decoder: ${N} caches but ${rows.length} row counts`);
+    const params = new Float64Array(6 + this.#nWeights + N + tokens.length);
+    params[0] = nLayer;
+    params[1] = nHead;
+    params[2] = nEmbd;
+    params[3] = vocabSize;
+    params[4] = blockSize;
+    params[5] = N;
+    const backend = tf.backend() as unknown as WasmHeapBackend;
+    for (let i = 0; i < weights.length; i++) {
+      const w = weights[i]!;
+      if (w.dtype !== 'float32') throw new Error('fused decoder: weights must be float32');
+      params[6 + i] = offsetOf(backend, w);
+    }
+    const handles: NativeCacheHandle[] = new Array(N);
+    let total = 0;
+    for (let i = 0; i < N; i++) {
+      const c = caches[i]!;
+      if (c.disposed) throw new Error('fused decoder: cache was disposed');
+      handles[i] = c.handle;
+      params[6 + this.#nWeights + i] = rows[i]!;
+      total += rows[i]!;
+    }
+    if (total !== tokens.length) throw new Error(`fused decoder: rows add up to ${total}, got ${tokens.length} tokens`);
+    params.set(tokens, 6 + this.#nWeights + N);
+    const logits = new Float32Array(N * vocabSize);
+    this.#addon.decode(heapOf(backend), params, handles, logits);
+    for (let i = 0; i < N; i++) caches[i]!.length += rows[i]!;
+    return logits;
+  }
+}
