@@ -7,7 +7,7 @@ import { initBackend } from '../model/backend.ts';
 import { GPT } from '../model/gpt.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
 import { saveCheckpoint } from '../model/checkpoint.ts';
-import { addAssistantReply, addMessage, createConversation, getMetrics, getRun, listModelVersions, openTempStore, resolveAlias, submitJudgements, type FeedbackStore } from '../feedback/index.ts';
+import { addAssistantReply, addMessage, createConversation, getMetrics, getRun, listModelVersions, listRuns, openTempStore, resolveAlias, setRegistrySetting, submitJudgements, type FeedbackStore } from '../feedback/index.ts';
 import { OnlineLoopConfig, proxyGoldDiverged, runOnlineIteration } from './online-loop.ts';
 import { toyConfig, toyPreferenceGroups, toyTokenizer } from './rlhf-fixture.ts';
 
@@ -82,6 +82,16 @@ test('a reward model below the accuracy guard stops the iteration before any pol
   assert.match(r.reason, /held-out accuracy 0\.\d+ is below 1 /);
   assert.equal((await listModelVersions(store.db)).length, before);
   assert.equal((await getRun(store.db, r.runId!))?.status, 'failed');
+});
+
+test('a loop paused by the admin skips its iterations, whatever feedback waits, until resumed', async () => {
+  const runs = (await listRuns(store.db, {})).length;
+  await setRegistrySetting(store.db, 'loop_paused', true);
+  const r = await runOnlineIteration(store, cfg({ sft: join(root, 'sft'), checkpoints: join(root, 'ck4'), minNewJudgements: 0 }), { log: () => {} });
+  assert.equal(r.status, 'skipped');
+  assert.match(r.reason, /paused/);
+  assert.equal((await listRuns(store.db, {})).length, runs, 'no run started while paused');
+  await setRegistrySetting(store.db, 'loop_paused', false);
 });
 
 test('the Goodhart guard fires only when proxy rises and gold falls for the whole patience window', () => {

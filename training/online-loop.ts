@@ -41,6 +41,7 @@ import {
   logMetrics,
   promote,
   registerModelVersion,
+  isLoopPaused,
   resolveAlias,
   startRun,
   type FeedbackStore,
@@ -141,6 +142,7 @@ export function proxyGoldDiverged(history: readonly { proxy: number; gold: numbe
 export async function runOnlineIteration(store: FeedbackStore, cfg: OnlineLoopConfig, o: LoopOptions = {}): Promise<IterationResult> {
   const log = o.log ?? ((l: string) => console.error(l));
   const db = store.db;
+  if (await isLoopPaused(db)) return { status: 'skipped', reason: 'paused by the admin (POST /admin/loop/resume resumes it)', metrics: {} };
   const last = (await listRuns(db, { kind: 'loop', status: 'succeeded' }))[0];
   const fresh = await countJudgementsSince(store, last?.started_at);
   if (fresh < cfg.minNewJudgements) {
@@ -150,7 +152,7 @@ export async function runOnlineIteration(store: FeedbackStore, cfg: OnlineLoopCo
   const tok = Tokenizer.fromJSON(sftCk.tokenizer);
   const sftVersion = checkpointVersionId(cfg.sft, sftCk.meta);
   if (!(await getModelVersion(db, sftVersion))) {
-    await registerModelVersion(db, { id: sftVersion, kind: 'policy', checkpoint: resolve(cfg.sft), config: { ...sftCk.meta.config }, metrics: sftCk.meta.metrics, notes: 'SFT policy: KL reference of PPO' });
+    await registerModelVersion(db, { id: sftVersion, kind: 'policy', stage: 'sft', sha256: sftCk.meta.sha256, checkpoint: resolve(cfg.sft), config: { ...sftCk.meta.config }, metrics: sftCk.meta.metrics, notes: 'SFT policy: KL reference of PPO' });
   }
   const championVersion = (await resolveAlias(db, 'champion')) ?? sftVersion;
   const championDir = (await getModelVersion(db, championVersion))!.checkpoint;
@@ -186,7 +188,7 @@ export async function runOnlineIteration(store: FeedbackStore, cfg: OnlineLoopCo
       tokenizer: tok.toJSON(),
     });
     const rewardVersion = checkpointVersionId(rmDir, rmMeta);
-    await registerModelVersion(db, { id: rewardVersion, kind: 'reward', checkpoint: resolve(rmDir), config: { ...rm.config }, metrics: rmMeta.metrics, parentId: sftVersion });
+    await registerModelVersion(db, { id: rewardVersion, kind: 'reward', stage: 'reward', sha256: rmMeta.sha256, runId: run.id, checkpoint: resolve(rmDir), config: { ...rm.config }, metrics: rmMeta.metrics, parentId: sftVersion });
 
     // 3. PPO from the champion, KL to SFT.
     const champCk = loadCheckpoint(championDir, { kind: 'policy', config: sftCk.meta.config, tokenizerFingerprint: tok.fingerprint() });
@@ -235,7 +237,7 @@ export async function runOnlineIteration(store: FeedbackStore, cfg: OnlineLoopCo
       tokenizer: tok.toJSON(),
     });
     const policyVersion = checkpointVersionId(polDir, polMeta);
-    await registerModelVersion(db, { id: policyVersion, kind: 'policy', checkpoint: resolve(polDir), parentId: championVersion, config: { ...policy.config }, metrics, notes: stopReason || undefined });
+    await registerModelVersion(db, { id: policyVersion, kind: 'policy', stage: 'policy', sha256: polMeta.sha256, runId: run.id, checkpoint: resolve(polDir), parentId: championVersion, config: { ...policy.config }, metrics, notes: stopReason || undefined });
     await promote(db, { alias: 'candidate', versionId: policyVersion, actor: 'online-loop', reason: `proxy ${cand.proxy.toFixed(3)} vs champion ${champ.proxy.toFixed(3)}, KL ${cand.kl.toFixed(2)}` });
     const gates: string[] = [];
     if (!(cand.proxy >= champ.proxy + cfg.minScoreGain)) gates.push(`proxy gain ${(cand.proxy - champ.proxy).toFixed(3)} < ${cfg.minScoreGain}`);
