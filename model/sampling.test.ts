@@ -3,14 +3,14 @@ import assert from 'node:assert/strict';
 import { createRng } from './random.ts';
 import { sampleToken, type SamplingParams } from './sampling.ts';
 
-/** The sampler written the obvious way: sort every candidate with a comparator. */
+/** The sampler written the obvious way: sort the candidates (when top-k or top-p cut them) with a comparator. */
 function reference(logits: Float32Array, V: number, params: SamplingParams, rng: () => number, banned?: ReadonlySet<number>): number {
   const ok = (i: number) => !banned?.has(i);
   let max = -Infinity;
   for (let i = 0; i < V; i++) if (logits[i]! > max && ok(i)) max = logits[i]!;
   let idx: number[] = [];
   for (let i = 0; i < V; i++) if (logits[i]! >= max - 30 * params.temperature && ok(i)) idx.push(i);
-  idx.sort((a, b) => logits[b]! - logits[a]! || a - b);
+  if (params.topK > 0 || params.topP < 1) idx.sort((a, b) => logits[b]! - logits[a]! || a - b);
   if (params.topK > 0 && params.topK < idx.length) idx = idx.slice(0, params.topK);
   let probs = idx.map((i) => Math.exp((logits[i]! - max) / params.temperature));
   let total = probs.reduce((a, b) => a + b, 0);
@@ -26,7 +26,7 @@ function reference(logits: Float32Array, V: number, params: SamplingParams, rng:
   return idx[idx.length - 1]!;
 }
 
-test('sampling picks exactly the token of a comparator-sorted reference, with ties, negatives, bans, top-k and top-p', () => {
+test('sampling picks exactly the token of the obvious reference sampler, with ties, negatives, bans, top-k and top-p', () => {
   const V = 300;
   const gen = createRng(9);
   const settings: SamplingParams[] = [

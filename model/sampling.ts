@@ -30,13 +30,20 @@ export function sampleToken(
   rng: () => number,
   banned?: ReadonlySet<number>,
 ): number {
-  const allowed = (i: number) => !banned || !banned.has(i);
+  if (banned && banned.size) {
+    // Banned tokens become NaN in a copy of the row: NaN passes no comparison below.
+    const row = scratch(V).row;
+    row.set(logits.subarray(offset, offset + V));
+    for (const id of banned) if (id >= 0 && id < V) row[id] = NaN;
+    logits = row;
+    offset = 0;
+  }
   if (params.temperature <= 0) {
     let best = -1;
     let bestLogit = -Infinity;
     for (let i = 0; i < V; i++) {
       const l = logits[offset + i]!;
-      if (l > bestLogit && allowed(i)) {
+      if (l > bestLogit) {
         bestLogit = l;
         best = i;
       }
@@ -44,20 +51,22 @@ export function sampleToken(
     return best;
   }
   // Candidates: tokens within a margin of the best logit (the rest have probability below
-  // e^-30 of the best after temperature), sorted by logit (ties: lower id first), cut by top-k,
-  // then by top-p. The sort is a stable radix sort of 32-bit keys: a comparator sort of ~V
+  // e^-30 of the best after temperature). With top-k or top-p they are sorted by logit (ties:
+  // lower id first), cut by top-k, then by top-p, and sampled in that order; without, sampled in
+  // id order (no sort). The sort is a stable radix sort of 32-bit keys: a comparator sort of ~V
   // candidates cost ~0.5 ms per token.
   let max = -Infinity;
   for (let i = 0; i < V; i++) {
     const l = logits[offset + i]!;
-    if (l > max && allowed(i)) max = l;
+    if (l > max) max = l;
   }
   const floor = max - 30 * params.temperature;
+  if (params.topK <= 0 && params.topP >= 1) return sampleAll(logits, offset, V, max, floor, params.temperature, rng);
   const s = scratch(V);
   let n = 0;
   for (let i = 0; i < V; i++) {
     const l = logits[offset + i]!;
-    if (l >= floor && allowed(i)) {
+    if (l >= floor) {
       s.key[n] = descendingKey(l);
       s.id[n++] = i;
     }
@@ -91,7 +100,27 @@ export function sampleToken(
   return ids[n - 1]!;
 }
 
+/** Samples among the tokens at or above `floor`, walking them in id order. */
+function sampleAll(logits: Float32Array, offset: number, V: number, max: number, floor: number, temperature: number, rng: () => number): number {
+  let total = 0;
+  let last = -1;
+  for (let i = 0; i < V; i++) {
+    const l = logits[offset + i]!;
+    if (l >= floor) {
+      total += Math.exp((l - max) / temperature);
+      last = i;
+    }
+  }
+  let r = rng() * total;
+  for (let i = 0; i < V; i++) {
+    const l = logits[offset + i]!;
+    if (l >= floor && (r -= Math.exp((l - max) / temperature)) <= 0) return i;
+  }
+  return last;
+}
+
 interface Scratch {
+  row: Float32Array; // a copy of the logits with banned tokens masked
   key: Int32Array; // descending keys with the top bit flipped, so they stay small integers in V8
   id: Int32Array;
   key2: Int32Array;
@@ -105,6 +134,7 @@ let buffers: Scratch | undefined;
 function scratch(V: number): Scratch {
   if (!buffers || buffers.key.length < V) {
     buffers = {
+      row: new Float32Array(V),
       key: new Int32Array(V),
       id: new Int32Array(V),
       key2: new Int32Array(V),
