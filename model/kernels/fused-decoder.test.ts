@@ -108,3 +108,27 @@ test('native caches report their bytes, free them on dispose, and reject misuse 
   disposeCache(cache); // idempotent
   gpt.dispose();
 });
+
+test('wide batches (6 and 20 sequences), a long prompt and a vocabulary off the tile size decode like the full forward pass', (t) => {
+  if (skip) return t.skip(skip);
+  const wide = { ...cfg, vocabSize: 70 };
+  const gpt = GPT.create(wide, 'policy', 4);
+  const full = (ids: number[]) =>
+    (tf.tidy(() => gpt.forward(tf.tensor2d([ids], [1, ids.length], 'int32'))).dataSync() as Float32Array).slice((ids.length - 1) * wide.vocabSize);
+  const long = Array.from({ length: 36 }, (_, i) => (i * 5) % 70);
+  const { cache, logits } = gpt.prefill(long, { path: 'native' });
+  assert.ok(maxAbsDiff(logits, full(long)) < 1e-4, 'prompt longer than the unpacked GEMM handles');
+  disposeCache(cache);
+  for (const n of [6, 20]) {
+    const seqs = Array.from({ length: n }, (_, i) => Array.from({ length: 1 + (i % 5) }, (_, j) => (i * 3 + j) % 70));
+    const caches = seqs.map((s) => gpt.prefill(s, { path: 'native' }).cache);
+    const tokens = seqs.map((_, i) => (i * 11) % 70);
+    const out = gpt.decodeStep(caches, tokens);
+    seqs.forEach((s, i) => {
+      const got = out.subarray(i * wide.vocabSize, (i + 1) * wide.vocabSize);
+      assert.ok(maxAbsDiff(got, full([...s, tokens[i]!])) < 1e-4, `batch ${n}, sequence ${i}`);
+    });
+    caches.forEach(disposeCache);
+  }
+  gpt.dispose();
+});

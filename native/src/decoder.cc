@@ -116,10 +116,12 @@ template <int NV>
 void rows_nn(const float* a, int m, int k, const float* w, int n, const float* bias, float* c, int j) {
   const float* bj = bias ? bias + j : nullptr;
   int i = 0;
-  for (; i + 4 <= m; i += 4) tile_nn<4, NV>(a + static_cast<size_t>(i) * k, k, w + j, n, k, bj, c + static_cast<size_t>(i) * n + j, n);
+  for (; i + 6 <= m; i += 6) tile_nn<6, NV>(a + static_cast<size_t>(i) * k, k, w + j, n, k, bj, c + static_cast<size_t>(i) * n + j, n);
   const float* ai = a + static_cast<size_t>(i) * k;
   float* ci = c + static_cast<size_t>(i) * n + j;
   switch (m - i) {
+    case 5: tile_nn<5, NV>(ai, k, w + j, n, k, bj, ci, n); break;
+    case 4: tile_nn<4, NV>(ai, k, w + j, n, k, bj, ci, n); break;
     case 3: tile_nn<3, NV>(ai, k, w + j, n, k, bj, ci, n); break;
     case 2: tile_nn<2, NV>(ai, k, w + j, n, k, bj, ci, n); break;
     case 1: tile_nn<1, NV>(ai, k, w + j, n, k, bj, ci, n); break;
@@ -145,6 +147,77 @@ void few_rows_part(void* ctx, int t) {
     case 2: rows_nn<2>(f.a, f.m, f.k, f.w, f.n, f.bias, f.c, j); break;
     case 1: rows_nn<1>(f.a, f.m, f.k, f.w, f.n, f.bias, f.c, j); break;
     default: break;
+  }
+}
+
+// The LM head for 4 < m <= 2 VL rows: logits[m, V] = h[m, k] · wte[V, k]ᵀ without packing wte.
+// Computed as wte · hᵀ: hᵀ [k, m] (padded to whole vectors) stays in cache while each wte row is
+// streamed once; every FMA multiplies a broadcast weight by one row of hᵀ.
+struct LmHead {
+  const float* ht;  // [k][MV * VL]
+  const float* wte;
+  float* out;
+  int m, k, vocab, parts;
+};
+
+template <int MR, int MV>
+inline void tile_lm(const LmHead& f, int v0) {
+  vec acc[MR][MV] = {};
+  const float* w = f.wte + static_cast<size_t>(v0) * f.k;
+  for (int p = 0; p < f.k; ++p) {
+    vec b[MV];
+    for (int u = 0; u < MV; ++u) b[u] = load(f.ht + static_cast<size_t>(p) * MV * VL + u * VL);
+    for (int r = 0; r < MR; ++r) {
+      const vec wv = splat(w[static_cast<size_t>(r) * f.k + p]);
+      for (int u = 0; u < MV; ++u) acc[r][u] += wv * b[u];
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int u = 0; u < MV; ++u)
+      for (int l = 0; l < VL && u * VL + l < f.m; ++l)
+        f.out[static_cast<size_t>(u * VL + l) * f.vocab + v0 + r] = acc[r][u][l];
+}
+
+template <int MV>
+void lm_head_part(void* ctx, int t) {
+  const LmHead& f = *static_cast<const LmHead*>(ctx);
+  constexpr int MR = 8;
+  const int blocks = (f.vocab + MR - 1) / MR;
+  const int v0 = blocks * t / f.parts * MR, v1 = std::min(f.vocab, blocks * (t + 1) / f.parts * MR);
+  int v = v0;
+  for (; v + MR <= v1; v += MR) tile_lm<MR, MV>(f, v);
+  for (; v < v1; ++v) tile_lm<1, MV>(f, v);
+}
+
+void lm_head(const float* h, int m, int k, const float* wte, int vocab, float* out) {
+  if (m <= 4 || m > 2 * VL) {
+    GemmArgs g{};
+    g.a = h;
+    g.b = wte;
+    g.c = out;
+    g.batch = 1;
+    g.m = m;
+    g.n = vocab;
+    g.k = k;
+    g.trans_b = true;
+    g.activation = kLinear;
+    sgemm(g);
+    return;
+  }
+  thread_local std::vector<float> ht_buffer;
+  const int mv = m > VL ? 2 : 1;
+  float* ht = sized(ht_buffer, static_cast<size_t>(k) * mv * VL);
+  std::memset(ht, 0, static_cast<size_t>(k) * mv * VL * sizeof(float));
+  for (int i = 0; i < m; ++i)
+    for (int p = 0; p < k; ++p) ht[static_cast<size_t>(p) * mv * VL + i] = h[static_cast<size_t>(i) * k + p];
+  LmHead f{ht, wte, out, m, k, vocab, 1};
+  const double macs = static_cast<double>(m) * k * vocab;
+  const Pool::Fn part = mv == 2 ? lm_head_part<2> : lm_head_part<1>;
+  if (macs >= kParallelMacs) {
+    f.parts = Pool::instance().size();
+    parallel_for(f.parts, part, &f);
+  } else {
+    part(&f, 0);
   }
 }
 
@@ -297,17 +370,7 @@ void decode(const DecoderShape& shape, const DecoderWeights& w, const DecodeBatc
     batch.caches[s]->set_length(batch.caches[s]->length() + batch.rows[s]);
   }
   layer_norm(last, w.lnf_g, w.lnf_b, last, batch.n, C);
-  GemmArgs g{};
-  g.a = last;
-  g.b = w.wte;
-  g.c = batch.logits;
-  g.batch = 1;
-  g.m = batch.n;
-  g.n = shape.vocab;
-  g.k = C;
-  g.trans_b = true;
-  g.activation = kLinear;
-  sgemm(g);  // [n, V] = last · wteᵀ
+  lm_head(last, batch.n, C, w.wte, shape.vocab, batch.logits);  // [n, V] = last · wteᵀ
 }
 
 }  // namespace nk
