@@ -102,10 +102,13 @@ export function definitionReply(s: WordSense): string {
   return sentence(`"${s.word}" means ${to}${s.definition}`);
 }
 
-/** A reply that quotes the example sentence, which contains the word. */
+/**
+ * A reply that names the word it illustrates, then quotes the example sentence (which contains
+ * it too): a good assistant restates which word it is talking about.
+ */
 export function exampleReply(s: WordSense, rng: Rng): string {
   const ex = sentence(s.example);
-  return rng.pick([`Here is an example with "${s.word}": ${ex}`, `For example: ${ex}`, `Sure: ${ex}`, `You could say: ${ex}`]);
+  return rng.pick([`Here is an example with "${s.word}": ${ex}`, `Sure, "${s.word}" in a sentence: ${ex}`, `An example using "${s.word}": ${ex}`, `You could say it like this, with "${s.word}": ${ex}`]);
 }
 
 type Follow = { ask: string[]; reply: (c: Country) => string; has: (c: Country) => boolean; topic: string };
