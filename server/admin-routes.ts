@@ -3,7 +3,7 @@
  * Every route needs `Authorization: Bearer <ADMIN_TOKEN>` (compared in constant time); with no
  * token configured every route answers `admin_disabled`. Every action is validated before it
  * changes anything, and logged (alias moves also in the append-only promotion log).
- * Routes, bodies, responses and error codes: `server/ADMIN.md`.
+ * Routes, bodies, responses and error codes: the README (section "Admin").
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { Hono, type Context } from 'hono';

@@ -11,10 +11,9 @@
  * `maxQueue` requests wait, `submit` throws `overloaded`. Cancelling frees a slot at once (cancel
  * can only run between steps, since a step is synchronous).
  *
- * Deviation worth knowing: a cached context (a conversation's KV cache from its previous turn) is
- * extended by feeding the new prompt tokens through batched decode steps, one token per step,
- * instead of a prefill that continues a cache (the model has none yet). The loop picks whichever
- * it estimates cheaper from measured step and prefill times.
+ * A cached context (a conversation's KV cache from its previous turn) is continued with one
+ * prefill of the new prompt tokens only, when it was computed by the same model version and the
+ * new prompt extends it; otherwise the whole prompt is prefilled.
  *
  * Hot swap: every slot holds the model it started on, and a step runs one `decodeStep` per model
  * among the live slots (two while an old and a new version overlap). `setModel` switches the
@@ -72,7 +71,7 @@ export interface SchedulerOptions {
   maxQueue: number;
   prefillTokensPerStep: number;
   retryAfterSeconds: number;
-  /** `auto` (default) extends a cached context when estimated cheaper; `always`/`never` for tests. */
+  /** `auto` (default) and `always` continue a cached context that fits; `never` prefills the whole prompt. */
   reuse?: 'auto' | 'always' | 'never';
   metrics?: ServerMetrics;
   /** Called after a replaced model was disposed (no sequence used it any more). */
@@ -96,9 +95,6 @@ interface Slot {
   model: ServedModel;
   seq: DecodeSequence;
   cache: KVCache;
-  /** Prompt tokens still to feed before sampling starts (context extension). */
-  feed: readonly number[];
-  fed: number;
   ttftMs?: number;
   reused: boolean;
 }
@@ -114,8 +110,6 @@ export class Scheduler {
   #nextId = 1;
   #closed = false;
   // Cost estimates (ms), refined by measurement.
-  #stepMs = 5;
-  #prefillMsPerToken = 0.5;
   #tpsWindow = { start: performance.now(), tokens: 0 };
 
   constructor(
@@ -266,29 +260,18 @@ export class Scheduler {
     const { gpt, tok } = model;
     const { promptIds, opts, reuse } = job.req;
     const V = gpt.config.vocabSize;
-    let feed: number[] | undefined;
+    let extra: number[] | undefined;
     if (reuse) {
       const fits = reuse.version === model.version && reuse.ids.length < promptIds.length && reuse.ids.every((id, i) => promptIds[i] === id);
-      const extra = promptIds.length - reuse.ids.length;
-      const cheaper = extra * this.#stepMs < promptIds.length * this.#prefillMsPerToken;
-      const policy = this.opts.reuse ?? 'auto';
-      if (fits && (policy === 'always' || (policy === 'auto' && cheaper))) feed = promptIds.slice(reuse.ids.length);
+      if (fits && (this.opts.reuse ?? 'auto') !== 'never') extra = promptIds.slice(reuse.ids.length);
       else disposeCache(reuse.cache);
     }
-    if (feed) {
-      const cache = reuse!.cache;
-      const slot: Slot = { job, model, seq: new DecodeSequence(tok, cache, opts, gpt.config.blockSize), cache, feed, fed: 0, reused: true };
-      this.#activate(slot);
-      return 0;
-    }
-    const t0 = performance.now();
-    const { cache, logits } = gpt.prefill(promptIds);
-    const ms = performance.now() - t0;
-    this.#prefillMsPerToken = 0.8 * this.#prefillMsPerToken + (0.2 * ms) / promptIds.length;
-    const slot: Slot = { job, model, seq: new DecodeSequence(tok, cache, opts, gpt.config.blockSize), cache, feed: [], fed: 0, reused: false };
+    const { cache, logits } = extra ? gpt.prefill(extra, { cache: reuse!.cache }) : gpt.prefill(promptIds);
+    const fed = extra?.length ?? promptIds.length;
+    const slot: Slot = { job, model, seq: new DecodeSequence(tok, cache, opts, gpt.config.blockSize), cache, reused: extra !== undefined };
     this.#activate(slot);
     this.#sample(slot, logits, 0, V);
-    return promptIds.length;
+    return fed;
   }
 
   #activate(slot: Slot): void {
@@ -329,7 +312,6 @@ export class Scheduler {
     }
     if (!rows) return;
     const ms = performance.now() - t0;
-    this.#stepMs = 0.8 * this.#stepMs + 0.2 * ms;
     this.opts.metrics?.stepSeconds.observe(ms / 1000);
     this.opts.metrics?.batchSize.set(rows);
   }
@@ -338,7 +320,7 @@ export class Scheduler {
   #stepModel(model: ServedModel, live: Slot[]): void {
     const { gpt } = model;
     const V = gpt.config.vocabSize;
-    const tokens = live.map((s) => (s.fed < s.feed.length ? s.feed[s.fed]! : s.seq.lastToken));
+    const tokens = live.map((s) => s.seq.lastToken);
     let logits: Float32Array;
     try {
       logits = gpt.decodeStep(live.map((s) => s.cache), tokens);
@@ -353,10 +335,6 @@ export class Scheduler {
     }
     live.forEach((s, row) => {
       if (s.job.state !== 'active') return; // cancelled from a callback during this loop
-      if (s.fed < s.feed.length) {
-        s.fed++;
-        if (s.fed < s.feed.length) return;
-      }
       this.#sample(s, logits, row * V, V);
     });
   }
@@ -382,7 +360,7 @@ export class Scheduler {
       version: slot.model.version,
       reusedContext: slot.reused,
     };
-    if (job.req.keepContext && r.finishReason !== 'cancelled' && slot.fed === slot.feed.length && seq.ids.length > 0) {
+    if (job.req.keepContext && r.finishReason !== 'cancelled' && seq.ids.length > 0) {
       // The cache holds the prompt and every sampled token but the last (never fed back).
       r.context = { ids: [...job.req.promptIds, ...seq.ids.slice(0, -1)], cache: slot.cache, version: slot.model.version };
     } else seq.dispose();

@@ -1,6 +1,6 @@
 /**
  * The WebSocket chat protocol at `/ws`: JSON text frames, each an object with a `type`.
- * Client messages are validated here (zod); server messages are typed here. `server/PROTOCOL.md`
+ * Client messages are validated here (zod); server messages are typed here. The README (section "Serving")
  * shows every message with an example.
  *
  * Requests that produce replies or acknowledgements take an optional `requestId` (1–64 chars,
