@@ -50,7 +50,7 @@ async function smallModel(dir: string): Promise<ServedModel> {
     tokenizer: tok.toJSON(),
   });
   gpt.dispose();
-  return loadServedModel(join(dir, 'small'));
+  return await loadServedModel(join(dir, 'small'));
 }
 
 class Client {

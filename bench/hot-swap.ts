@@ -44,7 +44,7 @@ export async function benchHotSwap(opts: { streams?: number; swaps?: number } = 
   const dirA = await save(join(root, 'sft'), tok, 1);
   const dirB = await save(join(root, 'ppo'), tok, 2);
   const store = await openTempStore({ prefix: 'bench_swap' });
-  const srv = await startServer(defaultServerConfig({ port: 0, host: '127.0.0.1', adminToken: TOKEN, maxTokens: 4096 }), { model: loadServedModel(dirA), store, ownStore: true, defaultMetrics: false, log: () => {} });
+  const srv = await startServer(defaultServerConfig({ port: 0, host: '127.0.0.1', adminToken: TOKEN, maxTokens: 4096 }), { model: await loadServedModel(dirA), store, ownStore: true, defaultMetrics: false, log: () => {} });
   await srv.ready;
   const idA = srv.chat()!.model.version;
   const metaB = readCheckpointMeta(dirB);

@@ -21,14 +21,20 @@ export interface ServedModel {
 export { versionId };
 
 /**
- * Loads a policy checkpoint (throws `CheckpointError` with a stable code when it is missing or corrupt).
+ * Loads a policy checkpoint (throws `CheckpointError` with a stable code when it is missing or
+ * corrupt), yielding to the event loop between its phases (hash check, tokenizer, weights) so
+ * replies being decoded keep flowing while a hot swap loads the next version.
  *
  * @example
- *   const model = loadServedModel('checkpoints/sft');   // model.version === 'sft-…'
+ *   const model = await loadServedModel('checkpoints/sft');   // model.version === 'sft-…'
  */
-export function loadServedModel(dir: string): ServedModel {
+export async function loadServedModel(dir: string): Promise<ServedModel> {
+  const tick = () => new Promise<void>((r) => setImmediate(r));
   const ck = loadCheckpoint(dir, { kind: 'policy' });
+  await tick();
   const tok = Tokenizer.fromJSON(ck.tokenizer);
+  await tick();
   const gpt = GPT.fromWeights(ck.meta.config, 'policy', ck.weights);
+  await tick();
   return Object.freeze({ gpt, tok, version: versionId(dir, ck.meta.sha256), dir: resolve(dir), createdAt: Math.floor(Date.parse(ck.meta.createdAt) / 1000) || 0 });
 }

@@ -146,7 +146,7 @@ export class ModelRegistry {
     await readFile(join(row.checkpoint, 'model.safetensors')).catch(() => undefined);
     let model: ServedModel;
     try {
-      model = loadServedModel(row.checkpoint);
+      model = await loadServedModel(row.checkpoint);
     } catch (err) {
       if (err instanceof CheckpointError) throw new ChatError(err.code === 'kind_mismatch' ? 'not_a_policy' : err.code, err.message, err.code === 'checkpoint_missing' ? 404 : 409);
       throw err;

@@ -35,7 +35,7 @@ export async function makeTinyCheckpoint(cfg: Partial<GPTConfig> = {}, seed = 7)
 }
 
 export async function tinyModel(cfg: Partial<GPTConfig> = {}): Promise<ServedModel> {
-  return loadServedModel(await makeTinyCheckpoint(cfg));
+  return await loadServedModel(await makeTinyCheckpoint(cfg));
 }
 
 export interface TestServer extends RunningServer {
