@@ -57,6 +57,24 @@ const BENCHES: Bench[] = [
     },
   },
   {
+    name: 'decode',
+    run: async (ctx) => {
+      const lines: Line[] = await (await import('./decode.ts')).benchDecode();
+      if (ctx.peer) {
+        const peers = new Map<string, Line | undefined>();
+        for (const line of lines) {
+          const shape = line.shape as ShapeName;
+          if (!peers.has(shape)) peers.set(shape, runPeer(ctx.peer, shape));
+          const peer = peers.get(shape);
+          if (!peer) continue;
+          line.peer_tokens_per_s = line.batch === 1 ? peer.gen_tokens_per_s : peer.gen_batch_tokens_per_s;
+          line.ratio = +((line.tokens_per_s as number) / (line.peer_tokens_per_s as number)).toFixed(3);
+        }
+      }
+      return lines;
+    },
+  },
+  {
     name: 'generate',
     run: async () => (await import('./generate.ts')).benchGenerate(),
   },
