@@ -44,7 +44,7 @@ export async function benchHotSwap(opts: { streams?: number; swaps?: number } = 
   const dirA = await save(join(root, 'sft'), tok, 1);
   const dirB = await save(join(root, 'ppo'), tok, 2);
   const store = await openTempStore({ prefix: 'bench_swap' });
-  const srv = await startServer(defaultServerConfig({ port: 0, host: '127.0.0.1', adminToken: TOKEN, maxTokens: 4096 }), { model: await loadServedModel(dirA), store, ownStore: true, defaultMetrics: false, log: () => {} });
+  const srv = await startServer(defaultServerConfig({ port: 0, host: '127.0.0.1', adminToken: TOKEN, maxTokens: 4096, requestsPerMinute: 1_000_000, messagesPerSecond: 100_000 }), { model: await loadServedModel(dirA), store, ownStore: true, defaultMetrics: false, log: () => {} });
   await srv.ready;
   const idA = srv.chat()!.model.version;
   const metaB = readCheckpointMeta(dirB);
@@ -54,6 +54,7 @@ export async function benchHotSwap(opts: { streams?: number; swaps?: number } = 
   const gaps: number[] = [];
   const deltaTimes: number[][] = [];
   let failed = 0;
+  const errors = new Map<string, number>();
   let running = true;
   const runStream = async (i: number) => {
     const ws = new WebSocket(`ws://127.0.0.1:${srv.port}/ws`);
@@ -68,7 +69,10 @@ export async function benchHotSwap(opts: { streams?: number; swaps?: number } = 
         else if (m.type === 'conversation') ((conversationId = m.conversationId as string), res());
         else if (m.type === 'delta') times.push(performance.now());
         else if (m.type === 'reply') resolveReply?.(true);
-        else if (m.type === 'error') resolveReply?.(false);
+        else if (m.type === 'error') {
+          errors.set(String(m.code), (errors.get(String(m.code)) ?? 0) + 1);
+          resolveReply?.(false);
+        }
       });
       ws.on('error', rej);
     });
@@ -111,7 +115,7 @@ export async function benchHotSwap(opts: { streams?: number; swaps?: number } = 
   }
   await srv.close();
   rmSync(root, { recursive: true, force: true });
-  return { bench: 'hot_swap', shape: 'small', pause_ms: +Math.max(0, worst - normal).toFixed(1), failed_requests: failed, streams, swaps, normal_gap_ms: +normal.toFixed(1), max_gap_ms: +worst.toFixed(1) };
+  return { bench: 'hot_swap', shape: 'small', pause_ms: +Math.max(0, worst - normal).toFixed(1), failed_requests: failed, errors: Object.fromEntries(errors), streams, swaps, normal_gap_ms: +normal.toFixed(1), max_gap_ms: +worst.toFixed(1) };
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
