@@ -20,6 +20,8 @@ import { readJsonl, type Dialogue } from './datasets.ts';
 import { loadTokenizer } from './pretrain.ts';
 import { formatDuration } from './progress.ts';
 import { isMain, runCli } from './cli.ts';
+import { registerPipelineVersions } from './register-versions.ts';
+import { openStore } from '../feedback/index.ts';
 
 export const PipelineConfig = z.object({
   data: z.string().default('data').describe('data directory (built if missing)'),
@@ -36,6 +38,8 @@ export const PipelineConfig = z.object({
   sftSteps: z.number().int().positive().default(1600).describe('SFT optimizer steps'),
   sftBatch: z.number().int().positive().default(16).describe('SFT dialogues per step'),
   evalDialogues: z.number().int().positive().default(200).describe('held-out dialogues in the final report'),
+  database: z.string().default('').describe('feedback store to register base and SFT in (default: DATABASE_URL, else <data>/feedback.sqlite)'),
+  register: z.boolean().default(true).describe('register the published checkpoints as model versions'),
   fresh: z.boolean().default(false).describe('delete previous runs and start over'),
   backend: z.string().default('').describe('force a tensor backend'),
 });
@@ -128,6 +132,15 @@ export async function pipeline(cfg: PipelineConfig, log: (l: string) => void = (
   };
   mkdirSync(cfg.outDir, { recursive: true });
   writeFileSync(join(cfg.outDir, 'pipeline-report.json'), JSON.stringify(out, null, 2) + '\n');
+  if (cfg.register) {
+    const store = await openStore({ url: cfg.database || undefined, dataDir: cfg.data });
+    try {
+      const ids = await registerPipelineVersions(store, { base: join(cfg.outDir, 'base'), sft: join(cfg.outDir, 'sft') });
+      log(`registry: base ${ids.base}, SFT ${ids.sft} (alias sft) in ${store.location}`);
+    } finally {
+      await store.close();
+    }
+  }
   log('');
   log(`pipeline finished in ${formatDuration(minutes.total * 60)} (${Object.entries(minutes).map(([k, v]) => `${k} ${v} min`).join(', ')})`);
   log(`held-out corpus loss of the base model: ${base.evalLoss.toFixed(3)}`);
