@@ -1,0 +1,129 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readdirSync, readFileSync, statSync, writeFileSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { GoldRewardSource, GoldRubric, NoisyJudge, Rng, readDefinitionPrompts, sigmoid } from './gold-rubric.ts';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const LUCID = { prompt: 'What does lucid mean?', word: 'lucid', gloss: 'transparently clear; easily understandable' };
+
+test('the rubric rewards the format, the gloss, brevity and a clean end', () => {
+  const r = new GoldRubric([LUCID]);
+  const good = r.breakdown('What does lucid mean?', '"lucid" means transparently clear and easily understandable.', true);
+  assert.equal(good.format, 1);
+  assert.equal(good.overlap, 2);
+  assert.equal(good.length, 0);
+  assert.equal(good.clean, 0.5);
+  assert.equal(good.total, 3.5);
+  const wrongFormat = r.score('What does lucid mean?', 'It is clear.', true);
+  assert.ok(wrongFormat < good.total);
+  assert.equal(r.breakdown('What does lucid mean?', '"lucid" means clear.', true).overlap, 0.5);
+  const long = r.breakdown('What does lucid mean?', `"lucid" means ${'very '.repeat(40)}clear`, false);
+  assert.ok(long.length < -1, `length penalty ${long.length}`);
+  assert.equal(long.clean, 0);
+  assert.ok(r.score('What does lucid mean?', '"lucid" means clear.', true) > r.score('What does lucid mean?', '"lucid" means clear.', false));
+  // Unknown prompts: no format or gloss credit.
+  assert.equal(r.score('Hello?', '"lucid" means clear.', true), 0.5);
+});
+
+test('the exploitable rubric pays for repeating "means"; the honest one does not', () => {
+  const honest = new GoldRubric([LUCID]);
+  const loose = new GoldRubric([LUCID], { exploitable: true });
+  const spam = '"lucid" means means means means means';
+  assert.ok(loose.score(LUCID.prompt, spam, true) > loose.score(LUCID.prompt, '"lucid" means clear.', true));
+  assert.ok(honest.score(LUCID.prompt, spam, true) < honest.score(LUCID.prompt, '"lucid" means clear.', true));
+});
+
+test('reads word, gloss and prompt from a dialogue file', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'gold-'));
+  const f = join(dir, 'd.jsonl');
+  writeFileSync(f, [
+    JSON.stringify({ kind: 'wordnet', meta: { word: 'coarse' }, messages: [{ role: 'user', content: 'What is the definition of "coarse"?' }, { role: 'assistant', content: '"coarse" means rough to the touch.' }] }),
+    JSON.stringify({ kind: 'factbook', meta: {}, messages: [{ role: 'user', content: 'Capital of France?' }, { role: 'assistant', content: 'Paris.' }] }),
+  ].join('\n'));
+  assert.deepEqual(readDefinitionPrompts(f), [{ prompt: 'What is the definition of "coarse"?', word: 'coarse', gloss: 'rough to the touch' }]);
+});
+
+test('the gold reward source scores items by their last user turn and end token', async () => {
+  const src = new GoldRewardSource(new GoldRubric([LUCID]), 99);
+  const prompt = [{ role: 'user' as const, content: LUCID.prompt }];
+  const [a, b] = await src.score([
+    { prompt, reply: '"lucid" means clear.', replyIds: [1, 2, 99] },
+    { prompt, reply: '"lucid" means clear.', replyIds: [1, 2, 3] },
+  ]);
+  assert.equal(a! - b!, 0.5);
+});
+
+test('the seeded generator is deterministic', () => {
+  const a = new Rng(5), b = new Rng(5), c = new Rng(6);
+  const xs = Array.from({ length: 5 }, () => a.next());
+  assert.deepEqual(xs, Array.from({ length: 5 }, () => b.next()));
+  assert.notDeepEqual(xs, Array.from({ length: 5 }, () => c.next()));
+  assert.ok(xs.every((x) => x >= 0 && x < 1));
+});
+
+test('the noisy judge prefers the better reply with the Bradley–Terry probability', () => {
+  const judge = new NoisyJudge(new Rng(11), 0.5);
+  for (const [ga, gb] of [[2, 1.5], [1, 1], [0.5, 2]] as const) {
+    const n = 20_000;
+    let wins = 0;
+    for (let i = 0; i < n; i++) if (judge.compare(ga, gb) === 'a') wins++;
+    const p = sigmoid((ga - gb) / 0.5);
+    assert.ok(Math.abs(wins / n - p) < 0.015, `P(a) ${wins / n} vs ${p}`);
+  }
+  // Same seed, same judgements.
+  const j1 = new NoisyJudge(new Rng(3)), j2 = new NoisyJudge(new Rng(3));
+  assert.deepEqual(Array.from({ length: 50 }, () => j1.compare(1, 1.2)), Array.from({ length: 50 }, () => j2.compare(1, 1.2)));
+});
+
+test('rankings have Bradley–Terry pairwise marginals; thumbs follow the threshold', () => {
+  const judge = new NoisyJudge(new Rng(4), 0.5, 1.5);
+  const n = 20_000;
+  let first0 = 0, zeroOverOne = 0;
+  for (let i = 0; i < n; i++) {
+    const order = judge.rank([2, 1.5, 0]);
+    assert.deepEqual([...order].sort(), [0, 1, 2]);
+    if (order[0] === 0) first0++;
+    if (order.indexOf(0) < order.indexOf(1)) zeroOverOne++;
+  }
+  assert.ok(Math.abs(zeroOverOne / n - sigmoid(1)) < 0.015, `pairwise ${zeroOverOne / n}`);
+  const e = [4, 3, 0].map(Math.exp);
+  assert.ok(Math.abs(first0 / n - e[0]! / (e[0]! + e[1]! + e[2]!)) < 0.015);
+  let ups = 0;
+  for (let i = 0; i < n; i++) if (judge.thumb(2.5) === 'up') ups++;
+  assert.ok(Math.abs(ups / n - sigmoid(2)) < 0.015);
+});
+
+test('the loop and the rest of training never import the client (nor the rubric)', () => {
+  const offenders: string[] = [];
+  const walk = (dir: string): void => {
+    for (const name of readdirSync(dir)) {
+      const p = join(dir, name);
+      if (statSync(p).isDirectory()) walk(p);
+      else if (name.endsWith('.ts')) {
+        const src = readFileSync(p, 'utf8');
+        if (/(from|import)\s*\(?\s*['"][^'"]*client\//.test(src) || /gold-rubric|sim-users|simulate\.ts/.test(src)) offenders.push(p);
+      }
+    }
+  };
+  for (const d of ['training', 'feedback', 'model']) walk(join(ROOT, d));
+  assert.deepEqual(offenders, []);
+  // The check can fail: it sees an import of the client when there is one.
+  assert.ok(/(from|import)\s*\(?\s*['"][^'"]*client\//.test(`import { x } from '../client/gold-rubric.ts';`));
+});
+
+test('the committed dialogue files hold held-out definition prompts for the rubric', { skip: !statSafe(join(ROOT, 'data/dialogues.val.jsonl')) }, () => {
+  const val = readDefinitionPrompts(join(ROOT, 'data/dialogues.val.jsonl'));
+  assert.ok(val.length >= 100, `${val.length} held-out definition prompts`);
+  assert.ok(val.every((p) => p.gloss.length > 0 && p.prompt.length > 0));
+});
+
+function statSafe(p: string): boolean {
+  try {
+    return statSync(p).isFile();
+  } catch {
+    return false;
+  }
+}
