@@ -20,7 +20,7 @@ test('the rubric rewards the format, the gloss, brevity and a clean end', () => 
   const wrongFormat = r.score('What does lucid mean?', 'It is clear.', true);
   assert.ok(wrongFormat < good.total);
   assert.equal(r.breakdown('What does lucid mean?', '"lucid" means clear.', true).overlap, 0.5);
-  const long = r.breakdown('What does lucid mean?', `"lucid" means ${'very '.repeat(40)}clear`, false);
+  const long = r.breakdown('What does lucid mean?', `"lucid" means ${'very '.repeat(60)}clear`, false);
   assert.ok(long.length < -1, `length penalty ${long.length}`);
   assert.equal(long.clean, 0);
   assert.ok(r.score('What does lucid mean?', '"lucid" means clear.', true) > r.score('What does lucid mean?', '"lucid" means clear.', false));
