@@ -12,6 +12,7 @@ import type { ServerConfig } from './config.ts';
 import { ChatError, openAIErrorType, toChatError } from './errors.ts';
 import type { ServerMetrics } from './metrics.ts';
 import { openAIRoutes } from './openai-routes.ts';
+import { staticRoutes } from './static-routes.ts';
 import type { RateLimiter } from './rate-limit.ts';
 
 export interface AppDeps {
@@ -52,6 +53,7 @@ export function createApp(deps: AppDeps): Hono {
     app.route('/admin', adminRoutes(deps.admin));
   }
   app.route('/v1', openAIRoutes({ chat: deps.chat, limiter: deps.limiter, maxN: deps.config.maxN }));
+  app.route('/', staticRoutes());
 
   app.notFound((c) => {
     deps.metrics.errors.inc({ code: 'not_found' });
