@@ -1,0 +1,149 @@
+/**
+ * The web page in real headless Chromium (`/usr/bin/chromium`, driven by playwright-core): chat with
+ * a streamed reply, a thumbs-down with a reason, a comparison and a ranking, all found in the store;
+ * and the admin view promoting a version and showing it in the promotion log.
+ * Without playwright-core or Chromium the tests are skipped, except under CI, where they fail.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { cpSync, existsSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { BrowserContext, Page } from 'playwright-core';
+import { readCheckpointMeta, versionId } from '../model/checkpoint.ts';
+import { registerModelVersion } from '../feedback/model-versions.ts';
+import { makeTinyCheckpoint, rmDir, startTestServer, type TestServer } from '../server/test-support.ts';
+
+const CHROMIUM = '/usr/bin/chromium';
+const TOKEN = 'web-test-admin-token';
+const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+
+async function loadPlaywright(): Promise<typeof import('playwright-core') | string> {
+  if (!existsSync(CHROMIUM)) return `${CHROMIUM} is missing (apt-get install -y chromium)`;
+  try {
+    return await import('playwright-core');
+  } catch (e) {
+    return `playwright-core cannot be loaded (npm install -D playwright-core): ${(e as Error).message}`;
+  }
+}
+
+const pw = await loadPlaywright();
+const missing = typeof pw === 'string' ? pw : undefined;
+if (missing && process.env.CI) throw new Error(`browser test cannot run under CI: ${missing}`);
+const skip = missing ? `skipped: ${missing}` : false;
+
+let srv: TestServer;
+let context: BrowserContext;
+let userDataDir: string;
+let other: string;
+
+before(async () => {
+  if (typeof pw === 'string') return;
+  srv = await startTestServer({ adminToken: TOKEN, registryPollMs: 50, defaultMaxTokens: 24 }, { modelConfig: { blockSize: 128 } });
+  const dir = join(mkdtempSync(join(tmpdir(), 'srv-ckpt-')), 'ppo-web');
+  cpSync(await makeTinyCheckpoint({ blockSize: 128 }, 99), dir, { recursive: true });
+  const meta = readCheckpointMeta(dir);
+  other = versionId(dir, meta.sha256);
+  await registerModelVersion(srv.chat()!.deps.store.db, { id: other, kind: 'policy', checkpoint: dir, stage: meta.stage, sha256: meta.sha256, metrics: { reward: 0.5 } });
+  userDataDir = mkdtempSync(join(tmpdir(), 'chromium-profile-'));
+  context = await pw.chromium.launchPersistentContext(userDataDir, { executablePath: CHROMIUM, args: ARGS, headless: true, timeout: 20_000 });
+  context.setDefaultTimeout(15_000);
+});
+
+after(async () => {
+  await context?.close();
+  await srv?.close();
+  if (userDataDir) rmDir(userDataDir);
+});
+
+async function openPage(hash = ''): Promise<Page> {
+  const page = await context.newPage();
+  const errors: string[] = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  await page.goto(`${srv.url}/${hash}`);
+  await page.waitForSelector('body[data-ready="true"]').catch((e: Error) => {
+    throw new Error(`page did not start: ${e.message}; page errors: ${errors.join('; ')}`);
+  });
+  return page;
+}
+
+test('chat: a streamed reply, a thumbs-down with a reason, a comparison and a ranking end up in the store', { skip, timeout: 50_000 }, async () => {
+  const page = await openPage();
+  const db = srv.chat()!.deps.store.db;
+  await page.fill('#input', 'what does lucid mean?');
+  await page.press('#input', 'Enter');
+  const bubble = page.locator('.msg.assistant[data-id]').first();
+  await bubble.waitFor();
+  const replyId = (await bubble.getAttribute('data-id'))!;
+  const stored = await db.selectFrom('messages').select(['content', 'role', 'parent_id']).where('id', '=', replyId).executeTakeFirstOrThrow();
+  assert.equal(stored.role, 'assistant');
+  assert.equal(await bubble.locator('.text').textContent(), stored.content);
+  const deltas = Number(await bubble.getAttribute('data-deltas'));
+  assert.ok(stored.content === '' || deltas >= 1, `reply "${stored.content}" arrived in ${deltas} deltas`);
+  // The conversation is listed for later.
+  await page.locator('#conversations li').first().waitFor();
+
+  await bubble.locator('[data-testid="thumb-down"]').click();
+  await bubble.locator('[data-testid="down-reason"]').selectOption('not_factual');
+  await bubble.locator('[data-testid="down-comment"]').fill('wrong sense of the word');
+  await bubble.locator('[data-testid="down-submit"]').click();
+  await page.waitForFunction(() => /saved/.test(document.querySelector('.msg.assistant [data-testid="feedback-status"]')?.textContent ?? ''));
+  const thumbs = await db.selectFrom('thumbs').selectAll().where('message_id', '=', replyId).execute();
+  assert.equal(thumbs.length, 1);
+  assert.equal(thumbs[0]!.value, 'down');
+  assert.equal(thumbs[0]!.reason, 'not_factual');
+  assert.equal(thumbs[0]!.comment, 'wrong sense of the word');
+
+  await bubble.locator('[data-testid="compare"]').click();
+  await page.locator('#compare-panel button[data-choice="b"]:enabled').waitFor();
+  const a = (await page.getAttribute('#compare-panel', 'data-a'))!;
+  const b = (await page.getAttribute('#compare-panel', 'data-b'))!;
+  await page.click('#compare-panel button[data-choice="b"]');
+  await page.waitForFunction(() => /comparison saved: b/.test(document.getElementById('status')?.textContent ?? ''));
+  const cmp = await db.selectFrom('comparisons').selectAll().where('a_id', '=', a).where('b_id', '=', b).execute();
+  assert.equal(cmp.length, 1);
+  assert.equal(cmp[0]!.choice, 'b');
+  assert.equal(cmp[0]!.context_id, stored.parent_id);
+
+  // Three replies to the same message now: rank them, moving the last one to the top.
+  const rank = page.locator('.msg.assistant [data-testid="rank"]').first();
+  await rank.click();
+  const items = page.locator('#rank-list li');
+  assert.equal(await items.count(), 3);
+  const order = await items.evaluateAll((lis) => lis.map((li) => li.getAttribute('data-id')));
+  await items.nth(2).locator('[data-testid="rank-up"]').click();
+  await page.locator('#rank-list li').nth(1).locator('[data-testid="rank-up"]').click();
+  await page.click('#rank-submit');
+  await page.waitForFunction(() => /ranking saved/.test(document.getElementById('status')?.textContent ?? ''));
+  const ranking = await db.selectFrom('rankings').selectAll().where('context_id', '=', stored.parent_id!).executeTakeFirstOrThrow();
+  const ranked = await db.selectFrom('ranking_items').select(['message_id']).where('ranking_id', '=', ranking.id).orderBy('position').execute();
+  assert.deepEqual(ranked.map((r) => r.message_id), [order[2], order[0], order[1]]);
+  await page.close();
+});
+
+test('admin: log in with the token, promote a version, see the promotion log update', { skip, timeout: 50_000 }, async () => {
+  const page = await openPage('#admin');
+  await page.fill('#admin-token', 'wrong');
+  await page.click('#admin-login button[type="submit"]');
+  await page.waitForFunction(() => /wrong token/.test(document.getElementById('admin-status')?.textContent ?? ''));
+  assert.equal(await page.isHidden('#admin-body'), true);
+
+  await page.fill('#admin-token', TOKEN);
+  await page.click('#admin-login button[type="submit"]');
+  const promote = page.locator(`tr[data-version="${other}"] [data-testid="promote"]`);
+  await promote.waitFor();
+  const before = await page.locator('[data-testid="promotion"]').count();
+  await promote.click();
+  await page.waitForFunction(() => /: done/.test(document.getElementById('admin-status')?.textContent ?? ''), undefined, { timeout: 30_000 });
+  const rows = page.locator('[data-testid="promotion"]');
+  assert.equal(await rows.count(), before + 1);
+  assert.match((await rows.first().textContent())!, new RegExp(`promote.*${other}`));
+  assert.match((await page.textContent('[data-testid="serving"]'))!, new RegExp(`champion ${other}`));
+  const res = await fetch(`${srv.url}/admin/versions`, { headers: { authorization: `Bearer ${TOKEN}` } });
+  assert.equal((await res.json()).aliases.champion, other);
+  // The thumbs-up rate per version is drawn (a chart with Chart.js installed, else a table).
+  assert.match((await page.getAttribute('#feedback-chart', 'data-kind'))!, /^(chart|table)$/);
+  // The token is kept for the tab only.
+  assert.equal(await page.evaluate(() => sessionStorage.getItem('rlhf-chat.adminToken')), TOKEN);
+  await page.close();
+});
