@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import type { BrowserContext, Page } from 'playwright-core';
 import { readCheckpointMeta, versionId } from '../model/checkpoint.ts';
 import { registerModelVersion } from '../feedback/model-versions.ts';
+import { logMetrics, startRun } from '../feedback/runs.ts';
 import { makeTinyCheckpoint, rmDir, startTestServer, type TestServer } from '../server/test-support.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -44,6 +45,8 @@ before(async () => {
   cpSync(await makeTinyCheckpoint({ blockSize: 128 }, 99), dir, { recursive: true });
   const meta = readCheckpointMeta(dir);
   other = versionId(dir, meta.sha256);
+  const run = await startRun(srv.chat()!.deps.store.db, { kind: 'ppo', config: { lr: 1e-4 } });
+  for (let step = 0; step < 5; step++) await logMetrics(srv.chat()!.deps.store.db, run.id, step, { reward: step / 10, kl: step / 100 });
   await registerModelVersion(srv.chat()!.deps.store.db, { id: other, kind: 'policy', checkpoint: dir, stage: meta.stage, sha256: meta.sha256, metrics: { reward: 0.5 } });
   userDataDir = mkdtempSync(join(tmpdir(), 'chromium-profile-'));
   context = await pw.chromium.launchPersistentContext(userDataDir, { executablePath: CHROMIUM, args: ARGS, headless: true, timeout: 20_000 });
@@ -143,6 +146,33 @@ test('admin: log in with the token, promote a version, see the promotion log upd
   assert.equal((await res.json()).aliases.champion, other);
   // The thumbs-up rate per version is drawn (a chart with Chart.js installed, else a table).
   assert.match((await page.getAttribute('#feedback-chart', 'data-kind'))!, /^(chart|table)$/);
+  // Run metrics over steps: two curves from the run logged in before().
+  await page.fill('#run-names', 'reward, kl');
+  await page.click('#run-show');
+  await page.waitForSelector('#run-chart[data-kind]');
+  if ((await page.getAttribute('#run-chart', 'data-kind')) === 'table') assert.equal(await page.locator('#run-chart tbody tr').count(), 10);
+  else assert.equal(await page.evaluate(() => (window as unknown as { Chart: { getChart(c: Element): { data: { datasets: unknown[] } } } }).Chart.getChart(document.querySelector('#run-chart canvas')!).data.datasets.length), 2);
+
+  /** Clicks a control and waits for its action to be reported done. */
+  const act = async (selector: string): Promise<void> => {
+    await page.evaluate(() => (document.getElementById('admin-status')!.textContent = ''));
+    await page.click(selector);
+    await page.waitForFunction(() => {
+      const text = document.getElementById('admin-status')?.textContent ?? '';
+      return text !== '' && !text.endsWith('…');
+    });
+    assert.match((await page.textContent('#admin-status'))!, /: done$/);
+  };
+  await page.fill('#canary-share', '0.25');
+  await act('#canary-set');
+  assert.match((await page.textContent('[data-testid="serving"]'))!, /canary 0\.25/);
+  await act('#loop-pause');
+  assert.match((await page.textContent('[data-testid="serving"]'))!, /loop paused/);
+  await act('#loop-resume');
+  assert.match((await page.textContent('[data-testid="serving"]'))!, /loop running/);
+  await act('#rollback');
+  assert.match((await rows.first().textContent())!, /rollback/);
+  assert.equal(await rows.count(), before + 2);
   // The token is kept for the tab only.
   assert.equal(await page.evaluate(() => sessionStorage.getItem('rlhf-chat.adminToken')), TOKEN);
   await page.close();
