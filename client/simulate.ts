@@ -1,0 +1,313 @@
+/**
+ * `npm run simulate`: a population of simulated users (`sim-users.ts`) chats with a server over
+ * the public WebSocket protocol and judges its replies with a hidden gold rubric
+ * (`gold-rubric.ts`).
+ *
+ *   npm run simulate -- --url ws://127.0.0.1:8080/ws --users 8 --judgements 200
+ *       users only, against a running server (its store and loop are its own business)
+ *
+ *   npm run simulate -- --json [--rounds 3 --users 8 --judgements-per-round 120 --minutes 10
+ *                               --seed 1 --kl-coef 0.05 --exploitable]
+ *       the whole story on one machine: a server on `checkpoints/sft` with a temporary store, the
+ *       users chat and judge, the online loop (in this process, between rounds) trains a reward
+ *       model and runs PPO and its gate promotes (or not), the server follows the champion alias,
+ *       and so on for every round. Finally the champion and a second server on the SFT checkpoint
+ *       (its own store, so its champion stays SFT) answer the same held-out prompts with the same
+ *       seeds, and one JSON line goes to stdout:
+ *       {"rounds","judgements","gold_win_rate_vs_sft","kl_to_sft","proxy_reward","gold_reward","minutes",…}
+ *
+ * The loop sees the judgements in the store only. The honest rubric is handed to it as `gold`
+ * (a `RewardSource` for evaluation: its Goodhart guard and gold gate), never as training signal.
+ * With `--exploitable` the users judge with a rubric that has a loophole while the gold signal
+ * stays honest; `--kl-coef 0` removes the KL leash (and the KL budget guard).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { GoldRewardSource, GoldRubric, readDefinitionPrompts, Rng, type DefinitionPrompt } from './gold-rubric.ts';
+import { ChatSocket, runPopulation, type SessionResult } from './sim-users.ts';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+
+export const HELP = `npm run simulate -- [options]
+  --url <ws url>               users only, against a running server (default: the whole story)
+  --json                       the whole story; print one JSON line at the end
+  --rounds <n>                 chat-then-train rounds (default 3)
+  --users <n>                  simulated users chatting concurrently (default 8)
+  --judgements-per-round <n>   judgements (sessions) per round (default 120)
+  --judgements <n>             with --url: judgements in all (default 100)
+  --minutes <m>                wall-time budget; no new round starts past it (default 30)
+  --seed <n>                   seed of users, judges and the loop (default 1)
+  --kl-coef <β>                PPO KL coefficient; 0 removes the leash and the KL budget (default 0.05)
+  --exploitable                users judge with a rubric that has a loophole (gold stays honest)
+  --ppo-steps <n>              PPO steps per round (default 20)
+  --lr <x>                     PPO learning rate (default 2e-5)
+  --eval-prompts <n>           held-out prompts of the final champion-vs-SFT comparison (default 64)
+  --sft <dir>                  SFT checkpoint (default checkpoints/sft)
+  --keep                       keep the temporary store and checkpoints
+`;
+
+export interface SimOptions {
+  url?: string;
+  json: boolean;
+  rounds: number;
+  users: number;
+  judgementsPerRound: number;
+  judgements: number;
+  minutes: number;
+  seed: number;
+  klCoef: number;
+  exploitable: boolean;
+  ppoSteps: number;
+  lr: number;
+  evalPrompts: number;
+  sft: string;
+  keep: boolean;
+}
+
+export function parseSimArgs(argv: readonly string[]): SimOptions | 'help' {
+  const { values } = parseArgs({
+    args: [...argv],
+    strict: true,
+    options: {
+      help: { type: 'boolean' }, url: { type: 'string' }, json: { type: 'boolean' }, rounds: { type: 'string' }, users: { type: 'string' },
+      'judgements-per-round': { type: 'string' }, judgements: { type: 'string' }, minutes: { type: 'string' }, seed: { type: 'string' },
+      'kl-coef': { type: 'string' }, exploitable: { type: 'boolean' }, 'ppo-steps': { type: 'string' }, lr: { type: 'string' },
+      'eval-prompts': { type: 'string' }, sft: { type: 'string' }, keep: { type: 'boolean' },
+    },
+  });
+  if (values.help) return 'help';
+  const num = (name: string, v: string | undefined, d: number, int = true): number => {
+    if (v === undefined) return d;
+    const n = Number(v);
+    if (!Number.isFinite(n) || n < 0 || (int && !Number.isInteger(n))) throw new Error(`--${name} must be a ${int ? 'non-negative integer' : 'non-negative number'}, got ${v}`);
+    return n;
+  };
+  return {
+    ...(values.url ? { url: values.url } : {}),
+    json: values.json ?? false,
+    rounds: num('rounds', values.rounds, 3),
+    users: Math.max(1, num('users', values.users, 8)),
+    judgementsPerRound: num('judgements-per-round', values['judgements-per-round'], 120),
+    judgements: num('judgements', values.judgements, 100),
+    minutes: num('minutes', values.minutes, 30, false),
+    seed: num('seed', values.seed, 1),
+    klCoef: num('kl-coef', values['kl-coef'], 0.05, false),
+    exploitable: values.exploitable ?? false,
+    ppoSteps: Math.max(1, num('ppo-steps', values['ppo-steps'], 20)),
+    lr: num('lr', values.lr, 2e-5, false),
+    evalPrompts: Math.max(1, num('eval-prompts', values['eval-prompts'], 64)),
+    sft: values.sft ?? 'checkpoints/sft',
+    keep: values.keep ?? false,
+  };
+}
+
+const log = (line: string): void => void process.stderr.write(`simulate: ${line}\n`);
+
+export interface ServerChild {
+  child: ChildProcess;
+  port: number;
+  wsUrl: string;
+  httpUrl: string;
+  stop(): Promise<void>;
+}
+
+/** Starts `server/main.ts` as a child process on an ephemeral port of 127.0.0.1 and waits for /healthz. */
+export async function startServerProcess(o: { modelDir: string; databaseUrl: string; name: string }): Promise<ServerChild> {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'server/main.ts', '--port', '0', '--host', '127.0.0.1', '--model-dir', o.modelDir, '--database-url', o.databaseUrl, '--requests-per-minute', '1000000', '--messages-per-second', '100000'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  const port = await new Promise<number>((res, rej) => {
+    const timer = setTimeout(() => rej(new Error(`${o.name} server did not start within 60 s:\n${err}`)), 60_000);
+    child.stderr!.on('data', (d) => {
+      err += String(d);
+      const m = err.match(/listening on [^:\s]+:(\d+)/);
+      if (m) (clearTimeout(timer), res(Number(m[1])));
+    });
+    child.once('exit', (code) => (clearTimeout(timer), rej(new Error(`${o.name} server exited (${code}):\n${err}`))));
+  });
+  const httpUrl = `http://127.0.0.1:${port}`;
+  for (let i = 0; ; i++) {
+    const r = await fetch(`${httpUrl}/healthz`).catch(() => undefined);
+    if (r?.ok) break;
+    if (i > 600 || child.exitCode !== null) throw new Error(`${o.name} server never became healthy:\n${err}`);
+    await new Promise((r2) => setTimeout(r2, 100));
+  }
+  return {
+    child, port, httpUrl, wsUrl: `ws://127.0.0.1:${port}/ws`,
+    stop: () => new Promise<void>((res) => {
+      if (child.exitCode !== null) return res();
+      child.once('exit', () => res());
+      child.kill('SIGTERM');
+      setTimeout(() => child.kill('SIGKILL'), 10_000).unref();
+    }),
+  };
+}
+
+async function servedVersion(httpUrl: string): Promise<string> {
+  const r = (await (await fetch(`${httpUrl}/healthz`)).json()) as { modelVersion?: string };
+  return String(r.modelVersion);
+}
+
+/** The same held-out prompts, same seeds, to two servers; gold scores of both replies. */
+export async function compareServers(a: string, b: string, prompts: readonly DefinitionPrompt[], rubric: GoldRubric, params: Record<string, unknown>): Promise<{ winRate: number; goldA: number; goldB: number }> {
+  const [sa, sb] = await Promise.all([ChatSocket.connect(a), ChatSocket.connect(b)]);
+  let wins = 0, ga = 0, gb = 0;
+  try {
+    await Promise.all([0, 1, 2, 3].map(async (lane) => {
+      for (let i = lane; i < prompts.length; i += 4) {
+        const p = prompts[i]!;
+        const ps = { ...params, seed: 1000 + i };
+        const [ra, rb] = await Promise.all([sa.say(await sa.start('sim-eval'), p.prompt, ps), sb.say(await sb.start('sim-eval'), p.prompt, ps)]);
+        const sA = rubric.score(p.prompt, ra.content, ra.finishReason === 'stop');
+        const sB = rubric.score(p.prompt, rb.content, rb.finishReason === 'stop');
+        ga += sA;
+        gb += sB;
+        wins += sA > sB ? 1 : sA === sB ? 0.5 : 0;
+      }
+    }));
+  } finally {
+    sa.close();
+    sb.close();
+  }
+  return { winRate: wins / prompts.length, goldA: ga / prompts.length, goldB: gb / prompts.length };
+}
+
+function dialoguePrompts(): { train: DefinitionPrompt[]; val: DefinitionPrompt[] } {
+  const f = (n: string) => join(ROOT, 'data', `dialogues.${n}.jsonl`);
+  if (!existsSync(f('train')) || !existsSync(f('val'))) throw new Error('data/dialogues.{train,val}.jsonl are missing: run `npm run build-data` first');
+  return { train: readDefinitionPrompts(f('train')), val: readDefinitionPrompts(f('val')) };
+}
+
+/** Users only, against a running server. */
+async function usersOnly(o: SimOptions): Promise<void> {
+  const { train } = dialoguePrompts();
+  const rubric = new GoldRubric(train, { exploitable: o.exploitable });
+  const t0 = Date.now();
+  const out = await runPopulation(o.url!, { users: o.users, sessions: o.judgements, prompts: train, rubric, seed: o.seed });
+  const summary = { judgements: out.length, byKind: countKinds(out), meanGold: mean(out.flatMap((s) => s.gold)), seconds: (Date.now() - t0) / 1000 };
+  if (o.json) console.log(JSON.stringify(summary));
+  else log(JSON.stringify(summary));
+}
+
+function countKinds(out: readonly SessionResult[]): Record<string, number> {
+  const k: Record<string, number> = {};
+  for (const s of out) k[s.kind] = (k[s.kind] ?? 0) + 1;
+  return k;
+}
+
+const mean = (xs: readonly number[]): number => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : NaN);
+const round3 = (x: number): number | null => (Number.isFinite(x) ? Math.round(x * 1000) / 1000 : null);
+
+/** The whole story (see the file's comment). */
+export async function story(o: SimOptions): Promise<Record<string, unknown>> {
+  const t0 = Date.now();
+  const deadline = t0 + o.minutes * 60_000;
+  const { train, val } = dialoguePrompts();
+  const honest = new GoldRubric([...train, ...val]);
+  const users = new GoldRubric(train, { exploitable: o.exploitable });
+  const evalSet = shuffle(val, new Rng(o.seed + 17)).slice(0, o.evalPrompts);
+  const tmp = mkdtempSync(join(tmpdir(), 'simulate-'));
+  const dbUrl = `sqlite:${join(tmp, 'feedback.sqlite')}`;
+  const sftDir = resolve(ROOT, o.sft);
+  log(`temporary store and checkpoints in ${tmp}`);
+
+  // The loop runs in this process between rounds; the servers are child processes.
+  const { initBackend } = await import('../model/backend.ts');
+  const { openStore } = await import('../feedback/index.ts');
+  const { Tokenizer } = await import('../model/tokenizer.ts');
+  const { loadCheckpoint } = await import('../model/checkpoint.ts');
+  const { OnlineLoopConfig, runOnlineIteration } = await import('../training/online-loop.ts');
+  await initBackend({ log });
+  const tok = Tokenizer.fromJSON(loadCheckpoint(sftDir, { kind: 'policy' }).tokenizer);
+  const gold = new GoldRewardSource(honest, tok.specialId('<|end|>'));
+
+  const server = await startServerProcess({ modelDir: sftDir, databaseUrl: dbUrl, name: 'champion' });
+  const store = await openStore({ url: dbUrl });
+  const iterations: Record<string, unknown>[] = [];
+  let judgements = 0;
+  let rounds = 0;
+  let last: { metrics: Record<string, number>; status: string } | undefined;
+  try {
+    const cfg = OnlineLoopConfig.parse({
+      database: dbUrl, sft: sftDir, checkpoints: join(tmp, 'checkpoints'), minNewJudgements: 1, once: true,
+      ppoSteps: o.ppoSteps, batchSize: 8, minibatchSize: 8, epochs: 2, maxTokens: 32, lr: o.lr, klCoef: o.klCoef,
+      ...(o.klCoef === 0 ? { klBudget: 1e9 } : {}),
+      evalPrompts: 16, evalEvery: 5, autoPromote: true, seed: o.seed,
+    });
+    for (let r = 1; r <= o.rounds && Date.now() < deadline; r++) {
+      const served = await servedVersion(server.httpUrl);
+      const out = await runPopulation(server.wsUrl, { users: o.users, sessions: o.judgementsPerRound, prompts: train, rubric: users, seed: o.seed, round: r });
+      judgements += out.length;
+      log(`round ${r}: ${out.length} judgements on ${served} (${JSON.stringify(countKinds(out))}), users' mean score ${mean(out.flatMap((s) => s.gold)).toFixed(3)}`);
+      const res = await runOnlineIteration(store, cfg, { gold, log: (l) => log(l) });
+      rounds = r;
+      last = res;
+      iterations.push({ round: r, status: res.status, reason: res.reason, ...Object.fromEntries(Object.entries(res.metrics).map(([k, v]) => [k, round3(v)])) });
+      log(`round ${r}: ${res.status}: ${res.reason}`);
+      if (res.status === 'promoted' && res.policyVersion) {
+        for (let i = 0; i < 100 && (await servedVersion(server.httpUrl)) !== res.policyVersion; i++) await new Promise((x) => setTimeout(x, 100));
+        log(`round ${r}: the server now serves ${await servedVersion(server.httpUrl)}`);
+      }
+    }
+    const champion = await servedVersion(server.httpUrl);
+    const sftServer = await startServerProcess({ modelDir: sftDir, databaseUrl: `sqlite:${join(tmp, 'sft-reference.sqlite')}`, name: 'sft' });
+    let cmp;
+    try {
+      cmp = await compareServers(server.wsUrl, sftServer.wsUrl, evalSet, honest, { temperature: 0.8, maxTokens: 48 });
+    } finally {
+      await sftServer.stop();
+    }
+    const m = last?.metrics ?? {};
+    const promoted = last?.status === 'promoted';
+    return {
+      rounds,
+      judgements,
+      gold_win_rate_vs_sft: round3(cmp.winRate),
+      kl_to_sft: round3(promoted ? (m.candidateKl ?? NaN) : (m.championKl ?? NaN)),
+      proxy_reward: round3(promoted ? (m.candidateProxy ?? NaN) : (m.championProxy ?? NaN)),
+      gold_reward: round3(cmp.goldA),
+      gold_reward_sft: round3(cmp.goldB),
+      minutes: round3((Date.now() - t0) / 60_000),
+      champion,
+      eval_prompts: evalSet.length,
+      kl_coef: o.klCoef,
+      exploitable: o.exploitable,
+      iterations,
+    };
+  } finally {
+    await store.close();
+    await server.stop();
+    if (!o.keep) rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+function shuffle<T>(xs: readonly T[], rng: Rng): T[] {
+  const a = [...xs];
+  for (let i = a.length - 1; i > 0; i--) {
+    const j = rng.int(i + 1);
+    [a[i], a[j]] = [a[j]!, a[i]!];
+  }
+  return a;
+}
+
+async function main(): Promise<void> {
+  const o = parseSimArgs(process.argv.slice(2));
+  if (o === 'help') return void console.log(HELP);
+  if (o.url) return usersOnly(o);
+  const result = await story(o);
+  if (o.json) console.log(JSON.stringify(result));
+  else log(JSON.stringify(result, null, 2));
+}
+
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  main().then(
+    () => process.exit(0),
+    (err: unknown) => {
+      log(`failed: ${(err as Error).stack ?? String(err)}`);
+      process.exit(1);
+    },
+  );
+}
