@@ -140,8 +140,8 @@ function finishBubble(div, id, parentId, content) {
   div.querySelector('.down-form')?.remove();
   div.querySelector('.fb-status')?.remove();
   const status = el('span', { class: 'fb-status', 'data-testid': 'feedback-status' });
-  const up = el('button', { type: 'button', 'data-testid': 'thumb-up', title: 'Good reply' }, ['👍']);
-  const down = el('button', { type: 'button', 'data-testid': 'thumb-down', title: 'Bad reply' }, ['👎']);
+  const up = el('button', { type: 'button', 'data-testid': 'thumb-up', title: 'Good reply' }, ['👍 Good']);
+  const down = el('button', { type: 'button', 'data-testid': 'thumb-down', title: 'Bad reply' }, ['👎 Bad']);
   const regen = el('button', { type: 'button', class: 'gen', 'data-testid': 'regenerate' }, ['Regenerate']);
   const compare = el('button', { type: 'button', class: 'gen', 'data-testid': 'compare' }, ['Compare two replies']);
   const n = state.siblings.get(parentId)?.length ?? 1;
