@@ -14,7 +14,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import SqliteDatabase from 'better-sqlite3';
-import { Kysely, PostgresDialect, SqliteDialect, sql } from 'kysely';
+import { CompiledQuery, Kysely, PostgresDialect, SqliteDialect, SqliteDriver, sql, type DatabaseConnection, type Driver } from 'kysely';
 import pg from 'pg';
 import { JudgementWriter, type JudgementWriterOptions } from './judgement-writer.ts';
 import { migrateToLatest } from './migrate.ts';
@@ -101,6 +101,26 @@ interface Opened {
   beforeClose?: () => Promise<void> | undefined;
 }
 
+/**
+ * Transactions start with `BEGIN IMMEDIATE`: a deferred transaction that reads and then writes
+ * fails at once with SQLITE_BUSY_SNAPSHOT when another connection (the online-loop process, a
+ * second server) committed in between; an immediate one waits on `busy_timeout` instead.
+ */
+class ImmediateSqliteDriver extends SqliteDriver {
+  override async beginTransaction(connection: DatabaseConnection): Promise<void> {
+    await connection.executeQuery(CompiledQuery.raw('begin immediate'));
+  }
+}
+
+class ImmediateSqliteDialect extends SqliteDialect {
+  constructor(private readonly database: SqliteDatabase.Database) {
+    super({ database });
+  }
+  override createDriver(): Driver {
+    return new ImmediateSqliteDriver({ database: this.database });
+  }
+}
+
 function openSqlite(url: string | undefined, opts: StoreOptions): Opened {
   if (url !== undefined && /^[a-z][a-z0-9+.-]*:\/\//i.test(url)) {
     throw new Error(`unsupported database URL scheme in ${JSON.stringify(url.split('://')[0])}: use postgres:// or sqlite:<path>`);
@@ -124,7 +144,7 @@ function openSqlite(url: string | undefined, opts: StoreOptions): Opened {
     database.pragma('wal_autocheckpoint = 0');
     checkpointer = new WalCheckpointer(resolve(file), { intervalMs: interval, synchronous: sync });
   }
-  const db = new Kysely<Database>({ dialect: new SqliteDialect({ database }) });
+  const db = new Kysely<Database>({ dialect: new ImmediateSqliteDialect(database) });
   return { db, dialect: 'sqlite', location: resolve(file), beforeClose: () => checkpointer?.stop() };
 }
 

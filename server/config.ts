@@ -31,6 +31,7 @@ export const ServerConfigSchema = z.object({
   adminToken: z.string().optional().describe('bearer token of the /admin routes; unset = admin routes disabled'),
   databaseSchema: z.string().optional().describe('PostgreSQL only: schema of the store (processes sharing a registry use the same one)'),
   registryPollMs: z.number().int().positive().default(500).describe('how often the champion/candidate aliases are re-read (PostgreSQL also gets NOTIFY)'),
+  loop: z.boolean().default(false).describe('run the online loop beside the server in a child process (LOOP=1 / --loop; knobs: LOOP_<NAME>)'),
 });
 
 export type ServerConfig = Readonly<z.infer<typeof ServerConfigSchema>>;

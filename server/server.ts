@@ -18,6 +18,7 @@ import { RateLimiter } from './rate-limit.ts';
 import { Scheduler, type SchedulerOptions } from './scheduler.ts';
 import { SessionCache } from './session-cache.ts';
 import { ChatWebSocketServer } from './ws-handler.ts';
+import { startLoopProcess, type LoopHost } from './loop-host.ts';
 
 export interface StartOptions {
   /** A model already loaded (tests); default: load `config.modelDir`. */
@@ -30,6 +31,8 @@ export interface StartOptions {
   defaultMetrics?: boolean;
   reuse?: SchedulerOptions['reuse'];
   log?: (line: string) => void;
+  /** Loop knobs when `config.loop` is on (tests); default: LOOP_<NAME> from the environment. */
+  loop?: Record<string, unknown>;
 }
 
 export interface RunningServer {
@@ -41,6 +44,8 @@ export interface RunningServer {
   /** Resolves when the model and store are loaded (rejects if loading failed). */
   readonly ready: Promise<ChatService>;
   chat(): ChatService | undefined;
+  /** The online-loop process, when `config.loop` is on. */
+  loop(): LoopHost | undefined;
   close(): Promise<void>;
 }
 
@@ -66,6 +71,7 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
   const ws = new ChatWebSocketServer(http, { chat: getChat, config, metrics, limiter });
   const port = (http.address() as AddressInfo).port;
   let scheduler: Scheduler | undefined;
+  let loopHost: LoopHost | undefined;
   const ownStore = opts.ownStore ?? !opts.store;
 
   const ready = (async () => {
@@ -86,6 +92,7 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
     await registry.start();
     const sessions = new SessionCache(config.sessionCacheBytes);
     chat = new ChatService({ store, scheduler, sessions, config, metrics, registry });
+    if (config.loop) loopHost = startLoopProcess(config, { loop: opts.loop, log });
     log(`serving ${registry.champion.version} (${model.gpt.numParams} parameters, context ${model.gpt.config.blockSize}) on port ${port}; store: ${store.dialect} ${store.location}`);
     return chat;
   })();
@@ -99,6 +106,7 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
     metrics,
     ready,
     chat: getChat,
+    loop: () => loopHost,
     async close() {
       scheduler?.close();
       await registry?.close();
@@ -108,6 +116,7 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
         http.closeAllConnections?.();
       });
       await ready.catch(() => undefined);
+      await loopHost?.stop();
       if (store && ownStore) await store.close();
     },
   };

@@ -24,12 +24,13 @@
  *   node --import tsx training/online-loop.ts --database default --sft checkpoints/sft [--once]
  */
 import { z } from 'zod';
-import { join, resolve } from 'node:path';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { basename, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { initBackend } from '../model/backend.ts';
 import { GPT } from '../model/gpt.ts';
 import { Tokenizer } from '../model/tokenizer.ts';
-import { loadCheckpoint, saveCheckpoint, versionId, type CheckpointMeta } from '../model/checkpoint.ts';
+import { loadCheckpoint, readCheckpointMeta, saveCheckpoint, versionId, writeFileAtomic, type CheckpointMeta } from '../model/checkpoint.ts';
 import type { ChatMessage } from '../model/chat-template.ts';
 import {
   exportPreferencePairs,
@@ -46,10 +47,11 @@ import {
   startRun,
   type FeedbackStore,
 } from '../feedback/index.ts';
+import type { StoreOptions } from '../feedback/open-store.ts';
 import { loadStorePreferences, splitGroups } from './preferences.ts';
 import { normaliseScores, sampleReplies, trainRewardModel } from './reward-model.ts';
 import { RewardModelSource, type RewardSource } from './reward-source.ts';
-import { PpoTrainer, episodeKl, loadStorePrompts, ppoMetrics, sampleEpisodes, type PpoKnobs } from './ppo.ts';
+import { PpoTrainer, episodeKl, formatPpoStats, loadStorePrompts, ppoMetrics, sampleEpisodes, type PpoKnobs, type PpoTrainerState } from './ppo.ts';
 import { mean } from './rlhf-common.ts';
 import { isMain, runCli, stopRequested } from './cli.ts';
 
@@ -79,6 +81,8 @@ export const OnlineLoopConfig = z.object({
   minScoreGain: z.number().default(0.05).describe('gate: candidate proxy score must beat the champion by this'),
   seed: z.number().int().default(6).describe('seed for splits and sampling'),
   backend: z.string().default('').describe('force a tensor backend (tensorflow, wasm, cpu)'),
+  checkpointEvery: z.number().int().positive().default(5).describe('PPO steps between resumable checkpoints (policy, value head, optimizer, KL coefficient)'),
+  resume: z.boolean().default(true).describe('continue a run left `running` by a process that died (one loop per store)'),
 });
 export type OnlineLoopConfig = z.infer<typeof OnlineLoopConfig>;
 
@@ -138,15 +142,109 @@ export function proxyGoldDiverged(history: readonly { proxy: number; gold: numbe
   return true;
 }
 
-/** One iteration of the loop (see the file's contract). */
+/** The judgements an iteration trains on: every judgement up to `until`, `newJudgements` of them since `since`. */
+export interface DataWindow {
+  since: string | null;
+  until: string;
+  newJudgements: number;
+  judgements: number;
+  firstAt: string | null;
+  lastAt: string | null;
+  firstId: string | null;
+  lastId: string | null;
+  byKind: Record<string, number>;
+}
+
+/** Counts and bounds (time and id) of the judgements recorded up to `until`. */
+export async function judgementWindow(store: FeedbackStore, since: string | null, until: string, newJudgements: number): Promise<DataWindow> {
+  const w: DataWindow = { since, until, newJudgements, judgements: 0, firstAt: null, lastAt: null, firstId: null, lastId: null, byKind: {} };
+  for (const table of ['thumbs', 'comparisons', 'rankings'] as const) {
+    const r = await store.db
+      .selectFrom(table)
+      .select((eb) => [eb.fn.countAll<number | string>().as('n'), eb.fn.min('created_at').as('firstAt'), eb.fn.max('created_at').as('lastAt'), eb.fn.min('id').as('firstId'), eb.fn.max('id').as('lastId')])
+      .where('created_at', '<=', until)
+      .executeTakeFirstOrThrow();
+    const n = Number(r.n);
+    w.byKind[table] = n;
+    w.judgements += n;
+    if (!n) continue;
+    const lo = <T extends string | null>(a: T, b: string) => (a === null || b < a ? b : a);
+    const hi = <T extends string | null>(a: T, b: string) => (a === null || b > a ? b : a);
+    w.firstAt = lo(w.firstAt, String(r.firstAt));
+    w.lastAt = hi(w.lastAt, String(r.lastAt));
+    w.firstId = lo(w.firstId, String(r.firstId));
+    w.lastId = hi(w.lastId, String(r.lastId));
+  }
+  return w;
+}
+
+/** The run directory of an iteration's resumable PPO state (`step-NNNNNN` checkpoints and a `latest` pointer). */
+export function ppoRunDir(checkpoints: string, stamp: string): string {
+  return join(checkpoints, `run-${stamp}`);
+}
+
+function latestPpoCheckpoint(runDir: string): string | undefined {
+  const pointer = join(runDir, 'latest');
+  if (!existsSync(pointer)) return undefined;
+  const dir = join(runDir, readFileSync(pointer, 'utf8').trim());
+  return existsSync(dir) ? dir : undefined;
+}
+
+/** Removes temporary directories a killed process left behind (`.tmp-*`) and step checkpoints other than `keep`. */
+function pruneRunDir(runDir: string, keep?: string): void {
+  if (!existsSync(runDir)) return;
+  for (const name of readdirSync(runDir)) {
+    if (name.startsWith('.tmp-') || name.includes('.tmp-') || (name.startsWith('step-') && name !== keep)) rmSync(join(runDir, name), { recursive: true, force: true });
+  }
+}
+
+function pruneTemp(dir: string, stamp: string): void {
+  if (!existsSync(dir)) return;
+  for (const name of readdirSync(dir)) if (name.startsWith('.tmp-') && name.includes(stamp)) rmSync(join(dir, name), { recursive: true, force: true });
+}
+
+interface ResumePoint {
+  runId: string;
+  stamp: string;
+  window: DataWindow;
+  baseVersionId: string;
+}
+
+/** The run a dead process left `running` (the newest; older ones are closed as abandoned). */
+async function findResumable(store: FeedbackStore, log: (l: string) => void): Promise<ResumePoint | undefined> {
+  const running = await listRuns(store.db, { kind: 'loop', status: 'running' });
+  let found: ResumePoint | undefined;
+  for (const r of running) {
+    const c = JSON.parse(r.config_json) as { stamp?: unknown; dataWindow?: DataWindow };
+    if (!found && typeof c.stamp === 'string' && c.dataWindow && r.base_version_id) {
+      found = { runId: r.id, stamp: c.stamp, window: c.dataWindow, baseVersionId: r.base_version_id };
+      continue;
+    }
+    log(`loop: closing run ${r.id}, left running by a process that stopped`);
+    await finishRun(store.db, r.id, { status: 'failed', error: 'abandoned: the process running it stopped' });
+  }
+  return found;
+}
+
+/** One iteration of the loop (see the file's contract); continues a run a killed process left behind when `cfg.resume`. */
 export async function runOnlineIteration(store: FeedbackStore, cfg: OnlineLoopConfig, o: LoopOptions = {}): Promise<IterationResult> {
   const log = o.log ?? ((l: string) => console.error(l));
   const db = store.db;
   if (await isLoopPaused(db)) return { status: 'skipped', reason: 'paused by the admin (POST /admin/loop/resume resumes it)', metrics: {} };
-  const last = (await listRuns(db, { kind: 'loop', status: 'succeeded' }))[0];
-  const fresh = await countJudgementsSince(store, last?.started_at);
-  if (fresh < cfg.minNewJudgements) {
-    return { status: 'skipped', reason: `${fresh} new judgements since the last iteration; waiting for ${cfg.minNewJudgements}`, metrics: { newJudgements: fresh } };
+  const resumed = cfg.resume ? await findResumable(store, log) : undefined;
+  let fresh: number;
+  let window: DataWindow;
+  if (resumed) {
+    window = resumed.window;
+    fresh = window.newJudgements;
+  } else {
+    const last = (await listRuns(db, { kind: 'loop', status: 'succeeded' }))[0];
+    const until = new Date().toISOString();
+    fresh = await countJudgementsSince(store, last?.started_at);
+    if (fresh < cfg.minNewJudgements) {
+      return { status: 'skipped', reason: `${fresh} new judgements since the last iteration; waiting for ${cfg.minNewJudgements}`, metrics: { newJudgements: fresh } };
+    }
+    window = await judgementWindow(store, last?.started_at ?? null, until, fresh);
   }
   const sftCk = loadCheckpoint(cfg.sft, { kind: 'policy' });
   const tok = Tokenizer.fromJSON(sftCk.tokenizer);
@@ -154,66 +252,123 @@ export async function runOnlineIteration(store: FeedbackStore, cfg: OnlineLoopCo
   if (!(await getModelVersion(db, sftVersion))) {
     await registerModelVersion(db, { id: sftVersion, kind: 'policy', stage: 'sft', sha256: sftCk.meta.sha256, checkpoint: resolve(cfg.sft), config: { ...sftCk.meta.config }, metrics: sftCk.meta.metrics, notes: 'SFT policy: KL reference of PPO' });
   }
-  const championVersion = (await resolveAlias(db, 'champion')) ?? sftVersion;
+  const championVersion = resumed?.baseVersionId ?? (await resolveAlias(db, 'champion')) ?? sftVersion;
   const championDir = (await getModelVersion(db, championVersion))!.checkpoint;
-  const run = await startRun(db, { kind: 'loop', config: { ...cfg }, baseVersionId: championVersion });
-  const stamp = newId().toLowerCase();
+  const stamp = resumed?.stamp ?? newId().toLowerCase();
+  const runId = resumed?.runId ?? (await startRun(db, { kind: 'loop', config: { ...cfg, stamp, dataWindow: window }, baseVersionId: championVersion })).id;
+  const runDir = ppoRunDir(cfg.checkpoints, stamp);
+  if (resumed) {
+    log(`loop: resuming run ${runId} (${stamp})`);
+    pruneTemp(cfg.checkpoints, stamp);
+  }
+  const dataMetrics = { data_judgements: window.judgements, data_new_judgements: window.newJudgements };
   const models: GPT[] = [];
   const own = <T extends GPT>(m: T) => (models.push(m), m);
   try {
-    // 2. Reward model.
-    const data = await loadStorePreferences(store);
-    const split = splitGroups(data.groups, 0.15, cfg.seed);
+    // 2. Reward model (a resumed run reuses the one it saved).
     const sft = own(GPT.fromWeights(sftCk.meta.config, 'policy', sftCk.weights));
-    const rm = own(sft.clone('reward'));
-    const rmResult = trainRewardModel({
-      rm, tok, train: { groups: split.train, unpaired: data.unpaired }, val: split.val, log,
-      cfg: { epochs: cfg.rewardEpochs, groupsPerBatch: 8, unpairedPerBatch: 8, unpairedCoef: 0.5, lr: cfg.rewardLr, minLr: cfg.rewardLr / 10, warmup: 5, weightDecay: 0, gradClip: 1, seed: cfg.seed },
-    });
-    const acc = rmResult.heldOut.accuracy;
-    await logMetrics(db, run.id, 0, Object.fromEntries(Object.entries({ rm_heldout_accuracy: acc, rm_heldout_ece: rmResult.heldOut.ece, rm_heldout_loss: rmResult.heldOut.loss, new_judgements: fresh }).filter(([, v]) => Number.isFinite(v))));
-    if (!(acc >= cfg.minRewardAccuracy)) {
-      const reason = `reward model held-out accuracy ${acc.toFixed(3)} is below ${cfg.minRewardAccuracy} over ${rmResult.heldOut.pairs} pairs; not training a policy on it`;
-      await finishRun(db, run.id, { status: 'failed', error: reason });
-      return { status: 'rejected', reason, runId: run.id, metrics: { rmAccuracy: acc } };
-    }
+    const rmDir = join(cfg.checkpoints, `reward-${stamp}`);
     const allPrompts = await loadStorePrompts(store);
     const { train: trainPrompts, val: evalPrompts } = splitGroups(allPrompts, Math.min(0.5, cfg.evalPrompts / Math.max(1, allPrompts.length)), cfg.seed);
+    let rm: GPT;
+    let rmMeta: CheckpointMeta;
+    let acc: number;
+    if (existsSync(rmDir)) {
+      const ck = loadCheckpoint(rmDir, { kind: 'reward', tokenizerFingerprint: tok.fingerprint() });
+      rm = own(GPT.fromWeights(ck.meta.config, 'reward', ck.weights));
+      rmMeta = ck.meta;
+      acc = ck.meta.metrics.heldOutAccuracy ?? NaN;
+      log(`loop: reusing reward model ${rmDir}`);
+    } else {
+      const data = await loadStorePreferences(store);
+      const split = splitGroups(data.groups, 0.15, cfg.seed);
+      rm = own(sft.clone('reward'));
+      const rmResult = trainRewardModel({
+        rm, tok, train: { groups: split.train, unpaired: data.unpaired }, val: split.val, log,
+        cfg: { epochs: cfg.rewardEpochs, groupsPerBatch: 8, unpairedPerBatch: 8, unpairedCoef: 0.5, lr: cfg.rewardLr, minLr: cfg.rewardLr / 10, warmup: 5, weightDecay: 0, gradClip: 1, seed: cfg.seed },
+      });
+      acc = rmResult.heldOut.accuracy;
+      await logMetrics(db, runId, 0, Object.fromEntries(Object.entries({ rm_heldout_accuracy: acc, rm_heldout_ece: rmResult.heldOut.ece, rm_heldout_loss: rmResult.heldOut.loss, new_judgements: fresh, ...dataMetrics }).filter(([, v]) => Number.isFinite(v))));
+      if (!(acc >= cfg.minRewardAccuracy)) {
+        const reason = `reward model held-out accuracy ${acc.toFixed(3)} is below ${cfg.minRewardAccuracy} over ${rmResult.heldOut.pairs} pairs; not training a policy on it`;
+        await finishRun(db, runId, { status: 'failed', error: reason });
+        return { status: 'rejected', reason, runId, metrics: { rmAccuracy: acc } };
+      }
+      if (!trainPrompts.length || !evalPrompts.length) throw new Error(`too few prompts in the store (${allPrompts.length}) for training and evaluation`);
+      const norm = normaliseScores(rm, tok, sampleReplies(sft, tok, evalPrompts, cfg.maxTokens, cfg.seed));
+      rmMeta = saveCheckpoint(rmDir, {
+        weights: await rm.exportWeights(),
+        meta: { stage: 'reward', kind: 'reward', config: rm.config, tokenizerFingerprint: tok.fingerprint(), parent: cfg.sft, step: rmResult.steps, metrics: { heldOutAccuracy: acc, heldOutEce: rmResult.heldOut.ece, heldOutLoss: rmResult.heldOut.loss, scoreOffset: norm.scoreOffset }, runConfig: { ...cfg, runId, dataWindow: window } },
+        tokenizer: tok.toJSON(),
+      });
+    }
     if (!trainPrompts.length || !evalPrompts.length) throw new Error(`too few prompts in the store (${allPrompts.length}) for training and evaluation`);
-    const norm = normaliseScores(rm, tok, sampleReplies(sft, tok, evalPrompts, cfg.maxTokens, cfg.seed));
-    const rmDir = join(cfg.checkpoints, `reward-${stamp}`);
-    const rmMeta = saveCheckpoint(rmDir, {
-      weights: await rm.exportWeights(),
-      meta: { stage: 'reward', kind: 'reward', config: rm.config, tokenizerFingerprint: tok.fingerprint(), parent: cfg.sft, step: rmResult.steps, metrics: { heldOutAccuracy: acc, heldOutEce: rmResult.heldOut.ece, heldOutLoss: rmResult.heldOut.loss, scoreOffset: norm.scoreOffset }, runConfig: { ...cfg } },
-      tokenizer: tok.toJSON(),
-    });
     const rewardVersion = checkpointVersionId(rmDir, rmMeta);
-    await registerModelVersion(db, { id: rewardVersion, kind: 'reward', stage: 'reward', sha256: rmMeta.sha256, runId: run.id, checkpoint: resolve(rmDir), config: { ...rm.config }, metrics: rmMeta.metrics, parentId: sftVersion });
+    if (!(await getModelVersion(db, rewardVersion))) {
+      await registerModelVersion(db, { id: rewardVersion, kind: 'reward', stage: 'reward', sha256: rmMeta.sha256, runId, checkpoint: resolve(rmDir), config: { ...rm.config }, metrics: rmMeta.metrics, parentId: sftVersion });
+    }
 
-    // 3. PPO from the champion, KL to SFT.
+    // 3. PPO from the champion, KL to SFT; resumable every `checkpointEvery` steps.
     const champCk = loadCheckpoint(championDir, { kind: 'policy', config: sftCk.meta.config, tokenizerFingerprint: tok.fingerprint() });
     const champion = own(GPT.fromWeights(champCk.meta.config, 'policy', champCk.weights));
-    const policy = own(champion.clone());
     const proxy = new RewardModelSource(rm, tok, { label: rewardVersion });
     const evalOpts = { maxTokens: cfg.maxTokens, seed: cfg.seed + 1, gold: o.gold };
     const knobs: Partial<PpoKnobs> = { steps: cfg.ppoSteps, batchSize: cfg.batchSize, minibatchSize: Math.min(cfg.minibatchSize, cfg.batchSize), epochs: cfg.epochs, maxTokens: cfg.maxTokens, lr: cfg.lr, minLr: cfg.lr / 10, klCoef: cfg.klCoef, adaptiveKl: true, klTarget: cfg.klTarget, klHorizon: 10 * cfg.batchSize, seed: cfg.seed };
-    const trainer = new PpoTrainer({ policy, reference: sft, tok, reward: proxy, prompts: trainPrompts, knobs, log });
-    const evals = [await evaluatePolicy(policy, sft, tok, proxy, evalPrompts, evalOpts)];
+    const resumeFrom = latestPpoCheckpoint(runDir);
+    pruneRunDir(runDir, resumeFrom && basename(resumeFrom));
+    let policy: GPT;
+    let evals: { proxy: number; gold: number; kl: number; length: number }[];
+    let trainerState: PpoTrainerState | undefined;
+    let optimizer: Map<string, Float32Array> | undefined;
     let stopReason = '';
-    let steps = 0;
+    if (resumeFrom) {
+      const ck = loadCheckpoint(resumeFrom, { kind: 'policy', config: sftCk.meta.config, tokenizerFingerprint: tok.fingerprint(), withOptimizer: true });
+      policy = own(GPT.fromWeights(ck.meta.config, 'policy', ck.weights));
+      const rc = ck.meta.runConfig as { ppoState: PpoTrainerState; evals: typeof evals; stopReason: string };
+      trainerState = rc.ppoState;
+      evals = rc.evals;
+      stopReason = rc.stopReason;
+      optimizer = ck.optimizer;
+      log(`loop: resuming PPO at step ${trainerState.step} from ${resumeFrom}`);
+    } else {
+      policy = own(champion.clone());
+      evals = [await evaluatePolicy(policy, sft, tok, proxy, evalPrompts, evalOpts)];
+    }
+    const trainer = new PpoTrainer({ policy, reference: sft, tok, reward: proxy, prompts: trainPrompts, knobs, log });
+    if (trainerState) {
+      const ema = optimizer && new Map([...optimizer].filter(([k]) => k.startsWith('ema.')).map(([k, v]) => [k.slice(4), v]));
+      trainer.importState(trainerState, optimizer, ema);
+    }
+    let steps = trainerState?.step ?? 0;
+    const saveState = async (): Promise<void> => {
+      const name = `step-${String(steps).padStart(6, '0')}`;
+      const optState = await trainer.exportOptimizer();
+      if (trainer.ema) for (const [k, v] of await trainer.ema.exportWeights()) optState.set(`ema.${k}`, { data: v.data, shape: [...v.shape] });
+      saveCheckpoint(join(runDir, name), {
+        weights: await policy.exportWeights(),
+        optimizer: optState,
+        meta: { stage: 'policy', kind: 'policy', config: policy.config, tokenizerFingerprint: tok.fingerprint(), parent: championDir, step: steps, metrics: {}, runConfig: { runId, ppoState: trainer.exportState(), evals, stopReason } },
+        tokenizer: tok.toJSON(),
+      });
+      writeFileAtomic(join(runDir, 'latest'), name);
+      pruneRunDir(runDir, name);
+      log(`loop: checkpoint at PPO step ${steps} (${join(runDir, name)})`);
+    };
     try {
-      for (let i = 0; i < cfg.ppoSteps && !stopReason; i++) {
+      while (steps < cfg.ppoSteps && !stopReason) {
         const s = await trainer.step();
         steps = s.step;
-        await logMetrics(db, run.id, s.step, ppoMetrics(s));
+        log(`loop: ${formatPpoStats(s, cfg.ppoSteps)}`);
+        await logMetrics(db, runId, s.step, ppoMetrics(s));
         if (s.kl > cfg.klBudget) stopReason = `KL per reply ${s.kl.toFixed(2)} exceeded the budget ${cfg.klBudget} at step ${s.step}`;
-        if (o.shouldStop?.()) stopReason = 'stop requested';
         if (!stopReason && s.step % cfg.evalEvery === 0) {
           const e = await evaluatePolicy(policy, sft, tok, proxy, evalPrompts, evalOpts);
           evals.push(e);
-          await logMetrics(db, run.id, s.step, Object.fromEntries(Object.entries({ eval_proxy: e.proxy, eval_gold: e.gold, eval_kl: e.kl }).filter(([, v]) => Number.isFinite(v))));
+          await logMetrics(db, runId, s.step, Object.fromEntries(Object.entries({ eval_proxy: e.proxy, eval_gold: e.gold, eval_kl: e.kl }).filter(([, v]) => Number.isFinite(v))));
           if (o.gold && proxyGoldDiverged(evals, cfg.goldPatience)) stopReason = `proxy reward rose while gold reward fell over ${cfg.goldPatience} evaluations (step ${s.step})`;
         }
+        if (s.step % cfg.checkpointEvery === 0 && s.step < cfg.ppoSteps) await saveState();
+        if (o.shouldStop?.() && !stopReason) stopReason = 'stop requested';
       }
     } finally {
       trainer.dispose();
@@ -225,19 +380,23 @@ export async function runOnlineIteration(store: FeedbackStore, cfg: OnlineLoopCo
     const champ = await evaluatePolicy(champion, sft, tok, proxy, evalPrompts, evalOpts);
     const metrics: Record<string, number> = Object.fromEntries(Object.entries({
       rmAccuracy: acc, ppoSteps: steps, candidateProxy: cand.proxy, championProxy: champ.proxy, candidateKl: cand.kl, championKl: champ.kl,
-      candidateGold: cand.gold, championGold: champ.gold, candidateLength: cand.length,
+      candidateGold: cand.gold, championGold: champ.gold, candidateLength: cand.length, dataJudgements: window.judgements, dataNewJudgements: window.newJudgements,
     }).filter(([, v]) => Number.isFinite(v)));
-    await logMetrics(db, run.id, steps + 1, metrics);
+    await logMetrics(db, runId, steps + 1, metrics);
 
     // 5. Register, and promote only through the gates.
     const polDir = join(cfg.checkpoints, `policy-${stamp}`);
-    const polMeta = saveCheckpoint(polDir, {
-      weights: await policy.exportWeights(),
-      meta: { stage: 'policy', kind: 'policy', config: policy.config, tokenizerFingerprint: tok.fingerprint(), parent: championDir, step: steps, metrics, runConfig: { ...cfg, reference: cfg.sft, reward: rewardVersion, stopReason } },
-      tokenizer: tok.toJSON(),
-    });
+    const polMeta = existsSync(polDir)
+      ? readCheckpointMeta(polDir)
+      : saveCheckpoint(polDir, {
+          weights: await policy.exportWeights(),
+          meta: { stage: 'policy', kind: 'policy', config: policy.config, tokenizerFingerprint: tok.fingerprint(), parent: championDir, step: steps, metrics, runConfig: { ...cfg, runId, reference: cfg.sft, reward: rewardVersion, stopReason, dataWindow: window } },
+          tokenizer: tok.toJSON(),
+        });
     const policyVersion = checkpointVersionId(polDir, polMeta);
-    await registerModelVersion(db, { id: policyVersion, kind: 'policy', stage: 'policy', sha256: polMeta.sha256, runId: run.id, checkpoint: resolve(polDir), parentId: championVersion, config: { ...policy.config }, metrics, notes: stopReason || undefined });
+    if (!(await getModelVersion(db, policyVersion))) {
+      await registerModelVersion(db, { id: policyVersion, kind: 'policy', stage: 'policy', sha256: polMeta.sha256, runId, checkpoint: resolve(polDir), parentId: championVersion, config: { ...policy.config }, metrics, notes: stopReason || undefined });
+    }
     await promote(db, { alias: 'candidate', versionId: policyVersion, actor: 'online-loop', reason: `proxy ${cand.proxy.toFixed(3)} vs champion ${champ.proxy.toFixed(3)}, KL ${cand.kl.toFixed(2)}` });
     const gates: string[] = [];
     if (!(cand.proxy >= champ.proxy + cfg.minScoreGain)) gates.push(`proxy gain ${(cand.proxy - champ.proxy).toFixed(3)} < ${cfg.minScoreGain}`);
@@ -250,31 +409,40 @@ export async function runOnlineIteration(store: FeedbackStore, cfg: OnlineLoopCo
       status = 'promoted';
       reason = 'candidate passed the gates and was promoted to champion';
     }
-    await finishRun(db, run.id, { status: 'succeeded', outputVersionId: policyVersion });
+    await finishRun(db, runId, { status: 'succeeded', outputVersionId: policyVersion });
+    rmSync(runDir, { recursive: true, force: true });
     log(`loop: ${reason}`);
-    return { status, reason, runId: run.id, rewardVersion, policyVersion, metrics };
+    return { status, reason, runId, rewardVersion, policyVersion, metrics };
   } catch (err) {
-    await finishRun(db, run.id, { status: 'failed', error: (err as Error).message.slice(0, 10_000) }).catch(() => {});
+    await finishRun(db, runId, { status: 'failed', error: (err as Error).message.slice(0, 10_000) }).catch(() => {});
     throw err;
   } finally {
     for (const m of models) m.dispose();
   }
 }
 
-/** Runs iterations until stopped (or once). */
-export async function onlineLoop(cfg: OnlineLoopConfig, o: LoopOptions = {}): Promise<IterationResult[]> {
+/** Runs iterations until stopped (or once). Between iterations it waits `pollSeconds`, checking `shouldStop` every 250 ms. */
+export async function onlineLoop(cfg: OnlineLoopConfig, o: LoopOptions & { store?: StoreOptions } = {}): Promise<IterationResult[]> {
   const log = o.log ?? ((l: string) => console.error(l));
   await initBackend({ backend: cfg.backend || undefined, log });
   const { openStore } = await import('../feedback/index.ts');
-  const store = await openStore(cfg.database === 'default' ? {} : { url: cfg.database });
+  const store = await openStore(o.store ?? (cfg.database === 'default' ? {} : { url: cfg.database }));
   const results: IterationResult[] = [];
   try {
     for (;;) {
-      const r = await runOnlineIteration(store, cfg, o);
+      let r: IterationResult;
+      try {
+        r = await runOnlineIteration(store, cfg, o);
+      } catch (err) {
+        if (cfg.once) throw err;
+        r = { status: 'skipped', reason: `iteration failed: ${(err as Error).message}`, metrics: {} };
+        if (process.env.DEBUG) log(String((err as Error).stack));
+      }
       results.push(r);
       log(`loop: ${r.status}: ${r.reason}`);
       if (cfg.once || o.shouldStop?.()) break;
-      await sleep(cfg.pollSeconds * 1000);
+      const until = Date.now() + cfg.pollSeconds * 1000;
+      while (Date.now() < until && !o.shouldStop?.()) await sleep(Math.min(250, until - Date.now()));
       if (o.shouldStop?.()) break;
     }
   } finally {

@@ -258,6 +258,15 @@ export class KlController {
   }
 }
 
+/** What `PpoTrainer.exportState` returns: enough, with the weights and moments, to continue a run. */
+export interface PpoTrainerState {
+  step: number;
+  updates: number;
+  klCoef: number;
+  scoreStats: { n: number; mean: number; m2: number };
+  optimizerStep: number;
+}
+
 export interface PpoTrainerOptions {
   policy: GPT;
   reference: GPT;
@@ -285,7 +294,7 @@ export class PpoTrainer {
   readonly ema: GPT | undefined;
   private readonly opt: AdamW;
   private readonly vars: tf.Variable[];
-  private readonly rng: Rng;
+  private rng: Rng;
   private stepCount = 0;
   private updates = 0;
   private scoreStats = { n: 0, mean: 0, m2: 0 };
@@ -457,6 +466,37 @@ export class PpoTrainer {
     tf.tidy(() => {
       for (const [name, p] of this.ema!.params) p.assign(tf.add(tf.mul(p, d), tf.mul(this.o.policy.params.get(name)!, 1 - d)));
     });
+  }
+
+  /** Counters, KL coefficient and score statistics for resuming (see `importState`). */
+  exportState(): PpoTrainerState {
+    return { step: this.stepCount, updates: this.updates, klCoef: this.kl.value, scoreStats: { ...this.scoreStats }, optimizerStep: this.opt.step };
+  }
+
+  /** Optimizer moments (`m.<param>`, `v.<param>`) for checkpoints. */
+  exportOptimizer(): Promise<Map<string, { data: Float32Array; shape: number[] }>> {
+    return this.opt.exportState();
+  }
+
+  /**
+   * Continues a run saved by `exportState`/`exportOptimizer` (the policy's and EMA's weights are
+   * restored by the caller). The sampling stream restarts from a seed derived from the step.
+   */
+  importState(state: PpoTrainerState, optimizer?: ReadonlyMap<string, Float32Array>, ema?: ReadonlyMap<string, Float32Array>): void {
+    this.stepCount = state.step;
+    this.updates = state.updates;
+    this.kl.value = state.klCoef;
+    this.scoreStats = { ...state.scoreStats };
+    this.rng = createRng(this.knobs.seed * 7_919 + state.step);
+    if (optimizer) this.opt.importState(optimizer, state.optimizerStep);
+    if (this.ema && ema) {
+      tf.tidy(() => {
+        for (const [name, p] of this.ema!.params) {
+          const w = ema.get(name);
+          if (w) p.assign(tf.tensor(w, p.shape));
+        }
+      });
+    }
   }
 
   /** The weights to ship: the EMA when enabled, else the policy's. */

@@ -1,0 +1,42 @@
+/**
+ * The online loop as a child process of the chat server (`LOOP=1` / `--loop`; see
+ * server/loop-host.ts). It opens its own store connection and tensor backend, runs
+ * `onlineLoop` (which honours the admin's pause flag between iterations) and stops cleanly
+ * after the current PPO step when the server sends `{type:'stop'}`, closes the IPC channel
+ * (the server went away) or signals SIGTERM/SIGINT. Its promotions reach the server through the
+ * registry. Log lines go to stderr.
+ *
+ *   argv[2]: JSON `{ loop: Partial<OnlineLoopConfig>, store: StoreOptions }`; LOOP_<NAME> in the
+ *   environment sets any loop knob the JSON leaves out.
+ */
+import { parseConfig } from '../model/config.ts';
+import type { StoreOptions } from '../feedback/open-store.ts';
+import { OnlineLoopConfig, onlineLoop } from './online-loop.ts';
+
+interface WorkerArgs {
+  loop?: Partial<OnlineLoopConfig>;
+  store?: StoreOptions;
+}
+
+const args = JSON.parse(process.argv[2] ?? '{}') as WorkerArgs;
+const cfg = parseConfig(OnlineLoopConfig, { env: process.env, envPrefix: 'LOOP', overrides: args.loop ?? {} });
+let stop = false;
+const requestStop = () => {
+  stop = true;
+};
+process.on('message', (m) => {
+  if ((m as { type?: string }).type === 'stop') requestStop();
+});
+process.on('disconnect', requestStop);
+process.on('SIGTERM', requestStop);
+process.on('SIGINT', requestStop);
+const log = (line: string) => console.error(line);
+try {
+  await onlineLoop(cfg, { log, shouldStop: () => stop, store: args.store });
+  log('loop: stopped');
+} catch (err) {
+  log(`loop: error: ${(err as Error).message}`);
+  process.exitCode = 1;
+} finally {
+  process.disconnect?.();
+}
