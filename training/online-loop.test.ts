@@ -73,6 +73,12 @@ test('an iteration trains a reward model, runs PPO from the champion, registers 
   assert.match(held.reason, /not promoted: proxy gain/);
   assert.equal(await resolveAlias(store.db, 'champion'), r.policyVersion, 'the champion stays');
   assert.equal(await resolveAlias(store.db, 'candidate'), held.policyVersion);
+  const windowOf = async (id: string) => (JSON.parse((await getRun(store.db, id))!.config_json) as { dataWindow: { since: string | null; judgements: number; newJudgements: number; byKind: Record<string, number> } }).dataWindow;
+  const w1 = await windowOf(r.runId!);
+  assert.deepEqual([w1.since, w1.judgements, w1.newJudgements, w1.byKind.comparisons], [null, 40, 40, 40], 'the first run trained on the 40 seeded comparisons');
+  const w3 = await windowOf(held.runId!);
+  assert.equal(w3.since, run!.started_at, 'a later run counts what arrived since the last successful one');
+  assert.deepEqual([w3.judgements, w3.newJudgements], [40, 0]);
 });
 
 test('a reward model below the accuracy guard stops the iteration before any policy is trained', async () => {
