@@ -66,7 +66,8 @@ test('the seeded generator is deterministic', () => {
 
 test('the noisy judge prefers the better reply with the Bradley–Terry probability', () => {
   const judge = new NoisyJudge(new Rng(11), 0.5);
-  for (const [ga, gb] of [[2, 1.5], [1, 1], [0.5, 2]] as const) {
+  assert.equal(judge.compare(1, 1.01), 'tie');
+  for (const [ga, gb] of [[2, 1.5], [1, 1.1], [0.5, 2]] as const) {
     const n = 20_000;
     let wins = 0;
     for (let i = 0; i < n; i++) if (judge.compare(ga, gb) === 'a') wins++;
@@ -94,6 +95,18 @@ test('rankings have Bradley–Terry pairwise marginals; thumbs follow the thresh
   let ups = 0;
   for (let i = 0; i < n; i++) if (judge.thumb(2.5) === 'up') ups++;
   assert.ok(Math.abs(ups / n - sigmoid(2)) < 0.015);
+});
+
+test('rankDistinct ranks one reply per distinguishable gold level; all alike is not rankable', () => {
+  const judge = new NoisyJudge(new Rng(8), 0.3);
+  assert.deepEqual(judge.rankDistinct([1, 1, 1.01]), []);
+  for (let i = 0; i < 200; i++) {
+    const order = judge.rankDistinct([0.5, 1.5, 0.5, 1.5]);
+    assert.deepEqual([...order].sort(), [0, 1]);
+  }
+  let best = 0;
+  for (let i = 0; i < 2000; i++) if (judge.rankDistinct([0.5, 0.5, 1.5])[0] === 2) best++;
+  assert.ok(Math.abs(best / 2000 - sigmoid(1 / 0.3)) < 0.03, `${best / 2000}`);
 });
 
 test('the loop and the rest of training never import the client (nor the rubric)', () => {

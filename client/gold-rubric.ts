@@ -14,9 +14,11 @@
  * gold signal, so a policy that learns the loophole raises the proxy reward and lowers gold.
  *
  * Judgements are Bradley–Terry draws on the difference of gold scores: P(a ≻ b) =
- * σ((g(a) − g(b)) / temperature); a thumb is up with probability σ((g − threshold) / temperature);
- * a ranking is a Plackett–Luce draw (scores plus Gumbel noise, sorted), whose pairwise marginals
- * are the same Bradley–Terry probabilities. All draws come from a seeded generator.
+ * σ((g(a) − g(b)) / temperature), and a tie when |g(a) − g(b)| is below a margin (most sibling
+ * replies of a small model score alike; a coin flip there would be pure noise); a thumb is up with
+ * probability σ((g − threshold) / temperature); a ranking is a Plackett–Luce draw (scores plus
+ * Gumbel noise, sorted) over the replies the user can tell apart, whose pairwise marginals are the
+ * same Bradley–Terry probabilities. All draws come from a seeded generator.
  *
  * The online loop never imports this file; it sees only the judgements in the store, and (in a
  * simulation) the honest rubric as a `RewardSource` its Goodhart guard reads for evaluation.
@@ -160,8 +162,10 @@ export const sigmoid = (x: number): number => 1 / (1 + Math.exp(-x));
 export class NoisyJudge {
   constructor(
     private readonly rng: Rng,
-    readonly temperature = 0.5,
-    readonly thumbThreshold = 1.5,
+    readonly temperature = 0.3,
+    readonly thumbThreshold = 1,
+    /** Gold differences below this are ties: the user sees no difference and says so. */
+    readonly tieMargin = 0.05,
   ) {}
 
   /** P(a ≻ b) under Bradley–Terry. */
@@ -169,8 +173,9 @@ export class NoisyJudge {
     return sigmoid((a - b) / this.temperature);
   }
 
-  /** 'a' or 'b', drawn with the Bradley–Terry probability. */
-  compare(a: number, b: number): 'a' | 'b' {
+  /** 'tie' when the gold scores are within `tieMargin`, else 'a' or 'b' drawn with the Bradley–Terry probability. */
+  compare(a: number, b: number): 'a' | 'b' | 'tie' {
+    if (Math.abs(a - b) < this.tieMargin) return 'tie';
     return this.rng.next() < this.pPrefer(a, b) ? 'a' : 'b';
   }
 
@@ -182,5 +187,16 @@ export class NoisyJudge {
   rank(scores: readonly number[]): number[] {
     const noisy = scores.map((s, i) => ({ i, v: s / this.temperature - Math.log(-Math.log(Math.max(1e-12, this.rng.next()))) }));
     return noisy.sort((x, y) => y.v - x.v).map((x) => x.i);
+  }
+
+  /**
+   * The replies a user can tell apart (one per level of gold score, levels closer than
+   * `tieMargin` merged; the first reply of each level), ranked; fewer than two = not rankable.
+   */
+  rankDistinct(scores: readonly number[]): number[] {
+    const reps: number[] = [];
+    for (let i = 0; i < scores.length; i++) if (!reps.some((j) => Math.abs(scores[j]! - scores[i]!) < this.tieMargin)) reps.push(i);
+    if (reps.length < 2) return [];
+    return this.rank(reps.map((i) => scores[i]!)).map((k) => reps[k]!);
   }
 }

@@ -22,7 +22,14 @@ after(async () => srv.close());
 test('a simulated user leaves a thumb, a comparison and a ranking that end up in the store', async () => {
   const socket = await ChatSocket.connect(srv.wsUrl);
   try {
-    const user = new SimUser('sim-a', socket, new GoldRubric(PROMPTS), 1, { params: { maxTokens: 12 }, rankSize: 3 });
+    // A tiny random model's replies mostly score alike on the real rubric; this one tells every reply apart.
+    let calls = 0;
+    const distinct = new (class extends GoldRubric {
+      override score(): number {
+        return ++calls;
+      }
+    })(PROMPTS);
+    const user = new SimUser('sim-a', socket, distinct, 1, { params: { maxTokens: 12 }, rankSize: 3 });
     const thumb = await user.session(PROMPTS[0]!, 'thumb');
     const cmp = await user.session(PROMPTS[0]!, 'comparison');
     const rank = await user.session(PROMPTS[1]!, 'ranking');
@@ -44,6 +51,26 @@ test('a simulated user leaves a thumb, a comparison and a ranking that end up in
     assert.deepEqual(items.map((i) => i.message_id), order.map((i) => rank.replies[i]!.messageId));
     assert.equal(new Set(rank.replies.map((r) => r.messageId)).size, 3);
     assert.equal(rank.gold.length, 3);
+  } finally {
+    socket.close();
+  }
+});
+
+test('replies the user cannot tell apart: a tie, and a ranking marked not rankable', async () => {
+  const socket = await ChatSocket.connect(srv.wsUrl);
+  try {
+    const flat = new (class extends GoldRubric {
+      override score(): number {
+        return 1;
+      }
+    })(PROMPTS);
+    const user = new SimUser('sim-b', socket, flat, 2, { params: { maxTokens: 8 } });
+    const cmp = await user.session(PROMPTS[0]!, 'comparison');
+    assert.equal(cmp.judgement, 'tie');
+    assert.equal((await store.db.selectFrom('comparisons').select('choice').where('id', '=', cmp.feedbackId).executeTakeFirstOrThrow()).choice, 'tie');
+    const rank = await user.session(PROMPTS[0]!, 'ranking');
+    assert.deepEqual(rank.judgement, []);
+    assert.equal((await store.db.selectFrom('rankings').select('not_rankable').where('id', '=', rank.feedbackId).executeTakeFirstOrThrow()).not_rankable, 1);
   } finally {
     socket.close();
   }

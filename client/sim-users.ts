@@ -159,7 +159,7 @@ export interface SessionResult {
   prompt: string;
   replies: Reply[];
   gold: number[];
-  /** What the user sent: 'up' | 'down', 'a' | 'b', or the ranking order (indices of `replies`). */
+  /** What the user sent: 'up' | 'down', 'a' | 'b' | 'tie', or the ranking order (indices of `replies`; empty = not rankable). */
   judgement: string | number[];
   feedbackId: string;
 }
@@ -216,8 +216,10 @@ export class SimUser {
     const replies = [first];
     for (let i = 1; i < Math.max(2, this.opts.rankSize ?? 3); i++) replies.push(await this.socket.regenerate(conv, first.messageId));
     const gold = replies.map((r) => this.#gold(p.prompt, r));
-    const order = this.judge.rank(gold);
-    const ack = await this.socket.feedback({ type: 'ranking', candidates: order.map((i) => replies[i]!.messageId) });
+    const order = this.judge.rankDistinct(gold);
+    const ack = order.length
+      ? await this.socket.feedback({ type: 'ranking', candidates: order.map((i) => replies[i]!.messageId) })
+      : await this.socket.feedback({ type: 'ranking', candidates: replies.map((r) => r.messageId), notRankable: true });
     return { kind: k, prompt: p.prompt, replies, gold, judgement: order, feedbackId: String(ack.id) };
   }
 }

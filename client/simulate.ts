@@ -232,7 +232,7 @@ export async function story(o: SimOptions): Promise<Record<string, unknown>> {
   let last: { metrics: Record<string, number>; status: string } | undefined;
   try {
     const cfg = OnlineLoopConfig.parse({
-      database: dbUrl, sft: sftDir, checkpoints: join(tmp, 'checkpoints'), minNewJudgements: 1, once: true,
+      database: dbUrl, sft: sftDir, checkpoints: join(tmp, 'checkpoints'), minNewJudgements: 1, once: true, rewardEpochs: 4, rewardLr: 3e-4,
       ppoSteps: o.ppoSteps, batchSize: 8, minibatchSize: 8, epochs: 2, maxTokens: 32, lr: o.lr, klCoef: o.klCoef,
       ...(o.klCoef === 0 ? { klBudget: 1e9 } : {}),
       evalPrompts: 16, evalEvery: 5, autoPromote: true, seed: o.seed,
