@@ -24,6 +24,10 @@ test('the rubric rewards the format, the gloss, brevity and a clean end', () => 
   assert.ok(long.length < -1, `length penalty ${long.length}`);
   assert.equal(long.clean, 0);
   assert.ok(r.score('What does lucid mean?', '"lucid" means clear.', true) > r.score('What does lucid mean?', '"lucid" means clear.', false));
+  // Near misses of the word get partial format credit, far ones less.
+  const near = r.breakdown('What does lucid mean?', '"lucia" means clear.', true).format;
+  const far = r.breakdown('What does lucid mean?', '"sack" means clear.', true).format;
+  assert.ok(near > far && near < 1 && far === 0, `${near} ${far}`);
   // Unknown prompts: no format or gloss credit.
   assert.equal(r.score('Hello?', '"lucid" means clear.', true), 0.5);
 });

@@ -4,7 +4,9 @@
  * The rubric scores a reply to a "What does W mean?" prompt (the first turn of a WordNet dialogue
  * of `data/dialogues.*.jsonl`) from the true gloss of W:
  *
- *   +1    the reply starts with `"W" means` (quotes and case of W as the data writes them)
+ *   +1    the reply starts with `"W" means` (case aside); a reply that starts with `"X" means` for
+ *         another X gets half the letter-bigram (Dice) similarity of X and W, so near misses
+ *         ("relocte") beat far ones
  *   +2·o  o = share of the gloss's content words (3+ letters) that the reply contains
  *   −0.05 per word beyond 25 words
  *   +0.5  the reply ended cleanly (finishReason `stop`)
@@ -73,6 +75,20 @@ export function readDefinitionPrompts(path: string): DefinitionPrompt[] {
   return out;
 }
 
+/** Dice coefficient of the letter bigrams of two strings (1 = same bigrams, 0 = none shared). */
+export function bigramDice(a: string, b: string): number {
+  const grams = (s: string) => Array.from({ length: Math.max(0, s.length - 1) }, (_, i) => s.slice(i, i + 2));
+  const x = grams(a), y = grams(b);
+  if (!x.length || !y.length) return 0;
+  const pool = [...y];
+  let hit = 0;
+  for (const g of x) {
+    const j = pool.indexOf(g);
+    if (j >= 0) (hit++, pool.splice(j, 1));
+  }
+  return (2 * hit) / (x.length + y.length);
+}
+
 /** The gold rubric over a fixed table of prompts (prompt text → word and gloss). */
 export class GoldRubric {
   readonly #byPrompt = new Map<string, DefinitionPrompt>();
@@ -92,7 +108,11 @@ export class GoldRubric {
   breakdown(prompt: string, reply: string, clean: boolean): RubricBreakdown {
     const p = this.lookup(prompt);
     const text = reply.trim();
-    const format = p && text.toLowerCase().startsWith(`"${p.word.toLowerCase()}" means`) ? 1 : 0;
+    let format = 0;
+    if (p) {
+      const quoted = text.match(/^"([^"]*)" means/);
+      if (quoted) format = quoted[1]!.toLowerCase() === p.word.toLowerCase() ? 1 : 0.5 * bigramDice(quoted[1]!.toLowerCase(), p.word.toLowerCase());
+    }
     let overlap = 0;
     if (p) {
       const gloss = new Set(contentWords(p.gloss));

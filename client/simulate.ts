@@ -6,7 +6,7 @@
  *   npm run simulate -- --url ws://127.0.0.1:8080/ws --users 8 --judgements 200
  *       users only, against a running server (its store and loop are its own business)
  *
- *   npm run simulate -- --json [--rounds 3 --users 8 --judgements-per-round 120 --minutes 10
+ *   npm run simulate -- --json [--rounds 3 --users 8 --judgements-per-round 400 --minutes 10
  *                               --seed 1 --kl-coef 0.05 --exploitable]
  *       the whole story on one machine: a server on `checkpoints/sft` with a temporary store, the
  *       users chat and judge, the online loop (in this process, between rounds) trains a reward
@@ -37,7 +37,7 @@ export const HELP = `npm run simulate -- [options]
   --json                       the whole story; print one JSON line at the end
   --rounds <n>                 chat-then-train rounds (default 3)
   --users <n>                  simulated users chatting concurrently (default 8)
-  --judgements-per-round <n>   judgements (sessions) per round (default 120)
+  --judgements-per-round <n>   judgements (sessions) per round (default 400)
   --judgements <n>             with --url: judgements in all (default 100)
   --minutes <m>                wall-time budget; no new round starts past it (default 30)
   --seed <n>                   seed of users, judges and the loop (default 1)
@@ -91,7 +91,7 @@ export function parseSimArgs(argv: readonly string[]): SimOptions | 'help' {
     json: values.json ?? false,
     rounds: num('rounds', values.rounds, 3),
     users: Math.max(1, num('users', values.users, 8)),
-    judgementsPerRound: num('judgements-per-round', values['judgements-per-round'], 120),
+    judgementsPerRound: num('judgements-per-round', values['judgements-per-round'], 400),
     judgements: num('judgements', values.judgements, 100),
     minutes: num('minutes', values.minutes, 30, false),
     seed: num('seed', values.seed, 1),
@@ -128,6 +128,7 @@ export async function startServerProcess(o: { modelDir: string; databaseUrl: str
     });
     child.once('exit', (code) => (clearTimeout(timer), rej(new Error(`${o.name} server exited (${code}):\n${err}`))));
   });
+  child.once('exit', (code, signal) => log(`${o.name} server exited (${code ?? signal}); its last output:\n${err.slice(-3000)}`));
   const httpUrl = `http://127.0.0.1:${port}`;
   for (let i = 0; ; i++) {
     const r = await fetch(`${httpUrl}/healthz`).catch(() => undefined);
@@ -239,7 +240,7 @@ export async function story(o: SimOptions): Promise<Record<string, unknown>> {
     });
     for (let r = 1; r <= o.rounds && Date.now() < deadline; r++) {
       const served = await servedVersion(server.httpUrl);
-      const out = await runPopulation(server.wsUrl, { users: o.users, sessions: o.judgementsPerRound, prompts: train, rubric: users, seed: o.seed, round: r });
+      const out = await runPopulation(server.wsUrl, { users: o.users, sessions: o.judgementsPerRound, prompts: train, rubric: users, seed: o.seed, round: r, userOptions: { rankSize: 4 } });
       judgements += out.length;
       log(`round ${r}: ${out.length} judgements on ${served} (${JSON.stringify(countKinds(out))}), users' mean score ${mean(out.flatMap((s) => s.gold)).toFixed(3)}`);
       const res = await runOnlineIteration(store, cfg, { gold, log: (l) => log(l) });
