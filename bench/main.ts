@@ -83,6 +83,10 @@ const BENCHES: Bench[] = [
     run: async () => (await import('./rlhf.ts')).benchRlhf(),
   },
   {
+    name: 'loop',
+    run: async () => (await import('./loop.ts')).benchLoop(),
+  },
+  {
     name: 'hot_swap',
     run: async () => [await (await import('./hot-swap.ts')).benchHotSwap()],
   },
