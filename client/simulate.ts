@@ -43,6 +43,7 @@ export const HELP = `npm run simulate -- [options]
   --seed <n>                   seed of users, judges and the loop (default 1)
   --kl-coef <β>                PPO KL coefficient; 0 removes the leash and the KL budget (default 0.05)
   --exploitable                users judge with a rubric that has a loophole (gold stays honest)
+  --user-temperature <t>       sampling temperature of the users' chats (default 1.1)
   --ppo-steps <n>              PPO steps per round (default 20)
   --lr <x>                     PPO learning rate (default 2e-5)
   --eval-prompts <n>           held-out prompts of the final champion-vs-SFT comparison (default 64)
@@ -62,6 +63,7 @@ export interface SimOptions {
   klCoef: number;
   exploitable: boolean;
   ppoSteps: number;
+  userTemperature: number;
   lr: number;
   evalPrompts: number;
   sft: string;
@@ -75,7 +77,7 @@ export function parseSimArgs(argv: readonly string[]): SimOptions | 'help' {
     options: {
       help: { type: 'boolean' }, url: { type: 'string' }, json: { type: 'boolean' }, rounds: { type: 'string' }, users: { type: 'string' },
       'judgements-per-round': { type: 'string' }, judgements: { type: 'string' }, minutes: { type: 'string' }, seed: { type: 'string' },
-      'kl-coef': { type: 'string' }, exploitable: { type: 'boolean' }, 'ppo-steps': { type: 'string' }, lr: { type: 'string' },
+      'kl-coef': { type: 'string' }, exploitable: { type: 'boolean' }, 'ppo-steps': { type: 'string' }, 'user-temperature': { type: 'string' }, lr: { type: 'string' },
       'eval-prompts': { type: 'string' }, sft: { type: 'string' }, keep: { type: 'boolean' },
     },
   });
@@ -99,6 +101,7 @@ export function parseSimArgs(argv: readonly string[]): SimOptions | 'help' {
     exploitable: values.exploitable ?? false,
     ppoSteps: Math.max(1, num('ppo-steps', values['ppo-steps'], 20)),
     lr: num('lr', values.lr, 2e-5, false),
+    userTemperature: num('user-temperature', values['user-temperature'], 1.1, false),
     evalPrompts: Math.max(1, num('eval-prompts', values['eval-prompts'], 64)),
     sft: values.sft ?? 'checkpoints/sft',
     keep: values.keep ?? false,
@@ -119,6 +122,9 @@ export interface ServerChild {
 export async function startServerProcess(o: { modelDir: string; databaseUrl: string; name: string }): Promise<ServerChild> {
   const child = spawn(process.execPath, ['--import', 'tsx', 'server/main.ts', '--port', '0', '--host', '127.0.0.1', '--model-dir', o.modelDir, '--database-url', o.databaseUrl, '--requests-per-minute', '1000000', '--messages-per-second', '100000'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
+  const reap = (): void => void child.kill('SIGKILL');
+  process.once('exit', reap);
+  child.once('exit', () => process.off('exit', reap));
   const port = await new Promise<number>((res, rej) => {
     const timer = setTimeout(() => rej(new Error(`${o.name} server did not start within 60 s:\n${err}`)), 60_000);
     child.stderr!.on('data', (d) => {
@@ -240,7 +246,7 @@ export async function story(o: SimOptions): Promise<Record<string, unknown>> {
     });
     for (let r = 1; r <= o.rounds && Date.now() < deadline; r++) {
       const served = await servedVersion(server.httpUrl);
-      const out = await runPopulation(server.wsUrl, { users: o.users, sessions: o.judgementsPerRound, prompts: train, rubric: users, seed: o.seed, round: r, userOptions: { rankSize: 4 } });
+      const out = await runPopulation(server.wsUrl, { users: o.users, sessions: o.judgementsPerRound, prompts: train, rubric: users, seed: o.seed, round: r, userOptions: { rankSize: 4, params: { temperature: o.userTemperature, maxTokens: 48 } } });
       judgements += out.length;
       log(`round ${r}: ${out.length} judgements on ${served} (${JSON.stringify(countKinds(out))}), users' mean score ${mean(out.flatMap((s) => s.gold)).toFixed(3)}`);
       const res = await runOnlineIteration(store, cfg, { gold, log: (l) => log(l) });
@@ -304,6 +310,7 @@ async function main(): Promise<void> {
 }
 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exit(130));
   main().then(
     () => process.exit(0),
     (err: unknown) => {
