@@ -191,6 +191,7 @@ export function trainDpo(o: TrainDpoOptions): TrainDpoResult {
       if (!Number.isFinite(r.loss)) throw new Error(`dpo: loss became ${r.loss} at step ${step}; lower --lr`);
       step++;
       history.push({ step, loss: r.loss, margin: r.aux.margin!, accuracy: r.aux.accuracy! });
+      log(`dpo: step ${step}/${total} loss ${r.loss.toFixed(4)} margin ${r.aux.margin!.toFixed(4)} acc ${r.aux.accuracy!.toFixed(3)} lr ${lr.toExponential(2)}`);
     }
     heldOut = evaluateDpo(policy, reference, tok, o.val, k.beta, k.groupsPerBatch);
     if (history.length) history[history.length - 1]!.heldOut = heldOut;
