@@ -90,6 +90,15 @@ test('a reward model below the accuracy guard stops the iteration before any pol
   assert.equal((await getRun(store.db, r.runId!))?.status, 'failed');
 });
 
+test('held-out preference accuracy falling below the last iteration\'s stops the loop (Goodhart guard)', async () => {
+  const before = (await listModelVersions(store.db)).length;
+  const r = await runOnlineIteration(store, cfg({ sft: join(root, 'sft'), checkpoints: join(root, 'ck5'), minNewJudgements: 0, minRewardAccuracy: 0, rewardLr: 1e-12 }), { log: () => {} });
+  assert.equal(r.status, 'rejected');
+  assert.match(r.reason, /Goodhart guard: held-out preference accuracy fell from [01]\.\d+ to 0\.\d+/);
+  assert.ok(r.metrics.rmAccuracy! < (r.metrics as Record<string, number>).previousRmAccuracy! - 0.1);
+  assert.equal((await listModelVersions(store.db)).length, before, 'no policy trained or registered');
+});
+
 test('a loop paused by the admin skips its iterations, whatever feedback waits, until resumed', async () => {
   const runs = (await listRuns(store.db, {})).length;
   await setRegistrySetting(store.db, 'loop_paused', true);

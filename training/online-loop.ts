@@ -5,7 +5,8 @@
  *   1. waits until at least `minNewJudgements` judgements arrived since the last successful
  *      iteration (pairs from picks, rankings and sibling thumbs, plus lone thumbs);
  *   2. retrains the reward model from the SFT trunk on all current judgements; refuses to go on
- *      when its held-out pairwise accuracy is below `minRewardAccuracy` (guard 1);
+ *      when its held-out pairwise accuracy is below `minRewardAccuracy` (guard 1), or fell more than
+ *      `maxAccuracyDrop` below the last iteration's while PPO keeps raising the proxy (guard 4);
  *   3. runs PPO from the current champion (alias `champion`, or SFT) with the KL measured against
  *      SFT, stopping early when the KL per reply exceeds `klBudget` (guard 2), or, when a gold
  *      scorer is given (simulated users' hidden rubric, never available in production), when the
@@ -39,6 +40,7 @@ import {
   newId,
   getModelVersion,
   listRuns,
+  getMetrics,
   logMetrics,
   promote,
   registerModelVersion,
@@ -65,6 +67,7 @@ export const OnlineLoopConfig = z.object({
   rewardEpochs: z.number().int().positive().default(2).describe('reward-model epochs per iteration'),
   rewardLr: z.number().positive().default(1e-4).describe('reward-model learning rate'),
   minRewardAccuracy: z.number().min(0).max(1).default(0.6).describe('guard: held-out pairwise accuracy the reward model must reach'),
+  maxAccuracyDrop: z.number().min(0).max(1).default(0.1).describe('guard: stop when held-out accuracy falls this much below the last iteration\'s'),
   ppoSteps: z.number().int().positive().default(30).describe('PPO steps per iteration'),
   batchSize: z.number().int().positive().default(16).describe('PPO rollouts per step'),
   minibatchSize: z.number().int().positive().default(8).describe('PPO rollouts per gradient step'),
@@ -293,6 +296,13 @@ export async function runOnlineIteration(store: FeedbackStore, cfg: OnlineLoopCo
         const reason = `reward model held-out accuracy ${acc.toFixed(3)} is below ${cfg.minRewardAccuracy} over ${rmResult.heldOut.pairs} pairs; not training a policy on it`;
         await finishRun(db, runId, { status: 'failed', error: reason });
         return { status: 'rejected', reason, runId, metrics: { rmAccuracy: acc } };
+      }
+      const previous = (await listRuns(db, { kind: 'loop', status: 'succeeded' }))[0];
+      const prevAcc = previous ? (await getMetrics(db, previous.id, { names: ['rm_heldout_accuracy'] }))[0]?.value : undefined;
+      if (prevAcc !== undefined && acc < prevAcc - cfg.maxAccuracyDrop) {
+        const reason = `Goodhart guard: held-out preference accuracy fell from ${prevAcc.toFixed(3)} to ${acc.toFixed(3)} since the last iteration, while the policy was trained to raise the proxy reward: the reward model no longer tracks what people prefer; stopping for the admin`;
+        await finishRun(db, runId, { status: 'failed', error: reason });
+        return { status: 'rejected', reason, runId, metrics: { rmAccuracy: acc, previousRmAccuracy: prevAcc } };
       }
       if (!trainPrompts.length || !evalPrompts.length) throw new Error(`too few prompts in the store (${allPrompts.length}) for training and evaluation`);
       const norm = normaliseScores(rm, tok, sampleReplies(sft, tok, evalPrompts, cfg.maxTokens, cfg.seed));
