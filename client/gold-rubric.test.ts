@@ -1,10 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, statSync, writeFileSync, mkdtempSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync, statSync, writeFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { GoldRewardSource, GoldRubric, NoisyJudge, Rng, readDefinitionPrompts, sigmoid } from './gold-rubric.ts';
+import { buildData, BuildDataConfig } from '../training/build-data.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const LUCID = { prompt: 'What does lucid mean?', word: 'lucid', gloss: 'transparently clear; easily understandable' };
@@ -131,16 +132,12 @@ test('the loop and the rest of training never import the client (nor the rubric)
   assert.ok(/(from|import)\s*\(?\s*['"][^'"]*client\//.test(`import { x } from '../client/gold-rubric.ts';`));
 });
 
-test('the committed dialogue files hold held-out definition prompts for the rubric', { skip: !statSafe(join(ROOT, 'data/dialogues.val.jsonl')) }, () => {
-  const val = readDefinitionPrompts(join(ROOT, 'data/dialogues.val.jsonl'));
-  assert.ok(val.length >= 100, `${val.length} held-out definition prompts`);
+test('the held-out dialogues built by build-data hold definition prompts the rubric can score', () => {
+  const out = mkdtempSync(join(tmpdir(), 'rubric-data-'));
+  buildData(BuildDataConfig.parse({ out, trainDialogues: 200, valDialogues: 150, maxDocsPerSource: 2 }), { log: () => {} });
+  const val = readDefinitionPrompts(join(out, 'dialogues.val.jsonl'));
+  assert.ok(val.length >= 60, `${val.length} held-out definition prompts`);
   assert.ok(val.every((p) => p.gloss.length > 0 && p.prompt.length > 0));
+  rmSync(out, { recursive: true, force: true });
 });
 
-function statSafe(p: string): boolean {
-  try {
-    return statSync(p).isFile();
-  } catch {
-    return false;
-  }
-}
