@@ -8,6 +8,7 @@
 import { z } from 'zod';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { trainKnobs } from './train-knobs.ts';
 import { isMain, runCli, stopRequested } from './cli.ts';
 import { initBackend } from '../model/backend.ts';
 import { GPT } from '../model/gpt.ts';
@@ -24,19 +25,7 @@ export const PretrainConfig = z.object({
   nHead: z.number().int().positive().default(4).describe('attention heads'),
   nEmbd: z.number().int().positive().default(128).describe('embedding width'),
   blockSize: z.number().int().positive().default(128).describe('context length'),
-  batchSize: z.number().int().positive().default(16).describe('sequences per step'),
-  steps: z.number().int().positive().default(1500).describe('optimizer steps'),
-  lr: z.number().positive().default(2e-3).describe('peak learning rate'),
-  minLr: z.number().nonnegative().default(2e-4).describe('final learning rate (cosine)'),
-  warmup: z.number().int().nonnegative().default(100).describe('warmup steps'),
-  weightDecay: z.number().nonnegative().default(0.1).describe('AdamW weight decay on matrices'),
-  gradClip: z.number().nonnegative().default(1).describe('global gradient-norm clip (0 = off)'),
-  evalEvery: z.number().int().positive().default(250).describe('held-out evaluation period (steps)'),
-  evalBatches: z.number().int().positive().default(8).describe('held-out batches per evaluation'),
-  saveEvery: z.number().int().positive().default(250).describe('checkpoint period (steps)'),
-  seed: z.number().int().default(1).describe('seed for init and batches'),
-  resume: z.boolean().default(true).describe('continue from the run directory\'s latest checkpoint'),
-  backend: z.string().default('').describe('force a tensor backend (tensorflow, wasm, cpu)'),
+  ...trainKnobs({ batchSize: 16, rows: 'sequences', steps: 900, lr: 2e-3, minLr: 2e-4, warmup: 100, weightDecay: 0.1, evalEvery: 150, saveEvery: 150, seed: 1 }),
 });
 export type PretrainConfig = z.infer<typeof PretrainConfig>;
 

@@ -15,6 +15,7 @@ import { readJsonl, renderRows, rowBatchAt, rowEvalBatches, type Dialogue } from
 import { latestCheckpoint, trainLoop, evaluateLoss } from './train-loop.ts';
 import { publishCheckpoint } from './publish.ts';
 import { loadTokenizer } from './pretrain.ts';
+import { trainKnobs } from './train-knobs.ts';
 import { isMain, runCli, stopRequested } from './cli.ts';
 
 export const SftConfig = z.object({
@@ -22,19 +23,7 @@ export const SftConfig = z.object({
   init: z.string().default('checkpoints/base').describe('checkpoint to start from (the base model)'),
   runDir: z.string().default('runs/sft').describe('where resumable checkpoints go'),
   out: z.string().default('checkpoints/sft').describe('where the final checkpoint is published'),
-  batchSize: z.number().int().positive().default(16).describe('dialogues per step'),
-  steps: z.number().int().positive().default(1000).describe('optimizer steps'),
-  lr: z.number().positive().default(1e-3).describe('peak learning rate'),
-  minLr: z.number().nonnegative().default(1e-4).describe('final learning rate (cosine)'),
-  warmup: z.number().int().nonnegative().default(50).describe('warmup steps'),
-  weightDecay: z.number().nonnegative().default(0.05).describe('AdamW weight decay on matrices'),
-  gradClip: z.number().nonnegative().default(1).describe('global gradient-norm clip (0 = off)'),
-  evalEvery: z.number().int().positive().default(200).describe('held-out evaluation period (steps)'),
-  evalBatches: z.number().int().positive().default(8).describe('held-out batches per evaluation'),
-  saveEvery: z.number().int().positive().default(200).describe('checkpoint period (steps)'),
-  seed: z.number().int().default(2).describe('seed for batches'),
-  resume: z.boolean().default(true).describe('continue from the run directory\'s latest checkpoint'),
-  backend: z.string().default('').describe('force a tensor backend (tensorflow, wasm, cpu)'),
+  ...trainKnobs({ batchSize: 16, rows: 'dialogues', steps: 1600, lr: 1e-3, minLr: 1e-4, warmup: 50, weightDecay: 0.05, evalEvery: 200, saveEvery: 200, seed: 2 }),
 });
 export type SftConfig = z.infer<typeof SftConfig>;
 
