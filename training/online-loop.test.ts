@@ -4,45 +4,19 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { initBackend } from '../model/backend.ts';
-import { GPT } from '../model/gpt.ts';
-import type { Tokenizer } from '../model/tokenizer.ts';
-import { saveCheckpoint } from '../model/checkpoint.ts';
-import { addAssistantReply, addMessage, createConversation, getMetrics, getRun, listModelVersions, listRuns, openTempStore, resolveAlias, setRegistrySetting, submitJudgements, type FeedbackStore } from '../feedback/index.ts';
+import { getMetrics, getRun, listModelVersions, listRuns, openTempStore, resolveAlias, setRegistrySetting, type FeedbackStore } from '../feedback/index.ts';
 import { OnlineLoopConfig, proxyGoldDiverged, runOnlineIteration } from './online-loop.ts';
-import { toyConfig, toyPreferenceGroups, toyTokenizer } from './rlhf-fixture.ts';
+import { saveToySft, seedJudgements } from './loop-fixture.ts';
 
-let tok: Tokenizer;
 let root: string;
 let store: FeedbackStore;
 
 before(async () => {
   await initBackend({ backend: 'wasm', log: () => {} });
-  tok = toyTokenizer();
   root = mkdtempSync(join(tmpdir(), 'loop-'));
-  const sft = GPT.create(toyConfig(tok), 'policy', 41);
-  saveCheckpoint(join(root, 'sft'), {
-    weights: await sft.exportWeights(),
-    meta: { stage: 'sft', kind: 'policy', config: sft.config, tokenizerFingerprint: tok.fingerprint(), parent: null, step: 1, metrics: {}, runConfig: {} },
-    tokenizer: tok.toJSON(),
-  });
-  sft.dispose();
+  await saveToySft(root);
   store = await openTempStore();
-  const judgements = [];
-  for (const g of toyPreferenceGroups(40, 12)) {
-    const conv = await createConversation(store.db, { userId: 'u1' });
-    const q = await addMessage(store.db, { conversationId: conv.id, role: 'user', content: g.prompt[0]!.content, userId: 'u1' });
-    const ids = [];
-    for (const [i, reply] of g.replies.entries()) {
-      const { message } = await addAssistantReply(store.db, {
-        message: { conversationId: conv.id, parentId: q.id, content: reply },
-        generation: { modelVersionId: 'sft-x', params: {}, seed: i, finishReason: 'stop', promptTokens: 5, completionTokens: 3, latencyMs: 1, ttftMs: 1 },
-      });
-      ids.push(message.id);
-    }
-    judgements.push({ kind: 'comparison', raterId: 'u1', a: ids[1], b: ids[0], choice: 'b' });
-  }
-  const results = await submitJudgements(store.db, judgements);
-  assert.ok(results.every((r) => r.ok));
+  await seedJudgements(store, 40, 12);
 });
 after(() => store.close());
 
