@@ -34,8 +34,6 @@ import { Tokenizer } from '../model/tokenizer.ts';
 import { loadCheckpoint, readCheckpointMeta, saveCheckpoint, versionId, writeFileAtomic, type CheckpointMeta } from '../model/checkpoint.ts';
 import type { ChatMessage } from '../model/chat-template.ts';
 import {
-  exportPreferencePairs,
-  exportUnpaired,
   finishRun,
   newId,
   getModelVersion,
@@ -113,10 +111,12 @@ export function checkpointVersionId(dir: string, meta: CheckpointMeta): string {
 }
 
 async function countJudgementsSince(store: FeedbackStore, since: string | undefined): Promise<number> {
-  const f = since ? { since } : {};
   let n = 0;
-  for await (const _ of exportPreferencePairs(store.db, f)) n++;
-  for await (const _ of exportUnpaired(store.db, f)) n++;
+  for (const table of ['thumbs', 'comparisons', 'rankings'] as const) {
+    let q = store.db.selectFrom(table).select((eb) => eb.fn.countAll<number | string>().as('n'));
+    if (since) q = q.where('created_at', '>', since);
+    n += Number((await q.executeTakeFirstOrThrow()).n);
+  }
   return n;
 }
 
@@ -130,6 +130,11 @@ export async function evaluatePolicy(policy: GPT, sft: GPT, tok: Tokenizer, prox
     kl: mean(episodeKl(policy, sft, tok, eps)),
     length: mean(eps.map((e) => e.replyIds.length)),
   };
+}
+
+/** The metrics an evaluation logs (the proxy/gold/KL curve of a run); gold only when it was measured. */
+function evalMetrics(e: { proxy: number; gold: number; kl: number; length: number }): Record<string, number> {
+  return Object.fromEntries(Object.entries({ eval_proxy: e.proxy, eval_gold: e.gold, eval_kl: e.kl, eval_length: e.length }).filter(([, v]) => Number.isFinite(v)));
 }
 
 /**
@@ -343,6 +348,7 @@ export async function runOnlineIteration(store: FeedbackStore, cfg: OnlineLoopCo
     } else {
       policy = own(champion.clone());
       evals = [await evaluatePolicy(policy, sft, tok, proxy, evalPrompts, evalOpts)];
+      await logMetrics(db, runId, 0, evalMetrics(evals[0]!));
     }
     const trainer = new PpoTrainer({ policy, reference: sft, tok, reward: proxy, prompts: trainPrompts, knobs, log });
     if (trainerState) {
@@ -374,7 +380,7 @@ export async function runOnlineIteration(store: FeedbackStore, cfg: OnlineLoopCo
         if (!stopReason && s.step % cfg.evalEvery === 0) {
           const e = await evaluatePolicy(policy, sft, tok, proxy, evalPrompts, evalOpts);
           evals.push(e);
-          await logMetrics(db, runId, s.step, Object.fromEntries(Object.entries({ eval_proxy: e.proxy, eval_gold: e.gold, eval_kl: e.kl }).filter(([, v]) => Number.isFinite(v))));
+          await logMetrics(db, runId, s.step, evalMetrics(e));
           if (o.gold && proxyGoldDiverged(evals, cfg.goldPatience)) stopReason = `proxy reward rose while gold reward fell over ${cfg.goldPatience} evaluations (step ${s.step})`;
         }
         if (s.step % cfg.checkpointEvery === 0 && s.step < cfg.ppoSteps) await saveState();
@@ -419,6 +425,7 @@ export async function runOnlineIteration(store: FeedbackStore, cfg: OnlineLoopCo
       status = 'promoted';
       reason = 'candidate passed the gates and was promoted to champion';
     }
+    if (stopReason) reason += ` (PPO stopped early: ${stopReason})`;
     await finishRun(db, runId, { status: 'succeeded', outputVersionId: policyVersion });
     rmSync(runDir, { recursive: true, force: true });
     log(`loop: ${reason}`);
