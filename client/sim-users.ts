@@ -113,14 +113,14 @@ export class ChatSocket {
     return toReply(ms.at(-1)!);
   }
 
-  async regenerate(conversationId: string, messageId: string): Promise<Reply> {
-    const ms = await this.retrying({ type: 'regenerate', conversationId, messageId }, (x) => x.type === 'reply');
+  async regenerate(conversationId: string, messageId: string, params?: Msg): Promise<Reply> {
+    const ms = await this.retrying({ type: 'regenerate', conversationId, messageId, ...(params ? { params } : {}) }, (x) => x.type === 'reply');
     return toReply(ms.at(-1)!);
   }
 
   /** Two candidates to a new user message, in candidate order. */
-  async compare(conversationId: string, content: string): Promise<[Reply, Reply]> {
-    const ms = await this.retrying({ type: 'compare', conversationId, content }, (x) => x.type === 'candidates');
+  async compare(conversationId: string, content: string, params?: Msg): Promise<[Reply, Reply]> {
+    const ms = await this.retrying({ type: 'compare', conversationId, content, ...(params ? { params } : {}) }, (x) => x.type === 'candidates');
     const ids = ms.at(-1)!.messageIds as string[];
     const replies = ms.filter((x) => x.type === 'reply').map(toReply);
     const byId = (id: string) => {
@@ -206,7 +206,7 @@ export class SimUser {
       return { kind: k, prompt: p.prompt, replies: [r], gold: [g], judgement: value, feedbackId: String(ack.id) };
     }
     if (k === 'comparison') {
-      const [a, b] = await this.socket.compare(conv, p.prompt);
+      const [a, b] = await this.socket.compare(conv, p.prompt, this.params);
       const gold = [this.#gold(p.prompt, a), this.#gold(p.prompt, b)];
       const choice = this.judge.compare(gold[0]!, gold[1]!);
       const ack = await this.socket.feedback({ type: 'comparison', a: a.messageId, b: b.messageId, choice });
@@ -214,7 +214,7 @@ export class SimUser {
     }
     const first = await this.socket.say(conv, p.prompt, this.params);
     const replies = [first];
-    for (let i = 1; i < Math.max(2, this.opts.rankSize ?? 3); i++) replies.push(await this.socket.regenerate(conv, first.messageId));
+    for (let i = 1; i < Math.max(2, this.opts.rankSize ?? 3); i++) replies.push(await this.socket.regenerate(conv, first.messageId, this.params));
     const gold = replies.map((r) => this.#gold(p.prompt, r));
     const order = this.judge.rankDistinct(gold);
     const ack = order.length
