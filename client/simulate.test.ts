@@ -14,7 +14,7 @@ test('options: defaults, values and refusals', () => {
   const d = parseSimArgs([]);
   assert.notEqual(d, 'help');
   if (d === 'help') return;
-  assert.equal(d.rounds, 3);
+  assert.equal(d.rounds, 4);
   assert.equal(d.klCoef, 0.05);
   assert.equal(d.exploitable, false);
   const o = parseSimArgs(['--json', '--rounds', '2', '--users', '3', '--judgements-per-round', '40', '--minutes', '1.5', '--seed', '9', '--kl-coef', '0', '--exploitable']);

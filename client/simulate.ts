@@ -29,25 +29,30 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { GoldRewardSource, GoldRubric, readDefinitionPrompts, Rng, type DefinitionPrompt } from './gold-rubric.ts';
 import { ChatSocket, runPopulation, type SessionResult } from './sim-users.ts';
+import { getMetrics } from '../feedback/runs.ts';
+import { DEFAULT_SAMPLING } from '../model/sampling.ts';
+import type { FeedbackStore } from '../feedback/index.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
 export const HELP = `npm run simulate -- [options]
   --url <ws url>               users only, against a running server (default: the whole story)
   --json                       the whole story; print one JSON line at the end
-  --rounds <n>                 chat-then-train rounds (default 3)
-  --users <n>                  simulated users chatting concurrently (default 8)
-  --judgements-per-round <n>   judgements (sessions) per round (default 400)
+  --rounds <n>                 chat-then-train rounds (default 4)
+  --users <n>                  simulated users chatting concurrently (default 16)
+  --judgements-per-round <n>   judgements (sessions) per round (default 1500)
   --judgements <n>             with --url: judgements in all (default 100)
   --minutes <m>                wall-time budget; no new round starts past it (default 30)
   --seed <n>                   seed of users, judges and the loop (default 1)
   --kl-coef <β>                PPO KL coefficient; 0 removes the leash and the KL budget (default 0.05)
   --exploitable                users judge with a rubric that has a loophole (gold stays honest)
-  --user-temperature <t>       sampling temperature of the users' chats (default 1.1)
-  --ppo-steps <n>              PPO steps per round (default 20)
-  --lr <x>                     PPO learning rate (default 2e-5)
-  --eval-prompts <n>           held-out prompts of the final champion-vs-SFT comparison (default 64)
+  --user-temperature <t>       sampling temperature of the users' chats and of the final comparison (default 1)
+  --ppo-steps <n>              PPO steps per round (default 40)
+  --lr <x>                     PPO learning rate (default 5e-5)
+  --eval-prompts <n>           held-out prompts of the final champion-vs-SFT comparison (default 256)
   --sft <dir>                  SFT checkpoint (default checkpoints/sft)
+  --data <dir>                 where dialogues.{train,val}.jsonl are (default data, from npm run build-data)
+  --min-reward-accuracy <x>    the loop's guard on reward-model held-out accuracy (default 0.6)
   --keep                       keep the temporary store and checkpoints
 `;
 
@@ -67,6 +72,8 @@ export interface SimOptions {
   lr: number;
   evalPrompts: number;
   sft: string;
+  data: string;
+  minRewardAccuracy: number;
   keep: boolean;
 }
 
@@ -78,7 +85,7 @@ export function parseSimArgs(argv: readonly string[]): SimOptions | 'help' {
       help: { type: 'boolean' }, url: { type: 'string' }, json: { type: 'boolean' }, rounds: { type: 'string' }, users: { type: 'string' },
       'judgements-per-round': { type: 'string' }, judgements: { type: 'string' }, minutes: { type: 'string' }, seed: { type: 'string' },
       'kl-coef': { type: 'string' }, exploitable: { type: 'boolean' }, 'ppo-steps': { type: 'string' }, 'user-temperature': { type: 'string' }, lr: { type: 'string' },
-      'eval-prompts': { type: 'string' }, sft: { type: 'string' }, keep: { type: 'boolean' },
+      'eval-prompts': { type: 'string' }, sft: { type: 'string' }, data: { type: 'string' }, 'min-reward-accuracy': { type: 'string' }, keep: { type: 'boolean' },
     },
   });
   if (values.help) return 'help';
@@ -91,19 +98,21 @@ export function parseSimArgs(argv: readonly string[]): SimOptions | 'help' {
   return {
     ...(values.url ? { url: values.url } : {}),
     json: values.json ?? false,
-    rounds: num('rounds', values.rounds, 3),
-    users: Math.max(1, num('users', values.users, 8)),
-    judgementsPerRound: num('judgements-per-round', values['judgements-per-round'], 400),
+    rounds: num('rounds', values.rounds, 4),
+    users: Math.max(1, num('users', values.users, 16)),
+    judgementsPerRound: num('judgements-per-round', values['judgements-per-round'], 1500),
     judgements: num('judgements', values.judgements, 100),
     minutes: num('minutes', values.minutes, 30, false),
     seed: num('seed', values.seed, 1),
     klCoef: num('kl-coef', values['kl-coef'], 0.05, false),
     exploitable: values.exploitable ?? false,
-    ppoSteps: Math.max(1, num('ppo-steps', values['ppo-steps'], 20)),
-    lr: num('lr', values.lr, 2e-5, false),
-    userTemperature: num('user-temperature', values['user-temperature'], 1.1, false),
-    evalPrompts: Math.max(1, num('eval-prompts', values['eval-prompts'], 64)),
+    ppoSteps: Math.max(1, num('ppo-steps', values['ppo-steps'], 40)),
+    lr: num('lr', values.lr, 5e-5, false),
+    userTemperature: num('user-temperature', values['user-temperature'], 1, false),
+    evalPrompts: Math.max(1, num('eval-prompts', values['eval-prompts'], 256)),
     sft: values.sft ?? 'checkpoints/sft',
+    data: values.data ?? 'data',
+    minRewardAccuracy: num('min-reward-accuracy', values['min-reward-accuracy'], 0.6, false),
     keep: values.keep ?? false,
   };
 }
@@ -153,9 +162,19 @@ export async function startServerProcess(o: { modelDir: string; databaseUrl: str
   };
 }
 
+/**
+ * The version a server serves. Retries network errors: after the loop has held this process's
+ * event loop for seconds, the pooled keep-alive connection may be one the server already closed.
+ */
 async function servedVersion(httpUrl: string): Promise<string> {
-  const r = (await (await fetch(`${httpUrl}/healthz`)).json()) as { modelVersion?: string };
-  return String(r.modelVersion);
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const r = (await (await fetch(`${httpUrl}/healthz`)).json()) as { modelVersion?: string };
+      return String(r.modelVersion);
+    } catch (e) {
+      if (attempt >= 3) throw new Error(`GET ${httpUrl}/healthz: ${(e as Error).message} (${String(((e as Error).cause as Error | undefined)?.message ?? '')})`);
+    }
+  }
 }
 
 /** The same held-out prompts, same seeds, to two servers; gold scores of both replies. */
@@ -182,15 +201,15 @@ export async function compareServers(a: string, b: string, prompts: readonly Def
   return { winRate: wins / prompts.length, goldA: ga / prompts.length, goldB: gb / prompts.length };
 }
 
-function dialoguePrompts(): { train: DefinitionPrompt[]; val: DefinitionPrompt[] } {
-  const f = (n: string) => join(ROOT, 'data', `dialogues.${n}.jsonl`);
-  if (!existsSync(f('train')) || !existsSync(f('val'))) throw new Error('data/dialogues.{train,val}.jsonl are missing: run `npm run build-data` first');
+function dialoguePrompts(dir: string): { train: DefinitionPrompt[]; val: DefinitionPrompt[] } {
+  const f = (n: string) => resolve(ROOT, dir, `dialogues.${n}.jsonl`);
+  if (!existsSync(f('train')) || !existsSync(f('val'))) throw new Error(`${dir}/dialogues.{train,val}.jsonl are missing: run \`npm run build-data\` first`);
   return { train: readDefinitionPrompts(f('train')), val: readDefinitionPrompts(f('val')) };
 }
 
 /** Users only, against a running server. */
 async function usersOnly(o: SimOptions): Promise<void> {
-  const { train } = dialoguePrompts();
+  const { train } = dialoguePrompts(o.data);
   const rubric = new GoldRubric(train, { exploitable: o.exploitable });
   const t0 = Date.now();
   const out = await runPopulation(o.url!, { users: o.users, sessions: o.judgements, prompts: train, rubric, seed: o.seed });
@@ -212,7 +231,7 @@ const round3 = (x: number): number | null => (Number.isFinite(x) ? Math.round(x 
 export async function story(o: SimOptions): Promise<Record<string, unknown>> {
   const t0 = Date.now();
   const deadline = t0 + o.minutes * 60_000;
-  const { train, val } = dialoguePrompts();
+  const { train, val } = dialoguePrompts(o.data);
   const honest = new GoldRubric([...train, ...val]);
   const users = new GoldRubric(train, { exploitable: o.exploitable });
   const evalSet = shuffle(val, new Rng(o.seed + 17)).slice(0, o.evalPrompts);
@@ -233,16 +252,16 @@ export async function story(o: SimOptions): Promise<Record<string, unknown>> {
 
   const server = await startServerProcess({ modelDir: sftDir, databaseUrl: dbUrl, name: 'champion' });
   const store = await openStore({ url: dbUrl });
-  const iterations: Record<string, unknown>[] = [];
+  const iterations: (Record<string, number | null | string> & { round: number; status: string })[] = [];
+  const curve: CurvePoint[] = [];
   let judgements = 0;
   let rounds = 0;
-  let last: { metrics: Record<string, number>; status: string } | undefined;
   try {
     const cfg = OnlineLoopConfig.parse({
-      database: dbUrl, sft: sftDir, checkpoints: join(tmp, 'checkpoints'), minNewJudgements: 1, once: true, rewardEpochs: 4, rewardLr: 3e-4,
-      ppoSteps: o.ppoSteps, batchSize: 8, minibatchSize: 8, epochs: 2, maxTokens: 32, lr: o.lr, klCoef: o.klCoef,
+      database: dbUrl, sft: sftDir, checkpoints: join(tmp, 'checkpoints'), minNewJudgements: 1, once: true, rewardEpochs: 1, rewardLr: 3e-4,
+      ppoSteps: o.ppoSteps, batchSize: 16, minibatchSize: 8, epochs: 4, maxTokens: 32, lr: o.lr, klCoef: o.klCoef,
       ...(o.klCoef === 0 ? { klBudget: 1e9 } : {}),
-      evalPrompts: 16, evalEvery: 5, autoPromote: true, seed: o.seed,
+      evalPrompts: 64, evalEvery: 5, goldPatience: 3, minRewardAccuracy: o.minRewardAccuracy, autoPromote: true, seed: o.seed,
     });
     for (let r = 1; r <= o.rounds && Date.now() < deadline; r++) {
       const served = await servedVersion(server.httpUrl);
@@ -251,8 +270,8 @@ export async function story(o: SimOptions): Promise<Record<string, unknown>> {
       log(`round ${r}: ${out.length} judgements on ${served} (${JSON.stringify(countKinds(out))}), users' mean score ${mean(out.flatMap((s) => s.gold)).toFixed(3)}`);
       const res = await runOnlineIteration(store, cfg, { gold, log: (l) => log(l) });
       rounds = r;
-      last = res;
       iterations.push({ round: r, status: res.status, reason: res.reason, ...Object.fromEntries(Object.entries(res.metrics).map(([k, v]) => [k, round3(v)])) });
+      if (res.runId) curve.push(...(await evalCurve(store, res.runId)).map((p) => ({ round: r, ...p })));
       log(`round ${r}: ${res.status}: ${res.reason}`);
       if (res.status === 'promoted' && res.policyVersion) {
         for (let i = 0; i < 100 && (await servedVersion(server.httpUrl)) !== res.policyVersion; i++) await new Promise((x) => setTimeout(x, 100));
@@ -261,34 +280,68 @@ export async function story(o: SimOptions): Promise<Record<string, unknown>> {
     }
     const champion = await servedVersion(server.httpUrl);
     const sftServer = await startServerProcess({ modelDir: sftDir, databaseUrl: `sqlite:${join(tmp, 'sft-reference.sqlite')}`, name: 'sft' });
-    let cmp;
+    // The headline comparison samples as the users chat; the server's default temperature is reported beside it.
+    const comparisons: { temperature: number; win_rate: number | null; gold: number | null; gold_sft: number | null }[] = [];
     try {
-      cmp = await compareServers(server.wsUrl, sftServer.wsUrl, evalSet, honest, { temperature: 0.8, maxTokens: 48 });
+      for (const temperature of [...new Set([o.userTemperature, DEFAULT_SAMPLING.temperature])]) {
+        const c = await compareServers(server.wsUrl, sftServer.wsUrl, evalSet, honest, { temperature, maxTokens: 48 });
+        comparisons.push({ temperature, win_rate: round3(c.winRate), gold: round3(c.goldA), gold_sft: round3(c.goldB) });
+        log(`champion ${champion} vs SFT at temperature ${temperature} on ${evalSet.length} held-out prompts: gold win rate ${c.winRate.toFixed(3)}, gold ${c.goldA.toFixed(3)} vs ${c.goldB.toFixed(3)}`);
+      }
     } finally {
       await sftServer.stop();
     }
-    const m = last?.metrics ?? {};
-    const promoted = last?.status === 'promoted';
+    const headline = comparisons[0]!;
+    // KL to SFT and proxy score of the final champion, from the last iteration that measured them.
+    const measured = (key: 'Kl' | 'Proxy'): number | null => {
+      for (const it of [...iterations].reverse()) {
+        const v = it.status === 'promoted' ? it[`candidate${key}`] : it[`champion${key}`];
+        if (typeof v === 'number') return v;
+      }
+      return null;
+    };
     return {
       rounds,
       judgements,
-      gold_win_rate_vs_sft: round3(cmp.winRate),
-      kl_to_sft: round3(promoted ? (m.candidateKl ?? NaN) : (m.championKl ?? NaN)),
-      proxy_reward: round3(promoted ? (m.candidateProxy ?? NaN) : (m.championProxy ?? NaN)),
-      gold_reward: round3(cmp.goldA),
-      gold_reward_sft: round3(cmp.goldB),
+      gold_win_rate_vs_sft: headline.win_rate,
+      kl_to_sft: measured('Kl'),
+      proxy_reward: measured('Proxy'),
+      gold_reward: headline.gold,
+      gold_reward_sft: headline.gold_sft,
       minutes: round3((Date.now() - t0) / 60_000),
       champion,
       eval_prompts: evalSet.length,
+      comparisons,
       kl_coef: o.klCoef,
       exploitable: o.exploitable,
       iterations,
+      curve,
     };
   } finally {
     await store.close();
     await server.stop();
     if (!o.keep) rmSync(tmp, { recursive: true, force: true });
   }
+}
+
+/** One evaluation of a PPO run's policy on held-out prompts: KL to SFT per reply, the proxy (reward model) and gold scores. */
+export interface CurvePoint {
+  round?: number;
+  step: number;
+  kl: number;
+  proxy: number;
+  gold: number;
+}
+
+/** The proxy/gold/KL evaluations a loop run logged, in step order. */
+export async function evalCurve(store: FeedbackStore, runId: string): Promise<CurvePoint[]> {
+  const rows = await getMetrics(store.db, runId, { names: ['eval_kl', 'eval_proxy', 'eval_gold'] });
+  const byStep = new Map<number, Partial<Record<string, number>>>();
+  for (const m of rows) byStep.set(m.step, { ...byStep.get(m.step), [m.name]: m.value });
+  return [...byStep]
+    .filter(([, v]) => v.eval_kl !== undefined && v.eval_proxy !== undefined && v.eval_gold !== undefined)
+    .sort(([a], [b]) => a - b)
+    .map(([step, v]) => ({ step, kl: round3(v.eval_kl!)!, proxy: round3(v.eval_proxy!)!, gold: round3(v.eval_gold!)! }));
 }
 
 function shuffle<T>(xs: readonly T[], rng: Rng): T[] {
