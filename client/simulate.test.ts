@@ -42,6 +42,8 @@ function describeServers(): void {
     const r = await compareServers(a.wsUrl, b.wsUrl, PROMPTS, new GoldRubric(PROMPTS), { temperature: 0.8, maxTokens: 12 });
     assert.equal(r.winRate, 0.5);
     assert.equal(r.goldA, r.goldB);
+    assert.deepEqual(r.partsA, r.partsB);
+    assert.ok(r.partsA.words > 0 && r.partsA.clean >= 0 && r.partsA.clean <= 0.5 && r.partsA.length <= 0, JSON.stringify(r.partsA));
   });
 
   test('different models: swapping the sides swaps the win rate and the gold means (seeded replies)', async () => {

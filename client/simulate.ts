@@ -6,7 +6,7 @@
  *   npm run simulate -- --url ws://127.0.0.1:8080/ws --users 8 --judgements 200
  *       users only, against a running server (its store and loop are its own business)
  *
- *   npm run simulate -- --json [--rounds 3 --users 8 --judgements-per-round 400 --minutes 10
+ *   npm run simulate -- --json [--rounds 4 --users 16 --judgements-per-round 1500 --minutes 30
  *                               --seed 1 --kl-coef 0.05 --exploitable]
  *       the whole story on one machine: a server on `checkpoints/sft` with a temporary store, the
  *       users chat and judge, the online loop (in this process, between rounds) trains a reward
@@ -15,7 +15,11 @@
  *       (its own store, so its champion stays SFT) answer the same held-out prompts with the same
  *       seeds, and one JSON line goes to stdout:
  *       {"rounds","judgements","gold_win_rate_vs_sft","kl_to_sft","proxy_reward","gold_reward","minutes",…}
- *
+ *       plus `comparisons` (the comparison at the users' temperature, the headline, and at the
+ *       server's default, with the mean rubric parts of each side), `iterations` (per round: the
+ *       version the users judged, their mean score under their own rubric `users_gold`, the
+ *       loop's status, reason and metrics) and `curve` (every PPO evaluation: KL, proxy, gold).
+
  * The loop sees the judgements in the store only. The honest rubric is handed to it as `gold`
  * (a `RewardSource` for evaluation: its Goodhart guard and gold gate), never as training signal.
  * With `--exploitable` the users judge with a rubric that has a loophole while the gold signal
@@ -177,18 +181,29 @@ async function servedVersion(httpUrl: string): Promise<string> {
   }
 }
 
-/** The same held-out prompts, same seeds, to two servers; gold scores of both replies. */
-export async function compareServers(a: string, b: string, prompts: readonly DefinitionPrompt[], rubric: GoldRubric, params: Record<string, unknown>): Promise<{ winRate: number; goldA: number; goldB: number }> {
+/** Mean rubric parts of a set of replies (and their mean length in words). */
+export type RubricParts = Record<'format' | 'overlap' | 'length' | 'empty' | 'clean' | 'words', number>;
+
+/** The same held-out prompts, same seeds, to two servers; gold scores of both replies and the mean parts of each side's. */
+export async function compareServers(a: string, b: string, prompts: readonly DefinitionPrompt[], rubric: GoldRubric, params: Record<string, unknown>): Promise<{ winRate: number; goldA: number; goldB: number; partsA: RubricParts; partsB: RubricParts }> {
   const [sa, sb] = await Promise.all([ChatSocket.connect(a), ChatSocket.connect(b)]);
   let wins = 0, ga = 0, gb = 0;
+  const zero = (): RubricParts => ({ format: 0, overlap: 0, length: 0, empty: 0, clean: 0, words: 0 });
+  const partsA = zero(), partsB = zero();
+  const add = (into: RubricParts, prompt: string, reply: { content: string; finishReason: string }): number => {
+    const br = rubric.breakdown(prompt, reply.content, reply.finishReason === 'stop');
+    for (const k of ['format', 'overlap', 'length', 'empty', 'clean'] as const) into[k] += br[k] / prompts.length;
+    into.words += reply.content.trim().split(/\s+/).filter(Boolean).length / prompts.length;
+    return rubric.score(prompt, reply.content, reply.finishReason === 'stop');
+  };
   try {
     await Promise.all([0, 1, 2, 3].map(async (lane) => {
       for (let i = lane; i < prompts.length; i += 4) {
         const p = prompts[i]!;
         const ps = { ...params, seed: 1000 + i };
         const [ra, rb] = await Promise.all([sa.say(await sa.start('sim-eval'), p.prompt, ps), sb.say(await sb.start('sim-eval'), p.prompt, ps)]);
-        const sA = rubric.score(p.prompt, ra.content, ra.finishReason === 'stop');
-        const sB = rubric.score(p.prompt, rb.content, rb.finishReason === 'stop');
+        const sA = add(partsA, p.prompt, ra);
+        const sB = add(partsB, p.prompt, rb);
         ga += sA;
         gb += sB;
         wins += sA > sB ? 1 : sA === sB ? 0.5 : 0;
@@ -198,7 +213,8 @@ export async function compareServers(a: string, b: string, prompts: readonly Def
     sa.close();
     sb.close();
   }
-  return { winRate: wins / prompts.length, goldA: ga / prompts.length, goldB: gb / prompts.length };
+  const r3 = (x: RubricParts): RubricParts => Object.fromEntries(Object.entries(x).map(([k, v]) => [k, round3(v) ?? NaN])) as RubricParts;
+  return { winRate: wins / prompts.length, goldA: ga / prompts.length, goldB: gb / prompts.length, partsA: r3(partsA), partsB: r3(partsB) };
 }
 
 function dialoguePrompts(dir: string): { train: DefinitionPrompt[]; val: DefinitionPrompt[] } {
@@ -270,7 +286,7 @@ export async function story(o: SimOptions): Promise<Record<string, unknown>> {
       log(`round ${r}: ${out.length} judgements on ${served} (${JSON.stringify(countKinds(out))}), users' mean score ${mean(out.flatMap((s) => s.gold)).toFixed(3)}`);
       const res = await runOnlineIteration(store, cfg, { gold, log: (l) => log(l) });
       rounds = r;
-      iterations.push({ round: r, status: res.status, reason: res.reason, ...Object.fromEntries(Object.entries(res.metrics).map(([k, v]) => [k, round3(v)])) });
+      iterations.push({ round: r, served, users_gold: round3(mean(out.flatMap((s) => s.gold))), status: res.status, reason: res.reason, ...Object.fromEntries(Object.entries(res.metrics).map(([k, v]) => [k, round3(v)])) });
       if (res.runId) curve.push(...(await evalCurve(store, res.runId)).map((p) => ({ round: r, ...p })));
       log(`round ${r}: ${res.status}: ${res.reason}`);
       if (res.status === 'promoted' && res.policyVersion) {
@@ -281,11 +297,11 @@ export async function story(o: SimOptions): Promise<Record<string, unknown>> {
     const champion = await servedVersion(server.httpUrl);
     const sftServer = await startServerProcess({ modelDir: sftDir, databaseUrl: `sqlite:${join(tmp, 'sft-reference.sqlite')}`, name: 'sft' });
     // The headline comparison samples as the users chat; the server's default temperature is reported beside it.
-    const comparisons: { temperature: number; win_rate: number | null; gold: number | null; gold_sft: number | null }[] = [];
+    const comparisons: { temperature: number; win_rate: number | null; gold: number | null; gold_sft: number | null; champion_parts: RubricParts; sft_parts: RubricParts }[] = [];
     try {
       for (const temperature of [...new Set([o.userTemperature, DEFAULT_SAMPLING.temperature])]) {
         const c = await compareServers(server.wsUrl, sftServer.wsUrl, evalSet, honest, { temperature, maxTokens: 48 });
-        comparisons.push({ temperature, win_rate: round3(c.winRate), gold: round3(c.goldA), gold_sft: round3(c.goldB) });
+        comparisons.push({ temperature, win_rate: round3(c.winRate), gold: round3(c.goldA), gold_sft: round3(c.goldB), champion_parts: c.partsA, sft_parts: c.partsB });
         log(`champion ${champion} vs SFT at temperature ${temperature} on ${evalSet.length} held-out prompts: gold win rate ${c.winRate.toFixed(3)}, gold ${c.goldA.toFixed(3)} vs ${c.goldB.toFixed(3)}`);
       }
     } finally {
