@@ -277,7 +277,7 @@ export async function story(o: SimOptions): Promise<Record<string, unknown>> {
       database: dbUrl, sft: sftDir, checkpoints: join(tmp, 'checkpoints'), minNewJudgements: 1, once: true, rewardEpochs: 1, rewardLr: 3e-4,
       ppoSteps: o.ppoSteps, batchSize: 16, minibatchSize: 8, epochs: 4, maxTokens: 32, lr: o.lr, klCoef: o.klCoef,
       ...(o.klCoef === 0 ? { klBudget: 1e9 } : {}),
-      evalPrompts: 64, evalEvery: 5, goldPatience: 3, minRewardAccuracy: o.minRewardAccuracy, autoPromote: true, seed: o.seed,
+      evalPrompts: 64, evalEvery: 5, minRewardAccuracy: o.minRewardAccuracy, autoPromote: true, seed: o.seed,
     });
     for (let r = 1; r <= o.rounds && Date.now() < deadline; r++) {
       const served = await servedVersion(server.httpUrl);

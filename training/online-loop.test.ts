@@ -83,10 +83,17 @@ test('a loop paused by the admin skips its iterations, whatever feedback waits, 
   await setRegistrySetting(store.db, 'loop_paused', false);
 });
 
-test('the Goodhart guard fires only when proxy rises and gold falls for the whole patience window', () => {
+test('the Goodhart guard fires when, across the window, proxy rose and gold fell by more than the tolerance', () => {
   const h = [{ proxy: 0, gold: 1 }, { proxy: 1, gold: 0.9 }, { proxy: 2, gold: 0.8 }];
-  assert.equal(proxyGoldDiverged(h, 2), true);
-  assert.equal(proxyGoldDiverged(h, 3), false);
-  assert.equal(proxyGoldDiverged([...h, { proxy: 3, gold: 0.85 }], 2), false);
-  assert.equal(proxyGoldDiverged([{ proxy: 0, gold: 1 }, { proxy: 1, gold: 1.1 }, { proxy: 2, gold: 1.2 }], 2), false);
+  assert.equal(proxyGoldDiverged(h, 2, 0.1), true);
+  assert.equal(proxyGoldDiverged(h, 3, 0.1), false, 'too few evaluations');
+  assert.equal(proxyGoldDiverged(h, 2, 0.25), false, 'a fall within the tolerance is noise');
+  // One noisy evaluation inside the window does not hide a steady fall ...
+  assert.equal(proxyGoldDiverged([...h, { proxy: 2.5, gold: 0.85 }, { proxy: 3, gold: 0.6 }], 3, 0.1), true);
+  // ... nor does a single dip fire it.
+  assert.equal(proxyGoldDiverged([{ proxy: 0, gold: 1 }, { proxy: 1, gold: 0.8 }, { proxy: 2, gold: 1 }], 2, 0.1), false);
+  // Gold rising with the proxy is what training is for.
+  assert.equal(proxyGoldDiverged([{ proxy: 0, gold: 1 }, { proxy: 1, gold: 1.1 }, { proxy: 2, gold: 1.2 }], 2, 0.1), false);
+  // Gold falling while the proxy falls too is not the proxy being gamed.
+  assert.equal(proxyGoldDiverged([{ proxy: 2, gold: 1 }, { proxy: 1, gold: 0.8 }, { proxy: 0, gold: 0.5 }], 2, 0.1), false);
 });

@@ -10,7 +10,8 @@
  *   3. runs PPO from the current champion (alias `champion`, or SFT) with the KL measured against
  *      SFT, stopping early when the KL per reply exceeds `klBudget` (guard 2), or, when a gold
  *      scorer is given (simulated users' hidden rubric, never available in production), when the
- *      proxy reward keeps rising while the gold reward falls (guard 3, `goldPatience` evaluations);
+ *      proxy reward rose while the gold reward fell by more than `goldTolerance` across the last
+ *      `goldPatience` evaluations (guard 3);
  *   4. evaluates candidate and champion on held-out prompts from real conversations (proxy score,
  *      KL to SFT, gold score when available);
  *   5. writes both checkpoints, registers them as model versions, points the `candidate` alias at
@@ -77,7 +78,8 @@ export const OnlineLoopConfig = z.object({
   klBudget: z.number().positive().default(10).describe('guard: PPO stops when the batch KL per reply to SFT exceeds this'),
   evalPrompts: z.number().int().positive().default(32).describe('held-out prompts for candidate vs champion'),
   evalEvery: z.number().int().positive().default(5).describe('PPO steps between proxy/gold evaluations'),
-  goldPatience: z.number().int().positive().default(2).describe('guard: evaluations of proxy up / gold down before stopping'),
+  goldPatience: z.number().int().positive().default(3).describe('guard: evaluations over which proxy up / gold down stops PPO'),
+  goldTolerance: z.number().nonnegative().default(0.1).describe('guard: how far gold must fall over those evaluations (noise allowance)'),
   autoPromote: z.boolean().default(false).describe('promote the candidate to champion when it passes the gates'),
   minScoreGain: z.number().default(0.05).describe('gate: candidate proxy score must beat the champion by this'),
   seed: z.number().int().default(6).describe('seed for splits and sampling'),
@@ -138,16 +140,16 @@ function evalMetrics(e: { proxy: number; gold: number; kl: number; length: numbe
 }
 
 /**
- * Goodhart guard: true when, over the last `patience` evaluations, the proxy score rose each time
- * while the gold score fell each time.
+ * Goodhart guard: true when, across the last `patience` evaluations, the proxy score rose while
+ * the gold score fell by more than `tolerance` (the latest evaluation against the one `patience`
+ * evaluations before it). A net change over a window, not a step-by-step streak: one noisy
+ * evaluation neither fires the guard nor hides a steady fall.
  */
-export function proxyGoldDiverged(history: readonly { proxy: number; gold: number }[], patience: number): boolean {
+export function proxyGoldDiverged(history: readonly { proxy: number; gold: number }[], patience: number, tolerance: number): boolean {
   if (history.length < patience + 1) return false;
-  const tail = history.slice(-(patience + 1));
-  for (let i = 1; i < tail.length; i++) {
-    if (!(tail[i]!.proxy > tail[i - 1]!.proxy && tail[i]!.gold < tail[i - 1]!.gold)) return false;
-  }
-  return true;
+  const from = history[history.length - 1 - patience]!;
+  const to = history[history.length - 1]!;
+  return to.proxy > from.proxy && from.gold - to.gold > tolerance;
 }
 
 /** The judgements an iteration trains on: every judgement up to `until`, `newJudgements` of them since `since`. */
@@ -381,7 +383,10 @@ export async function runOnlineIteration(store: FeedbackStore, cfg: OnlineLoopCo
           const e = await evaluatePolicy(policy, sft, tok, proxy, evalPrompts, evalOpts);
           evals.push(e);
           await logMetrics(db, runId, s.step, evalMetrics(e));
-          if (o.gold && proxyGoldDiverged(evals, cfg.goldPatience)) stopReason = `proxy reward rose while gold reward fell over ${cfg.goldPatience} evaluations (step ${s.step})`;
+          if (o.gold && proxyGoldDiverged(evals, cfg.goldPatience, cfg.goldTolerance)) {
+            const from = evals[evals.length - 1 - cfg.goldPatience]!;
+            stopReason = `proxy reward rose (${from.proxy.toFixed(3)} → ${e.proxy.toFixed(3)}) while gold reward fell (${from.gold.toFixed(3)} → ${e.gold.toFixed(3)}) over ${cfg.goldPatience} evaluations (step ${s.step})`;
+          }
         }
         if (s.step % cfg.checkpointEvery === 0 && s.step < cfg.ppoSteps) await saveState();
         if (o.shouldStop?.() && !stopReason) stopReason = 'stop requested';
