@@ -19,7 +19,7 @@ test('every evaluation is a point: gold and proxy against KL', () => {
   assert.deepEqual(gold!.data, [{ x: 0, y: 0.7 }, { x: 0.5, y: 0.75 }, { x: 1, y: 0.8 }]);
   assert.deepEqual(proxy!.data.map((p) => p.y), [-0.3, 0, 0.1]);
   assert.match(panelTitle(RESULT), /honest users, KL coefficient 0.05 — gold win rate vs SFT 0.7/);
-  const stopped = { ...RESULT, exploitable: true, kl_coef: 0, iterations: [{ round: 1, status: 'candidate', reason: 'PPO stopped: proxy reward rose while gold reward fell over 2 evaluations' }] };
+  const stopped = { ...RESULT, exploitable: true, kl_coef: 0, iterations: [{ round: 1, status: 'candidate', reason: 'not promoted (PPO stopped early: proxy reward rose (0.1 → 1.2) while gold reward fell (0.5 → 0.1) over 3 evaluations (step 15))' }] };
   assert.match(panelTitle(stopped), /loophole.*no KL leash — the loop stopped it/);
 });
 

@@ -23,7 +23,7 @@ interface SimResult { curve?: Point[]; kl_coef?: number; exploitable?: boolean; 
 export function panelTitle(r: SimResult): string {
   const rubric = r.exploitable ? 'users with a loophole (verbosity bias)' : 'honest users';
   const leash = r.kl_coef === 0 ? 'no KL leash' : `KL coefficient ${r.kl_coef ?? '?'}`;
-  const stopped = (r.iterations ?? []).some((i) => /Goodhart|proxy reward rose while gold/.test(i.reason ?? ''));
+  const stopped = (r.iterations ?? []).some((i) => /Goodhart|proxy reward rose.* while gold reward fell/.test(i.reason ?? ''));
   const outcome = r.exploitable || stopped ? (stopped ? 'the loop stopped it' : '') : `gold win rate vs SFT ${r.gold_win_rate_vs_sft ?? '?'}`;
   return [`${rubric}, ${leash}`, outcome].filter(Boolean).join(' — ');
 }
