@@ -19,7 +19,7 @@
  *       server's default, with the mean rubric parts of each side), `iterations` (per round: the
  *       version the users judged, their mean score under their own rubric `users_gold`, the
  *       loop's status, reason and metrics) and `curve` (every PPO evaluation: KL, proxy, gold).
-
+ *
  * The loop sees the judgements in the store only. The honest rubric is handed to it as `gold`
  * (a `RewardSource` for evaluation: its Goodhart guard and gold gate), never as training signal.
  * With `--exploitable` the users judge with a rubric that has a loophole while the gold signal
