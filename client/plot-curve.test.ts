@@ -20,7 +20,7 @@ test('every evaluation is a point: gold and proxy against KL', () => {
   assert.deepEqual(proxy!.data.map((p) => p.y), [-0.3, 0, 0.1]);
   assert.match(panelTitle(RESULT), /honest users, KL coefficient 0.05 — gold win rate vs SFT 0.7/);
   const stopped = { ...RESULT, exploitable: true, kl_coef: 0, iterations: [{ round: 1, status: 'candidate', reason: 'not promoted (PPO stopped early: proxy reward rose (0.1 → 1.2) while gold reward fell (0.5 → 0.1) over 3 evaluations (step 15))' }] };
-  assert.match(panelTitle(stopped), /loophole.*no KL leash — the loop stopped it/);
+  assert.match(panelTitle(stopped), /verbosity bias, no KL leash — gold win rate vs SFT 0.7; guard stopped PPO in 1\/1 rounds/);
 });
 
 const CHROMIUM = '/usr/bin/chromium';

@@ -3,7 +3,8 @@
  * SFT model, one panel per `npm run simulate -- --json` result (its `curve`: every evaluation
  * the loop's PPO runs logged on held-out prompts, round by round), one point per evaluation.
  *
- *   npm run plot-curve -- docs/simulate-honest.json docs/simulate-exploitable.json --out docs/simulate-curve.png
+ *   npm run plot-curve -- docs/simulate-honest.json docs/simulate-kl-off.json docs/simulate-exploitable.json \
+ *     --out docs/simulate-curve.png
  *
  * Drawn with Chart.js (the admin page's charting library) in headless Chromium
  * (`/usr/bin/chromium`, driven by playwright-core, a dev dependency), saved as PNG.
@@ -19,13 +20,14 @@ const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '
 interface Point { round?: number; step: number; kl: number; proxy: number; gold: number }
 interface SimResult { curve?: Point[]; kl_coef?: number; exploitable?: boolean; gold_win_rate_vs_sft?: number | null; rounds?: number; judgements?: number; minutes?: number; iterations?: { round: number; status: string; reason?: string }[] }
 
-/** A panel's title: which rubric, which leash, and the outcome. */
+/** A panel's title: which rubric, which leash, the outcome, and how often the Goodhart guard stopped PPO. */
 export function panelTitle(r: SimResult): string {
-  const rubric = r.exploitable ? 'users with a loophole (verbosity bias)' : 'honest users';
+  const rubric = r.exploitable ? 'users with a verbosity bias' : 'honest users';
   const leash = r.kl_coef === 0 ? 'no KL leash' : `KL coefficient ${r.kl_coef ?? '?'}`;
-  const stopped = (r.iterations ?? []).some((i) => /Goodhart|proxy reward rose.* while gold reward fell/.test(i.reason ?? ''));
-  const outcome = r.exploitable || stopped ? (stopped ? 'the loop stopped it' : '') : `gold win rate vs SFT ${r.gold_win_rate_vs_sft ?? '?'}`;
-  return [`${rubric}, ${leash}`, outcome].filter(Boolean).join(' — ');
+  const its = r.iterations ?? [];
+  const stopped = its.filter((i) => /Goodhart|proxy reward rose.* while gold reward fell/.test(i.reason ?? '')).length;
+  const guard = stopped ? `; guard stopped PPO in ${stopped}/${its.length} rounds` : '';
+  return `${rubric}, ${leash} — gold win rate vs SFT ${r.gold_win_rate_vs_sft ?? '?'}${guard}`;
 }
 
 /** Chart.js datasets of one result: every evaluation as a point, gold and proxy against KL. */
@@ -41,8 +43,8 @@ function page(results: SimResult[], chartJs: string): string {
   const panels = results.map((r, i) => ({ id: `c${i}`, title: panelTitle(r), datasets: datasets(r) }));
   return `<!doctype html><html><head><meta charset="utf-8"><style>
 body { margin: 0; font: 14px system-ui, sans-serif; background: #fff; }
-#all { display: flex; gap: 16px; padding: 16px; width: ${results.length * 560}px; }
-.panel { width: 540px; height: 380px; }
+#all { display: flex; gap: 16px; padding: 16px; width: ${results.length * 600}px; }
+.panel { width: 580px; height: 380px; }
 </style><script>${chartJs}</script></head><body><div id="all">${panels.map((p) => `<div class="panel"><canvas id="${p.id}"></canvas></div>`).join('')}</div>
 <script>
 const panels = ${JSON.stringify(panels)};
@@ -68,7 +70,7 @@ export async function renderCurves(results: SimResult[]): Promise<Buffer> {
   const { chromium } = await import('playwright-core');
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, headless: true, timeout: 20_000 });
   try {
-    const p = await browser.newPage({ viewport: { width: results.length * 560 + 32, height: 420 }, deviceScaleFactor: 1.5 });
+    const p = await browser.newPage({ viewport: { width: results.length * 600 + 32, height: 420 }, deviceScaleFactor: 1.5 });
     await p.setContent(page(results, chartJs), { waitUntil: 'load' });
     await p.waitForSelector('body[data-ready="1"]');
     return await p.locator('#all').screenshot({ type: 'png' });
