@@ -11,7 +11,7 @@ test('the page and its modules are served with their content types', async () =>
   assert.equal(index.status, 200);
   assert.match(index.headers.get('content-type')!, /^text\/html/);
   assert.match(await index.text(), /<script type="module" src="\/app.js">/);
-  for (const [path, type] of [['/app.js', /^text\/javascript/], ['/chat.js', /^text\/javascript/], ['/admin.js', /^text\/javascript/], ['/ws-client.js', /^text\/javascript/], ['/style.css', /^text\/css/]] as const) {
+  for (const [path, type] of [['/app.js', /^text\/javascript/], ['/chat.js', /^text\/javascript/], ['/admin.js', /^text\/javascript/], ['/ws-client.js', /^text\/javascript/], ['/dom.js', /^text\/javascript/], ['/style.css', /^text\/css/]] as const) {
     const r = await app.request(path);
     assert.equal(r.status, 200, path);
     assert.match(r.headers.get('content-type')!, type, path);

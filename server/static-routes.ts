@@ -24,6 +24,7 @@ export const STATIC_FILES: Readonly<Record<string, string>> = {
   '/chat.js': 'client/web/chat.js',
   '/admin.js': 'client/web/admin.js',
   '/ws-client.js': 'client/web/ws-client.js',
+  '/dom.js': 'client/web/dom.js',
   '/style.css': 'client/web/style.css',
   '/vendor/chart.umd.js': 'node_modules/chart.js/dist/chart.umd.js',
 };

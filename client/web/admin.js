@@ -5,23 +5,9 @@
  * thumbs-up rate per version. Charts use Chart.js when `/vendor/chart.umd.js` loads; otherwise the
  * same figures are shown as tables.
  */
+import { $, el } from './dom.js';
 
 const TOKEN_KEY = 'rlhf-chat.adminToken';
-
-/** @param {string} id */
-const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id));
-
-/**
- * @param {string} tag
- * @param {Record<string, string>} [attrs]
- * @param {(Node | string)[]} [children]
- */
-function el(tag, attrs = {}, children = []) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
-  e.append(...children);
-  return e;
-}
 
 /** @param {string} s */
 function setStatus(s, error = false) {

@@ -4,6 +4,7 @@
  * resumed with `start` + `conversationId`), thumbs with reason and comment, regenerate, side-by-side
  * comparison (`compare` → `comparison`) and ranking of sibling replies (`ranking`).
  */
+import { $, el } from './dom.js';
 import { WsClient, defaultWsUrl } from './ws-client.js';
 
 /** @typedef {import('./ws-client.js').Msg} Msg */
@@ -13,21 +14,6 @@ import { WsClient, defaultWsUrl } from './ws-client.js';
 const CONV_KEY = 'rlhf-chat.conversations';
 const USER_KEY = 'rlhf-chat.userId';
 const REASONS = ['not_factual', 'unhelpful', 'unsafe', 'too_long', 'other'];
-
-/** @param {string} id */
-const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id));
-
-/**
- * @param {string} tag
- * @param {Record<string, string>} [attrs]
- * @param {(Node | string)[]} [children]
- */
-function el(tag, attrs = {}, children = []) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
-  e.append(...children);
-  return e;
-}
 
 /** @returns {ConvEntry[]} */
 export function loadConversations() {
