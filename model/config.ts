@@ -14,6 +14,8 @@ export class ConfigError extends Error {
 
 const kebabToCamel = (s: string): string => s.replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase());
 const camelToSnake = (s: string): string => s.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase();
+/** `minNewJudgements` → `min-new-judgements`: how every option is written on the command line. */
+export const camelToKebab = (s: string): string => s.replace(/([a-z0-9])([A-Z])/g, '$1-$2').toLowerCase();
 
 function coerce(raw: string, field: z.ZodType): unknown {
   let inner: z.ZodType = field;
@@ -87,7 +89,7 @@ export function parseConfig<S extends z.ZodObject<z.ZodRawShape>>(
     if (positional.length) throw new ConfigError(`unexpected argument "${positional[0]}"; options are --key value`);
     for (const [key, value] of flags) {
       if (!(key in shape)) {
-        throw new ConfigError(`unknown option --${key}; known: ${Object.keys(shape).map((k) => '--' + k).join(' ')}`);
+        throw new ConfigError(`unknown option --${camelToKebab(key)}; known: ${Object.keys(shape).map((k) => '--' + camelToKebab(k)).join(' ')}`);
       }
       input[key] = typeof value === 'boolean' ? value : coerce(value, shape[key]!);
     }
@@ -100,14 +102,14 @@ export function parseConfig<S extends z.ZodObject<z.ZodRawShape>>(
   return Object.freeze(result.data) as Readonly<z.infer<S>>;
 }
 
-/** One line per knob: name, default and description, for `--help`. */
+/** One line per knob: `--kebab-case` name, default (or `(none)` for an optional knob) and description, for `--help`. */
 export function describeConfig(schema: z.ZodObject<z.ZodRawShape>): string {
   const shape = schema.shape as Record<string, z.ZodType>;
   return Object.entries(shape)
     .map(([key, field]) => {
       const parsed = field.safeParse(undefined);
-      const def = parsed.success ? JSON.stringify(parsed.data) : '(required)';
-      return `  --${key.padEnd(18)} ${def.padEnd(12)} ${field.description ?? ''}`;
+      const def = !parsed.success ? '(required)' : parsed.data === undefined ? '(none)' : JSON.stringify(parsed.data);
+      return `  --${camelToKebab(key).padEnd(22)} ${def.padEnd(12)} ${field.description ?? ''}`;
     })
     .join('\n');
 }
