@@ -8,7 +8,8 @@
  *   L = (1/|G|) Σ_g Σ_{(w,l) ∈ g} w_g · −log σ(β · (Δ_θ(x, y_w) − Δ_θ(x, y_l)))
  *   Δ_θ(x, y) = log π_θ(y | x) − log π_ref(y | x),   log π(y | x) = Σ_t log π(y_t | x, y_<t)
  *
- *   π_ref   the frozen SFT policy (the same reference PPO's KL is measured against);
+ *   π_ref   the frozen reference (SFT, or the champion when the loop re-anchors; the same
+ *           reference PPO's and RLOO's KL is measured against);
  *   β       strength of the implicit KL leash (larger = stay closer to π_ref);
  *   w_g     1/#pairs of the judgement (a ranking's C(K,2) pairs weigh as one judgement).
  * The implicit reward is r̂(x, y) = β Δ_θ(x, y); logged: its margin r̂_w − r̂_l and the share of
