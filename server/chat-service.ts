@@ -20,6 +20,7 @@ import type { ModelRegistry } from './model-registry.ts';
 import type { GenerationResult, Job, Scheduler } from './scheduler.ts';
 import type { ConversationState, SessionCache, Turn } from './session-cache.ts';
 import type { Sampling } from './ws-protocol.ts';
+import { arenaPairVersions } from '../feedback/arena.ts';
 
 export interface ChatDeps {
   store: FeedbackStore;
@@ -27,8 +28,8 @@ export interface ChatDeps {
   sessions: SessionCache;
   config: ServerConfig;
   metrics: ServerMetrics;
-  /** Picks the canary arm per conversation; absent: always the scheduler's model. */
-  registry?: Pick<ModelRegistry, 'modelFor'>;
+  /** Picks the canary arm per conversation and the arena pair per compare; absent: always the scheduler's model. */
+  registry?: Pick<ModelRegistry, 'modelFor'> & Partial<Pick<ModelRegistry, 'arenaModels'>>;
 }
 
 /** A prompt ready to decode. */
@@ -188,6 +189,7 @@ export class ChatService {
   /**
    * Generates `n` sibling replies to the user message ending `context`, decoded together, and
    * stores each. The first becomes the conversation's active branch (and keeps its KV cache).
+   * `models` (one per reply) overrides the canary arm: the arena's champion and candidate.
    */
   reply(
     state: ConversationState | undefined,
@@ -197,12 +199,17 @@ export class ChatService {
     n: number,
     source: string,
     onDelta?: (candidate: number, text: string) => void,
+    models?: readonly ServedModel[],
   ): ReplyRun {
+    if (models && models.length !== n) throw new Error(`reply: ${models.length} models for ${n} replies`);
     const userTurn = context[context.length - 1];
     if (!userTurn || userTurn.role !== 'user') throw new ChatError('invalid_request', 'a reply needs a user message to answer');
     // The canary arm is fixed when the reply is submitted; without one, the scheduler's model at admission.
     const model = this.deps.registry?.modelFor(conversationId);
-    const prompt = this.prompt(context.map((t) => ({ role: t.role, content: t.content })), opts.maxTokens, model);
+    const arms = models ?? Array.from({ length: n }, () => model);
+    const byModel = new Map<ServedModel | undefined, Prompt>();
+    for (const m of arms) if (!byModel.has(m)) byModel.set(m, this.prompt(context.map((t) => ({ role: t.role, content: t.content })), opts.maxTokens, m));
+    const prompts = arms.map((m) => byModel.get(m)!);
     const { scheduler, metrics } = this.deps;
     const jobs: Job[] = [];
     const perCandidate = Array.from({ length: n }, (_, i) => ({ ...opts, seed: (opts.seed + i) % Number.MAX_SAFE_INTEGER }));
@@ -211,12 +218,12 @@ export class ChatService {
         const reuse = i === 0 && state ? this.deps.sessions.takeKv(state) : undefined;
         jobs.push(
           scheduler.submit({
-            promptIds: prompt.ids,
+            promptIds: prompts[i]!.ids,
             opts: perCandidate[i]!,
             reuse,
             keepContext: i === 0 && state !== undefined,
             source,
-            model,
+            model: arms[i],
             onDelta: onDelta && ((t) => onDelta(i, t)),
           }),
         );
@@ -233,6 +240,7 @@ export class ChatService {
         for (let i = 0; i < n; i++) {
           const r = results[i]!;
           const o = perCandidate[i]!;
+          const prompt = prompts[i]!;
           const { message } = await addAssistantReply(this.deps.store.db, {
             message: { conversationId, parentId: userTurn.id, content: r.text, tokenCount: r.completionTokens },
             generation: {
@@ -265,6 +273,32 @@ export class ChatService {
       }
     })();
     return { jobs, done, cancel: () => jobs.forEach((j) => j.cancel()) };
+  }
+
+  /**
+   * The arena's answer to a compare: when the registry selects this request (a candidate is
+   * loaded and a uniform draw falls under `arena_share`), one reply of the champion and one of
+   * the candidate, in random order (`random() < ½`: champion first), submitted together and
+   * stored with `params.source = 'arena'` and their true versions. Undefined when the request is
+   * not an arena one (the caller then answers an ordinary compare).
+   */
+  compareArena(
+    state: ConversationState | undefined,
+    conversationId: string,
+    context: readonly Turn[],
+    opts: GenerateOptions,
+    onDelta?: (candidate: number, text: string) => void,
+    random: () => number = Math.random,
+  ): ReplyRun | undefined {
+    const pair = this.deps.registry?.arenaModels?.(random());
+    if (!pair) return undefined;
+    const models = random() < 0.5 ? [pair.champion, pair.candidate] : [pair.candidate, pair.champion];
+    return this.reply(state, conversationId, context, opts, 2, 'arena', onDelta, models);
+  }
+
+  /** The versions behind replies `a` and `b` when both are arena replies (revealed after the judgement), else undefined. */
+  arenaReveal(a: string, b: string): Promise<{ a: string; b: string } | undefined> {
+    return arenaPairVersions(this.deps.store.db, a, b);
   }
 
   #gauges(): void {
