@@ -55,6 +55,8 @@ export type ComparisonInput = z.infer<typeof comparisonInput>;
 export type RankingInput = z.infer<typeof rankingInput>;
 /** A judgement as submitted. */
 export type JudgementInput = z.infer<typeof judgementInput>;
+/** A judgement as a client states it: everything but who the rater is (the server knows that). */
+export type ClientJudgement = JudgementInput extends infer J ? (J extends unknown ? Omit<J, 'raterId' | 'keyId' | 'sessionId'> : never) : never;
 
 function codeFor(issue: z.core.$ZodIssue): FeedbackErrorCode {
   const field = issue.path[0];
