@@ -145,6 +145,7 @@ class Connection {
     const chat = this.#chat();
     this.started = true; // msg.userId is ignored: the identity is the upgrade's
     const resumed = msg.conversationId !== undefined;
+    if (!resumed) this.deps.meter.requests.take(this.userId); // a new conversation writes rows: it counts like a request
     const state = resumed ? await chat.load(msg.conversationId!, this.userId) : await chat.start(this.identity, { system: msg.system, title: msg.title });
     this.send({
       type: 'conversation',
