@@ -292,12 +292,15 @@ export class ChatWebSocketServer {
         if (socket.destroyed) return;
         (req as UpgradeRequest)[IDENTITY] = who;
         this.wss.handleUpgrade(req, socket, head, (ws) => this.#connect(ws, address, who.identity));
-      })
-      .catch((err: unknown) => {
+      }, (err: unknown) => {
         done();
         const e = toChatError(err);
-        if (e.code === 'internal_error') console.error('ws upgrade failed:', err);
+        if (e.code === 'internal_error') console.error('ws upgrade identity check failed:', err);
         refuse(`${e.status} ${e.status === 401 ? 'Unauthorized' : e.status === 429 ? 'Too Many Requests' : 'Error'}`, e.code, e.message, e.retryAfter ? `Retry-After: ${e.retryAfter}\r\n` : '');
+      })
+      .catch((err: unknown) => {
+        console.error('ws upgrade failed:', err);
+        socket.destroy();
       });
   }
 
