@@ -284,6 +284,7 @@ export async function arenaOutcomes(db: Kysely<Database>, o: { candidate: string
     .innerJoin('messages as mb', 'mb.id', 'c.b_id')
     .select(['c.choice', 'c.rater_id', 'c.created_at', 'ga.model_version_id as va', 'ma.content as ta', 'mb.content as tb'])
     .where('c.current', '=', 1)
+    .where('c.excluded_from_training', '=', 0) // a revoked key's judgements decide nothing
     .where((eb) =>
       eb.or([
         eb.and([eb('ga.model_version_id', '=', o.candidate), eb('gb.model_version_id', '=', o.champion)]),

@@ -40,3 +40,4 @@ export * from './registry-settings.ts';
 export * from './version-feedback.ts';
 export * from './arena.ts';
 export * from './export.ts';
+export * from './api-keys.ts';

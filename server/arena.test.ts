@@ -79,7 +79,7 @@ test('with a candidate and arena share 1, a compare is champion against candidat
 
 test('the arena draws its order at random and only the selected share of compares', async () => {
   const chat = srv.chat()!;
-  const state = await chat.start('order-u');
+  const state = await chat.start({ userId: 'order-u', keyId: null, anonymous: true });
   const context = await chat.addUserMessage(state, 'hi');
   const opts = chat.options({ maxTokens: 2 });
   const versionsOf = async (draws: number[]) => {

@@ -206,7 +206,7 @@ export async function loadStorePreferences(store: FeedbackStore, opts: { since?:
   }
   const choices = [...(useUnpaired ? ['both_bad' as const] : []), ...(opts.ties ? ['tie' as const] : [])];
   if (choices.length) {
-    let q = store.db.selectFrom('comparisons').select(['context_id', 'a_id', 'b_id', 'choice', 'created_at']).where('current', '=', 1).where('choice', 'in', choices);
+    let q = store.db.selectFrom('comparisons').select(['context_id', 'a_id', 'b_id', 'choice', 'created_at']).where('current', '=', 1).where('excluded_from_training', '=', 0).where('choice', 'in', choices);
     if (opts.since) q = q.where('created_at', '>=', opts.since);
     for (const c of await q.orderBy('id').execute()) {
       const thread = await getThread(store.db, c.context_id);
