@@ -230,7 +230,9 @@ export class ChatService {
       try {
         const results = await Promise.all(jobs.map((j) => j.result));
         const stored: StoredReply[] = [];
-        for (let i = 0; i < n; i++) {
+        // Stored last to first: a resumed conversation's active branch is the path to its most
+        // recent message, and candidate 0 is the one that continues (as on the live socket).
+        for (let i = n - 1; i >= 0; i--) {
           const r = results[i]!;
           const o = perCandidate[i]!;
           const { message } = await addAssistantReply(this.deps.store.db, {
@@ -246,7 +248,7 @@ export class ChatService {
               ttftMs: r.ttftMs,
             },
           });
-          stored.push({ messageId: message.id, parentId: userTurn.id, content: r.text, result: r, droppedMessages: prompt.droppedMessages, candidate: i, opts: o });
+          stored.unshift({ messageId: message.id, parentId: userTurn.id, content: r.text, result: r, droppedMessages: prompt.droppedMessages, candidate: i, opts: o });
         }
         if (state) {
           state.path = [...context, { id: stored[0]!.messageId, role: 'assistant', content: stored[0]!.content }];
