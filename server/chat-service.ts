@@ -123,10 +123,28 @@ export class ChatService {
     return [...base, { id: m.id, role: 'user', content }];
   }
 
+  /**
+   * Admission, before anything of a request is stored or decoded: throws `store_unavailable`
+   * (503, Retry-After) while the store is degraded, since a reply that cannot be stored must not
+   * be generated, and `overloaded` (429) when the scheduler has no room for `n` more replies.
+   */
+  admit(n: number): void {
+    const { store, scheduler } = this.deps;
+    const health = store.health?.state();
+    if (health && health.state !== 'ok') {
+      throw new ChatError('store_unavailable', `the feedback store is unreachable (${health.lastError ?? 'no answer'}); retry later`, 503, health.retryAfterSeconds);
+    }
+    const { maxBatch, maxQueue, retryAfterSeconds } = scheduler.opts;
+    if (scheduler.activeCount + scheduler.queueDepth + n > maxBatch + maxQueue) {
+      throw new ChatError('overloaded', `the server is busy (${scheduler.queueDepth} requests waiting); retry later`, 429, retryAfterSeconds);
+    }
+  }
+
   /** Sampling options from a request, checked against the limits. */
   options(p: Sampling = {}): GenerateOptions {
     const { config } = this.deps;
     const maxTokens = p.maxTokens ?? config.defaultMaxTokens;
+    if (p.stop && (p.stop.length > 4 || p.stop.some((s) => s.length > 64))) throw new ChatError('invalid_request', 'stop: at most 4 strings of at most 64 characters');
     if (maxTokens > config.maxTokens) throw new ChatError('max_tokens_too_large', `maxTokens ${maxTokens} is over the limit of ${config.maxTokens}`);
     return {
       temperature: p.temperature ?? DEFAULT_GENERATE.temperature,

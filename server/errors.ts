@@ -29,6 +29,8 @@ export type ServerErrorCode =
   | 'admin_disabled'
   | 'not_a_policy'
   | 'version_mismatch'
+  | 'unsupported_media_type'
+  | 'store_unavailable'
   | 'internal_error';
 
 const STATUS: Record<string, number> = {
@@ -58,6 +60,8 @@ const STATUS: Record<string, number> = {
   unknown_alias: 404,
   unknown_run: 404,
   nothing_to_roll_back: 409,
+  unsupported_media_type: 415,
+  store_unavailable: 503,
   internal_error: 500,
 };
 

@@ -19,10 +19,15 @@ import { streamSSE } from 'hono/streaming';
 import { z } from 'zod';
 import type { ChatMessage } from '../model/chat-template.ts';
 import { addMessage, createConversation } from '../feedback/conversations.ts';
+import { inTransaction } from '../feedback/transaction.ts';
 import type { ChatService, StoredReply } from './chat-service.ts';
 import { ChatError } from './errors.ts';
 import type { RateLimiter } from './rate-limit.ts';
 import type { Turn } from './session-cache.ts';
+
+/** At most this many stop strings, each at most this many characters. */
+export const MAX_STOPS = 4;
+export const MAX_STOP_LENGTH = 64;
 
 const ContentPart = z.looseObject({ type: z.string(), text: z.string().optional() });
 
@@ -40,7 +45,8 @@ export const ChatCompletionRequestSchema = z.looseObject({
   top_p: z.number().gt(0).max(1).nullable().optional(),
   max_tokens: z.number().int().positive().nullable().optional(),
   max_completion_tokens: z.number().int().positive().nullable().optional(),
-  stop: z.union([z.string().min(1), z.array(z.string().min(1)).max(4)]).nullable().optional(),
+  // Bounded like the WebSocket's `stop`: the decoder holds back text that could start a stop string.
+  stop: z.union([z.string().min(1).max(MAX_STOP_LENGTH), z.array(z.string().min(1).max(MAX_STOP_LENGTH)).max(MAX_STOPS)]).nullable().optional(),
   seed: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).nullable().optional(),
   n: z.number().int().positive().nullable().optional(),
   stream: z.boolean().nullable().optional(),
@@ -84,6 +90,12 @@ function clientKey(c: Context): string {
   return `ip:${incoming?.socket?.remoteAddress ?? 'unknown'}`;
 }
 
+/** JSON routes refuse other bodies (415): a cross-site form can post `text/plain`, never `application/json`. */
+export function requireJson(c: Context): void {
+  const type = (c.req.header('content-type') ?? '').split(';')[0]!.trim().toLowerCase();
+  if (type !== 'application/json') throw new ChatError('unsupported_media_type', `send the body as application/json, not ${JSON.stringify(type || 'nothing')}`, 415);
+}
+
 function finishReason(r: StoredReply['result']['finishReason']): 'stop' | 'length' {
   return r === 'length' ? 'length' : 'stop';
 }
@@ -108,6 +120,7 @@ export function openAIRoutes(deps: OpenAIDeps): Hono {
   });
 
   app.post('/chat/completions', async (c) => {
+    requireJson(c);
     const chat = need();
     let body: unknown;
     try {
@@ -135,15 +148,19 @@ export function openAIRoutes(deps: OpenAIDeps): Hono {
     chat.prompt(messages, opts.maxTokens); // refuse a prompt that cannot fit before storing anything
     const key = clientKey(c);
     deps.limiter.take(key);
+    chat.admit(n); // overloaded / store_unavailable before anything is stored
 
-    const { db } = chat.deps.store;
     const userId = `api:${req.user ?? key}`.slice(0, 128);
-    const conv = await createConversation(db, { userId });
-    const context: Turn[] = [];
-    for (const m of messages) {
-      const row = await addMessage(db, { conversationId: conv.id, parentId: context[context.length - 1]?.id ?? null, role: m.role, content: m.content, userId });
-      context.push({ id: row.id, role: m.role, content: m.content });
-    }
+    // The request's rows in one transaction: a failure leaves no half-stored conversation.
+    const { conv, context } = await inTransaction(chat.deps.store.db, async (trx) => {
+      const conv = await createConversation(trx, { userId });
+      const context: Turn[] = [];
+      for (const m of messages) {
+        const row = await addMessage(trx, { conversationId: conv.id, parentId: context[context.length - 1]?.id ?? null, role: m.role, content: m.content, userId });
+        context.push({ id: row.id, role: m.role, content: m.content });
+      }
+      return { conv, context };
+    });
 
     const id = `chatcmpl-${randomBytes(12).toString('hex')}`;
     const created = Math.floor(Date.now() / 1000);
