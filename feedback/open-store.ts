@@ -210,10 +210,16 @@ async function openPostgres(url: string, opts: StoreOptions): Promise<Opened> {
   pool.on('error', (err) => health?.failed(err));
   // Every query of Kysely starts with pool.connect(): its failures and successes are the health signal.
   const connect = pool.connect.bind(pool) as (cb?: unknown) => Promise<pg.PoolClient>;
+  const watchedClients = new WeakSet<pg.PoolClient>();
   const watched = async () => {
     try {
       const client = await connect();
       health?.succeeded();
+      // A checked-out client whose connection drops between two statements emits 'error'; unheard, it would crash the process.
+      if (!watchedClients.has(client)) {
+        watchedClients.add(client);
+        client.on('error', (err) => health?.failed(err));
+      }
       return client;
     } catch (err) {
       health?.failed(err);

@@ -63,7 +63,7 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
   let store: FeedbackStore | undefined;
   const getChat = () => chat;
   const admin = { token: config.adminToken || undefined, registry: () => registry, store: () => store, log };
-  const app = createApp({ chat: getChat, config, metrics, limiter, admin });
+  const app = createApp({ chat: getChat, config, metrics, limiter, admin, registry: () => registry });
   if (!admin.token) log('admin routes disabled: no ADMIN_TOKEN configured');
   const http = await new Promise<Server>((resolve) => {
     const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, () => resolve(s as Server));

@@ -176,6 +176,7 @@ class Connection {
 
   async #generateIn(chat: ChatService, msg: Extract<ClientMessage, { type: 'user_message' | 'regenerate' | 'compare' }>, requestId: string, inFlight: InFlight): Promise<void> {
     this.deps.limiter.take(this.clientKey);
+    chat.admit(msg.type === 'compare' ? 2 : 1);
     const state = await chat.load(msg.conversationId, this.userId);
     const release = chat.claim(state.id);
     try {
