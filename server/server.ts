@@ -62,7 +62,7 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
   let registry: ModelRegistry | undefined;
   let store: FeedbackStore | undefined;
   const getChat = () => chat;
-  const admin = { token: config.adminToken || undefined, registry: () => registry, store: () => store, log };
+  const admin = { token: config.adminToken || undefined, registry: () => registry, store: () => store, log, trustProxy: config.trustProxy };
   const app = createApp({ chat: getChat, config, metrics, limiter, admin, registry: () => registry });
   if (!admin.token) log('admin routes disabled: no ADMIN_TOKEN configured');
   const http = await new Promise<Server>((resolve) => {
