@@ -78,7 +78,8 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
     const { initBackend } = await import('../model/backend.ts');
     await initBackend({ log });
     const model = opts.model ?? (await loadServedModel(config.modelDir));
-    store = opts.store ?? (await openStore({ url: config.databaseUrl, dataDir: config.dataDir, schema: config.databaseSchema }));
+    store = opts.store ?? (await openStore({ url: config.databaseUrl, dataDir: config.dataDir, schema: config.databaseSchema, log }));
+    metrics.watchStore(store);
     scheduler = new Scheduler(model, { maxBatch: config.maxBatch, maxQueue: config.maxQueue, prefillTokensPerStep: config.prefillTokensPerStep, retryAfterSeconds: config.retryAfterSeconds, reuse: opts.reuse, metrics });
     registry = new ModelRegistry({
       store,
