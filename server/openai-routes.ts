@@ -134,6 +134,8 @@ export function openAIRoutes(deps: OpenAIDeps): Hono {
       throw new ChatError('invalid_request', `${issue.path.join('.') || 'body'}: ${issue.message}`);
     }
     const req = parsed.data;
+    const key = clientKey(c);
+    deps.limiter.take(key); // before tokenizing: the prompt's cost is paid only within the limit
     const n = req.n ?? 1;
     if (n > deps.maxN) throw new ChatError('invalid_request', `n is at most ${deps.maxN}`);
     const messages = toChatMessages(req.messages);
@@ -146,8 +148,6 @@ export function openAIRoutes(deps: OpenAIDeps): Hono {
       stop,
     });
     chat.prompt(messages, opts.maxTokens); // refuse a prompt that cannot fit before storing anything
-    const key = clientKey(c);
-    deps.limiter.take(key);
     chat.admit(n); // overloaded / store_unavailable before anything is stored
 
     const userId = `api:${req.user ?? key}`.slice(0, 128);
