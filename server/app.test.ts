@@ -21,7 +21,8 @@ test('/healthz is ready with the model version, and /metrics exposes the serving
   const srv = await startTestServer();
   try {
     const h = await fetch(`${srv.url}/healthz`);
-    assert.deepEqual(await h.json(), { status: 'ok', modelVersion: srv.model.version });
+    const health = (await h.json()) as Record<string, any>;
+    assert.deepEqual([health.status, health.modelVersion, health.store.state, health.store.dialect], ['ok', srv.model.version, 'ok', 'sqlite']);
     const c = await TestClient.connect(srv.wsUrl);
     const conv = await c.request({ type: 'start' }, (m) => m.type === 'conversation');
     await c.request({ type: 'user_message', requestId: 'm', conversationId: conv.conversationId, content: 'hi', params: { maxTokens: 3 } }, (m) => m.type === 'reply' || m.type === 'error');
@@ -29,7 +30,7 @@ test('/healthz is ready with the model version, and /metrics exposes the serving
     const res = await fetch(`${srv.url}/metrics`);
     assert.match(res.headers.get('content-type') ?? '', /text\/plain/);
     const text = await res.text();
-    for (const name of ['chat_time_to_first_token_seconds_count', 'chat_generated_tokens_total', 'chat_decode_tokens_per_second', 'chat_queue_depth', 'chat_active_conversations', 'chat_websocket_connections 1']) {
+    for (const name of ['chat_time_to_first_token_seconds_count', 'chat_generated_tokens_total', 'chat_decode_tokens_per_second', 'chat_queue_depth', 'chat_active_conversations', 'chat_websocket_connections 1', 'store_up 1', 'store_judgement_queue_depth 0', 'store_wal_checkpointer_restarts_total 0']) {
       assert.ok(text.includes(name), `${name} in /metrics`);
     }
     assert.ok(text.includes(`chat_model_info{version="${srv.model.version}"} 1`));

@@ -77,8 +77,8 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
   const auth = new Auth({ store: () => store, config });
   const meter = new Meter(config);
   const getChat = () => chat;
-  const admin = { token: config.adminToken || undefined, registry: () => registry, store: () => store, log, onKeyCreated: () => auth.noteKeyCreated() };
-  const app = createApp({ chat: getChat, config, metrics, auth, meter, admin });
+  const admin = { token: config.adminToken || undefined, registry: () => registry, store: () => store, log, onKeyCreated: () => auth.noteKeyCreated(), trustProxy: config.trustProxy };
+  const app = createApp({ chat: getChat, config, metrics, auth, meter, admin, registry: () => registry });
   if (!admin.token) log('admin routes disabled: no ADMIN_TOKEN configured');
   const http = await new Promise<Server>((resolve) => {
     const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, () => resolve(s as Server));
@@ -92,7 +92,8 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
     const { initBackend } = await import('../model/backend.ts');
     await initBackend({ log });
     const model = opts.model ?? (await loadServedModel(config.modelDir));
-    store ??= opts.store ?? (await openStore({ url: config.databaseUrl, dataDir: config.dataDir, schema: config.databaseSchema }));
+    store ??= opts.store ?? (await openStore({ url: config.databaseUrl, dataDir: config.dataDir, schema: config.databaseSchema, log }));
+    metrics.watchStore(store);
     scheduler = new Scheduler(model, { maxBatch: config.maxBatch, maxQueue: config.maxQueue, prefillTokensPerStep: config.prefillTokensPerStep, retryAfterSeconds: config.retryAfterSeconds, reuse: opts.reuse, metrics });
     registry = new ModelRegistry({
       store,
