@@ -15,6 +15,10 @@ import { z } from 'zod';
 import { createApiKey, listApiKeys, revokeApiKey } from '../feedback/api-keys.ts';
 import type { FeedbackStore } from '../feedback/open-store.ts';
 import { ChatError } from './errors.ts';
+import { requireJson } from './openai-routes.ts';
+
+/** The actor recorded for key actions: the admin credential (as for promotions), never a body field. */
+const ACTOR = 'admin';
 
 export interface AdminKeyDeps {
   store: () => FeedbackStore | undefined;
@@ -24,12 +28,13 @@ export interface AdminKeyDeps {
 }
 
 const createBody = z.strictObject({ userId: z.string().min(1).max(128).optional(), name: z.string().max(200).optional() });
-const revokeBody = z.strictObject({ reason: z.string().max(2000).optional(), excludeFromTraining: z.boolean().optional(), actor: z.string().max(128).optional() });
+const revokeBody = z.strictObject({ reason: z.string().max(2000).optional(), excludeFromTraining: z.boolean().optional() });
 
 async function body<T extends z.ZodType>(c: Context, schema: T): Promise<z.output<T>> {
   const text = await c.req.text();
   let raw: unknown = {};
   if (text.trim()) {
+    requireJson(c);
     try {
       raw = JSON.parse(text);
     } catch {
@@ -61,7 +66,7 @@ export function adminKeyRoutes(deps: AdminKeyDeps): Hono {
 
   const revoke = async (c: Context, b: z.output<typeof revokeBody>) => {
     const id = c.req.param('id')!;
-    const r = await revokeApiKey(db(), id, { actor: b.actor ?? 'admin', reason: b.reason, excludeFromTraining: b.excludeFromTraining });
+    const r = await revokeApiKey(db(), id, { actor: ACTOR, reason: b.reason, excludeFromTraining: b.excludeFromTraining });
     deps.audit(c, b.excludeFromTraining ? 'key.revoke+exclude' : 'key.revoke', { id, reason: b.reason ?? null, excludedJudgements: r.excludedJudgements });
     return c.json(r);
   };

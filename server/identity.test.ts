@@ -312,6 +312,17 @@ describe('keys mode', () => {
     assert.equal((await fetch(`${srv.url}/admin/keys`)).status, 401);
   });
 
+  test('/admin/keys takes JSON bodies only, and its actor is the admin credential, never a body field', async () => {
+    const plain = await fetch(`${srv.url}/admin/keys`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'text/plain' }, body: JSON.stringify({ userId: 'mallory' }) });
+    assert.equal(plain.status, 415);
+    const carol = (await (await admin('/keys', { method: 'POST', body: JSON.stringify({ userId: 'carol' }) })).json()) as { info: { id: string } };
+    const forged = await admin(`/keys/${carol.info.id}/revoke`, { method: 'POST', body: JSON.stringify({ actor: 'someone-else' }) });
+    assert.equal(forged.status, 400);
+    const ok = await admin(`/keys/${carol.info.id}/revoke`, { method: 'POST', body: JSON.stringify({ reason: 'left' }) });
+    assert.equal(ok.status, 200, await ok.clone().text());
+    assert.equal(((await ok.json()) as { info: { revokedBy: string } }).info.revokedBy, 'admin');
+  });
+
   test('/v1 needs a key (401 invalid_api_key in OpenAI\'s shape); with one, the conversation is the key\'s user and records the key id', async () => {
     const none = await complete({});
     assert.equal(none.status, 401);
