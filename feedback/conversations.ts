@@ -13,6 +13,8 @@ import { parseInput } from './validate.ts';
 const newConversationInput = z.strictObject({
   id: z.string().min(1).max(64).optional(),
   userId: z.string().min(1).max(128),
+  /** The API key it is made with (its id, never the key). */
+  keyId: z.string().min(1).max(64).optional(),
   sessionId: z.string().min(1).max(128).optional(),
   title: z.string().max(500).optional(),
 });
@@ -45,6 +47,7 @@ export async function createConversation(db: Kysely<Database>, input: NewConvers
     session_id: c.sessionId ?? null,
     title: c.title ?? null,
     created_at: nowIso(),
+    key_id: c.keyId ?? null,
   };
   await db.insertInto('conversations').values(row).execute();
   return row;

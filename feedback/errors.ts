@@ -23,7 +23,8 @@ export type FeedbackErrorCode =
   | 'comment_too_long'
   | 'idempotency_conflict'
   | 'duplicate_id'
-  | 'nothing_to_roll_back';
+  | 'nothing_to_roll_back'
+  | 'unknown_api_key';
 
 /** A person's input was refused; nothing was written. */
 export class FeedbackError extends Error {

@@ -131,7 +131,7 @@ async function* emitPairs(db: Kysely<Database>, f: ExportFilter, pairs: JudgedPa
 
 async function* comparisonPairs(db: Kysely<Database>, f: ExportFilter): AsyncGenerator<JudgedPair[]> {
   for (let after = ''; ; ) {
-    let q = db.selectFrom('comparisons').selectAll().where('current', '=', 1).where('choice', 'in', ['a', 'b']).where('id', '>', after);
+    let q = db.selectFrom('comparisons').selectAll().where('current', '=', 1).where('excluded_from_training', '=', 0).where('choice', 'in', ['a', 'b']).where('id', '>', after);
     if (f.since) q = q.where('created_at', '>=', f.since);
     if (f.until) q = q.where('created_at', '<', f.until);
     if (f.rater) q = q.where('rater_id', '=', f.rater);
@@ -153,7 +153,7 @@ async function* comparisonPairs(db: Kysely<Database>, f: ExportFilter): AsyncGen
 
 async function* rankingPairs(db: Kysely<Database>, f: ExportFilter): AsyncGenerator<JudgedPair[]> {
   for (let after = ''; ; ) {
-    let q = db.selectFrom('rankings').selectAll().where('current', '=', 1).where('not_rankable', '=', 0).where('id', '>', after);
+    let q = db.selectFrom('rankings').selectAll().where('current', '=', 1).where('excluded_from_training', '=', 0).where('not_rankable', '=', 0).where('id', '>', after);
     if (f.since) q = q.where('created_at', '>=', f.since);
     if (f.until) q = q.where('created_at', '<', f.until);
     if (f.rater) q = q.where('rater_id', '=', f.rater);
@@ -193,6 +193,7 @@ async function* thumbPairs(db: Kysely<Database>, f: ExportFilter): AsyncGenerato
       .innerJoin('messages as m', 'm.id', 't.message_id')
       .select(['t.id', 't.rater_id', 't.value', 't.message_id', 't.created_at', 'm.parent_id'])
       .where('t.current', '=', 1)
+      .where('t.excluded_from_training', '=', 0)
       .where('m.parent_id', 'is not', null)
       .where('m.parent_id', '>', after);
     if (f.since) q = q.where('t.created_at', '>=', f.since);
@@ -251,6 +252,7 @@ export async function* exportUnpaired(db: Kysely<Database>, filter: ExportFilter
       .innerJoin('messages as m', 'm.id', 't.message_id')
       .select(['t.id', 't.rater_id', 't.value', 't.message_id', 't.created_at', 'm.parent_id'])
       .where('t.current', '=', 1)
+      .where('t.excluded_from_training', '=', 0)
       .where('t.id', '>', after);
     if (f.since) q = q.where('t.created_at', '>=', f.since);
     if (f.until) q = q.where('t.created_at', '<', f.until);
@@ -334,6 +336,7 @@ async function thumbedDown(db: Kysely<Database>, leafIds: string[]): Promise<Set
     .innerJoin('messages as m', 'm.id', 't.message_id')
     .select('t.message_id')
     .where('t.current', '=', 1)
+    .where('t.excluded_from_training', '=', 0)
     .where('t.value', '=', 'down')
     .where('m.conversation_id', 'in', db.selectFrom('messages').select('conversation_id').where('id', 'in', leafIds))
     .execute();

@@ -39,3 +39,4 @@ export * from './runs.ts';
 export * from './registry-settings.ts';
 export * from './version-feedback.ts';
 export * from './export.ts';
+export * from './api-keys.ts';

@@ -7,8 +7,13 @@
  * - comparison: `{ kind: 'comparison', contextId?, a, b, choice: 'a'|'b'|'tie'|'both_bad' }`.
  * - ranking: `{ kind: 'ranking', contextId?, candidates: [best, …, worst], notRankable? }`,
  *   2 ≤ K ≤ 16 distinct replies; with `notRankable` the order carries no meaning.
- * All take `raterId`, optional `sessionId`, `comment` (≤ 2,000 characters) and
- * `idempotencyKey` (a retry with the same rater and key is stored once).
+ * All take `raterId`, optional `keyId` (the rater's API key id, never the key), `sessionId`,
+ * `comment` (≤ 2,000 characters) and `idempotencyKey` (a retry with the same rater and key is
+ * stored once).
+ *
+ * The WebSocket protocol builds its judgement messages from {@link JUDGEMENT_FIELDS} (the same
+ * fields and bounds, minus who the rater is, which the server knows), and reports a refused
+ * field with the code {@link judgementIssue} gives it, so a judgement is validated by one schema.
  */
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
@@ -20,37 +25,28 @@ export const THUMB_REASONS = ['not_factual', 'unhelpful', 'unsafe', 'too_long', 
 export const CHOICES = ['a', 'b', 'tie', 'both_bad'] as const;
 
 const id = z.string().min(1).max(64);
-const common = {
-  raterId: z.string().min(1).max(128),
-  sessionId: z.string().min(1).max(128).optional(),
+/** Fields a client states about any judgement (who the rater is comes from the server). */
+const clientCommon = {
   comment: z.string().max(MAX_COMMENT_CHARS).optional(),
   idempotencyKey: z.string().min(1).max(128).optional(),
 };
+const common = {
+  raterId: z.string().min(1).max(128),
+  keyId: z.string().min(1).max(64).optional(),
+  sessionId: z.string().min(1).max(128).optional(),
+  ...clientCommon,
+};
 
-const thumbInput = z.strictObject({
-  kind: z.literal('thumb'),
-  messageId: id,
-  value: z.enum(['up', 'down']),
-  reason: z.enum(THUMB_REASONS).optional(),
-  ...common,
-});
+/** What a client says in each kind of judgement: the one definition the wire schemas derive from. */
+export const JUDGEMENT_FIELDS = {
+  thumb: { messageId: id, value: z.enum(['up', 'down']), reason: z.enum(THUMB_REASONS).optional(), ...clientCommon },
+  comparison: { contextId: id.optional(), a: id, b: id, choice: z.enum(CHOICES), ...clientCommon },
+  ranking: { contextId: id.optional(), candidates: z.array(id).min(2).max(MAX_CANDIDATES), notRankable: z.boolean().optional(), ...clientCommon },
+} as const;
 
-const comparisonInput = z.strictObject({
-  kind: z.literal('comparison'),
-  contextId: id.optional(),
-  a: id,
-  b: id,
-  choice: z.enum(CHOICES),
-  ...common,
-});
-
-const rankingInput = z.strictObject({
-  kind: z.literal('ranking'),
-  contextId: id.optional(),
-  candidates: z.array(id).min(2).max(MAX_CANDIDATES),
-  notRankable: z.boolean().optional(),
-  ...common,
-});
+const thumbInput = z.strictObject({ kind: z.literal('thumb'), ...JUDGEMENT_FIELDS.thumb, ...common });
+const comparisonInput = z.strictObject({ kind: z.literal('comparison'), ...JUDGEMENT_FIELDS.comparison, ...common });
+const rankingInput = z.strictObject({ kind: z.literal('ranking'), ...JUDGEMENT_FIELDS.ranking, ...common });
 
 const judgementInput = z.discriminatedUnion('kind', [thumbInput, comparisonInput, rankingInput]);
 
@@ -59,6 +55,8 @@ export type ComparisonInput = z.infer<typeof comparisonInput>;
 export type RankingInput = z.infer<typeof rankingInput>;
 /** A judgement as submitted. */
 export type JudgementInput = z.infer<typeof judgementInput>;
+/** A judgement as a client states it: everything but who the rater is (the server knows that). */
+export type ClientJudgement = JudgementInput extends infer J ? (J extends unknown ? Omit<J, 'raterId' | 'keyId' | 'sessionId'> : never) : never;
 
 function codeFor(issue: z.core.$ZodIssue): FeedbackErrorCode {
   const field = issue.path[0];
@@ -90,6 +88,12 @@ function messageFor(code: FeedbackErrorCode, issue: z.core.$ZodIssue): string {
     default:
       return `${issue.path.join('.') || 'judgement'}: ${issue.message}`;
   }
+}
+
+/** The stable code and message for a refused judgement field (the store's and the wire's). */
+export function judgementIssue(issue: z.core.$ZodIssue): { code: FeedbackErrorCode; message: string } {
+  const code = codeFor(issue);
+  return { code, message: messageFor(code, issue) };
 }
 
 /** Validates one judgement; throws {@link FeedbackError} on bad input. */

@@ -100,6 +100,8 @@ function plan(index: number, j: JudgementInput, messages: Map<string, MessageFac
     comment: j.comment ?? null,
     current: 1,
     created_at: createdAt,
+    key_id: j.keyId ?? null,
+    excluded_from_training: 0,
   };
   const common = {
     index,
@@ -225,4 +227,25 @@ export async function submitJudgement(db: Kysely<Database>, input: JudgementInpu
   const [result] = await submitJudgements(db, [input]);
   if (!result!.ok) throw new FeedbackError(result!.error.code, result!.error.message);
   return result!.id;
+}
+
+/**
+ * Ownership: which of `messageIds` are messages of `userId`'s own conversations (the replies
+ * that were shown to them, arena pairs included, since those are served in the user's own
+ * conversation). The server refuses a judgement naming any other message as `unknown_message`,
+ * as if it did not exist.
+ */
+export async function messagesOwnedBy(db: Kysely<Database>, userId: string, messageIds: readonly string[]): Promise<Set<string>> {
+  const owned = new Set<string>();
+  for (const part of chunks([...new Set(messageIds)], 500)) {
+    const rows = await db
+      .selectFrom('messages as m')
+      .innerJoin('conversations as c', 'c.id', 'm.conversation_id')
+      .select('m.id')
+      .where('m.id', 'in', part)
+      .where('c.user_id', '=', userId)
+      .execute();
+    for (const r of rows) owned.add(r.id);
+  }
+  return owned;
 }

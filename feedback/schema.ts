@@ -29,6 +29,8 @@ export interface ConversationTable {
   session_id: string | null;
   title: string | null;
   created_at: string;
+  /** The API key the conversation was made with (null: anonymous, local mode, or before keys). */
+  key_id: string | null;
 }
 
 export interface MessageTable {
@@ -67,6 +69,10 @@ interface JudgementColumns {
   subject_key: string;
   current: number;
   created_at: string;
+  /** The API key of the rater (null: anonymous or before keys). */
+  key_id: string | null;
+  /** 1 when the admin excluded the key's judgements from training (every training query skips them). */
+  excluded_from_training: number;
 }
 
 export interface ThumbTable extends JudgementColumns {
@@ -167,6 +173,20 @@ export interface RunMetricTable {
   created_at: string;
 }
 
+/** An API key: only its sha256 is stored; `prefix` (the first characters) helps people tell keys apart. */
+export interface ApiKeyTable {
+  id: string;
+  user_id: string;
+  name: string | null;
+  key_hash: string;
+  prefix: string;
+  created_at: string;
+  revoked_at: string | null;
+  revoked_by: string | null;
+  revoke_reason: string | null;
+  excluded_from_training: number;
+}
+
 /** The whole store, for `Kysely<Database>`. */
 export interface Database {
   conversations: ConversationTable;
@@ -183,6 +203,7 @@ export interface Database {
   registry_settings: RegistrySettingTable;
   training_runs: TrainingRunTable;
   run_metrics: RunMetricTable;
+  api_keys: ApiKeyTable;
 }
 
 export type Conversation = Selectable<ConversationTable>;
@@ -206,6 +227,7 @@ export type RegistrySetting = Selectable<RegistrySettingTable>;
 export type TrainingRun = Selectable<TrainingRunTable>;
 export type NewTrainingRun = Insertable<TrainingRunTable>;
 export type RunMetric = Selectable<RunMetricTable>;
+export type ApiKey = Selectable<ApiKeyTable>;
 
 /** Which database a store runs on. */
 export type DialectName = 'sqlite' | 'postgres';

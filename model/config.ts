@@ -106,8 +106,9 @@ export function describeConfig(schema: z.ZodObject<z.ZodRawShape>): string {
   return Object.entries(shape)
     .map(([key, field]) => {
       const parsed = field.safeParse(undefined);
-      const def = parsed.success ? JSON.stringify(parsed.data) : '(required)';
-      return `  --${key.padEnd(18)} ${def.padEnd(12)} ${field.description ?? ''}`;
+      const def = parsed.success ? (JSON.stringify(parsed.data) ?? '(unset)') : '(required)';
+      const flag = key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+      return `  --${flag.padEnd(28)} ${def.padEnd(12)} ${field.description ?? ''}`;
     })
     .join('\n');
 }

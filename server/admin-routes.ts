@@ -14,6 +14,7 @@ import { getRegistrySettings, setRegistrySetting } from '../feedback/registry-se
 import { getMetrics, getRun, listRuns } from '../feedback/runs.ts';
 import type { RunKind } from '../feedback/schema.ts';
 import { pairsByVersion, thumbsByVersion } from '../feedback/version-feedback.ts';
+import { adminKeyRoutes } from './admin-keys.ts';
 import { fitBradleyTerry } from './bradley-terry.ts';
 import { ChatError } from './errors.ts';
 import { POLICY_ALIASES, type ModelRegistry } from './model-registry.ts';
@@ -23,6 +24,8 @@ export interface AdminDeps {
   registry: () => ModelRegistry | undefined;
   store: () => FeedbackStore | undefined;
   log: (line: string) => void;
+  /** Called after an API key is created (`/admin/keys`). */
+  onKeyCreated?: () => void;
 }
 
 const alias = z.string().min(1).max(128);
@@ -192,6 +195,8 @@ export function adminRoutes(deps: AdminDeps): Hono {
     for (const m of await getMetrics(db, run.id, { names })) (curves[m.name] ??= []).push([m.step, m.value]);
     return c.json({ run: runJson(run), curves });
   });
+
+  app.route('/keys', adminKeyRoutes({ store: deps.store, onCreated: deps.onKeyCreated, audit }));
 
   return app;
 }

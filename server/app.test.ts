@@ -3,11 +3,12 @@ import assert from 'node:assert/strict';
 import { createApp } from './app.ts';
 import { defaultServerConfig } from './config.ts';
 import { ServerMetrics } from './metrics.ts';
-import { RateLimiter } from './rate-limit.ts';
+import { Auth, Meter } from './auth.ts';
 import { startTestServer, TestClient } from './test-support.ts';
 
 test('/healthz says not ready (503) until a model is loaded, and the API answers not_ready', async () => {
-  const app = createApp({ chat: () => undefined, config: defaultServerConfig(), metrics: new ServerMetrics(), limiter: new RateLimiter(10) });
+  const config = defaultServerConfig();
+  const app = createApp({ chat: () => undefined, config, metrics: new ServerMetrics(), auth: new Auth({ store: () => undefined, config }), meter: new Meter(config) });
   const h = await app.request('/healthz');
   assert.equal(h.status, 503);
   assert.deepEqual(await h.json(), { status: 'loading' });

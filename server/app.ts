@@ -1,5 +1,7 @@
 /**
- * The HTTP app (Hono): health, metrics and the OpenAI-compatible routes. Errors are thrown as
+ * The HTTP app (Hono): health, metrics, `/session` (identity for the web page) and the
+ * OpenAI-compatible routes. No CORS headers are sent (cross-origin pages cannot read any answer);
+ * the WebSocket's Origin check is in ws-handler.ts. Errors are thrown as
  * `ChatError`s and turned into responses in the one `onError` below, in OpenAI's error shape
  * (`{ error: { message, type, code, param } }`) with `Retry-After` on 429 and 503.
  * Testable without a socket through `app.request()`.
@@ -13,14 +15,16 @@ import { ChatError, openAIErrorType, toChatError } from './errors.ts';
 import type { ServerMetrics } from './metrics.ts';
 import { openAIRoutes } from './openai-routes.ts';
 import { staticRoutes } from './static-routes.ts';
-import type { RateLimiter } from './rate-limit.ts';
+import type { Auth, Meter } from './auth.ts';
+import { sessionRoutes } from './session-routes.ts';
 
 export interface AppDeps {
   /** Undefined until the model and store are ready. */
   chat: () => ChatService | undefined;
   config: ServerConfig;
   metrics: ServerMetrics;
-  limiter: RateLimiter;
+  auth: Auth;
+  meter: Meter;
   /** The `/admin` routes' dependencies (absent: no admin routes at all). */
   admin?: AdminDeps;
 }
@@ -52,7 +56,9 @@ export function createApp(deps: AppDeps): Hono {
     app.use('/admin/*', bodyLimit({ maxSize: 64 * 1024, onError: () => { throw new ChatError('message_too_large', 'the request body is over 65536 bytes'); } }));
     app.route('/admin', adminRoutes(deps.admin));
   }
-  app.route('/v1', openAIRoutes({ chat: deps.chat, limiter: deps.limiter, maxN: deps.config.maxN }));
+  app.use('/session', bodyLimit({ maxSize: 4096, onError: () => { throw new ChatError('message_too_large', 'the request body is over 4096 bytes'); } }));
+  app.route('/session', sessionRoutes(deps.auth));
+  app.route('/v1', openAIRoutes({ chat: deps.chat, auth: deps.auth, meter: deps.meter, maxN: deps.config.maxN }));
   app.route('/', staticRoutes());
 
   app.notFound((c) => {

@@ -4,6 +4,11 @@
  * the one chat template (dropping the oldest turns, never the system prompt, when it outgrows the
  * context window), submit replies to the scheduler, and store every reply with its generation
  * record (model version, sampling parameters, seed, usage, timings).
+ *
+ * Ownership is checked here, for both doors: a conversation is loaded only for its own user
+ * ({@link ChatService.load}), a judgement names only messages of the rater's own conversations
+ * ({@link ChatService.judge}); anything else is `unknown_conversation` / `unknown_message`, as if
+ * it did not exist. Who the user is comes from `auth.ts`, never from a message field.
  */
 import { randomInt } from 'node:crypto';
 import { renderChat, type ChatMessage } from '../model/chat-template.ts';
@@ -11,7 +16,10 @@ import { DEFAULT_GENERATE, type GenerateOptions } from '../model/generate.ts';
 import { disposeCache } from '../model/gpt.ts';
 import { addMessage, createConversation, getConversation, getThread, listMessages } from '../feedback/conversations.ts';
 import { addAssistantReply } from '../feedback/generations.ts';
+import type { ClientJudgement } from '../feedback/judgement-input.ts';
+import { messagesOwnedBy, type JudgementResult } from '../feedback/judgements.ts';
 import type { FeedbackStore } from '../feedback/open-store.ts';
+import type { Identity } from './auth.ts';
 import type { ServerConfig } from './config.ts';
 import { ChatError } from './errors.ts';
 import type { ServerMetrics } from './metrics.ts';
@@ -65,10 +73,11 @@ export class ChatService {
     return this.deps.scheduler.model;
   }
 
-  /** Starts a conversation (optionally with a system prompt stored as its first message). */
-  async start(userId: string, opts: { system?: string; title?: string } = {}): Promise<ConversationState> {
+  /** Starts a conversation for `who` (optionally with a system prompt stored as its first message). */
+  async start(who: Identity, opts: { system?: string; title?: string } = {}): Promise<ConversationState> {
     const { db } = this.deps.store;
-    const conv = await createConversation(db, { userId, title: opts.title });
+    const userId = who.userId;
+    const conv = await createConversation(db, { userId, title: opts.title, ...(who.keyId ? { keyId: who.keyId } : {}) });
     const path: Turn[] = [];
     if (opts.system) {
       const m = await addMessage(db, { conversationId: conv.id, role: 'system', content: opts.system, userId });
@@ -102,6 +111,35 @@ export class ChatService {
     this.deps.sessions.put(state);
     this.#gauges();
     return state;
+  }
+
+  /**
+   * Stores a whole thread (an OpenAI request's messages) as a new conversation of `who`, its
+   * messages as a chain; returns the conversation id and the turns with their ids.
+   */
+  async startThread(who: Identity, messages: readonly ChatMessage[]): Promise<{ conversationId: string; context: Turn[] }> {
+    const { db } = this.deps.store;
+    const userId = who.userId;
+    const conv = await createConversation(db, { userId, ...(who.keyId ? { keyId: who.keyId } : {}) });
+    const context: Turn[] = [];
+    for (const m of messages) {
+      const row = await addMessage(db, { conversationId: conv.id, parentId: context[context.length - 1]?.id ?? null, role: m.role, content: m.content, userId });
+      context.push({ id: row.id, role: m.role, content: m.content });
+    }
+    return { conversationId: conv.id, context };
+  }
+
+  /**
+   * Stores a judgement by `who` (rater and key id from the identity, never from the input).
+   * A judgement naming a message outside `who`'s own conversations is refused as
+   * `unknown_message`, like a message that does not exist.
+   */
+  async judge(who: Identity, input: ClientJudgement): Promise<JudgementResult> {
+    const ids = input.kind === 'thumb' ? [input.messageId] : input.kind === 'comparison' ? [input.a, input.b] : input.candidates;
+    const owned = await messagesOwnedBy(this.deps.store.db, who.userId, ids);
+    const foreign = ids.find((id) => !owned.has(id));
+    if (foreign !== undefined) return { ok: false, error: { code: 'unknown_message', message: `no message ${foreign}` } };
+    return this.deps.store.writer.submit({ ...input, raterId: who.userId, ...(who.keyId ? { keyId: who.keyId } : {}) });
   }
 
   /** The path from the root to `messageId` (a message of this conversation), from the cache when it is on the active branch. */

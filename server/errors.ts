@@ -26,6 +26,10 @@ export type ServerErrorCode =
   | 'model_not_found'
   | 'cancelled'
   | 'unauthorized'
+  | 'invalid_api_key'
+  | 'forbidden'
+  | 'origin_not_allowed'
+  | 'too_many_connections'
   | 'admin_disabled'
   | 'not_a_policy'
   | 'version_mismatch'
@@ -51,6 +55,11 @@ const STATUS: Record<string, number> = {
   model_not_found: 404,
   cancelled: 499,
   unauthorized: 401,
+  invalid_api_key: 401,
+  forbidden: 403,
+  origin_not_allowed: 403,
+  too_many_connections: 429,
+  unknown_api_key: 404,
   admin_disabled: 404,
   not_a_policy: 409,
   version_mismatch: 409,

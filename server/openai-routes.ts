@@ -6,8 +6,11 @@
  * Choices made here:
  *  1. `model` in a request may be any string (clients often hard-code one); responses name the
  *     version actually served, which is also the one id `/v1/models` lists.
- *  2. Each request is stored as a new conversation (user `api:<client>`), its messages as a chain
- *     and its `n` choices as sibling replies with their generation records.
+ *  2. Each request is stored as a new conversation of the caller (the API key's user, see
+ *     `auth.ts`; `user` in the body is ignored), its messages as a chain and its `n` choices as
+ *     sibling replies with their generation records.
+ *  5. Once any API key exists every route needs `Authorization: Bearer <key>` (401
+ *     `invalid_api_key` otherwise); limits are per identity, never per bearer value.
  *  3. Consecutive messages of the same role are joined with a blank line, `developer` counts as
  *     `system`, and content parts other than text are refused.
  *  4. Non-standard extras, ignored by clients: each choice carries `message_id` (the stored reply,
@@ -18,11 +21,9 @@ import { Hono, type Context } from 'hono';
 import { streamSSE } from 'hono/streaming';
 import { z } from 'zod';
 import type { ChatMessage } from '../model/chat-template.ts';
-import { addMessage, createConversation } from '../feedback/conversations.ts';
+import type { Auth, Identity, Meter } from './auth.ts';
 import type { ChatService, StoredReply } from './chat-service.ts';
 import { ChatError } from './errors.ts';
-import type { RateLimiter } from './rate-limit.ts';
-import type { Turn } from './session-cache.ts';
 
 const ContentPart = z.looseObject({ type: z.string(), text: z.string().optional() });
 
@@ -51,7 +52,8 @@ export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequestSchema>;
 
 export interface OpenAIDeps {
   chat: () => ChatService | undefined;
-  limiter: RateLimiter;
+  auth: Auth;
+  meter: Meter;
   maxN: number;
 }
 
@@ -77,24 +79,33 @@ export function toChatMessages(messages: ChatCompletionRequest['messages']): Cha
   return out;
 }
 
-function clientKey(c: Context): string {
-  const auth = c.req.header('authorization');
-  if (auth?.startsWith('Bearer ') && auth.length > 7) return `key:${auth.slice(7, 71)}`;
+function peerAddress(c: Context): string {
   const incoming = (c.env as { incoming?: { socket?: { remoteAddress?: string } } } | undefined)?.incoming;
-  return `ip:${incoming?.socket?.remoteAddress ?? 'unknown'}`;
+  return incoming?.socket?.remoteAddress ?? 'unknown';
 }
+
+const IDENTITY = 'identity' as const;
 
 function finishReason(r: StoredReply['result']['finishReason']): 'stop' | 'length' {
   return r === 'length' ? 'length' : 'stop';
 }
 
-export function openAIRoutes(deps: OpenAIDeps): Hono {
-  const app = new Hono();
+/** The routes' Hono environment: the caller's identity, set by the auth middleware. */
+export type OpenAIEnv = { Variables: { [IDENTITY]: Identity } };
+
+export function openAIRoutes(deps: OpenAIDeps): Hono<OpenAIEnv> {
+  const app = new Hono<OpenAIEnv>();
   const need = (): ChatService => {
     const chat = deps.chat();
     if (!chat) throw new ChatError('not_ready', 'the model is still loading', 503, 1);
     return chat;
   };
+
+  app.use('*', async (c, next) => {
+    need();
+    c.set(IDENTITY, await deps.auth.forApi({ authorization: c.req.header('authorization'), address: peerAddress(c) }));
+    await next();
+  });
 
   app.get('/models', (c) => {
     const m = need().model;
@@ -133,17 +144,27 @@ export function openAIRoutes(deps: OpenAIDeps): Hono {
       stop,
     });
     chat.prompt(messages, opts.maxTokens); // refuse a prompt that cannot fit before storing anything
-    const key = clientKey(c);
-    deps.limiter.take(key);
-
-    const { db } = chat.deps.store;
-    const userId = `api:${req.user ?? key}`.slice(0, 128);
-    const conv = await createConversation(db, { userId });
-    const context: Turn[] = [];
-    for (const m of messages) {
-      const row = await addMessage(db, { conversationId: conv.id, parentId: context[context.length - 1]?.id ?? null, role: m.role, content: m.content, userId });
-      context.push({ id: row.id, role: m.role, content: m.content });
+    const who = c.get(IDENTITY);
+    const leave = deps.meter.enter(who); // rate_limited / overloaded, per identity, held until the replies are done
+    let thread: Awaited<ReturnType<ChatService['startThread']>>;
+    try {
+      thread = await chat.startThread(who, messages);
+    } catch (err) {
+      leave();
+      throw err;
     }
+    const { conversationId, context } = thread;
+    const conv = { id: conversationId };
+    const replyRun = (onDelta?: (i: number, text: string) => void) => {
+      try {
+        const run = chat.reply(undefined, conv.id, context, opts, n, 'openai', onDelta);
+        run.done.then(leave, leave);
+        return run;
+      } catch (err) {
+        leave();
+        throw err;
+      }
+    };
 
     const id = `chatcmpl-${randomBytes(12).toString('hex')}`;
     const created = Math.floor(Date.now() / 1000);
@@ -151,7 +172,7 @@ export function openAIRoutes(deps: OpenAIDeps): Hono {
     const signal = c.req.raw.signal;
 
     if (!req.stream) {
-      const run = chat.reply(undefined, conv.id, context, opts, n, 'openai');
+      const run = replyRun();
       const onAbort = () => run.cancel();
       signal.addEventListener('abort', onAbort, { once: true });
       let replies: StoredReply[];
@@ -190,7 +211,7 @@ export function openAIRoutes(deps: OpenAIDeps): Hono {
       wake?.();
     };
     for (let i = 0; i < n; i++) push(chunk([{ index: i, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]));
-    const run = chat.reply(undefined, conv.id, context, opts, n, 'openai', (i, text) => push(chunk([{ index: i, delta: { content: text }, logprobs: null, finish_reason: null }])));
+    const run = replyRun((i, text) => push(chunk([{ index: i, delta: { content: text }, logprobs: null, finish_reason: null }])));
     let finished = false;
     run.done
       .then((replies) => {

@@ -14,7 +14,9 @@ import type { ServerConfig } from './config.ts';
 import { ServerMetrics } from './metrics.ts';
 import { loadServedModel, type ServedModel } from './model-host.ts';
 import { ModelRegistry } from './model-registry.ts';
-import { RateLimiter } from './rate-limit.ts';
+import { Auth, isLoopback, Meter } from './auth.ts';
+import { anyApiKeys } from '../feedback/api-keys.ts';
+import { ChatError } from './errors.ts';
 import { Scheduler, type SchedulerOptions } from './scheduler.ts';
 import { SessionCache } from './session-cache.ts';
 import { ChatWebSocketServer } from './ws-handler.ts';
@@ -57,28 +59,40 @@ export interface RunningServer {
 export async function startServer(config: ServerConfig, opts: StartOptions = {}): Promise<RunningServer> {
   const log = opts.log ?? ((l: string) => console.error(l));
   const metrics = new ServerMetrics({ defaultMetrics: opts.defaultMetrics ?? true });
-  const limiter = new RateLimiter(config.requestsPerMinute);
   let chat: ChatService | undefined;
   let registry: ModelRegistry | undefined;
   let store: FeedbackStore | undefined;
+  const ownStore = opts.ownStore ?? !opts.store;
+  if (!isLoopback(config.host)) {
+    // Anonymous identities are for one machine: elsewhere, keys (or an explicit opt-in) first.
+    store = opts.store ?? (await openStore({ url: config.databaseUrl, dataDir: config.dataDir, schema: config.databaseSchema }));
+    if (!(await anyApiKeys(store.db))) {
+      if (!config.allowAnonymous) {
+        if (ownStore) await store.close();
+        throw new ChatError('anonymous_refused', `refusing to listen on ${config.host} with no API key: anyone who can reach it could chat and judge as anyone. Create a key (npm run keys -- create --user <name>), listen on 127.0.0.1, or pass --allow-anonymous`, 400);
+      }
+      log(`warning: listening on ${config.host} with no API key (--allow-anonymous): every browser is an anonymous user`);
+    }
+  }
+  const auth = new Auth({ store: () => store, config });
+  const meter = new Meter(config);
   const getChat = () => chat;
-  const admin = { token: config.adminToken || undefined, registry: () => registry, store: () => store, log };
-  const app = createApp({ chat: getChat, config, metrics, limiter, admin });
+  const admin = { token: config.adminToken || undefined, registry: () => registry, store: () => store, log, onKeyCreated: () => auth.noteKeyCreated() };
+  const app = createApp({ chat: getChat, config, metrics, auth, meter, admin });
   if (!admin.token) log('admin routes disabled: no ADMIN_TOKEN configured');
   const http = await new Promise<Server>((resolve) => {
     const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, () => resolve(s as Server));
   });
-  const ws = new ChatWebSocketServer(http, { chat: getChat, config, metrics, limiter });
+  const ws = new ChatWebSocketServer(http, { chat: getChat, config, metrics, auth, meter });
   const port = (http.address() as AddressInfo).port;
   let scheduler: Scheduler | undefined;
   let loopHost: LoopHost | undefined;
-  const ownStore = opts.ownStore ?? !opts.store;
 
   const ready = (async () => {
     const { initBackend } = await import('../model/backend.ts');
     await initBackend({ log });
     const model = opts.model ?? (await loadServedModel(config.modelDir));
-    store = opts.store ?? (await openStore({ url: config.databaseUrl, dataDir: config.dataDir, schema: config.databaseSchema }));
+    store ??= opts.store ?? (await openStore({ url: config.databaseUrl, dataDir: config.dataDir, schema: config.databaseSchema }));
     scheduler = new Scheduler(model, { maxBatch: config.maxBatch, maxQueue: config.maxQueue, prefillTokensPerStep: config.prefillTokensPerStep, retryAfterSeconds: config.retryAfterSeconds, reuse: opts.reuse, metrics });
     registry = new ModelRegistry({
       store,

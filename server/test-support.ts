@@ -58,10 +58,16 @@ export async function startTestServer(overrides: Partial<ServerConfig> = {}, opt
 export class TestClient {
   readonly messages: Record<string, unknown>[] = [];
   closed: { code: number; reason: string } | undefined;
+  /** The `name=value` of the cookie the server set on the 101 response (local mode's anonymous identity). */
+  cookie: string | undefined;
   readonly #waiters: { pred: (m: Record<string, unknown>) => boolean; resolve: (m: Record<string, unknown>) => void; seen: number }[] = [];
   #closeWaiters: (() => void)[] = [];
 
   private constructor(readonly ws: WebSocket) {
+    ws.on('upgrade', (res) => {
+      const set = res.headers['set-cookie'];
+      if (set?.length) this.cookie = set[0]!.split(';')[0];
+    });
     ws.on('message', (data) => {
       const m = JSON.parse(String(data)) as Record<string, unknown>;
       this.messages.push(m);
@@ -79,8 +85,9 @@ export class TestClient {
     ws.on('error', () => {});
   }
 
-  static async connect(url: string): Promise<TestClient> {
-    const ws = new WebSocket(url);
+  /** Connects (optionally with headers: `Authorization`, `Cookie`, `Origin`) and waits for `ready`. */
+  static async connect(url: string, headers: Record<string, string> = {}): Promise<TestClient> {
+    const ws = new WebSocket(url, { headers });
     const c = new TestClient(ws);
     await c.next((m) => m.type === 'ready');
     return c;

@@ -24,7 +24,11 @@ test('malformed JSON, unknown types, missing fields and wrong types each get the
   assert.deepEqual([unknown.code, unknown.requestId], ['unknown_type', 'x1']);
   assert.equal((await errorFor(c, { type: 'user_message', content: 'no conversation' })).code, 'invalid_request');
   assert.equal((await errorFor(c, { type: 'user_message', conversationId: 42, content: 'x' })).code, 'invalid_request');
-  assert.equal((await errorFor(c, { type: 'thumb', messageId: 'm', value: 'sideways' })).code, 'invalid_request');
+  // Judgements are validated by the store's one schema, with its codes.
+  assert.equal((await errorFor(c, { type: 'thumb', messageId: 'm', value: 'sideways' })).code, 'invalid_thumb');
+  assert.equal((await errorFor(c, { type: 'thumb', messageId: 'm', value: 'up', comment: 'x'.repeat(2001) })).code, 'comment_too_long');
+  assert.equal((await errorFor(c, { type: 'ranking', candidates: ['a'] })).code, 'too_few_candidates');
+  assert.equal((await errorFor(c, { type: 'ranking', candidates: Array.from({ length: 17 }, (_, i) => `m${i}`) })).code, 'too_many_candidates');
   assert.equal((await errorFor(c, { type: 'start', extra: true })).code, 'invalid_request');
   assert.equal((await errorFor(c, { type: 'user_message', conversationId: 'NOPE', content: 'x' })).code, 'unknown_conversation');
   const conv = await c.request({ type: 'start' }, (m) => m.type === 'conversation');

@@ -25,8 +25,8 @@ after(async () => {
 
 const isReply = (rid: string) => (m: Record<string, unknown>) => (m.type === 'reply' || m.type === 'error') && m.requestId === rid;
 
-async function startConversation(c: TestClient, userId = 'u1', system?: string): Promise<string> {
-  const m = await c.request({ type: 'start', userId, ...(system ? { system } : {}) }, (x) => x.type === 'conversation');
+async function startConversation(c: TestClient, system?: string): Promise<string> {
+  const m = await c.request({ type: 'start', ...(system ? { system } : {}) }, (x) => x.type === 'conversation');
   return m.conversationId as string;
 }
 
@@ -73,7 +73,7 @@ test('regenerate makes a sibling reply and compare makes two candidates decoded 
 
 test('thumbs, comparisons and rankings are stored through the feedback store and acknowledged', async () => {
   const c = await TestClient.connect(srv.wsUrl);
-  const conv = await startConversation(c, 'rater');
+  const conv = await startConversation(c);
   const cands = await c.request({ type: 'compare', requestId: 'c1', conversationId: conv, content: 'hi', params: { maxTokens: 4 } }, (m) => m.requestId === 'c1' && (m.type === 'candidates' || m.type === 'error'));
   const [a, b] = cands.messageIds as string[];
   const thumb = await c.request({ type: 'thumb', requestId: 'f1', messageId: a, value: 'down', reason: 'unhelpful' }, (m) => m.requestId === 'f1');
@@ -122,24 +122,28 @@ test('a second request in a conversation while one is in flight is refused with 
 
 test('a conversation is rebuilt from the store after a reconnect and after a server restart', async () => {
   const c = await TestClient.connect(srv.wsUrl);
-  const conv = await startConversation(c, 'u-resume', 'You are terse.');
+  const conv = await startConversation(c, 'You are terse.');
   const r1 = await c.request({ type: 'user_message', requestId: 'g1', conversationId: conv, content: 'first question', params: { maxTokens: 5 } }, isReply('g1'));
   c.close();
-  const c2 = await TestClient.connect(srv.wsUrl);
-  const resumed = await c2.request({ type: 'start', userId: 'u-resume', conversationId: conv }, (m) => m.type === 'conversation' || m.type === 'error');
+  // The same browser (its anonymous cookie) reconnects.
+  const cookie = { Cookie: c.cookie! };
+  const c2 = await TestClient.connect(srv.wsUrl, cookie);
+  const resumed = await c2.request({ type: 'start', conversationId: conv }, (m) => m.type === 'conversation' || m.type === 'error');
   assert.equal(resumed.resumed, true);
   assert.deepEqual((resumed.messages as { role: string }[]).map((m) => m.role), ['system', 'user', 'assistant']);
   assert.equal((resumed.messages as { id: string }[])[2]!.id, r1.messageId);
-  const stranger = await c2.request({ type: 'start', userId: 'someone-else', conversationId: conv }, (m) => m.type === 'error');
-  assert.equal(stranger.code, 'unknown_conversation');
   c2.close();
+  const strangerSocket = await TestClient.connect(srv.wsUrl);
+  const stranger = await strangerSocket.request({ type: 'start', conversationId: conv }, (m) => m.type === 'error');
+  assert.equal(stranger.code, 'unknown_conversation');
+  strangerSocket.close();
 
   // A second server on the same store (a restart) knows nothing in memory and rebuilds the branch.
   const other = await startServer({ ...srv.config, port: 0 }, { model: srv.model, store: srv.chat()!.deps.store, ownStore: false, defaultMetrics: false, log: () => {} });
   await other.ready;
   try {
-    const c3 = await TestClient.connect(`ws://127.0.0.1:${other.port}/ws`);
-    const back = await c3.request({ type: 'start', userId: 'u-resume', conversationId: conv }, (m) => m.type === 'conversation' || m.type === 'error');
+    const c3 = await TestClient.connect(`ws://127.0.0.1:${other.port}/ws`, cookie);
+    const back = await c3.request({ type: 'start', conversationId: conv }, (m) => m.type === 'conversation' || m.type === 'error');
     assert.deepEqual((back.messages as { content: string }[]).map((m) => m.content), ['You are terse.', 'first question', String(r1.content)]);
     const r2 = await c3.request({ type: 'user_message', requestId: 'g2', conversationId: conv, content: 'second', params: { maxTokens: 5 } }, isReply('g2'));
     assert.equal(r2.type, 'reply');
@@ -154,7 +158,7 @@ test('a conversation is rebuilt from the store after a reconnect and after a ser
 
 test('when a conversation outgrows the context window the oldest turns are dropped, the system prompt kept, and the reply says so', async () => {
   const c = await TestClient.connect(srv.wsUrl);
-  const conv = await startConversation(c, 'u-long', 'sys');
+  const conv = await startConversation(c, 'sys');
   const block = srv.model.gpt.config.blockSize;
   let last: Record<string, unknown> = {};
   for (let i = 0; i < 6 && !last.contextTruncated; i++) {
@@ -174,7 +178,7 @@ test('when a conversation outgrows the context window the oldest turns are dropp
 test('the KV cache of a conversation is kept between turns, holding a prefix of the next turn\'s prompt', async () => {
   const chat = srv.chat()!;
   const c = await TestClient.connect(srv.wsUrl);
-  const conv = await startConversation(c, 'u-kv');
+  const conv = await startConversation(c);
   const r = await c.request({ type: 'user_message', requestId: 'k1', conversationId: conv, content: 'hi', params: { maxTokens: 4, temperature: 0 } }, isReply('k1'));
   assert.equal(r.type, 'reply');
   const state = chat.deps.sessions.get(conv)!;

@@ -1,23 +1,29 @@
 /**
  * The WebSocket door: one `Connection` per socket, speaking the protocol of `ws-protocol.ts`.
  *
+ * - The upgrade is refused before any socket exists: a foreign `Origin` (403, `ALLOWED_ORIGINS`,
+ *   same origin by default), too many connections in total (503) or from one address (429), no
+ *   valid key or session in keys mode (401). The identity comes from the upgrade (`auth.ts`):
+ *   never from a message field. In local mode a socket without the anonymous cookie gets one
+ *   (Set-Cookie on the 101), so every cookie-less socket is a person of its own.
+ * - A socket that sends no `start` within `startTimeoutMs` is closed (1008).
  * - Frames are capped by `ws`'s `maxPayload` (an oversized frame closes the socket with 1009);
  *   binary frames, bad JSON and invalid messages get an `error` and the socket stays open.
- * - A flood is throttled per socket (`rate_limited` errors), and a socket that keeps flooding is
- *   closed with 1008. Generation requests also count against the per-client per-minute limit.
+ * - Every frame, of every type, is metered per identity (`rate_limited` errors), and a socket that
+ *   keeps flooding is closed with 1008. Generation requests count against the identity's
+ *   per-minute limit and its in-flight cap (`overloaded`); judgements against their own limit.
  * - A heartbeat pings every `heartbeatMs`; a socket that did not answer the previous ping is terminated.
  * - Every callback is guarded: a failing handler answers `internal_error` and never kills the socket.
  * - When a socket closes, its replies in flight are cancelled, which frees their batch slots.
  */
 import type { IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { randomBytes } from 'node:crypto';
 import { WebSocketServer, WebSocket, type RawData } from 'ws';
+import { originAllowed, type Auth, type Identity, type Meter } from './auth.ts';
 import type { ChatService, ReplyRun } from './chat-service.ts';
 import type { ServerConfig } from './config.ts';
 import { ChatError, toChatError } from './errors.ts';
 import type { ServerMetrics } from './metrics.ts';
-import { TokenBucket, type RateLimiter } from './rate-limit.ts';
 import type { Turn } from './session-cache.ts';
 import { parseClientMessage, type ClientMessage, type ServerMessage } from './ws-protocol.ts';
 
@@ -26,27 +32,32 @@ export interface WsDeps {
   chat: () => ChatService | undefined;
   config: ServerConfig;
   metrics: ServerMetrics;
-  limiter: RateLimiter;
+  auth: Auth;
+  meter: Meter;
 }
 
 /** Close codes the server uses (RFC 6455). */
 export const CLOSE = { policy: 1008, tooBig: 1009, goingAway: 1001, tryLater: 1013 } as const;
 
+const IDENTITY = Symbol('identity');
+type UpgradeRequest = IncomingMessage & { [IDENTITY]?: { identity: Identity; setCookie?: string } };
+
 class Connection {
   isAlive = true;
-  userId: string;
+  started = false;
   readonly runs = new Map<string, ReplyRun>();
-  readonly #bucket: TokenBucket;
   #throttled = 0;
   #nextRequest = 1;
 
   constructor(
     readonly ws: WebSocket,
-    readonly clientKey: string,
+    readonly address: string,
+    readonly identity: Identity,
     readonly deps: WsDeps,
-  ) {
-    this.userId = `anon-${randomBytes(6).toString('hex')}`;
-    this.#bucket = new TokenBucket(deps.config.messagesPerSecond, deps.config.messagesPerSecond * 2);
+  ) {}
+
+  get userId(): string {
+    return this.identity.userId;
   }
 
   send(msg: ServerMessage): void {
@@ -78,7 +89,7 @@ class Connection {
 
   onFrame(data: RawData, isBinary: boolean): void {
     this.isAlive = true;
-    if (!this.#bucket.take()) {
+    if (!this.deps.meter.frame(this.identity)) {
       this.#throttled++;
       if (this.#throttled >= this.deps.config.floodCloseAfter) this.close(CLOSE.policy, 'too many messages');
       else this.error('rate_limited', `more than ${this.deps.config.messagesPerSecond} messages per second; slow down`);
@@ -132,9 +143,9 @@ class Connection {
 
   async #start(msg: Extract<ClientMessage, { type: 'start' }>): Promise<void> {
     const chat = this.#chat();
-    if (msg.userId) this.userId = msg.userId;
+    this.started = true; // msg.userId is ignored: the identity is the upgrade's
     const resumed = msg.conversationId !== undefined;
-    const state = resumed ? await chat.load(msg.conversationId!, this.userId) : await chat.start(this.userId, { system: msg.system, title: msg.title });
+    const state = resumed ? await chat.load(msg.conversationId!, this.userId) : await chat.start(this.identity, { system: msg.system, title: msg.title });
     this.send({
       type: 'conversation',
       ...(msg.requestId ? { requestId: msg.requestId } : {}),
@@ -149,10 +160,11 @@ class Connection {
     const chat = this.#chat();
     const requestId = this.#requestId(msg.requestId);
     if (this.runs.has(requestId)) throw new ChatError('duplicate_request', `requestId ${requestId} is already in flight`);
-    this.deps.limiter.take(this.clientKey);
-    const state = await chat.load(msg.conversationId, this.userId);
-    const release = chat.claim(state.id);
+    const leave = this.deps.meter.enter(this.identity);
+    let release = () => {};
     try {
+      const state = await chat.load(msg.conversationId, this.userId);
+      release = chat.claim(state.id);
       const opts = chat.options(msg.params);
       let context: Turn[];
       let userMessageId: string | undefined;
@@ -201,15 +213,16 @@ class Connection {
       }
     } finally {
       release();
+      leave();
     }
   }
 
   async #judge(msg: Extract<ClientMessage, { type: 'thumb' | 'comparison' | 'ranking' }>): Promise<void> {
     const chat = this.#chat();
     const requestId = this.#requestId(msg.requestId);
+    this.deps.meter.judgement(this.identity);
     const { type, requestId: _r, ...rest } = msg;
-    const kind = type;
-    const r = await chat.deps.store.writer.submit({ ...rest, kind, raterId: this.userId });
+    const r = await chat.judge(this.identity, { ...rest, kind: type } as Parameters<ChatService['judge']>[1]);
     if (!r.ok) return this.error(r.error.code, r.error.message, requestId);
     this.send({ type: 'feedback_ack', requestId, kind: r.kind, id: r.id, duplicate: r.duplicate });
   }
@@ -219,6 +232,9 @@ class Connection {
 export class ChatWebSocketServer {
   readonly wss: WebSocketServer;
   readonly #connections = new Set<Connection>();
+  /** Connections (and upgrades being checked) per peer address. */
+  readonly #perAddress = new Map<string, number>();
+  #pending = 0;
   readonly #heartbeat: NodeJS.Timeout;
 
   constructor(
@@ -227,6 +243,11 @@ export class ChatWebSocketServer {
   ) {
     this.wss = new WebSocketServer({ noServer: true, maxPayload: deps.config.maxMessageBytes, perMessageDeflate: false, clientTracking: false });
     server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.#upgrade(req, socket, head));
+    // Local mode's anonymous cookie rides on the 101 response.
+    this.wss.on('headers', (headers: string[], req: UpgradeRequest) => {
+      const c = req[IDENTITY]?.setCookie;
+      if (c) headers.push(`Set-Cookie: ${c}`);
+    });
     this.#heartbeat = setInterval(() => this.#beat(), deps.config.heartbeatMs);
     this.#heartbeat.unref();
   }
@@ -246,12 +267,52 @@ export class ChatWebSocketServer {
       socket.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n');
       return;
     }
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.#connect(ws, req));
+    const c = this.deps.config;
+    const refuse = (status: string, code: string, message: string, extra = '') => {
+      this.deps.metrics.errors.inc({ code });
+      const body = JSON.stringify({ error: { code, message } });
+      socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Type: application/json\r\n${extra}Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+    };
+    if (!originAllowed(req.headers.origin, req.headers.host, c.allowedOrigins)) return refuse('403 Forbidden', 'origin_not_allowed', `Origin ${req.headers.origin} may not open /ws`);
+    if (this.#connections.size + this.#pending >= c.maxConnections) return refuse('503 Service Unavailable', 'too_many_connections', 'the server has too many connections', `Retry-After: ${c.retryAfterSeconds}\r\n`);
+    const address = req.socket.remoteAddress ?? 'unknown';
+    if ((this.#perAddress.get(address) ?? 0) >= c.maxConnectionsPerAddress) return refuse('429 Too Many Requests', 'too_many_connections', `more than ${c.maxConnectionsPerAddress} connections from one address`, `Retry-After: ${c.retryAfterSeconds}\r\n`);
+    // The address holds a slot until its TCP socket closes, whatever happens to the upgrade.
+    this.#count(address, +1);
+    socket.once('close', () => this.#count(address, -1));
+    this.#pending++;
+    const done = () => {
+      this.#pending--;
+    };
+    this.deps.auth
+      .forSocket({ authorization: req.headers.authorization, cookie: req.headers.cookie, address })
+      .then((who) => {
+        done();
+        if (socket.destroyed) return;
+        (req as UpgradeRequest)[IDENTITY] = who;
+        this.wss.handleUpgrade(req, socket, head, (ws) => this.#connect(ws, address, who.identity));
+      })
+      .catch((err: unknown) => {
+        done();
+        const e = toChatError(err);
+        if (e.code === 'internal_error') console.error('ws upgrade failed:', err);
+        refuse(`${e.status} ${e.status === 401 ? 'Unauthorized' : e.status === 429 ? 'Too Many Requests' : 'Error'}`, e.code, e.message, e.retryAfter ? `Retry-After: ${e.retryAfter}\r\n` : '');
+      });
   }
 
-  #connect(ws: WebSocket, req: IncomingMessage): void {
-    const conn = new Connection(ws, req.socket.remoteAddress ?? 'unknown', this.deps);
+  #count(address: string, d: number): void {
+    const n = (this.#perAddress.get(address) ?? 0) + d;
+    if (n <= 0) this.#perAddress.delete(address);
+    else this.#perAddress.set(address, n);
+  }
+
+  #connect(ws: WebSocket, address: string, identity: Identity): void {
+    const conn = new Connection(ws, address, identity, this.deps);
     this.#connections.add(conn);
+    const idle = setTimeout(() => {
+      if (!conn.started) conn.close(CLOSE.policy, `no start within ${this.deps.config.startTimeoutMs} ms`);
+    }, this.deps.config.startTimeoutMs);
+    idle.unref();
     this.deps.metrics.sockets.set(this.#connections.size);
     ws.on('message', (data, isBinary) => {
       try {
@@ -269,6 +330,7 @@ export class ChatWebSocketServer {
       this.deps.metrics.errors.inc({ code: err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH' ? 'message_too_large' : 'ws_protocol_error' });
     });
     ws.on('close', () => {
+      clearTimeout(idle);
       conn.cancelAll();
       this.#connections.delete(conn);
       this.deps.metrics.sockets.set(this.#connections.size);
@@ -278,8 +340,9 @@ export class ChatWebSocketServer {
     conn.send({
       type: 'ready',
       modelVersion: chat.model.version,
-      limits: { maxMessageBytes: c.maxMessageBytes, maxTokens: c.maxTokens, maxPromptTokens: c.maxPromptTokens, contextTokens: chat.model.gpt.config.blockSize, requestsPerMinute: c.requestsPerMinute, messagesPerSecond: c.messagesPerSecond },
+      limits: { maxMessageBytes: c.maxMessageBytes, maxTokens: c.maxTokens, maxPromptTokens: c.maxPromptTokens, contextTokens: chat.model.gpt.config.blockSize, requestsPerMinute: c.requestsPerMinute, messagesPerSecond: c.messagesPerSecond, maxInFlightPerUser: c.maxInFlightPerUser, judgementsPerMinute: c.judgementsPerMinute },
       heartbeatMs: c.heartbeatMs,
+      user: { id: identity.userId, anonymous: identity.anonymous },
     });
   }
 

@@ -8,7 +8,7 @@
  * server assigns one and returns it in the first message about the request.
  */
 import { z } from 'zod';
-import { CHOICES, THUMB_REASONS } from '../feedback/judgement-input.ts';
+import { JUDGEMENT_FIELDS, judgementIssue } from '../feedback/judgement-input.ts';
 
 const id = z.string().min(1).max(64);
 const requestId = id.optional();
@@ -25,10 +25,12 @@ export const SamplingSchema = z.strictObject({
 export type Sampling = z.infer<typeof SamplingSchema>;
 
 /**
- * Start a new conversation, or resume one by id (its active branch is rebuilt from the store).
- * Answered by `conversation`.
- * @example { "type": "start", "userId": "u1", "system": "You are terse." }
- * @example { "type": "start", "userId": "u1", "conversationId": "01JDX3M8Q4T1V9R2K7Z5N6P0AB" }
+ * Start a new conversation, or resume one by id (its active branch is rebuilt from the store;
+ * only the socket's own user's conversations resume, others are `unknown_conversation`).
+ * Answered by `conversation`. Who the user is comes from the upgrade request (API key, session
+ * cookie, or local mode's anonymous cookie); `userId` is accepted for old clients and ignored.
+ * @example { "type": "start", "system": "You are terse." }
+ * @example { "type": "start", "conversationId": "01JDX3M8Q4T1V9R2K7Z5N6P0AB" }
  */
 export const StartSchema = z.strictObject({
   type: z.literal('start'),
@@ -89,48 +91,26 @@ export const CompareSchema = z
  */
 export const CancelSchema = z.strictObject({ type: z.literal('cancel'), requestId: id });
 
-const judgementCommon = {
-  requestId,
-  comment: z.string().optional(),
-  idempotencyKey: z.string().min(1).max(128).optional(),
-};
-
 /**
  * Thumbs up or down on an assistant message (a reason only with down). Answered by `feedback_ack`.
+ * The judgement messages take their fields and bounds from `feedback/judgement-input.ts` (the
+ * store's one schema); a refused field gets the store's code (`comment_too_long`, …).
+ * Only replies shown to this user (in their own conversations) can be judged; others are `unknown_message`.
  * @example { "type": "thumb", "messageId": "01J…", "value": "down", "reason": "not_factual" }
  */
-export const ThumbSchema = z.strictObject({
-  type: z.literal('thumb'),
-  messageId: id,
-  value: z.enum(['up', 'down']),
-  reason: z.enum(THUMB_REASONS).optional(),
-  ...judgementCommon,
-});
+export const ThumbSchema = z.strictObject({ type: z.literal('thumb'), requestId, ...JUDGEMENT_FIELDS.thumb });
 
 /**
  * A pairwise pick between two sibling replies. Answered by `feedback_ack`.
  * @example { "type": "comparison", "a": "01J…", "b": "01J…", "choice": "a" }
  */
-export const ComparisonSchema = z.strictObject({
-  type: z.literal('comparison'),
-  a: id,
-  b: id,
-  choice: z.enum(CHOICES),
-  contextId: id.optional(),
-  ...judgementCommon,
-});
+export const ComparisonSchema = z.strictObject({ type: z.literal('comparison'), requestId, ...JUDGEMENT_FIELDS.comparison });
 
 /**
  * A ranking of 2–16 sibling replies, best first. Answered by `feedback_ack`.
  * @example { "type": "ranking", "candidates": ["01J…a", "01J…b", "01J…c"] }
  */
-export const RankingSchema = z.strictObject({
-  type: z.literal('ranking'),
-  candidates: z.array(id).min(1).max(64),
-  notRankable: z.boolean().optional(),
-  contextId: id.optional(),
-  ...judgementCommon,
-});
+export const RankingSchema = z.strictObject({ type: z.literal('ranking'), requestId, ...JUDGEMENT_FIELDS.ranking });
 
 /**
  * Application-level ping (the server also pings at the WebSocket level). Answered by `pong`.
@@ -154,7 +134,9 @@ export type ClientMessageType = keyof typeof CLIENT_SCHEMAS;
 export type ClientMessage = { [K in ClientMessageType]: z.infer<(typeof CLIENT_SCHEMAS)[K]> }[ClientMessageType];
 
 /** Result of parsing one frame: a message, or an error code for the client. */
-export type Parsed = { ok: true; msg: ClientMessage } | { ok: false; code: 'invalid_json' | 'unknown_type' | 'invalid_request'; message: string; requestId?: string };
+export type Parsed = { ok: true; msg: ClientMessage } | { ok: false; code: string; message: string; requestId?: string };
+
+const JUDGEMENT_TYPES: ReadonlySet<string> = new Set(['thumb', 'comparison', 'ranking']);
 
 /** Parses and validates one text frame. */
 export function parseClientMessage(text: string): Parsed {
@@ -174,6 +156,10 @@ export function parseClientMessage(text: string): Parsed {
   const r = CLIENT_SCHEMAS[obj.type as ClientMessageType].safeParse(raw);
   if (!r.success) {
     const issue = r.error.issues[0]!;
+    if (JUDGEMENT_TYPES.has(obj.type) && issue.path[0] !== 'requestId') {
+      const j = judgementIssue(issue);
+      if (j.code !== 'invalid_input') return { ok: false, code: j.code, message: `${obj.type}: ${j.message}`, requestId: rid };
+    }
     return { ok: false, code: 'invalid_request', message: `${obj.type}: ${issue.path.join('.') || 'message'}: ${issue.message}`, requestId: rid };
   }
   return { ok: true, msg: r.data as ClientMessage };
@@ -196,8 +182,8 @@ export interface WireTurn {
 }
 
 export type ServerMessage =
-  /** Sent once on connect. */
-  | { type: 'ready'; modelVersion: string; limits: Record<string, number>; heartbeatMs: number }
+  /** Sent once on connect; `user` is who the server takes this socket to be. */
+  | { type: 'ready'; modelVersion: string; limits: Record<string, number>; heartbeatMs: number; user: { id: string; anonymous: boolean } }
   /** Answer to `start`: the conversation and its active branch (root first). */
   | { type: 'conversation'; requestId?: string; conversationId: string; resumed: boolean; messages: WireTurn[]; modelVersion: string }
   /** A reply has been accepted (queued or decoding). */

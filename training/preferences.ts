@@ -181,7 +181,7 @@ export async function loadStorePreferences(store: FeedbackStore, opts: { since?:
     const urows = [];
     for await (const r of exportUnpaired(store.db, filter)) urows.push(r);
     unpaired.push(...unpairedFromRows(urows));
-    let q = store.db.selectFrom('comparisons').select(['context_id', 'a_id', 'b_id']).where('current', '=', 1).where('choice', '=', 'both_bad');
+    let q = store.db.selectFrom('comparisons').select(['context_id', 'a_id', 'b_id']).where('current', '=', 1).where('excluded_from_training', '=', 0).where('choice', '=', 'both_bad');
     if (opts.since) q = q.where('created_at', '>=', opts.since);
     for (const c of await q.execute()) {
       const thread = await getThread(store.db, c.context_id);
