@@ -23,7 +23,7 @@ import { loadServedModel } from '../server/model-host.ts';
 import { startServer } from '../server/server.ts';
 
 const SMALL = { nLayer: 4, nHead: 4, nEmbd: 128, blockSize: 128, vocabSize: 2048 } as const;
-const TOKEN = 'bench-token';
+const TOKEN = 'bench-hot-swap-admin-token';
 
 async function save(dir: string, tok: Tokenizer, seed: number): Promise<string> {
   const config = { ...SMALL, vocabSize: tok.vocabSize };

@@ -8,11 +8,18 @@
  * If a batch fails as a whole (a storage error, or a concurrent writer in another process
  * taking the same subject first), each item is retried alone (up to 3 times) so the others
  * still land; an item that still fails rejects its promise with the underlying error.
+ *
+ * The store down or slow (a connection refused or timed out, a statement timeout): the batch is
+ * retried whole with exponential backoff (50 ms doubling to 2 s) for up to `retryForMs`; its
+ * promises stay pending meanwhile, so nothing is acknowledged that was not committed, and it
+ * rejects with the last error only after that. The queue is bounded (`maxQueue`): past it,
+ * `submit` rejects at once with a `StoreUnavailableError` instead of holding memory without end.
  */
 import type { Kysely } from 'kysely';
 import { applyJudgements, type JudgementResult } from './judgements.ts';
 import type { JudgementInput } from './judgement-input.ts';
 import type { Database, DialectName } from './schema.ts';
+import { isStoreUnavailable, StoreUnavailableError, type StoreHealth } from './store-health.ts';
 import { writeTransaction } from './transaction.ts';
 
 /** Options for {@link JudgementWriter}. */
@@ -24,6 +31,12 @@ export interface JudgementWriterOptions {
    * anyway; 4 on PostgreSQL, where commits of several connections overlap).
    */
   concurrency?: number;
+  /** Most judgements waiting (default 10,000); past it `submit` rejects with StoreUnavailableError. */
+  maxQueue?: number;
+  /** How long a batch is retried while the store is unreachable (default 30,000 ms). */
+  retryForMs?: number;
+  /** Told of unreachable-store failures and of commits that succeed. */
+  health?: StoreHealth;
 }
 
 interface Pending {
@@ -37,6 +50,10 @@ export interface JudgementWriterStats {
   submitted: number;
   batches: number;
   largestBatch: number;
+  /** Batch attempts that failed because the store was unreachable, and were retried. */
+  retries: number;
+  /** Submissions refused because the queue was full. */
+  refused: number;
 }
 
 /** Queues judgements and commits them in batches; see the module docs. */
@@ -45,12 +62,15 @@ export class JudgementWriter {
   readonly #dialect: DialectName;
   readonly #maxBatch: number;
   readonly #concurrency: number;
+  readonly #maxQueue: number;
+  readonly #retryForMs: number;
+  readonly #health: StoreHealth | undefined;
   #queue: Pending[] = [];
   #scheduled = false;
   #inFlight = 0;
   #idle: (() => void)[] = [];
   #closed = false;
-  readonly stats: JudgementWriterStats = { submitted: 0, batches: 0, largestBatch: 0 };
+  readonly stats: JudgementWriterStats = { submitted: 0, batches: 0, largestBatch: 0, retries: 0, refused: 0 };
 
   constructor(db: Kysely<Database>, dialect: DialectName, options: JudgementWriterOptions = {}) {
     const maxBatch = options.maxBatch ?? 256;
@@ -63,6 +83,14 @@ export class JudgementWriter {
     this.#dialect = dialect;
     this.#maxBatch = maxBatch;
     this.#concurrency = concurrency;
+    this.#maxQueue = options.maxQueue ?? 10_000;
+    this.#retryForMs = options.retryForMs ?? 30_000;
+    this.#health = options.health;
+  }
+
+  /** Judgements submitted and not yet committed or refused. */
+  get pending(): number {
+    return this.#queue.length;
   }
 
   /**
@@ -73,6 +101,10 @@ export class JudgementWriter {
    */
   submit(input: JudgementInput | unknown): Promise<JudgementResult> {
     if (this.#closed) return Promise.reject(new Error('judgement writer is closed'));
+    if (this.#queue.length >= this.#maxQueue) {
+      this.stats.refused++;
+      return Promise.reject(new StoreUnavailableError(`the judgement queue is full (${this.#maxQueue} waiting): the store is not keeping up; retry later`));
+    }
     return new Promise((resolve, reject) => {
       this.#queue.push({ input, resolve, reject });
       this.stats.submitted++;
@@ -118,11 +150,26 @@ export class JudgementWriter {
 
   async #commit(batch: Pending[]): Promise<void> {
     let results: JudgementResult[];
-    try {
-      results = await writeTransaction(this.#db, this.#dialect, (trx) => applyJudgements(trx, batch.map((p) => p.input)));
-    } catch {
-      for (const p of batch) await this.#commitAlone(p);
-      return;
+    const t0 = Date.now();
+    for (let attempt = 0; ; attempt++) {
+      try {
+        results = await writeTransaction(this.#db, this.#dialect, (trx) => applyJudgements(trx, batch.map((p) => p.input)));
+        this.#health?.succeeded();
+        break;
+      } catch (err) {
+        if (isStoreUnavailable(err)) {
+          this.#health?.failed(err);
+          if (Date.now() - t0 < this.#retryForMs) {
+            this.stats.retries++;
+            await new Promise((r) => setTimeout(r, Math.min(2000, 50 * 2 ** attempt)));
+            continue;
+          }
+          for (const p of batch) p.reject(err);
+          return;
+        }
+        for (const p of batch) await this.#commitAlone(p);
+        return;
+      }
     }
     batch.forEach((p, i) => p.resolve(results[i]!));
   }

@@ -68,4 +68,19 @@ await describeEachDialect('model registry', (ctx) => {
     await assert.rejects(db.deleteFrom('promotion_log').where('id', '=', entry.id).execute(), /append-only/);
     assert.equal((await listPromotions(db, { alias: 'ao' }))[0]!.reason, null);
   });
+
+  test('concurrent promotions are serialised: the log is one unbroken from/to chain', async () => {
+    const db = ctx.store().db;
+    const ids = Array.from({ length: 20 }, (_, i) => `race-${i}`);
+    for (const id of ids) await registerModelVersion(db, { id, kind: 'policy', checkpoint: `ck/${id}` });
+    // Twice: first racing to create the unset alias, then racing to move it.
+    for (let round = 0; round < 2; round++) {
+      await Promise.all(ids.map((versionId) => promote(db, { alias: 'race', versionId, actor: `a${round}` })));
+    }
+    const log = await listPromotions(db, { alias: 'race' });
+    assert.equal(log.length, 40);
+    assert.equal(log[0]!.from_version_id, null);
+    for (let i = 1; i < log.length; i++) assert.equal(log[i]!.from_version_id, log[i - 1]!.to_version_id, `entry ${i} replaced what entry ${i - 1} set`);
+    assert.equal(await resolveAlias(db, 'race'), log[log.length - 1]!.to_version_id);
+  });
 });

@@ -2,8 +2,14 @@
  * The model registry: versions (policies and reward models, with their checkpoint, config and
  * metrics), aliases such as `champion` and `candidate`, and the append-only promotion log that
  * records every move of an alias. The database refuses updates and deletes on the log.
+ *
+ * Alias moves are serialised, so concurrent promotions (two admins, the loop and an admin, two
+ * server processes) each log the `from` they really replaced and the log's from/to chain stays
+ * unbroken: on PostgreSQL the move locks the alias row (`SELECT … FOR UPDATE`; an unset alias is
+ * created with `ON CONFLICT DO NOTHING`, which waits for a concurrent creator); on SQLite every
+ * transaction of the store begins with `BEGIN IMMEDIATE`, which takes the database's write lock.
  */
-import type { Kysely } from 'kysely';
+import { PostgresAdapter, type Kysely } from 'kysely';
 import { z } from 'zod';
 import { FeedbackError } from './errors.ts';
 import { newId, nowIso } from './ids.ts';
@@ -103,6 +109,27 @@ export async function resolveAlias(db: Kysely<Database>, alias: string): Promise
   return row?.version_id;
 }
 
+function isPostgres(db: Kysely<Database>): boolean {
+  return db.getExecutor().adapter instanceof PostgresAdapter;
+}
+
+/**
+ * PostgreSQL: locks `alias` until the transaction ends and returns what it points at; an unset
+ * alias is created pointing at `to` (`created`). SQLite: a plain read (the write lock is held).
+ */
+async function lockAlias(trx: Kysely<Database>, alias: string, to: string): Promise<{ from: string | null; created: boolean }> {
+  if (!isPostgres(trx)) return { from: (await resolveAlias(trx, alias)) ?? null, created: false };
+  const made = await trx
+    .insertInto('model_aliases')
+    .values({ alias, version_id: to, updated_at: nowIso() })
+    .onConflict((oc) => oc.column('alias').doNothing())
+    .returning('alias')
+    .executeTakeFirst();
+  if (made) return { from: null, created: true };
+  const row = await trx.selectFrom('model_aliases').select('version_id').where('alias', '=', alias).forUpdate().executeTakeFirstOrThrow();
+  return { from: row.version_id, created: false };
+}
+
 async function moveAlias(
   db: Kysely<Database>,
   alias: string,
@@ -111,10 +138,13 @@ async function moveAlias(
   action: 'promote' | 'rollback',
   actor: string | undefined,
   reason: string | undefined,
+  created = false,
 ): Promise<PromotionLogEntry> {
   const now = nowIso();
   const target = await getModelVersion(db, to);
-  if (from === null) await db.insertInto('model_aliases').values({ alias, version_id: to, updated_at: now }).execute();
+  if (created) {
+    // lockAlias already inserted the row.
+  } else if (from === null) await db.insertInto('model_aliases').values({ alias, version_id: to, updated_at: now }).execute();
   else await db.updateTable('model_aliases').set({ version_id: to, updated_at: now }).where('alias', '=', alias).execute();
   const entry: PromotionLogEntry = {
     id: newId(),
@@ -141,8 +171,8 @@ export async function promote(db: Kysely<Database>, input: PromoteInput): Promis
   const p = parseInput(moveInput, input);
   return inTransaction(db, async (trx) => {
     if (!(await getModelVersion(trx, p.versionId))) throw new FeedbackError('unknown_model_version', `no model version ${p.versionId}`);
-    const from = (await resolveAlias(trx, p.alias)) ?? null;
-    return moveAlias(trx, p.alias, from, p.versionId, 'promote', p.actor, p.reason);
+    const { from, created } = await lockAlias(trx, p.alias, p.versionId);
+    return moveAlias(trx, p.alias, from, p.versionId, 'promote', p.actor, p.reason, created);
   });
 }
 
@@ -180,6 +210,7 @@ export async function rollbackTarget(db: Kysely<Database>, alias: string, toVers
 export async function rollback(db: Kysely<Database>, input: RollbackInput): Promise<PromotionLogEntry> {
   const r = parseInput(rollbackInput, input);
   return inTransaction(db, async (trx) => {
+    if (isPostgres(trx)) await trx.selectFrom('model_aliases').select('alias').where('alias', '=', r.alias).forUpdate().execute();
     const { current, previous } = await rollbackTarget(trx, r.alias, r.toVersionId);
     return moveAlias(trx, r.alias, current, previous, 'rollback', r.actor, r.reason);
   });

@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { sql } from 'kysely';
 import { migrateToEmpty, migrateToLatest } from './migrate.ts';
-import { dialectOf, openStore } from './open-store.ts';
+import { dialectOf, openStore, sqliteSynchronous } from './open-store.ts';
+import { openTempStore } from './temp-store.ts';
 import { describeEachDialect } from './test-support.ts';
 
 test('with no URL the store is a WAL SQLite file under the data dir, synced at commit level NORMAL', async () => {
@@ -26,6 +27,23 @@ test('with no URL the store is a WAL SQLite file under the data dir, synced at c
   } finally {
     if (saved !== undefined) process.env.DATABASE_URL = saved;
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('SQLITE_SYNCHRONOUS=full syncs the WAL on every commit; the option wins over it; other values are refused', async () => {
+  assert.equal(sqliteSynchronous(undefined, undefined), 'NORMAL');
+  assert.equal(sqliteSynchronous(undefined, 'FULL'), 'FULL');
+  assert.equal(sqliteSynchronous('normal', 'full'), 'NORMAL');
+  assert.throws(() => sqliteSynchronous(undefined, 'off'), /SQLITE_SYNCHRONOUS must be normal or full/);
+  const saved = process.env.SQLITE_SYNCHRONOUS;
+  process.env.SQLITE_SYNCHRONOUS = 'full';
+  try {
+    const store = await openTempStore({ prefix: 'fb_sync' });
+    assert.equal(Object.values((await sql.raw('pragma synchronous').execute(store.db)).rows[0] as object)[0], 2);
+    await store.close();
+  } finally {
+    if (saved === undefined) delete process.env.SQLITE_SYNCHRONOUS;
+    else process.env.SQLITE_SYNCHRONOUS = saved;
   }
 });
 

@@ -8,7 +8,12 @@
  * proves. What NORMAL does not survive is a power loss or an OS crash before the next WAL
  * checkpoint syncs: the last commits may be lost (the database stays consistent). Set
  * `synchronous: 'full'` to sync the WAL on every commit (power-loss safe, each group commit then
- * pays one fsync).
+ * pays one fsync). `SQLITE_SYNCHRONOUS=full|normal` in the environment sets the default.
+ *
+ * PostgreSQL down or slow: a connection is given up after `connectTimeoutMs` (default 2 s) and a
+ * statement after `statementTimeoutMs` (default 10 s), so nothing waits forever; the store's
+ * `health` (store-health.ts) turns `degraded` on such failures and back to `ok` when a probe
+ * or a connection succeeds.
  */
 import { mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
@@ -18,6 +23,7 @@ import { CompiledQuery, Kysely, PostgresDialect, SqliteDialect, SqliteDriver, sq
 import pg from 'pg';
 import { JudgementWriter, type JudgementWriterOptions } from './judgement-writer.ts';
 import { migrateToLatest } from './migrate.ts';
+import { StoreHealth } from './store-health.ts';
 import { WalCheckpointer } from './wal-checkpointer.ts';
 import type { Database, DialectName } from './schema.ts';
 
@@ -29,8 +35,19 @@ export interface StoreOptions {
   dataDir?: string;
   /** PostgreSQL only: the schema to use (created if missing, set as the search_path). */
   schema?: string;
-  /** SQLite only: `normal` (default; survives a killed process) or `full` (also survives power loss). */
+  /**
+   * SQLite only: `normal` (default; survives a killed process) or `full` (also survives power
+   * loss); default from `SQLITE_SYNCHRONOUS`.
+   */
   synchronous?: 'full' | 'normal';
+  /** PostgreSQL only: give up connecting after this long (default 2000 ms). */
+  connectTimeoutMs?: number;
+  /** PostgreSQL only: `statement_timeout` of every connection (default 10000 ms). */
+  statementTimeoutMs?: number;
+  /** How often the store's health is probed while the server runs (default 1000 ms; 0 = never). */
+  healthProbeMs?: number;
+  /** Where the store's health and checkpointer changes are logged (default stderr). */
+  log?: (line: string) => void;
   /**
    * SQLite only: WAL checkpoints run in a background thread this often (default 1000 ms), off
    * the commit path; 0 leaves them to SQLite's automatic checkpoint inside commits.
@@ -52,6 +69,10 @@ export interface FeedbackStore {
   location: string;
   /** Group-commit writer for judgements (thumbs, comparisons, rankings). */
   writer: JudgementWriter;
+  /** Whether the store answers (always `ok` for SQLite unless a failure was reported). */
+  health: StoreHealth;
+  /** SQLite with background checkpoints: the supervised checkpointer (its `restarts` is a metric). */
+  checkpointer?: WalCheckpointer;
   /** Flushes the writer, then closes the database. */
   close(): Promise<void>;
 }
@@ -77,15 +98,21 @@ export function dialectOf(url: string | undefined): DialectName {
 export async function openStore(options: StoreOptions = {}): Promise<FeedbackStore> {
   const opts = Object.freeze({ ...options });
   const url = opts.url ?? (process.env.DATABASE_URL || undefined);
-  const opened = dialectOf(url) === 'postgres' ? await openPostgres(url!, opts) : openSqlite(url, opts);
+  const log = opts.log ?? ((l: string) => console.error(l));
+  const opened = dialectOf(url) === 'postgres' ? await openPostgres(url!, opts) : openSqlite(url, opts, log);
   if (opts.migrate !== false) await migrateToLatest(opened.db, opened.dialect, opened.schema);
-  const writer = new JudgementWriter(opened.db, opened.dialect, opts.writer);
+  const health = opened.health ?? new StoreHealth(async () => {}, { probeMs: 0 });
+  if (!opened.health) opened.health = health;
+  const writer = new JudgementWriter(opened.db, opened.dialect, { ...opts.writer, health });
   return {
     db: opened.db,
     dialect: opened.dialect,
     location: opened.location,
     writer,
+    health,
+    checkpointer: opened.checkpointer,
     async close() {
+      health.stop();
       await writer.close();
       await opened.beforeClose?.();
       await opened.db.destroy();
@@ -98,6 +125,8 @@ interface Opened {
   dialect: DialectName;
   location: string;
   schema?: string;
+  health?: StoreHealth;
+  checkpointer?: WalCheckpointer;
   beforeClose?: () => Promise<void> | undefined;
 }
 
@@ -121,7 +150,14 @@ class ImmediateSqliteDialect extends SqliteDialect {
   }
 }
 
-function openSqlite(url: string | undefined, opts: StoreOptions): Opened {
+/** `synchronous` from the option, else `SQLITE_SYNCHRONOUS`, else NORMAL. */
+export function sqliteSynchronous(option: StoreOptions['synchronous'], env: string | undefined = process.env.SQLITE_SYNCHRONOUS): 'NORMAL' | 'FULL' {
+  const v = option ?? (env ? env.toLowerCase() : 'normal');
+  if (v !== 'normal' && v !== 'full') throw new Error(`SQLITE_SYNCHRONOUS must be normal or full, got ${JSON.stringify(env)}`);
+  return v === 'full' ? 'FULL' : 'NORMAL';
+}
+
+function openSqlite(url: string | undefined, opts: StoreOptions, log: (line: string) => void): Opened {
   if (url !== undefined && /^[a-z][a-z0-9+.-]*:\/\//i.test(url)) {
     throw new Error(`unsupported database URL scheme in ${JSON.stringify(url.split('://')[0])}: use postgres:// or sqlite:<path>`);
   }
@@ -133,7 +169,7 @@ function openSqlite(url: string | undefined, opts: StoreOptions): Opened {
   mkdirSync(dirname(resolve(file)), { recursive: true });
   const database = new SqliteDatabase(file);
   database.pragma('journal_mode = WAL');
-  const sync = opts.synchronous === 'full' ? 'FULL' : 'NORMAL';
+  const sync = sqliteSynchronous(opts.synchronous);
   database.pragma(`synchronous = ${sync}`);
   database.pragma('busy_timeout = 5000');
   database.pragma('foreign_keys = ON');
@@ -142,10 +178,10 @@ function openSqlite(url: string | undefined, opts: StoreOptions): Opened {
   let checkpointer: WalCheckpointer | undefined;
   if (interval > 0) {
     database.pragma('wal_autocheckpoint = 0');
-    checkpointer = new WalCheckpointer(resolve(file), { intervalMs: interval, synchronous: sync });
+    checkpointer = new WalCheckpointer(resolve(file), { intervalMs: interval, synchronous: sync, log });
   }
   const db = new Kysely<Database>({ dialect: new ImmediateSqliteDialect(database) });
-  return { db, dialect: 'sqlite', location: resolve(file), beforeClose: () => checkpointer?.stop() };
+  return { db, dialect: 'sqlite', location: resolve(file), checkpointer, beforeClose: () => checkpointer?.stop() };
 }
 
 async function openPostgres(url: string, opts: StoreOptions): Promise<Opened> {
@@ -161,14 +197,38 @@ async function openPostgres(url: string, opts: StoreOptions): Promise<Opened> {
       await client.end();
     }
   }
+  const statementTimeout = opts.statementTimeoutMs ?? 10_000;
   const pool = new pg.Pool({
     connectionString: url,
     max: opts.poolSize ?? 10,
-    ...(opts.schema ? { options: `-c search_path="${opts.schema}"` } : {}),
+    connectionTimeoutMillis: opts.connectTimeoutMs ?? 2000,
+    keepAlive: true,
+    options: [`-c statement_timeout=${statementTimeout}`, ...(opts.schema ? [`-c search_path="${opts.schema}"`] : [])].join(' '),
   });
+  let health: StoreHealth | undefined;
   // An idle client that loses its connection is dropped by the pool; the next query reconnects.
-  pool.on('error', () => {});
+  pool.on('error', (err) => health?.failed(err));
+  // Every query of Kysely starts with pool.connect(): its failures and successes are the health signal.
+  const connect = pool.connect.bind(pool) as (cb?: unknown) => Promise<pg.PoolClient>;
+  const watchedClients = new WeakSet<pg.PoolClient>();
+  const watched = async () => {
+    try {
+      const client = await connect();
+      health?.succeeded();
+      // A checked-out client whose connection drops between two statements emits 'error'; unheard, it would crash the process.
+      if (!watchedClients.has(client)) {
+        watchedClients.add(client);
+        client.on('error', (err) => health?.failed(err));
+      }
+      return client;
+    } catch (err) {
+      health?.failed(err);
+      throw err;
+    }
+  };
+  (pool as { connect: unknown }).connect = (cb?: unknown) => (cb === undefined ? watched() : connect(cb)); // pool.query passes a callback
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   const schema = opts.schema ?? (await sql<{ s: string }>`select current_schema() as s`.execute(db)).rows[0]!.s;
-  return { db, dialect: 'postgres', location: schema, schema };
+  health = new StoreHealth(() => sql`select 1`.execute(db), { probeMs: opts.healthProbeMs ?? 1000, log: opts.log ?? ((l) => console.error(l)) });
+  return { db, dialect: 'postgres', location: schema, schema, health };
 }

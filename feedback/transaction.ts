@@ -4,6 +4,12 @@
  * write-heavy batches: on SQLite it takes the write lock up front (`BEGIN IMMEDIATE`) so a batch
  * that reads before it writes waits on `busy_timeout` instead of failing with SQLITE_BUSY when
  * another connection (another process or worker) writes at the same time.
+ *
+ * A COMMIT can fail (SQLITE_BUSY past `busy_timeout`, SQLITE_FULL, a deferred foreign key, an
+ * I/O error), and SQLite then leaves the transaction open on the connection: every later
+ * `BEGIN` on it would fail with "cannot start a transaction within a transaction". So a failed
+ * COMMIT is followed by a ROLLBACK (whose own failure is ignored: the transaction may already be
+ * gone) and the COMMIT's error is rethrown.
  */
 import { sql, type Kysely } from 'kysely';
 import type { Database, DialectName } from './schema.ts';
@@ -30,7 +36,12 @@ export async function writeTransaction<T>(
       await sql`rollback`.execute(conn);
       throw err;
     }
-    await sql`commit`.execute(conn);
+    try {
+      await sql`commit`.execute(conn);
+    } catch (err) {
+      await sql`rollback`.execute(conn).catch(() => {});
+      throw err;
+    }
     return result;
   });
 }

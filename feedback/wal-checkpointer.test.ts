@@ -31,3 +31,23 @@ for (const intervalMs of [40, 0]) {
     }
   });
 }
+
+test('a checkpointer thread that dies is restarted, counted and logged, and checkpoints again', async () => {
+  const lines: string[] = [];
+  const store = await openTempStore({ checkpointIntervalMs: 40, log: (l) => lines.push(l) });
+  try {
+    const cp = store.checkpointer!;
+    const first = cp.worker;
+    await first.terminate(); // the thread dies
+    for (let i = 0; i < 100 && cp.worker === first; i++) await sleep(20);
+    assert.notEqual(cp.worker, first, 'a new thread was started');
+    assert.equal(cp.restarts, 1);
+    assert.match(lines.join('\n'), /WAL checkpointer died .*restarting/);
+    const s = await seedContext(store.db, { n: 2 });
+    await submitJudgements(store.db, Array.from({ length: 200 }, (_, i) => ({ kind: 'thumb', messageId: s.replies[i % 2], raterId: `q${i}`, value: 'up', comment: 'y'.repeat(200) })));
+    await sleep(300);
+    assert.equal(statSync(store.location).size, (await pages(store, 'page_count')) * (await pages(store, 'page_size')), 'the new thread checkpoints');
+  } finally {
+    await store.close();
+  }
+});

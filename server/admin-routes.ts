@@ -3,6 +3,13 @@
  * Every route needs `Authorization: Bearer <ADMIN_TOKEN>` (compared in constant time); with no
  * token configured every route answers `admin_disabled`. Every action is validated before it
  * changes anything, and logged (alias moves also in the append-only promotion log).
+ *
+ * Hardening: a token shorter than {@link MIN_ADMIN_TOKEN_LENGTH} refuses to start; wrong tokens
+ * are throttled per client address (a burst of 5, then one try per 6 s: `rate_limited`, 429,
+ * without even comparing the token); the actor recorded for every action is the credential
+ * (`admin`), never a field of the request; the client address in the audit line is the socket's,
+ * X-Forwarded-For only behind a configured trusted proxy (`trustProxy`). Tokens are never logged.
+ * Bodies must be `application/json` (415 otherwise).
  * Routes, bodies, responses and error codes: the README (section "Admin").
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
@@ -18,6 +25,13 @@ import { adminKeyRoutes } from './admin-keys.ts';
 import { fitBradleyTerry } from './bradley-terry.ts';
 import { ChatError } from './errors.ts';
 import { POLICY_ALIASES, type ModelRegistry } from './model-registry.ts';
+import { requireJson } from './openai-routes.ts';
+import { TokenBucket } from './rate-limit.ts';
+
+/** The shortest ADMIN_TOKEN the server starts with. */
+export const MIN_ADMIN_TOKEN_LENGTH = 16;
+/** The actor the promotion log records for actions made with the admin token. */
+export const ADMIN_ACTOR = 'admin';
 
 export interface AdminDeps {
   token: string | undefined;
@@ -26,11 +40,13 @@ export interface AdminDeps {
   log: (line: string) => void;
   /** Called after an API key is created (`/admin/keys`). */
   onKeyCreated?: () => void;
+  /** Behind a reverse proxy you trust: take the client address from X-Forwarded-For (default false). */
+  trustProxy?: boolean;
 }
 
 const alias = z.string().min(1).max(128);
-const promoteBody = z.strictObject({ versionId: z.string().min(1).max(128), alias: alias.default('champion'), reason: z.string().max(2000).optional(), actor: z.string().max(128).optional() });
-const rollbackBody = z.strictObject({ alias: alias.default('champion'), versionId: z.string().min(1).max(128).optional(), reason: z.string().max(2000).optional(), actor: z.string().max(128).optional() });
+const promoteBody = z.strictObject({ versionId: z.string().min(1).max(128), alias: alias.default('champion'), reason: z.string().max(2000).optional() });
+const rollbackBody = z.strictObject({ alias: alias.default('champion'), versionId: z.string().min(1).max(128).optional(), reason: z.string().max(2000).optional() });
 const canaryBody = z.strictObject({ share: z.number().min(0).max(1) });
 const loopBody = z.strictObject({ reason: z.string().max(2000).optional() }).default({});
 
@@ -45,6 +61,7 @@ export function bearerMatches(header: string | undefined, token: string): boolea
 async function body<T extends z.ZodType>(c: Context, schema: T): Promise<z.output<T>> {
   let raw: unknown = {};
   const text = await c.req.text();
+  if (text.trim()) requireJson(c);
   if (text.trim()) {
     try {
       raw = JSON.parse(text);
@@ -59,19 +76,43 @@ async function body<T extends z.ZodType>(c: Context, schema: T): Promise<z.outpu
 
 const row = (p: { metrics_json: string | null } & Record<string, unknown>) => ({ ...p, metrics_json: undefined, metrics: p.metrics_json ? (JSON.parse(p.metrics_json) as unknown) : null });
 
+/** The address of the client: the socket's, or X-Forwarded-For's first hop behind a trusted proxy. */
+function clientAddress(c: Context, trustProxy: boolean): string {
+  if (trustProxy) {
+    const forwarded = c.req.header('x-forwarded-for')?.split(',')[0]?.trim();
+    if (forwarded) return forwarded;
+  }
+  return (c.env as { incoming?: { socket?: { remoteAddress?: string } } } | undefined)?.incoming?.socket?.remoteAddress ?? 'unknown';
+}
+
 export function adminRoutes(deps: AdminDeps): Hono {
+  if (deps.token !== undefined && deps.token.length < MIN_ADMIN_TOKEN_LENGTH) {
+    throw new Error(`ADMIN_TOKEN is ${deps.token.length} characters; use at least ${MIN_ADMIN_TOKEN_LENGTH} (e.g. openssl rand -hex 24)`);
+  }
   const app = new Hono();
+  /** Failed-token buckets per address (bounded: the oldest entries go first). */
+  const failures = new Map<string, TokenBucket>();
   const ready = () => {
     const registry = deps.registry();
     const store = deps.store();
     if (!registry || !store) throw new ChatError('not_ready', 'the model is loading', 503, 1);
     return { registry, store, db: store.db };
   };
-  const audit = (c: Context, action: string, detail: unknown) => deps.log(`admin: ${action} ${JSON.stringify(detail)} from ${c.req.header('x-forwarded-for') ?? 'direct'}`);
+  const audit = (c: Context, action: string, detail: unknown) => deps.log(`admin: ${action} by ${ADMIN_ACTOR} ${JSON.stringify(detail)} from ${clientAddress(c, deps.trustProxy === true)}`);
 
   app.use('*', async (c, next) => {
     if (deps.token === undefined) throw new ChatError('admin_disabled', 'admin routes are disabled: set ADMIN_TOKEN to enable them');
+    const address = clientAddress(c, deps.trustProxy === true);
+    const bucket = failures.get(address);
+    if (bucket && !bucket.peek()) throw new ChatError('rate_limited', 'too many wrong admin tokens from this address; wait', 429, 6);
     if (!bearerMatches(c.req.header('authorization'), deps.token)) {
+      let b = bucket;
+      if (!b) {
+        if (failures.size >= 10_000) failures.delete(failures.keys().next().value!);
+        b = new TokenBucket(1 / 6, 5);
+        failures.set(address, b);
+      }
+      b.take();
       audit(c, 'refused', { path: c.req.path, code: 'unauthorized' });
       throw new ChatError('unauthorized', 'missing or wrong bearer token', 401);
     }
@@ -118,7 +159,7 @@ export function adminRoutes(deps: AdminDeps): Hono {
       registry.forgetFailure(b.versionId);
       await registry.prepare(b.versionId); // unknown_model_version, not_a_policy, checkpoint_corrupt, …
     }
-    const entry = await promote(db, { alias: b.alias, versionId: b.versionId, actor: b.actor ?? 'admin', reason: b.reason });
+    const entry = await promote(db, { alias: b.alias, versionId: b.versionId, actor: ADMIN_ACTOR, reason: b.reason });
     await registry.refresh();
     audit(c, 'promote', { alias: b.alias, versionId: b.versionId, from: entry.from_version_id });
     return c.json({ promotion: row(entry), serving: registry.state() });
@@ -132,7 +173,7 @@ export function adminRoutes(deps: AdminDeps): Hono {
       registry.forgetFailure(previous);
       await registry.prepare(previous);
     }
-    const entry = await rollback(db, { alias: b.alias, toVersionId: b.versionId, actor: b.actor ?? 'admin', reason: b.reason });
+    const entry = await rollback(db, { alias: b.alias, toVersionId: b.versionId, actor: ADMIN_ACTOR, reason: b.reason });
     await registry.refresh();
     audit(c, 'rollback', { alias: b.alias, from: entry.from_version_id, to: entry.to_version_id });
     return c.json({ promotion: row(entry), serving: registry.state() });

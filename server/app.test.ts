@@ -21,7 +21,8 @@ test('/healthz is ready with the model version, and /metrics exposes the serving
   const srv = await startTestServer();
   try {
     const h = await fetch(`${srv.url}/healthz`);
-    assert.deepEqual(await h.json(), { status: 'ok', modelVersion: srv.model.version });
+    const health = (await h.json()) as Record<string, any>;
+    assert.deepEqual([health.status, health.modelVersion, health.store.state, health.store.dialect], ['ok', srv.model.version, 'ok', 'sqlite']);
     const c = await TestClient.connect(srv.wsUrl);
     const conv = await c.request({ type: 'start' }, (m) => m.type === 'conversation');
     await c.request({ type: 'user_message', requestId: 'm', conversationId: conv.conversationId, content: 'hi', params: { maxTokens: 3 } }, (m) => m.type === 'reply' || m.type === 'error');

@@ -13,6 +13,7 @@ import type { ChatService } from './chat-service.ts';
 import type { ServerConfig } from './config.ts';
 import { ChatError, openAIErrorType, toChatError } from './errors.ts';
 import type { ServerMetrics } from './metrics.ts';
+import type { ModelRegistry } from './model-registry.ts';
 import { openAIRoutes } from './openai-routes.ts';
 import { staticRoutes } from './static-routes.ts';
 import type { Auth, Meter } from './auth.ts';
@@ -25,6 +26,8 @@ export interface AppDeps {
   metrics: ServerMetrics;
   auth: Auth;
   meter: Meter;
+  /** The model registry, for `/healthz` (a champion that failed to load and is being retried). */
+  registry?: () => ModelRegistry | undefined;
   /** The `/admin` routes' dependencies (absent: no admin routes at all). */
   admin?: AdminDeps;
 }
@@ -32,10 +35,21 @@ export interface AppDeps {
 export function createApp(deps: AppDeps): Hono {
   const app = new Hono();
 
+  // 200 `ok`; 503 `loading`, or `degraded` while the store is unreachable (chats are refused then).
   app.get('/healthz', (c) => {
     const chat = deps.chat();
     if (!chat) return c.json({ status: 'loading' }, 503, { 'Retry-After': '1' });
-    return c.json({ status: 'ok', modelVersion: chat.model.version });
+    const { store } = chat.deps;
+    const health = store.health.state();
+    const registry = deps.registry?.()?.state();
+    const body = {
+      status: health.state === 'ok' ? 'ok' : 'degraded',
+      modelVersion: chat.model.version,
+      store: { dialect: store.dialect, ...health, pendingJudgements: store.writer.pending, ...(store.checkpointer ? { checkpointerRestarts: store.checkpointer.restarts } : {}) },
+      ...(registry ? { registry: { champion: registry.champion, ...(registry.pendingLoad ? { pendingLoad: registry.pendingLoad } : {}), ...(registry.lastError ? { lastError: registry.lastError } : {}) } } : {}),
+    };
+    if (health.state !== 'ok') return c.json(body, 503, { 'Retry-After': String(health.retryAfterSeconds) });
+    return c.json(body);
   });
 
   app.get('/metrics', async (c) => {

@@ -19,6 +19,7 @@ import { addAssistantReply } from '../feedback/generations.ts';
 import type { ClientJudgement } from '../feedback/judgement-input.ts';
 import { messagesOwnedBy, type JudgementResult } from '../feedback/judgements.ts';
 import type { FeedbackStore } from '../feedback/open-store.ts';
+import { inTransaction } from '../feedback/transaction.ts';
 import type { Identity } from './auth.ts';
 import type { ServerConfig } from './config.ts';
 import { ChatError } from './errors.ts';
@@ -118,15 +119,17 @@ export class ChatService {
    * messages as a chain; returns the conversation id and the turns with their ids.
    */
   async startThread(who: Identity, messages: readonly ChatMessage[]): Promise<{ conversationId: string; context: Turn[] }> {
-    const { db } = this.deps.store;
     const userId = who.userId;
-    const conv = await createConversation(db, { userId, ...(who.keyId ? { keyId: who.keyId } : {}) });
-    const context: Turn[] = [];
-    for (const m of messages) {
-      const row = await addMessage(db, { conversationId: conv.id, parentId: context[context.length - 1]?.id ?? null, role: m.role, content: m.content, userId });
-      context.push({ id: row.id, role: m.role, content: m.content });
-    }
-    return { conversationId: conv.id, context };
+    // The request's rows in one transaction: a failure leaves no half-stored conversation.
+    return inTransaction(this.deps.store.db, async (trx) => {
+      const conv = await createConversation(trx, { userId, ...(who.keyId ? { keyId: who.keyId } : {}) });
+      const context: Turn[] = [];
+      for (const m of messages) {
+        const row = await addMessage(trx, { conversationId: conv.id, parentId: context[context.length - 1]?.id ?? null, role: m.role, content: m.content, userId });
+        context.push({ id: row.id, role: m.role, content: m.content });
+      }
+      return { conversationId: conv.id, context };
+    });
   }
 
   /**
@@ -161,10 +164,28 @@ export class ChatService {
     return [...base, { id: m.id, role: 'user', content }];
   }
 
+  /**
+   * Admission, before anything of a request is stored or decoded: throws `store_unavailable`
+   * (503, Retry-After) while the store is degraded, since a reply that cannot be stored must not
+   * be generated, and `overloaded` (429) when the scheduler has no room for `n` more replies.
+   */
+  admit(n: number): void {
+    const { store, scheduler } = this.deps;
+    const health = store.health?.state();
+    if (health && health.state !== 'ok') {
+      throw new ChatError('store_unavailable', `the feedback store is unreachable (${health.lastError ?? 'no answer'}); retry later`, 503, health.retryAfterSeconds);
+    }
+    const { maxBatch, maxQueue, retryAfterSeconds } = scheduler.opts;
+    if (scheduler.activeCount + scheduler.queueDepth + n > maxBatch + maxQueue) {
+      throw new ChatError('overloaded', `the server is busy (${scheduler.queueDepth} requests waiting); retry later`, 429, retryAfterSeconds);
+    }
+  }
+
   /** Sampling options from a request, checked against the limits. */
   options(p: Sampling = {}): GenerateOptions {
     const { config } = this.deps;
     const maxTokens = p.maxTokens ?? config.defaultMaxTokens;
+    if (p.stop && (p.stop.length > 4 || p.stop.some((s) => s.length > 64))) throw new ChatError('invalid_request', 'stop: at most 4 strings of at most 64 characters');
     if (maxTokens > config.maxTokens) throw new ChatError('max_tokens_too_large', `maxTokens ${maxTokens} is over the limit of ${config.maxTokens}`);
     return {
       temperature: p.temperature ?? DEFAULT_GENERATE.temperature,
@@ -268,7 +289,9 @@ export class ChatService {
       try {
         const results = await Promise.all(jobs.map((j) => j.result));
         const stored: StoredReply[] = [];
-        for (let i = 0; i < n; i++) {
+        // Stored last to first: a resumed conversation's active branch is the path to its most
+        // recent message, and candidate 0 is the one that continues (as on the live socket).
+        for (let i = n - 1; i >= 0; i--) {
           const r = results[i]!;
           const o = perCandidate[i]!;
           const { message } = await addAssistantReply(this.deps.store.db, {
@@ -284,7 +307,7 @@ export class ChatService {
               ttftMs: r.ttftMs,
             },
           });
-          stored.push({ messageId: message.id, parentId: userTurn.id, content: r.text, result: r, droppedMessages: prompt.droppedMessages, candidate: i, opts: o });
+          stored.unshift({ messageId: message.id, parentId: userTurn.id, content: r.text, result: r, droppedMessages: prompt.droppedMessages, candidate: i, opts: o });
         }
         if (state) {
           state.path = [...context, { id: stored[0]!.messageId, role: 'assistant', content: stored[0]!.content }];

@@ -5,6 +5,7 @@
  */
 import { CheckpointError } from '../model/checkpoint.ts';
 import { FeedbackError } from '../feedback/errors.ts';
+import { isStoreUnavailable } from '../feedback/store-health.ts';
 
 /** Every code the server itself produces (the feedback store's codes pass through unchanged). */
 export type ServerErrorCode =
@@ -33,6 +34,8 @@ export type ServerErrorCode =
   | 'admin_disabled'
   | 'not_a_policy'
   | 'version_mismatch'
+  | 'unsupported_media_type'
+  | 'store_unavailable'
   | 'internal_error';
 
 const STATUS: Record<string, number> = {
@@ -67,6 +70,8 @@ const STATUS: Record<string, number> = {
   unknown_alias: 404,
   unknown_run: 404,
   nothing_to_roll_back: 409,
+  unsupported_media_type: 415,
+  store_unavailable: 503,
   internal_error: 500,
 };
 
@@ -92,6 +97,7 @@ export function toChatError(err: unknown): ChatError {
   if (err instanceof ChatError) return err;
   if (err instanceof FeedbackError) return new ChatError(err.code, err.message);
   if (err instanceof CheckpointError) return new ChatError(err.code, err.message, 503);
+  if (isStoreUnavailable(err)) return new ChatError('store_unavailable', 'the feedback store is unreachable; retry later', 503, 2);
   return new ChatError('internal_error', 'internal error');
 }
 

@@ -30,9 +30,14 @@ export interface LoopHost {
 export function startLoopProcess(config: ServerConfig, o: LoopHostOptions = {}): LoopHost {
   const log = o.log ?? ((l: string) => console.error(l));
   const entry = fileURLToPath(new URL('../training/loop-worker.ts', import.meta.url));
-  const store = { url: config.databaseUrl, dataDir: config.dataDir, schema: config.databaseSchema };
+  // The database URL may carry a password: it goes through the child's environment (where the
+  // store reads DATABASE_URL), never its command line, which any local user can read in `ps`.
+  const store = { dataDir: config.dataDir, schema: config.databaseSchema };
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  if (config.databaseUrl !== undefined) env.DATABASE_URL = config.databaseUrl;
   const child = fork(entry, [JSON.stringify({ loop: o.loop ?? {}, store })], {
     execArgv: ['--import', 'tsx'],
+    env,
     stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
   });
   let buf = '';

@@ -8,7 +8,11 @@
  * `champion` moves it loads the new checkpoint beside the old one (sha256 verified against the
  * registry row and the checkpoint's meta), warms it up with one prefill, and hands it to the
  * scheduler between two decode steps; replies in flight finish on their version. A version that
- * fails to load is logged and not retried until its alias moves again; the old one keeps serving.
+ * fails to load is logged and retried with backoff (1 s doubling to 5 min; a checkpoint may still
+ * be arriving on shared storage), reported as `pendingLoad` in `state()` (so in `/healthz` and
+ * `/admin/versions`); the old one keeps serving meanwhile. An admin action naming it retries at once.
+ * The LISTEN connection is re-made with backoff (0.5 s doubling to 30 s) for as long as the
+ * registry runs; polling covers the gaps.
  *
  * Canary: with a candidate set and `canary_share` > 0, a stable hash of the conversation id sends
  * that share of conversations to the candidate (the same conversation always to the same arm).
@@ -36,6 +40,10 @@ export interface ModelRegistryOptions {
   log: (line: string) => void;
   /** Called after `champion` was swapped in. */
   onSwap?: (model: ServedModel) => void;
+  /** First retry of a failed load after this long (default 1000 ms), doubling per attempt... */
+  retryBaseMs?: number;
+  /** ...up to this (default 300000 ms). */
+  retryCapMs?: number;
 }
 
 /** What the registry is serving now. */
@@ -48,6 +56,8 @@ export interface RegistryState {
   liveVersions: string[];
   /** The last version that failed to load, and why. */
   lastError?: { versionId: string; code: string; message: string };
+  /** The version `champion` points at while it cannot be loaded: tries so far and when the next one is due. */
+  pendingLoad?: { versionId: string; code: string; message: string; attempts: number; nextRetryAt: string };
   swaps: number;
 }
 
@@ -59,7 +69,10 @@ export class ModelRegistry {
   #settings: RegistrySettings = { ...DEFAULT_SETTINGS };
   /** Loaded but not yet swapped in (an admin promotion prepares the model before moving the alias). */
   readonly #prepared = new Map<string, ServedModel>();
-  readonly #failed = new Map<string, { code: string; message: string }>();
+  readonly #failed = new Map<string, { code: string; message: string; attempts: number; retryAt: number }>();
+  #wantedChampion: string | undefined;
+  #retryTimer: NodeJS.Timeout | undefined;
+  #listenAttempts = 0;
   #lastError: RegistryState['lastError'];
   #timer: NodeJS.Timeout | undefined;
   #listener: pg.Client | undefined;
@@ -125,8 +138,15 @@ export class ModelRegistry {
       loopPaused: this.#settings.loop_paused,
       liveVersions: this.opts.scheduler.liveVersions,
       lastError: this.#lastError,
+      ...(this.#pendingLoad() ? { pendingLoad: this.#pendingLoad() } : {}),
       swaps: this.#swaps,
     };
+  }
+
+  #pendingLoad(): RegistryState['pendingLoad'] {
+    const id = this.#wantedChampion;
+    const f = id !== undefined && id !== this.champion.version ? this.#failed.get(id) : undefined;
+    return f && { versionId: id!, code: f.code, message: f.message, attempts: f.attempts, nextRetryAt: new Date(f.retryAt).toISOString() };
   }
 
   /**
@@ -186,6 +206,7 @@ export class ModelRegistry {
     const { db } = this.opts.store;
     const [champion, candidate, settings] = await Promise.all([resolveAlias(db, 'champion'), resolveAlias(db, 'candidate'), getRegistrySettings(db)]);
     this.#settings = settings;
+    this.#wantedChampion = champion;
     if (champion && champion !== this.champion.version) {
       const model = await this.#load(champion);
       if (model && !this.#closed) {
@@ -213,16 +234,33 @@ export class ModelRegistry {
   }
 
   async #load(versionId: string): Promise<ServedModel | undefined> {
-    if (this.#failed.has(versionId)) return undefined;
+    const failed = this.#failed.get(versionId);
+    if (failed && Date.now() < failed.retryAt) return undefined;
     try {
-      return await this.prepare(versionId);
+      const model = await this.prepare(versionId);
+      if (failed) this.opts.log(`registry: ${versionId} loaded after ${failed.attempts} failed attempts`);
+      this.#failed.delete(versionId);
+      return model;
     } catch (err) {
       const e = err instanceof ChatError ? err : new ChatError('internal_error', (err as Error).message);
-      this.#failed.set(versionId, { code: e.code, message: e.message });
+      const attempts = (failed?.attempts ?? 0) + 1;
+      const delay = Math.min(this.retryCapMs, this.retryBaseMs * 2 ** (attempts - 1));
+      this.#failed.set(versionId, { code: e.code, message: e.message, attempts, retryAt: Date.now() + delay });
       this.#lastError = { versionId, code: e.code, message: e.message };
-      this.opts.log(`registry: cannot serve ${versionId}: [${e.code}] ${e.message}; keeping ${this.champion.version}`);
+      this.opts.log(`registry: cannot serve ${versionId}: [${e.code}] ${e.message}; keeping ${this.champion.version}; retry ${attempts} in ${delay} ms`);
+      clearTimeout(this.#retryTimer);
+      this.#retryTimer = setTimeout(() => void this.refresh(), delay);
+      this.#retryTimer.unref();
       return undefined;
     }
+  }
+
+  /** Backoff of a failed load: `retryBaseMs` doubling per attempt up to `retryCapMs`. */
+  get retryBaseMs(): number {
+    return this.opts.retryBaseMs ?? 1000;
+  }
+  get retryCapMs(): number {
+    return this.opts.retryCapMs ?? 300_000;
   }
 
   /** Forget that a version failed (an admin action names it again). */
@@ -232,29 +270,60 @@ export class ModelRegistry {
 
   async #listen(url: string): Promise<void> {
     const schema = this.opts.store.location;
+    let retry: NodeJS.Timeout | undefined;
+    const again = (why: string) => {
+      if (this.#closed || retry) return;
+      const delay = Math.min(30_000, 500 * 2 ** this.#listenAttempts++);
+      this.opts.log(`registry: ${why}; polling every ${this.opts.pollMs} ms, LISTEN again in ${delay} ms`);
+      retry = setTimeout(() => {
+        retry = undefined;
+        void connect();
+      }, delay);
+      retry.unref();
+    };
     const connect = async () => {
       if (this.#closed) return;
-      const client = new pg.Client({ connectionString: url });
+      const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000, keepAlive: true });
+      let lost = false;
+      const drop = (why: string) => {
+        if (lost) return;
+        lost = true;
+        if (this.#listener === client) this.#listener = undefined;
+        client.end().catch(() => {});
+        again(why);
+      };
       client.on('notification', (n) => {
         if (n.channel === 'registry_changed' && n.payload === schema) void this.refresh();
       });
-      client.on('error', (err) => {
-        this.opts.log(`registry: LISTEN connection lost (${err.message}); polling every ${this.opts.pollMs} ms until it is back`);
-        this.#listener = undefined;
-        client.end().catch(() => {});
-        setTimeout(() => void connect().catch(() => {}), 1000).unref();
-      });
-      await client.connect();
-      await client.query('LISTEN registry_changed');
+      client.on('error', (err) => drop(`LISTEN connection lost (${err.message})`));
+      client.on('end', () => drop('LISTEN connection ended'));
+      try {
+        await client.connect();
+        await client.query('LISTEN registry_changed');
+      } catch (err) {
+        drop(`cannot LISTEN (${(err as Error).message})`);
+        return;
+      }
+      if (this.#closed) {
+        await client.end().catch(() => {});
+        return;
+      }
       this.#listener = client;
+      this.#listenAttempts = 0;
       void this.refresh(); // a move between the last poll and LISTEN
     };
-    await connect().catch((err: unknown) => this.opts.log(`registry: cannot LISTEN (${(err as Error).message}); polling every ${this.opts.pollMs} ms`));
+    await connect();
+  }
+
+  /** Whether the LISTEN connection is up (PostgreSQL only). */
+  get listening(): boolean {
+    return this.#listener !== undefined;
   }
 
   async close(): Promise<void> {
     this.#closed = true;
     clearInterval(this.#timer);
+    clearTimeout(this.#retryTimer);
     await this.#refreshing;
     await this.#listener?.end().catch(() => {});
     for (const m of this.#prepared.values()) m.gpt.dispose();

@@ -25,6 +25,10 @@ import type { Auth, Identity, Meter } from './auth.ts';
 import type { ChatService, StoredReply } from './chat-service.ts';
 import { ChatError } from './errors.ts';
 
+/** At most this many stop strings, each at most this many characters. */
+export const MAX_STOPS = 4;
+export const MAX_STOP_LENGTH = 64;
+
 const ContentPart = z.looseObject({ type: z.string(), text: z.string().optional() });
 
 const MessageSchema = z.looseObject({
@@ -41,7 +45,8 @@ export const ChatCompletionRequestSchema = z.looseObject({
   top_p: z.number().gt(0).max(1).nullable().optional(),
   max_tokens: z.number().int().positive().nullable().optional(),
   max_completion_tokens: z.number().int().positive().nullable().optional(),
-  stop: z.union([z.string().min(1), z.array(z.string().min(1)).max(4)]).nullable().optional(),
+  // Bounded like the WebSocket's `stop`: the decoder holds back text that could start a stop string.
+  stop: z.union([z.string().min(1).max(MAX_STOP_LENGTH), z.array(z.string().min(1).max(MAX_STOP_LENGTH)).max(MAX_STOPS)]).nullable().optional(),
   seed: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).nullable().optional(),
   n: z.number().int().positive().nullable().optional(),
   stream: z.boolean().nullable().optional(),
@@ -86,6 +91,12 @@ function peerAddress(c: Context): string {
 
 const IDENTITY = 'identity' as const;
 
+/** JSON routes refuse other bodies (415): a cross-site form can post `text/plain`, never `application/json`. */
+export function requireJson(c: Context): void {
+  const type = (c.req.header('content-type') ?? '').split(';')[0]!.trim().toLowerCase();
+  if (type !== 'application/json') throw new ChatError('unsupported_media_type', `send the body as application/json, not ${JSON.stringify(type || 'nothing')}`, 415);
+}
+
 function finishReason(r: StoredReply['result']['finishReason']): 'stop' | 'length' {
   return r === 'length' ? 'length' : 'stop';
 }
@@ -119,6 +130,7 @@ export function openAIRoutes(deps: OpenAIDeps): Hono<OpenAIEnv> {
   });
 
   app.post('/chat/completions', async (c) => {
+    requireJson(c);
     const chat = need();
     let body: unknown;
     try {
@@ -148,7 +160,8 @@ export function openAIRoutes(deps: OpenAIDeps): Hono<OpenAIEnv> {
     const leave = deps.meter.enter(who); // rate_limited / overloaded, per identity, held until the replies are done
     let thread: Awaited<ReturnType<ChatService['startThread']>>;
     try {
-      thread = await chat.startThread(who, messages);
+      chat.admit(n); // overloaded / store_unavailable before anything is stored
+      thread = await chat.startThread(who, messages); // the request's rows in one transaction
     } catch (err) {
       leave();
       throw err;

@@ -43,6 +43,14 @@ export class TokenBucket {
     this.#last = now();
   }
 
+  /** Whether a token is there, without taking it. */
+  peek(): boolean {
+    const t = this.now();
+    this.#tokens = Math.min(this.burst, this.#tokens + ((t - this.#last) / 1000) * this.ratePerSecond);
+    this.#last = t;
+    return this.#tokens >= 1;
+  }
+
   take(): boolean {
     const t = this.now();
     this.#tokens = Math.min(this.burst, this.#tokens + ((t - this.#last) / 1000) * this.ratePerSecond);

@@ -12,7 +12,7 @@ import { registerModelVersion } from '../feedback/model-versions.ts';
 import { postgresProblem, TEST_PG_URL } from '../feedback/test-support.ts';
 import { makeTinyCheckpoint } from './test-support.ts';
 
-const TOKEN = 'pg-admin-token';
+const TOKEN = 'pg-registry-admin-token';
 const problem = await postgresProblem();
 const schema = `srv_reg_${randomBytes(5).toString('hex')}`;
 const children: ChildProcess[] = [];

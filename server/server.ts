@@ -77,8 +77,8 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
   const auth = new Auth({ store: () => store, config });
   const meter = new Meter(config);
   const getChat = () => chat;
-  const admin = { token: config.adminToken || undefined, registry: () => registry, store: () => store, log, onKeyCreated: () => auth.noteKeyCreated() };
-  const app = createApp({ chat: getChat, config, metrics, auth, meter, admin });
+  const admin = { token: config.adminToken || undefined, registry: () => registry, store: () => store, log, onKeyCreated: () => auth.noteKeyCreated(), trustProxy: config.trustProxy };
+  const app = createApp({ chat: getChat, config, metrics, auth, meter, admin, registry: () => registry });
   if (!admin.token) log('admin routes disabled: no ADMIN_TOKEN configured');
   const http = await new Promise<Server>((resolve) => {
     const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, () => resolve(s as Server));

@@ -15,6 +15,9 @@
  * - A heartbeat pings every `heartbeatMs`; a socket that did not answer the previous ping is terminated.
  * - Every callback is guarded: a failing handler answers `internal_error` and never kills the socket.
  * - When a socket closes, its replies in flight are cancelled, which frees their batch slots.
+ *   A request is registered the moment its frame is handled, before the awaits that load the
+ *   conversation and store the user message: a `cancel` or a close that arrives meanwhile marks
+ *   it, and its reply is cancelled as soon as it is submitted (it decodes for nobody otherwise).
  */
 import type { IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
@@ -42,10 +45,18 @@ export const CLOSE = { policy: 1008, tooBig: 1009, goingAway: 1001, tryLater: 10
 const IDENTITY = Symbol('identity');
 type UpgradeRequest = IncomingMessage & { [IDENTITY]?: { identity: Identity; setCookie?: string } };
 
+/** A generation request from its first frame on; `run` once it was submitted. */
+interface InFlight {
+  run?: ReplyRun;
+  cancelled: boolean;
+}
+
 class Connection {
   isAlive = true;
   started = false;
-  readonly runs = new Map<string, ReplyRun>();
+  readonly runs = new Map<string, InFlight>();
+  /** Set once the socket is going away: requests still being set up are cancelled at submission. */
+  #ending = false;
   #throttled = 0;
   #nextRequest = 1;
 
@@ -84,7 +95,11 @@ class Connection {
   }
 
   cancelAll(): void {
-    for (const run of this.runs.values()) run.cancel();
+    this.#ending = true;
+    for (const r of this.runs.values()) {
+      r.cancelled = true;
+      r.run?.cancel();
+    }
   }
 
   onFrame(data: RawData, isBinary: boolean): void {
@@ -129,9 +144,10 @@ class Connection {
       case 'compare':
         return this.#generate(msg);
       case 'cancel': {
-        const run = this.runs.get(msg.requestId);
-        if (!run) return this.error('unknown_request', `no reply in flight with requestId ${msg.requestId}`, msg.requestId);
-        run.cancel();
+        const r = this.runs.get(msg.requestId);
+        if (!r) return this.error('unknown_request', `no reply in flight with requestId ${msg.requestId}`, msg.requestId);
+        r.cancelled = true;
+        r.run?.cancel();
         return;
       }
       case 'thumb':
@@ -160,9 +176,20 @@ class Connection {
     const chat = this.#chat();
     const requestId = this.#requestId(msg.requestId);
     if (this.runs.has(requestId)) throw new ChatError('duplicate_request', `requestId ${requestId} is already in flight`);
+    const inFlight: InFlight = { cancelled: this.#ending };
+    this.runs.set(requestId, inFlight);
+    try {
+      await this.#generateIn(chat, msg, requestId, inFlight);
+    } finally {
+      this.runs.delete(requestId);
+    }
+  }
+
+  async #generateIn(chat: ChatService, msg: Extract<ClientMessage, { type: 'user_message' | 'regenerate' | 'compare' }>, requestId: string, inFlight: InFlight): Promise<void> {
     const leave = this.deps.meter.enter(this.identity);
     let release = () => {};
     try {
+      chat.admit(msg.type === 'compare' ? 2 : 1);
       const state = await chat.load(msg.conversationId, this.userId);
       release = chat.claim(state.id);
       const opts = chat.options(msg.params);
@@ -187,30 +214,27 @@ class Connection {
       const n = msg.type === 'compare' ? 2 : 1;
       const tag = (i: number) => (n > 1 ? { candidate: i } : {});
       const run = chat.reply(state, state.id, context, opts, n, 'ws', (i, text) => this.send({ type: 'delta', requestId, text, ...tag(i) }));
-      this.runs.set(requestId, run);
+      inFlight.run = run;
+      if (inFlight.cancelled) run.cancel(); // cancelled (or the socket closed) while it was being set up
       const parentId = context[context.length - 1]!.id;
       for (let i = 0; i < n; i++) this.send({ type: 'reply_start', requestId, conversationId: state.id, parentId, ...(userMessageId ? { userMessageId } : {}), ...tag(i) });
-      try {
-        const replies = await run.done;
-        for (const r of replies) {
-          this.send({
-            type: 'reply',
-            requestId,
-            conversationId: state.id,
-            messageId: r.messageId,
-            parentId: r.parentId,
-            content: r.content,
-            modelVersion: r.result.version,
-            finishReason: r.result.finishReason,
-            usage: { promptTokens: r.result.promptTokens, completionTokens: r.result.completionTokens, totalTokens: r.result.promptTokens + r.result.completionTokens },
-            ...(r.droppedMessages ? { contextTruncated: { droppedMessages: r.droppedMessages } } : {}),
-            ...tag(r.candidate),
-          });
-        }
-        if (n > 1) this.send({ type: 'candidates', requestId, contextId: parentId, messageIds: replies.map((r) => r.messageId) });
-      } finally {
-        this.runs.delete(requestId);
+      const replies = await run.done;
+      for (const r of replies) {
+        this.send({
+          type: 'reply',
+          requestId,
+          conversationId: state.id,
+          messageId: r.messageId,
+          parentId: r.parentId,
+          content: r.content,
+          modelVersion: r.result.version,
+          finishReason: r.result.finishReason,
+          usage: { promptTokens: r.result.promptTokens, completionTokens: r.result.completionTokens, totalTokens: r.result.promptTokens + r.result.completionTokens },
+          ...(r.droppedMessages ? { contextTruncated: { droppedMessages: r.droppedMessages } } : {}),
+          ...tag(r.candidate),
+        });
       }
+      if (n > 1) this.send({ type: 'candidates', requestId, contextId: parentId, messageIds: replies.map((r) => r.messageId) });
     } finally {
       release();
       leave();
