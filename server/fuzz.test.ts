@@ -33,7 +33,7 @@ import type { Hono } from 'hono';
 import * as tf from '@tensorflow/tfjs-core';
 import { createApp } from './app.ts';
 import type { ModelRegistry } from './model-registry.ts';
-import { RateLimiter } from './rate-limit.ts';
+import { Auth, Meter } from './auth.ts';
 import { CHOICES, THUMB_REASONS } from '../feedback/judgement-input.ts';
 import { parseClientMessage } from './ws-protocol.ts';
 import { startTestServer, TestClient, type TestServer } from './test-support.ts';
@@ -78,6 +78,13 @@ const DOCUMENTED: Record<string, number | undefined> = {
   unknown_alias: 404,
   unknown_run: 404,
   nothing_to_roll_back: 409,
+  unsupported_media_type: 415,
+  store_unavailable: 503,
+  invalid_api_key: 401,
+  forbidden: 403,
+  origin_not_allowed: 403,
+  too_many_connections: 429,
+  unknown_api_key: 404,
   invalid_input: 400,
   unknown_message: 404,
   not_assistant_message: 400,
@@ -137,12 +144,15 @@ before(async () => {
     messagesPerSecond: 1_000_000,
     floodCloseAfter: 1_000_000,
     requestsPerMinute: 1_000_000,
+    judgementsPerMinute: 1_000_000,
+    authFailuresPerMinute: 1_000_000,
     sessionCacheBytes: 512 * 1024,
     adminToken: TOKEN,
   });
   const chat = srv.chat()!;
   const registry = chat.deps.registry as ModelRegistry; // the server passes the whole registry
-  app = createApp({ chat: srv.chat, config: srv.config, metrics: srv.metrics, limiter: new RateLimiter(1_000_000), admin: { token: TOKEN, registry: () => registry, store: () => chat.deps.store, log: () => {} } });
+  const config = srv.config;
+  app = createApp({ chat: srv.chat, config, metrics: srv.metrics, auth: new Auth({ store: () => chat.deps.store, config }), meter: new Meter(config), registry: () => registry, admin: { token: TOKEN, registry: () => registry, store: () => chat.deps.store, log: () => {}, trustProxy: true } });
   ids.version = chat.model.version;
   // Real ids for the generators: two conversations, their messages and a compared pair.
   const c = await connectAsFuzzer();
@@ -169,10 +179,13 @@ after(async () => {
   await srv?.close();
 });
 
-/** A socket speaking as the one user who owns the conversations the generators name. */
+/** The anonymous browser cookie of the one user who owns the conversations the generators name. */
+let fuzzerCookie: string | undefined;
+/** A socket speaking as that user (identity comes from the upgrade's cookie, never from a message). */
 async function connectAsFuzzer(): Promise<TestClient> {
-  const c = await TestClient.connect(srv.wsUrl);
-  await c.request({ type: 'start', userId: 'fuzzer', requestId: 'identity' }, (m) => m.requestId === 'identity');
+  const c = await TestClient.connect(srv.wsUrl, fuzzerCookie ? { Cookie: fuzzerCookie } : {});
+  fuzzerCookie ??= c.cookie;
+  await c.request({ type: 'start', requestId: 'identity' }, (m) => m.requestId === 'identity'); // within the start timeout
   return c;
 }
 
@@ -402,6 +415,8 @@ const routeArb: fc.Arbitrary<[string, string]> = fc.oneof(
 /** Header values are bytes: printable ASCII (what a client can put in a header). */
 const headerText = fc.stringMatching(/^[\x21-\x7e]{0,60}$/);
 const authArb = fc.oneof(fc.constant(undefined), fc.constant(`Bearer ${TOKEN}`), fc.constant(`Bearer ${TOKEN}`), headerText.map((s) => `Bearer ${s}`), headerText);
+/** The client address (the app trusts X-Forwarded-For here): mostly many addresses, sometimes one, so wrong admin tokens are throttled too. */
+const forwardedArb = fc.oneof({ weight: 4, arbitrary: fc.ipV4() }, { weight: 1, arbitrary: fc.constant('203.0.113.7') });
 const contentTypeArb = fc.constantFrom(undefined, 'application/json', 'application/json', 'application/json', 'application/json', 'application/json; charset=utf-8', 'text/plain', 'application/x-www-form-urlencoded', 'multipart/form-data; boundary=x');
 const chatMessage = fc.record({ role: fc.constantFrom('system', 'developer', 'user', 'assistant', 'tool'), content: fc.oneof(nonEmpty(60), fc.constant(null), fc.array(fc.record({ type: fc.constantFrom('text', 'image_url'), text: text(30) }, { requiredKeys: ['type'] }), { maxLength: 3 })) }, { requiredKeys: ['role'] });
 const completionArb = fc.record(
@@ -473,8 +488,8 @@ async function checkResponse(res: Response, where: string, method: string): Prom
 
 test(`HTTP: ${RUNS.http} requests to every route (methods, tokens, content types, bodies) each get a documented answer`, async (t) => {
   await fc.assert(
-    fc.asyncProperty(routeArb, authArb, contentTypeArb, bodyArb, async ([method, path], auth, contentType, body) => {
-      const headers: Record<string, string> = {};
+    fc.asyncProperty(routeArb, authArb, contentTypeArb, bodyArb, forwardedArb, async ([method, path], auth, contentType, body, forwarded) => {
+      const headers: Record<string, string> = { 'x-forwarded-for': forwarded };
       if (auth !== undefined) headers.authorization = auth;
       if (contentType !== undefined) headers['content-type'] = contentType;
       const hasBody = method !== 'GET' && method !== 'HEAD' && body !== undefined;
