@@ -233,7 +233,7 @@ export async function benchGenerate(): Promise<Line[]> {
   const dir = mkdtempSync(join(tmpdir(), 'bench-generate-'));
   const store = await openTempStore({ prefix: 'bench' });
   const model = await smallModel(dir);
-  const config = defaultServerConfig({ port: 0, host: '127.0.0.1', requestsPerMinute: 100_000, messagesPerSecond: 10_000, heartbeatMs: 600_000, maxTokens: 256 });
+  const config = defaultServerConfig({ port: 0, host: '127.0.0.1', requestsPerMinute: 100_000, messagesPerSecond: 10_000, heartbeatMs: 600_000, maxTokens: 256, maxConnectionsPerAddress: 5000, maxConnections: 5000, startTimeoutMs: 600_000, maxInFlightPerUser: 64 });
   const srv = await startServer(config, { model, store, ownStore: true, defaultMetrics: false, log: () => {} });
   await srv.ready;
   try {

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { anyApiKeys, createApiKey, findApiKey, hashApiKey, listApiKeys, revokeApiKey } from './api-keys.ts';
 import { exportPreferencePairs, exportUnpaired } from './export.ts';
 import { messagesOwnedBy, submitJudgements } from './judgements.ts';
+import { pairsByVersion, thumbsByVersion } from './version-feedback.ts';
 import { describeEachDialect, seedContext } from './test-support.ts';
 
 async function count<T>(it: AsyncIterable<T>): Promise<number> {
@@ -41,7 +42,7 @@ await describeEachDialect('api keys', (ctx) => {
     const db = ctx.store().db;
     const bad = await createApiKey(db, { userId: 'mallory' });
     const good = await createApiKey(db, { userId: 'ann' });
-    const s = await seedContext(db, { n: 2, userId: 'mallory' });
+    const s = await seedContext(db, { n: 2, userId: 'mallory', modelVersionId: ['vm-a', 'vm-b'] });
     const t = await seedContext(db, { n: 2, userId: 'ann' });
     const r = await submitJudgements(db, [
       { kind: 'comparison', a: s.replies[0]!, b: s.replies[1]!, choice: 'a', raterId: 'mallory', keyId: bad.info.id },
@@ -55,6 +56,9 @@ await describeEachDialect('api keys', (ctx) => {
     const annBefore = await pairs('ann');
     assert.equal(annBefore, 1);
 
+    const thumbsOf = async (v: string) => (await thumbsByVersion(db)).find((t) => t.versionId === v)?.up ?? 0;
+    const pairOf = async () => (await pairsByVersion(db)).filter((p) => p.winner === 'vm-a' && p.loser === 'vm-b').reduce((a, p) => a + p.count, 0);
+    assert.deepEqual([await thumbsOf('vm-a'), await pairOf()], [1, 1]);
     const revoked = await revokeApiKey(db, bad.info.id, { actor: 'admin', reason: 'poisoning', excludeFromTraining: true });
     assert.equal(revoked.excludedJudgements, 2);
     assert.ok(revoked.info.revokedAt && revoked.info.excludedFromTraining);
@@ -62,6 +66,7 @@ await describeEachDialect('api keys', (ctx) => {
     assert.equal(await findApiKey(db, bad.key), undefined);
     assert.equal(await pairs('mallory'), 0);
     assert.equal(await count(exportUnpaired(db, { rater: 'mallory' })), 0);
+    assert.deepEqual([await thumbsOf('vm-a'), await pairOf()], [0, 0], 'promotion figures skip them too');
     assert.equal(await pairs('ann'), annBefore, 'other raters keep their judgements');
     await assert.rejects(revokeApiKey(db, 'key_nope', { actor: 'admin' }), (e: { code?: string }) => e.code === 'unknown_api_key');
   });

@@ -1,7 +1,8 @@
 /**
  * Feedback per model version, for promotion decisions: thumbs up/down counts of the replies each
  * version generated, and pairwise outcomes between replies of two different versions (from
- * current comparisons and rankings). Only current judgements count (superseded ones do not).
+ * current comparisons and rankings). Only current judgements count (superseded ones do not), and
+ * none excluded from training (a disabled key's).
  */
 import type { Kysely } from 'kysely';
 import type { Database } from './schema.ts';
@@ -27,6 +28,7 @@ export async function thumbsByVersion(db: Kysely<Database>): Promise<VersionThum
     .select(['generations.model_version_id as v', 'thumbs.value as value'])
     .select((eb) => eb.fn.countAll<string | number>().as('n'))
     .where('thumbs.current', '=', 1)
+    .where('thumbs.excluded_from_training', '=', 0)
     .groupBy(['generations.model_version_id', 'thumbs.value'])
     .execute();
   const by = new Map<string, VersionThumbs>();
@@ -46,6 +48,7 @@ export async function pairsByVersion(db: Kysely<Database>): Promise<VersionPair[
     .innerJoin('generations as gb', 'gb.message_id', 'comparisons.b_id')
     .select(['ga.model_version_id as va', 'gb.model_version_id as vb', 'comparisons.choice as choice'])
     .where('comparisons.current', '=', 1)
+    .where('comparisons.excluded_from_training', '=', 0)
     .execute();
   const counts = new Map<string, number>();
   const add = (w: string, l: string, n: number) => {
@@ -64,6 +67,7 @@ export async function pairsByVersion(db: Kysely<Database>): Promise<VersionPair[
     .innerJoin('generations', 'generations.message_id', 'ranking_items.message_id')
     .select(['ranking_items.ranking_id as r', 'ranking_items.position as p', 'generations.model_version_id as v'])
     .where('rankings.current', '=', 1)
+    .where('rankings.excluded_from_training', '=', 0)
     .where('rankings.not_rankable', '=', 0)
     .orderBy('ranking_items.ranking_id')
     .orderBy('ranking_items.position')

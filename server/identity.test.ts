@@ -238,6 +238,25 @@ describe('the door: Origin, connection caps, start timeout, in-flight cap', () =
     b.close();
   });
 
+  test('starting conversations counts against the identity\'s requests per minute', async () => {
+    const limited = await startTestServer({ requestsPerMinute: 2 }, { model: srv.model });
+    try {
+      const a = await TestClient.connect(limited.wsUrl);
+      const codes: string[] = [];
+      for (let i = 0; i < 3; i++) {
+        const r = await a.request({ type: 'start', requestId: `s${i}` }, (m) => m.requestId === `s${i}`);
+        codes.push(r.type === 'conversation' ? 'ok' : String(r.code));
+      }
+      assert.deepEqual(codes, ['ok', 'ok', 'rate_limited']);
+      const b = await TestClient.connect(limited.wsUrl);
+      assert.equal((await b.request({ type: 'start', requestId: 'b' }, (m) => m.requestId === 'b')).type, 'conversation');
+      a.close();
+      b.close();
+    } finally {
+      await limited.close();
+    }
+  });
+
   test('one identity has at most maxInFlightPerUser requests in flight; others are "overloaded"', async () => {
     const gpt = Object.create(srv.model.gpt) as typeof srv.model.gpt;
     gpt.decodeStep = (caches, tokens) => {

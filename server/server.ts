@@ -107,6 +107,7 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
     const sessions = new SessionCache(config.sessionCacheBytes);
     chat = new ChatService({ store, scheduler, sessions, config, metrics, registry });
     if (config.loop) loopHost = startLoopProcess(config, { loop: opts.loop, log });
+    log((await anyApiKeys(store.db)) ? 'identity: API keys required (/v1 and /ws)' : `identity: local mode, an anonymous identity per browser${isLoopback(config.host) ? '' : ' (--allow-anonymous)'}`);
     log(`serving ${registry.champion.version} (${model.gpt.numParams} parameters, context ${model.gpt.config.blockSize}) on port ${port}; store: ${store.dialect} ${store.location}`);
     return chat;
   })();

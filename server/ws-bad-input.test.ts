@@ -100,7 +100,8 @@ test('a peer that stops answering pings is terminated by the heartbeat', async (
 });
 
 test('generation requests past the per-client limit per minute get "rate_limited"', async () => {
-  const limited = await startTestServer({ requestsPerMinute: 2 }, { model: srv.model });
+  // Three a minute: the start (a new conversation counts too) and two replies.
+  const limited = await startTestServer({ requestsPerMinute: 3 }, { model: srv.model });
   try {
     const c = await TestClient.connect(limited.wsUrl);
     const conv = await c.request({ type: 'start' }, (m) => m.type === 'conversation');

@@ -161,6 +161,7 @@ class Connection {
     const chat = this.#chat();
     this.started = true; // msg.userId is ignored: the identity is the upgrade's
     const resumed = msg.conversationId !== undefined;
+    if (!resumed) this.deps.meter.requests.take(this.userId); // a new conversation writes rows: it counts like a request
     const state = resumed ? await chat.load(msg.conversationId!, this.userId) : await chat.start(this.identity, { system: msg.system, title: msg.title });
     this.send({
       type: 'conversation',
@@ -315,12 +316,15 @@ export class ChatWebSocketServer {
         if (socket.destroyed) return;
         (req as UpgradeRequest)[IDENTITY] = who;
         this.wss.handleUpgrade(req, socket, head, (ws) => this.#connect(ws, address, who.identity));
-      })
-      .catch((err: unknown) => {
+      }, (err: unknown) => {
         done();
         const e = toChatError(err);
-        if (e.code === 'internal_error') console.error('ws upgrade failed:', err);
+        if (e.code === 'internal_error') console.error('ws upgrade identity check failed:', err);
         refuse(`${e.status} ${e.status === 401 ? 'Unauthorized' : e.status === 429 ? 'Too Many Requests' : 'Error'}`, e.code, e.message, e.retryAfter ? `Retry-After: ${e.retryAfter}\r\n` : '');
+      })
+      .catch((err: unknown) => {
+        console.error('ws upgrade failed:', err);
+        socket.destroy();
       });
   }
 

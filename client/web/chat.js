@@ -12,7 +12,6 @@ import { WsClient, defaultWsUrl } from './ws-client.js';
 /** @typedef {{ id: string, content: string }} Reply */
 
 const CONV_KEY = 'rlhf-chat.conversations';
-const USER_KEY = 'rlhf-chat.userId';
 const REASONS = ['not_factual', 'unhelpful', 'unsafe', 'too_long', 'other'];
 
 /** @returns {ConvEntry[]} */
@@ -30,13 +29,45 @@ function saveConversations(list) {
   localStorage.setItem(CONV_KEY, JSON.stringify(list.slice(0, 100)));
 }
 
-function userId() {
-  let id = localStorage.getItem(USER_KEY);
-  if (!id) {
-    id = `web-${crypto.randomUUID()}`;
-    localStorage.setItem(USER_KEY, id);
+/**
+ * Who this browser is, from `GET /session` (the server's cookie, never a client-chosen id). When the
+ * server requires API keys and there is no session yet, asks for a key and signs in with
+ * `POST /session`, which sets an HttpOnly cookie the WebSocket upgrade then carries.
+ * @returns {Promise<{ id: string, anonymous: boolean }>}
+ */
+async function ensureSession() {
+  for (;;) {
+    const s = await (await fetch('/session', { credentials: 'same-origin' })).json();
+    if (s.user) {
+      $('key-login').hidden = true;
+      return s.user;
+    }
+    const apiKey = await askForKey();
+    const r = await fetch('/session', { method: 'POST', credentials: 'same-origin', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ apiKey }) });
+    if (!r.ok) {
+      const e = await r.json().catch(() => ({}));
+      $('key-status').textContent = e?.error?.code === 'rate_limited' ? 'too many tries; wait a minute' : 'that key was not accepted';
+    }
   }
-  return id;
+}
+
+/** Shows the key form and resolves with what the person typed. @returns {Promise<string>} */
+function askForKey() {
+  const form = /** @type {HTMLFormElement} */ ($('key-login'));
+  const input = /** @type {HTMLInputElement} */ ($('api-key'));
+  form.hidden = false;
+  setStatus('this server needs an API key');
+  input.focus();
+  return new Promise((resolve) => {
+    form.onsubmit = (ev) => {
+      ev.preventDefault();
+      const v = input.value.trim();
+      if (!v) return;
+      input.value = '';
+      form.onsubmit = null;
+      resolve(v);
+    };
+  });
 }
 
 const state = {
@@ -214,7 +245,7 @@ async function streamReply(msg, into) {
 }
 
 async function newConversation() {
-  const m = await state.client.request({ type: 'start', userId: userId() }, (x) => x.type === 'conversation');
+  const m = await state.client.request({ type: 'start' }, (x) => x.type === 'conversation');
   if (m.type === 'error') throw new Error(`${m.code}: ${m.message}`);
   state.conversationId = m.conversationId;
   state.nextParentId = undefined;
@@ -228,7 +259,7 @@ async function newConversation() {
 /** @param {string} id */
 async function resume(id) {
   if (state.busy) return;
-  const m = await state.client.request({ type: 'start', userId: userId(), conversationId: id }, (x) => x.type === 'conversation');
+  const m = await state.client.request({ type: 'start', conversationId: id }, (x) => x.type === 'conversation');
   if (m.type === 'error') {
     setStatus(`cannot resume ${id}: ${m.code}`);
     if (m.code === 'unknown_conversation') saveConversations(loadConversations().filter((c) => c.id !== id));
@@ -384,9 +415,11 @@ async function submitRank() {
 }
 
 async function connect() {
+  const user = await ensureSession();
   state.client = new WsClient(defaultWsUrl());
   const ready = await state.client.connect();
-  setStatus(`connected · model ${ready.modelVersion}`);
+  setStatus(`connected${user.anonymous ? '' : ` as ${user.id}`} · model ${ready.modelVersion}`);
+  document.body.dataset.user = ready.user?.id ?? user.id;
   state.client.onClose = () => {
     setStatus('disconnected — reconnecting…');
     setTimeout(() => void reconnect(), 1000);
