@@ -3,6 +3,8 @@ import { test } from 'node:test';
 import { listThumbs } from './judgement-queries.ts';
 import { JudgementWriter } from './judgement-writer.ts';
 import { openStore } from './open-store.ts';
+import { StoreUnavailableError } from './store-health.ts';
+import type { KyselyPlugin } from 'kysely';
 import { describeEachDialect, seedContext } from './test-support.ts';
 
 await describeEachDialect('judgement writer', (ctx) => {
@@ -37,6 +39,43 @@ await describeEachDialect('judgement writer', (ctx) => {
     assert.ok(good!.ok && alsoGood!.ok);
     assert.ok(!bad!.ok);
     assert.equal(bad.error.code, 'invalid_choice');
+  });
+
+  test('while the store is unreachable a batch is retried with backoff and acknowledged only once committed', async () => {
+    const store = ctx.store();
+    const s = await seedContext(store.db, { n: 1 });
+    let failures = 3;
+    // The first three statements fail as a refused connection would (transaction control passes).
+    const flaky: KyselyPlugin = {
+      transformQuery(args) {
+        if (args.node.kind !== 'RawNode' && failures > 0) {
+          failures--;
+          throw Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), { code: 'ECONNREFUSED' });
+        }
+        return args.node;
+      },
+      async transformResult(args) {
+        return args.result;
+      },
+    };
+    const writer = new JudgementWriter(store.db.withPlugin(flaky), store.dialect, { retryForMs: 10_000 });
+    const r = await writer.submit({ kind: 'thumb', messageId: s.replies[0], raterId: 'flaky', value: 'up' });
+    assert.ok(r.ok, JSON.stringify(r));
+    assert.equal(writer.stats.retries, 3);
+    assert.equal((await listThumbs(store.db, s.replies[0]!, { raterId: 'flaky' })).length, 1);
+    failures = 1_000_000;
+    const gaveUp = new JudgementWriter(store.db.withPlugin(flaky), store.dialect, { retryForMs: 200 });
+    await assert.rejects(gaveUp.submit({ kind: 'thumb', messageId: s.replies[0], raterId: 'never', value: 'up' }), /ECONNREFUSED/);
+  });
+
+  test('the queue is bounded: past maxQueue a submission is refused at once', async () => {
+    const store = ctx.store();
+    const s = await seedContext(store.db, { n: 1 });
+    const writer = new JudgementWriter(store.db, store.dialect, { maxQueue: 2 });
+    const subs = ['q1', 'q2', 'q3'].map((raterId) => writer.submit({ kind: 'thumb', messageId: s.replies[0], raterId, value: 'up' }));
+    await assert.rejects(subs[2]!, StoreUnavailableError);
+    assert.ok((await subs[0]!).ok && (await subs[1]!).ok);
+    assert.equal(writer.stats.refused, 1);
   });
 
   test('close flushes what is queued and then refuses new work', async () => {

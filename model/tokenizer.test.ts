@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { DEFAULT_PATTERN, SPECIAL_TOKENS, StreamDecoder, Tokenizer, type TokenizerJSON } from './tokenizer.ts';
+import { CACHE_BYTES, DEFAULT_PATTERN, MAX_PIECE_BYTES, SPECIAL_TOKENS, StreamDecoder, Tokenizer, type TokenizerJSON } from './tokenizer.ts';
 
 const TEXT =
   "The quick brown fox jumps over the lazy dog. It's 2024, and we've got 1234567 reasons! " +
@@ -128,4 +128,51 @@ test('StreamDecoder emits only complete characters and matches decode overall', 
   assert.equal(sd2.push(tok.specialId('<|end|>')), '');
   sd2.push(bytes[1]!);
   assert.equal(sd2.flush(), '\uFFFD');
+});
+
+/** A tokenizer built to make one long word expensive: every letter pair is a merge, and so are many pairs of those. */
+function adversarialTokenizer(): { tok: Tokenizer; word: string } {
+  const letters = [...'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz'].map((c) => c.charCodeAt(0));
+  const merges: [number, number][] = [];
+  for (const a of letters) for (const b of letters) merges.push([a, b]);
+  const level1 = merges.length;
+  let seed = 7;
+  const rnd = () => (seed = (seed * 48271) % 2147483647) / 2147483647;
+  const seen = new Set<number>();
+  while (merges.length < level1 + 20_000) {
+    const a = 256 + Math.floor(rnd() * level1), b = 256 + Math.floor(rnd() * level1);
+    if (seen.has(a * 65536 + b)) continue;
+    seen.add(a * 65536 + b);
+    merges.push([a, b]);
+  }
+  const tok = Tokenizer.fromJSON({ format: 'byte-bpe/1', vocabSize: 256 + merges.length + 6, merges, specials: [...SPECIAL_TOKENS], pattern: DEFAULT_PATTERN });
+  let word = '';
+  for (let i = 0; i < 64 * 1024; i++) word += String.fromCharCode(letters[Math.floor(rnd() * letters.length)]!);
+  return { tok, word };
+}
+
+test('a 64 KiB word costs linear time: long pieces are merged in chunks of MAX_PIECE_BYTES', () => {
+  const { tok, word } = adversarialTokenizer();
+  const chunked = [];
+  for (let at = 0; at < word.length; at += MAX_PIECE_BYTES) chunked.push(...tok.encode(word.slice(at, at + MAX_PIECE_BYTES)));
+  const t0 = performance.now();
+  const ids = tok.encode(word);
+  const ms = performance.now() - t0;
+  assert.deepEqual(ids, chunked, 'the same ids as its chunks encoded one by one');
+  assert.equal(tok.decode(ids), word);
+  // Merged whole, this word takes seconds (about 20,000 merge passes over 64 KiB); chunked, a few tens of ms.
+  assert.ok(ms < 500, `encoding took ${ms.toFixed(0)} ms`);
+});
+
+test('the encode cache is bounded in bytes, and long pieces are not cached', () => {
+  const tok = Tokenizer.train('the cat sat on the mat '.repeat(20), { vocabSize: 280 });
+  tok.encode('x'.repeat(10_000));
+  assert.equal(tok.cacheBytes, 0, 'a piece over MAX_PIECE_BYTES is not cached');
+  let peak = 0;
+  for (let i = 0; i < 120_000; i++) {
+    tok.encode(` w${i.toString(36)}q${'z'.repeat(i % 90)}`);
+    peak = Math.max(peak, tok.cacheBytes);
+  }
+  assert.ok(peak <= CACHE_BYTES, `cache peaked at ${peak} bytes`);
+  assert.ok(peak > CACHE_BYTES / 2, 'the cache is used up to its bound');
 });

@@ -15,6 +15,12 @@
  * 3. Training merges over unique pre-tokens weighted by frequency, with a pair -> words index
  *    and a lazy max-heap of pair counts (stale entries re-checked on pop).
  * 4. Lone UTF-16 surrogates are not valid Unicode: they encode as U+FFFD, like `TextEncoder`.
+ * 5. `encode` merges a piece longer than `MAX_PIECE_BYTES` (128) in chunks of that many bytes:
+ *    merging one piece costs about its length times the merges it goes through, so a 64 KiB
+ *    "word" sent by a client would hold the event loop for most of a second; chunked, the cost
+ *    is linear in the text. No merge spans a chunk boundary (real words are far shorter).
+ * 6. The encode cache is bounded in bytes (`CACHE_BYTES`, 8 MiB estimated), not entries, and
+ *    pieces longer than the chunk size are not cached: distinct long pieces cannot fill memory.
  */
 import { createHash } from 'node:crypto';
 
@@ -38,7 +44,12 @@ export const DEFAULT_PATTERN =
 const BYTES = 256;
 const KEY = 1 << 16; // pair key = a * KEY + b; ids stay below 2^16
 const MAX_VOCAB = KEY;
-const CACHE_LIMIT = 200_000;
+/** Longest run of bytes merged as one; longer pieces are merged chunk by chunk. */
+export const MAX_PIECE_BYTES = 128;
+/** Estimated bytes the encode cache may hold before it starts over. */
+export const CACHE_BYTES = 8 * 1024 * 1024;
+/** Estimated cost of one cache entry: the key (UTF-16), the ids, and the Map's own overhead. */
+const entryBytes = (piece: string, ids: readonly number[]) => 2 * piece.length + 8 * ids.length + 80;
 const utf8 = new TextEncoder();
 
 /** Splits text into pre-tokens; pieces the regex skips are returned too, so nothing is lost. */
@@ -211,6 +222,7 @@ export class Tokenizer {
   private readonly tokenBytes: Uint8Array[] = [];
   private readonly firstSpecial: number;
   private readonly cache = new Map<string, readonly number[]>();
+  #cacheBytes = 0;
 
   private constructor(merges: readonly (readonly [number, number])[], pattern: string) {
     this.merges = merges;
@@ -289,17 +301,32 @@ export class Tokenizer {
     for (const piece of pretokenize(text, this.re)) {
       let ids = this.cache.get(piece);
       if (!ids) {
-        ids = this.encodePiece(piece);
-        if (this.cache.size >= CACHE_LIMIT) this.cache.clear();
+        const bytes = utf8.encode(piece);
+        if (bytes.length > MAX_PIECE_BYTES) {
+          for (let at = 0; at < bytes.length; at += MAX_PIECE_BYTES) for (const id of this.encodeBytes(bytes.subarray(at, at + MAX_PIECE_BYTES))) out.push(id);
+          continue;
+        }
+        ids = this.encodeBytes(bytes);
+        const size = entryBytes(piece, ids);
+        if (this.#cacheBytes + size > CACHE_BYTES) {
+          this.cache.clear();
+          this.#cacheBytes = 0;
+        }
         this.cache.set(piece, ids);
+        this.#cacheBytes += size;
       }
       for (const id of ids) out.push(id);
     }
     return out;
   }
 
-  private encodePiece(piece: string): number[] {
-    let word = Array.from(utf8.encode(piece));
+  /** @internal Estimated bytes held by the encode cache (at most `CACHE_BYTES`). */
+  get cacheBytes(): number {
+    return this.#cacheBytes;
+  }
+
+  private encodeBytes(bytes: Uint8Array): number[] {
+    let word = Array.from(bytes);
     while (word.length > 1) {
       let best = -1;
       for (let i = 0; i + 1 < word.length; i++) {

@@ -30,7 +30,7 @@ test('/healthz is ready with the model version, and /metrics exposes the serving
     const res = await fetch(`${srv.url}/metrics`);
     assert.match(res.headers.get('content-type') ?? '', /text\/plain/);
     const text = await res.text();
-    for (const name of ['chat_time_to_first_token_seconds_count', 'chat_generated_tokens_total', 'chat_decode_tokens_per_second', 'chat_queue_depth', 'chat_active_conversations', 'chat_websocket_connections 1']) {
+    for (const name of ['chat_time_to_first_token_seconds_count', 'chat_generated_tokens_total', 'chat_decode_tokens_per_second', 'chat_queue_depth', 'chat_active_conversations', 'chat_websocket_connections 1', 'store_up 1', 'store_judgement_queue_depth 0', 'store_wal_checkpointer_restarts_total 0']) {
       assert.ok(text.includes(name), `${name} in /metrics`);
     }
     assert.ok(text.includes(`chat_model_info{version="${srv.model.version}"} 1`));

@@ -4,6 +4,7 @@
  * is the same figure measured over the last decode steps, for a glance without PromQL.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { FeedbackStore } from '../feedback/open-store.ts';
 
 export class ServerMetrics {
   readonly registry = new Registry();
@@ -34,6 +35,17 @@ export class ServerMetrics {
 
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     if (opts.defaultMetrics) collectDefaultMetrics({ register: this.registry });
+  }
+
+  /** Gauges read from the store at each scrape: health, judgement queue, retries, checkpointer restarts. */
+  watchStore(store: FeedbackStore): void {
+    const gauge = (name: string, help: string, value: () => number) =>
+      new Gauge({ name, help, registers: [this.registry], collect() { this.set(value()); } });
+    gauge('store_up', 'Whether the feedback store answers (1) or is degraded (0)', () => (store.health.state().state === 'ok' ? 1 : 0));
+    gauge('store_judgement_queue_depth', 'Judgements waiting to be committed', () => store.writer.pending);
+    gauge('store_judgement_retries_total', 'Judgement batches retried because the store was unreachable', () => store.writer.stats.retries);
+    gauge('store_judgements_refused_total', 'Judgements refused because the queue was full', () => store.writer.stats.refused);
+    gauge('store_wal_checkpointer_restarts_total', 'Times the SQLite WAL checkpointer thread died and was restarted', () => store.checkpointer?.restarts ?? 0);
   }
 
   setModel(version: string): void {

@@ -144,22 +144,25 @@ export function openAIRoutes(deps: OpenAIDeps): Hono<OpenAIEnv> {
       throw new ChatError('invalid_request', `${issue.path.join('.') || 'body'}: ${issue.message}`);
     }
     const req = parsed.data;
-    const n = req.n ?? 1;
-    if (n > deps.maxN) throw new ChatError('invalid_request', `n is at most ${deps.maxN}`);
-    const messages = toChatMessages(req.messages);
-    const stop = req.stop == null ? undefined : typeof req.stop === 'string' ? [req.stop] : req.stop;
-    const opts = chat.options({
-      temperature: req.temperature ?? undefined,
-      topP: req.top_p ?? undefined,
-      maxTokens: req.max_completion_tokens ?? req.max_tokens ?? undefined,
-      seed: req.seed ?? undefined,
-      stop,
-    });
-    chat.prompt(messages, opts.maxTokens); // refuse a prompt that cannot fit before storing anything
     const who = c.get(IDENTITY);
-    const leave = deps.meter.enter(who); // rate_limited / overloaded, per identity, held until the replies are done
+    // rate_limited / overloaded per identity, before tokenizing (the prompt's cost is paid only
+    // within the limit); held until the replies are done.
+    const leave = deps.meter.enter(who);
+    const n = req.n ?? 1;
+    let opts: ReturnType<ChatService['options']>;
     let thread: Awaited<ReturnType<ChatService['startThread']>>;
     try {
+      if (n > deps.maxN) throw new ChatError('invalid_request', `n is at most ${deps.maxN}`);
+      const messages = toChatMessages(req.messages);
+      const stop = req.stop == null ? undefined : typeof req.stop === 'string' ? [req.stop] : req.stop;
+      opts = chat.options({
+        temperature: req.temperature ?? undefined,
+        topP: req.top_p ?? undefined,
+        maxTokens: req.max_completion_tokens ?? req.max_tokens ?? undefined,
+        seed: req.seed ?? undefined,
+        stop,
+      });
+      chat.prompt(messages, opts.maxTokens); // refuse a prompt that cannot fit before storing anything
       chat.admit(n); // overloaded / store_unavailable before anything is stored
       thread = await chat.startThread(who, messages); // the request's rows in one transaction
     } catch (err) {

@@ -65,7 +65,7 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
   const ownStore = opts.ownStore ?? !opts.store;
   if (!isLoopback(config.host)) {
     // Anonymous identities are for one machine: elsewhere, keys (or an explicit opt-in) first.
-    store = opts.store ?? (await openStore({ url: config.databaseUrl, dataDir: config.dataDir, schema: config.databaseSchema }));
+    store = opts.store ?? (await openStore({ url: config.databaseUrl, dataDir: config.dataDir, schema: config.databaseSchema, log }));
     if (!(await anyApiKeys(store.db))) {
       if (!config.allowAnonymous) {
         if (ownStore) await store.close();
@@ -92,7 +92,8 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
     const { initBackend } = await import('../model/backend.ts');
     await initBackend({ log });
     const model = opts.model ?? (await loadServedModel(config.modelDir));
-    store ??= opts.store ?? (await openStore({ url: config.databaseUrl, dataDir: config.dataDir, schema: config.databaseSchema }));
+    store ??= opts.store ?? (await openStore({ url: config.databaseUrl, dataDir: config.dataDir, schema: config.databaseSchema, log }));
+    metrics.watchStore(store);
     scheduler = new Scheduler(model, { maxBatch: config.maxBatch, maxQueue: config.maxQueue, prefillTokensPerStep: config.prefillTokensPerStep, retryAfterSeconds: config.retryAfterSeconds, reuse: opts.reuse, metrics });
     registry = new ModelRegistry({
       store,

@@ -219,23 +219,27 @@ class Connection {
       if (inFlight.cancelled) run.cancel(); // cancelled (or the socket closed) while it was being set up
       const parentId = context[context.length - 1]!.id;
       for (let i = 0; i < n; i++) this.send({ type: 'reply_start', requestId, conversationId: state.id, parentId, ...(userMessageId ? { userMessageId } : {}), ...tag(i) });
-      const replies = await run.done;
-      for (const r of replies) {
-        this.send({
-          type: 'reply',
-          requestId,
-          conversationId: state.id,
-          messageId: r.messageId,
-          parentId: r.parentId,
-          content: r.content,
-          modelVersion: r.result.version,
-          finishReason: r.result.finishReason,
-          usage: { promptTokens: r.result.promptTokens, completionTokens: r.result.completionTokens, totalTokens: r.result.promptTokens + r.result.completionTokens },
-          ...(r.droppedMessages ? { contextTruncated: { droppedMessages: r.droppedMessages } } : {}),
-          ...tag(r.candidate),
-        });
+      try {
+        const replies = await run.done;
+        for (const r of replies) {
+          this.send({
+            type: 'reply',
+            requestId,
+            conversationId: state.id,
+            messageId: r.messageId,
+            parentId: r.parentId,
+            content: r.content,
+            modelVersion: r.result.version,
+            finishReason: r.result.finishReason,
+            usage: { promptTokens: r.result.promptTokens, completionTokens: r.result.completionTokens, totalTokens: r.result.promptTokens + r.result.completionTokens },
+            ...(r.droppedMessages ? { contextTruncated: { droppedMessages: r.droppedMessages } } : {}),
+            ...tag(r.candidate),
+          });
+        }
+        if (n > 1) this.send({ type: 'candidates', requestId, contextId: parentId, messageIds: replies.map((r) => r.messageId) });
+      } finally {
+        this.runs.delete(requestId);
       }
-      if (n > 1) this.send({ type: 'candidates', requestId, contextId: parentId, messageIds: replies.map((r) => r.messageId) });
     } finally {
       release();
       leave();
