@@ -14,8 +14,9 @@
  * errors, failed judgements, a socket that closed, a reply that never came: `timeout`); RSS of the
  * process (server and clients) sampled every second: `rss_mb_start` after the warm-up (the first
  * 10% of the run, at least 2 s), `rss_mb_end` at the end, `rss_mb_series` 10 samples over the run.
- * The server runs with its defaults except the per-client request limit (every client here shares
- * one address) and a queue long enough for every client (`maxQueue` = clients).
+ * The server runs with its defaults except those that count per address (every client here shares
+ * 127.0.0.1: the per-client request limit and the per-address connection cap) and a queue long
+ * enough for every client (`maxQueue` = clients). Each client is its own anonymous identity.
  *
  * Run: `npm run bench -- --json --only load [--clients 200] [--seconds 120] [--swaps 5] [--shape small|tiny]`.
  */
@@ -129,7 +130,7 @@ export async function benchLoad(opts: LoadOptions = {}): Promise<Record<string, 
   const dirA = await save(join(root, 'sft'), tok, shape, 1);
   const dirB = await save(join(root, 'ppo'), tok, shape, 2);
   const store = await openTempStore({ prefix: 'bench_load' });
-  const config = defaultServerConfig({ port: 0, host: '127.0.0.1', adminToken: TOKEN, requestsPerMinute: 1_000_000, maxQueue: Math.max(64, clients) });
+  const config = defaultServerConfig({ port: 0, host: '127.0.0.1', adminToken: TOKEN, requestsPerMinute: 1_000_000, maxQueue: Math.max(64, clients), maxConnectionsPerAddress: clients + 8, maxConnections: Math.max(2000, clients + 8) });
   const srv = await startServer(config, { model: await loadServedModel(dirA), store, ownStore: true, defaultMetrics: false, log: () => {} });
   await srv.ready;
   const idA = srv.chat()!.model.version;
