@@ -6,7 +6,7 @@
  * mutated (a field replaced by any JSON value, or an extra field), random JSON, text that is not
  * JSON, binary frames, frames over `maxMessageBytes`; sequences of those sent without waiting, with
  * the socket closed (or terminated) mid-stream; HTTP requests to every route (and unknown ones) with
- * every method, right/wrong/missing bearer tokens, JSON/text/no content type, and mutated, random
+ * every method, right/wrong/missing bearer tokens, upgrades with any Origin, cookie, key and path, JSON/text/no content type, and mutated, random
  * or oversized bodies.
  *
  * What must hold, for every case:
@@ -20,8 +20,9 @@
  *     tensor count is back to its value before the run and the heap after a full GC is within
  *     `HEAP_BOUND` of it.
  *
- * Size: `FUZZ_RUNS` cases in total (default 5,500: about 2,500 single WebSocket frames, 500
- * WebSocket sequences, 2,500 HTTP requests), about 20–40 s on two cores. `FUZZ_SEED` replays a run.
+ * Size: `FUZZ_RUNS` cases in total (default 5,500: about 2,400 single WebSocket frames, 500
+ * WebSocket sequences, 220 WebSocket upgrades with any Origin, cookie, key and path, 2,400 HTTP
+ * requests), about 20–40 s on two cores. `FUZZ_SEED` replays a run.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -40,7 +41,7 @@ import { startTestServer, TestClient, type TestServer } from './test-support.ts'
 
 const TOTAL = Number(process.env.FUZZ_RUNS ?? 5500);
 const SEED = process.env.FUZZ_SEED !== undefined ? Number(process.env.FUZZ_SEED) : undefined;
-const RUNS = { frames: Math.round(TOTAL * 0.45), sequences: Math.round(TOTAL * 0.09), http: Math.round(TOTAL * 0.46) };
+const RUNS = { frames: Math.round(TOTAL * 0.43), sequences: Math.round(TOTAL * 0.09), upgrades: Math.round(TOTAL * 0.04), http: Math.round(TOTAL * 0.44) };
 const MAX_BYTES = 16 * 1024;
 const TOKEN = 'fuzz-admin-token-0123456789abcdefghijklmnop';
 const HEAP_BOUND = 48 * 1024 * 1024;
@@ -112,7 +113,7 @@ const consoleError = console.error;
 const ids = { conversations: [] as string[], users: [] as string[], assistants: [] as string[], contexts: [] as string[], version: '' };
 let baseline: { tensors: number; heap: number };
 /** What the cases got (reported as test diagnostics, for the README's figures). */
-const outcomes = { frames: new Map<string, number>(), sequences: new Map<string, number>(), http: new Map<string, number>() };
+const outcomes = { frames: new Map<string, number>(), sequences: new Map<string, number>(), upgrades: new Map<string, number>(), http: new Map<string, number>() };
 const count = (m: Map<string, number>, k: string, n = 1) => m.set(k, (m.get(k) ?? 0) + n);
 const summary = (m: Map<string, number>) => [...m].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k}: ${v}`).join(', ');
 
@@ -392,6 +393,59 @@ function pongOrClose(c: TestClient, requestId: string): Promise<'pong' | 'closed
     c.send({ type: 'ping', requestId });
   });
 }
+
+/** The answer to an upgrade: 101 (then closed), or the refusal's status and JSON code. */
+function tryUpgrade(path: string, headers: Record<string, string>): Promise<{ status: number; code?: string }> {
+  return new Promise((resolve) => {
+    const ws = new WebSocket(`ws://127.0.0.1:${srv.port}${path}`, { headers });
+    ws.on('open', () => {
+      ws.terminate();
+      resolve({ status: 101 });
+    });
+    ws.on('unexpected-response', (_req, res) => {
+      let body = '';
+      res.on('data', (d: Buffer) => (body += d));
+      res.on('end', () => {
+        let code: string | undefined;
+        try {
+          code = body ? String((JSON.parse(body) as { error?: { code?: unknown } }).error?.code) : undefined;
+        } catch {
+          problems.push(`upgrade ${path}: a refusal that is not JSON: ${body.slice(0, 100)}`);
+        }
+        resolve({ status: res.statusCode ?? 0, ...(code !== undefined ? { code } : {}) });
+      });
+    });
+    ws.on('error', (e) => resolve({ status: -1, code: e.message }));
+  });
+}
+
+const UPGRADE_STATUSES = new Set([101, 401, 403, 404, 429, 503]);
+test(`WebSocket: ${RUNS.upgrades} upgrades with any Origin, cookie, key and path are opened or refused with a documented code`, async (t) => {
+  const printable = fc.stringMatching(/^[\x21-\x7e]{0,60}$/);
+  const headersArb = fc.record(
+    {
+      Origin: fc.oneof(fc.constant(`http://127.0.0.1:${srv.port}`), fc.webUrl(), fc.constant('null'), printable),
+      Cookie: fc.oneof(fc.constant(fuzzerCookie ?? ''), fc.tuple(fc.constantFrom('rlhf_anon', 'rlhf_session', 'x'), printable).map(([k, v]) => `${k}=${v}`), printable),
+      Authorization: fc.oneof(printable.map((v) => `Bearer ${v}`), printable),
+    },
+    { requiredKeys: [] },
+  );
+  const pathArb = fc.oneof({ weight: 4, arbitrary: fc.constant('/ws') }, { weight: 1, arbitrary: fc.constantFrom('/ws?x=1', '/ws/', '/wss', '/', '/v1/ws') });
+  await fc.assert(
+    fc.asyncProperty(pathArb, headersArb, async (path, headers) => {
+      const r = await tryUpgrade(path, headers);
+      if (!UPGRADE_STATUSES.has(r.status)) problems.push(`upgrade ${path} ${JSON.stringify(headers)}: status ${r.status} ${r.code ?? ''}`);
+      if (r.code !== undefined) checkCode(r.code, `upgrade ${path}`);
+      count(outcomes.upgrades, `${r.status}${r.code ? ` ${r.code}` : ''}`);
+      assert.deepEqual(problems, []);
+    }),
+    { numRuns: RUNS.upgrades, seed: SEED, endOnFailure: true, includeErrorInReport: true },
+  );
+  const t0 = Date.now();
+  while (srv.ws.connections > 0 && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 10));
+  assert.equal(srv.ws.connections, 0, 'every upgraded socket is gone once closed');
+  t.diagnostic(`statuses: ${summary(outcomes.upgrades)}`);
+});
 
 // ------------------------------------------------------------------ the HTTP door
 
