@@ -558,9 +558,10 @@ test(`HTTP: ${RUNS.http} requests to every route (methods, tokens, content types
   t.diagnostic(`statuses: ${summary(outcomes.http)}`);
 });
 
-test('after the fuzzing: nothing decodes, no tensor is left behind and the heap is flat', async () => {
+test('after the fuzzing: nothing decodes, no tensor is left behind and the heap is flat', async (t) => {
   await settle();
   const now = measure();
+  t.diagnostic(`tensors ${baseline.tensors} before, ${now.tensors} after; heap ${(baseline.heap / 2 ** 20).toFixed(1)} MiB before, ${(now.heap / 2 ** 20).toFixed(1)} MiB after (full GC)`);
   assert.deepEqual(problems, []);
   assert.ok(now.tensors <= baseline.tensors, `tensors: ${baseline.tensors} before, ${now.tensors} after`);
   assert.ok(now.heap - baseline.heap < HEAP_BOUND, `heap grew by ${((now.heap - baseline.heap) / 2 ** 20).toFixed(1)} MiB`);
