@@ -171,7 +171,7 @@ function expensiveWord(bytes = 64 * 1024): string {
   return s;
 }
 
-test('4. a 64 KiB word is answered in well under a second on both doors while another client\'s reply keeps streaming', async () => {
+test('4. a 64 KiB word is answered in well under a second on both doors while another client\'s reply keeps streaming', async (t) => {
   const bystander = await bystanderStream();
   const word = expensiveWord();
   try {
@@ -190,6 +190,7 @@ test('4. a 64 KiB word is answered in well under a second on both doors while an
     assert.ok(httpMs < 1000 && wsMs < 1000, `the word took ${httpMs.toFixed(0)} ms on /v1 and ${wsMs.toFixed(0)} ms on /ws`);
     const worst = Math.max(...bystander.gaps());
     assert.ok(worst < 500, `the other stream stalled ${worst.toFixed(0)} ms`);
+    t.diagnostic(`64 KiB word: ${httpMs.toFixed(0)} ms on /v1, ${wsMs.toFixed(0)} ms on /ws; the other stream's longest gap between deltas ${worst.toFixed(0)} ms`);
   } finally {
     bystander.stop();
   }
@@ -256,13 +257,14 @@ test('7. a foreign Origin cannot open the WebSocket (403 origin_not_allowed) and
   same.ws!.close();
 });
 
-test('8. 1,000 sockets from one address: the per-address cap holds (429 past it), another address is still served, and closing frees the slots', async () => {
+test('8. 1,000 sockets from one address: the per-address cap holds (429 past it), another address is still served, and closing frees the slots', async (t) => {
   const capped = await startTestServer({ heartbeatMs: 60_000 }, { model: srv.model });
   try {
     const cap = capped.config.maxConnectionsPerAddress;
     const results: { status: number; ws?: WebSocket }[] = [];
     for (let i = 0; i < 1000; i += 100) results.push(...(await Promise.all(Array.from({ length: 100 }, () => upgrade(capped.wsUrl)))));
     const opened = results.filter((r) => r.status === 101);
+    t.diagnostic(`1,000 upgrades from one address: ${opened.length} opened, ${results.filter((r) => r.status === 429).length} refused 429 too_many_connections`);
     assert.equal(opened.length, cap, `${opened.length} opened`);
     assert.equal(results.filter((r) => r.status === 429).length, 1000 - cap);
     assert.equal(capped.ws.connections, cap);
