@@ -5,16 +5,19 @@
  *  - every judgement the server acknowledged (`feedback_ack`) is in the store,
  *  - every conversation resumes with its stored turns (the last reply each client received is on
  *    the active branch) and takes a new turn.
+ * And a checkpoint writer killed mid-write (`kill-checkpoint-fixture.ts`): every checkpoint it
+ * reported saved loads and passes its sha256, no directory is half written, `latest` names a whole one.
  */
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import { loadCheckpoint } from '../model/checkpoint.ts';
 import { openStore } from '../feedback/open-store.ts';
 import { postgresProblem, TEST_PG_URL } from '../feedback/test-support.ts';
 import { makeTinyCheckpoint, rmDir, TestClient } from './test-support.ts';
@@ -187,5 +190,49 @@ test('SIGKILL mid-stream and mid-burst on PostgreSQL: no acknowledged judgement 
     await client.query(`drop schema if exists "${schema}" cascade`);
     await client.end();
     rmDir(join(ckpt, '..'));
+  }
+});
+
+test('a checkpoint writer killed -9 mid-write leaves only whole checkpoints: every one reported saved loads and passes its sha256, and latest names a whole one', async (t) => {
+  const root = mkdtempSync(join(tmpdir(), 'ckpt-kill-'));
+  const writer = fileURLToPath(new URL('./kill-checkpoint-fixture.ts', import.meta.url));
+  try {
+    let killedAt = -1;
+    for (let round = 0; round < 5; round++) {
+      const proc = spawn(process.execPath, ['--import', 'tsx', writer, join(root, `r${round}`)], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const exited = new Promise<NodeJS.Signals | null>((resolve) => proc.on('exit', (_code, signal) => resolve(signal)));
+      const saved: number[] = [];
+      let out = '';
+      // Kill a different time after the third save each round: somewhere inside a write.
+      const after = 3 + (round % 3);
+      await new Promise<void>((resolve, reject) => {
+        proc.on('exit', () => reject(new Error('the writer exited by itself')));
+        proc.stdout!.on('data', (d: Buffer) => {
+          out += d.toString();
+          const lines = out.split('\n');
+          out = lines.pop()!;
+          for (const l of lines) if (l.startsWith('saved ')) saved.push(Number(l.slice(6)));
+          if (saved.length >= after && killedAt < round) {
+            killedAt = round;
+            setTimeout(() => (proc.kill('SIGKILL'), resolve()), 3 + round * 8);
+          }
+        });
+      });
+      assert.equal(await exited, 'SIGKILL');
+      const dir = join(root, `r${round}`);
+      const entries = readdirSync(dir);
+      const checkpoints = entries.filter((e) => e.startsWith('ck-'));
+      for (const n of saved) assert.ok(checkpoints.includes(`ck-${n}`), `ck-${n} was reported saved`);
+      for (const ck of checkpoints) {
+        const loaded = loadCheckpoint(join(dir, ck), { kind: 'policy' }); // throws checkpoint_corrupt on a bad hash or a missing file
+        assert.equal(loaded.meta.step, Number(ck.slice(3)));
+      }
+      const latest = readFileSync(join(dir, 'latest'), 'utf8').trim();
+      assert.ok(checkpoints.includes(latest), `latest names ${latest}`);
+      loadCheckpoint(join(dir, latest));
+      t.diagnostic(`round ${round}: ${saved.length} reported saved, ${checkpoints.length} whole on disk, ${entries.filter((e) => e.startsWith('.tmp-')).length} unfinished temporary directories left aside`);
+    }
+  } finally {
+    rmDir(root);
   }
 });
