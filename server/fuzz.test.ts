@@ -21,8 +21,9 @@
  *     `HEAP_BOUND` of it.
  *
  * Size: `FUZZ_RUNS` cases in total (default 5,500: about 2,400 single WebSocket frames, 500
- * WebSocket sequences, 220 WebSocket upgrades with any Origin, cookie, key and path, 2,400 HTTP
- * requests), about 20–40 s on two cores. `FUZZ_SEED` replays a run.
+ * WebSocket sequences, 220 WebSocket upgrades with any Origin, cookie, key and path, 1,300 HTTP
+ * requests in local mode and 1,100 once an API key exists), about 15–40 s on two cores.
+ * `FUZZ_SEED` replays a run.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -35,13 +36,14 @@ import * as tf from '@tensorflow/tfjs-core';
 import { createApp } from './app.ts';
 import type { ModelRegistry } from './model-registry.ts';
 import { Auth, Meter } from './auth.ts';
+import { createApiKey } from '../feedback/api-keys.ts';
 import { CHOICES, THUMB_REASONS } from '../feedback/judgement-input.ts';
 import { parseClientMessage } from './ws-protocol.ts';
 import { startTestServer, TestClient, type TestServer } from './test-support.ts';
 
 const TOTAL = Number(process.env.FUZZ_RUNS ?? 5500);
 const SEED = process.env.FUZZ_SEED !== undefined ? Number(process.env.FUZZ_SEED) : undefined;
-const RUNS = { frames: Math.round(TOTAL * 0.43), sequences: Math.round(TOTAL * 0.09), upgrades: Math.round(TOTAL * 0.04), http: Math.round(TOTAL * 0.44) };
+const RUNS = { frames: Math.round(TOTAL * 0.43), sequences: Math.round(TOTAL * 0.09), upgrades: Math.round(TOTAL * 0.04), http: Math.round(TOTAL * 0.24), httpKeys: Math.round(TOTAL * 0.2) };
 const MAX_BYTES = 16 * 1024;
 const TOKEN = 'fuzz-admin-token-0123456789abcdefghijklmnop';
 const HEAP_BOUND = 48 * 1024 * 1024;
@@ -106,6 +108,9 @@ const CLOSE_CODES = new Set([1000, 1001, 1005, 1006, 1008, 1009]);
 
 let srv: TestServer;
 let app: Hono;
+let auth: Auth;
+/** The API key made for the keys-mode property (empty before). */
+let apiKey = '';
 const problems: string[] = [];
 const onRejection = (err: unknown) => problems.push(`unhandled rejection: ${String((err as Error)?.stack ?? err)}`);
 const onException = (err: unknown) => problems.push(`uncaught exception: ${String((err as Error)?.stack ?? err)}`);
@@ -113,7 +118,7 @@ const consoleError = console.error;
 const ids = { conversations: [] as string[], users: [] as string[], assistants: [] as string[], contexts: [] as string[], version: '' };
 let baseline: { tensors: number; heap: number };
 /** What the cases got (reported as test diagnostics, for the README's figures). */
-const outcomes = { frames: new Map<string, number>(), sequences: new Map<string, number>(), upgrades: new Map<string, number>(), http: new Map<string, number>() };
+const outcomes = { frames: new Map<string, number>(), sequences: new Map<string, number>(), upgrades: new Map<string, number>(), http: new Map<string, number>(), httpKeys: new Map<string, number>() };
 const count = (m: Map<string, number>, k: string, n = 1) => m.set(k, (m.get(k) ?? 0) + n);
 const summary = (m: Map<string, number>) => [...m].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k}: ${v}`).join(', ');
 
@@ -153,7 +158,8 @@ before(async () => {
   const chat = srv.chat()!;
   const registry = chat.deps.registry as ModelRegistry; // the server passes the whole registry
   const config = srv.config;
-  app = createApp({ chat: srv.chat, config, metrics: srv.metrics, auth: new Auth({ store: () => chat.deps.store, config }), meter: new Meter(config), registry: () => registry, admin: { token: TOKEN, registry: () => registry, store: () => chat.deps.store, log: () => {}, trustProxy: true } });
+  auth = new Auth({ store: () => chat.deps.store, config });
+  app = createApp({ chat: srv.chat, config, metrics: srv.metrics, auth, meter: new Meter(config), registry: () => registry, admin: { token: TOKEN, registry: () => registry, store: () => chat.deps.store, log: () => {}, trustProxy: true } });
   ids.version = chat.model.version;
   // Real ids for the generators: two conversations, their messages and a compared pair.
   const c = await connectAsFuzzer();
@@ -455,7 +461,10 @@ const ROUTES: [string, string][] = [
   ['GET', '/healthz'], ['GET', '/metrics'], ['GET', '/'], ['GET', '/app.js'], ['GET', '/v1/models'],
   ...Array.from({ length: 8 }, () => ['POST', '/v1/chat/completions'] as [string, string]),
   ...ADMIN_GET.map((p) => ['GET', p] as [string, string]), ...ADMIN_POST.flatMap((p) => [['POST', p], ['POST', p]] as [string, string][]), ['PUT', '/admin/canary'], ['PUT', '/admin/canary'],
+  ['GET', '/session'], ['POST', '/session'], ['DELETE', '/session'], ['GET', '/admin/keys'], ['POST', '/admin/keys/key_nope/revoke'], ['DELETE', '/admin/keys/key_nope'],
 ];
+/** Key creation switches the server to keys mode: only in the keys-mode property. */
+const KEY_ROUTES: [string, string][] = [['POST', '/admin/keys'], ['POST', '/admin/keys'], ['POST', '/v1/chat/completions'], ['GET', '/v1/models']];
 const anyPath = fc.oneof(
   fc.constantFrom(...ROUTES.map(([, p]) => p)),
   fc.constant('/v1/models/').map((p) => `${p}${ids.version}`),
@@ -466,9 +475,12 @@ const routeArb: fc.Arbitrary<[string, string]> = fc.oneof(
   { weight: 3, arbitrary: fc.constantFrom(...ROUTES) },
   { weight: 1, arbitrary: fc.tuple(fc.constantFrom('GET', 'POST', 'PUT', 'DELETE', 'PATCH', 'HEAD', 'OPTIONS'), anyPath) },
 );
+const keysRouteArb: fc.Arbitrary<[string, string]> = fc.oneof({ weight: 3, arbitrary: routeArb }, { weight: 1, arbitrary: fc.constantFrom(...KEY_ROUTES) });
 /** Header values are bytes: printable ASCII (what a client can put in a header). */
 const headerText = fc.stringMatching(/^[\x21-\x7e]{0,60}$/);
 const authArb = fc.oneof(fc.constant(undefined), fc.constant(`Bearer ${TOKEN}`), fc.constant(`Bearer ${TOKEN}`), headerText.map((s) => `Bearer ${s}`), headerText);
+/** In keys mode: the real API key too (read when a case is made, after the key exists). */
+const keysAuthArb = fc.oneof({ weight: 2, arbitrary: authArb }, { weight: 2, arbitrary: fc.constant('').map(() => `Bearer ${apiKey}`) }, { weight: 1, arbitrary: fc.constant('').map(() => `Bearer ${apiKey.slice(0, -1)}x`) });
 /** The client address (the app trusts X-Forwarded-For here): mostly many addresses, sometimes one, so wrong admin tokens are throttled too. */
 const forwardedArb = fc.oneof({ weight: 4, arbitrary: fc.ipV4() }, { weight: 1, arbitrary: fc.constant('203.0.113.7') });
 const contentTypeArb = fc.constantFrom(undefined, 'application/json', 'application/json', 'application/json', 'application/json', 'application/json; charset=utf-8', 'text/plain', 'application/x-www-form-urlencoded', 'multipart/form-data; boundary=x');
@@ -498,6 +510,7 @@ const bodyArb = fc.oneof(
   { weight: 5, arbitrary: completionArb.map((b) => JSON.stringify(b)) },
   { weight: 2, arbitrary: fc.tuple(completionArb, fc.constantFrom('model', 'messages', 'stream', 'n', 'stop', 'max_tokens'), fc.jsonValue({ maxDepth: 3 })).map(([b, k, v]) => JSON.stringify({ ...b, [k]: v })) },
   { weight: 3, arbitrary: adminBodyArb.map((b) => JSON.stringify(b)) },
+  { weight: 1, arbitrary: fc.record({ userId: fc.oneof(fc.stringMatching(/^[a-z0-9._@:-]{1,20}$/), text(140)), name: text(40), apiKey: fc.oneof(text(60), fc.constant('').map(() => apiKey)), reason: text(40), excludeFromTraining: fc.boolean() }, { requiredKeys: [] }).map((b) => JSON.stringify(b)) },
   { weight: 1, arbitrary: fc.jsonValue({ maxDepth: 4 }).map((v) => JSON.stringify(v) ?? '') },
   { weight: 1, arbitrary: text(200) },
   { weight: 1, arbitrary: fc.integer({ min: MAX_BYTES, max: 70 * 1024 }).map((n) => JSON.stringify({ model: 'x', messages: [{ role: 'user', content: 'w'.repeat(n) }] })) },
@@ -540,9 +553,9 @@ async function checkResponse(res: Response, where: string, method: string): Prom
   } else if (type.includes('application/json')) JSON.parse(body);
 }
 
-test(`HTTP: ${RUNS.http} requests to every route (methods, tokens, content types, bodies) each get a documented answer`, async (t) => {
+async function fuzzHttp(routes: fc.Arbitrary<[string, string]>, auths: fc.Arbitrary<string | undefined>, runs: number, seen: Map<string, number>): Promise<void> {
   await fc.assert(
-    fc.asyncProperty(routeArb, authArb, contentTypeArb, bodyArb, forwardedArb, async ([method, path], auth, contentType, body, forwarded) => {
+    fc.asyncProperty(routes, auths, contentTypeArb, bodyArb, forwardedArb, async ([method, path], auth, contentType, body, forwarded) => {
       const headers: Record<string, string> = { 'x-forwarded-for': forwarded };
       if (auth !== undefined) headers.authorization = auth;
       if (contentType !== undefined) headers['content-type'] = contentType;
@@ -550,12 +563,23 @@ test(`HTTP: ${RUNS.http} requests to every route (methods, tokens, content types
       const where = `${method} ${path} ${hasBody ? body!.slice(0, 200) : ''}`;
       const res = await app.request(path, { method, headers, ...(hasBody ? { body } : {}) });
       await checkResponse(res, where, method);
-      count(outcomes.http, `${res.status}${res.status >= 400 ? ` ${lastCode}` : ''}`);
+      count(seen, `${res.status}${res.status >= 400 ? ` ${lastCode}` : ''}`);
       assert.deepEqual(problems, []);
     }),
-    { numRuns: RUNS.http, seed: SEED, endOnFailure: true, includeErrorInReport: true },
+    { numRuns: runs, seed: SEED, endOnFailure: true, includeErrorInReport: true },
   );
+}
+
+test(`HTTP: ${RUNS.http} requests to every route (methods, tokens, content types, bodies) each get a documented answer`, async (t) => {
+  await fuzzHttp(routeArb, authArb, RUNS.http, outcomes.http);
   t.diagnostic(`statuses: ${summary(outcomes.http)}`);
+});
+
+test(`HTTP in keys mode: ${RUNS.httpKeys} requests with the real API key, made-up and altered ones, and key creation, each get a documented answer`, async (t) => {
+  apiKey = (await createApiKey(srv.chat()!.deps.store.db, { userId: 'fuzz-key-user' })).key;
+  auth.noteKeyCreated();
+  await fuzzHttp(keysRouteArb, keysAuthArb, RUNS.httpKeys, outcomes.httpKeys);
+  t.diagnostic(`statuses: ${summary(outcomes.httpKeys)}`);
 });
 
 test('after the fuzzing: nothing decodes, no tensor is left behind and the heap is flat', async (t) => {
