@@ -571,7 +571,8 @@ async function fuzzHttp(routes: fc.Arbitrary<[string, string]>, auths: fc.Arbitr
 }
 
 test(`HTTP: ${RUNS.http} requests to every route (methods, tokens, content types, bodies) each get a documented answer`, async (t) => {
-  await fuzzHttp(routeArb, authArb, RUNS.http, outcomes.http);
+  const localOnly = routeArb.filter(([method, path]) => !(method === 'POST' && /^\/admin\/keys\/?$/.test(path))); // no key made: local mode throughout
+  await fuzzHttp(localOnly, authArb, RUNS.http, outcomes.http);
   t.diagnostic(`statuses: ${summary(outcomes.http)}`);
 });
 
