@@ -13,7 +13,9 @@
  * `tokens_per_s` completion tokens of finished replies over the run; `errors` by code (protocol
  * errors, failed judgements, a socket that closed, a reply that never came: `timeout`); RSS of the
  * process (server and clients) sampled every second: `rss_mb_start` after the warm-up (the first
- * 10% of the run, at least 2 s), `rss_mb_end` at the end, `rss_mb_series` 10 samples over the run.
+ * 10% of the run, at least 2 s), `rss_mb_end` at the end, `rss_mb_series` 10 samples over the run;
+ * `session_cache_mb_end` (live conversations' KV caches, bounded by `session_cache_mb_limit`) and
+ * `heap_mb_end` say where the memory is.
  * The server runs with its defaults except those that count per address (every client here shares
  * 127.0.0.1: the per-client request limit and the per-address connection cap) and a queue long
  * enough for every client (`maxQueue` = clients). Each client is its own anonymous identity.
@@ -213,6 +215,8 @@ export async function benchLoad(opts: LoadOptions = {}): Promise<Record<string, 
   await Promise.all(all);
   const elapsed = (performance.now() - t0) / 1000;
   clearInterval(sampler);
+  const sessionCacheMb = +(srv.chat()!.deps.sessions.bytes / 2 ** 20).toFixed(1);
+  const heapMb = +(process.memoryUsage().heapUsed / 2 ** 20).toFixed(1);
   await srv.close();
   rmSync(root, { recursive: true, force: true });
 
@@ -234,6 +238,9 @@ export async function benchLoad(opts: LoadOptions = {}): Promise<Record<string, 
     rss_mb_start: afterWarmup[0]?.mb ?? rss[0]?.mb ?? rssMb(),
     rss_mb_end: rss[rss.length - 1]?.mb ?? rssMb(),
     rss_mb_series: rss.filter((_, k) => k % step === 0).map((s) => s.mb),
+    session_cache_mb_end: sessionCacheMb,
+    session_cache_mb_limit: +(config.sessionCacheBytes / 2 ** 20).toFixed(1),
+    heap_mb_end: heapMb,
   };
 }
 
