@@ -15,6 +15,9 @@
  *  9. PostgreSQL stopped mid-run (a TCP proxy cut): chats are refused with `store_unavailable`
  *     before anything decodes, a judgement is acknowledged or refused (never lost after an
  *     acknowledgement), and chats work again once it is back.
+ * 10. One identity hogging the batch (many conversations at once), flooding judgements, or
+ *     parking a socket without `start`: `overloaded` past its in-flight cap while another person is
+ *     served, `rate_limited` past its judgements (nothing more stored), closed 1008 after the timeout.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -374,5 +377,40 @@ test('9. PostgreSQL stopped mid-run: every chat is refused with store_unavailabl
   } finally {
     await pgSrv.close();
     proxy.cut();
+  }
+});
+
+test('10. one identity cannot take every batch slot, flood judgements, or park a socket without start: overloaded past its in-flight cap while another person is served, rate_limited past its judgements, closed 1008 after the start timeout', async () => {
+  const small = await startTestServer({ heartbeatMs: 60_000, maxInFlightPerUser: 2, judgementsPerMinute: 5, startTimeoutMs: 300 }, { model: srv.model });
+  try {
+    const hog = await TestClient.connect(small.wsUrl);
+    const convs = await Promise.all(Array.from({ length: 6 }, async () => String((await ask(hog, { type: 'start' })).conversationId)));
+    const answers = convs.map((conversationId) => ask(hog, { type: 'user_message', conversationId, content: 'go on and on', params: { maxTokens: 100, temperature: 1 } }));
+    const other = await TestClient.connect(small.wsUrl);
+    const conv = await ask(other, { type: 'start' });
+    const t0 = performance.now();
+    const served = await ask(other, { type: 'user_message', conversationId: conv.conversationId, content: 'hi', params: { maxTokens: 2 } });
+    assert.equal(served.type, 'reply', JSON.stringify(served));
+    const otherMs = performance.now() - t0;
+    const codes = (await Promise.all(answers)).map((m) => (m.type === 'error' ? String(m.code) : 'reply'));
+    assert.equal(codes.filter((c) => c === 'reply').length, 2, codes.join());
+    assert.deepEqual([...new Set(codes.filter((c) => c !== 'reply'))], ['overloaded']);
+    assert.ok(otherMs < 2000, `the other person waited ${otherMs.toFixed(0)} ms`);
+
+    const reply = String(served.messageId);
+    const before = await small.chat()!.deps.store.db.selectFrom('thumbs').select('id').execute();
+    const judged = await Promise.all(Array.from({ length: 8 }, () => ask(other, { type: 'thumb', messageId: reply, value: 'up' })));
+    const kinds = judged.map((m) => (m.type === 'feedback_ack' ? 'ack' : String(m.code)));
+    assert.deepEqual(kinds, [...Array(5).fill('ack'), ...Array(3).fill('rate_limited')]);
+    const after = await small.chat()!.deps.store.db.selectFrom('thumbs').select('id').execute();
+    assert.equal(after.length - before.length, 5, 'only the metered judgements were stored');
+
+    const idle = await TestClient.connect(small.wsUrl);
+    const closed = await idle.waitClosed(3000);
+    assert.equal(closed.code, 1008);
+    hog.close();
+    other.close();
+  } finally {
+    await small.close();
   }
 });
