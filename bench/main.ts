@@ -1,6 +1,6 @@
 /**
  * `npm run bench -- [--json] [--only NAME[,NAME]] [--peer PATH]`: the project's benchmarks, one
- * JSON object per line with `--json`.
+ * JSON object per line with `--json`. `load` takes `--clients N --seconds S --swaps K [--shape tiny]`.
  *
  * `--peer PATH` (or `PEER_SCRIPT`) runs the PyTorch peer script (`torch_gpt.py`) on the same
  * shapes in the same run and adds `peer_tokens_per_s` and `ratio` to the training lines, so the
@@ -15,6 +15,7 @@ type Line = Record<string, unknown>;
 type Bench = { name: string; run: (ctx: Ctx) => Promise<Line[]> };
 interface Ctx {
   peer?: string;
+  flags: Map<string, string | boolean>;
 }
 
 function runPeer(script: string, shape: ShapeName): Line | undefined {
@@ -91,6 +92,15 @@ const BENCHES: Bench[] = [
     run: async () => [await (await import('./hot-swap.ts')).benchHotSwap()],
   },
   {
+    name: 'load',
+    run: async (ctx) => {
+      const n = (k: string) => (typeof ctx.flags.get(k) === 'string' ? Number(ctx.flags.get(k)) : undefined);
+      const shape = ctx.flags.get('shape');
+      const { benchLoad } = await import('./load.ts');
+      return [await benchLoad({ clients: n('clients'), seconds: n('seconds'), swaps: n('swaps'), shape: shape === 'tiny' || shape === 'small' ? shape : undefined })];
+    },
+  },
+  {
     name: 'gemm',
     run: async () => {
       const { benchKernels } = await import('./kernels.ts');
@@ -104,7 +114,7 @@ async function main(): Promise<void> {
   const json = flags.get('json') === true;
   const only = typeof flags.get('only') === 'string' ? String(flags.get('only')).split(',') : undefined;
   const peerFlag = flags.get('peer');
-  const ctx: Ctx = { peer: typeof peerFlag === 'string' ? peerFlag : process.env.PEER_SCRIPT };
+  const ctx: Ctx = { peer: typeof peerFlag === 'string' ? peerFlag : process.env.PEER_SCRIPT, flags };
   const unknown = only?.filter((n) => !BENCHES.some((b) => b.name === n));
   if (unknown?.length) throw new Error(`unknown benchmark ${unknown.join(', ')}; known: ${BENCHES.map((b) => b.name).join(', ')}`);
   for (const b of BENCHES) {

@@ -1,14 +1,15 @@
 /**
- * Test fixture (run as a child process by `durability.test.ts`): opens the SQLite store at
- * argv[2], seeds one context, prints `ready`, then has 32 concurrent writers submit judgements
- * without end, printing `ack <kind> <id>` for each one the moment its promise resolves.
+ * Test fixture (run as a child process by `durability.test.ts`): opens the store at argv[2] (a
+ * SQLite file, or a `postgres://` URL with the schema in argv[3]), seeds one context, prints
+ * `ready`, then has 32 concurrent writers submit judgements without end, printing
+ * `ack <kind> <id>` for each one the moment its promise resolves.
  */
 import { openStore } from './open-store.ts';
 import { seedContext } from './seed-context.ts';
 
-const file = process.argv[2];
-if (!file) throw new Error('usage: burst-writer-fixture.ts <sqlite file>');
-const store = await openStore({ url: `sqlite:${file}` });
+const [target, schema] = process.argv.slice(2);
+if (!target) throw new Error('usage: burst-writer-fixture.ts <sqlite file | postgres url> [schema]');
+const store = target.startsWith('postgres') ? await openStore({ url: target, schema }) : await openStore({ url: `sqlite:${target}` });
 const s = await seedContext(store.db, { n: 4 });
 process.stdout.write('ready\n');
 

@@ -65,7 +65,7 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
   const ownStore = opts.ownStore ?? !opts.store;
   if (!isLoopback(config.host)) {
     // Anonymous identities are for one machine: elsewhere, keys (or an explicit opt-in) first.
-    store = opts.store ?? (await openStore({ url: config.databaseUrl, dataDir: config.dataDir, schema: config.databaseSchema }));
+    store = opts.store ?? (await openStore({ url: config.databaseUrl, dataDir: config.dataDir, schema: config.databaseSchema, log }));
     if (!(await anyApiKeys(store.db))) {
       if (!config.allowAnonymous) {
         if (ownStore) await store.close();
