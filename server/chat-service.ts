@@ -20,7 +20,6 @@ import { inTransaction } from '../feedback/transaction.ts';
 import type { ClientJudgement } from '../feedback/judgement-input.ts';
 import { messagesOwnedBy, type JudgementResult } from '../feedback/judgements.ts';
 import type { FeedbackStore } from '../feedback/open-store.ts';
-import { inTransaction } from '../feedback/transaction.ts';
 import type { Identity } from './auth.ts';
 import type { ServerConfig } from './config.ts';
 import { ChatError } from './errors.ts';
