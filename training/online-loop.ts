@@ -33,7 +33,7 @@ import { initBackend } from '../model/backend.ts';
 import { GPT } from '../model/gpt.ts';
 import { Tokenizer } from '../model/tokenizer.ts';
 import { loadCheckpoint, versionId, type CheckpointMeta } from '../model/checkpoint.ts';
-import { finishRun, getModelVersion, isLoopPaused, listRuns, logMetrics, newId, resolveAlias, startRun, type FeedbackStore } from '../feedback/index.ts';
+import { finishRun, getModelVersion, isLoopPaused, listRuns, logMetrics, newId, promote, resolveAlias, startRun, type FeedbackStore } from '../feedback/index.ts';
 import type { StoreOptions } from '../feedback/open-store.ts';
 import { ALIAS } from '../feedback/aliases.ts';
 import { countJudgementsSince, judgementWindow, type DataWindow } from '../feedback/judgement-window.ts';
@@ -45,6 +45,7 @@ import { carriedKlCoef, findResumable, lastCandidateVerdict, ppoRunDir, pruneTem
 import { prepareReward } from './loop-reward.ts';
 import { optimisePolicy } from './loop-policy.ts';
 import { registerAndGate } from './loop-register.ts';
+import { arenaGate } from './loop-arena.ts';
 import { registerCheckpointVersion } from './register-versions.ts';
 import { OnlineLoopConfig, type IterationResult, type LoopOptions } from './loop-config.ts';
 import { isMain, runCli, stopRequested } from './cli.ts';
@@ -90,6 +91,8 @@ export async function runOnlineIteration(store: FeedbackStore, cfg: OnlineLoopCo
   const log = o.log ?? ((l: string) => console.error(l));
   const db = store.db;
   if (await isLoopPaused(db)) return { status: 'skipped', reason: 'paused by the admin (POST /admin/loop/resume resumes it)', metrics: {} };
+  const arena = cfg.goldGate ? undefined : await arenaGate(store, cfg, o);
+  if (arena && 'wait' in arena) return arena.wait;
   const resumed = cfg.resume ? await findResumable(store, log) : undefined;
   let window: DataWindow;
   if (resumed) window = resumed.window;
@@ -101,7 +104,11 @@ export async function runOnlineIteration(store: FeedbackStore, cfg: OnlineLoopCo
   const sftCk = loadCheckpoint(cfg.sft, { kind: 'policy' });
   const tok = Tokenizer.fromJSON(sftCk.tokenizer);
   const sftVersion = await registerCheckpointVersion(db, { dir: cfg.sft, meta: sftCk.meta, stage: 'sft', notes: 'SFT policy: KL reference of PPO' });
-  const championVersion = resumed?.baseVersionId ?? (await resolveAlias(db, ALIAS.champion)) ?? sftVersion;
+  for (const alias of [ALIAS.sft, ALIAS.champion]) {
+    // The arena pits the candidate against the champion alias: a store nothing was served from yet starts at SFT.
+    if (!(await resolveAlias(db, alias))) await promote(db, { alias, versionId: sftVersion, actor: 'online-loop', reason: 'empty registry: the SFT checkpoint' });
+  }
+  const championVersion = resumed?.baseVersionId ?? (await resolveAlias(db, ALIAS.champion))!;
   const championDir = (await getModelVersion(db, championVersion))!.checkpoint;
   const push = resumed?.push ?? (await pushKnobs(store, cfg));
   if (push.reason) log(`loop: ${push.reason}`);
@@ -139,7 +146,8 @@ export async function runOnlineIteration(store: FeedbackStore, cfg: OnlineLoopCo
       dataJudgements: window.judgements, dataNewJudgements: window.newJudgements,
     });
     await logMetrics(db, runId, policy.steps + 1, metrics);
-    return await registerAndGate(ctx, { policy, candidate: cand, champion: champ, rewardVersion: reward.rewardVersion, metrics });
+    const result = await registerAndGate(ctx, { policy, candidate: cand, champion: champ, rewardVersion: reward.rewardVersion, metrics });
+    return arena?.arena ? { ...result, reason: `${arena.go}; then ${result.reason}`, arena: arena.arena } : result;
   } catch (err) {
     await finishRun(db, runId, { status: 'failed', error: (err as Error).message.slice(0, 10_000) }).catch(() => {});
     throw err;
