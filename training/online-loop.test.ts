@@ -191,3 +191,21 @@ test('a tie-heavy arena keeps collecting: status arena, no training, the candida
   assert.equal((await getRun(store.db, promoted.runId!))?.base_version_id, candidate, 'the next round starts from the new champion');
   assert.equal((await pushOf(promoted.runId!)).reason, undefined, 'a promotion turns the guard off');
 });
+
+test('the loop runs each optimiser (rloo, dpo) with the same gates and logs, and with the reference re-anchored to the champion still measures the KL to SFT', async () => {
+  for (const [algorithm, reanchor] of [['rloo', true], ['dpo', false]] as const) {
+    const s = await openTempStore();
+    try {
+      await seedJudgements(s, 40, 12);
+      const r = await runOnlineIteration(s, cfg({ checkpoints: join(root, `alg-${algorithm}`), minRewardAccuracy: 0, algorithm, reanchor, rlooK: 2, minScoreGain: 100 }), { log: () => {} });
+      assert.equal(r.status, 'rejected', `${algorithm}: ${r.reason}`);
+      assert.match(r.reason, /not offered: proxy gain/, 'the pre-filter gates every algorithm');
+      const names = new Set((await getMetrics(s.db, r.runId!)).map((m) => m.name));
+      for (const n of ['kl', 'kl_coef', 'eval_proxy', 'eval_kl', 'final_kl_coef']) assert.ok(names.has(n), `${algorithm}: run metric ${n}`);
+      if (reanchor) assert.ok(names.has('kl_sft'), 'KL to SFT beside the KL to the champion');
+      assert.ok((await listModelVersions(s.db, { kind: 'policy' })).some((v) => v.id === r.policyVersion && v.run_id === r.runId), 'registered as a version of its run');
+    } finally {
+      await s.close();
+    }
+  }
+});
