@@ -164,6 +164,11 @@ test('a candidate the proxy let through but users prefer the champion to is reje
   assert.match(r.reason, /over-optimisation guard/);
   assert.equal(r.metrics.ppoSteps, 2);
   assert.equal(r.status, 'offered', r.reason);
+  await withdraw();
+  const after = await runOnlineIteration(store, cfg({ checkpoints: join(root, 'ck9'), minNewJudgements: 0, ppoSteps: 4, minRewardAccuracy: 0, maxAccuracyDrop: 1 }), { log: () => {} });
+  const next = await pushOf(after.runId!);
+  assert.deepEqual([next.ppoSteps, next.reason], [4, undefined], 'once per verdict: the round after the guarded one pushes as configured');
+  assert.equal(next.klCoef, (await getMetrics(store.db, r.runId!, { names: ['final_kl_coef'] }))[0]!.value, 'with the β the guarded round ended with');
 });
 
 test('a tie-heavy arena keeps collecting: status arena, no training, the candidate stays; a clear win waits for the admin without autoPromote and promotes with it', async () => {

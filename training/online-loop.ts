@@ -92,10 +92,17 @@ function dpoPreferences(data: PreferenceData, since: string | null): PreferenceD
   return fresh.groups.some((g) => g.pairs.length > 0) ? fresh : train;
 }
 
-/** How hard this iteration pushes: β carried over from the last round, then the over-optimisation guard. */
+/**
+ * How hard this iteration pushes: β carried over from the last round, then the over-optimisation
+ * guard for the first round after a rejection (once per verdict: β carried from a guarded round
+ * is not doubled again).
+ */
 async function pushKnobs(store: FeedbackStore, cfg: OnlineLoopConfig): Promise<PushKnobs> {
   const carried = { ppoSteps: cfg.ppoSteps, klCoef: await carriedKlCoef(store.db, cfg.klCoef) };
-  return overOptimisationGuard(await lastCandidateVerdict(store.db), carried, { response: cfg.overOptimisation, configuredKlCoef: cfg.klCoef });
+  const verdict = await lastCandidateVerdict(store.db);
+  const last = (await listRuns(store.db, { kind: 'loop', status: 'succeeded' }))[0];
+  const fresh = verdict && (!last || verdict.at > last.started_at) ? verdict : undefined;
+  return overOptimisationGuard(fresh, carried, { response: cfg.overOptimisation, configuredKlCoef: cfg.klCoef });
 }
 
 /** One iteration of the loop (see the file's contract); continues a run a killed process left behind when `cfg.resume`. */
