@@ -44,7 +44,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { initBackend } from '../model/backend.ts';
 import { GPT } from '../model/gpt.ts';
 import { Tokenizer } from '../model/tokenizer.ts';
-import { loadCheckpoint, versionId, type CheckpointMeta } from '../model/checkpoint.ts';
+import { loadCheckpoint } from '../model/checkpoint.ts';
 import { finishRun, getModelVersion, isLoopPaused, listRuns, logMetrics, newId, promote, resolveAlias, startRun, type FeedbackStore } from '../feedback/index.ts';
 import type { StoreOptions } from '../feedback/open-store.ts';
 import { ALIAS } from '../feedback/aliases.ts';
@@ -63,15 +63,6 @@ import { OnlineLoopConfig, type IterationResult, type LoopOptions } from './loop
 import { isMain, runCli, stopRequested } from './cli.ts';
 
 export { OnlineLoopConfig, type IterationResult, type IterationStatus, type LoopOptions } from './loop-config.ts';
-export { evaluatePolicy } from './loop-eval.ts';
-export { ppoRunDir } from './loop-run.ts';
-export { proxyGoldDiverged } from './loop-gates.ts';
-export { judgementWindow, type DataWindow } from '../feedback/judgement-window.ts';
-
-/** The version id of a checkpoint (see `versionId` in model/checkpoint.ts). */
-export function checkpointVersionId(dir: string, meta: CheckpointMeta): string {
-  return versionId(dir, meta.sha256);
-}
 
 /** Step 1: the judgements this iteration trains on, or why it skips. */
 async function dataWindow(store: FeedbackStore, cfg: OnlineLoopConfig): Promise<DataWindow | IterationResult> {
