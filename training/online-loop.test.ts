@@ -112,11 +112,12 @@ function gold(sign: 1 | -1, calls: { n: number }): RuleRewardSource {
 }
 
 /** One first iteration on a fresh store seeded like the shared one. */
-async function freshIteration(name: string, extra: Record<string, unknown>, g: RuleRewardSource): Promise<IterationResult> {
+async function freshIteration(name: string, extra: Record<string, unknown>, g: RuleRewardSource): Promise<IterationResult & { curve: Set<string> }> {
   const s = await openTempStore();
   try {
     await seedJudgements(s, 40, 12);
-    return await runOnlineIteration(s, cfg({ checkpoints: join(root, name), minRewardAccuracy: 0, ...extra }), { gold: g, log: () => {} });
+    const r = await runOnlineIteration(s, cfg({ checkpoints: join(root, name), minRewardAccuracy: 0, ...extra }), { gold: g, log: () => {} });
+    return { ...r, curve: new Set((await getMetrics(s.db, r.runId!)).map((m) => m.name)) };
   } finally {
     await s.close();
   }
@@ -128,6 +129,7 @@ test('gold never decides: two opposite golds give the same decisions, reasons an
   const a = await freshIteration('gold-a', {}, gold(1, plus));
   const b = await freshIteration('gold-b', {}, gold(-1, minus));
   assert.ok(plus.n > 0 && minus.n > 0, 'gold was measured (for the report)');
+  assert.ok(a.curve.has('eval_gold'), 'and logged in the curve');
   assert.equal(a.status, b.status);
   assert.equal(a.reason, b.reason);
   const noGold = (m: Record<string, number>) => Object.fromEntries(Object.entries(m).filter(([k]) => !/gold/i.test(k)));
