@@ -286,6 +286,23 @@ await describeEachDialect('arena on the store', (ctx) => {
     }
   });
 
+  test('two decideArena calls at once apply the decision once', async () => {
+    const store = await ctx.openFresh();
+    try {
+      const db = store.db;
+      for (const id of ['champ', 'cand']) await registerModelVersion(db, { id, kind: 'policy', checkpoint: `ck/${id}` });
+      await promote(db, { alias: 'champion', versionId: 'champ' });
+      await promote(db, { alias: 'candidate', versionId: 'cand' });
+      for (let i = 0; i < 35; i++) await judgePair(db, { rater: `u${i}`, first: 'cand', second: 'champ', choice: 'a' });
+      const both = await Promise.all([decideArena(db, { apply: true, actor: 'p1' }), decideArena(db, { apply: true, actor: 'p2' })]);
+      assert.deepEqual(both.map((r) => r?.applied ?? 'none').sort(), ['none', 'promoted']);
+      assert.deepEqual((await listPromotions(db)).filter((l) => l.actor === 'p1' || l.actor === 'p2').map((l) => l.action), ['promote', 'clear']);
+      assert.equal(await resolveAlias(db, 'champion'), 'cand');
+    } finally {
+      await store.close();
+    }
+  });
+
   test('decideArena rejects a candidate users refuse, and one with no clear gain at maxJudgements', async () => {
     const store = await ctx.openFresh();
     try {

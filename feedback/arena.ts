@@ -35,7 +35,7 @@
  * information by the delta method (se(σ(β₀)) = σ(β₀)(1 − σ(β₀))·se(β₀)); β₁ is per word. This
  * interval is a fixed-n one, for reading, never for the decision.
  */
-import type { Kysely } from 'kysely';
+import { PostgresAdapter, type Kysely } from 'kysely';
 import { getGeneration } from './generations.ts';
 import { clearAlias, promote, resolveAlias } from './model-versions.ts';
 import type { Database } from './schema.ts';
@@ -330,6 +330,11 @@ export async function decideArena(
   o: { apply: boolean; actor: string; alpha?: number; maxJudgements?: number },
 ): Promise<{ summary: ArenaSummary; applied: 'promoted' | 'rejected' | null } | undefined> {
   return inTransaction(db, async (trx) => {
+    // Two deciders at once (the loop in two processes, say): on PostgreSQL the candidate's alias
+    // row is locked, so the second waits and then finds no candidate; SQLite serialises writers.
+    if (trx.getExecutor().adapter instanceof PostgresAdapter) {
+      await trx.selectFrom('model_aliases').select('version_id').where('alias', '=', 'candidate').forUpdate().execute();
+    }
     const candidate = await resolveAlias(trx, 'candidate');
     const champion = await resolveAlias(trx, 'champion');
     if (candidate === undefined || champion === undefined) return undefined;

@@ -250,6 +250,8 @@ export function trainRewardEnsemble(o: { sft: GPT; previous?: RewardEnsemble; to
   const rec = recencyWeights(times, cfg.recencyHalfLife);
   const recOf = new Map<object, number>();
   [...o.data.groups, ...o.data.unpaired].forEach((x, i) => recOf.set(x, rec[i]!));
+  if (!parts.val.groups.some((g) => g.pairs.length > 0) && cfg.patience > 0) log(`reward ensemble: no val pairs among ${o.data.groups.length} judgements; early stopping is off this round`);
+  if (!parts.eval.groups.some((g) => g.pairs.length > 0)) log('reward ensemble: no eval pairs yet; the eval accuracy is undefined this round');
   const members: GPT[] = [];
   let steps = 0;
   try {
