@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { initBackend } from '../model/backend.ts';
 import { loadCheckpoint } from '../model/checkpoint.ts';
 import { getModelVersion, getRun, listRuns, openStore, resolveAlias } from '../feedback/index.ts';
+import { ALIAS } from '../feedback/aliases.ts';
 import { saveToySft, seedJudgements, toyLoopKnobs } from './loop-fixture.ts';
 
 /** Runs the loop CLI once; `killAt(line)` returning true SIGKILLs it right after that line. */
@@ -53,7 +54,7 @@ test('a loop killed (-9) mid-PPO resumes its run from the last completed PPO che
     const store = await openStore({ url: database });
     try {
       await seedJudgements(store, 40);
-      const knobs = toyLoopKnobs(root, sft, { ppoSteps: 30, checkpointEvery: 2, once: true });
+      const knobs = toyLoopKnobs(root, sft, { ppoSteps: 30, checkpointEvery: 2, once: true, disagreementTolerance: 1000 /* the run must go the whole way: the guard has its own tests */ });
       const args = ['--database', database, ...Object.entries(knobs).flatMap(([k, v]) => (typeof v === 'boolean' ? [v ? `--${k}` : `--no-${k}`] : [`--${k}`, String(v)]))];
       const saved = (l: string) => Number(/checkpoint at PPO step (\d+)/.exec(l)?.[1] ?? NaN);
 
@@ -78,8 +79,8 @@ test('a loop killed (-9) mid-PPO resumes its run from the last completed PPO che
       assert.equal(runs.length, 1, 'the same run continued; no second run');
       const done = await getRun(store.db, run!.id);
       assert.equal(done?.status, 'succeeded');
-      const champion = await resolveAlias(store.db, 'champion');
-      const version = await getModelVersion(store.db, champion!);
+      const offered = await resolveAlias(store.db, ALIAS.candidate);
+      const version = await getModelVersion(store.db, offered!);
       assert.equal(version?.run_id, run!.id);
       loadCheckpoint(version!.checkpoint, { kind: 'policy' });
       assert.deepEqual(tmpEntries(join(root, 'ck')), [], 'no temporary directory is left');
