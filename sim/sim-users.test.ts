@@ -4,7 +4,8 @@ import { openTempStore } from '../feedback/temp-store.ts';
 import type { FeedbackStore } from '../feedback/index.ts';
 import { startTestServer, type TestServer } from '../server/test-support.ts';
 import { GoldRubric } from './gold-rubric.ts';
-import { ChatSocket, ProtocolError, SimUser, runPopulation } from './sim-users.ts';
+import { SimUser, runPopulation } from './sim-users.ts';
+import { WsClient, WsError } from '../client/ws-client.ts';
 
 const PROMPTS = [
   { prompt: 'What does lucid mean?', word: 'lucid', gloss: 'clear and easy to understand' },
@@ -20,7 +21,7 @@ before(async () => {
 after(async () => srv.close());
 
 test('a simulated user leaves a thumb, a comparison and a ranking that end up in the store', async () => {
-  const socket = await ChatSocket.connect(srv.wsUrl);
+  const socket = await WsClient.connect(srv.wsUrl);
   try {
     // A tiny random model's replies mostly score alike on the real rubric; this one tells every reply apart.
     let calls = 0;
@@ -57,7 +58,7 @@ test('a simulated user leaves a thumb, a comparison and a ranking that end up in
 });
 
 test('replies the user cannot tell apart: a tie, and a ranking marked not rankable', async () => {
-  const socket = await ChatSocket.connect(srv.wsUrl);
+  const socket = await WsClient.connect(srv.wsUrl);
   try {
     const flat = new (class extends GoldRubric {
       override score(): number {
@@ -84,10 +85,10 @@ test('a population runs a bounded number of sessions, all acknowledged', async (
   assert.ok(out.every((s) => s.feedbackId.length > 0));
 });
 
-test('server errors reject the request with their code', async () => {
-  const socket = await ChatSocket.connect(srv.wsUrl);
+test('server errors reject the request with their stable code', async () => {
+  const socket = await WsClient.connect(srv.wsUrl);
   try {
-    await assert.rejects(socket.feedback({ type: 'thumb', messageId: 'nope', value: 'up' }), (e: unknown) => e instanceof ProtocolError && e.code !== 'timeout');
+    await assert.rejects(socket.feedback({ type: 'thumb', messageId: 'nope', value: 'up' }), (e: unknown) => e instanceof WsError && e.code === 'unknown_message');
   } finally {
     socket.close();
   }

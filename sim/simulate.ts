@@ -32,7 +32,8 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { GoldRewardSource, GoldRubric, readDefinitionPrompts, Rng, type DefinitionPrompt } from './gold-rubric.ts';
-import { ChatSocket, runPopulation, type SessionResult } from './sim-users.ts';
+import { runPopulation, type SessionResult } from './sim-users.ts';
+import { WsClient } from '../client/ws-client.ts';
 import { getMetrics } from '../feedback/runs.ts';
 import { DEFAULT_SAMPLING } from '../model/sampling.ts';
 import type { FeedbackStore } from '../feedback/index.ts';
@@ -186,7 +187,7 @@ export type RubricParts = Record<'format' | 'overlap' | 'length' | 'empty' | 'cl
 
 /** The same held-out prompts, same seeds, to two servers; gold scores of both replies and the mean parts of each side's. */
 export async function compareServers(a: string, b: string, prompts: readonly DefinitionPrompt[], rubric: GoldRubric, params: Record<string, unknown>): Promise<{ winRate: number; goldA: number; goldB: number; partsA: RubricParts; partsB: RubricParts }> {
-  const [sa, sb] = await Promise.all([ChatSocket.connect(a), ChatSocket.connect(b)]);
+  const [sa, sb] = await Promise.all([WsClient.connect(a), WsClient.connect(b)]);
   let wins = 0, ga = 0, gb = 0;
   const zero = (): RubricParts => ({ format: 0, overlap: 0, length: 0, empty: 0, clean: 0, words: 0 });
   const partsA = zero(), partsB = zero();
@@ -201,7 +202,7 @@ export async function compareServers(a: string, b: string, prompts: readonly Def
       for (let i = lane; i < prompts.length; i += 4) {
         const p = prompts[i]!;
         const ps = { ...params, seed: 1000 + i };
-        const [ra, rb] = await Promise.all([sa.say(await sa.start('sim-eval'), p.prompt, ps), sb.say(await sb.start('sim-eval'), p.prompt, ps)]);
+        const [ra, rb] = await Promise.all([sa.say((await sa.start({ userId: 'sim-eval' })).conversationId, p.prompt, ps), sb.say((await sb.start({ userId: 'sim-eval' })).conversationId, p.prompt, ps)]);
         const sA = add(partsA, p.prompt, ra);
         const sB = add(partsB, p.prompt, rb);
         ga += sA;
