@@ -21,6 +21,13 @@
  *  2. Optional label smoothing ε (conservative DPO): L = (1−ε)·ℓ(βΔ) + ε·ℓ(−βΔ), default 0.
  *  3. The log-probabilities include the reply's closing `<|end|>` token, so when to stop is
  *     learned from preferences too.
+ *  4. They are of the untempered softmax (T = 1) over the whole vocabulary: the replies are the
+ *     users' data, not samples of this policy, so the rollout temperature does not apply.
+ *
+ * Two drivers: `trainDpo` (epochs over a train split, held-out evaluation; the command line) and
+ * `DpoOptimizer` (one minibatch per `step()`, the online loop's policy optimiser: same
+ * checkpoint, log and resume shape as PPO and RLOO, and the KL of a few sampled replies to the
+ * reference measured every step so the loop's KL budget applies to DPO too).
  *
  *   node --import tsx training/dpo.ts --data prefs.jsonl --policy checkpoints/sft --out checkpoints/policy-dpo
  */
@@ -35,7 +42,9 @@ import { loadCheckpoint, saveCheckpoint } from '../model/checkpoint.ts';
 import { tokenLogProbs } from '../model/losses.ts';
 import { createRng } from '../model/random.ts';
 import { encodeExchange, logSigmoid, mean, optimizerStep, padRows, warmupCosine } from './rlhf-common.ts';
-import { describePreferences, loadStorePreferences, readPreferenceJsonl, splitGroups, type PreferenceGroup } from './preferences.ts';
+import { describePreferences, loadStorePreferences, readPreferenceJsonl, splitGroups, type PreferenceData, type PreferenceGroup } from './preferences.ts';
+import { WeightEma, episodeKl, sampleEpisodes } from './ppo.ts';
+import type { RewardSource } from './reward-source.ts';
 import { isMain, runCli } from './cli.ts';
 
 export const DpoConfig = z.object({
@@ -200,6 +209,202 @@ export function trainDpo(o: TrainDpoOptions): TrainDpoResult {
   }
   opt.dispose();
   return { steps: step, heldOut, history };
+}
+
+/** Knobs of the step-wise DPO optimiser. */
+export interface DpoStepKnobs {
+  /** β: implicit KL strength. */
+  beta: number;
+  /** ε: conservative-DPO label smoothing (0 = plain DPO). */
+  labelSmoothing: number;
+  /** Judgement groups per optimizer step. */
+  groupsPerStep: number;
+  /** Steps of the learning-rate schedule (warmup, then cosine to `minLr`). */
+  steps: number;
+  lr: number;
+  minLr: number;
+  warmup: number;
+  weightDecay: number;
+  gradClip: number;
+  /** EMA of the weights, shipped instead of the raw weights (0 = off). */
+  emaDecay: number;
+  /** Replies sampled per step from the policy to measure its KL (and proxy reward); 0 = none. */
+  klSamples: number;
+  /** Sampling of those replies (as PPO's rollouts). */
+  maxTokens: number;
+  temperature: number;
+  seed: number;
+}
+
+export const DPO_STEP_DEFAULTS: Readonly<DpoStepKnobs> = Object.freeze({
+  beta: 0.1, labelSmoothing: 0, groupsPerStep: 8, steps: 100, lr: 5e-6, minLr: 5e-7, warmup: 10, weightDecay: 0, gradClip: 1, emaDecay: 0, klSamples: 8, maxTokens: 48, temperature: 1, seed: 5,
+});
+
+/** What one DPO step measured. */
+export interface DpoStepStats {
+  step: number;
+  /** Epoch (pass over the groups) this step's minibatch belongs to, from 0. */
+  epoch: number;
+  loss: number;
+  /** Mean β(Δ_w − Δ_l) over the minibatch's pairs. */
+  margin: number;
+  /** Share of pairs with a positive margin. */
+  accuracy: number;
+  pairs: number;
+  /** Mean KL to the reference per sampled reply (k1 over `klSamples` rollouts; NaN when 0). */
+  kl: number;
+  /** Mean KL to the SFT model per sampled reply, when a `klReference` is given. */
+  klSft?: number;
+  /** Mean reward-source score of the sampled replies, when a reward source is given. */
+  score?: number;
+  /** Mean length of the sampled replies (NaN when none). */
+  replyLength: number;
+  beta: number;
+  lr: number;
+  ms: number;
+}
+
+/** What `DpoOptimizer.exportState` returns. */
+export interface DpoOptimizerState {
+  step: number;
+  optimizerStep: number;
+}
+
+export interface DpoOptimizerOptions {
+  policy: GPT;
+  /** π_ref: the reference the loop gives (SFT, or the champion when re-anchored). */
+  reference: GPT;
+  /** The SFT model, when it is not `reference`: the KL of sampled replies to it is reported. */
+  klReference?: GPT;
+  tok: Tokenizer;
+  /** Judgement groups (groups without pairs are dropped; unpaired examples are not used). */
+  data: PreferenceData | readonly PreferenceGroup[];
+  /** Scores the sampled replies (the proxy curve), optional. */
+  reward?: RewardSource;
+  knobs?: Partial<DpoStepKnobs>;
+}
+
+/**
+ * DPO as a step-wise optimiser (the shape of PPO's trainer): each `step()` is one AdamW update
+ * on the next `groupsPerStep` judgement groups of a shuffled pass (the shuffle of pass e is a
+ * function of (seed, e), so a resumed run continues identically), then `klSamples` replies are
+ * sampled to measure the KL to the reference.
+ *
+ * @example
+ *   const dpo = new DpoOptimizer({ policy, reference, tok, data, knobs: { beta: 0.1 } });
+ *   for (let i = 0; i < 20; i++) console.log(await dpo.step());
+ *   dpo.dispose();
+ */
+export class DpoOptimizer {
+  readonly knobs: Readonly<DpoStepKnobs>;
+  private readonly groups: readonly PreferenceGroup[];
+  private readonly opt: AdamW;
+  private readonly vars: tf.Variable[];
+  private readonly emaState: WeightEma | undefined;
+  private stepCount = 0;
+  private order: { epoch: number; groups: PreferenceGroup[] } | undefined;
+
+  constructor(private readonly o: DpoOptimizerOptions) {
+    this.knobs = Object.freeze({ ...DPO_STEP_DEFAULTS, ...o.knobs });
+    if (o.policy.kind !== 'policy' || o.reference.kind !== 'policy') throw new Error('DPO needs policy models for the policy and the reference');
+    const groups = Array.isArray(o.data) ? (o.data as readonly PreferenceGroup[]) : (o.data as PreferenceData).groups;
+    this.groups = groups.filter((g) => g.pairs.length > 0);
+    if (!this.groups.length) throw new Error('DPO needs at least one judgement with a preferred reply (a pair)');
+    if (!Number.isInteger(this.knobs.groupsPerStep) || this.knobs.groupsPerStep < 1) throw new Error(`groupsPerStep must be a positive integer, got ${this.knobs.groupsPerStep}`);
+    const k = this.knobs;
+    this.opt = new AdamW(o.policy.params, { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: k.weightDecay, gradClip: k.gradClip });
+    this.vars = o.policy.trainableVariables().filter((v) => !v.name.startsWith('value.'));
+    this.emaState = k.emaDecay > 0 ? new WeightEma(o.policy, k.emaDecay) : undefined;
+  }
+
+  get ema(): GPT | undefined {
+    return this.emaState?.model;
+  }
+
+  /** Steps in one pass over the groups. */
+  get stepsPerEpoch(): number {
+    return Math.ceil(this.groups.length / this.knobs.groupsPerStep);
+  }
+
+  private batchAt(step: number): { epoch: number; groups: PreferenceGroup[] } {
+    const epoch = Math.floor(step / this.stepsPerEpoch);
+    if (this.order?.epoch !== epoch) this.order = { epoch, groups: createRng(this.knobs.seed * 104_729 + epoch).shuffle(this.groups) };
+    const i = step % this.stepsPerEpoch;
+    const g = this.knobs.groupsPerStep;
+    return { epoch, groups: this.order.groups.slice(i * g, (i + 1) * g) };
+  }
+
+  /** One DPO update on the next minibatch, then the KL of a few sampled replies. */
+  async step(): Promise<DpoStepStats> {
+    const k = this.knobs;
+    const { policy, reference, tok } = this.o;
+    const t0 = performance.now();
+    const { epoch, groups } = this.batchAt(this.stepCount);
+    const b = buildBatch(tok, policy.config.blockSize, groups);
+    const ref = referenceLogProbs(reference, b);
+    const lr = warmupCosine(this.stepCount, Math.max(1, k.steps), k.lr, k.minLr, k.warmup);
+    const r = optimizerStep(policy, this.opt, this.vars, lr, () => {
+      const { loss, margins } = dpoLoss(policy, b, ref, k.beta, k.labelSmoothing);
+      return { loss, aux: { margin: tf.mean(margins) as tf.Scalar, accuracy: tf.mean(tf.cast(tf.greater(margins, 0), 'float32')) as tf.Scalar } };
+    });
+    ref.dispose();
+    if (!Number.isFinite(r.loss)) throw new Error(`dpo: loss became ${r.loss} at step ${this.stepCount}; lower the learning rate`);
+    this.emaState?.update();
+    const seed = k.seed * 100_003 + this.stepCount * 1_009;
+    this.stepCount++;
+    let kl = NaN;
+    let klSft: number | undefined;
+    let score: number | undefined;
+    let replyLength = NaN;
+    if (k.klSamples > 0) {
+      const prompts = Array.from({ length: k.klSamples }, (_, i) => groups[i % groups.length]!.prompt);
+      const eps = sampleEpisodes(policy, tok, prompts, { maxTokens: k.maxTokens, temperature: k.temperature, seed });
+      kl = mean(episodeKl(policy, reference, tok, eps, k.temperature));
+      if (this.o.klReference) klSft = mean(episodeKl(policy, this.o.klReference, tok, eps, k.temperature));
+      if (this.o.reward) score = mean(await this.o.reward.score(eps.map((e) => ({ prompt: e.prompt, reply: e.reply, replyIds: e.replyIds }))));
+      replyLength = mean(eps.map((e) => e.replyIds.length));
+    }
+    return {
+      step: this.stepCount, epoch, loss: r.loss, margin: r.aux.margin!, accuracy: r.aux.accuracy!, pairs: b.P, kl,
+      ...(klSft !== undefined ? { klSft } : {}), ...(score !== undefined ? { score } : {}),
+      replyLength, beta: k.beta, lr, ms: performance.now() - t0,
+    };
+  }
+
+  exportState(): DpoOptimizerState {
+    return { step: this.stepCount, optimizerStep: this.opt.step };
+  }
+
+  /** Optimizer moments (`m.<param>`, `v.<param>`) for checkpoints. */
+  exportOptimizer(): Promise<Map<string, { data: Float32Array; shape: number[] }>> {
+    return this.opt.exportState();
+  }
+
+  /** Continues a run saved by `exportState`/`exportOptimizer` (policy weights restored by the caller). */
+  importState(state: DpoOptimizerState, optimizer?: ReadonlyMap<string, Float32Array>, ema?: ReadonlyMap<string, Float32Array>): void {
+    this.stepCount = state.step;
+    this.order = undefined;
+    if (optimizer) this.opt.importState(optimizer, state.optimizerStep);
+    if (this.emaState && ema) this.emaState.load(ema);
+  }
+
+  get shipped(): GPT {
+    return this.emaState?.model ?? this.o.policy;
+  }
+
+  dispose(): void {
+    this.opt.dispose();
+    this.emaState?.dispose();
+  }
+}
+
+/** One line per step. */
+export function formatDpoStats(s: DpoStepStats, total?: number): string {
+  const f = (x: number, d = 3) => (Number.isFinite(x) ? x.toFixed(d) : '-');
+  return (
+    `dpo step ${s.step}${total ? `/${total}` : ''}: loss ${f(s.loss, 4)} margin ${f(s.margin, 4)} acc ${f(s.accuracy)} pairs ${s.pairs} epoch ${s.epoch} ` +
+    `kl ${f(s.kl)}${s.klSft !== undefined ? ` kl-sft ${f(s.klSft)}` : ''}${s.score !== undefined ? ` score ${f(s.score)}` : ''} len ${f(s.replyLength, 1)} β ${f(s.beta, 4)} lr ${s.lr.toExponential(2)} ${(s.ms / 1000).toFixed(2)}s`
+  );
 }
 
 /** The command: load data and checkpoints, train, save a policy checkpoint. */

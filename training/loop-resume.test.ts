@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { initBackend } from '../model/backend.ts';
 import { loadCheckpoint } from '../model/checkpoint.ts';
 import { getModelVersion, getRun, listRuns, openStore, resolveAlias } from '../feedback/index.ts';
+import { ALIAS } from '../feedback/aliases.ts';
 import { saveToySft, seedJudgements, toyLoopKnobs } from './loop-fixture.ts';
 
 /** Runs the loop CLI once; `killAt(line)` returning true SIGKILLs it right after that line. */
@@ -78,8 +79,8 @@ test('a loop killed (-9) mid-PPO resumes its run from the last completed PPO che
       assert.equal(runs.length, 1, 'the same run continued; no second run');
       const done = await getRun(store.db, run!.id);
       assert.equal(done?.status, 'succeeded');
-      const champion = await resolveAlias(store.db, 'champion');
-      const version = await getModelVersion(store.db, champion!);
+      const offered = await resolveAlias(store.db, ALIAS.candidate);
+      const version = await getModelVersion(store.db, offered!);
       assert.equal(version?.run_id, run!.id);
       loadCheckpoint(version!.checkpoint, { kind: 'policy' });
       assert.deepEqual(tmpEntries(join(root, 'ck')), [], 'no temporary directory is left');

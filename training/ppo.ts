@@ -1,35 +1,48 @@
 /**
- * PPO with a KL leash to the SFT model: the RL stage of InstructGPT (Ouyang et al. 2022), in the
- * shape of TRL's PPOTrainer (per-token KL penalty in the reward, GAE, clipped policy and value
- * losses, several epochs over minibatches of one batch of rollouts).
+ * PPO with a KL leash to a reference policy: the RL stage of InstructGPT (Ouyang et al. 2022), in
+ * the shape of TRL's PPOTrainer (per-token k1 KL penalty in the reward, GAE, clipped policy and
+ * value losses, several epochs over minibatches of one batch of rollouts).
  *
  * Symbols. x a prompt (a real conversation ending with a user turn), y = (y_1..y_L) a reply
- * sampled from the policy π_θ, π_ref the frozen SFT reference, r(x, y) the reward source's score
- * (reward model, rule or remote scorer), V_θ the policy's value head, β the KL coefficient.
+ * sampled from the policy π_θ at temperature T, π_ref the frozen reference (SFT, or the champion
+ * when the loop re-anchors), π_sft the SFT model (optional `klReference`, for reporting only),
+ * r(x, y) the reward source's score (reward model, rule or remote scorer), V_θ the policy's value
+ * head, β the KL coefficient.
+ *
+ * Distributions. Every log-probability (rollout-time π_θold, training-time π_θ, π_ref, π_sft) is
+ * that of the distribution the sampler draws from: softmax(logits / T) with the special tokens
+ * other than `<|end|>` masked out (model/generate.ts bans them), as TRL divides logits by T.
+ * Rollouts are untruncated (top-k 0, top-p 1): a nucleus would make π_θold a truncated
+ * distribution the ratio cannot be taken against, so top-p is not offered here (users' replies
+ * default to top-p 0.95; that difference is the deployment's, stated in the loop's report).
  *
  * Per-token reward (t = 1..L):
- *     kl_t = log π_θold(y_t | x, y_<t) − log π_ref(y_t | x, y_<t)        (k1)
- *         or (ρ_t − 1) − log ρ_t with ρ_t = π_ref/π_θold                 (k3, ≥ 0, lower variance)
+ *     kl_t = log π_θold(y_t | x, y_<t) − log π_ref(y_t | x, y_<t)        (k1, unbiased on y ~ π_θold)
  *     r_t  = −β · kl_t  +  [t = L] · (r(x, y) − p_eot · [no <|end|> in y])
  * Advantages by GAE over the reply tokens, δ_t = r_t + γ V(s_{t+1}) − V(s_t),
  *     A_t = Σ_k (γλ)^k δ_{t+k},  R_t = A_t + V(s_t),  then A whitened over the batch.
  * Loss per minibatch, masked means over reply tokens, ρ_t = π_θ/π_θold:
  *     L_pg  = mean max(−A_t ρ_t, −A_t clip(ρ_t, 1−ε, 1+ε))
  *     L_vf  = ½ mean max((V_t − R_t)², (V_old,t + clip(V_t − V_old,t, −ε_v, ε_v) − R_t)²)
- *     L     = L_pg + c_vf L_vf − c_ent H[π_θ] + γ_ptx · (−log π_θ on pretraining text)   (PPO-ptx)
+ *     L_kl  = mean k3_t,  k3_t = (q_t − 1) − log q_t,  q_t = π_ref(y_t)/π_θ(y_t)   (GRPO-style, ≥ 0)
+ *     L     = L_pg + c_vf L_vf + c_kl L_kl − c_ent H[π_θ] + γ_ptx · (−log π_θ on pretraining text)
  * KL controller: fixed β, or adaptive (Ziegler et al. 2019): e = clip(KL/KL_target − 1, ±0.2),
- *     β ← β (1 + e · B / horizon), with KL the batch mean of Σ_t kl_t (k1) per reply.
+ *     β ← β (1 + e · B / horizon), with KL the batch mean of Σ_t kl_t (k1) per reply. β is
+ *     exposed (`klCoef`) and its initial value is a knob, so a loop carries it across rounds.
+ * Reported: kl = mean Σ_t kl_t (to π_ref), kl_sft = mean Σ_t log π_θold − log π_sft (when a
+ *     `klReference` is given; the total drift when π_ref is re-anchored to the champion).
  * EMA: after every optimizer step θ_ema ← d θ_ema + (1 − d) θ; the saved policy is θ_ema when d > 0.
+ * Randomness: the prompt draw and minibatch shuffles of step s come from a stream seeded by
+ *     (seed, s), so a run resumed from `exportState` continues exactly as the uninterrupted one.
  *
  * Deviations from TRL's PPOTrainer:
  *  1. The value head sits on the policy's trunk (one model, `value.*` parameters) instead of a
  *     separate value model initialised from the reward model: half the memory and forward passes
  *     on a laptop; the value loss therefore also shapes the trunk (c_vf keeps that small).
- *  2. The KL estimator in the reward is selectable (k1 or k3); TRL puts k1 in the reward.
- *  3. Sampling masks out special tokens other than `<|end|>` (model/generate.ts), so π_θold is the
- *     policy's distribution only up to that renormalisation; with temperature 1 and no top-k/p
- *     the log-probabilities are otherwise exact. Other sampling settings are allowed but then the
- *     ratio is taken against the untempered policy (as TRL does when temperature ≠ 1 is misused).
+ *  2. k1 alone enters the reward, as in TRL; k3 exists only as the separate loss term L_kl
+ *     (`klLossCoef`, default 0), and as a logged diagnostic (`klK3`, per token).
+ *  3. The log-probabilities mask the special tokens the sampler bans (so they are exact, not
+ *     the untruncated softmax TRL uses); the sampler's e^-30 candidate floor is ignored.
  *  4. The missing-end-of-turn penalty replaces TRL's `missing_eos_penalty`: subtracted from the
  *     score of replies cut off by `maxTokens` (same effect, named after our chat format).
  *  5. No reward whitening or clipping by default (`whitenScores` turns on score normalisation by
@@ -38,8 +51,8 @@
  * Deviations from InstructGPT:
  *  7. PPO-ptx mixes the pretraining loss into the same minibatch step rather than alternating
  *     separate pretraining gradient steps; γ_ptx defaults to 0 (plain PPO).
- *  8. The reference is the SFT policy and the run may start from the current champion (the online
- *     loop) instead of from SFT; the KL is always measured against SFT.
+ *  8. The run may start from the current champion (the online loop) instead of from SFT, and the
+ *     reference may be the champion too; the KL to SFT is then reported beside it (kl_sft).
  *  9. Tiny scale: a few dozen rollouts per step instead of 512, and the value head is not
  *     pretrained on reward-model targets.
  *
@@ -79,13 +92,12 @@ export const PpoConfig = z.object({
   minibatchSize: z.number().int().positive().default(8).describe('rollouts per gradient step'),
   epochs: z.number().int().positive().default(4).describe('PPO epochs over each batch of rollouts'),
   maxTokens: z.number().int().positive().default(48).describe('most tokens per sampled reply'),
-  temperature: z.number().nonnegative().default(1).describe('sampling temperature of rollouts (1 = on-policy)'),
+  temperature: z.number().positive().default(1).describe('sampling temperature T of rollouts; every log-probability is of logits / T'),
   lr: z.number().positive().default(1e-5).describe('peak learning rate'),
   minLr: z.number().nonnegative().default(1e-6).describe('final learning rate (cosine)'),
   warmup: z.number().int().nonnegative().default(0).describe('warmup optimizer steps'),
   weightDecay: z.number().nonnegative().default(0).describe('AdamW weight decay on matrices'),
   gradClip: z.number().nonnegative().default(1).describe('global gradient-norm clip (0 = off)'),
-  klEstimator: z.enum(['k1', 'k3']).default('k1').describe('per-token KL estimator in the reward: k1 = log-ratio, k3 = (ρ−1) − log ρ'),
   klCoef: z.number().nonnegative().default(0.05).describe('β: KL penalty coefficient (initial value when adaptive)'),
   adaptiveKl: z.boolean().default(false).describe('adapt β towards klTarget (Ziegler et al.)'),
   klTarget: z.number().positive().default(6).describe('target KL per reply (nats, summed over tokens) of the adaptive controller'),
@@ -95,6 +107,7 @@ export const PpoConfig = z.object({
   clipRange: z.number().positive().default(0.2).describe('ε: policy ratio clip'),
   clipRangeValue: z.number().positive().default(0.2).describe('ε_v: value clip around the rollout-time values'),
   vfCoef: z.number().nonnegative().default(0.1).describe('c_vf: value-loss weight'),
+  klLossCoef: z.number().nonnegative().default(0).describe('c_kl: weight of the k3 KL-to-reference loss term (GRPO-style; 0 = off, the KL is in the reward)'),
   entCoef: z.number().nonnegative().default(0).describe('c_ent: entropy bonus weight'),
   missingEotPenalty: z.number().nonnegative().default(1).describe('subtracted from the score of replies without <|end|>'),
   whitenScores: z.boolean().default(false).describe('normalise scores by a running mean/std before use'),
@@ -107,7 +120,7 @@ export const PpoConfig = z.object({
 });
 export type PpoConfig = z.infer<typeof PpoConfig>;
 
-const PpoKnobs = PpoConfig.omit({ policy: true, reference: true, reward: true, rewardUrl: true, rewardTimeoutMs: true, prompts: true, database: true, out: true, ptxData: true, backend: true });
+export const PpoKnobs = PpoConfig.omit({ policy: true, reference: true, reward: true, rewardUrl: true, rewardTimeoutMs: true, prompts: true, database: true, out: true, ptxData: true, backend: true });
 /** The knobs the trainer itself uses (everything but file locations). */
 export type PpoKnobs = z.infer<typeof PpoKnobs>;
 
@@ -132,9 +145,14 @@ export interface PpoStepStats {
   reward: number;
   /** Mean KL to the reference per reply, summed over tokens (k1 on the sampled tokens). */
   kl: number;
-  /** Mean per-token k3 estimate (non-negative). */
+  /** Mean per-token k3 estimate (non-negative; a diagnostic, not in the reward). */
   klK3: number;
+  /** Mean KL to the SFT model per reply (k1, summed over tokens), when a `klReference` is given. */
+  klSft?: number;
+  /** β used for this step's rewards. */
   klCoef: number;
+  /** The k3 loss term L_kl (computed even when its weight is 0). */
+  klLoss: number;
   clipFrac: number;
   valueLoss: number;
   policyLoss: number;
@@ -152,7 +170,7 @@ export interface PpoStepStats {
 }
 
 /** Token rows of a batch of episodes: inputs `[B, T]`, targets and reply mask `[B*T]`. */
-interface RolloutRows {
+export interface RolloutRows {
   B: number;
   T: number;
   inputs: Int32Array;
@@ -162,7 +180,7 @@ interface RolloutRows {
   replyPos: number[][];
 }
 
-function buildRows(episodes: readonly Episode[], pad: number): RolloutRows {
+export function buildRows(episodes: readonly Episode[], pad: number): RolloutRows {
   const seqs = episodes.map((e) => [...e.promptIds, ...e.replyIds]);
   const p = padRows(seqs.map((s) => s.slice(0, -1)), pad);
   const { B, T } = p;
@@ -183,7 +201,7 @@ function buildRows(episodes: readonly Episode[], pad: number): RolloutRows {
 }
 
 /** Subset of rows (a minibatch), re-padded to its own longest row. */
-function sliceRows(r: RolloutRows, rows: readonly number[], arrays: Float32Array[]): { rows: RolloutRows; arrays: Float32Array[] } {
+export function sliceRows(r: RolloutRows, rows: readonly number[], arrays: Float32Array[]): { rows: RolloutRows; arrays: Float32Array[] } {
   const T = Math.max(...rows.map((b) => r.replyPos[b]![r.replyPos[b]!.length - 1]! + 1));
   const B = rows.length;
   const pick = <A extends Int32Array | Float32Array>(src: A, make: (n: number) => A): A => {
@@ -204,13 +222,82 @@ function sliceRows(r: RolloutRows, rows: readonly number[], arrays: Float32Array
   };
 }
 
-/** Log-probabilities of the targets `[B*T]` (and values, for a policy), no gradient. */
-function forwardStats(model: GPT, r: RolloutRows, withValues: boolean): { logp: Float32Array; values?: Float32Array } {
+/**
+ * The distribution rollouts are sampled from, as logits: raw logits / T with the special tokens
+ * the sampler bans (all but `<|end|>`) pushed to −1e9 (not −∞: a one-hot pick would give 0·∞).
+ */
+export class SamplingDistribution {
+  private readonly banned: Float32Array;
+
+  constructor(tok: Tokenizer, vocabSize: number, readonly temperature: number) {
+    if (!(temperature > 0)) throw new Error(`training needs a sampling temperature > 0, got ${temperature}`);
+    const eot = endOfTurnId(tok);
+    this.banned = new Float32Array(vocabSize);
+    for (let id = 0; id < Math.min(vocabSize, tok.vocabSize); id++) if (tok.isSpecial(id) && id !== eot) this.banned[id] = -1e9;
+  }
+
+  /** `[N, V]` raw logits → `[N, V]` logits of the sampling distribution. */
+  logits(raw: tf.Tensor2D): tf.Tensor2D {
+    const scaled = this.temperature === 1 ? raw : tf.div(raw, this.temperature);
+    return tf.add(scaled, tf.tensor1d(this.banned)) as tf.Tensor2D;
+  }
+}
+
+/** Log-probabilities of the targets `[B*T]` under the sampling distribution (and values, for a policy), no gradient. */
+export function forwardStats(model: GPT, r: RolloutRows, dist: SamplingDistribution, withValues: boolean): { logp: Float32Array; values?: Float32Array } {
   return tf.tidy(() => {
     const h = model.hidden(tf.tensor2d(r.inputs, [r.B, r.T], 'int32')); // [B*T, C]
-    const logp = tokenLogProbs(model.lmLogits(h), tf.tensor1d(r.targets, 'int32')).dataSync() as Float32Array; // [B*T]
+    const logp = tokenLogProbs(dist.logits(model.lmLogits(h)), tf.tensor1d(r.targets, 'int32')).dataSync() as Float32Array; // [B*T]
     return { logp, values: withValues ? (model.values(h).dataSync() as Float32Array) : undefined };
   });
+}
+
+/**
+ * Per-token log-probabilities of each episode's reply under `model`'s sampling distribution at
+ * `temperature` (what the trainers use as log π(y_t | x, y_<t)).
+ */
+export function replyLogProbs(model: GPT, tok: Tokenizer, episodes: readonly Episode[], temperature: number): number[][] {
+  const rows = buildRows(episodes, tok.specialId('<|pad|>'));
+  const { logp } = forwardStats(model, rows, new SamplingDistribution(tok, model.config.vocabSize, temperature), false);
+  return rows.replyPos.map((pos, b) => pos.map((t) => logp[b * rows.T + t]!));
+}
+
+/** Σ over each row's reply tokens of `a − b` (per-reply k1 when a, b are log-probs `[B*T]`). */
+export function sumLogRatio(rows: RolloutRows, a: Float32Array, b: Float32Array): number[] {
+  return rows.replyPos.map((pos, r) => pos.reduce((sum, t) => sum + a[r * rows.T + t]! - b[r * rows.T + t]!, 0));
+}
+
+/**
+ * An exponential moving average of a policy's weights (the shipped model when decay > 0).
+ * `update()` after every optimizer step: θ_ema ← d θ_ema + (1 − d) θ.
+ */
+export class WeightEma {
+  readonly model: GPT;
+
+  constructor(private readonly policy: GPT, private readonly decay: number) {
+    this.model = policy.clone('policy', false);
+  }
+
+  update(): void {
+    const d = this.decay;
+    tf.tidy(() => {
+      for (const [name, p] of this.model.params) p.assign(tf.add(tf.mul(p, d), tf.mul(this.policy.params.get(name)!, 1 - d)));
+    });
+  }
+
+  /** Restores saved EMA weights (names as the policy's parameters; missing names keep their value). */
+  load(weights: ReadonlyMap<string, Float32Array>): void {
+    tf.tidy(() => {
+      for (const [name, p] of this.model.params) {
+        const w = weights.get(name);
+        if (w) p.assign(tf.tensor(w, p.shape));
+      }
+    });
+  }
+
+  dispose(): void {
+    this.model.dispose();
+  }
 }
 
 /** Generalised advantage estimation over each row's reply tokens; returns advantages and returns `[B*T]`. */
@@ -232,7 +319,7 @@ export function gae(rewards: Float32Array, values: Float32Array, replyPos: reado
 }
 
 /** Whitens the masked entries in place (mean 0, std 1). */
-function whiten(x: Float32Array, mask: Float32Array): void {
+export function whiten(x: Float32Array, mask: Float32Array): void {
   let n = 0, s = 0, s2 = 0;
   for (let i = 0; i < x.length; i++) if (mask[i]) (n++, (s += x[i]!), (s2 += x[i]! * x[i]!));
   if (n < 2) return;
@@ -241,7 +328,7 @@ function whiten(x: Float32Array, mask: Float32Array): void {
   for (let i = 0; i < x.length; i++) x[i] = mask[i] ? (x[i]! - m) / std : 0;
 }
 
-const maskedMean = (x: tf.Tensor, m: tf.Tensor, n: number) => tf.div(tf.sum(tf.mul(x, m)), n) as tf.Scalar;
+export const maskedMean = (x: tf.Tensor, m: tf.Tensor, n: number) => tf.div(tf.sum(tf.mul(x, m)), n) as tf.Scalar;
 
 /** The adaptive KL controller of Ziegler et al. (2019). */
 export class KlController {
@@ -269,7 +356,10 @@ export interface PpoTrainerState {
 
 export interface PpoTrainerOptions {
   policy: GPT;
+  /** The KL reference π_ref (SFT, or the champion when the loop re-anchors). */
   reference: GPT;
+  /** The SFT model, when it is not `reference`: its KL is reported as `klSft` (never trained against). */
+  klReference?: GPT;
   tok: Tokenizer;
   reward: RewardSource;
   /** Conversations ending with a user turn. */
@@ -279,6 +369,19 @@ export interface PpoTrainerOptions {
   ptxBatchAt?: (step: number) => Batch;
   log?: (line: string) => void;
 }
+
+/** Running mean/std of scores (Welford), for `whitenScores`. */
+export function whitenScore(st: { n: number; mean: number; m2: number }, s: number): number {
+  st.n++;
+  const d = s - st.mean;
+  st.mean += d / st.n;
+  st.m2 += d * (s - st.mean);
+  const std = st.n > 1 ? Math.sqrt(st.m2 / (st.n - 1)) : 1;
+  return (s - st.mean) / (std + 1e-8);
+}
+
+/** The stream of randomness of step `step` (prompt draw, shuffles): a function of (seed, step) only. */
+export const stepRng = (seed: number, step: number): Rng => createRng(seed * 7_919 + step);
 
 /**
  * PPO on a policy (trained in place) against a frozen reference.
@@ -291,10 +394,10 @@ export interface PpoTrainerOptions {
 export class PpoTrainer {
   readonly knobs: Readonly<PpoKnobs>;
   readonly kl: KlController;
-  readonly ema: GPT | undefined;
+  private readonly emaState: WeightEma | undefined;
   private readonly opt: AdamW;
   private readonly vars: tf.Variable[];
-  private rng: Rng;
+  private readonly dist: SamplingDistribution;
   private stepCount = 0;
   private updates = 0;
   private scoreStats = { n: 0, mean: 0, m2: 0 };
@@ -308,13 +411,23 @@ export class PpoTrainer {
     if (this.knobs.ptxCoef > 0 && !o.ptxBatchAt) throw new Error('ptxCoef > 0 needs pretraining batches (ptxBatchAt)');
     if (this.knobs.minibatchSize > this.knobs.batchSize) throw new Error(`minibatchSize ${this.knobs.minibatchSize} exceeds batchSize ${this.knobs.batchSize}`);
     const k = this.knobs;
+    this.dist = new SamplingDistribution(o.tok, o.policy.config.vocabSize, k.temperature);
     this.kl = new KlController(k.klCoef, k.adaptiveKl ? k.klTarget : undefined, k.klHorizon);
     this.opt = new AdamW(o.policy.params, { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: k.weightDecay, gradClip: k.gradClip });
     this.vars = o.policy.trainableVariables();
-    this.rng = createRng(k.seed);
-    this.ema = k.emaDecay > 0 ? o.policy.clone('policy', false) : undefined;
+    this.emaState = k.emaDecay > 0 ? new WeightEma(o.policy, k.emaDecay) : undefined;
     this.pad = o.tok.specialId('<|pad|>');
     this.eot = endOfTurnId(o.tok);
+  }
+
+  /** The EMA model (when emaDecay > 0). */
+  get ema(): GPT | undefined {
+    return this.emaState?.model;
+  }
+
+  /** β now: the coefficient the next step's rewards use (carry it to the next round's `klCoef` knob). */
+  get klCoef(): number {
+    return this.kl.value;
   }
 
   /** Samples one reply per prompt from the policy. */
@@ -326,19 +439,20 @@ export class PpoTrainer {
   async step(): Promise<PpoStepStats> {
     const k = this.knobs;
     const { policy, reference } = this.o;
+    const rng = stepRng(k.seed, this.stepCount);
     const t0 = performance.now();
-    const prompts = Array.from({ length: k.batchSize }, () => this.rng.pick(this.o.prompts));
+    const prompts = Array.from({ length: k.batchSize }, () => rng.pick(this.o.prompts));
     const episodes = this.rollout(prompts, k.seed * 100_003 + this.stepCount * 1_009);
     const rawScores = await this.o.reward.score(episodes.map((e) => ({ prompt: e.prompt, reply: e.reply, replyIds: e.replyIds })));
     const rows = buildRows(episodes, this.pad);
-    const cur = forwardStats(policy, rows, true);
-    const ref = forwardStats(reference, rows, false);
+    const cur = forwardStats(policy, rows, this.dist, true);
+    const ref = forwardStats(reference, rows, this.dist, false);
+    const sft = this.o.klReference ? forwardStats(this.o.klReference, rows, this.dist, false) : undefined;
     const rolloutMs = performance.now() - t0;
 
     const t1 = performance.now();
     const scores = rawScores.map((s, i) => {
-      let x = s;
-      if (k.whitenScores) x = this.whitenScore(s);
+      const x = k.whitenScores ? whitenScore(this.scoreStats, s) : s;
       return episodes[i]!.replyIds[episodes[i]!.replyIds.length - 1] === this.eot ? x : x - k.missingEotPenalty;
     });
     const beta = this.kl.value;
@@ -351,11 +465,10 @@ export class PpoTrainer {
       let tot = 0;
       pos.forEach((t, j) => {
         const i = b * rows.T + t;
-        const logRatio = cur.logp[i]! - ref.logp[i]!;
-        const k3 = Math.exp(-logRatio) - 1 + logRatio;
+        const logRatio = cur.logp[i]! - ref.logp[i]!; // k1
         klSum += logRatio;
-        k3s.push(k3);
-        rewards[i] = -beta * (k.klEstimator === 'k1' ? logRatio : k3) + (j === pos.length - 1 ? scores[b]! : 0);
+        k3s.push(Math.exp(-logRatio) - 1 + logRatio);
+        rewards[i] = -beta * logRatio + (j === pos.length - 1 ? scores[b]! : 0);
         tot += rewards[i]!;
       });
       klSeq.push(klSum);
@@ -365,24 +478,25 @@ export class PpoTrainer {
     whiten(adv, rows.mask);
 
     const order = Array.from({ length: rows.B }, (_, i) => i);
-    const stats = { clip: [] as number[], vf: [] as number[], pg: [] as number[], ent: [] as number[], ptx: [] as number[] };
+    const stats = { clip: [] as number[], vf: [] as number[], pg: [] as number[], ent: [] as number[], klLoss: [] as number[], ptx: [] as number[] };
     const approxKlByEpoch: number[] = [];
     const totalUpdates = Math.max(1, k.steps * k.epochs * Math.ceil(k.batchSize / k.minibatchSize));
     for (let epoch = 0; epoch < k.epochs; epoch++) {
-      const perm = this.rng.shuffle(order);
+      const perm = rng.shuffle(order);
       const epochKl: number[] = [];
       for (let s = 0; s < perm.length; s += k.minibatchSize) {
-        const mb = sliceRows(rows, perm.slice(s, s + k.minibatchSize), [cur.logp, cur.values!, adv, ret]);
-        const [oldLogp, oldValues, mAdv, mRet] = mb.arrays as [Float32Array, Float32Array, Float32Array, Float32Array];
+        const mb = sliceRows(rows, perm.slice(s, s + k.minibatchSize), [cur.logp, cur.values!, adv, ret, ref.logp]);
+        const [oldLogp, oldValues, mAdv, mRet, refLogp] = mb.arrays as [Float32Array, Float32Array, Float32Array, Float32Array, Float32Array];
         const lr = warmupCosine(this.updates, totalUpdates, k.lr, k.minLr, k.warmup);
         const ptx = k.ptxCoef > 0 ? this.o.ptxBatchAt!(this.updates) : undefined;
-        const r = optimizerStep(policy, this.opt, this.vars, lr, () => this.loss(mb.rows, oldLogp, oldValues, mAdv, mRet, ptx));
+        const r = optimizerStep(policy, this.opt, this.vars, lr, () => this.loss(mb.rows, oldLogp, oldValues, mAdv, mRet, refLogp, ptx));
         this.updates++;
-        this.emaUpdate();
+        this.emaState?.update();
         stats.clip.push(r.aux.clipFrac!);
         stats.vf.push(r.aux.valueLoss!);
         stats.pg.push(r.aux.policyLoss!);
         stats.ent.push(r.aux.entropy!);
+        stats.klLoss.push(r.aux.klLoss!);
         if (ptx) stats.ptx.push(r.aux.ptxLoss!);
         epochKl.push(r.aux.approxKl!);
       }
@@ -397,7 +511,9 @@ export class PpoTrainer {
       reward: mean(total),
       kl,
       klK3: mean(k3s),
+      ...(sft ? { klSft: mean(sumLogRatio(rows, cur.logp, sft.logp)) } : {}),
       klCoef: beta,
+      klLoss: mean(stats.klLoss),
       clipFrac: mean(stats.clip),
       valueLoss: mean(stats.vf),
       policyLoss: mean(stats.pg),
@@ -411,14 +527,14 @@ export class PpoTrainer {
     };
   }
 
-  /** The clipped PPO loss of a minibatch (plus value, entropy and ptx terms) and its diagnostics. */
-  private loss(r: RolloutRows, oldLogp: Float32Array, oldValues: Float32Array, adv: Float32Array, ret: Float32Array, ptx: Batch | undefined): { loss: tf.Scalar; aux: Record<string, tf.Scalar> } {
+  /** The clipped PPO loss of a minibatch (plus value, k3, entropy and ptx terms) and its diagnostics. */
+  private loss(r: RolloutRows, oldLogp: Float32Array, oldValues: Float32Array, adv: Float32Array, ret: Float32Array, refLogp: Float32Array, ptx: Batch | undefined): { loss: tf.Scalar; aux: Record<string, tf.Scalar> } {
     const k = this.knobs;
     const { policy } = this.o;
     const n = r.mask.reduce((a, b) => a + b, 0);
     const m = tf.tensor1d(r.mask); // [B*T]
     const h = policy.hidden(tf.tensor2d(r.inputs, [r.B, r.T], 'int32')); // [B*T, C]
-    const logits = policy.lmLogits(h); // [B*T, V]
+    const logits = this.dist.logits(policy.lmLogits(h)); // [B*T, V], the sampling distribution
     const logp = tokenLogProbs(logits, tf.tensor1d(r.targets, 'int32')); // [B*T]
     const values = policy.values(h); // [B*T]
     const A = tf.tensor1d(adv);
@@ -432,12 +548,15 @@ export class PpoTrainer {
     const vClipped = tf.add(Vold, tf.clipByValue(tf.sub(values, Vold), -k.clipRangeValue, k.clipRangeValue));
     const valueLoss = tf.mul(maskedMean(tf.maximum(tf.square(tf.sub(values, R)), tf.square(tf.sub(vClipped, R))), m, n), 0.5) as tf.Scalar;
     const ent = maskedMean(entropy(logits), m, n);
+    const klLoss = maskedMean(k3(logp, tf.tensor1d(refLogp), m), m, n);
     let loss = tf.add(policyLoss, tf.mul(valueLoss, k.vfCoef)) as tf.Scalar;
+    if (k.klLossCoef > 0) loss = tf.add(loss, tf.mul(klLoss, k.klLossCoef)) as tf.Scalar;
     if (k.entCoef > 0) loss = tf.sub(loss, tf.mul(ent, k.entCoef)) as tf.Scalar;
     const aux: Record<string, tf.Scalar> = {
       policyLoss,
       valueLoss,
       entropy: ent,
+      klLoss,
       clipFrac: maskedMean(tf.cast(tf.greater(pg2, pg1), 'float32'), m, n),
       approxKl: maskedMean(tf.mul(tf.square(logRatio), 0.5), m, n),
     };
@@ -448,24 +567,6 @@ export class PpoTrainer {
       aux.ptxLoss = ptxLoss;
     }
     return { loss, aux };
-  }
-
-  private whitenScore(s: number): number {
-    const st = this.scoreStats;
-    st.n++;
-    const d = s - st.mean;
-    st.mean += d / st.n;
-    st.m2 += d * (s - st.mean);
-    const std = st.n > 1 ? Math.sqrt(st.m2 / (st.n - 1)) : 1;
-    return (s - st.mean) / (std + 1e-8);
-  }
-
-  private emaUpdate(): void {
-    if (!this.ema) return;
-    const d = this.knobs.emaDecay;
-    tf.tidy(() => {
-      for (const [name, p] of this.ema!.params) p.assign(tf.add(tf.mul(p, d), tf.mul(this.o.policy.params.get(name)!, 1 - d)));
-    });
   }
 
   /** Counters, KL coefficient and score statistics for resuming (see `importState`). */
@@ -479,35 +580,34 @@ export class PpoTrainer {
   }
 
   /**
-   * Continues a run saved by `exportState`/`exportOptimizer` (the policy's and EMA's weights are
-   * restored by the caller). The sampling stream restarts from a seed derived from the step.
+   * Continues a run saved by `exportState`/`exportOptimizer` (the policy's weights are restored
+   * by the caller; the EMA's from `ema`). Randomness is a function of (seed, step), so the
+   * continued run is the uninterrupted one.
    */
   importState(state: PpoTrainerState, optimizer?: ReadonlyMap<string, Float32Array>, ema?: ReadonlyMap<string, Float32Array>): void {
     this.stepCount = state.step;
     this.updates = state.updates;
     this.kl.value = state.klCoef;
     this.scoreStats = { ...state.scoreStats };
-    this.rng = createRng(this.knobs.seed * 7_919 + state.step);
     if (optimizer) this.opt.importState(optimizer, state.optimizerStep);
-    if (this.ema && ema) {
-      tf.tidy(() => {
-        for (const [name, p] of this.ema!.params) {
-          const w = ema.get(name);
-          if (w) p.assign(tf.tensor(w, p.shape));
-        }
-      });
-    }
+    if (this.emaState && ema) this.emaState.load(ema);
   }
 
   /** The weights to ship: the EMA when enabled, else the policy's. */
   get shipped(): GPT {
-    return this.ema ?? this.o.policy;
+    return this.emaState?.model ?? this.o.policy;
   }
 
   dispose(): void {
     this.opt.dispose();
-    this.ema?.dispose();
+    this.emaState?.dispose();
   }
+}
+
+/** Per-token k3 estimate of KL(π_θ ‖ π_ref) on tokens sampled from π_θ: (q − 1) − log q, q = π_ref/π_θ, `[N]` (0 where m is 0). */
+export function k3(logp: tf.Tensor1D, refLogp: tf.Tensor1D, m: tf.Tensor1D): tf.Tensor1D {
+  const logQ = tf.mul(tf.sub(refLogp, logp), m); // [N]
+  return tf.sub(tf.sub(tf.exp(logQ), 1), logQ) as tf.Tensor1D;
 }
 
 /**
@@ -525,19 +625,21 @@ export function sampleEpisodes(model: GPT, tok: Tokenizer, prompts: readonly Cha
   return gens.map((g, i) => ({ prompt: prompts[i]!, promptIds: promptIds[i]!, replyIds: g.ids, reply: g.text, finishReason: g.finishReason }));
 }
 
-/** Σ_t log π(y_t) − log π_ref(y_t) per episode (the k1 estimate of KL(π ‖ π_ref) per reply, on replies sampled from π). */
-export function episodeKl(policy: GPT, reference: GPT, tok: Tokenizer, episodes: readonly Episode[]): number[] {
+/**
+ * Σ_t log π(y_t) − log π_ref(y_t) per episode (the k1 estimate of KL(π ‖ π_ref) per reply, on
+ * replies sampled from π), both under the sampling distribution at `temperature` (default 1).
+ */
+export function episodeKl(policy: GPT, reference: GPT, tok: Tokenizer, episodes: readonly Episode[], temperature = 1): number[] {
   const rows = buildRows(episodes, tok.specialId('<|pad|>'));
-  const a = forwardStats(policy, rows, false).logp;
-  const b = forwardStats(reference, rows, false).logp;
-  return rows.replyPos.map((pos, r) => pos.reduce((sum, t) => sum + a[r * rows.T + t]! - b[r * rows.T + t]!, 0));
+  const dist = new SamplingDistribution(tok, policy.config.vocabSize, temperature);
+  return sumLogRatio(rows, forwardStats(policy, rows, dist, false).logp, forwardStats(reference, rows, dist, false).logp);
 }
 
 /** One line per step: reward, KL, clip fraction, value loss, entropy, length, approx KL by epoch. */
 export function formatPpoStats(s: PpoStepStats, total?: number): string {
   const f = (x: number, d = 3) => (Number.isFinite(x) ? x.toFixed(d) : '-');
   return (
-    `ppo step ${s.step}${total ? `/${total}` : ''}: score ${f(s.score)} reward ${f(s.reward)} kl ${f(s.kl)} (k3/token ${f(s.klK3, 4)}) β ${f(s.klCoef, 4)} ` +
+    `ppo step ${s.step}${total ? `/${total}` : ''}: score ${f(s.score)} reward ${f(s.reward)} kl ${f(s.kl)} (k3/token ${f(s.klK3, 4)})${s.klSft !== undefined ? ` kl-sft ${f(s.klSft)}` : ''} β ${f(s.klCoef, 4)} ` +
     `clipfrac ${f(s.clipFrac)} vf ${f(s.valueLoss, 4)} pg ${f(s.policyLoss, 4)} entropy ${f(s.entropy)} len ${f(s.replyLength, 1)} eot ${f(s.eotRate, 2)} ` +
     `approx-kl/epoch [${s.approxKlByEpoch.map((x) => f(x, 5)).join(' ')}]${Number.isFinite(s.ptxLoss) ? ` ptx ${f(s.ptxLoss)}` : ''} ` +
     `rollout ${(s.rolloutMs / 1000).toFixed(2)}s update ${(s.updateMs / 1000).toFixed(2)}s`
@@ -547,7 +649,7 @@ export function formatPpoStats(s: PpoStepStats, total?: number): string {
 /** The scalar metrics of a step (for the store's run metrics). */
 export function ppoMetrics(s: PpoStepStats): Record<string, number> {
   const out: Record<string, number> = {
-    score: s.score, reward: s.reward, kl: s.kl, kl_k3: s.klK3, kl_coef: s.klCoef, clip_frac: s.clipFrac, value_loss: s.valueLoss,
+    score: s.score, reward: s.reward, kl: s.kl, kl_k3: s.klK3, kl_sft: s.klSft ?? NaN, kl_loss: s.klLoss, kl_coef: s.klCoef, clip_frac: s.clipFrac, value_loss: s.valueLoss,
     policy_loss: s.policyLoss, entropy: s.entropy, reply_length: s.replyLength, eot_rate: s.eotRate,
     approx_kl: s.approxKlByEpoch[s.approxKlByEpoch.length - 1] ?? NaN, ptx_loss: s.ptxLoss, rollout_ms: s.rolloutMs, update_ms: s.updateMs,
   };

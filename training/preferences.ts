@@ -11,15 +11,25 @@
  *                                           used by the reward model as a logistic loss on its score.
  *
  * Ties and "both bad" state no order between the two replies, so they contribute no pair
- * (the store's export already skips them). "Both bad" is not thrown away: each of the two
- * replies becomes an unpaired negative with weight 1/2 (one judgement) when read from the store
- * with {@link loadStorePreferences}. Ties are ignored: a Bradley–Terry model has no tie term,
- * and pulling the two scores together would fight the pairs that order them.
+ * (the store's TRL export skips them). "Both bad" is not thrown away: each of the two replies
+ * becomes an unpaired negative with weight 1/2 (one judgement) when read from the store with
+ * {@link loadStorePreferences}. A tie, when asked for (`ties: true`, the reward model's loader),
+ * becomes a group with no pair and one `ties` entry: the reward model's loss gives it the
+ * Bradley–Terry target ½ (see reward-model.ts). Consumers that only know pairs (DPO) leave
+ * `ties` off and never see such groups.
+ *
+ * Every group and unpaired example read from the store carries `createdAt` (the judgement's
+ * time; a group made of several rows takes the newest), for recency weighting.
+ *
+ * Splits are by context: {@link splitByContext} hashes the prompt's text (sha256), so every
+ * judgement about one context (picks, rankings, sibling thumbs, ties, lone thumbs) lands in the
+ * same split, and a context's split never moves between rounds or as data grows.
  *
  * Rows sharing `meta.group` (the store's export with `includeMeta`) are regrouped, so ranking
  * and thumbs pairs exported to JSONL keep their weights. JSONL may also carry a ranking directly:
  * `{ prompt, ranking: [reply, …] }` (best first; each reply a string or `[{ role, content }]`).
  */
+import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import type { ChatMessage } from '../model/chat-template.ts';
 import { createRng } from '../model/random.ts';
@@ -34,10 +44,14 @@ export interface PreferenceGroup {
   replies: string[];
   /** `[winner, loser]` indices into `replies`. */
   pairs: [number, number][];
-  /** Weight of each pair (they sum to 1 per group). */
+  /** Weight of each pair and each tie (they sum to 1 per group). */
   weight: number;
-  /** Where it came from (comparison, ranking, thumbs, jsonl). */
+  /** Where it came from (comparison, ranking, thumbs, tie, jsonl). */
   source: string;
+  /** Index pairs judged equally good (a comparison answered "tie"); the loss's target is ½. */
+  ties?: [number, number][];
+  /** ISO time of the judgement (the newest row of the group), when known. */
+  createdAt?: string;
 }
 
 /** A single reply with a good/bad label (a thumb, or half of a "both bad"). */
@@ -46,6 +60,8 @@ export interface UnpairedExample {
   reply: string;
   label: boolean;
   weight: number;
+  /** ISO time of the judgement, when known. */
+  createdAt?: string;
 }
 
 export interface PreferenceData {
@@ -94,7 +110,7 @@ export function rankingGroup(prompt: ChatMessage[], rankedBestFirst: string[], s
  * Folds preference rows into groups: rows with the same `meta.group` become one group whose
  * replies are deduplicated and whose pairs share the weight 1/#pairs.
  */
-export function groupPreferenceRows(rows: Iterable<{ prompt: unknown; chosen?: unknown; rejected?: unknown; ranking?: unknown; meta?: { group?: string; source?: string } }>): PreferenceGroup[] {
+export function groupPreferenceRows(rows: Iterable<{ prompt: unknown; chosen?: unknown; rejected?: unknown; ranking?: unknown; meta?: { group?: string; source?: string; created_at?: string } }>): PreferenceGroup[] {
   const byKey = new Map<string, PreferenceGroup>();
   const out: PreferenceGroup[] = [];
   let n = 0;
@@ -124,19 +140,23 @@ export function groupPreferenceRows(rows: Iterable<{ prompt: unknown; chosen?: u
     const w = idx(chosen);
     const l = idx(rejected);
     if (w !== l) g.pairs.push([w, l]);
+    const at = row.meta?.created_at;
+    if (typeof at === 'string' && (g.createdAt === undefined || at > g.createdAt)) g.createdAt = at;
   }
   for (const g of byKey.values()) g.weight = 1 / Math.max(1, g.pairs.length);
   return out.filter((g) => g.pairs.length > 0);
 }
 
 /** Unpaired rows (`{ prompt, completion, label }`) as examples of weight 1. */
-export function unpairedFromRows(rows: Iterable<{ prompt: unknown; completion: unknown; label: unknown }>): UnpairedExample[] {
+export function unpairedFromRows(rows: Iterable<{ prompt: unknown; completion: unknown; label: unknown; meta?: { created_at?: string } }>): UnpairedExample[] {
   const out: UnpairedExample[] = [];
   let n = 0;
   for (const row of rows) {
     const what = `unpaired row ${++n}`;
     if (typeof row.label !== 'boolean') throw new Error(`${what}: label must be true or false`);
-    out.push({ prompt: promptOf(row.prompt, what), reply: replyText(row.completion, `${what} completion`), label: row.label, weight: 1 });
+    const ex: UnpairedExample = { prompt: promptOf(row.prompt, what), reply: replyText(row.completion, `${what} completion`), label: row.label, weight: 1 };
+    if (typeof row.meta?.created_at === 'string') ex.createdAt = row.meta.created_at;
+    out.push(ex);
   }
   return out;
 }
@@ -169,34 +189,88 @@ export function readPreferenceJsonl(path: string): PreferenceData {
 /**
  * Everything the store knows as preference data: comparisons, rankings and sibling thumbs as
  * groups; every thumb as an unpaired example; each "both bad" as two unpaired negatives of
- * weight 1/2. `since` limits to judgements from that time on.
+ * weight 1/2; with `ties: true`, each tie as a group with one tie and no pair. `since` limits to
+ * judgements from that time on. Every row carries its judgement's `createdAt`.
  */
-export async function loadStorePreferences(store: FeedbackStore, opts: { since?: string; useUnpaired?: boolean } = {}): Promise<PreferenceData> {
+export async function loadStorePreferences(store: FeedbackStore, opts: { since?: string; useUnpaired?: boolean; ties?: boolean } = {}): Promise<PreferenceData> {
   const filter = { includeMeta: true, ...(opts.since ? { since: opts.since } : {}) };
   const rows = [];
   for await (const r of exportPreferencePairs(store.db, filter)) rows.push(r);
   const groups = groupPreferenceRows(rows);
   const unpaired: UnpairedExample[] = [];
-  if (opts.useUnpaired ?? true) {
+  const useUnpaired = opts.useUnpaired ?? true;
+  if (useUnpaired) {
     const urows = [];
     for await (const r of exportUnpaired(store.db, filter)) urows.push(r);
     unpaired.push(...unpairedFromRows(urows));
-    let q = store.db.selectFrom('comparisons').select(['context_id', 'a_id', 'b_id']).where('current', '=', 1).where('choice', '=', 'both_bad');
+  }
+  const choices = [...(useUnpaired ? ['both_bad' as const] : []), ...(opts.ties ? ['tie' as const] : [])];
+  if (choices.length) {
+    let q = store.db.selectFrom('comparisons').select(['context_id', 'a_id', 'b_id', 'choice', 'created_at']).where('current', '=', 1).where('choice', 'in', choices);
     if (opts.since) q = q.where('created_at', '>=', opts.since);
-    for (const c of await q.execute()) {
+    for (const c of await q.orderBy('id').execute()) {
       const thread = await getThread(store.db, c.context_id);
       if (thread.length === 0 || thread[thread.length - 1]!.role !== 'user') continue;
       const prompt = thread.map((m) => ({ role: m.role, content: m.content }));
+      const replies = [];
       for (const id of [c.a_id, c.b_id]) {
         const m = await getMessage(store.db, id);
-        if (m) unpaired.push({ prompt, reply: m.content, label: false, weight: 0.5 });
+        if (m) replies.push(m.content);
+      }
+      if (c.choice === 'both_bad') {
+        for (const reply of replies) unpaired.push({ prompt, reply, label: false, weight: 0.5, createdAt: c.created_at });
+      } else if (replies.length === 2 && replies[0] !== replies[1]) {
+        groups.push({ prompt, replies, pairs: [], ties: [[0, 1]], weight: 1, source: 'tie', createdAt: c.created_at });
       }
     }
   }
   return { groups, unpaired };
 }
 
-/** A deterministic split by group (a ranking never straddles train and held-out). */
+/** Which held-out split a context belongs to. */
+export type ContextSplit = 'train' | 'val' | 'eval';
+
+/**
+ * The split of a context, from the sha256 of its prompt text (and `seed`): 80% 'train', 10%
+ * 'val' (early stopping), 10% 'eval' (the fixed set whose accuracy is compared across rounds).
+ * Pure and stable: the same text always gets the same split, whatever else is in the data.
+ *
+ * @example
+ *   splitByContext(promptText([{ role: 'user', content: 'name a fruit' }]))  // 'train' | 'val' | 'eval'
+ */
+export function splitByContext(promptText: string, seed = 0): ContextSplit {
+  const h = createHash('sha256').update(`${seed}\u0000${promptText}`).digest();
+  const u = h.readUInt32BE(0) / 4294967296; // [0, 1)
+  return u < 0.8 ? 'train' : u < 0.9 ? 'val' : 'eval';
+}
+
+/** The text a context is split by: each turn as `role: content`, one per line. */
+export function promptText(prompt: readonly ChatMessage[]): string {
+  return prompt.map((m) => `${m.role}: ${m.content}`).join('\n');
+}
+
+/** Preference data cut by context into train / val / eval (groups, ties and thumbs together). */
+export function splitPreferences(data: PreferenceData, seed = 0): Record<ContextSplit, PreferenceData> {
+  const out: Record<ContextSplit, PreferenceData> = { train: { groups: [], unpaired: [] }, val: { groups: [], unpaired: [] }, eval: { groups: [], unpaired: [] } };
+  for (const g of data.groups) out[splitByContext(promptText(g.prompt), seed)].groups.push(g);
+  for (const u of data.unpaired) out[splitByContext(promptText(u.prompt), seed)].unpaired.push(u);
+  return out;
+}
+
+/**
+ * Prompts cut by the same hash: PPO trains on 'train', evaluation uses 'eval' (and 'val' is free
+ * for normalisation samples), so no round's evaluation prompt is ever a PPO prompt.
+ */
+export function splitPrompts<T extends readonly ChatMessage[]>(prompts: readonly T[], seed = 0): Record<ContextSplit, T[]> {
+  const out: Record<ContextSplit, T[]> = { train: [], val: [], eval: [] };
+  for (const p of prompts) out[splitByContext(promptText(p), seed)].push(p);
+  return out;
+}
+
+/**
+ * A deterministic random split of items (a ranking never straddles train and held-out). It moves
+ * as data grows and does not keep a context's thumbs with its pairs: prefer {@link splitPreferences}.
+ */
 export function splitGroups<T>(items: readonly T[], valFraction: number, seed: number): { train: T[]; val: T[] } {
   const shuffled = createRng(seed).shuffle(items);
   const nVal = items.length < 2 ? 0 : Math.max(1, Math.round(items.length * valFraction));
@@ -208,5 +282,6 @@ export function describePreferences(d: PreferenceData): string {
   const pairs = d.groups.reduce((a, g) => a + g.pairs.length, 0);
   const by = new Map<string, number>();
   for (const g of d.groups) by.set(g.source, (by.get(g.source) ?? 0) + 1);
-  return `${d.groups.length} judgements (${[...by].map(([k, v]) => `${v} ${k}`).join(', ') || 'none'}) giving ${pairs} pairs; ${d.unpaired.length} unpaired`;
+  const ties = d.groups.reduce((a, g) => a + (g.ties?.length ?? 0), 0);
+  return `${d.groups.length} judgements (${[...by].map(([k, v]) => `${v} ${k}`).join(', ') || 'none'}) giving ${pairs} pairs${ties ? ` and ${ties} ties` : ''}; ${d.unpaired.length} unpaired`;
 }

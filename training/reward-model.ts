@@ -4,13 +4,19 @@
  *
  * Objective (minimised), over a minibatch of judgement groups G and unpaired examples U:
  *
- *   L = (1/|G|) Σ_g Σ_{(w,l) ∈ g} w_g · −log σ(r(x_g, y_w) − r(x_g, y_l))
- *     + c_u · Σ_u w_u · −log σ(s_u · r(x_u, y_u)) / Σ_u w_u
+ *   L = Σ_g ω_g w_g [ Σ_{(w,l) ∈ g} −log σ(Δ_wl − m) + τ Σ_{(a,b) ∈ ties(g)} (−½ log σ(Δ_ab) − ½ log σ(−Δ_ab)) ] / Σ_g ω_g
+ *     + c_u · Σ_u ω_u w_u · −log σ(s_u · r(x_u, y_u)) / Σ_u ω_u w_u
  *
  *   r(x, y)  the scalar head on the final hidden state of the rendered conversation x + y, i.e. on
- *            the reply's closing `<|end|>` token;
- *   w_g      1 / #pairs of the group: a pick is 1 pair, a K-way ranking C(K,2) pairs, so each
- *            judgement weighs the same (InstructGPT); its K replies are scored in one pass;
+ *            the reply's closing `<|end|>` token; the reply is always the canonical encoding of
+ *            its text (see {@link scoreExchanges});
+ *   Δ_wl     r(x_g, y_w) − r(x_g, y_l);
+ *   w_g      1 / (#pairs + #ties) of the group: a pick is 1 pair, a K-way ranking C(K,2) pairs,
+ *            so each judgement weighs the same (InstructGPT); its K replies are scored in one pass;
+ *   ω        a per-judgement sample weight (1 by default): recency × bootstrap in the ensemble
+ *            (reward-ensemble.ts); 0 leaves the judgement out;
+ *   m        `margin` (0 = the plain Bradley–Terry loss);
+ *   τ        `tieWeight`: a tie is Bradley–Terry with target ½ (0 = ties ignored);
  *   s_u      +1 for a thumb up, −1 for a thumb down (and for each half of "both bad");
  *   c_u      `unpairedCoef`: how much lone thumbs count (0 = pairs only).
  *
@@ -18,13 +24,18 @@
  *  1. Initialised from the SFT policy (InstructGPT used a separately fine-tuned 6B model); the
  *     scalar head starts at zero so the first scores are all 0.
  *  2. Lone thumbs are used as a logistic loss against the score 0 (a KTO-like unpaired term),
- *     since a small deployment gets many more thumbs than comparisons. Ties are ignored;
- *     "both bad" gives two unpaired negatives (see preferences.ts).
+ *     since a small deployment gets many more thumbs than comparisons. Ties have target ½ (not
+ *     Davidson's model); "both bad" gives two unpaired negatives (see preferences.ts).
  *  3. Normalisation: after training, the mean score of SFT replies on held-out prompts is
  *     subtracted from the head's bias, so SFT replies average 0 (InstructGPT normalises the same
  *     way, with a separate bias); the shift is stored in the checkpoint as `scoreOffset`.
- *  4. Several epochs are allowed (InstructGPT trains one epoch to avoid overfitting); the
- *     held-out accuracy is the guard, logged every epoch.
+ *  4. Several epochs are allowed (InstructGPT trains one epoch to avoid overfitting), with early
+ *     stopping: the held-out loss is measured before training and every `evalEvery` steps (every
+ *     epoch by default); after `patience` evaluations without improvement training stops, and
+ *     the weights of the best evaluation are kept.
+ *  5. Scores are always of the canonical re-encoding of the reply's text plus `<|end|>`: the
+ *     model is trained on text, and BPE can sample a non-canonical id sequence of the same text
+ *     whose score would be off the training distribution.
  *
  * Reported per run: held-out pairwise accuracy (each pair counts once), the judgement-weighted
  * accuracy, the held-out loss, and calibration as the expected calibration error (ECE, 10 bins)
@@ -44,7 +55,7 @@ import { generateBatch } from '../model/generate.ts';
 import { renderChat, type ChatMessage } from '../model/chat-template.ts';
 import { createRng } from '../model/random.ts';
 import { encodeExchange, logSigmoid, mean, optimizerStep, padRows, warmupCosine } from './rlhf-common.ts';
-import { describePreferences, loadStorePreferences, readPreferenceJsonl, splitGroups, type PreferenceData, type PreferenceGroup, type UnpairedExample } from './preferences.ts';
+import { describePreferences, loadStorePreferences, readPreferenceJsonl, splitPreferences, type PreferenceData, type PreferenceGroup, type UnpairedExample } from './preferences.ts';
 import { isMain, runCli } from './cli.ts';
 
 export const RewardConfig = z.object({
@@ -61,7 +72,9 @@ export const RewardConfig = z.object({
   warmup: z.number().int().nonnegative().default(10).describe('warmup steps'),
   weightDecay: z.number().nonnegative().default(0.0).describe('AdamW weight decay on matrices'),
   gradClip: z.number().nonnegative().default(1).describe('global gradient-norm clip (0 = off)'),
-  valFraction: z.number().min(0).max(0.5).default(0.1).describe('share of judgements held out (by group)'),
+  tieWeight: z.number().nonnegative().default(1).describe('weight of a tie (Bradley–Terry target ½); 0 = ties ignored'),
+  margin: z.number().nonnegative().default(0).describe('margin m in −log σ(Δ − m); 0 = plain Bradley–Terry'),
+  patience: z.number().int().nonnegative().default(2).describe('early stopping: evaluations without a better held-out loss before stopping (0 = off)'),
   normSamples: z.number().int().nonnegative().default(64).describe('SFT replies sampled on held-out prompts to set score 0 (0 = use the data replies)'),
   normMaxTokens: z.number().int().positive().default(64).describe('max tokens of those SFT replies'),
   seed: z.number().int().default(3).describe('seed for the split, batches and sampling'),
@@ -76,7 +89,7 @@ export interface RewardEval {
   accuracy: number;
   /** The same, each judgement weighted 1 (a ranking's pairs share its weight). */
   weightedAccuracy: number;
-  /** Mean −log σ(Δ) per pair. */
+  /** Mean −log σ(Δ) per pair (no margin). */
   loss: number;
   /** Expected calibration error of σ(Δ), 10 equal-width confidence bins. */
   ece: number;
@@ -94,12 +107,24 @@ export function scoreRows(rm: GPT, rows: readonly (readonly number[])[], pad: nu
   });
 }
 
-/** Scores `(prompt, reply)` exchanges in batches, without gradients. */
+/**
+ * The text a reply is scored as: a string as is; ids decoded (specials, such as a closing
+ * `<|end|>`, decode to nothing). Scoring re-encodes this text canonically and closes it with
+ * `<|end|>`, exactly as training encodes judged replies.
+ */
+export function replyAsText(tok: Tokenizer, reply: string | readonly number[]): string {
+  return typeof reply === 'string' ? reply : tok.decode(reply);
+}
+
+/**
+ * Scores `(prompt, reply)` exchanges in batches, without gradients. A reply given as ids is
+ * decoded and re-encoded canonically first (what the model was trained on).
+ */
 export function scoreExchanges(rm: GPT, tok: Tokenizer, items: readonly { prompt: readonly ChatMessage[]; reply: string | readonly number[] }[], batchSize = 16): number[] {
   const pad = tok.specialId('<|pad|>');
   const out: number[] = [];
   for (let i = 0; i < items.length; i += batchSize) {
-    const rows = items.slice(i, i + batchSize).map((it) => encodeExchange(tok, it.prompt, it.reply, rm.config.blockSize).ids);
+    const rows = items.slice(i, i + batchSize).map((it) => encodeExchange(tok, it.prompt, replyAsText(tok, it.reply), rm.config.blockSize).ids);
     const s = scoreRows(rm, rows, pad);
     out.push(...s.dataSync());
     s.dispose();
@@ -107,60 +132,121 @@ export function scoreExchanges(rm: GPT, tok: Tokenizer, items: readonly { prompt
   return out;
 }
 
+/** Knobs of the loss (see the objective at the top of the file). */
+export interface RewardLossOptions {
+  unpairedCoef: number;
+  /** τ: weight of a tie's Bradley–Terry term with target ½ (0 = ties ignored). */
+  tieWeight?: number;
+  /** m in −log σ(Δ − m) (0 = off). */
+  margin?: number;
+}
+
+/** A judgement with its sample weight ω (recency × bootstrap; 1 by default). */
+interface Weighted<T> {
+  item: T;
+  omega: number;
+}
+
 /** Rows, pair selections and weights for a minibatch of groups and unpaired examples. */
 interface RmBatch {
   rows: number[][];
   /** `[P, N]` +1 at the winner's row, −1 at the loser's. */
   select: Float32Array;
+  /** ω_g w_g / Σ ω_g per pair `[P]`. */
   pairWeights: Float32Array;
   P: number;
-  nGroups: number;
-  /** Unpaired rows follow the group rows: index, sign, weight. */
+  /** `[Q, N]` +1 at one tied reply's row, −1 at the other's. */
+  tieSelect: Float32Array;
+  /** ω_g w_g / Σ ω_g per tie `[Q]`. */
+  tieWeights: Float32Array;
+  Q: number;
+  /** Unpaired rows follow the group rows: index, sign, weight ω_u w_u. */
   unpaired: { row: number; sign: number; weight: number }[];
 }
 
-function buildBatch(tok: Tokenizer, blockSize: number, groups: readonly PreferenceGroup[], unpaired: readonly UnpairedExample[]): RmBatch {
+const unit = <T>(items: readonly T[]): Weighted<T>[] => items.map((item) => ({ item, omega: 1 }));
+
+function buildBatch(tok: Tokenizer, blockSize: number, groups: readonly Weighted<PreferenceGroup>[], unpaired: readonly Weighted<UnpairedExample>[]): RmBatch {
   const rows: number[][] = [];
   const pairs: { w: number; l: number; weight: number }[] = [];
-  for (const g of groups) {
+  const ties: { w: number; l: number; weight: number }[] = [];
+  const omegaSum = groups.reduce((a, g) => a + g.omega, 0);
+  for (const { item: g, omega } of groups) {
+    if (omega <= 0) continue;
     const base = rows.length;
     for (const r of g.replies) rows.push(encodeExchange(tok, g.prompt, r, blockSize).ids);
-    for (const [w, l] of g.pairs) pairs.push({ w: base + w, l: base + l, weight: g.weight });
+    const weight = (omega * g.weight) / omegaSum;
+    for (const [w, l] of g.pairs) pairs.push({ w: base + w, l: base + l, weight });
+    for (const [a, b] of g.ties ?? []) ties.push({ w: base + a, l: base + b, weight });
   }
-  const up = unpaired.map((u) => {
-    rows.push(encodeExchange(tok, u.prompt, u.reply, blockSize).ids);
-    return { row: rows.length - 1, sign: u.label ? 1 : -1, weight: u.weight };
-  });
+  const up = unpaired
+    .filter((u) => u.omega > 0)
+    .map(({ item: u, omega }) => {
+      rows.push(encodeExchange(tok, u.prompt, u.reply, blockSize).ids);
+      return { row: rows.length - 1, sign: u.label ? 1 : -1, weight: omega * u.weight };
+    });
   const N = rows.length;
-  const select = new Float32Array(pairs.length * N);
-  pairs.forEach((p, i) => {
-    select[i * N + p.w] = 1;
-    select[i * N + p.l] = -1;
-  });
-  return { rows, select, pairWeights: Float32Array.from(pairs.map((p) => p.weight)), P: pairs.length, nGroups: groups.length, unpaired: up };
+  const selectOf = (ps: typeof pairs) => {
+    const sel = new Float32Array(ps.length * N);
+    ps.forEach((p, i) => {
+      sel[i * N + p.w] = 1;
+      sel[i * N + p.l] = -1;
+    });
+    return sel;
+  };
+  return {
+    rows,
+    select: selectOf(pairs),
+    pairWeights: Float32Array.from(pairs.map((p) => p.weight)),
+    P: pairs.length,
+    tieSelect: selectOf(ties),
+    tieWeights: Float32Array.from(ties.map((p) => p.weight)),
+    Q: ties.length,
+    unpaired: up,
+  };
 }
 
-/** The Bradley–Terry (+ unpaired) loss of a batch, and Δ = r_w − r_l per pair `[P]`. */
-function batchLoss(rm: GPT, b: RmBatch, pad: number, unpairedCoef: number): { loss: tf.Scalar; diff: tf.Tensor1D } {
+/** The loss of a batch (the objective at the top of the file), and Δ = r_w − r_l per pair `[P]`. */
+function batchLoss(rm: GPT, b: RmBatch, pad: number, o: RewardLossOptions): { loss: tf.Scalar; diff: tf.Tensor1D } {
   const s = scoreRows(rm, b.rows, pad); // [N]
   const N = b.rows.length;
+  const col = tf.reshape(s, [N, 1]); // [N, 1]
   let loss: tf.Scalar = tf.scalar(0);
   let diff: tf.Tensor1D = tf.zeros([0]);
   if (b.P > 0) {
-    diff = tf.reshape(tf.matMul(tf.tensor2d(b.select, [b.P, N]), tf.reshape(s, [N, 1])), [b.P]) as tf.Tensor1D; // [P]
-    const nll = tf.neg(logSigmoid(diff)); // [P]
-    loss = tf.div(tf.sum(tf.mul(nll, tf.tensor1d(b.pairWeights))), Math.max(1, b.nGroups)) as tf.Scalar;
+    diff = tf.reshape(tf.matMul(tf.tensor2d(b.select, [b.P, N]), col), [b.P]) as tf.Tensor1D; // [P]
+    const nll = tf.neg(logSigmoid(o.margin ? tf.sub(diff, o.margin) : diff)); // [P]
+    loss = tf.sum(tf.mul(nll, tf.tensor1d(b.pairWeights))) as tf.Scalar;
   }
-  if (b.unpaired.length && unpairedCoef > 0) {
+  const tieWeight = o.tieWeight ?? 0;
+  if (b.Q > 0 && tieWeight > 0) {
+    const d = tf.reshape(tf.matMul(tf.tensor2d(b.tieSelect, [b.Q, N]), col), [b.Q]); // [Q]
+    const nll = tf.mul(tf.add(logSigmoid(d), logSigmoid(tf.neg(d))), -0.5); // [Q]
+    loss = tf.add(loss, tf.mul(tf.sum(tf.mul(nll, tf.tensor1d(b.tieWeights))), tieWeight)) as tf.Scalar;
+  }
+  if (b.unpaired.length && o.unpairedCoef > 0) {
     const sel = new Float32Array(b.unpaired.length * N);
     b.unpaired.forEach((u, i) => (sel[i * N + u.row] = u.sign));
-    const signed = tf.reshape(tf.matMul(tf.tensor2d(sel, [b.unpaired.length, N]), tf.reshape(s, [N, 1])), [-1]); // [U]
+    const signed = tf.reshape(tf.matMul(tf.tensor2d(sel, [b.unpaired.length, N]), col), [-1]); // [U]
     const w = b.unpaired.map((u) => u.weight);
     const wsum = w.reduce((a, c) => a + c, 0);
     const u = tf.div(tf.sum(tf.mul(tf.neg(logSigmoid(signed)), tf.tensor1d(w))), wsum);
-    loss = tf.add(loss, tf.mul(u, unpairedCoef)) as tf.Scalar;
+    loss = tf.add(loss, tf.mul(u, o.unpairedCoef)) as tf.Scalar;
   }
   return { loss, diff };
+}
+
+/**
+ * The training loss of one minibatch (no gradients): what an optimizer step on these groups and
+ * unpaired examples minimises. `omega` gives each group's sample weight (default 1).
+ */
+export function rewardLoss(rm: GPT, tok: Tokenizer, groups: readonly PreferenceGroup[], unpaired: readonly UnpairedExample[], o: RewardLossOptions & { omega?: readonly number[] }): number {
+  const pad = tok.specialId('<|pad|>');
+  const b = buildBatch(tok, rm.config.blockSize, groups.map((item, i) => ({ item, omega: o.omega?.[i] ?? 1 })), unit(unpaired));
+  const l = tf.tidy(() => batchLoss(rm, b, pad, o).loss);
+  const v = l.dataSync()[0]!;
+  l.dispose();
+  return v;
 }
 
 /** Pairwise accuracy, loss and calibration on held-out groups. */
@@ -169,13 +255,13 @@ export function evaluateRewardModel(rm: GPT, tok: Tokenizer, groups: readonly Pr
   const deltas: number[] = [];
   const weights: number[] = [];
   for (let i = 0; i < groups.length; i += groupsPerBatch) {
-    const part = groups.slice(i, i + groupsPerBatch);
-    const b = buildBatch(tok, rm.config.blockSize, part, []);
+    const part = groups.slice(i, i + groupsPerBatch).filter((g) => g.pairs.length > 0);
+    const b = buildBatch(tok, rm.config.blockSize, unit(part), []);
     if (!b.P) continue;
-    const d = tf.tidy(() => batchLoss(rm, b, pad, 0).diff);
+    const d = tf.tidy(() => batchLoss(rm, b, pad, { unpairedCoef: 0 }).diff);
     deltas.push(...d.dataSync());
     d.dispose();
-    weights.push(...b.pairWeights);
+    weights.push(...part.flatMap((g) => g.pairs.map(() => g.weight)));
   }
   return pairStatistics(deltas, weights);
 }
@@ -209,59 +295,118 @@ export interface TrainRewardOptions {
   rm: GPT;
   tok: Tokenizer;
   train: PreferenceData;
+  /** Held-out groups: evaluated before training and every `evalEvery` steps (early stopping). */
   val: readonly PreferenceGroup[];
-  cfg: Pick<RewardConfig, 'epochs' | 'groupsPerBatch' | 'unpairedPerBatch' | 'unpairedCoef' | 'lr' | 'minLr' | 'warmup' | 'weightDecay' | 'gradClip' | 'seed'>;
+  cfg: Pick<RewardConfig, 'epochs' | 'groupsPerBatch' | 'unpairedPerBatch' | 'unpairedCoef' | 'lr' | 'minLr' | 'warmup' | 'weightDecay' | 'gradClip' | 'seed'> &
+    Partial<Pick<RewardConfig, 'tieWeight' | 'margin' | 'patience'>> & {
+      /** Steps between held-out evaluations (0 or absent = once per epoch). */
+      evalEvery?: number;
+    };
+  /** Sample weight ω of each training group (same order as `train.groups`; default 1; 0 = left out). */
+  groupWeights?: readonly number[];
+  /** Sample weight ω of each unpaired example (same order as `train.unpaired`; default 1). */
+  unpairedWeights?: readonly number[];
   log?: (line: string) => void;
 }
 
 export interface TrainRewardResult {
   steps: number;
   trainLoss: number;
+  /** Held-out figures of the weights kept (the best evaluation when early stopping is on, else the last). */
   heldOut: RewardEval;
   history: { epoch: number; step: number; trainLoss: number; heldOut: RewardEval }[];
   pairsPerSecond: number;
+  /** The step whose weights were kept (0 = the initial weights). */
+  bestStep: number;
+  /** True when training stopped before `epochs` because the held-out loss stopped improving. */
+  stoppedEarly: boolean;
 }
 
-/** Trains `rm` in place on groups (and unpaired thumbs); evaluates on `val` after every epoch. */
+/**
+ * Trains `rm` in place on groups (and unpaired thumbs). With `patience` > 0 and held-out pairs,
+ * it stops after `patience` evaluations without a lower held-out loss and restores the best
+ * weights; otherwise it runs `epochs` and keeps the last.
+ */
 export function trainRewardModel(o: TrainRewardOptions): TrainRewardResult {
   const { rm, tok, cfg } = o;
   const log = o.log ?? ((l: string) => console.error(l));
   const pad = tok.specialId('<|pad|>');
+  const lossOpts: RewardLossOptions = { unpairedCoef: cfg.unpairedCoef, tieWeight: cfg.tieWeight ?? 0, margin: cfg.margin ?? 0 };
   const opt = new AdamW(rm.params, { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: cfg.weightDecay, gradClip: cfg.gradClip });
   const vars = rm.trainableVariables();
   const rng = createRng(cfg.seed);
-  const { groups, unpaired } = o.train;
-  const perEpoch = Math.max(1, Math.ceil(groups.length / cfg.groupsPerBatch));
+  const groups = o.train.groups.map((item, i) => ({ item, omega: o.groupWeights?.[i] ?? 1 })).filter((g) => g.omega > 0);
+  const unpaired = o.train.unpaired.map((item, i) => ({ item, omega: o.unpairedWeights?.[i] ?? 1 })).filter((u) => u.omega > 0);
+  const useUnpaired = cfg.unpairedCoef > 0 && unpaired.length > 0;
+  const perEpoch = Math.max(1, Math.ceil((groups.length || (useUnpaired ? unpaired.length : 0)) / cfg.groupsPerBatch));
   const total = perEpoch * cfg.epochs;
+  const evalEvery = cfg.evalEvery && cfg.evalEvery > 0 ? cfg.evalEvery : perEpoch;
+  const patience = cfg.patience ?? 0;
+  const earlyStopping = patience > 0 && o.val.some((g) => g.pairs.length > 0);
   const history: TrainRewardResult['history'] = [];
   let step = 0;
   let pairs = 0;
   let smooth = NaN;
+  let losses: number[] = [];
+  let best = { loss: Infinity, step: 0, heldOut: undefined as RewardEval | undefined, weights: undefined as tf.Tensor[] | undefined };
+  let bad = 0;
+  let stoppedEarly = false;
+  let lastEval = -1;
+  const evaluate = (epoch: number): boolean => {
+    lastEval = step;
+    const heldOut = evaluateRewardModel(rm, tok, o.val, cfg.groupsPerBatch);
+    const trainLoss = mean(losses);
+    history.push({ epoch, step, trainLoss, heldOut });
+    losses = [];
+    log(`reward: epoch ${epoch}/${cfg.epochs} step ${step} train loss ${trainLoss.toFixed(4)} held-out acc ${heldOut.accuracy.toFixed(3)} (judgement-weighted ${heldOut.weightedAccuracy.toFixed(3)}) loss ${heldOut.loss.toFixed(4)} ECE ${heldOut.ece.toFixed(3)} over ${heldOut.pairs} pairs`);
+    if (!earlyStopping) return false;
+    if (heldOut.loss < best.loss - 1e-6) {
+      tf.dispose(best.weights ?? []);
+      best = { loss: heldOut.loss, step, heldOut, weights: [...rm.params.values()].map((p) => tf.clone(p)) };
+      bad = 0;
+      return false;
+    }
+    return ++bad >= patience;
+  };
   const t0 = performance.now();
-  for (let epoch = 1; epoch <= cfg.epochs; epoch++) {
+  if (earlyStopping) evaluate(0);
+  train: for (let epoch = 1; epoch <= cfg.epochs; epoch++) {
     const order = rng.shuffle(groups);
     const uorder = rng.shuffle(unpaired);
-    const losses: number[] = [];
     for (let i = 0; i < perEpoch; i++) {
       const g = order.slice(i * cfg.groupsPerBatch, (i + 1) * cfg.groupsPerBatch);
-      const u = cfg.unpairedCoef > 0 && uorder.length ? Array.from({ length: Math.min(cfg.unpairedPerBatch, uorder.length) }, (_, k) => uorder[(i * cfg.unpairedPerBatch + k) % uorder.length]!) : [];
+      const u = useUnpaired ? Array.from({ length: Math.min(cfg.unpairedPerBatch, uorder.length) }, (_, k) => uorder[(i * cfg.unpairedPerBatch + k) % uorder.length]!) : [];
       const b = buildBatch(tok, rm.config.blockSize, g, u);
-      if (!b.P && !b.unpaired.length) continue;
-      const lr = warmupCosine(step, total, cfg.lr, cfg.minLr, cfg.warmup);
-      const { loss } = optimizerStep(rm, opt, vars, lr, () => ({ loss: batchLoss(rm, b, pad, cfg.unpairedCoef).loss }));
-      if (!Number.isFinite(loss)) throw new Error(`reward model: loss became ${loss} at step ${step}; lower --lr`);
-      losses.push(loss);
-      smooth = Number.isNaN(smooth) ? loss : 0.9 * smooth + 0.1 * loss;
-      step++;
-      pairs += b.P;
+      if (b.P || b.Q || b.unpaired.length) {
+        const lr = warmupCosine(step, total, cfg.lr, cfg.minLr, cfg.warmup);
+        const { loss } = optimizerStep(rm, opt, vars, lr, () => ({ loss: batchLoss(rm, b, pad, lossOpts).loss }));
+        if (!Number.isFinite(loss)) throw new Error(`reward model: loss became ${loss} at step ${step}; lower --lr`);
+        losses.push(loss);
+        smooth = Number.isNaN(smooth) ? loss : 0.9 * smooth + 0.1 * loss;
+        step++;
+        pairs += b.P;
+      }
+      const last = epoch === cfg.epochs && i === perEpoch - 1;
+      if (step !== lastEval && ((step > 0 && step % evalEvery === 0) || last)) {
+        if (evaluate(epoch)) {
+          stoppedEarly = !last;
+          break train;
+        }
+      }
     }
-    const heldOut = evaluateRewardModel(rm, tok, o.val, cfg.groupsPerBatch);
-    history.push({ epoch, step, trainLoss: mean(losses), heldOut });
-    log(`reward: epoch ${epoch}/${cfg.epochs} step ${step} train loss ${mean(losses).toFixed(4)} held-out acc ${heldOut.accuracy.toFixed(3)} (judgement-weighted ${heldOut.weightedAccuracy.toFixed(3)}) loss ${heldOut.loss.toFixed(4)} ECE ${heldOut.ece.toFixed(3)} over ${heldOut.pairs} pairs`);
   }
   opt.dispose();
+  let heldOut = history[history.length - 1]?.heldOut ?? evaluateRewardModel(rm, tok, o.val, cfg.groupsPerBatch);
+  let bestStep = step;
+  if (earlyStopping && best.weights) {
+    [...rm.params.values()].forEach((p, i) => p.assign(best.weights![i]!));
+    tf.dispose(best.weights);
+    heldOut = best.heldOut!;
+    bestStep = best.step;
+    if (stoppedEarly || bestStep !== step) log(`reward: kept the weights of step ${bestStep} (held-out loss ${best.loss.toFixed(4)})${stoppedEarly ? `; stopped early at step ${step} after ${patience} evaluations without improvement` : ''}`);
+  }
   const seconds = (performance.now() - t0) / 1000;
-  return { steps: step, trainLoss: smooth, heldOut: history[history.length - 1]!.heldOut, history, pairsPerSecond: pairs / Math.max(1e-9, seconds) };
+  return { steps: step, trainLoss: smooth, heldOut, history, pairsPerSecond: pairs / Math.max(1e-9, seconds), bestStep, stoppedEarly };
 }
 
 /**
@@ -300,20 +445,22 @@ export async function rewardModel(cfg: RewardConfig, log: (l: string) => void = 
     const { openStore } = await import('../feedback/index.ts');
     const store = await openStore(cfg.database === 'default' ? {} : { url: cfg.database });
     try {
-      data = await loadStorePreferences(store);
+      data = await loadStorePreferences(store, { ties: true });
     } finally {
       await store.close();
     }
   } else if (cfg.data) data = readPreferenceJsonl(cfg.data);
   else throw new Error('give --data prefs.jsonl or --database URL');
   log(`reward: ${describePreferences(data)}`);
-  const split = splitGroups(data.groups, cfg.valFraction, cfg.seed);
-  if (!split.train.length) throw new Error('no training judgements');
+  // By context (every kind of judgement of one prompt together); 'val' and 'eval' are both held out here.
+  const parts = splitPreferences(data);
+  const split = { train: parts.train.groups, val: [...parts.val.groups, ...parts.eval.groups] };
+  if (!split.train.length && !(cfg.unpairedCoef > 0 && parts.train.unpaired.length)) throw new Error('no training judgements (every context hashed to the held-out splits)');
   const ck = loadCheckpoint(cfg.init, { kind: 'policy' });
   const tok = Tokenizer.fromJSON(ck.tokenizer);
   const sft = GPT.fromWeights(ck.meta.config, 'policy', ck.weights);
   const rm = sft.clone('reward');
-  const result = trainRewardModel({ rm, tok, train: { groups: split.train, unpaired: data.unpaired }, val: split.val, cfg, log });
+  const result = trainRewardModel({ rm, tok, train: parts.train, val: split.val, cfg, log });
   const prompts = [...split.val, ...split.train].map((g) => g.prompt).slice(0, cfg.normSamples);
   const replies = cfg.normSamples > 0
     ? sampleReplies(sft, tok, prompts, cfg.normMaxTokens, cfg.seed)

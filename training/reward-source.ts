@@ -15,7 +15,11 @@ import type { Tokenizer } from '../model/tokenizer.ts';
 import type { ChatMessage } from '../model/chat-template.ts';
 import { scoreExchanges } from './reward-model.ts';
 
-/** One reply to score: the conversation it answers, its text, and its token ids (as sampled). */
+/**
+ * One reply to score: the conversation it answers, its text, and its token ids (as sampled).
+ * Model-based sources score the text (canonically re-encoded); the ids are for sources that
+ * want them (e.g. a remote scorer) and for the missing-`<|end|>` check.
+ */
 export interface RewardItem {
   prompt: ChatMessage[];
   reply: string;
@@ -54,7 +58,11 @@ function checkScores(scores: unknown, n: number, from: string): number[] {
   return scores as number[];
 }
 
-/** Scores with a reward model (trained by reward-model.ts; its scores are normalised to SFT = 0). */
+/**
+ * Scores with a reward model (trained by reward-model.ts; its scores are normalised to SFT = 0).
+ * It scores the canonical encoding of `reply` (the text) plus `<|end|>`, as in training, never
+ * the sampled `replyIds` (BPE can sample a non-canonical id sequence of the same text).
+ */
 export class RewardModelSource implements RewardSource {
   readonly name: string;
   constructor(
@@ -67,7 +75,7 @@ export class RewardModelSource implements RewardSource {
   }
 
   async score(batch: readonly RewardItem[]): Promise<number[]> {
-    const s = scoreExchanges(this.rm, this.tok, batch.map((b) => ({ prompt: b.prompt, reply: b.replyIds })), this.opts.batchSize ?? 16);
+    const s = scoreExchanges(this.rm, this.tok, batch.map((b) => ({ prompt: b.prompt, reply: b.reply })), this.opts.batchSize ?? 16);
     return checkScores(s, batch.length, this.name);
   }
 }

@@ -1,0 +1,74 @@
+/**
+ * The online loop's knobs (one frozen config, overridable from the command line and LOOP_<NAME>),
+ * its result type, and the options only tests and simulations pass (a gold scorer, for the report).
+ */
+import { z } from 'zod';
+import { DEFAULT_SAMPLING } from '../model/sampling.ts';
+import type { RewardSource } from './reward-source.ts';
+import type { ArenaFigures } from './loop-gates.ts';
+
+export const OnlineLoopConfig = z.object({
+  database: z.string().default('default').describe('feedback store URL, or "default" (data/feedback.sqlite)'),
+  sft: z.string().default('checkpoints/sft').describe('the SFT checkpoint: reward-model trunk and KL reference'),
+  checkpoints: z.string().default('checkpoints').describe('directory new reward models and policies are written to'),
+  minNewJudgements: z.number().int().nonnegative().default(50).describe('new judgements needed before an iteration runs'),
+  pollSeconds: z.number().positive().default(60).describe('wait between checks for new feedback'),
+  once: z.boolean().default(false).describe('run one iteration (or skip) and exit'),
+  rewardEpochs: z.number().int().positive().default(2).describe('reward-model epochs per iteration'),
+  rewardLr: z.number().positive().default(1e-4).describe('reward-model learning rate'),
+  minRewardAccuracy: z.number().min(0).max(1).default(0.6).describe('guard: held-out pairwise accuracy the reward model must reach'),
+  maxAccuracyDrop: z.number().min(0).max(1).default(0.1).describe('guard: stop when held-out accuracy falls this much below the last iteration\'s'),
+  ppoSteps: z.number().int().positive().default(30).describe('optimiser steps per iteration'),
+  batchSize: z.number().int().positive().default(16).describe('PPO rollouts per step'),
+  minibatchSize: z.number().int().positive().default(8).describe('PPO rollouts per gradient step'),
+  epochs: z.number().int().positive().default(4).describe('PPO epochs per batch'),
+  maxTokens: z.number().int().positive().default(48).describe('most tokens per sampled reply (rollouts and evaluation; serve users the same)'),
+  temperature: z.number().positive().default(DEFAULT_SAMPLING.temperature).describe('sampling temperature of rollouts and evaluation (the server\'s default for users\' replies)'),
+  topP: z.number().gt(0).max(1).default(DEFAULT_SAMPLING.topP).describe('nucleus top-p of evaluation replies, as users get; rollouts are untruncated (top-p 1) so the optimiser stays on-policy'),
+  lr: z.number().positive().default(1e-5).describe('PPO learning rate'),
+  klCoef: z.number().nonnegative().default(0.05).describe('β of the first round (later rounds carry over the last round\'s β; adaptive towards klTarget)'),
+  klTarget: z.number().positive().default(4).describe('adaptive controller target KL per reply (nats)'),
+  klBudget: z.number().positive().default(10).describe('guard: the optimiser stops, and no candidate is offered, when the KL per reply to SFT exceeds this'),
+  reanchor: z.boolean().default(false).describe('KL reference = the champion instead of SFT (smaller steps per round; the total KL to SFT is still measured and budgeted)'),
+  evalPrompts: z.number().int().positive().default(32).describe('held-out prompts for candidate vs champion'),
+  evalEvery: z.number().int().positive().default(5).describe('optimiser steps between evaluations (proxy, disagreement, KL to SFT; gold for the report)'),
+  disagreementPatience: z.number().int().positive().default(3).describe('guard: evaluations over which proxy up / ensemble disagreement up stops the optimiser'),
+  disagreementTolerance: z.number().nonnegative().default(0.05).describe('guard: how far the mean ensemble std must rise over those evaluations'),
+  overOptimisation: z.enum(['shrink', 'restart']).default('shrink').describe('after users reject a candidate: shrink = half the steps and twice β; restart = configured β and a reward model from the SFT trunk'),
+  goldGate: z.boolean().default(false).describe('ablation: gold (when given) stops the optimiser and gates promotion, instead of the users\' arena'),
+  goldPatience: z.number().int().positive().default(3).describe('ablation (goldGate): evaluations over which proxy up / gold down stops the optimiser'),
+  goldTolerance: z.number().nonnegative().default(0.1).describe('ablation (goldGate): how far gold must fall over those evaluations'),
+  autoPromote: z.boolean().default(false).describe('apply the users\' arena verdict (promote or reject the candidate) without the admin'),
+  minScoreGain: z.number().default(0.05).describe('pre-filter: a candidate is offered to the arena only when its proxy beats the champion\'s by this'),
+  seed: z.number().int().default(6).describe('seed for splits and sampling'),
+  backend: z.string().default('').describe('force a tensor backend (tensorflow, wasm, cpu)'),
+  checkpointEvery: z.number().int().positive().default(5).describe('optimiser steps between resumable checkpoints (policy, value head, optimizer, KL coefficient)'),
+  resume: z.boolean().default(true).describe('continue a run left `running` by a process that died (one loop per store)'),
+});
+export type OnlineLoopConfig = z.infer<typeof OnlineLoopConfig>;
+
+/**
+ * skipped: nothing to do (paused, too few new judgements); arena: a candidate is before the users,
+ * undecided (or decided and waiting for the admin), no training; rejected: a guard or the
+ * pre-filter refused (no candidate offered); offered: a candidate was put into the arena;
+ * candidate / promoted: the `goldGate` ablation's outcomes (registered and waiting / promoted).
+ */
+export type IterationStatus = 'skipped' | 'arena' | 'rejected' | 'offered' | 'candidate' | 'promoted';
+
+export interface IterationResult {
+  status: IterationStatus;
+  reason: string;
+  runId?: string;
+  rewardVersion?: string;
+  policyVersion?: string;
+  metrics: Record<string, number>;
+  /** The arena's figures when a candidate was (or just stopped being) before the users. */
+  arena?: ArenaFigures;
+}
+
+/** What only tests and simulations pass: a gold scorer (simulated users' rubric), for reporting unless `goldGate`. */
+export interface LoopOptions {
+  gold?: RewardSource;
+  log?: (line: string) => void;
+  shouldStop?: () => boolean;
+}

@@ -1,0 +1,382 @@
+/**
+ * A reward-model ensemble for the online loop: K members, each the SFT trunk with a scalar head
+ * (reward-model.ts), trained every round on the users' judgements; PPO optimises the
+ * pessimistic score mean − k·std across members, and the spread is the loop's sign of Goodhart.
+ *
+ *   score(x, y)  = μ(x, y) − k·σ(x, y),   μ, σ the mean and (population) standard deviation of
+ *                  the K members' scores r_j(x, y);  k = `pessimism` (0 = the plain mean).
+ *
+ * Training, per round (see {@link trainRewardEnsemble}):
+ *  1. Splits by context: every judgement (pick, ranking, sibling thumbs, tie, lone thumb) goes to
+ *     train / val / eval by a hash of its prompt text ({@link splitByContext}, 80/10/10), so the
+ *     splits never move between rounds: 'eval' is the fixed set whose accuracy compares rounds,
+ *     'val' stops training early. Prompts split the same way ({@link splitPrompts}).
+ *  2. Member j warm-starts from member j of the previous round's ensemble (the SFT trunk with a
+ *     zero head in the first round) and is trained on bootstrap weights: Poisson(1) per judgement
+ *     and member (Bagging as in Lakshminarayanan et al. 2017's deep ensembles, which use seeds
+ *     alone; here both). A judgement whose weight is 0 is skipped, so a member sees about 63%
+ *     of the distinct judgements per epoch: K = 3 costs about 1.9 single-model trainings.
+ *  3. Recency: ω = 0.5^(age / halfLife), age = how many judgements are newer (ties of time share
+ *     an age); 0 = off.
+ *  4. Ties enter with Bradley–Terry target ½ and `tieWeight`; an optional margin m (−log σ(Δ − m)).
+ *  5. Early stopping on each member's val loss with `patience` evaluations, best weights kept.
+ *
+ * Deviations: members are K whole models, not K heads on one shared trunk. Heads on a frozen or
+ * shared trunk disagree far less where the trunk's features are what is wrong (out-of-
+ * distribution replies PPO finds), which is the disagreement the loop watches; the cost is K
+ * forward passes when scoring (PPO scores one batch per step, small next to rollouts).
+ *
+ * Storage: one checkpoint (model/checkpoint.ts: atomic directory, sha256 of the weights) whose
+ * `model.safetensors` holds every member under the prefix `member.<j>.` and whose
+ * `meta.metrics.members` is K. A plain single reward checkpoint loads as K = 1.
+ *
+ * Scoring always uses the canonical re-encoding of the reply text plus `<|end|>`.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { GPT } from '../model/gpt.ts';
+import type { Tokenizer } from '../model/tokenizer.ts';
+import { CheckpointError, loadCheckpoint, saveCheckpoint, type CheckpointMeta } from '../model/checkpoint.ts';
+import type { ChatMessage } from '../model/chat-template.ts';
+import { createRng, type Rng } from '../model/random.ts';
+import { mean } from './rlhf-common.ts';
+import { pairStatistics, scoreExchanges, trainRewardModel, type RewardEval } from './reward-model.ts';
+import { splitByContext, splitPreferences, splitPrompts, promptText, type PreferenceData, type PreferenceGroup } from './preferences.ts';
+import type { RewardItem, RewardSource } from './reward-source.ts';
+
+export { splitByContext, splitPrompts, promptText };
+
+/** Knobs of one ensemble training (every round of the loop). */
+export interface EnsembleTrainConfig {
+  /** K, the number of members (default 3). */
+  members: number;
+  /** Most passes over the training judgements (early stopping may end sooner). */
+  epochs: number;
+  /** Peak learning rate (cosine to lr/10). */
+  lr: number;
+  /** Early stopping: evaluations on 'val' without a lower loss before a member stops (0 = off). */
+  patience: number;
+  /** Recency half-life in judgements: weight 0.5^(age/halfLife); 0 = off. */
+  recencyHalfLife: number;
+  /** Weight of a tie's Bradley–Terry term with target ½ (0 = ties ignored). */
+  tieWeight: number;
+  /** Margin m in −log σ(Δ − m) (0 = off). */
+  margin: number;
+  /** Weight of the lone-thumb loss (0 = pairs only). */
+  unpairedCoef: number;
+  seed: number;
+  /** Judgement groups per optimizer step. */
+  groupsPerBatch: number;
+  /** Unpaired thumbs per optimizer step. */
+  unpairedPerBatch: number;
+  /** Steps between val evaluations (0 = once per epoch). */
+  evalEvery: number;
+  /** Poisson(1) bootstrap weights per member (default on when K > 1). */
+  bootstrap: boolean;
+}
+
+export const ENSEMBLE_DEFAULTS: Readonly<EnsembleTrainConfig> = Object.freeze({
+  members: 3,
+  epochs: 3,
+  lr: 1e-4,
+  patience: 2,
+  recencyHalfLife: 0,
+  tieWeight: 1,
+  margin: 0,
+  unpairedCoef: 0.5,
+  seed: 3,
+  groupsPerBatch: 8,
+  unpairedPerBatch: 8,
+  evalEvery: 0,
+  bootstrap: true,
+});
+
+/** K reward models scored together. */
+export interface RewardEnsemble {
+  members: GPT[];
+  dispose(): void;
+}
+
+/** An ensemble owning `members` (dispose frees them all). */
+export function rewardEnsemble(members: GPT[]): RewardEnsemble {
+  if (!members.length) throw new Error('a reward ensemble needs at least one member');
+  for (const m of members) if (m.kind !== 'reward') throw new Error(`a reward ensemble member must be a reward model, got a ${m.kind} model`);
+  return {
+    members,
+    dispose: () => members.forEach((m) => m.dispose()),
+  };
+}
+
+/** Per-reply mean and standard deviation across members. */
+export interface ScoreSpread {
+  mean: number;
+  std: number;
+}
+
+/** Every member's scores of `items`: `[K][N]`. */
+export function memberScores(e: RewardEnsemble, tok: Tokenizer, items: readonly { prompt: readonly ChatMessage[]; reply: string | readonly number[] }[], batchSize = 16): number[][] {
+  return e.members.map((m) => scoreExchanges(m, tok, items, batchSize));
+}
+
+/** Mean and population std across members, per item. */
+export function spreadOf(scores: readonly (readonly number[])[]): ScoreSpread[] {
+  const K = scores.length;
+  return scores[0]!.map((_, i) => {
+    const m = scores.reduce((a, s) => a + s[i]!, 0) / K;
+    const v = scores.reduce((a, s) => a + (s[i]! - m) ** 2, 0) / K;
+    return { mean: m, std: Math.sqrt(v) };
+  });
+}
+
+/**
+ * The ensemble as PPO's reward: mean − k·std per reply, scoring the canonical re-encoding of the
+ * reply TEXT plus `<|end|>` (never the sampled ids).
+ *
+ * @example
+ *   const reward = new EnsembleRewardSource(ensemble, tok, { pessimism: 1, label: versionId });
+ *   const [r] = await reward.score([{ prompt, reply: 'a banana', replyIds }]);
+ */
+export class EnsembleRewardSource implements RewardSource {
+  readonly name: string;
+  constructor(
+    private readonly ensemble: RewardEnsemble,
+    private readonly tok: Tokenizer,
+    private readonly o: { pessimism: number; label?: string; batchSize?: number },
+  ) {
+    if (!(o.pessimism >= 0)) throw new Error(`pessimism must be a number ≥ 0, got ${o.pessimism}`);
+    rewardEnsemble(ensemble.members); // checks the members
+    this.name = `reward-ensemble×${ensemble.members.length}${o.pessimism ? `(−${o.pessimism}σ)` : ''}${o.label ? `:${o.label}` : ''}`;
+  }
+
+  /** mean − k·std per item: what PPO optimises. */
+  async score(items: readonly RewardItem[]): Promise<number[]> {
+    const s = (await this.scoreSpread(items)).map((x) => x.mean - this.o.pessimism * x.std);
+    s.forEach((x, i) => {
+      if (!Number.isFinite(x)) throw new Error(`${this.name}: score ${i} is ${x}`);
+    });
+    return s;
+  }
+
+  /** Mean and std across members per item (the disagreement). */
+  async scoreSpread(items: readonly RewardItem[]): Promise<ScoreSpread[]> {
+    if (!items.length) return [];
+    return spreadOf(memberScores(this.ensemble, this.tok, items.map((b) => ({ prompt: b.prompt, reply: b.reply })), this.o.batchSize ?? 16));
+  }
+}
+
+/** Poisson(λ = 1) by Knuth's method. */
+function poisson1(rng: Rng): number {
+  const L = Math.exp(-1);
+  let k = 0;
+  let p = 1;
+  do {
+    k++;
+    p *= rng();
+  } while (p > L);
+  return k - 1;
+}
+
+/**
+ * Recency weights 0.5^(age/halfLife), age = the number of judgements strictly newer than this
+ * one (so the newest is 1 and equal times weigh the same). Missing times count as newest.
+ * `halfLife` 0 gives all 1.
+ */
+export function recencyWeights(createdAt: readonly (string | undefined)[], halfLife: number): number[] {
+  if (!(halfLife > 0)) return createdAt.map(() => 1);
+  const known = createdAt.filter((t): t is string => t !== undefined).sort().reverse(); // newest first
+  const firstAt = new Map<string, number>();
+  known.forEach((t, i) => firstAt.has(t) || firstAt.set(t, i));
+  return createdAt.map((t) => (t === undefined ? 1 : 0.5 ** (firstAt.get(t)! / halfLife)));
+}
+
+/** Ensemble-mean accuracy on groups, per-member figures, and the mean std across members per reply. */
+export function evaluateEnsemble(e: RewardEnsemble, tok: Tokenizer, groups: readonly PreferenceGroup[]): { ensemble: RewardEval; perMember: RewardEval[]; meanStd: number } {
+  const paired = groups.filter((g) => g.pairs.length > 0);
+  const items = paired.flatMap((g) => g.replies.map((reply) => ({ prompt: g.prompt, reply })));
+  const scores = items.length ? memberScores(e, tok, items) : e.members.map(() => []);
+  const deltasOf = (s: readonly number[]) => {
+    const deltas: number[] = [];
+    const weights: number[] = [];
+    let at = 0;
+    for (const g of paired) {
+      for (const [w, l] of g.pairs) {
+        deltas.push(s[at + w]! - s[at + l]!);
+        weights.push(g.weight);
+      }
+      at += g.replies.length;
+    }
+    return pairStatistics(deltas, weights);
+  };
+  const spread = items.length ? spreadOf(scores) : [];
+  return {
+    ensemble: deltasOf(spread.map((x) => x.mean)),
+    perMember: scores.map(deltasOf),
+    meanStd: spread.length ? mean(spread.map((x) => x.std)) : NaN,
+  };
+}
+
+export interface EnsembleTrainResult {
+  ensemble: RewardEnsemble;
+  /** The ensemble mean on the 'val' split. */
+  heldOut: RewardEval;
+  /** The ensemble mean on the fixed 'eval' split (comparable across rounds). */
+  evalSet: RewardEval;
+  /** Each member alone on the 'eval' split. */
+  perMember: RewardEval[];
+  /** Optimizer steps over all members. */
+  steps: number;
+  /** Mean over the 'eval' replies of the std across members. */
+  meanStd: number;
+  /** Judgements in each split (groups + unpaired). */
+  splits: { train: number; val: number; eval: number };
+  seconds: number;
+}
+
+/**
+ * Trains K members on `data` (split by context; see the file comment), each warm-started from
+ * `previous.members[j]` when given (else from `sft` with a zero head). `previous` is left as is.
+ */
+export function trainRewardEnsemble(o: { sft: GPT; previous?: RewardEnsemble; tok: Tokenizer; data: PreferenceData; cfg: Partial<EnsembleTrainConfig>; log?: (l: string) => void }): EnsembleTrainResult {
+  const cfg: EnsembleTrainConfig = { ...ENSEMBLE_DEFAULTS, ...o.cfg };
+  const log = o.log ?? ((l: string) => console.error(l));
+  if (!(Number.isInteger(cfg.members) && cfg.members >= 1)) throw new Error(`members must be a positive integer, got ${cfg.members}`);
+  const t0 = performance.now();
+  const parts = splitPreferences(o.data);
+  const { train } = parts;
+  const times = [...o.data.groups.map((g) => g.createdAt), ...o.data.unpaired.map((u) => u.createdAt)];
+  const rec = recencyWeights(times, cfg.recencyHalfLife);
+  const recOf = new Map<object, number>();
+  [...o.data.groups, ...o.data.unpaired].forEach((x, i) => recOf.set(x, rec[i]!));
+  const members: GPT[] = [];
+  let steps = 0;
+  try {
+    for (let j = 0; j < cfg.members; j++) {
+      const prev = o.previous?.members[j % o.previous.members.length];
+      if (prev && JSON.stringify(prev.config) !== JSON.stringify(o.sft.config)) throw new Error('the previous reward ensemble has another model config than the SFT trunk');
+      const rm = prev ? prev.clone('reward') : o.sft.clone('reward');
+      members.push(rm);
+      const rng = createRng(cfg.seed * 7919 + j);
+      const boot = cfg.bootstrap && cfg.members > 1 ? () => poisson1(rng) : () => 1;
+      const groupWeights = train.groups.map((g) => boot() * recOf.get(g)!);
+      const unpairedWeights = train.unpaired.map((u) => boot() * recOf.get(u)!);
+      const r = trainRewardModel({
+        rm,
+        tok: o.tok,
+        train,
+        val: parts.val.groups,
+        groupWeights,
+        unpairedWeights,
+        cfg: {
+          epochs: cfg.epochs,
+          groupsPerBatch: cfg.groupsPerBatch,
+          unpairedPerBatch: cfg.unpairedPerBatch,
+          unpairedCoef: cfg.unpairedCoef,
+          lr: cfg.lr,
+          minLr: cfg.lr / 10,
+          warmup: 5,
+          weightDecay: 0,
+          gradClip: 1,
+          seed: cfg.seed + j,
+          tieWeight: cfg.tieWeight,
+          margin: cfg.margin,
+          patience: cfg.patience,
+          evalEvery: cfg.evalEvery,
+        },
+        log: (l) => log(`member ${j + 1}/${cfg.members}: ${l}`),
+      });
+      steps += r.steps;
+    }
+  } catch (err) {
+    members.forEach((m) => m.dispose());
+    throw err;
+  }
+  const ensemble = rewardEnsemble(members);
+  const val = evaluateEnsemble(ensemble, o.tok, parts.val.groups);
+  const ev = evaluateEnsemble(ensemble, o.tok, parts.eval.groups);
+  const count = (d: PreferenceData) => d.groups.length + d.unpaired.length;
+  const seconds = (performance.now() - t0) / 1000;
+  const result: EnsembleTrainResult = {
+    ensemble,
+    heldOut: val.ensemble,
+    evalSet: ev.ensemble,
+    perMember: ev.perMember,
+    steps,
+    meanStd: ev.meanStd,
+    splits: { train: count(parts.train), val: count(parts.val), eval: count(parts.eval) },
+    seconds,
+  };
+  log(
+    `reward ensemble: K=${cfg.members}, ${steps} steps in ${seconds.toFixed(1)} s; eval accuracy ${ev.ensemble.accuracy.toFixed(3)} over ${ev.ensemble.pairs} pairs ` +
+      `(members ${ev.perMember.map((m) => m.accuracy.toFixed(3)).join(', ')}), val loss ${val.ensemble.loss.toFixed(4)}, mean std ${ev.meanStd.toFixed(4)}`,
+  );
+  return result;
+}
+
+/**
+ * Shifts every member's head bias so `replies` (SFT samples) average 0 for each member; returns
+ * the shifts and the std of the ensemble mean over those replies.
+ */
+export function normaliseEnsemble(e: RewardEnsemble, tok: Tokenizer, replies: readonly { prompt: readonly ChatMessage[]; reply: string | readonly number[] }[]): { scoreOffsets: number[]; sftScoreStd: number } {
+  const scores = memberScores(e, tok, replies);
+  const scoreOffsets = scores.map((s) => mean(s));
+  e.members.forEach((m, j) => {
+    const b = m.params.get('score.b')!;
+    tf.tidy(() => b.assign(tf.sub(b, scoreOffsets[j]!)));
+  });
+  const means = spreadOf(scores).map((x) => x.mean); // the shift does not change their spread
+  const mu = mean(means);
+  return { scoreOffsets, sftScoreStd: Math.sqrt(mean(means.map((x) => (x - mu) ** 2))) };
+}
+
+const PREFIX = 'member.';
+
+/** What {@link saveRewardEnsemble} records beside the weights. */
+export interface EnsembleSaveMeta {
+  tokenizer: Tokenizer;
+  parent: string | null;
+  step: number;
+  metrics?: Record<string, number>;
+  runConfig?: Record<string, unknown>;
+}
+
+/** Saves the ensemble as one checkpoint directory (atomic, sha256-verified on load). */
+export function saveRewardEnsemble(dir: string, e: RewardEnsemble, meta: EnsembleSaveMeta): CheckpointMeta {
+  const weights = new Map<string, { data: Float32Array; shape: number[] }>();
+  e.members.forEach((m, j) => {
+    for (const [name, p] of m.params) weights.set(`${PREFIX}${j}.${name}`, { data: p.dataSync() as Float32Array, shape: p.shape });
+  });
+  return saveCheckpoint(dir, {
+    weights,
+    meta: {
+      stage: 'reward',
+      kind: 'reward',
+      config: e.members[0]!.config,
+      tokenizerFingerprint: meta.tokenizer.fingerprint(),
+      parent: meta.parent,
+      step: meta.step,
+      metrics: { ...meta.metrics, members: e.members.length },
+      runConfig: { ...meta.runConfig, ensemble: 'reward-ensemble/1' },
+    },
+    tokenizer: meta.tokenizer.toJSON(),
+  });
+}
+
+/** Loads an ensemble saved by {@link saveRewardEnsemble} (or a single reward checkpoint as K = 1). */
+export function loadRewardEnsemble(dir: string, tok: Tokenizer): { ensemble: RewardEnsemble; meta: CheckpointMeta } {
+  const ck = loadCheckpoint(dir, { kind: 'reward', tokenizerFingerprint: tok.fingerprint() });
+  if (ck.weights.has('wte')) return { ensemble: rewardEnsemble([GPT.fromWeights(ck.meta.config, 'reward', ck.weights)]), meta: ck.meta };
+  const K = ck.meta.metrics.members;
+  if (!(Number.isInteger(K) && K! >= 1)) throw new CheckpointError('checkpoint_corrupt', `${dir}: meta.json has no member count for a reward ensemble`);
+  const members: GPT[] = [];
+  try {
+    for (let j = 0; j < K!; j++) {
+      const w = new Map<string, Float32Array>();
+      const p = `${PREFIX}${j}.`;
+      for (const [name, data] of ck.weights) if (name.startsWith(p)) w.set(name.slice(p.length), data);
+      members.push(GPT.fromWeights(ck.meta.config, 'reward', w));
+    }
+  } catch (err) {
+    members.forEach((m) => m.dispose());
+    throw new CheckpointError('checkpoint_corrupt', `${dir}: ${(err as Error).message}`);
+  }
+  return { ensemble: rewardEnsemble(members), meta: ck.meta };
+}
