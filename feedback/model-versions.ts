@@ -31,6 +31,16 @@ const moveInput = z.strictObject({
   versionId: name,
   actor: z.string().max(128).optional(),
   reason: z.string().max(2000).optional(),
+  /** Figures at the moment of the move (e.g. the arena's), merged over the version's metrics in the log. */
+  metrics: z.record(z.string(), z.unknown()).optional(),
+});
+
+const clearInput = z.strictObject({
+  actor: z.string().max(128).optional(),
+  reason: z.string().max(2000).optional(),
+  metrics: z.record(z.string(), z.unknown()).optional(),
+  /** 'reject' (the version was refused) or 'clear' (it moved on, e.g. the candidate was promoted). */
+  action: z.enum(['reject', 'clear']).default('reject'),
 });
 
 const rollbackInput = z.strictObject({
@@ -45,6 +55,8 @@ const rollbackInput = z.strictObject({
 export type ModelVersionInput = z.input<typeof versionInput>;
 /** Input of {@link promote}. */
 export type PromoteInput = z.input<typeof moveInput>;
+/** Options of {@link clearAlias}. */
+export type ClearAliasInput = z.input<typeof clearInput>;
 /** Input of {@link rollback}. */
 export type RollbackInput = z.input<typeof rollbackInput>;
 
@@ -111,6 +123,7 @@ async function moveAlias(
   action: 'promote' | 'rollback',
   actor: string | undefined,
   reason: string | undefined,
+  metrics?: Record<string, unknown>,
 ): Promise<PromotionLogEntry> {
   const now = nowIso();
   const target = await getModelVersion(db, to);
@@ -125,10 +138,15 @@ async function moveAlias(
     actor: actor ?? null,
     reason: reason ?? null,
     created_at: now,
-    metrics_json: target?.metrics_json ?? null,
+    metrics_json: logMetrics(target?.metrics_json ?? null, metrics),
   };
   await db.insertInto('promotion_log').values(entry).execute();
   return entry;
+}
+
+function logMetrics(versionMetrics: string | null, extra: Record<string, unknown> | undefined): string | null {
+  if (extra === undefined) return versionMetrics;
+  return JSON.stringify({ ...(versionMetrics === null ? {} : (JSON.parse(versionMetrics) as object)), ...extra });
 }
 
 /**
@@ -142,7 +160,39 @@ export async function promote(db: Kysely<Database>, input: PromoteInput): Promis
   return inTransaction(db, async (trx) => {
     if (!(await getModelVersion(trx, p.versionId))) throw new FeedbackError('unknown_model_version', `no model version ${p.versionId}`);
     const from = (await resolveAlias(trx, p.alias)) ?? null;
-    return moveAlias(trx, p.alias, from, p.versionId, 'promote', p.actor, p.reason);
+    return moveAlias(trx, p.alias, from, p.versionId, 'promote', p.actor, p.reason, p.metrics);
+  });
+}
+
+/**
+ * Unsets `alias` and logs it: action 'reject' (default; the version was refused) or 'clear'. In
+ * the log row `from_version_id` and `to_version_id` are both the version the alias held; its
+ * metrics are the version's merged with `metrics` (e.g. `{ arena: summary }`).
+ * Errors: `unknown_alias`.
+ * @example
+ * await clearAlias(db, 'candidate', { actor: 'online-loop', reason: 'loses head to head', metrics: { arena } });
+ */
+export async function clearAlias(db: Kysely<Database>, alias: string, input: ClearAliasInput = {}): Promise<PromotionLogEntry> {
+  const a = parseInput(name, alias);
+  const c = parseInput(clearInput, input);
+  return inTransaction(db, async (trx) => {
+    const current = await resolveAlias(trx, a);
+    if (current === undefined) throw new FeedbackError('unknown_alias', `alias ${a} is not set`);
+    await trx.deleteFrom('model_aliases').where('alias', '=', a).execute();
+    const target = await getModelVersion(trx, current);
+    const entry: PromotionLogEntry = {
+      id: newId(),
+      alias: a,
+      from_version_id: current,
+      to_version_id: current,
+      action: c.action,
+      actor: c.actor ?? null,
+      reason: c.reason ?? null,
+      created_at: nowIso(),
+      metrics_json: logMetrics(target?.metrics_json ?? null, c.metrics),
+    };
+    await trx.insertInto('promotion_log').values(entry).execute();
+    return entry;
   });
 }
 

@@ -1,6 +1,7 @@
 /**
  * Registry settings shared by every process on the store: the canary share (of new
- * conversations served by `candidate`) and whether the online loop is paused. One JSON value per
+ * conversations served by `candidate`), the arena share (of `compare` requests answered by
+ * champion and candidate, blind) and whether the online loop is paused. One JSON value per
  * key in `registry_settings`; on PostgreSQL a change sends `NOTIFY registry_changed`.
  */
 import type { Kysely } from 'kysely';
@@ -13,9 +14,11 @@ export interface RegistrySettings {
   canary_share: number;
   /** When true the online loop must not start a new iteration. */
   loop_paused: boolean;
+  /** Share in [0, 1] of `compare` requests answered head to head, champion against candidate (the arena). */
+  arena_share: number;
 }
 
-export const DEFAULT_SETTINGS: Readonly<RegistrySettings> = Object.freeze({ canary_share: 0, loop_paused: false });
+export const DEFAULT_SETTINGS: Readonly<RegistrySettings> = Object.freeze({ canary_share: 0, loop_paused: false, arena_share: 0 });
 
 /** Every setting (defaults for those never set). */
 export async function getRegistrySettings(db: Kysely<Database>): Promise<RegistrySettings> {

@@ -18,7 +18,8 @@ export type ThumbValue = 'up' | 'down';
 export type ThumbReason = 'not_factual' | 'unhelpful' | 'unsafe' | 'too_long' | 'other';
 export type Choice = 'a' | 'b' | 'tie' | 'both_bad';
 export type ModelKind = 'policy' | 'reward';
-export type PromotionAction = 'promote' | 'rollback';
+/** 'reject' / 'clear': the alias was unset (see `clearAlias`). */
+export type PromotionAction = 'promote' | 'rollback' | 'reject' | 'clear';
 export type RunKind = 'pretrain' | 'sft' | 'reward' | 'ppo' | 'loop' | 'eval';
 export type RunStatus = 'running' | 'succeeded' | 'failed' | 'cancelled';
 export type JudgementKind = 'thumb' | 'comparison' | 'ranking';

@@ -7,6 +7,7 @@ import type { Kysely, Migration, MigrationProvider } from 'kysely';
 import type { DialectName } from '../schema.ts';
 import * as initial from './2026-11-27-001-initial.ts';
 import * as registry from './2026-11-27-002-registry.ts';
+import * as arena from './2026-12-01-002-arena.ts';
 
 interface DialectMigration {
   up(db: Kysely<any>, dialect: DialectName): Promise<void>;
@@ -16,6 +17,7 @@ interface DialectMigration {
 const all: Record<string, DialectMigration> = {
   '2026-11-27-001-initial': initial,
   '2026-11-27-002-registry': registry,
+  '2026-12-01-002-arena': arena,
 };
 
 /** A provider handing Kysely every migration, bound to the dialect it runs on. */
