@@ -1,8 +1,10 @@
 /**
  * The whole story of `npm run simulate -- --json`, small: a server on the committed SFT model,
- * simulated users over /ws, one loop iteration (reward model, a few PPO steps, gates), the final
- * champion-vs-SFT comparison on held-out prompts. Checks the plumbing and the report, not the
- * figures (those take the full run; see the README).
+ * simulated users over /ws, one training round (reward model, a few optimiser steps, a candidate
+ * offered to the arena; the pre-filter is opened so that one always is), the judging round whose
+ * compares are blind champion-vs-candidate pairs, the arena's decision, and the final
+ * champion-vs-SFT comparison on held-out prompts. Checks the report's fields and what took each
+ * decision, not the figures (those take the full run; see the README).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -10,34 +12,59 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildData, BuildDataConfig } from '../training/build-data.ts';
-import { parseSimArgs, story } from './simulate.ts';
+import { parseSimArgs, stories } from './simulate.ts';
+import type { RoundReport } from './story.ts';
 
-test('one round of the story: judgements in, a loop iteration, a comparison with SFT out', async () => {
+test('one training round and the judging round: users decide, gold only reports, the JSON holds every field', { timeout: 120_000 }, async () => {
   const data = mkdtempSync(join(tmpdir(), 'story-data-'));
   try {
     buildData(BuildDataConfig.parse({ out: data, trainDialogues: 300, valDialogues: 120, maxDocsPerSource: 2 }), { log: () => {} });
-    const o = parseSimArgs(['--json', '--data', data, '--rounds', '1', '--users', '4', '--judgements-per-round', '48', '--ppo-steps', '5', '--eval-prompts', '12', '--min-reward-accuracy', '0', '--minutes', '10']);
-    assert.notEqual(o, 'help');
-    if (o === 'help') return;
-    const r = await story(o);
-    assert.equal(r.rounds, 1);
-    assert.equal(r.judgements, 48);
-    assert.equal(r.eval_prompts, 12);
+    const o = parseSimArgs(['--json', '--data', data, '--rounds', '1', '--users', '4', '--judgements-per-round', '48', '--ppo-steps', '5', '--eval-prompts', '12', '--samples-per-prompt', '2', '--min-reward-accuracy', '0', '--minutes', '10']);
+    assert.ok(o !== 'help');
+    const printed: string[] = [];
+    const r = await stories({ ...o, loop: { minScoreGain: -1e9 } }, () => {}, (l) => printed.push(l));
+    assert.deepEqual(printed, [], 'one seed: only the pooled line, which the caller prints');
+
+    assert.equal(r.seeds, 1);
+    assert.equal(r.gold_in_decisions, false);
     const win = r.gold_win_rate_vs_sft as number;
-    assert.ok(win >= 0 && win <= 1, `win rate ${win}`);
-    assert.equal(typeof r.gold_reward, 'number');
-    assert.equal(typeof r.minutes, 'number');
-    const [it] = r.iterations as { status: string; ppoSteps: number; rmAccuracy: number }[];
-    assert.ok(it && ['promoted', 'candidate'].includes(it.status), `iteration ${JSON.stringify(it)}`);
-    assert.ok(it.ppoSteps >= 1 && it.ppoSteps <= 5);
-    // Every PPO evaluation of the round is on the curve, starting at step 0 (the champion, KL 0).
-    const curve = r.curve as { round: number; step: number; kl: number; proxy: number; gold: number }[];
-    assert.ok(curve.length >= 2, `curve ${JSON.stringify(curve)}`);
-    assert.deepEqual([curve[0]!.round, curve[0]!.step], [1, 0]);
-    assert.ok(Math.abs(curve[0]!.kl) < 1e-6, `the SFT champion's KL to SFT is 0, got ${curve[0]!.kl}`);
-    assert.ok(curve.every((p) => [p.kl, p.proxy, p.gold].every(Number.isFinite)));
-    // The champion is what the server served at the end: SFT, or the promoted candidate.
-    assert.match(String(r.champion), it.status === 'promoted' ? /^policy-/ : /^sft-/);
+    const [lo, hi] = r.gold_win_rate_ci95 as [number, number];
+    assert.ok(lo <= win && win <= hi && lo >= 0 && hi <= 1, `win ${win} in [${lo}, ${hi}]`);
+    assert.equal(typeof r.length_controlled_win_rate, 'number');
+    assert.deepEqual(Object.keys(r.parts_delta as object).sort(), ['clean', 'empty', 'format', 'length', 'overlap', 'words']);
+    assert.ok((r.kl_to_sft as number) >= 0);
+    assert.ok((r.minutes as number) > 0);
+
+    const [seed] = r.per_seed as Record<string, unknown>[];
+    assert.equal(seed!.seed, 1);
+    assert.equal(seed!.eval_prompts, 12);
+    assert.equal(seed!.judgements, 96);
+    assert.equal(seed!.gold_win_rate_vs_sft, win, 'one seed: pooled = per seed');
+    const rounds = seed!.rounds as RoundReport[];
+    assert.deepEqual(rounds.map((x) => [x.round, x.phase]), [[1, 'train'], [2, 'judge']]);
+    const [train, judge] = rounds as [RoundReport, RoundReport];
+
+    // Round 1: the users judged SFT (no candidate yet, no arena); the loop trained and offered a candidate.
+    assert.equal(train.head_to_head, 0);
+    assert.equal(train.status, 'offered', train.reason);
+    assert.deepEqual(train.decisions.map((d) => `${d.by}:${d.action}`), ['proxy:offer']);
+    assert.ok(train.rm_eval_accuracy === null || (train.rm_eval_accuracy >= 0 && train.rm_eval_accuracy <= 1));
+    if (train.eval_pairs) assert.ok(train.bayes_ceiling! >= 0.5 && train.bayes_ceiling! <= 1, `ceiling ${train.bayes_ceiling}`);
+
+    // Round 2: every compare was a blind champion-vs-candidate pair; the arena counted exactly those judgements.
+    assert.ok(judge.head_to_head > 0, 'the arena share was set once a candidate existed');
+    assert.ok(judge.arena, 'the arena was summarised');
+    assert.equal(judge.arena!.n, judge.head_to_head);
+    assert.match(judge.arena!.candidate, /^policy-/);
+    assert.ok(judge.arena!.interval[0]! <= judge.arena!.p! && judge.arena!.p! <= judge.arena!.interval[1]!);
+    assert.deepEqual(judge.decisions.map((d) => `${d.by}:${d.action}`), [`arena:${judge.arena!.decision}`]);
+
+    // No decision came from gold; the champion is whatever the users' arena made it.
+    const all = rounds.flatMap((x) => x.decisions);
+    assert.ok(all.every((d) => ['arena', 'proxy', 'guard'].includes(d.by)), JSON.stringify(all));
+    assert.match(String(seed!.champion), judge.arena!.decision === 'promote' ? /^policy-/ : /^sft-/);
+    const curve = seed!.curve as { round: number; step: number; kl: number; proxy: number; gold: number }[];
+    assert.ok(curve.length >= 2 && curve.every((p) => p.round === 1 && [p.kl, p.proxy, p.gold].every(Number.isFinite)), JSON.stringify(curve));
   } finally {
     rmSync(data, { recursive: true, force: true });
   }
