@@ -177,3 +177,55 @@ test('admin: log in with the token, promote a version, see the promotion log upd
   assert.equal(await page.evaluate(() => sessionStorage.getItem('rlhf-chat.adminToken')), TOKEN);
   await page.close();
 });
+
+test('arena: the admin sets the arena share, a compare shows "hidden" versions, the pick reveals them, and the admin view charts the interval', { skip, timeout: 60_000 }, async () => {
+  const champion = (await (await fetch(`${srv.url}/admin/versions`, { headers: { authorization: `Bearer ${TOKEN}` } })).json()).aliases.champion as string;
+  const promoted = await fetch(`${srv.url}/admin/promote`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ versionId: other === champion ? srv.model.version : other, alias: 'candidate' }),
+  });
+  assert.equal(promoted.status, 200, await promoted.clone().text());
+  const candidate = (await promoted.json()).promotion.to_version_id as string;
+
+  const admin = await openPage('#admin');
+  await admin.fill('#admin-token', TOKEN);
+  await admin.click('#admin-login button[type="submit"]');
+  await admin.locator('#arena-share').waitFor();
+  await admin.fill('#arena-share', '1');
+  await admin.evaluate(() => (document.getElementById('admin-status')!.textContent = ''));
+  await admin.click('#arena-set');
+  await admin.waitForFunction(() => /arena share 1: done/.test(document.getElementById('admin-status')?.textContent ?? ''));
+  assert.match((await admin.textContent('[data-testid="serving"]'))!, /arena 1/);
+  assert.match((await admin.textContent('[data-testid="arena-summary"]'))!, /^0 judgements/);
+
+  const page = await openPage();
+  await page.fill('#input', 'what does lucid mean?');
+  await page.press('#input', 'Enter');
+  const bubble = page.locator('.msg.assistant[data-id]').first();
+  await bubble.waitFor();
+  await bubble.locator('[data-testid="compare"]').click();
+  await page.locator('#compare-panel button[data-choice="a"]:enabled').waitFor();
+  assert.equal(await page.textContent('[data-testid="version-a"]'), 'hidden');
+  assert.equal(await page.textContent('[data-testid="version-b"]'), 'hidden');
+  const a = (await page.getAttribute('#compare-panel', 'data-a'))!;
+  const b = (await page.getAttribute('#compare-panel', 'data-b'))!;
+  await page.click('#compare-panel button[data-choice="a"]');
+  await page.waitForFunction(() => /comparison saved: a · A was/.test(document.getElementById('status')?.textContent ?? ''));
+  const db = srv.chat()!.deps.store.db;
+  const truth = await db.selectFrom('generations').select(['message_id', 'model_version_id']).where('message_id', 'in', [a, b]).execute();
+  const versionOf = (id: string) => truth.find((g) => g.message_id === id)!.model_version_id;
+  assert.deepEqual([await page.textContent('[data-testid="version-a"]'), await page.textContent('[data-testid="version-b"]')], [versionOf(a), versionOf(b)]);
+  assert.deepEqual([versionOf(a), versionOf(b)].sort(), [champion, candidate].sort());
+  await page.close();
+
+  await admin.evaluate(() => (document.getElementById('admin-status')!.textContent = ''));
+  await admin.fill('#arena-share', '0');
+  await admin.click('#arena-set');
+  await admin.waitForFunction(() => /arena share 0: done/.test(document.getElementById('admin-status')?.textContent ?? ''));
+  assert.match((await admin.textContent('[data-testid="arena-summary"]'))!, /^1 judgements .*decision: continue .*at equal length/);
+  assert.equal(await admin.locator('#arena-thumbs tbody tr').count(), 2);
+  if ((await admin.getAttribute('#arena-chart', 'data-kind')) === 'table') assert.equal(await admin.locator('#arena-chart tbody tr').count(), 5);
+  else assert.equal(await admin.evaluate(() => (window as unknown as { Chart: { getChart(c: Element): { data: { datasets: unknown[] } } } }).Chart.getChart(document.querySelector('#arena-chart canvas')!).data.datasets.length), 4);
+  await admin.close();
+});

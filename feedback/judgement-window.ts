@@ -1,7 +1,7 @@
 /**
  * The judgements a training round sees: how many arrived since a time, the window (counts and
- * time/id bounds) a round trained on, and the "both bad" comparisons that give no order but two
- * negatives. Rows only; training/ turns them into examples.
+ * time/id bounds) a round trained on, and the comparisons that state no order ("both bad": two
+ * negatives; ties: a target of ½). Rows only; training/ turns them into examples.
  */
 import type { Kysely } from 'kysely';
 import type { Database } from './schema.ts';
@@ -56,18 +56,20 @@ export async function judgementWindow(db: Kysely<Database>, since: string | null
   return w;
 }
 
-/** A current "both bad" comparison: the context message and the two replies judged bad. */
-export interface BothBadRow {
+/** A current comparison that states no order: "both bad" or a tie. */
+export interface UnorderedComparison {
   contextId: string;
   aId: string;
   bId: string;
+  choice: 'both_bad' | 'tie';
   createdAt: string;
 }
 
-/** The current "both bad" comparisons, oldest first, optionally from `since` on. */
-export async function bothBadComparisons(db: Kysely<Database>, o: { since?: string } = {}): Promise<BothBadRow[]> {
-  let q = db.selectFrom('comparisons').select(['context_id', 'a_id', 'b_id', 'created_at']).where('current', '=', 1).where('choice', '=', 'both_bad');
+/** The current "both bad" (and, when asked, tie) comparisons, oldest first, optionally from `since` on. */
+export async function unorderedComparisons(db: Kysely<Database>, o: { choices: readonly ('both_bad' | 'tie')[]; since?: string }): Promise<UnorderedComparison[]> {
+  if (!o.choices.length) return [];
+  let q = db.selectFrom('comparisons').select(['context_id', 'a_id', 'b_id', 'choice', 'created_at']).where('current', '=', 1).where('choice', 'in', [...o.choices]);
   if (o.since) q = q.where('created_at', '>=', o.since);
   const rows = await q.orderBy('id').execute();
-  return rows.map((r) => ({ contextId: r.context_id, aId: r.a_id, bId: r.b_id, createdAt: r.created_at }));
+  return rows.map((r) => ({ contextId: r.context_id, aId: r.a_id, bId: r.b_id, choice: r.choice as 'both_bad' | 'tie', createdAt: r.created_at }));
 }

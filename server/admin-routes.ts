@@ -8,6 +8,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { Hono, type Context } from 'hono';
 import { z } from 'zod';
+import { arenaOutcomes, intervalHistory, summariseArena } from '../feedback/arena.ts';
 import { listModelVersions, listPromotions, promote, resolveAlias, rollback, rollbackTarget } from '../feedback/model-versions.ts';
 import type { FeedbackStore } from '../feedback/open-store.ts';
 import { getRegistrySettings, setRegistrySetting } from '../feedback/registry-settings.ts';
@@ -29,6 +30,7 @@ const alias = z.string().min(1).max(128);
 const promoteBody = z.strictObject({ versionId: z.string().min(1).max(128), alias: alias.default('champion'), reason: z.string().max(2000).optional(), actor: z.string().max(128).optional() });
 const rollbackBody = z.strictObject({ alias: alias.default('champion'), versionId: z.string().min(1).max(128).optional(), reason: z.string().max(2000).optional(), actor: z.string().max(128).optional() });
 const canaryBody = z.strictObject({ share: z.number().min(0).max(1) });
+const arenaBody = z.strictObject({ share: z.number().min(0).max(1) });
 const loopBody = z.strictObject({ reason: z.string().max(2000).optional() }).default({});
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
@@ -148,6 +150,36 @@ export function adminRoutes(deps: AdminDeps): Hono {
     await registry.refresh();
     audit(c, 'canary', b);
     return c.json({ share: b.share, candidate: (await resolveAlias(db, 'candidate')) ?? null, serving: registry.state() });
+  });
+
+  /** The arena: its share, the live summary (null without a candidate and a champion), the interval after each judgement, thumbs of both versions. */
+  const arenaView = async (db: FeedbackStore['db'], share: number) => {
+    const [candidate, champion, thumbs] = await Promise.all([resolveAlias(db, 'candidate'), resolveAlias(db, 'champion'), thumbsByVersion(db)]);
+    const outcomes = candidate && champion ? await arenaOutcomes(db, { candidate, champion }) : [];
+    const byVersion = new Map(thumbs.map((t) => [t.versionId, t]));
+    return {
+      share,
+      summary: candidate && champion ? summariseArena(outcomes, { candidate, champion }) : null,
+      history: intervalHistory(outcomes),
+      thumbs: [champion, candidate].filter((v): v is string => v !== undefined).map((versionId) => {
+        const t = byVersion.get(versionId) ?? { up: 0, down: 0 };
+        return { versionId, up: t.up, down: t.down, upRate: t.up + t.down ? t.up / (t.up + t.down) : null };
+      }),
+    };
+  };
+
+  app.get('/arena', async (c) => {
+    const { db } = ready();
+    return c.json(await arenaView(db, (await getRegistrySettings(db)).arena_share));
+  });
+
+  app.put('/arena', async (c) => {
+    const { registry, db } = ready();
+    const b = await body(c, arenaBody);
+    await setRegistrySetting(db, 'arena_share', b.share);
+    await registry.refresh();
+    audit(c, 'arena', b);
+    return c.json({ ...(await arenaView(db, b.share)), serving: registry.state() });
   });
 
   app.get('/feedback', async (c) => {

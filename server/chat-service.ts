@@ -4,13 +4,17 @@
  * the one chat template (dropping the oldest turns, never the system prompt, when it outgrows the
  * context window), submit replies to the scheduler, and store every reply with its generation
  * record (model version, sampling parameters, seed, usage, timings).
+ *
+ * Arena: `compareArena` answers a compare with one reply of the champion and one of the
+ * candidate, in random order, submitted together; their generation rows keep the true versions
+ * with `params.source = 'arena'`, and `arenaReveal` names them once the pair was judged.
  */
 import { randomInt } from 'node:crypto';
 import { renderChat, type ChatMessage } from '../model/chat-template.ts';
 import { DEFAULT_GENERATE, type GenerateOptions } from '../model/generate.ts';
 import { disposeCache } from '../model/gpt.ts';
 import { addMessage, createConversation, getConversation, getThread, listMessages } from '../feedback/conversations.ts';
-import { addAssistantReply } from '../feedback/generations.ts';
+import { addAssistantReply, getGeneration } from '../feedback/generations.ts';
 import type { FeedbackStore } from '../feedback/open-store.ts';
 import type { ServerConfig } from './config.ts';
 import { ChatError } from './errors.ts';
@@ -27,8 +31,8 @@ export interface ChatDeps {
   sessions: SessionCache;
   config: ServerConfig;
   metrics: ServerMetrics;
-  /** Picks the canary arm per conversation; absent: always the scheduler's model. */
-  registry?: Pick<ModelRegistry, 'modelFor'>;
+  /** Picks the canary arm per conversation and the arena pair per compare; absent: always the scheduler's model. */
+  registry?: Pick<ModelRegistry, 'modelFor'> & Partial<Pick<ModelRegistry, 'arenaModels'>>;
 }
 
 /** A prompt ready to decode. */
@@ -198,11 +202,56 @@ export class ChatService {
     source: string,
     onDelta?: (candidate: number, text: string) => void,
   ): ReplyRun {
-    const userTurn = context[context.length - 1];
-    if (!userTurn || userTurn.role !== 'user') throw new ChatError('invalid_request', 'a reply needs a user message to answer');
     // The canary arm is fixed when the reply is submitted; without one, the scheduler's model at admission.
     const model = this.deps.registry?.modelFor(conversationId);
-    const prompt = this.prompt(context.map((t) => ({ role: t.role, content: t.content })), opts.maxTokens, model);
+    return this.#decode(state, conversationId, context, opts, Array.from({ length: n }, () => model), source, onDelta);
+  }
+
+  /**
+   * The arena's answer to a compare: when the registry selects this request (a candidate is
+   * loaded and a uniform draw falls under `arena_share`), one reply of the champion and one of
+   * the candidate, in random order (`random() < ½`: champion first), decoded together and stored
+   * with `params.source = 'arena'`. Undefined when the request is not an arena one.
+   */
+  compareArena(
+    state: ConversationState | undefined,
+    conversationId: string,
+    context: readonly Turn[],
+    opts: GenerateOptions,
+    onDelta?: (candidate: number, text: string) => void,
+    random: () => number = Math.random,
+  ): ReplyRun | undefined {
+    const pair = this.deps.registry?.arenaModels?.(random());
+    if (!pair) return undefined;
+    const models = random() < 0.5 ? [pair.champion, pair.candidate] : [pair.candidate, pair.champion];
+    return this.#decode(state, conversationId, context, opts, models, 'arena', onDelta);
+  }
+
+  /** The versions behind replies `a` and `b` when both are arena replies, else undefined. */
+  async arenaReveal(a: string, b: string): Promise<{ a: string; b: string } | undefined> {
+    const { db } = this.deps.store;
+    const [ga, gb] = await Promise.all([getGeneration(db, a), getGeneration(db, b)]);
+    const arena = (g: typeof ga) => g !== undefined && (JSON.parse(g.params_json) as { source?: unknown }).source === 'arena';
+    return arena(ga) && arena(gb) ? { a: ga!.model_version_id, b: gb!.model_version_id } : undefined;
+  }
+
+  /** Submits one reply per entry of `models` (undefined: the scheduler's model) together, and stores each. */
+  #decode(
+    state: ConversationState | undefined,
+    conversationId: string,
+    context: readonly Turn[],
+    opts: GenerateOptions,
+    models: readonly (ServedModel | undefined)[],
+    source: string,
+    onDelta?: (candidate: number, text: string) => void,
+  ): ReplyRun {
+    const n = models.length;
+    const userTurn = context[context.length - 1];
+    if (!userTurn || userTurn.role !== 'user') throw new ChatError('invalid_request', 'a reply needs a user message to answer');
+    const messages = context.map((t) => ({ role: t.role, content: t.content }));
+    const prompts = new Map<ServedModel | undefined, Prompt>();
+    const promptFor = (m: ServedModel | undefined) => prompts.get(m) ?? prompts.set(m, this.prompt(messages, opts.maxTokens, m)).get(m)!;
+    const perPrompt = models.map(promptFor);
     const { scheduler, metrics } = this.deps;
     const jobs: Job[] = [];
     const perCandidate = Array.from({ length: n }, (_, i) => ({ ...opts, seed: (opts.seed + i) % Number.MAX_SAFE_INTEGER }));
@@ -211,12 +260,12 @@ export class ChatService {
         const reuse = i === 0 && state ? this.deps.sessions.takeKv(state) : undefined;
         jobs.push(
           scheduler.submit({
-            promptIds: prompt.ids,
+            promptIds: perPrompt[i]!.ids,
             opts: perCandidate[i]!,
             reuse,
             keepContext: i === 0 && state !== undefined,
             source,
-            model,
+            model: models[i],
             onDelta: onDelta && ((t) => onDelta(i, t)),
           }),
         );
@@ -233,11 +282,12 @@ export class ChatService {
         for (let i = 0; i < n; i++) {
           const r = results[i]!;
           const o = perCandidate[i]!;
+          const droppedMessages = perPrompt[i]!.droppedMessages;
           const { message } = await addAssistantReply(this.deps.store.db, {
             message: { conversationId, parentId: userTurn.id, content: r.text, tokenCount: r.completionTokens },
             generation: {
               modelVersionId: r.version,
-              params: { temperature: o.temperature, topP: o.topP, topK: o.topK, maxTokens: o.maxTokens, stop: o.stop, source, candidates: n, droppedMessages: prompt.droppedMessages },
+              params: { temperature: o.temperature, topP: o.topP, topK: o.topK, maxTokens: o.maxTokens, stop: o.stop, source, candidates: n, droppedMessages },
               seed: o.seed,
               finishReason: r.finishReason,
               promptTokens: r.promptTokens,
@@ -246,7 +296,7 @@ export class ChatService {
               ttftMs: r.ttftMs,
             },
           });
-          stored.push({ messageId: message.id, parentId: userTurn.id, content: r.text, result: r, droppedMessages: prompt.droppedMessages, candidate: i, opts: o });
+          stored.push({ messageId: message.id, parentId: userTurn.id, content: r.text, result: r, droppedMessages, candidate: i, opts: o });
         }
         if (state) {
           state.path = [...context, { id: stored[0]!.messageId, role: 'assistant', content: stored[0]!.content }];

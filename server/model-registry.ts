@@ -12,6 +12,10 @@
  *
  * Canary: with a candidate set and `canary_share` > 0, a stable hash of the conversation id sends
  * that share of conversations to the candidate (the same conversation always to the same arm).
+ *
+ * Arena: with a candidate set and `arena_share` > 0, that share of `compare` requests (a uniform
+ * draw per request) is answered by the champion and the candidate head to head (`arenaModels`).
+ * The candidate is loaded when either share is above 0.
  */
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
@@ -43,6 +47,7 @@ export interface RegistryState {
   champion: string;
   candidate?: string;
   canaryShare: number;
+  arenaShare: number;
   loopPaused: boolean;
   /** Versions being decoded (two while a swap overlaps). */
   liveVersions: string[];
@@ -117,11 +122,22 @@ export class ModelRegistry {
     return h < share ? this.#candidate : undefined;
   }
 
+  /**
+   * The two models of an arena `compare`, when a candidate is loaded and `draw` (uniform in
+   * [0, 1)) falls under `arena_share`; else undefined (an ordinary compare).
+   */
+  arenaModels(draw: number = Math.random()): { champion: ServedModel; candidate: ServedModel } | undefined {
+    const candidate = this.#candidate;
+    if (!candidate || candidate.version === this.champion.version || !(draw < this.#settings.arena_share)) return undefined;
+    return { champion: this.champion, candidate };
+  }
+
   state(): RegistryState {
     return {
       champion: this.champion.version,
       candidate: this.#candidate?.version,
       canaryShare: this.#settings.canary_share,
+      arenaShare: this.#settings.arena_share,
       loopPaused: this.#settings.loop_paused,
       liveVersions: this.opts.scheduler.liveVersions,
       lastError: this.#lastError,
@@ -197,7 +213,8 @@ export class ModelRegistry {
         this.opts.onSwap?.(model);
       }
     }
-    const wantCandidate = candidate && candidate !== this.champion.version && settings.canary_share > 0 ? candidate : undefined;
+    const wanted = settings.canary_share > 0 || settings.arena_share > 0;
+    const wantCandidate = candidate && candidate !== this.champion.version && wanted ? candidate : undefined;
     if (wantCandidate !== this.#candidate?.version) {
       const old = this.#candidate;
       this.#candidate = wantCandidate ? await this.#load(wantCandidate) : undefined;

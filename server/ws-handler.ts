@@ -174,7 +174,11 @@ class Connection {
       }
       const n = msg.type === 'compare' ? 2 : 1;
       const tag = (i: number) => (n > 1 ? { candidate: i } : {});
-      const run = chat.reply(state, state.id, context, opts, n, 'ws', (i, text) => this.send({ type: 'delta', requestId, text, ...tag(i) }));
+      const onDelta = (i: number, text: string) => this.send({ type: 'delta', requestId, text, ...tag(i) });
+      // Arena: champion against candidate, blind (versions hidden until the comparison's ack).
+      const arenaRun = msg.type === 'compare' ? chat.compareArena(state, state.id, context, opts, onDelta) : undefined;
+      const blind = arenaRun ? ({ arena: true } as const) : {};
+      const run = arenaRun ?? chat.reply(state, state.id, context, opts, n, 'ws', onDelta);
       this.runs.set(requestId, run);
       const parentId = context[context.length - 1]!.id;
       for (let i = 0; i < n; i++) this.send({ type: 'reply_start', requestId, conversationId: state.id, parentId, ...(userMessageId ? { userMessageId } : {}), ...tag(i) });
@@ -188,14 +192,15 @@ class Connection {
             messageId: r.messageId,
             parentId: r.parentId,
             content: r.content,
-            modelVersion: r.result.version,
+            modelVersion: arenaRun ? 'hidden' : r.result.version,
             finishReason: r.result.finishReason,
             usage: { promptTokens: r.result.promptTokens, completionTokens: r.result.completionTokens, totalTokens: r.result.promptTokens + r.result.completionTokens },
             ...(r.droppedMessages ? { contextTruncated: { droppedMessages: r.droppedMessages } } : {}),
             ...tag(r.candidate),
+            ...blind,
           });
         }
-        if (n > 1) this.send({ type: 'candidates', requestId, contextId: parentId, messageIds: replies.map((r) => r.messageId) });
+        if (n > 1) this.send({ type: 'candidates', requestId, contextId: parentId, messageIds: replies.map((r) => r.messageId), ...blind });
       } finally {
         this.runs.delete(requestId);
       }
@@ -211,7 +216,8 @@ class Connection {
     const kind = type;
     const r = await chat.deps.store.writer.submit({ ...rest, kind, raterId: this.userId });
     if (!r.ok) return this.error(r.error.code, r.error.message, requestId);
-    this.send({ type: 'feedback_ack', requestId, kind: r.kind, id: r.id, duplicate: r.duplicate });
+    const revealed = msg.type === 'comparison' ? await chat.arenaReveal(msg.a, msg.b) : undefined;
+    this.send({ type: 'feedback_ack', requestId, kind: r.kind, id: r.id, duplicate: r.duplicate, ...(revealed ? { revealed } : {}) });
   }
 }
 

@@ -69,7 +69,10 @@ export const RegenerateSchema = z.strictObject({
 /**
  * Two candidate replies side by side (decoded together, different seeds), for a comparison:
  * to a new user message (`content`) or to an existing one (`parentId`). Streams `delta`s and
- * `reply`s tagged `candidate: 0|1`, then `candidates`.
+ * `reply`s tagged `candidate: 0|1`, then `candidates`. In the arena (a candidate is set and the
+ * admin's arena share selects the request) one reply is the champion's and one the candidate's,
+ * in random order, with `arena: true` and `modelVersion: "hidden"`; the `feedback_ack` of the
+ * comparison reveals them.
  * @example { "type": "compare", "requestId": "r3", "conversationId": "01J…", "content": "Use it in a sentence." }
  */
 export const CompareSchema = z
@@ -218,11 +221,16 @@ export type ServerMessage =
       /** Present when old turns were dropped to fit the context window (the system prompt is kept). */
       contextTruncated?: { droppedMessages: number };
       candidate?: number;
+      /** An arena reply (champion against candidate, blind): `modelVersion` is then `"hidden"` until the comparison's `feedback_ack`. */
+      arena?: true;
     }
   /** After both `compare` replies: the context (the user message) and the two candidates. */
-  | { type: 'candidates'; requestId: string; contextId: string; messageIds: string[] }
-  /** A judgement was stored (or recognised as a duplicate retry). */
-  | { type: 'feedback_ack'; requestId: string; kind: 'thumb' | 'comparison' | 'ranking'; id: string; duplicate: boolean }
+  | { type: 'candidates'; requestId: string; contextId: string; messageIds: string[]; arena?: true }
+  /**
+   * A judgement was stored (or recognised as a duplicate retry). For a comparison of an arena
+   * pair, `revealed` names the version behind each reply.
+   */
+  | { type: 'feedback_ack'; requestId: string; kind: 'thumb' | 'comparison' | 'ranking'; id: string; duplicate: boolean; revealed?: { a: string; b: string } }
   | { type: 'pong'; requestId?: string }
   /** Something was refused; `code` is stable. */
   | { type: 'error'; requestId?: string; code: string; message: string };

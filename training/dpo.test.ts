@@ -4,7 +4,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '../model/backend.ts';
 import { GPT } from '../model/gpt.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
-import { evaluateDpo, trainDpo } from './dpo.ts';
+import { DpoOptimizer, evaluateDpo, formatDpoStats, trainDpo } from './dpo.ts';
 import { toyConfig, toyPreferenceGroups, toyTokenizer } from './rlhf-fixture.ts';
 
 let tok: Tokenizer;
@@ -44,5 +44,34 @@ test('the reference stays frozen and a larger β gives the same log-ratio a larg
   const b = evaluateDpo(policy, reference, tok, val, 0.2);
   assert.ok(Math.abs(b.margin - 2 * a.margin) < 1e-4 * Math.max(1, Math.abs(a.margin)));
   policy.dispose();
+  reference.dispose();
+});
+
+test('the step-wise DPO optimiser lowers its loss on a toy preference set and measures the KL of sampled replies', async () => {
+  const reference = GPT.create(toyConfig(tok), 'policy', 23);
+  const policy = reference.clone();
+  const val = toyPreferenceGroups(30, 42);
+  const dpo = new DpoOptimizer({ policy, reference, tok, data: { groups: toyPreferenceGroups(64, 7), unpaired: [] }, knobs: { beta: 0.5, groupsPerStep: 8, steps: 24, lr: 3e-3, minLr: 3e-4, warmup: 3, klSamples: 4, maxTokens: 6, seed: 1 } });
+  assert.equal(dpo.stepsPerEpoch, 8);
+  await dpo.step();
+  const n0 = tf.memory().numTensors;
+  const hist = [await dpo.step()];
+  assert.equal(tf.memory().numTensors, n0, 'a step leaves no tensors behind');
+  for (let i = 2; i < 24; i++) hist.push(await dpo.step());
+  const avg = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  const first = avg(hist.slice(0, 4).map((s) => s.loss));
+  const last = avg(hist.slice(-4).map((s) => s.loss));
+  assert.ok(last < first - 0.1, `loss ${first.toFixed(4)} → ${last.toFixed(4)}\n${hist.map((s) => formatDpoStats(s)).join('\n')}`);
+  assert.equal(hist[hist.length - 1]!.epoch, 2, 'three passes over 8 minibatches');
+  assert.ok(hist.every((s) => Number.isFinite(s.kl) && s.replyLength > 0 && s.pairs === 8));
+  assert.ok(evaluateDpo(policy, reference, tok, val, 0.5).accuracy > 0.8, 'the held-out implicit reward orders the pairs');
+  dpo.dispose();
+  policy.dispose();
+  reference.dispose();
+});
+
+test('the step-wise DPO optimiser refuses data without a single pair', () => {
+  const reference = GPT.create(toyConfig(tok), 'policy', 24);
+  assert.throws(() => new DpoOptimizer({ policy: reference, reference, tok, data: [{ prompt: [{ role: 'user', content: 'x' }], replies: ['a', 'b'], pairs: [], weight: 1, source: 'tie' }] }), /at least one judgement/);
   reference.dispose();
 });

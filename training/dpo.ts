@@ -8,7 +8,8 @@
  *   L = (1/|G|) Σ_g Σ_{(w,l) ∈ g} w_g · −log σ(β · (Δ_θ(x, y_w) − Δ_θ(x, y_l)))
  *   Δ_θ(x, y) = log π_θ(y | x) − log π_ref(y | x),   log π(y | x) = Σ_t log π(y_t | x, y_<t)
  *
- *   π_ref   the frozen SFT policy (the same reference PPO's KL is measured against);
+ *   π_ref   the frozen reference (SFT, or the champion when the loop re-anchors; the same
+ *           reference PPO's and RLOO's KL is measured against);
  *   β       strength of the implicit KL leash (larger = stay closer to π_ref);
  *   w_g     1/#pairs of the judgement (a ranking's C(K,2) pairs weigh as one judgement).
  * The implicit reward is r̂(x, y) = β Δ_θ(x, y); logged: its margin r̂_w − r̂_l and the share of
@@ -173,42 +174,36 @@ export interface TrainDpoResult {
   history: { step: number; loss: number; margin: number; accuracy: number; heldOut?: DpoEval }[];
 }
 
-/** Trains `policy` in place with DPO; evaluates on `val` after every epoch. */
+/** Trains `policy` in place with DPO (a `DpoOptimizer` driven for `epochs` passes); evaluates on `val` after every epoch. */
 export function trainDpo(o: TrainDpoOptions): TrainDpoResult {
   const { policy, reference, tok, knobs: k } = o;
   const log = o.log ?? ((l: string) => console.error(l));
-  const opt = new AdamW(policy.params, { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: k.weightDecay, gradClip: k.gradClip });
-  const vars = policy.trainableVariables().filter((v) => !v.name.startsWith('value.'));
-  const rng = createRng(k.seed);
-  const perEpoch = Math.max(1, Math.ceil(o.train.length / k.groupsPerBatch));
+  const paired = o.train.filter((g) => g.pairs.length > 0);
+  const perEpoch = Math.max(1, Math.ceil(paired.length / k.groupsPerBatch));
   const total = perEpoch * k.epochs;
   const history: TrainDpoResult['history'] = [];
-  let step = 0;
   let heldOut = evaluateDpo(policy, reference, tok, o.val, k.beta, k.groupsPerBatch);
-  for (let epoch = 1; epoch <= k.epochs; epoch++) {
-    const order = rng.shuffle(o.train);
-    for (let i = 0; i < perEpoch; i++) {
-      const b = buildBatch(tok, policy.config.blockSize, order.slice(i * k.groupsPerBatch, (i + 1) * k.groupsPerBatch));
-      if (!b.P) continue;
-      const ref = referenceLogProbs(reference, b);
-      const lr = warmupCosine(step, total, k.lr, k.minLr, k.warmup);
-      const r = optimizerStep(policy, opt, vars, lr, () => {
-        const { loss, margins } = dpoLoss(policy, b, ref, k.beta, k.labelSmoothing);
-        return { loss, aux: { margin: tf.mean(margins) as tf.Scalar, accuracy: tf.mean(tf.cast(tf.greater(margins, 0), 'float32')) as tf.Scalar } };
-      });
-      ref.dispose();
-      if (!Number.isFinite(r.loss)) throw new Error(`dpo: loss became ${r.loss} at step ${step}; lower --lr`);
-      step++;
-      history.push({ step, loss: r.loss, margin: r.aux.margin!, accuracy: r.aux.accuracy! });
-      log(`dpo: step ${step}/${total} loss ${r.loss.toFixed(4)} margin ${r.aux.margin!.toFixed(4)} acc ${r.aux.accuracy!.toFixed(3)} lr ${lr.toExponential(2)}`);
+  if (!paired.length) return { steps: 0, heldOut, history };
+  const opt = new DpoOptimizer({
+    policy, reference, tok, data: paired,
+    knobs: { beta: k.beta, labelSmoothing: k.labelSmoothing, groupsPerStep: k.groupsPerBatch, steps: total, lr: k.lr, minLr: k.minLr, warmup: k.warmup, weightDecay: k.weightDecay, gradClip: k.gradClip, emaDecay: 0, klSamples: 0, seed: k.seed },
+  });
+  try {
+    for (let epoch = 1; epoch <= k.epochs; epoch++) {
+      for (let i = 0; i < perEpoch; i++) {
+        const s = opt.update();
+        history.push({ step: s.step, loss: s.loss, margin: s.margin, accuracy: s.accuracy });
+        log(`dpo: step ${s.step}/${total} loss ${s.loss.toFixed(4)} margin ${s.margin.toFixed(4)} acc ${s.accuracy.toFixed(3)} lr ${s.lr.toExponential(2)}`);
+      }
+      heldOut = evaluateDpo(policy, reference, tok, o.val, k.beta, k.groupsPerBatch);
+      history[history.length - 1]!.heldOut = heldOut;
+      const recent = history.slice(-perEpoch);
+      log(`dpo: epoch ${epoch}/${k.epochs} step ${history.length} loss ${mean(recent.map((h) => h.loss)).toFixed(4)} margin ${mean(recent.map((h) => h.margin)).toFixed(4)} acc ${mean(recent.map((h) => h.accuracy)).toFixed(3)}; held-out margin ${heldOut.margin.toFixed(4)} acc ${heldOut.accuracy.toFixed(3)} over ${heldOut.pairs} pairs`);
     }
-    heldOut = evaluateDpo(policy, reference, tok, o.val, k.beta, k.groupsPerBatch);
-    if (history.length) history[history.length - 1]!.heldOut = heldOut;
-    const recent = history.slice(-perEpoch);
-    log(`dpo: epoch ${epoch}/${k.epochs} step ${step} loss ${mean(recent.map((h) => h.loss)).toFixed(4)} margin ${mean(recent.map((h) => h.margin)).toFixed(4)} acc ${mean(recent.map((h) => h.accuracy)).toFixed(3)}; held-out margin ${heldOut.margin.toFixed(4)} acc ${heldOut.accuracy.toFixed(3)} over ${heldOut.pairs} pairs`);
+  } finally {
+    opt.dispose();
   }
-  opt.dispose();
-  return { steps: step, heldOut, history };
+  return { steps: history.length, heldOut, history };
 }
 
 /** Knobs of the step-wise DPO optimiser. */
@@ -334,8 +329,8 @@ export class DpoOptimizer {
     return { epoch, groups: this.order.groups.slice(i * g, (i + 1) * g) };
   }
 
-  /** One DPO update on the next minibatch, then the KL of a few sampled replies. */
-  async step(): Promise<DpoStepStats> {
+  /** The DPO update of the next minibatch alone (no sampling): the figures of `step()` but the KL ones. */
+  update(): Omit<DpoStepStats, 'kl' | 'klSft' | 'score' | 'replyLength'> {
     const k = this.knobs;
     const { policy, reference, tok } = this.o;
     const t0 = performance.now();
@@ -350,8 +345,18 @@ export class DpoOptimizer {
     ref.dispose();
     if (!Number.isFinite(r.loss)) throw new Error(`dpo: loss became ${r.loss} at step ${this.stepCount}; lower the learning rate`);
     this.emaState?.update();
-    const seed = k.seed * 100_003 + this.stepCount * 1_009;
     this.stepCount++;
+    return { step: this.stepCount, epoch, loss: r.loss, margin: r.aux.margin!, accuracy: r.aux.accuracy!, pairs: b.P, beta: k.beta, lr, ms: performance.now() - t0 };
+  }
+
+  /** One DPO update on the next minibatch, then the KL (and proxy score) of `klSamples` replies sampled for its prompts. */
+  async step(): Promise<DpoStepStats> {
+    const k = this.knobs;
+    const { policy, reference, tok } = this.o;
+    const t0 = performance.now();
+    const seed = k.seed * 100_003 + this.stepCount * 1_009;
+    const { groups } = this.batchAt(this.stepCount);
+    const u = this.update();
     let kl = NaN;
     let klSft: number | undefined;
     let score: number | undefined;
@@ -364,11 +369,7 @@ export class DpoOptimizer {
       if (this.o.reward) score = mean(await this.o.reward.score(eps.map((e) => ({ prompt: e.prompt, reply: e.reply, replyIds: e.replyIds }))));
       replyLength = mean(eps.map((e) => e.replyIds.length));
     }
-    return {
-      step: this.stepCount, epoch, loss: r.loss, margin: r.aux.margin!, accuracy: r.aux.accuracy!, pairs: b.P, kl,
-      ...(klSft !== undefined ? { klSft } : {}), ...(score !== undefined ? { score } : {}),
-      replyLength, beta: k.beta, lr, ms: performance.now() - t0,
-    };
+    return { ...u, kl, ...(klSft !== undefined ? { klSft } : {}), ...(score !== undefined ? { score } : {}), replyLength, ms: performance.now() - t0 };
   }
 
   exportState(): DpoOptimizerState {

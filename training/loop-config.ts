@@ -5,6 +5,7 @@
 import { z } from 'zod';
 import { DEFAULT_SAMPLING } from '../model/sampling.ts';
 import type { RewardSource } from './reward-source.ts';
+import { ALGORITHMS, type Algorithm } from './policy-optimizer.ts';
 import type { ArenaFigures } from './loop-gates.ts';
 
 export const OnlineLoopConfig = z.object({
@@ -14,10 +15,19 @@ export const OnlineLoopConfig = z.object({
   minNewJudgements: z.number().int().nonnegative().default(50).describe('new judgements needed before an iteration runs'),
   pollSeconds: z.number().positive().default(60).describe('wait between checks for new feedback'),
   once: z.boolean().default(false).describe('run one iteration (or skip) and exit'),
-  rewardEpochs: z.number().int().positive().default(2).describe('reward-model epochs per iteration'),
+  rewardEpochs: z.number().int().positive().default(2).describe('most reward-model epochs per iteration (early stopping may end sooner)'),
   rewardLr: z.number().positive().default(1e-4).describe('reward-model learning rate'),
+  rewardEnsemble: z.number().int().positive().default(3).describe('K: reward models in the ensemble (warm-started from the last round\'s)'),
+  rewardWarmStart: z.boolean().default(true).describe('warm-start the reward models from the last round\'s (off: from the SFT trunk every round)'),
+  pessimism: z.number().nonnegative().default(1).describe('k: the optimiser maximises ensemble mean − k·std (0 = the mean)'),
+  rewardPatience: z.number().int().nonnegative().default(2).describe('early stopping of each reward model: held-out evaluations without a lower loss (0 = off)'),
+  recencyHalfLife: z.number().nonnegative().default(0).describe('weight of a judgement 0.5^(newer judgements / this); 0 = all equal'),
+  tieWeight: z.number().nonnegative().default(1).describe('weight of ties (Bradley–Terry target ½) in the reward loss; 0 = ignored'),
   minRewardAccuracy: z.number().min(0).max(1).default(0.6).describe('guard: held-out pairwise accuracy the reward model must reach'),
   maxAccuracyDrop: z.number().min(0).max(1).default(0.1).describe('guard: stop when held-out accuracy falls this much below the last iteration\'s'),
+  algorithm: z.enum(ALGORITHMS as [Algorithm, ...Algorithm[]]).default('ppo').describe('policy optimiser: ppo, rloo (k samples, leave-one-out baseline) or dpo (on the judgements)'),
+  rlooK: z.number().int().min(2).default(4).describe('RLOO: samples per prompt'),
+  dpoBeta: z.number().positive().default(0.1).describe('DPO: β of the implicit reward'),
   ppoSteps: z.number().int().positive().default(30).describe('optimiser steps per iteration'),
   batchSize: z.number().int().positive().default(16).describe('PPO rollouts per step'),
   minibatchSize: z.number().int().positive().default(8).describe('PPO rollouts per gradient step'),
@@ -38,6 +48,8 @@ export const OnlineLoopConfig = z.object({
   goldGate: z.boolean().default(false).describe('ablation: gold (when given) stops the optimiser and gates promotion, instead of the users\' arena'),
   goldPatience: z.number().int().positive().default(3).describe('ablation (goldGate): evaluations over which proxy up / gold down stops the optimiser'),
   goldTolerance: z.number().nonnegative().default(0.1).describe('ablation (goldGate): how far gold must fall over those evaluations'),
+  arenaAlpha: z.number().gt(0).lt(1).default(0.05).describe('arena: error rate of the always-valid interval on P(candidate ≻ champion)'),
+  arenaMaxJudgements: z.number().int().positive().default(1500).describe('arena: a candidate still undecided after this many head-to-head judgements is rejected'),
   autoPromote: z.boolean().default(false).describe('apply the users\' arena verdict (promote or reject the candidate) without the admin'),
   minScoreGain: z.number().default(0.05).describe('pre-filter: a candidate is offered to the arena only when its proxy beats the champion\'s by this'),
   seed: z.number().int().default(6).describe('seed for splits and sampling'),

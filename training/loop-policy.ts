@@ -11,7 +11,8 @@ import { GPT } from '../model/gpt.ts';
 import { loadCheckpoint, saveCheckpoint, writeFileAtomic } from '../model/checkpoint.ts';
 import type { ChatMessage } from '../model/chat-template.ts';
 import { logMetrics } from '../feedback/index.ts';
-import { PpoTrainer, formatPpoStats, ppoMetrics, type PpoKnobs, type PpoStepStats, type PpoTrainerState } from './ppo.ts';
+import { createPolicyOptimizer, formatOptimizerStats, optimizerMetrics, type PolicyOptimizerKnobs } from './policy-optimizer.ts';
+import type { PreferenceData } from './preferences.ts';
 import type { RewardSource } from './reward-source.ts';
 import { ensembleDisagreementRising, klEstimateToSft, klOverBudget, proxyGoldDiverged, type PolicyEval } from './loop-gates.ts';
 import { evalMetrics, evaluatePolicy, type EvalSampling } from './loop-eval.ts';
@@ -28,93 +29,66 @@ export interface OptimisedPolicy {
   finalKlCoef: number;
 }
 
-/** The optimiser the loop drives (PPO here; see policy-optimizer.ts for the selectable ones). */
-interface LoopOptimizer {
-  readonly policy: GPT;
-  readonly shipped: GPT;
-  step(): Promise<PpoStepStats>;
-  exportState(): PpoTrainerState;
-  exportOptimizer(): Promise<Map<string, { data: Float32Array; shape: number[] }>>;
-  importState(state: PpoTrainerState, optimizer?: Map<string, Float32Array>, ema?: Map<string, Float32Array>): void;
-  dispose(): void;
-}
-
-function ppoOptimizer(o: { policy: GPT; reference: GPT; ctx: IterationContext; reward: RewardSource; prompts: readonly ChatMessage[][]; knobs: Partial<PpoKnobs> }): LoopOptimizer {
-  const t = new PpoTrainer({ policy: o.policy, reference: o.reference, tok: o.ctx.tok, reward: o.reward, prompts: o.prompts, knobs: o.knobs, log: o.ctx.log });
-  return {
-    policy: o.policy,
-    shipped: t.ema ?? o.policy,
-    step: () => t.step(),
-    exportState: () => t.exportState(),
-    exportOptimizer: () => t.exportOptimizer(),
-    importState: (s, opt, ema) => t.importState(s, opt, ema),
-    dispose: () => t.dispose(),
-  };
-}
-
 /** Runs (or continues) the iteration's optimiser from `champion`; `championEval` is the champion's evaluation (step 0 of the curve). */
 export async function optimisePolicy(
   ctx: IterationContext,
-  m: { sft: GPT; champion: GPT; championEval: PolicyEval; proxy: RewardSource; trainPrompts: readonly ChatMessage[][]; evalPrompts: readonly ChatMessage[][]; evalOpts: EvalSampling },
+  m: { sft: GPT; champion: GPT; championEval: PolicyEval; proxy: RewardSource; trainPrompts: ChatMessage[][]; evalPrompts: readonly ChatMessage[][]; evalOpts: EvalSampling; preferences?: PreferenceData },
 ): Promise<OptimisedPolicy> {
   const { cfg, db, tok, runId, runDir, log, o } = ctx;
   const total = ctx.push.ppoSteps;
-  const knobs: Partial<PpoKnobs> = {
+  const knobs: PolicyOptimizerKnobs = {
     steps: total, batchSize: cfg.batchSize, minibatchSize: Math.min(cfg.minibatchSize, cfg.batchSize), epochs: cfg.epochs, maxTokens: cfg.maxTokens, temperature: cfg.temperature,
-    lr: cfg.lr, minLr: cfg.lr / 10, klCoef: ctx.push.klCoef, adaptiveKl: true, klTarget: cfg.klTarget, klHorizon: 10 * cfg.batchSize, seed: cfg.seed,
+    lr: cfg.lr, minLr: cfg.lr / 10, klCoef: ctx.push.klCoef, adaptiveKl: true, klTarget: cfg.klTarget, klHorizon: 10 * cfg.batchSize, seed: cfg.seed, rlooK: cfg.rlooK, dpoBeta: cfg.dpoBeta,
   };
   const reference = cfg.reanchor ? m.champion : m.sft;
   const resumeFrom = latestPpoCheckpoint(runDir);
   pruneRunDir(runDir, resumeFrom && basename(resumeFrom));
   let policy: GPT;
   let evals: PolicyEval[];
-  let state: PpoTrainerState | undefined;
-  let optimizerState: Map<string, Float32Array> | undefined;
+  let resumed: { step: number; state: unknown; optimizer?: Map<string, Float32Array> } | undefined;
   let stopReason = '';
   if (resumeFrom) {
     const ck = loadCheckpoint(resumeFrom, { kind: 'policy', config: ctx.sftCk.meta.config, tokenizerFingerprint: tok.fingerprint(), withOptimizer: true });
     policy = ctx.own(GPT.fromWeights(ck.meta.config, 'policy', ck.weights));
-    const rc = ck.meta.runConfig as { ppoState: PpoTrainerState; evals: PolicyEval[]; stopReason: string };
-    state = rc.ppoState;
+    const rc = ck.meta.runConfig as { optimizerState: unknown; step: number; evals: PolicyEval[]; stopReason: string };
+    resumed = { step: rc.step, state: rc.optimizerState, optimizer: ck.optimizer };
     evals = rc.evals.map(reviveEval);
     stopReason = rc.stopReason;
-    optimizerState = ck.optimizer;
-    log(`loop: resuming PPO at step ${state.step} from ${resumeFrom}`);
+    log(`loop: resuming PPO at step ${rc.step} from ${resumeFrom}`);
   } else {
     policy = ctx.own(m.champion.clone());
     evals = [m.championEval];
     await logMetrics(db, runId, 0, evalMetrics(m.championEval));
   }
-  const opt = ppoOptimizer({ policy, reference, ctx, reward: m.proxy, prompts: m.trainPrompts, knobs });
-  if (state) {
-    const ema = optimizerState && new Map([...optimizerState].filter(([k]) => k.startsWith('ema.')).map(([k, v]) => [k.slice(4), v]));
-    opt.importState(state, optimizerState, ema);
-  }
-  let steps = state?.step ?? 0;
+  const opt = createPolicyOptimizer({
+    algorithm: cfg.algorithm, policy, reference, ...(cfg.reanchor ? { klReference: m.sft } : {}), tok, reward: m.proxy, prompts: m.trainPrompts,
+    ...(m.preferences ? { preferences: m.preferences } : {}), knobs, log,
+  });
+  if (resumed) opt.importState(resumed.state, resumed.optimizer);
+  let steps = resumed?.step ?? 0;
   const saveState = async (): Promise<void> => {
     const name = `step-${String(steps).padStart(6, '0')}`;
     const optState = await opt.exportOptimizer();
-    if (opt.shipped !== opt.policy) for (const [k, v] of await opt.shipped.exportWeights()) optState.set(`ema.${k}`, { data: v.data, shape: [...v.shape] });
     saveCheckpoint(join(runDir, name), {
       weights: await policy.exportWeights(),
       optimizer: optState,
-      meta: { stage: 'policy', kind: 'policy', config: policy.config, tokenizerFingerprint: tok.fingerprint(), parent: ctx.championDir, step: steps, metrics: {}, runConfig: { runId, ppoState: opt.exportState(), evals, stopReason } },
+      meta: { stage: 'policy', kind: 'policy', config: policy.config, tokenizerFingerprint: tok.fingerprint(), parent: ctx.championDir, step: steps, metrics: {}, runConfig: { runId, algorithm: cfg.algorithm, step: steps, optimizerState: opt.exportState(), evals, stopReason } },
       tokenizer: tok.toJSON(),
     });
     writeFileAtomic(join(runDir, 'latest'), name);
     pruneRunDir(runDir, name);
     log(`loop: checkpoint at PPO step ${steps} (${join(runDir, name)})`);
   };
-  let finalKlCoef = state?.klCoef ?? ctx.push.klCoef;
+  let finalKlCoef = ctx.push.klCoef;
   try {
     while (steps < total && !stopReason) {
       const s = await opt.step();
       steps = s.step;
       finalKlCoef = s.klCoef;
-      log(`loop: ${formatPpoStats(s, total)}`);
-      await logMetrics(db, runId, s.step, ppoMetrics(s));
-      const klToSft = klEstimateToSft(s.kl, { reanchored: cfg.reanchor, championKlToSft: m.championEval.kl });
-      if (klOverBudget(klToSft, cfg.klBudget)) stopReason = `KL per reply to SFT ${klToSft.toFixed(2)}${cfg.reanchor ? ' (champion\'s plus this run\'s)' : ''} exceeded the budget ${cfg.klBudget} at step ${s.step}`;
+      log(`loop: ${formatOptimizerStats(s, total)}`);
+      await logMetrics(db, runId, s.step, optimizerMetrics(s));
+      const klToSft = s.klSft ?? klEstimateToSft(s.kl, { reanchored: cfg.reanchor, championKlToSft: m.championEval.kl });
+      if (klOverBudget(klToSft, cfg.klBudget)) stopReason = `KL per reply to SFT ${klToSft.toFixed(2)} exceeded the budget ${cfg.klBudget} at step ${s.step}`;
       if (!stopReason && s.step % cfg.evalEvery === 0) {
         const e = await evaluatePolicy(policy, m.sft, tok, m.proxy, m.evalPrompts, { ...m.evalOpts, gold: o.gold });
         evals.push(e);
@@ -124,7 +98,7 @@ export async function optimisePolicy(
       if (s.step % cfg.checkpointEvery === 0 && s.step < total) await saveState();
       if (o.shouldStop?.() && !stopReason) stopReason = 'stop requested';
     }
-    finalKlCoef = opt.exportState().klCoef;
+    finalKlCoef = opt.klCoef;
   } finally {
     opt.dispose();
   }

@@ -37,7 +37,7 @@ import { finishRun, getModelVersion, isLoopPaused, listRuns, logMetrics, newId, 
 import type { StoreOptions } from '../feedback/open-store.ts';
 import { ALIAS } from '../feedback/aliases.ts';
 import { countJudgementsSince, judgementWindow, type DataWindow } from '../feedback/judgement-window.ts';
-import { splitGroups } from './preferences.ts';
+import { splitPreferences, splitPrompts, type PreferenceData } from './preferences.ts';
 import { loadStorePrompts } from './ppo.ts';
 import { overOptimisationGuard, type PushKnobs } from './loop-gates.ts';
 import { evaluatePolicy, finite } from './loop-eval.ts';
@@ -69,6 +69,14 @@ async function dataWindow(store: FeedbackStore, cfg: OnlineLoopConfig): Promise<
     return { status: 'skipped', reason: `${fresh} new judgements since the last iteration; waiting for ${cfg.minNewJudgements}`, metrics: { newJudgements: fresh } };
   }
   return judgementWindow(store.db, last?.started_at ?? null, until, fresh);
+}
+
+/** DPO's data: the 'train' split's judgements since the last round (fresh, near on-policy), or all of them when none of those has a pair. */
+function dpoPreferences(data: PreferenceData, since: string | null): PreferenceData {
+  const train = splitPreferences(data).train;
+  if (!since) return train;
+  const fresh = { groups: train.groups.filter((g) => g.createdAt !== undefined && g.createdAt > since), unpaired: train.unpaired.filter((u) => u.createdAt !== undefined && u.createdAt > since) };
+  return fresh.groups.some((g) => g.pairs.length > 0) ? fresh : train;
 }
 
 /** How hard this iteration pushes: β carried over from the last round, then the over-optimisation guard. */
@@ -110,16 +118,19 @@ export async function runOnlineIteration(store: FeedbackStore, cfg: OnlineLoopCo
   try {
     const sft = own(GPT.fromWeights(sftCk.meta.config, 'policy', sftCk.weights));
     const allPrompts = await loadStorePrompts(store);
-    const { train: trainPrompts, val: evalPrompts } = splitGroups(allPrompts, Math.min(0.5, cfg.evalPrompts / Math.max(1, allPrompts.length)), cfg.seed);
-    const reward = await prepareReward(ctx, sft, evalPrompts);
+    const split = splitPrompts(allPrompts);
+    const trainPrompts = split.train;
+    const evalPrompts = (split.eval.length ? split.eval : split.val).slice(0, cfg.evalPrompts);
+    const reward = await prepareReward(ctx, sft, split.val.length ? split.val : evalPrompts);
     if ('rejected' in reward) return reward.rejected;
-    if (!trainPrompts.length || !evalPrompts.length) throw new Error(`too few prompts in the store (${allPrompts.length}) for training and evaluation`);
+    if (!trainPrompts.length || !evalPrompts.length) throw new Error(`too few prompts in the store (${allPrompts.length}: ${split.train.length} train, ${split.val.length} val, ${split.eval.length} eval) for training and evaluation`);
 
     const champCk = loadCheckpoint(championDir, { kind: 'policy', config: sftCk.meta.config, tokenizerFingerprint: tok.fingerprint() });
     const champion = own(GPT.fromWeights(champCk.meta.config, 'policy', champCk.weights));
     const evalOpts = { maxTokens: cfg.maxTokens, temperature: cfg.temperature, topP: cfg.topP, seed: cfg.seed + 1 };
     const champ = await evaluatePolicy(champion, sft, tok, reward.proxy, evalPrompts, { ...evalOpts, gold: o.gold });
-    const policy = await optimisePolicy(ctx, { sft, champion, championEval: champ, proxy: reward.proxy, trainPrompts, evalPrompts, evalOpts });
+    const preferences = cfg.algorithm === 'dpo' ? dpoPreferences(reward.data, window.since) : undefined;
+    const policy = await optimisePolicy(ctx, { sft, champion, championEval: champ, proxy: reward.proxy, trainPrompts, evalPrompts, evalOpts, preferences });
 
     const cand = await evaluatePolicy(policy.shipped, sft, tok, reward.proxy, evalPrompts, { ...evalOpts, gold: o.gold });
     const metrics = finite({

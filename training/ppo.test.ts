@@ -4,10 +4,10 @@ import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '../model/backend.ts';
 import { GPT } from '../model/gpt.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
-import { PpoTrainer, gae, KlController, formatPpoStats, type PpoKnobs } from './ppo.ts';
+import { PpoTrainer, gae, KlController, formatPpoStats, replyLogProbs, sampleEpisodes, type PpoKnobs } from './ppo.ts';
 import { RuleRewardSource } from './reward-source.ts';
 import { toyConfig, toyPrompts, toyTokenizer } from './rlhf-fixture.ts';
-import { renderChat } from '../model/chat-template.ts';
+import { endOfTurnId, renderChat } from '../model/chat-template.ts';
 
 let tok: Tokenizer;
 before(async () => {
@@ -125,6 +125,93 @@ test('a PPO step (with EMA and PPO-ptx) leaves the number of tensors unchanged',
   assert.notDeepEqual([...emaW], [...polW], 'the EMA lags the policy');
   assert.notEqual(ppo.shipped, policy);
   ppo.dispose();
+  policy.dispose();
+  reference.dispose();
+});
+
+/** Log-probabilities of each reply token under the distribution the sampler drew it from, replayed with the KV cache. */
+function samplerLogProbs(model: GPT, promptIds: readonly number[], replyIds: readonly number[], T: number): number[] {
+  const eot = endOfTurnId(tok);
+  const V = model.config.vocabSize;
+  let { cache, logits } = model.prefill(promptIds);
+  const out: number[] = [];
+  try {
+    for (const id of replyIds) {
+      let max = -Infinity;
+      for (let v = 0; v < V; v++) if (!(tok.isSpecial(v) && v !== eot)) max = Math.max(max, logits[v]! / T);
+      let z = 0;
+      for (let v = 0; v < V; v++) if (!(tok.isSpecial(v) && v !== eot)) z += Math.exp(logits[v]! / T - max);
+      out.push(logits[id]! / T - max - Math.log(z));
+      logits = model.decodeStep([cache], [id]);
+    }
+  } finally {
+    cache.dispose();
+  }
+  return out;
+}
+
+for (const T of [1, 0.7]) {
+  test(`training log-probabilities at temperature ${T} are those of the distribution the replies were sampled from`, () => {
+    const model = GPT.create(toyConfig(tok), 'policy', 15);
+    const eps = sampleEpisodes(model, tok, toyPrompts(6, 4), { maxTokens: 8, temperature: T, seed: 9 });
+    const train = replyLogProbs(model, tok, eps, T);
+    const other = replyLogProbs(model, tok, eps, T === 1 ? 0.7 : 1);
+    let worst = 0;
+    let gap = 0;
+    eps.forEach((e, i) => {
+      const want = samplerLogProbs(model, e.promptIds, e.replyIds, T);
+      assert.equal(train[i]!.length, e.replyIds.length);
+      want.forEach((w, t) => {
+        worst = Math.max(worst, Math.abs(train[i]![t]! - w));
+        gap = Math.max(gap, Math.abs(other[i]![t]! - w));
+      });
+    });
+    assert.ok(worst < 1e-4, `largest difference to the sampler's log-probability ${worst}`);
+    assert.ok(gap > 1e-2, `log-probabilities at another temperature differ (${gap}), so the check can fail`);
+    model.dispose();
+  });
+}
+
+/** A copy of `model` with noise on its token embeddings (a policy that has drifted from it). */
+function drifted(model: GPT, seed: number): GPT {
+  const out = model.clone();
+  tf.tidy(() => {
+    const w = out.params.get('wte')!;
+    w.assign(tf.add(w, tf.randomNormal(w.shape, 0, 0.1, 'float32', seed)));
+  });
+  return out;
+}
+
+test('the reward carries −β times the k1 KL (not k3), and the KL to a separate SFT model is reported beside it', async () => {
+  const reference = GPT.create(toyConfig(tok), 'policy', 16);
+  const policy = drifted(reference, 5);
+  const sft = drifted(reference, 6);
+  const zero = new RuleRewardSource('zero', () => 0);
+  const beta = 0.3;
+  const ppo = new PpoTrainer({ policy, reference, klReference: sft, tok, reward: zero, prompts: toyPrompts(8), knobs: { ...small, epochs: 1, temperature: 0.7, klCoef: beta, missingEotPenalty: 0 } });
+  const s = await ppo.step();
+  assert.ok(Math.abs(s.kl) > 0.05, `the drifted policy has a KL to its reference (${s.kl})`);
+  assert.ok(Math.abs(s.reward + beta * s.kl) < 1e-5, `reward ${s.reward} = −β·kl ${-beta * s.kl}`);
+  assert.ok(Math.abs(s.reward + beta * s.klK3 * s.replyLength) > 1e-3, 'a k3 reward would differ');
+  assert.ok(s.klSft !== undefined && Math.abs(s.klSft - s.kl) > 1e-3, `kl to SFT ${s.klSft} is measured against the SFT model, not the reference (${s.kl})`);
+  assert.equal(s.klCoef, beta);
+  assert.equal(ppo.klCoef, beta, 'a fixed β stays');
+  ppo.dispose();
+  policy.dispose();
+  reference.dispose();
+  sft.dispose();
+});
+
+test('the adaptive β is exposed and a new trainer can start from it', async () => {
+  const policy = GPT.create(toyConfig(tok), 'policy', 17);
+  const reference = drifted(policy, 7);
+  const ppo = new PpoTrainer({ policy, reference, tok, reward: letters, prompts: toyPrompts(8), knobs: { ...small, epochs: 1, adaptiveKl: true, klCoef: 0.1, klTarget: 0.01, klHorizon: 16 } });
+  await ppo.step();
+  assert.ok(ppo.klCoef > 0.1, `β grew above the target KL (${ppo.klCoef})`);
+  const next = new PpoTrainer({ policy, reference, tok, reward: letters, prompts: toyPrompts(8), knobs: { ...small, klCoef: ppo.klCoef } });
+  assert.equal(next.klCoef, ppo.klCoef);
+  ppo.dispose();
+  next.dispose();
   policy.dispose();
   reference.dispose();
 });

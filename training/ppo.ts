@@ -12,9 +12,11 @@
  * Distributions. Every log-probability (rollout-time π_θold, training-time π_θ, π_ref, π_sft) is
  * that of the distribution the sampler draws from: softmax(logits / T) with the special tokens
  * other than `<|end|>` masked out (model/generate.ts bans them), as TRL divides logits by T.
- * Rollouts are untruncated (top-k 0, top-p 1): a nucleus would make π_θold a truncated
- * distribution the ratio cannot be taken against, so top-p is not offered here (users' replies
- * default to top-p 0.95; that difference is the deployment's, stated in the loop's report).
+ * Rollouts are untruncated (top-k 0, top-p 1): a nucleus would make π_θold a distribution
+ * whose support moves with θ, and the ratio and the KL would need its renormalisation, so top-p
+ * is not offered here. Users' replies default to T 0.8, top-p 0.95 (model/sampling.ts): set
+ * `temperature` to the serving temperature to train on the distribution users see, up to the
+ * nucleus (the tail that top-p 0.95 cuts is what rollouts sample and users never get).
  *
  * Per-token reward (t = 1..L):
  *     kl_t = log π_θold(y_t | x, y_<t) − log π_ref(y_t | x, y_<t)        (k1, unbiased on y ~ π_θold)

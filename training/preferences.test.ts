@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { groupPreferenceRows, rankingGroup, readPreferenceJsonl, loadStorePreferences, splitGroups } from './preferences.ts';
+import { groupPreferenceRows, rankingGroup, readPreferenceJsonl, loadStorePreferences, splitGroups, splitByContext, splitPreferences, splitPrompts, promptText, type PreferenceData } from './preferences.ts';
 import { openTempStore, submitJudgements } from '../feedback/index.ts';
 import { seedContext } from '../feedback/seed-context.ts';
 
@@ -51,7 +51,7 @@ test('JSONL mixes pairs, rankings and unpaired thumbs, and names a malformed lin
   assert.throws(() => readPreferenceJsonl(path), /row 1: prompt must end with a user turn/);
 });
 
-test('from the store: ranking weights survive, ties are ignored, "both bad" gives two half-weight negatives, thumbs pair up', async () => {
+test('from the store: ranking weights survive, ties come only when asked for (as target-½ groups), "both bad" gives two half-weight negatives, thumbs pair up', async () => {
   const store = await openTempStore();
   try {
     const db = store.db;
@@ -78,6 +78,15 @@ test('from the store: ranking weights survive, ties are ignored, "both bad" give
     const bothBad = d.unpaired.filter((u) => u.prompt.some((m) => m.content === 'both bad'));
     assert.deepEqual(bothBad.map((u) => [u.label, u.weight]), [[false, 0.5], [false, 0.5]]);
     assert.equal(d.unpaired.filter((u) => u.weight === 1).length, 2, 'both thumbs as unpaired signal');
+    assert.ok([...d.groups, ...d.unpaired].every((x) => typeof x.createdAt === 'string' && !Number.isNaN(Date.parse(x.createdAt))), 'every row carries its judgement time');
+    const withTies = await loadStorePreferences(store, { ties: true });
+    const tie = withTies.groups.filter((g) => g.source === 'tie');
+    assert.equal(tie.length, 1, 'asked for, the tie is one group');
+    assert.deepEqual(tie[0]!.pairs, []);
+    assert.deepEqual(tie[0]!.ties, [[0, 1]]);
+    assert.deepEqual([...tie[0]!.replies].sort(), ['reply 0 to tie us', 'reply 1 to tie us']);
+    assert.equal(tie[0]!.prompt[tie[0]!.prompt.length - 1]!.content, 'tie us');
+    assert.equal(withTies.groups.length, 3);
   } finally {
     await store.close();
   }
@@ -89,4 +98,42 @@ test('the held-out split is by group and deterministic', () => {
   assert.equal(a.val.length, 4);
   assert.deepEqual(splitGroups(items, 0.2, 7), a);
   assert.deepEqual([...a.train, ...a.val].sort((x, y) => x - y), items);
+});
+
+test('a context\'s split comes from a hash of its prompt text: stable, about 80/10/10, and seed-dependent', () => {
+  const keys = Array.from({ length: 2000 }, (_, i) => `user: prompt number ${i}`);
+  const a = keys.map((k) => splitByContext(k));
+  assert.deepEqual(keys.map((k) => splitByContext(k)), a, 'pure');
+  const share = (s: string) => a.filter((x) => x === s).length / keys.length;
+  assert.ok(Math.abs(share('train') - 0.8) < 0.03 && Math.abs(share('val') - 0.1) < 0.02 && Math.abs(share('eval') - 0.1) < 0.02, `${share('train')} ${share('val')} ${share('eval')}`);
+  const b = keys.map((k) => splitByContext(k, 1));
+  assert.ok(b.some((x, i) => x !== a[i]), 'another seed, another split');
+});
+
+test('every kind of judgement about one context lands in the same split, and the split does not move as data grows', () => {
+  const data: PreferenceData = { groups: [], unpaired: [] };
+  for (let i = 0; i < 60; i++) {
+    const p = [{ role: 'user' as const, content: `question ${i}` }];
+    data.groups.push({ prompt: p, replies: ['x', 'y'], pairs: [[0, 1]], weight: 1, source: 'comparison' });
+    data.groups.push({ prompt: p, replies: ['u', 'v'], pairs: [], ties: [[0, 1]], weight: 1, source: 'tie' });
+    data.unpaired.push({ prompt: p, reply: 'x', label: true, weight: 1 });
+  }
+  const parts = splitPreferences(data);
+  const where = new Map<string, Set<string>>();
+  for (const [name, d] of Object.entries(parts)) {
+    for (const x of [...d.groups, ...d.unpaired]) {
+      const k = promptText(x.prompt);
+      where.set(k, (where.get(k) ?? new Set()).add(name));
+    }
+  }
+  assert.equal(where.size, 60);
+  assert.ok([...where.values()].every((s) => s.size === 1), 'no context straddles two splits');
+  assert.ok(parts.train.groups.length > 0 && parts.val.groups.length + parts.eval.groups.length > 0);
+  const grown = splitPreferences({ groups: [...data.groups, { prompt: [{ role: 'user', content: 'new' }], replies: ['a', 'b'], pairs: [[0, 1]], weight: 1, source: 'comparison' }], unpaired: data.unpaired });
+  assert.deepEqual(grown.eval.groups.filter((g) => g.prompt[0]!.content !== 'new'), parts.eval.groups, 'old contexts keep their split');
+  const prompts = [...where.keys()].map((k) => [{ role: 'user' as const, content: k.slice('user: '.length) }]);
+  const ps = splitPrompts(prompts);
+  const evalSet = new Set(ps.eval.map((p) => p[0]!.content));
+  assert.ok(ps.train.every((p) => !evalSet.has(p[0]!.content)), 'evaluation prompts are never PPO prompts');
+  assert.deepEqual(ps.eval.map((p) => promptText(p)).sort(), parts.eval.groups.filter((g) => g.source === 'tie').map((g) => promptText(g.prompt)).sort(), 'prompts split exactly as their judgements');
 });

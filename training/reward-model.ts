@@ -338,7 +338,8 @@ export function trainRewardModel(o: TrainRewardOptions): TrainRewardResult {
   const groups = o.train.groups.map((item, i) => ({ item, omega: o.groupWeights?.[i] ?? 1 })).filter((g) => g.omega > 0);
   const unpaired = o.train.unpaired.map((item, i) => ({ item, omega: o.unpairedWeights?.[i] ?? 1 })).filter((u) => u.omega > 0);
   const useUnpaired = cfg.unpairedCoef > 0 && unpaired.length > 0;
-  const perEpoch = Math.max(1, Math.ceil((groups.length || (useUnpaired ? unpaired.length : 0)) / cfg.groupsPerBatch));
+  // An epoch is a pass over the groups (thumbs cycle beside them), or over the thumbs when there are no groups.
+  const perEpoch = Math.max(1, groups.length ? Math.ceil(groups.length / cfg.groupsPerBatch) : useUnpaired ? Math.ceil(unpaired.length / Math.max(1, cfg.unpairedPerBatch)) : 0);
   const total = perEpoch * cfg.epochs;
   const evalEvery = cfg.evalEvery && cfg.evalEvery > 0 ? cfg.evalEvery : perEpoch;
   const patience = cfg.patience ?? 0;

@@ -2,12 +2,23 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '../model/backend.ts';
 import { GPT } from '../model/gpt.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
 import { RemoteRewardSource, RewardError, RewardModelSource, RuleRewardSource, type RewardItem } from './reward-source.ts';
-import { scoreExchanges } from './reward-model.ts';
+import { scoreExchanges, scoreRows } from './reward-model.ts';
+import { EnsembleRewardSource, rewardEnsemble } from './reward-ensemble.ts';
+import { encodeExchange } from './rlhf-common.ts';
+import { endOfTurnId } from '../model/chat-template.ts';
 import { toyConfig, toyTokenizer } from './rlhf-fixture.ts';
+
+/** A reward model whose scores differ between replies (a zero head would score everything 0). */
+function scoringModel(seed: number): GPT {
+  const rm = GPT.create(toyConfig(tok), 'reward', seed);
+  tf.tidy(() => rm.params.get('score.w')!.assign(tf.randomNormal([32, 1], 0, 1, 'float32', seed)));
+  return rm;
+}
 
 let tok: Tokenizer;
 let server: Server;
@@ -46,9 +57,33 @@ test('a rule, a reward model and a remote scorer all score the same batch throug
   const remote = new RemoteRewardSource(base, { timeoutMs: 2000 });
   mode = 'ok';
   assert.deepEqual(await remote.score(items), [5, 11]);
-  const rm = GPT.create(toyConfig(tok), 'reward', 1);
+  const rm = scoringModel(1);
   const viaSource = await new RewardModelSource(rm, tok).score(items);
+  assert.ok(Math.abs(viaSource[0]! - viaSource[1]!) > 1e-3, `the two replies must score apart for the comparison to mean anything: ${viaSource}`);
   assert.deepEqual(viaSource, scoreExchanges(rm, tok, items.map((i) => ({ prompt: i.prompt, reply: i.reply }))));
+  rm.dispose();
+});
+
+test('a non-canonical id sequence of a text scores the same as its canonical encoding (the text is scored, not the ids)', async () => {
+  const rm = scoringModel(2);
+  const prompt = [{ role: 'user' as const, content: 'say a fruit' }];
+  const text = ' banana apple';
+  const canonical = [...tok.encode(text), endOfTurnId(tok)];
+  const bytewise = [...Buffer.from(text, 'utf8'), endOfTurnId(tok)]; // one id per byte: same text, other ids
+  assert.notDeepEqual(bytewise, canonical);
+  assert.equal(tok.decode(bytewise), text);
+  const pad = tok.specialId('<|pad|>');
+  const raw = tf.tidy(() => scoreRows(rm, [canonical, bytewise].map((r) => encodeExchange(tok, prompt, r, rm.config.blockSize).ids), pad).arraySync());
+  assert.ok(Math.abs(raw[0]! - raw[1]!) > 1e-4, `the model itself scores the two id sequences apart (${raw}), so equal scores below are the canonicalisation`);
+  const item = (replyIds: number[]): RewardItem => ({ prompt, reply: tok.decode(replyIds), replyIds });
+  const [a, b] = await new RewardModelSource(rm, tok).score([item(canonical), item(bytewise)]);
+  assert.equal(a, b);
+  assert.ok(Math.abs(a! - raw[0]!) < 1e-5, 'the score is the canonical one');
+  const [c, d] = scoreExchanges(rm, tok, [{ prompt, reply: canonical }, { prompt, reply: bytewise }]);
+  assert.equal(c, d, 'scoreExchanges (and so normalisation) re-encodes ids too');
+  const ens = new EnsembleRewardSource(rewardEnsemble([rm]), tok, { pessimism: 1 });
+  const [e, f] = await ens.score([item(canonical), item(bytewise)]);
+  assert.equal(e, f);
   rm.dispose();
 });
 

@@ -1,7 +1,9 @@
 // @ts-check
 /**
  * The admin view: the token (kept in sessionStorage), versions with metrics, the promotion log,
- * promote / roll back / canary share / pause & resume the loop, and charts of run metrics and of the
+ * promote / roll back / canary share / pause & resume the loop, the arena (share, the always-valid
+ * interval of P(candidate ≻ champion) after each judgement with the ½ line, the decision, the
+ * length-controlled win rate, thumbs of both versions), and charts of run metrics and of the
  * thumbs-up rate per version. Charts use Chart.js when `/vendor/chart.umd.js` loads; otherwise the
  * same figures are shown as tables.
  */
@@ -60,7 +62,7 @@ const charts = new Map();
  * A line or bar chart in `container`, or a table when Chart.js is absent.
  * @param {HTMLElement} container
  * @param {'line' | 'bar'} type
- * @param {{ label: string, points: [number | string, number][] }[]} series
+ * @param {{ label: string, points: [number | string, number][], fill?: string | false, dash?: number[] }[]} series
  * @param {string} xLabel
  */
 async function chart(container, type, series, xLabel) {
@@ -89,6 +91,8 @@ async function chart(container, type, series, xLabel) {
         label: s.label,
         data: type === 'bar' ? s.points.map((p) => p[1]) : s.points.map(([x, y]) => ({ x, y })),
         pointRadius: 0,
+        ...(s.fill !== undefined ? { fill: s.fill } : {}),
+        ...(s.dash ? { borderDash: s.dash } : {}),
       })),
     },
     options: {
@@ -114,13 +118,14 @@ function metricsText(m) {
 }
 
 async function refresh() {
-  const [versions, promotions, canary, loop, feedback, runs] = await Promise.all([
+  const [versions, promotions, canary, loop, feedback, runs, arena] = await Promise.all([
     api('/versions'),
-    api('/promotions?alias=champion'),
+    api('/promotions'),
     api('/canary'),
     api('/loop'),
     api('/feedback'),
     api('/runs'),
+    api('/arena'),
   ]);
   const serving = versions.serving ?? {};
   $('serving').replaceChildren(
@@ -128,6 +133,7 @@ async function refresh() {
       `champion ${short(serving.champion)}`,
       serving.candidate ? ` · candidate ${serving.candidate}` : '',
       ` · canary ${canary.share}`,
+      ` · arena ${arena.share}`,
       ` · loop ${loop.loopPaused ? 'paused' : 'running'}`,
       serving.lastError ? ` · last error: ${serving.lastError}` : '',
     ]),
@@ -157,6 +163,7 @@ async function refresh() {
     .map((p) =>
       el('tr', { 'data-testid': 'promotion' }, [
         el('td', {}, [short(p.created_at)]),
+        el('td', {}, [short(p.alias)]),
         el('td', {}, [short(p.action)]),
         el('td', {}, [el('code', {}, [short(p.from_version_id)])]),
         el('td', {}, [el('code', {}, [short(p.to_version_id)])]),
@@ -166,6 +173,8 @@ async function refresh() {
     );
   $('promotions').querySelector('tbody')?.replaceChildren(...prows);
 
+  await showArena(arena);
+
   const thumbs = /** @type {{ versionId: string, upRate: number | null }[]} */ (feedback.thumbs ?? []).filter((t) => t.upRate !== null && t.upRate !== undefined);
   await chart($('feedback-chart'), 'bar', thumbs.length ? [{ label: 'thumbs-up rate', points: thumbs.map((t) => [t.versionId, /** @type {number} */ (t.upRate)]) }] : [], 'version');
 
@@ -173,6 +182,44 @@ async function refresh() {
   const keep = select.value;
   select.replaceChildren(...(/** @type {any[]} */ (runs.runs)).map((r) => el('option', { value: r.id }, [`${r.kind} ${r.status} ${r.startedAt} (${r.id})`])));
   if (keep) select.value = keep;
+}
+
+/** @param {number} x */
+const fmt = (x) => x.toFixed(3);
+
+/** The arena section: summary line, thumbs of both versions, and the interval over judgements. @param {any} arena */
+async function showArena(arena) {
+  /** @type {HTMLInputElement} */ ($('arena-share')).value = String(arena.share ?? 0);
+  const s = arena.summary;
+  $('arena-summary').textContent = s
+    ? `${s.n} judgements (${s.wins} wins, ${s.losses} losses, ${s.ties} ties, ${s.bothBad} both bad) · ` +
+      `P(candidate ≻ champion) ${fmt(s.p)}, ${Math.round((1 - s.alpha) * 100)}% always-valid interval [${fmt(s.interval[0])}, ${fmt(s.interval[1])}] · ` +
+      `decision: ${s.decision} · at equal length ${fmt(s.lengthControlled.p)} [${fmt(s.lengthControlled.interval[0])}, ${fmt(s.lengthControlled.interval[1])}], ` +
+      `${s.lengthControlled.lengthCoef >= 0 ? '+' : ''}${s.lengthControlled.lengthCoef.toFixed(4)} log-odds per word`
+    : 'no candidate in the arena';
+  const role = (/** @type {string} */ v) => (s && v === s.candidate ? 'candidate' : 'champion');
+  $('arena-thumbs')
+    .querySelector('tbody')
+    ?.replaceChildren(
+      ...(/** @type {any[]} */ (arena.thumbs ?? [])).map((t) =>
+        el('tr', {}, [el('td', {}, [el('code', {}, [t.versionId])]), el('td', {}, [role(t.versionId)]), el('td', {}, [String(t.up)]), el('td', {}, [String(t.down)]), el('td', {}, [t.upRate === null ? '' : `${Math.round(t.upRate * 100)}%`])]),
+      ),
+    );
+  /** @type {{ n: number, p: number, low: number, high: number }[]} */
+  const h = arena.history ?? [];
+  await chart(
+    $('arena-chart'),
+    'line',
+    h.length
+      ? [
+          { label: 'interval low', points: h.map((x) => [x.n, x.low]), fill: false },
+          { label: 'interval high', points: h.map((x) => [x.n, x.high]), fill: '-1' },
+          { label: 'P(candidate ≻ champion)', points: h.map((x) => [x.n, x.p]), fill: false },
+          { label: '½', points: [[1, 0.5], [h[h.length - 1].n, 0.5]], fill: false, dash: [6, 4] },
+        ]
+      : [],
+    'judgements',
+  );
 }
 
 async function showRun() {
@@ -227,6 +274,10 @@ export function initAdmin() {
   $('canary-set').addEventListener('click', () => {
     const share = Number(/** @type {HTMLInputElement} */ ($('canary-share')).value);
     void act(`canary share ${share}`, () => api('/canary', { method: 'PUT', body: { share } }));
+  });
+  $('arena-set').addEventListener('click', () => {
+    const share = Number(/** @type {HTMLInputElement} */ ($('arena-share')).value);
+    void act(`arena share ${share}`, () => api('/arena', { method: 'PUT', body: { share } }));
   });
   $('rollback').addEventListener('click', () => void act('roll back champion', () => api('/rollback', { body: { reason: 'rolled back from the web page' } })));
   $('loop-pause').addEventListener('click', () => void act('pause loop', () => api('/loop/pause', { body: {} })));

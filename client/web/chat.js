@@ -285,7 +285,8 @@ async function startCompare(parentId) {
   closePanels();
   const panel = $('compare-panel');
   const cols = [$('cand-a'), $('cand-b')];
-  for (const c of cols) c.textContent = '';
+  const versions = [$('ver-a'), $('ver-b')];
+  for (const c of [...cols, ...versions]) c.textContent = '';
   const buttons = /** @type {HTMLButtonElement[]} */ ([...panel.querySelectorAll('button[data-choice]')]);
   for (const b of buttons) b.disabled = true;
   panel.hidden = false;
@@ -298,6 +299,9 @@ async function startCompare(parentId) {
       if (x.type === 'reply') {
         col.textContent = x.content;
         col.dataset.id = x.messageId;
+        // An arena reply's version stays "hidden" until the comparison is stored.
+        const v = versions[Number(x.candidate ?? 0)];
+        if (v) v.textContent = x.arena ? 'hidden' : x.modelVersion;
         addSibling(parentId, { id: x.messageId, content: x.content });
       }
     });
@@ -336,6 +340,14 @@ async function pick(choice) {
     if (bubble) finishBubble(bubble, /** @type {string} */ (b), /** @type {string} */ (bubble.dataset.parentId), $('cand-b').textContent ?? '');
   }
   state.compare = undefined;
+  if (m.revealed) {
+    // The arena's reveal: keep the panel open (choices off) so the versions can be read.
+    $('ver-a').textContent = m.revealed.a;
+    $('ver-b').textContent = m.revealed.b;
+    for (const btn of panel.querySelectorAll('button[data-choice]')) /** @type {HTMLButtonElement} */ (btn).disabled = true;
+    setStatus(`comparison saved: ${choice} · A was ${m.revealed.a}, B was ${m.revealed.b}`);
+    return;
+  }
   panel.hidden = true;
   setStatus(`comparison saved: ${choice}`);
 }

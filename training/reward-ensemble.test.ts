@@ -1,0 +1,166 @@
+import { test, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { initBackend } from '../model/backend.ts';
+import { GPT } from '../model/gpt.ts';
+import type { Tokenizer } from '../model/tokenizer.ts';
+import { saveCheckpoint } from '../model/checkpoint.ts';
+import { EnsembleRewardSource, evaluateEnsemble, loadRewardEnsemble, memberScores, recencyWeights, rewardEnsemble, saveRewardEnsemble, splitByContext, promptText, trainRewardEnsemble, type RewardEnsemble } from './reward-ensemble.ts';
+import { scoreExchanges } from './reward-model.ts';
+import type { PreferenceData, PreferenceGroup } from './preferences.ts';
+import type { RewardItem } from './reward-source.ts';
+import { toyConfig, toyPreferenceGroups, toyTokenizer } from './rlhf-fixture.ts';
+
+let tok: Tokenizer;
+before(async () => {
+  await initBackend({ backend: 'wasm', log: () => {} });
+  tok = toyTokenizer();
+});
+
+/** Toy pairs (the reply with "banana" wins), each about its own context so the hash split has many to cut. */
+function toyData(n: number, seed: number, t0 = Date.parse('2026-11-01T00:00:00Z')): PreferenceData {
+  const groups = toyPreferenceGroups(n, seed).map((g, i) => ({ ...g, prompt: [{ role: 'user' as const, content: `${g.prompt[0]!.content} ${seed}.${i}` }], createdAt: new Date(t0 + i * 1000).toISOString() }));
+  return { groups, unpaired: [] };
+}
+
+function randomHeads(K: number, seed: number): RewardEnsemble {
+  return rewardEnsemble(
+    Array.from({ length: K }, (_, j) => {
+      const rm = GPT.create(toyConfig(tok), 'reward', seed + j);
+      tf.tidy(() => rm.params.get('score.w')!.assign(tf.randomNormal([32, 1], 0, 1, 'float32', seed + j)));
+      return rm;
+    }),
+  );
+}
+
+const items: RewardItem[] = ['banana', 'apple pear', 'kiwi banana fig'].map((reply) => ({ prompt: [{ role: 'user' as const, content: 'say a fruit' }], reply, replyIds: [] }));
+const fast = { epochs: 4, lr: 3e-3, patience: 0, unpairedCoef: 0, seed: 1 };
+
+test('three bootstrapped members learn the preference; the fixed eval split, per-member accuracies and their disagreement are reported', () => {
+  const sft = GPT.create(toyConfig(tok), 'policy', 4);
+  const data = toyData(160, 5);
+  const n0 = tf.memory().numTensors;
+  const r = trainRewardEnsemble({ sft, tok, data, cfg: { ...fast, members: 3 }, log: () => {} });
+  assert.equal(r.ensemble.members.length, 3);
+  assert.equal(r.perMember.length, 3);
+  const evalGroups = data.groups.filter((g) => splitByContext(promptText(g.prompt)) === 'eval');
+  assert.equal(r.evalSet.pairs, evalGroups.length, 'evalSet is exactly the groups the caller can pick out with splitByContext');
+  assert.equal(r.splits.train + r.splits.val + r.splits.eval, 160);
+  assert.ok(r.evalSet.accuracy > 0.85, `eval accuracy ${r.evalSet.accuracy}`);
+  assert.ok(r.heldOut.pairs > 0 && r.heldOut.loss < Math.log(2), `val loss ${r.heldOut.loss}`);
+  assert.ok(r.perMember.every((m) => m.accuracy > 0.7), JSON.stringify(r.perMember));
+  assert.ok(r.meanStd > 1e-3, `members disagree somewhat (bootstrap + seeds): mean std ${r.meanStd}`);
+  const s = memberScores(r.ensemble, tok, items);
+  assert.notDeepEqual(s[0], s[1]);
+  assert.equal(r.steps > 0, true);
+  r.ensemble.dispose();
+  assert.equal(tf.memory().numTensors, n0, 'no tensors leak');
+  sft.dispose();
+});
+
+test('member k warm-starts from the previous round\'s member k', () => {
+  const sft = GPT.create(toyConfig(tok), 'policy', 4);
+  const previous = randomHeads(3, 40);
+  const before = memberScores(previous, tok, items);
+  const r = trainRewardEnsemble({ sft, previous, tok, data: toyData(24, 6), cfg: { ...fast, members: 3, epochs: 1, lr: 1e-9 }, log: () => {} });
+  const after = memberScores(r.ensemble, tok, items);
+  after.forEach((row, k) => row.forEach((x, i) => assert.ok(Math.abs(x - before[k]![i]!) < 1e-3, `member ${k} reply ${i}: ${x} vs previous ${before[k]![i]}`)));
+  assert.ok(Math.abs(after[0]![0]! - after[1]![0]!) > 1e-3, 'and the members stay distinct');
+  assert.deepEqual(memberScores(previous, tok, items), before, 'the previous ensemble is left as it was');
+  r.ensemble.dispose();
+  previous.dispose();
+  sft.dispose();
+});
+
+test('recency: weight 0.5^(age/halfLife), age counted in judgements from the newest; 0 turns it off', () => {
+  const t = (s: number) => new Date(Date.UTC(2026, 10, 1, 0, 0, s)).toISOString();
+  const w = recencyWeights([t(1), t(3), t(2), t(3), undefined], 2);
+  assert.deepEqual(w, [0.5 ** (3 / 2), 1, 0.5 ** (2 / 2), 1, 1]);
+  assert.deepEqual(recencyWeights([t(1), t(2)], 0), [1, 1]);
+});
+
+test('recency weighting lets recent judgements win over older contradicting ones', () => {
+  const sft = GPT.create(toyConfig(tok), 'policy', 4);
+  const old = toyData(64, 7, Date.parse('2026-10-01T00:00:00Z')).groups.map((g) => ({ ...g, pairs: [[1, 0]] as [number, number][] })); // old taste: no banana
+  const recent = toyData(64, 8, Date.parse('2026-11-01T00:00:00Z')).groups; // new taste: banana
+  const probe = toyPreferenceGroups(40, 123); // banana preferred
+  const acc = (halfLife: number) => {
+    const r = trainRewardEnsemble({ sft, tok, data: { groups: [...old, ...recent], unpaired: [] }, cfg: { ...fast, members: 1, epochs: 3, recencyHalfLife: halfLife }, log: () => {} });
+    const a = evaluateEnsemble(r.ensemble, tok, probe).ensemble.accuracy;
+    r.ensemble.dispose();
+    return a;
+  };
+  const weighted = acc(16);
+  const flat = acc(0);
+  assert.ok(weighted > 0.8, `with a 16-judgement half-life the recent taste wins: ${weighted}`);
+  assert.ok(flat < weighted - 0.2, `without recency the two tastes fight: ${flat} vs ${weighted}`);
+  sft.dispose();
+});
+
+test('ties pull tied replies together', () => {
+  const sft = GPT.create(toyConfig(tok), 'policy', 4);
+  const pairs = toyData(64, 9).groups;
+  // Ties between a banana reply and a plain one: with enough weight they cancel the preference.
+  const ties: PreferenceGroup[] = toyData(64, 10).groups.map((g) => ({ ...g, pairs: [], ties: [[0, 1]], source: 'tie' }));
+  const gap = (tieWeight: number) => {
+    const r = trainRewardEnsemble({ sft, tok, data: { groups: [...pairs, ...ties], unpaired: [] }, cfg: { ...fast, members: 1, epochs: 3, tieWeight }, log: () => {} });
+    const probe = toyPreferenceGroups(30, 321);
+    const s = scoreExchanges(r.ensemble.members[0]!, tok, probe.flatMap((g) => g.replies.map((reply) => ({ prompt: g.prompt, reply }))));
+    r.ensemble.dispose();
+    let d = 0;
+    for (let i = 0; i < s.length; i += 2) d += Math.abs(s[i]! - s[i + 1]!);
+    return d / (s.length / 2);
+  };
+  const without = gap(0);
+  const withTies = gap(3);
+  assert.ok(withTies < 0.6 * without, `mean |Δ| with ties ${withTies} vs without ${without}`);
+  sft.dispose();
+});
+
+test('the ensemble source gives mean − k·std, and its spread', async () => {
+  const e = randomHeads(3, 20);
+  const s = memberScores(e, tok, items);
+  const mean = items.map((_, i) => (s[0]![i]! + s[1]![i]! + s[2]![i]!) / 3);
+  const std = items.map((_, i) => Math.sqrt(s.reduce((a, row) => a + (row[i]! - mean[i]!) ** 2, 0) / 3));
+  assert.ok(std.every((x) => x > 1e-3), 'members disagree');
+  const spread = await new EnsembleRewardSource(e, tok, { pessimism: 1 }).scoreSpread(items);
+  spread.forEach((x, i) => {
+    assert.ok(Math.abs(x.mean - mean[i]!) < 1e-5);
+    assert.ok(Math.abs(x.std - std[i]!) < 1e-5);
+  });
+  const pess = await new EnsembleRewardSource(e, tok, { pessimism: 2 }).score(items);
+  pess.forEach((x, i) => assert.ok(Math.abs(x - (mean[i]! - 2 * std[i]!)) < 1e-5));
+  const plain = await new EnsembleRewardSource(e, tok, { pessimism: 0 }).score(items);
+  plain.forEach((x, i) => assert.ok(Math.abs(x - mean[i]!) < 1e-5));
+  assert.throws(() => new EnsembleRewardSource(e, tok, { pessimism: -1 }), /pessimism/);
+  e.dispose();
+});
+
+test('an ensemble saves as one verified checkpoint and loads back with the same scores; corruption is refused', () => {
+  const dir = join(mkdtempSync(join(tmpdir(), 'rm-ens-')), 'reward');
+  const e = randomHeads(3, 30);
+  const meta = saveRewardEnsemble(dir, e, { tokenizer: tok, parent: 'sft', step: 7, metrics: { evalAccuracy: 0.9 } });
+  assert.equal(meta.metrics.members, 3);
+  const { ensemble, meta: m2 } = loadRewardEnsemble(dir, tok);
+  assert.equal(m2.sha256, meta.sha256);
+  assert.deepEqual(memberScores(ensemble, tok, items), memberScores(e, tok, items));
+  assert.throws(() => saveRewardEnsemble(dir, e, { tokenizer: tok, parent: null, step: 0 }), (err: Error & { code?: string }) => err.code === 'checkpoint_exists');
+  const file = join(dir, 'model.safetensors');
+  const buf = readFileSync(file);
+  buf[buf.length - 1] ^= 0xff;
+  writeFileSync(file, buf);
+  assert.throws(() => loadRewardEnsemble(dir, tok), (err: Error & { code?: string }) => err.code === 'checkpoint_corrupt');
+  // A plain reward checkpoint is an ensemble of one.
+  const single = join(dir, '..', 'single');
+  const w = new Map([...e.members[0]!.params].map(([k, p]) => [k, { data: p.dataSync() as Float32Array, shape: p.shape }]));
+  saveCheckpoint(single, { weights: w, meta: { stage: 'reward', kind: 'reward', config: e.members[0]!.config, tokenizerFingerprint: tok.fingerprint(), parent: null, step: 0, metrics: {}, runConfig: {} }, tokenizer: tok.toJSON() });
+  const one = loadRewardEnsemble(single, tok).ensemble;
+  assert.equal(one.members.length, 1);
+  assert.deepEqual(memberScores(one, tok, items)[0], memberScores(e, tok, items)[0]);
+  one.dispose();
+  ensemble.dispose();
+  e.dispose();
+});
