@@ -193,7 +193,7 @@ export class ChatSession {
         this.nextParentId = b;
       }
       this.compared = undefined;
-      const revealed = (m as { revealed?: { a: string; b: string } }).revealed;
+      const revealed = m.revealed;
       this.write(`[ok] comparison stored (${choice}) id ${m.id}${revealed ? ` (A was ${revealed.a}, B was ${revealed.b})` : ''}\n`);
     });
   }

@@ -89,6 +89,23 @@ export async function awaitServed(s: Pick<ServerChild, 'httpUrl'>, version: stri
   }
 }
 
+/** What the server has loaded (`GET /admin/canary`'s `serving`): its champion and its candidate. */
+export async function servingState(s: Pick<ServerChild, 'httpUrl' | 'adminToken'>): Promise<{ champion: string; candidate?: string; arenaShare?: number }> {
+  const r = await http(`${s.httpUrl}/admin/canary`, { headers: { authorization: `Bearer ${s.adminToken}` } });
+  if (!r.ok) throw new Error(`GET /admin/canary: ${r.status} ${await r.text()}`);
+  return ((await r.json()) as { serving: { champion: string; candidate?: string; arenaShare?: number } }).serving;
+}
+
+/** Waits (up to `ms`) until the server has loaded `champion` and `candidate` (undefined: none); returns what it has then. */
+export async function awaitServing(s: Pick<ServerChild, 'httpUrl' | 'adminToken'>, want: { champion: string; candidate: string | undefined }, ms = 30_000): Promise<{ champion: string; candidate?: string }> {
+  const until = Date.now() + ms;
+  for (;;) {
+    const st = await servingState(s);
+    if ((st.champion === want.champion && st.candidate === want.candidate) || Date.now() > until) return st;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 /** `PUT /admin/arena {share}` as the admin: the share of `compare` requests answered by a blind champion-vs-candidate pair. */
 export async function setArenaShare(s: Pick<ServerChild, 'httpUrl' | 'adminToken'>, share: number): Promise<void> {
   const r = await http(`${s.httpUrl}/admin/arena`, { method: 'PUT', headers: { authorization: `Bearer ${s.adminToken}`, 'content-type': 'application/json' }, body: JSON.stringify({ share }) });

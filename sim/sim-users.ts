@@ -26,7 +26,7 @@ export interface Reply {
 }
 
 function toReply(m: ReplyMessage): Reply {
-  const arena = (m as { arena?: unknown }).arena === true;
+  const arena = m.arena === true;
   return {
     messageId: m.messageId,
     content: m.content,
@@ -98,7 +98,7 @@ export class SimUser {
       const gold = [this.#gold(p.prompt, a), this.#gold(p.prompt, b)];
       const choice = this.judge.compare(gold[0]!, gold[1]!);
       const ack = await this.socket.feedback({ type: 'comparison', a: a.messageId, b: b.messageId, choice });
-      const revealed = (ack as { revealed?: { a: string; b: string } }).revealed;
+      const revealed = ack.revealed;
       return { kind: k, prompt: p.prompt, replies: [a, b], gold, judgement: choice, feedbackId: ack.id, ...(revealed ? { revealed } : {}) };
     }
     const first = toReply(await this.socket.say(conv, p.prompt, this.params));

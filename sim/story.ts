@@ -25,9 +25,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { GoldRewardSource, GoldRubric, Rng, type DefinitionPrompt } from './gold-rubric.ts';
+import { GoldRewardSource, GoldRubric, NoisyJudge, Rng, type DefinitionPrompt } from './gold-rubric.ts';
 import { runPopulation, type SessionResult } from './sim-users.ts';
-import { awaitServed, servedVersion, setArenaShare, startServerProcess } from './server-process.ts';
+import { awaitServed, awaitServing, servedVersion, setArenaShare, startServerProcess } from './server-process.ts';
 import { compareServers, type Comparison } from './compare.ts';
 import { bayesCeiling, heldOutPairs, mean, round3 } from './stats.ts';
 import { comparisonFigures, type ComparisonFigures } from './report.ts';
@@ -94,8 +94,10 @@ export interface RoundReport {
   reason: string;
   decisions: Decision[];
   arena: ArenaFigures | null;
-  /** The reward model's accuracy on the fixed evaluation split, and the best any model could reach on those labels. */
+  /** The reward model's accuracy on the fixed evaluation split (over `rm_eval_pairs` pairs, as the loop logged it). */
   rm_eval_accuracy: number | null;
+  rm_eval_pairs: number;
+  /** The best accuracy any model could reach on the users' labels of the evaluation split's pairs so far (`eval_pairs` of them). */
   bayes_ceiling: number | null;
   eval_pairs: number;
   metrics: Record<string, number | null>;
@@ -139,6 +141,8 @@ export function arenaFigures(s: Pick<ArenaSummary, 'candidate' | 'champion' | 'n
 }
 
 const GOLD = /\bgold\b/i;
+/** The simulated users' Bradley–Terry temperature (NoisyJudge's default). */
+const JUDGE_TEMPERATURE = new NoisyJudge(new Rng(1)).temperature;
 
 /**
  * What an iteration decided, and what decided it (pure). The arena's verdict on the pending
@@ -271,6 +275,10 @@ export async function story(o: StoryOptions, prompts: { train: DefinitionPrompt[
         log(`seed ${o.seed}: the ${o.minutes}-minute budget is spent; judging the last candidate`);
         continue;
       }
+      // The users meet what the registry says: the champion, and the candidate once offered (loaded before anyone chats).
+      const [wantChampion, wantCandidate] = await Promise.all([resolveAlias(store.db, ALIAS.champion), resolveAlias(store.db, ALIAS.candidate)]);
+      const serving = wantChampion ? await awaitServing(server, { champion: wantChampion, candidate: arenaOpen ? wantCandidate : undefined }) : undefined;
+      if (serving && (serving.champion !== wantChampion || (arenaOpen && serving.candidate !== wantCandidate))) throw new Error(`the server serves ${JSON.stringify(serving)}, not champion ${wantChampion} and candidate ${wantCandidate}`);
       const served = await servedVersion(server);
       const out = await runPopulation(server.wsUrl, { users: o.users, sessions: o.judgementsPerRound, prompts: train, rubric: users, seed: o.seed, round: r, userOptions: { rankSize: 4, params: { temperature: o.userTemperature, maxTokens: 48 } } });
       sessions.push(...out);
@@ -285,24 +293,24 @@ export async function story(o: StoryOptions, prompts: { train: DefinitionPrompt[
         res = d ? { status: 'arena', reason: d.applied ? `arena: candidate ${d.applied}` : 'arena: undecided; the candidate keeps collecting judgements', arena: d.summary, metrics: {} } : { status: 'skipped', reason: 'no candidate to judge', metrics: {} };
       }
       const pairs = heldOutPairs(sessions, isEval);
-      const rmEval = res.metrics.rmEvalAccuracy ?? res.metrics.rmAccuracy;
+      const rm = res.runId ? Object.fromEntries((await getMetrics(store.db, res.runId, { names: ['rm_eval_accuracy', 'rm_eval_pairs'] })).map((m) => [m.name, m.value])) : {};
       const report: RoundReport = {
         round: r, phase, served, judgements: out.length, head_to_head: h2h, users_gold: round3(usersGold),
         status: res.status, reason: res.reason, decisions: decisionsOf(res), arena: res.arena ? arenaFigures(res.arena) : null,
-        rm_eval_accuracy: round3(rmEval ?? NaN), bayes_ceiling: round3(bayesCeiling(pairs, 0.3)), eval_pairs: pairs.length,
+        rm_eval_accuracy: round3(rm.rm_eval_accuracy ?? NaN), rm_eval_pairs: rm.rm_eval_pairs ?? 0, bayes_ceiling: round3(bayesCeiling(pairs, JUDGE_TEMPERATURE)), eval_pairs: pairs.length,
         metrics: Object.fromEntries(Object.entries(res.metrics).map(([k, v]) => [k, round3(v)])),
       };
       rounds.push(report);
       if (res.runId) curve.push(...(await evalCurve(store, res.runId)).map((p) => ({ round: r, ...p })));
       log(`seed ${o.seed} round ${r}: ${res.status}: ${res.reason}`);
-      log(`seed ${o.seed} round ${r}: decisions ${JSON.stringify(report.decisions.map((d) => `${d.by}:${d.action}`))}; reward model eval accuracy ${report.rm_eval_accuracy} (Bayes ceiling ${report.bayes_ceiling} over ${pairs.length} held-out pairs)`);
+      log(`seed ${o.seed} round ${r}: decisions ${JSON.stringify(report.decisions.map((d) => `${d.by}:${d.action}`))}; reward model eval accuracy ${report.rm_eval_accuracy} over ${report.rm_eval_pairs} pairs (Bayes ceiling ${report.bayes_ceiling} over ${pairs.length} held-out pairs)`);
       if (!arenaOpen && (await resolveAlias(store.db, ALIAS.candidate))) {
         await setArenaShare(server, 1);
         arenaOpen = true;
         log(`seed ${o.seed} round ${r}: a candidate exists; PUT /admin/arena {"share":1}: every compare is now a blind champion-vs-candidate pair`);
       }
       const champion = await resolveAlias(store.db, ALIAS.champion);
-      if (champion && champion !== served) log(`seed ${o.seed} round ${r}: the server now serves ${await awaitServed(server, champion)}`);
+      if (champion && champion !== served) log(`seed ${o.seed} round ${r}: the champion is now ${champion}`);
     }
 
     const sftVersion = await startSftServer(sftDir, tmp, log);
