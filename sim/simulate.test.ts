@@ -3,7 +3,10 @@ import assert from 'node:assert/strict';
 import { startTestServer, type TestServer } from '../server/test-support.ts';
 import { GoldRubric } from './gold-rubric.ts';
 import { compareServers, type Comparison } from './compare.ts';
-import { parseSimArgs, pooled, PRESETS } from './simulate.ts';
+import { dialoguePrompts, parseSimArgs, pooled, PRESETS } from './simulate.ts';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { decisionsOf, loopConfig, type StoryResult } from './story.ts';
 import { comparisonFigures, outcomes } from './report.ts';
 
@@ -84,6 +87,22 @@ test('figures: the win rate over paired samples, its bootstrap interval, part de
   for (const k of ['gold_in_decisions', 'gold_win_rate_vs_sft', 'gold_win_rate_ci95', 'length_controlled_win_rate', 'parts_delta', 'kl_to_sft', 'minutes']) assert.ok(k in per[0]! && k in p, k);
   assert.ok(!('comparison' in per[0]!), 'the raw comparison is not printed');
   assert.equal(pooled([{ ...seed(1, a), gold_in_decisions: true }, seed(2, b)], 1).gold_in_decisions, true);
+});
+
+test('missing dialogue files are built first, saying so; present ones are read as they are', async () => {
+  const dir = join(mkdtempSync(join(tmpdir(), 'sim-data-')), 'data');
+  try {
+    const said: string[] = [];
+    const p = await dialoguePrompts(dir, (l) => said.push(l), { trainDialogues: 200, valDialogues: 80, maxDocsPerSource: 2 });
+    assert.match(said[0]!, /dialogues\.\{train,val\}\.jsonl are missing: building them/);
+    assert.match(said.at(-1)!, /^built .*data\/ in \d+ s$/);
+    assert.ok(existsSync(join(dir, 'dialogues.train.jsonl')) && p.train.length > 0 && p.val.length > 0);
+    const again: string[] = [];
+    assert.deepEqual(await dialoguePrompts(dir, (l) => again.push(l)), p);
+    assert.deepEqual(again, []);
+  } finally {
+    rmSync(join(dir, '..'), { recursive: true, force: true });
+  }
 });
 
 describeServers();

@@ -139,14 +139,14 @@ export function parseSimArgs(argv: readonly string[]): SimOptions | 'help' {
 
 const log = (line: string): void => void process.stderr.write(`simulate: ${line}\n`);
 
-/** The definition prompts of the dialogue files in `dir`, building the files first when they are missing. */
-export async function dialoguePrompts(dir: string, say: (l: string) => void = log): Promise<{ train: DefinitionPrompt[]; val: DefinitionPrompt[] }> {
+/** The definition prompts of the dialogue files in `dir`, building the files first when they are missing (`build`: BuildDataConfig keys; tests make it small). */
+export async function dialoguePrompts(dir: string, say: (l: string) => void = log, build: Record<string, unknown> = {}): Promise<{ train: DefinitionPrompt[]; val: DefinitionPrompt[] }> {
   const f = (n: string): string => resolve(ROOT, dir, `dialogues.${n}.jsonl`);
   if (!existsSync(f('train')) || !existsSync(f('val'))) {
     say(`${dir}/dialogues.{train,val}.jsonl are missing: building them (npm run build-data, a few minutes)…`);
     const { buildData, BuildDataConfig } = await import('../training/build-data.ts');
     const t0 = Date.now();
-    buildData(BuildDataConfig.parse({ out: resolve(ROOT, dir) }), { log: (l) => say(`build-data: ${l}`) });
+    buildData(BuildDataConfig.parse({ ...build, out: resolve(ROOT, dir) }), { log: (l) => say(`build-data: ${l}`) });
     say(`built ${dir}/ in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
   }
   return { train: readDefinitionPrompts(f('train')), val: readDefinitionPrompts(f('val')) };
