@@ -283,7 +283,7 @@ export async function runCli(argv: readonly string[], input: Readable, output: W
     closed = true;
     write(`\n[connection closed: ${code}]\n`);
   });
-  write(`connected to ${args.url} as ${args.userId}; /help lists the commands\n`);
+  write(`connected to ${args.url} as ${session.client.identity ?? args.userId}; /help lists the commands\n`);
   const rl = createInterface({ input, terminal: false });
   try {
     await session.start();

@@ -121,6 +121,15 @@ export class WsClient {
     });
   }
 
+  /**
+   * Who the server says this socket is (`ready.user.id`: the identity of the upgrade request),
+   * or undefined from a server that does not say (the `start` message's `userId` then names the rater).
+   */
+  get identity(): string | undefined {
+    const user = (this.ready as { user?: { id?: unknown } }).user;
+    return typeof user?.id === 'string' ? user.id : undefined;
+  }
+
   get closed(): boolean {
     return this.#closed;
   }

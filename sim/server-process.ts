@@ -10,6 +10,13 @@ import { fileURLToPath } from 'node:url';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
+/**
+ * Per-identity limits raised for the simulation (environment variables; a server without such a
+ * knob ignores them): a handful of simulated users stand for a crowd, and the final comparison
+ * keeps several requests in flight on one socket.
+ */
+const SIMULATION_LIMITS = { JUDGEMENTS_PER_MINUTE: '1000000', MAX_IN_FLIGHT_PER_USER: '64' };
+
 export interface ServerChild {
   child: ChildProcess;
   port: number;
@@ -24,7 +31,7 @@ export interface ServerChild {
 export async function startServerProcess(o: { modelDir: string; databaseUrl: string; name: string; log: (l: string) => void }): Promise<ServerChild> {
   const adminToken = randomBytes(24).toString('hex');
   const args = ['--import', 'tsx', 'server/main.ts', '--port', '0', '--host', '127.0.0.1', '--model-dir', o.modelDir, '--requests-per-minute', '1000000', '--messages-per-second', '100000'];
-  const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, DATABASE_URL: o.databaseUrl, ADMIN_TOKEN: adminToken, LOOP: '' } });
+  const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, DATABASE_URL: o.databaseUrl, ADMIN_TOKEN: adminToken, LOOP: '', ...SIMULATION_LIMITS } });
   let err = '';
   const reap = (): void => void child.kill('SIGKILL');
   process.once('exit', reap);

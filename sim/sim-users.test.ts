@@ -31,17 +31,18 @@ test('a simulated user leaves a thumb, a comparison and a ranking that end up in
       }
     })(PROMPTS);
     const user = new SimUser('sim-a', socket, distinct, 1, { params: { maxTokens: 12 }, rankSize: 3 });
+    const rater = socket.identity ?? 'sim-a';
     const thumb = await user.session(PROMPTS[0]!, 'thumb');
     const cmp = await user.session(PROMPTS[0]!, 'comparison');
     const rank = await user.session(PROMPTS[1]!, 'ranking');
 
     const t = await store.db.selectFrom('thumbs').selectAll().where('id', '=', thumb.feedbackId).executeTakeFirstOrThrow();
-    assert.equal(t.rater_id, 'sim-a');
+    assert.equal(t.rater_id, rater);
     assert.equal(t.message_id, thumb.replies[0]!.messageId);
     assert.equal(t.value, thumb.judgement);
 
     const c = await store.db.selectFrom('comparisons').selectAll().where('id', '=', cmp.feedbackId).executeTakeFirstOrThrow();
-    assert.equal(c.rater_id, 'sim-a');
+    assert.equal(c.rater_id, rater);
     assert.deepEqual([c.a_id, c.b_id], cmp.replies.map((r) => r.messageId));
     assert.equal(c.choice, cmp.judgement);
     assert.notEqual(cmp.replies[0]!.messageId, cmp.replies[1]!.messageId);
