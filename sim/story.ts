@@ -241,7 +241,7 @@ export async function story(o: StoryOptions, prompts: { train: DefinitionPrompt[
   // The loop runs in this process between rounds; the servers are child processes.
   const { initBackend } = await import('../model/backend.ts');
   const { openStore, resolveAlias, getModelVersion } = await import('../feedback/index.ts');
-  const { decideArena } = await import('../feedback/arena.ts');
+  const { decideArena, arenaOutcomes, lengthControlledWinRate } = await import('../feedback/arena.ts');
   const { splitByContext, promptText } = await import('../training/reward-ensemble.ts');
   const { Tokenizer } = await import('../model/tokenizer.ts');
   const { loadCheckpoint } = await import('../model/checkpoint.ts');
@@ -292,11 +292,13 @@ export async function story(o: StoryOptions, prompts: { train: DefinitionPrompt[
         const d = await decideArena(store.db, { apply: cfg.autoPromote, actor: 'online-loop', alpha: o.arenaAlpha, maxJudgements: o.arenaMaxJudgements });
         res = d ? { status: 'arena', reason: d.applied ? `arena: candidate ${d.applied}` : 'arena: undecided; the candidate keeps collecting judgements', arena: d.summary, metrics: {} } : { status: 'skipped', reason: 'no candidate to judge', metrics: {} };
       }
+      // The loop's arena figures, with the length control recomputed from the same head-to-head rows when it passed none.
+      const arena = res.arena && ('lengthControlled' in res.arena ? (res.arena as ArenaSummary) : { ...res.arena, lengthControlled: lengthControlledWinRate(await arenaOutcomes(store.db, { candidate: res.arena.candidate, champion: res.arena.champion })) });
       const pairs = heldOutPairs(sessions, isEval);
       const rm = res.runId ? Object.fromEntries((await getMetrics(store.db, res.runId, { names: ['rm_eval_accuracy', 'rm_eval_pairs'] })).map((m) => [m.name, m.value])) : {};
       const report: RoundReport = {
         round: r, phase, served, judgements: out.length, head_to_head: h2h, users_gold: round3(usersGold),
-        status: res.status, reason: res.reason, decisions: decisionsOf(res), arena: res.arena ? arenaFigures(res.arena) : null,
+        status: res.status, reason: res.reason, decisions: decisionsOf(res), arena: arena ? arenaFigures(arena) : null,
         rm_eval_accuracy: round3(rm.rm_eval_accuracy ?? NaN), rm_eval_pairs: rm.rm_eval_pairs ?? 0, bayes_ceiling: round3(bayesCeiling(pairs, JUDGE_TEMPERATURE)), eval_pairs: pairs.length,
         metrics: Object.fromEntries(Object.entries(res.metrics).map(([k, v]) => [k, round3(v)])),
       };
