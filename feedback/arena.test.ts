@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { Kysely } from 'kysely';
+import { Migrator, sql, type Kysely } from 'kysely';
 import {
   arenaOutcomes,
   csHalfWidth,
@@ -13,7 +13,9 @@ import {
 import { addMessage, createConversation } from './conversations.ts';
 import { addAssistantReply } from './generations.ts';
 import { submitJudgement } from './judgements.ts';
-import { listPromotions, promote, registerModelVersion, resolveAlias } from './model-versions.ts';
+import { migrateToLatest } from './migrate.ts';
+import { migrationProvider } from './migrations/index.ts';
+import { clearAlias, listPromotions, promote, registerModelVersion, resolveAlias } from './model-versions.ts';
 import type { Choice, Database } from './schema.ts';
 import { describeEachDialect } from './test-support.ts';
 
@@ -194,6 +196,31 @@ async function judgePair(
 }
 
 await describeEachDialect('arena on the store', (ctx) => {
+  test('the arena migration keeps the promotion log and its append-only guard, and admits reject and clear', async () => {
+    const store = await ctx.openFresh();
+    try {
+      const db = store.db;
+      const schema = store.dialect === 'postgres' ? store.location : undefined;
+      const migrator = new Migrator({ db, provider: migrationProvider(store.dialect), ...(schema ? { migrationTableSchema: schema } : {}) });
+      const down = await migrator.migrateTo('2026-11-27-002-registry');
+      assert.equal(down.error, undefined);
+      await registerModelVersion(db, { id: 'm1', kind: 'policy', checkpoint: 'ck/m1' });
+      await promote(db, { alias: 'candidate', versionId: 'm1', reason: 'before the migration' });
+      await assert.rejects(clearAlias(db, 'candidate'), 'the old schema refuses a reject row');
+      await migrateToLatest(db, store.dialect, schema);
+      assert.deepEqual((await listPromotions(db)).map((l) => [l.alias, l.action, l.reason]), [['candidate', 'promote', 'before the migration']]);
+      const entry = await clearAlias(db, 'candidate', { actor: 't', reason: 'worse' });
+      assert.deepEqual([entry.action, entry.from_version_id, entry.to_version_id], ['reject', 'm1', 'm1']);
+      assert.equal(await resolveAlias(db, 'candidate'), undefined);
+      await assert.rejects(clearAlias(db, 'candidate'), (e: unknown) => (e as { code?: string }).code === 'unknown_alias');
+      await assert.rejects(sql`update promotion_log set reason = 'rewritten'`.execute(db), /append-only/);
+      await assert.rejects(sql`delete from promotion_log`.execute(db), /append-only/);
+      assert.equal((await listPromotions(db)).length, 2);
+    } finally {
+      await store.close();
+    }
+  });
+
   test('reads head-to-head outcomes from the candidate side, either order, current rows only', async () => {
     const store = await ctx.openFresh();
     try {
@@ -254,6 +281,23 @@ await describeEachDialect('arena on the store', (ctx) => {
         assert.match(l.reason!, /n=40/);
       }
       assert.equal(await decideArena(db, { apply: true, actor: 't' }), undefined);
+    } finally {
+      await store.close();
+    }
+  });
+
+  test('two decideArena calls at once apply the decision once', async () => {
+    const store = await ctx.openFresh();
+    try {
+      const db = store.db;
+      for (const id of ['champ', 'cand']) await registerModelVersion(db, { id, kind: 'policy', checkpoint: `ck/${id}` });
+      await promote(db, { alias: 'champion', versionId: 'champ' });
+      await promote(db, { alias: 'candidate', versionId: 'cand' });
+      for (let i = 0; i < 35; i++) await judgePair(db, { rater: `u${i}`, first: 'cand', second: 'champ', choice: 'a' });
+      const both = await Promise.all([decideArena(db, { apply: true, actor: 'p1' }), decideArena(db, { apply: true, actor: 'p2' })]);
+      assert.deepEqual(both.map((r) => r?.applied ?? 'none').sort(), ['none', 'promoted']);
+      assert.deepEqual((await listPromotions(db)).filter((l) => l.actor === 'p1' || l.actor === 'p2').map((l) => l.action), ['promote', 'clear']);
+      assert.equal(await resolveAlias(db, 'champion'), 'cand');
     } finally {
       await store.close();
     }

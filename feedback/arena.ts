@@ -35,7 +35,8 @@
  * information by the delta method (se(σ(β₀)) = σ(β₀)(1 − σ(β₀))·se(β₀)); β₁ is per word. This
  * interval is a fixed-n one, for reading, never for the decision.
  */
-import type { Kysely } from 'kysely';
+import { PostgresAdapter, type Kysely } from 'kysely';
+import { getGeneration } from './generations.ts';
 import { clearAlias, promote, resolveAlias } from './model-versions.ts';
 import type { Database } from './schema.ts';
 import { inTransaction } from './transaction.ts';
@@ -304,6 +305,17 @@ export async function arenaOutcomes(db: Kysely<Database>, o: { candidate: string
 }
 
 /**
+ * The versions that generated replies `a` and `b` when both are arena replies (generation
+ * `params.source = 'arena'`), else undefined: what the server reveals once the pair is judged.
+ */
+export async function arenaPairVersions(db: Kysely<Database>, a: string, b: string): Promise<{ a: string; b: string } | undefined> {
+  const [ga, gb] = await Promise.all([getGeneration(db, a), getGeneration(db, b)]);
+  if (!ga || !gb) return undefined;
+  const arena = (paramsJson: string) => (JSON.parse(paramsJson) as { source?: unknown }).source === 'arena';
+  return arena(ga.params_json) && arena(gb.params_json) ? { a: ga.model_version_id, b: gb.model_version_id } : undefined;
+}
+
+/**
  * Reads the candidate and champion aliases, summarises their arena, and when decided and
  * `apply`: promotes (alias champion → candidate, logged 'promote'; the candidate alias cleared,
  * logged 'clear') or rejects (candidate alias cleared, logged 'reject'); every log row carries
@@ -318,6 +330,11 @@ export async function decideArena(
   o: { apply: boolean; actor: string; alpha?: number; maxJudgements?: number },
 ): Promise<{ summary: ArenaSummary; applied: 'promoted' | 'rejected' | null } | undefined> {
   return inTransaction(db, async (trx) => {
+    // Two deciders at once (the loop in two processes, say): on PostgreSQL the candidate's alias
+    // row is locked, so the second waits and then finds no candidate; SQLite serialises writers.
+    if (trx.getExecutor().adapter instanceof PostgresAdapter) {
+      await trx.selectFrom('model_aliases').select('version_id').where('alias', '=', 'candidate').forUpdate().execute();
+    }
     const candidate = await resolveAlias(trx, 'candidate');
     const champion = await resolveAlias(trx, 'champion');
     if (candidate === undefined || champion === undefined) return undefined;

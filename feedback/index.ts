@@ -38,4 +38,5 @@ export * from './model-versions.ts';
 export * from './runs.ts';
 export * from './registry-settings.ts';
 export * from './version-feedback.ts';
+export * from './arena.ts';
 export * from './export.ts';

@@ -4,17 +4,13 @@
  * the one chat template (dropping the oldest turns, never the system prompt, when it outgrows the
  * context window), submit replies to the scheduler, and store every reply with its generation
  * record (model version, sampling parameters, seed, usage, timings).
- *
- * Arena: `compareArena` answers a compare with one reply of the champion and one of the
- * candidate, in random order, submitted together; their generation rows keep the true versions
- * with `params.source = 'arena'`, and `arenaReveal` names them once the pair was judged.
  */
 import { randomInt } from 'node:crypto';
 import { renderChat, type ChatMessage } from '../model/chat-template.ts';
 import { DEFAULT_GENERATE, type GenerateOptions } from '../model/generate.ts';
 import { disposeCache } from '../model/gpt.ts';
 import { addMessage, createConversation, getConversation, getThread, listMessages } from '../feedback/conversations.ts';
-import { addAssistantReply, getGeneration } from '../feedback/generations.ts';
+import { addAssistantReply } from '../feedback/generations.ts';
 import type { FeedbackStore } from '../feedback/open-store.ts';
 import type { ServerConfig } from './config.ts';
 import { ChatError } from './errors.ts';
@@ -24,6 +20,7 @@ import type { ModelRegistry } from './model-registry.ts';
 import type { GenerationResult, Job, Scheduler } from './scheduler.ts';
 import type { ConversationState, SessionCache, Turn } from './session-cache.ts';
 import type { Sampling } from './ws-protocol.ts';
+import { arenaPairVersions } from '../feedback/arena.ts';
 
 export interface ChatDeps {
   store: FeedbackStore;
@@ -192,6 +189,7 @@ export class ChatService {
   /**
    * Generates `n` sibling replies to the user message ending `context`, decoded together, and
    * stores each. The first becomes the conversation's active branch (and keeps its KV cache).
+   * `models` (one per reply) overrides the canary arm: the arena's champion and candidate.
    */
   reply(
     state: ConversationState | undefined,
@@ -201,57 +199,17 @@ export class ChatService {
     n: number,
     source: string,
     onDelta?: (candidate: number, text: string) => void,
+    models?: readonly ServedModel[],
   ): ReplyRun {
-    // The canary arm is fixed when the reply is submitted; without one, the scheduler's model at admission.
-    const model = this.deps.registry?.modelFor(conversationId);
-    return this.#decode(state, conversationId, context, opts, Array.from({ length: n }, () => model), source, onDelta);
-  }
-
-  /**
-   * The arena's answer to a compare: when the registry selects this request (a candidate is
-   * loaded and a uniform draw falls under `arena_share`), one reply of the champion and one of
-   * the candidate, in random order (`random() < ½`: champion first), decoded together and stored
-   * with `params.source = 'arena'`. Undefined when the request is not an arena one.
-   */
-  compareArena(
-    state: ConversationState | undefined,
-    conversationId: string,
-    context: readonly Turn[],
-    opts: GenerateOptions,
-    onDelta?: (candidate: number, text: string) => void,
-    random: () => number = Math.random,
-  ): ReplyRun | undefined {
-    const pair = this.deps.registry?.arenaModels?.(random());
-    if (!pair) return undefined;
-    const models = random() < 0.5 ? [pair.champion, pair.candidate] : [pair.candidate, pair.champion];
-    return this.#decode(state, conversationId, context, opts, models, 'arena', onDelta);
-  }
-
-  /** The versions behind replies `a` and `b` when both are arena replies, else undefined. */
-  async arenaReveal(a: string, b: string): Promise<{ a: string; b: string } | undefined> {
-    const { db } = this.deps.store;
-    const [ga, gb] = await Promise.all([getGeneration(db, a), getGeneration(db, b)]);
-    const arena = (g: typeof ga) => g !== undefined && (JSON.parse(g.params_json) as { source?: unknown }).source === 'arena';
-    return arena(ga) && arena(gb) ? { a: ga!.model_version_id, b: gb!.model_version_id } : undefined;
-  }
-
-  /** Submits one reply per entry of `models` (undefined: the scheduler's model) together, and stores each. */
-  #decode(
-    state: ConversationState | undefined,
-    conversationId: string,
-    context: readonly Turn[],
-    opts: GenerateOptions,
-    models: readonly (ServedModel | undefined)[],
-    source: string,
-    onDelta?: (candidate: number, text: string) => void,
-  ): ReplyRun {
-    const n = models.length;
+    if (models && models.length !== n) throw new Error(`reply: ${models.length} models for ${n} replies`);
     const userTurn = context[context.length - 1];
     if (!userTurn || userTurn.role !== 'user') throw new ChatError('invalid_request', 'a reply needs a user message to answer');
-    const messages = context.map((t) => ({ role: t.role, content: t.content }));
-    const prompts = new Map<ServedModel | undefined, Prompt>();
-    const promptFor = (m: ServedModel | undefined) => prompts.get(m) ?? prompts.set(m, this.prompt(messages, opts.maxTokens, m)).get(m)!;
-    const perPrompt = models.map(promptFor);
+    // The canary arm is fixed when the reply is submitted; without one, the scheduler's model at admission.
+    const model = this.deps.registry?.modelFor(conversationId);
+    const arms = models ?? Array.from({ length: n }, () => model);
+    const byModel = new Map<ServedModel | undefined, Prompt>();
+    for (const m of arms) if (!byModel.has(m)) byModel.set(m, this.prompt(context.map((t) => ({ role: t.role, content: t.content })), opts.maxTokens, m));
+    const prompts = arms.map((m) => byModel.get(m)!);
     const { scheduler, metrics } = this.deps;
     const jobs: Job[] = [];
     const perCandidate = Array.from({ length: n }, (_, i) => ({ ...opts, seed: (opts.seed + i) % Number.MAX_SAFE_INTEGER }));
@@ -260,12 +218,12 @@ export class ChatService {
         const reuse = i === 0 && state ? this.deps.sessions.takeKv(state) : undefined;
         jobs.push(
           scheduler.submit({
-            promptIds: perPrompt[i]!.ids,
+            promptIds: prompts[i]!.ids,
             opts: perCandidate[i]!,
             reuse,
             keepContext: i === 0 && state !== undefined,
             source,
-            model: models[i],
+            model: arms[i],
             onDelta: onDelta && ((t) => onDelta(i, t)),
           }),
         );
@@ -282,12 +240,12 @@ export class ChatService {
         for (let i = 0; i < n; i++) {
           const r = results[i]!;
           const o = perCandidate[i]!;
-          const droppedMessages = perPrompt[i]!.droppedMessages;
+          const prompt = prompts[i]!;
           const { message } = await addAssistantReply(this.deps.store.db, {
             message: { conversationId, parentId: userTurn.id, content: r.text, tokenCount: r.completionTokens },
             generation: {
               modelVersionId: r.version,
-              params: { temperature: o.temperature, topP: o.topP, topK: o.topK, maxTokens: o.maxTokens, stop: o.stop, source, candidates: n, droppedMessages },
+              params: { temperature: o.temperature, topP: o.topP, topK: o.topK, maxTokens: o.maxTokens, stop: o.stop, source, candidates: n, droppedMessages: prompt.droppedMessages },
               seed: o.seed,
               finishReason: r.finishReason,
               promptTokens: r.promptTokens,
@@ -296,7 +254,7 @@ export class ChatService {
               ttftMs: r.ttftMs,
             },
           });
-          stored.push({ messageId: message.id, parentId: userTurn.id, content: r.text, result: r, droppedMessages, candidate: i, opts: o });
+          stored.push({ messageId: message.id, parentId: userTurn.id, content: r.text, result: r, droppedMessages: prompt.droppedMessages, candidate: i, opts: o });
         }
         if (state) {
           state.path = [...context, { id: stored[0]!.messageId, role: 'assistant', content: stored[0]!.content }];
@@ -315,6 +273,32 @@ export class ChatService {
       }
     })();
     return { jobs, done, cancel: () => jobs.forEach((j) => j.cancel()) };
+  }
+
+  /**
+   * The arena's answer to a compare: when the registry selects this request (a candidate is
+   * loaded and a uniform draw falls under `arena_share`), one reply of the champion and one of
+   * the candidate, in random order (`random() < ½`: champion first), submitted together and
+   * stored with `params.source = 'arena'` and their true versions. Undefined when the request is
+   * not an arena one (the caller then answers an ordinary compare).
+   */
+  compareArena(
+    state: ConversationState | undefined,
+    conversationId: string,
+    context: readonly Turn[],
+    opts: GenerateOptions,
+    onDelta?: (candidate: number, text: string) => void,
+    random: () => number = Math.random,
+  ): ReplyRun | undefined {
+    const pair = this.deps.registry?.arenaModels?.(random());
+    if (!pair) return undefined;
+    const models = random() < 0.5 ? [pair.champion, pair.candidate] : [pair.candidate, pair.champion];
+    return this.reply(state, conversationId, context, opts, 2, 'arena', onDelta, models);
+  }
+
+  /** The versions behind replies `a` and `b` when both are arena replies (revealed after the judgement), else undefined. */
+  arenaReveal(a: string, b: string): Promise<{ a: string; b: string } | undefined> {
+    return arenaPairVersions(this.deps.store.db, a, b);
   }
 
   #gauges(): void {

@@ -6,7 +6,7 @@ import { z } from 'zod';
 import { DEFAULT_SAMPLING } from '../model/sampling.ts';
 import type { RewardSource } from './reward-source.ts';
 import { ALGORITHMS, type Algorithm } from './policy-optimizer.ts';
-import type { ArenaFigures } from './loop-gates.ts';
+import type { ArenaSummary } from '../feedback/arena.ts';
 
 export const OnlineLoopConfig = z.object({
   database: z.string().default('default').describe('feedback store URL, or "default" (data/feedback.sqlite)'),
@@ -75,7 +75,7 @@ export interface IterationResult {
   policyVersion?: string;
   metrics: Record<string, number>;
   /** The arena's figures when a candidate was (or just stopped being) before the users. */
-  arena?: ArenaFigures;
+  arena?: ArenaSummary;
 }
 
 /** What only tests and simulations pass: a gold scorer (simulated users' rubric), for reporting unless `goldGate`. */

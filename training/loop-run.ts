@@ -12,7 +12,7 @@ import { finishRun, getMetrics, listRuns, type FeedbackStore, type Database } fr
 import type { Kysely } from 'kysely';
 import { ALIAS } from '../feedback/aliases.ts';
 import type { DataWindow } from '../feedback/judgement-window.ts';
-import type { CandidateVerdict, PushKnobs } from './loop-gates.ts';
+import type { ArenaFigures, CandidateVerdict, PushKnobs } from './loop-gates.ts';
 import type { LoopOptions, OnlineLoopConfig } from './loop-config.ts';
 
 /** Everything the steps of one iteration share. */
@@ -101,27 +101,27 @@ export async function carriedKlCoef(db: Kysely<Database>, configured: number): P
 
 /**
  * The last verdict on a candidate in the promotion log: a rejection (the `candidate` alias
- * cleared by the arena or the admin) or a promotion to champion. The loop's own moves of the
- * `candidate` alias (offering a candidate) are not verdicts.
+ * cleared with action 'reject', by the arena or the admin) or a promotion to champion. The loop's
+ * own moves of the `candidate` alias (offering a candidate) and plain clears are not verdicts.
+ * The arena's figures come from the log row's metrics (`{ arena: ArenaSummary }`).
  */
 export async function lastCandidateVerdict(db: Kysely<Database>): Promise<CandidateVerdict | undefined> {
   const rows = await db
     .selectFrom('promotion_log')
     .selectAll()
-    .where((eb) => eb.or([eb.and([eb('alias', '=', ALIAS.candidate), eb('action', '=', 'reject' as never)]), eb.and([eb('alias', '=', ALIAS.champion), eb('action', '=', 'promote')])]))
+    .where((eb) => eb.or([eb.and([eb('alias', '=', ALIAS.candidate), eb('action', '=', 'reject')]), eb.and([eb('alias', '=', ALIAS.champion), eb('action', '=', 'promote')])]))
     .orderBy('id', 'desc')
     .limit(1)
     .execute();
   const r = rows[0];
   if (!r) return undefined;
-  const action = String(r.action) === 'reject' ? 'reject' : 'promote';
-  const m = (r.metrics_json ? JSON.parse(r.metrics_json) : {}) as { p?: unknown; interval?: unknown; n?: unknown; candidate?: unknown };
-  const versionId = action === 'reject' ? (typeof m.candidate === 'string' ? m.candidate : (r.from_version_id ?? r.to_version_id)) : r.to_version_id;
+  const action = r.action === 'reject' ? 'reject' : 'promote';
+  const arena = ((r.metrics_json ? JSON.parse(r.metrics_json) : {}) as { arena?: Partial<ArenaFigures> }).arena;
   return {
     action,
-    versionId,
-    ...(typeof m.p === 'number' ? { p: m.p } : {}),
-    ...(Array.isArray(m.interval) && m.interval.length === 2 ? { interval: [Number(m.interval[0]), Number(m.interval[1])] as [number, number] } : {}),
-    ...(typeof m.n === 'number' ? { n: m.n } : {}),
+    versionId: action === 'reject' ? (r.from_version_id ?? r.to_version_id) : r.to_version_id,
+    ...(arena && typeof arena.p === 'number' ? { p: arena.p } : {}),
+    ...(arena && Array.isArray(arena.interval) && arena.interval.length === 2 ? { interval: [Number(arena.interval[0]), Number(arena.interval[1])] as [number, number] } : {}),
+    ...(arena && typeof arena.n === 'number' ? { n: arena.n } : {}),
   };
 }

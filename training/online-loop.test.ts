@@ -4,11 +4,11 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { initBackend } from '../model/backend.ts';
-import { getMetrics, getRun, listModelVersions, listRuns, openTempStore, resolveAlias, setRegistrySetting, type FeedbackStore } from '../feedback/index.ts';
+import { clearAlias, getMetrics, getRun, listModelVersions, listPromotions, listRuns, openTempStore, resolveAlias, setRegistrySetting, type FeedbackStore } from '../feedback/index.ts';
 import { ALIAS } from '../feedback/aliases.ts';
 import { OnlineLoopConfig, runOnlineIteration, type IterationResult } from './online-loop.ts';
 import { RuleRewardSource } from './reward-source.ts';
-import { saveToySft, seedJudgements } from './loop-fixture.ts';
+import { saveToySft, seedArena, seedJudgements } from './loop-fixture.ts';
 
 let root: string;
 let store: FeedbackStore;
@@ -22,6 +22,9 @@ before(async () => {
 });
 after(() => store.close());
 
+/** The admin withdraws the candidate from the arena (a clear, not a verdict). */
+const withdraw = () => clearAlias(store.db, ALIAS.candidate, { actor: 'admin', action: 'clear' });
+
 const cfg = (extra: Record<string, unknown>) =>
   OnlineLoopConfig.parse({
     sft: join(root, 'sft'), checkpoints: join(root, 'ck'), minNewJudgements: 10, rewardEpochs: 4, rewardLr: 3e-3, minRewardAccuracy: 0.6, ppoSteps: 3, batchSize: 8, minibatchSize: 4,
@@ -30,13 +33,13 @@ const cfg = (extra: Record<string, unknown>) =>
 
 test('an iteration trains a reward model, optimises from the champion, registers both and offers the candidate to the arena without moving the champion; then waits for new feedback', async () => {
   const c = cfg({});
-  const champion = await resolveAlias(store.db, ALIAS.champion);
   const r = await runOnlineIteration(store, c, { log: () => {} });
   assert.equal(r.status, 'offered', r.reason);
   assert.match(r.reason, /offered to the users' arena .*the users' head-to-head judgements decide/);
   assert.equal(await resolveAlias(store.db, ALIAS.candidate), r.policyVersion);
-  assert.equal(await resolveAlias(store.db, ALIAS.champion), champion, 'a good proxy score never promotes: the users decide');
   const versions = await listModelVersions(store.db);
+  const sft = versions.find((v) => v.stage === 'sft')!.id;
+  assert.equal(await resolveAlias(store.db, ALIAS.champion), sft, 'a good proxy score never promotes: the champion of an empty registry is SFT, and stays');
   assert.deepEqual(versions.map((v) => v.kind).sort(), ['policy', 'policy', 'reward'], 'SFT, the reward model and the candidate');
   assert.ok(r.metrics.rmAccuracy! >= 0.6);
   const run = await getRun(store.db, r.runId!);
@@ -44,6 +47,9 @@ test('an iteration trains a reward model, optimises from the champion, registers
   const names = new Set((await getMetrics(store.db, r.runId!)).map((m) => m.name));
   for (const n of ['rm_heldout_accuracy', 'score', 'kl', 'clip_frac', 'value_loss', 'entropy', 'reply_length', 'eval_proxy', 'final_kl_coef']) assert.ok(names.has(n), `run metric ${n}`);
   assert.ok(!names.has('eval_gold'), 'no gold, no gold curve');
+  const judging = await runOnlineIteration(store, { ...c, minNewJudgements: 0 }, { log: () => {} });
+  assert.equal(judging.status, 'arena', 'while the candidate is before the users the loop collects their judgements');
+  await withdraw();
   const again = await runOnlineIteration(store, c, { log: () => {} });
   assert.equal(again.status, 'skipped');
   assert.match(again.reason, /waiting for 10/);
@@ -132,4 +138,74 @@ test('gold never decides: two opposite golds give the same decisions, reasons an
   const ga = await freshIteration('gold-c', { goldGate: true }, gold(1, { n: 0 }));
   const gb = await freshIteration('gold-d', { goldGate: true }, gold(-1, { n: 0 }));
   assert.deepEqual([ga.status, gb.status].sort(), ['candidate', 'promoted'], `${ga.reason} / ${gb.reason}`);
+});
+
+const pushOf = async (runId: string) => (JSON.parse((await getRun(store.db, runId))!.config_json) as { push: { ppoSteps: number; klCoef: number; reason?: string } }).push;
+
+test('a candidate the proxy let through but users prefer the champion to is rejected, not promoted; the next iteration halves the steps, doubles β and says why', async () => {
+  const offered = await runOnlineIteration(store, cfg({ checkpoints: join(root, 'ck8'), minNewJudgements: 0, minRewardAccuracy: 0, maxAccuracyDrop: 1 }), { log: () => {} });
+  assert.equal(offered.status, 'offered', offered.reason);
+  const candidate = (await resolveAlias(store.db, ALIAS.candidate))!;
+  const champion = (await resolveAlias(store.db, ALIAS.champion))!;
+  await seedArena(store, { candidate, champion, outcomes: Array(30).fill('loss') });
+  const [last] = await listRuns(store.db, { kind: 'loop', status: 'succeeded' });
+  const carried = (await getMetrics(store.db, last!.id, { names: ['final_kl_coef'] }))[0]!.value;
+  const r = await runOnlineIteration(store, cfg({ checkpoints: join(root, 'ck6'), minNewJudgements: 0, ppoSteps: 4, minRewardAccuracy: 0, maxAccuracyDrop: 1 }), { log: () => {} });
+  assert.equal(await resolveAlias(store.db, ALIAS.champion), champion, 'the champion stays');
+  const reject = (await listPromotions(store.db, { alias: ALIAS.candidate })).at(-2)!;
+  assert.deepEqual([reject.action, reject.from_version_id, reject.actor], ['reject', candidate, 'online-loop']);
+  assert.equal(JSON.parse(reject.metrics_json!).arena.losses, 30, 'the rejection is logged with the arena figures');
+  assert.match(r.reason, new RegExp(`^users rejected candidate ${candidate}: P\\(candidate ≻ champion\\) 0\\.000`));
+  assert.equal(r.arena?.decision, 'reject');
+  const push = await pushOf(r.runId!);
+  assert.equal(push.ppoSteps, 2, 'half the steps');
+  assert.equal(push.klCoef, 2 * carried, 'twice the β the last round ended with');
+  assert.match(push.reason!, new RegExp(`over-optimisation guard: the proxy preferred candidate ${candidate} but users rejected it head to head .*over 30 judgements`));
+  assert.match(r.reason, /over-optimisation guard/);
+  assert.equal(r.metrics.ppoSteps, 2);
+  assert.equal(r.status, 'offered', r.reason);
+});
+
+test('a tie-heavy arena keeps collecting: status arena, no training, the candidate stays; a clear win waits for the admin without autoPromote and promotes with it', async () => {
+  const candidate = (await resolveAlias(store.db, ALIAS.candidate))!;
+  const champion = (await resolveAlias(store.db, ALIAS.champion))!;
+  await seedArena(store, { candidate, champion, outcomes: [...Array(36).fill('tie'), 'win', 'win', 'loss', 'both_bad'], seed: 7 });
+  const runs = (await listRuns(store.db, {})).length;
+  const c = cfg({ checkpoints: join(root, 'ck7'), minNewJudgements: 0, minRewardAccuracy: 0, maxAccuracyDrop: 1 });
+  const r = await runOnlineIteration(store, c, { log: () => {} });
+  assert.equal(r.status, 'arena', r.reason);
+  assert.match(r.reason, /in the arena, undecided: .* over 40 judgements \(36 ties, 1 both bad\); collecting judgements, not training; the arena share is 0/);
+  assert.deepEqual([r.arena?.n, r.arena?.ties, r.arena?.decision], [40, 36, 'continue']);
+  assert.equal(r.metrics.arenaN, 40);
+  assert.equal((await listRuns(store.db, {})).length, runs, 'nothing trained while the users judge');
+  assert.equal(await resolveAlias(store.db, ALIAS.candidate), candidate);
+
+  await seedArena(store, { candidate, champion, outcomes: Array(60).fill('win'), seed: 8 });
+  const waiting = await runOnlineIteration(store, { ...c, autoPromote: false }, { log: () => {} });
+  assert.equal(waiting.status, 'arena');
+  assert.match(waiting.reason, /the arena says promote .*waiting for the admin/);
+  assert.equal(await resolveAlias(store.db, ALIAS.champion), champion, 'without autoPromote the admin applies the verdict');
+  const promoted = await runOnlineIteration(store, c, { log: () => {} });
+  assert.equal(await resolveAlias(store.db, ALIAS.champion), candidate, 'the users promoted it');
+  assert.match(promoted.reason, new RegExp(`^users promoted candidate ${candidate}`));
+  assert.equal((await getRun(store.db, promoted.runId!))?.base_version_id, candidate, 'the next round starts from the new champion');
+  assert.equal((await pushOf(promoted.runId!)).reason, undefined, 'a promotion turns the guard off');
+});
+
+test('the loop runs each optimiser (rloo, dpo) with the same gates and logs, and with the reference re-anchored to the champion still measures the KL to SFT', async () => {
+  for (const [algorithm, reanchor] of [['rloo', true], ['dpo', false]] as const) {
+    const s = await openTempStore();
+    try {
+      await seedJudgements(s, 40, 12);
+      const r = await runOnlineIteration(s, cfg({ checkpoints: join(root, `alg-${algorithm}`), minRewardAccuracy: 0, algorithm, reanchor, rlooK: 2, minScoreGain: 100 }), { log: () => {} });
+      assert.equal(r.status, 'rejected', `${algorithm}: ${r.reason}`);
+      assert.match(r.reason, /not offered: proxy gain/, 'the pre-filter gates every algorithm');
+      const names = new Set((await getMetrics(s.db, r.runId!)).map((m) => m.name));
+      for (const n of ['kl', 'kl_coef', 'eval_proxy', 'eval_kl', 'final_kl_coef']) assert.ok(names.has(n), `${algorithm}: run metric ${n}`);
+      if (reanchor) assert.ok(names.has('kl_sft'), 'KL to SFT beside the KL to the champion');
+      assert.ok((await listModelVersions(s.db, { kind: 'policy' })).some((v) => v.id === r.policyVersion && v.run_id === r.runId), 'registered as a version of its run');
+    } finally {
+      await s.close();
+    }
+  }
 });

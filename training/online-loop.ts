@@ -1,27 +1,39 @@
 /**
  * The online loop: turns the feedback people leave into a better policy, in the background.
- * Decisions come from the users' judgements only; a gold scorer (simulated users' rubric, never
- * available in production) is used for reporting unless the `goldGate` ablation is on.
- * One iteration (each step in its own file):
+ * Decisions come from the users' judgements only. A gold scorer (`LoopOptions.gold`: a simulated
+ * users' hidden rubric, never available in production) is measured for the report (`eval_gold`
+ * in the run's curve, `candidateGold`/`championGold`) and read by no decision, unless the
+ * `goldGate` ablation is on (then the old gold guard and gold gate apply, and the arena is not
+ * consulted). One call of {@link runOnlineIteration} (each step in its own file):
  *
+ *   0. (loop-arena.ts) when a candidate exists: `decideArena` on the users' blind head-to-head
+ *      judgements of candidate vs champion, applied when `autoPromote` (the champion moves only
+ *      here). Undecided, or decided and not applied: status 'arena', nothing is trained: the
+ *      arena's head-to-head pairs are the freshest on-policy judgements the next reward model can
+ *      learn from (the very replies the proxy preferred, against the champion's), and a second
+ *      candidate could not be judged before this one is. Decided and applied: logged, go on;
  *   1. waits until at least `minNewJudgements` judgements arrived since the last successful
- *      iteration (pairs from picks, rankings and sibling thumbs, plus lone thumbs);
- *   2. (loop-reward.ts) retrains the reward model on all current judgements; refuses to go on
- *      when its held-out pairwise accuracy is below `minRewardAccuracy`, or fell more than
- *      `maxAccuracyDrop` below the last iteration's;
- *   3. (loop-policy.ts) optimises the policy from the current champion (alias `champion`, or SFT)
- *      with the KL measured against SFT (or the champion with `reanchor`), β carried over from the
- *      last round, resumable every `checkpointEvery` steps; stops early when the KL per reply to
- *      SFT exceeds `klBudget`, or when the reward ensemble's disagreement rises with the proxy;
- *      after users rejected a candidate the proxy preferred, runs half the steps with twice β
- *      (or starts afresh, `overOptimisation`), and says why (loop-gates.ts);
- *   4. (loop-eval.ts) evaluates candidate and champion on held-out prompts from real
- *      conversations, sampled as users' replies are (proxy, disagreement, KL to SFT; gold for the
- *      report);
- *   5. (loop-register.ts) writes and registers the candidate; offers it to the users (the
- *      `candidate` alias) only when it beats the champion's proxy by `minScoreGain` within the KL
- *      budget: the proxy is a pre-filter, the users' head-to-head verdict decides.
- * Every iteration is a run (kind `loop`) in the store with its per-step metrics.
+ *      iteration (arena pairs included); sets how hard to push: β carried over from the last
+ *      round, and after a rejection by the users the over-optimisation guard (half the steps and
+ *      twice β, or `overOptimisation: restart`), saying why (loop-gates.ts);
+ *   2. (loop-reward.ts) trains an ensemble of `rewardEnsemble` reward models on every current
+ *      judgement split by a hash of the prompt text (train / val / a fixed eval set), warm-started
+ *      from the last round's; refuses to go on when its accuracy on the fixed set is below
+ *      `minRewardAccuracy` or fell more than `maxAccuracyDrop` since the last round;
+ *   3. (loop-policy.ts) optimises the policy (`algorithm`: ppo, rloo or dpo) from the champion on
+ *      'train' prompts against the pessimistic proxy mean − k·std, with the KL to SFT (or to the
+ *      champion with `reanchor`, the total KL to SFT still measured and budgeted), resumable every
+ *      `checkpointEvery` steps; stops early when the KL per reply to SFT exceeds `klBudget` or the
+ *      ensemble's disagreement rises with the proxy;
+ *   4. (loop-eval.ts) evaluates candidate and champion on 'eval' prompts (never a round's
+ *      training prompts), sampled as users' replies are (`temperature`, `topP`, `maxTokens`);
+ *   5. (loop-register.ts) writes and registers the candidate; offers it to the users (status
+ *      'offered': the `candidate` alias, which the arena pits against the champion) only when its
+ *      proxy beats the champion's by `minScoreGain` within the KL budget: the proxy is the model
+ *      the policy was just optimised against, so it only filters (status 'rejected' otherwise).
+ * Sampling: rollouts use `temperature` and `maxTokens` like users' replies but no top-p (the
+ * optimiser's log-probabilities must be those of the distribution it samples); evaluation uses
+ * the users' top-p too. Every iteration that trains is a run (kind `loop`) with its metrics.
  *
  * Version ids follow the server's convention, `<checkpoint directory name>-<sha256[:12]>`, so
  * generations stamped by the server match registered versions.
@@ -33,7 +45,7 @@ import { initBackend } from '../model/backend.ts';
 import { GPT } from '../model/gpt.ts';
 import { Tokenizer } from '../model/tokenizer.ts';
 import { loadCheckpoint, versionId, type CheckpointMeta } from '../model/checkpoint.ts';
-import { finishRun, getModelVersion, isLoopPaused, listRuns, logMetrics, newId, resolveAlias, startRun, type FeedbackStore } from '../feedback/index.ts';
+import { finishRun, getModelVersion, isLoopPaused, listRuns, logMetrics, newId, promote, resolveAlias, startRun, type FeedbackStore } from '../feedback/index.ts';
 import type { StoreOptions } from '../feedback/open-store.ts';
 import { ALIAS } from '../feedback/aliases.ts';
 import { countJudgementsSince, judgementWindow, type DataWindow } from '../feedback/judgement-window.ts';
@@ -45,6 +57,7 @@ import { carriedKlCoef, findResumable, lastCandidateVerdict, ppoRunDir, pruneTem
 import { prepareReward } from './loop-reward.ts';
 import { optimisePolicy } from './loop-policy.ts';
 import { registerAndGate } from './loop-register.ts';
+import { arenaGate, arenaMetrics } from './loop-arena.ts';
 import { registerCheckpointVersion } from './register-versions.ts';
 import { OnlineLoopConfig, type IterationResult, type LoopOptions } from './loop-config.ts';
 import { isMain, runCli, stopRequested } from './cli.ts';
@@ -87,9 +100,18 @@ async function pushKnobs(store: FeedbackStore, cfg: OnlineLoopConfig): Promise<P
 
 /** One iteration of the loop (see the file's contract); continues a run a killed process left behind when `cfg.resume`. */
 export async function runOnlineIteration(store: FeedbackStore, cfg: OnlineLoopConfig, o: LoopOptions = {}): Promise<IterationResult> {
+  if (await isLoopPaused(store.db)) return { status: 'skipped', reason: 'paused by the admin (POST /admin/loop/resume resumes it)', metrics: {} };
+  const arena = cfg.goldGate ? undefined : await arenaGate(store, cfg, o);
+  if (arena && 'wait' in arena) return arena.wait;
+  const started = await startIteration(store, cfg, o);
+  const result = 'status' in started ? started : await trainIteration(started);
+  return arena?.arena ? { ...result, reason: `${arena.go}; then ${result.reason}`, arena: arena.arena, metrics: { ...arenaMetrics(arena.arena), ...result.metrics } } : result;
+}
+
+/** Step 1: the run (a new one on enough new judgements, or the one a killed process left), or why the iteration skips. */
+async function startIteration(store: FeedbackStore, cfg: OnlineLoopConfig, o: LoopOptions): Promise<IterationContext | IterationResult> {
   const log = o.log ?? ((l: string) => console.error(l));
   const db = store.db;
-  if (await isLoopPaused(db)) return { status: 'skipped', reason: 'paused by the admin (POST /admin/loop/resume resumes it)', metrics: {} };
   const resumed = cfg.resume ? await findResumable(store, log) : undefined;
   let window: DataWindow;
   if (resumed) window = resumed.window;
@@ -101,22 +123,30 @@ export async function runOnlineIteration(store: FeedbackStore, cfg: OnlineLoopCo
   const sftCk = loadCheckpoint(cfg.sft, { kind: 'policy' });
   const tok = Tokenizer.fromJSON(sftCk.tokenizer);
   const sftVersion = await registerCheckpointVersion(db, { dir: cfg.sft, meta: sftCk.meta, stage: 'sft', notes: 'SFT policy: KL reference of PPO' });
-  const championVersion = resumed?.baseVersionId ?? (await resolveAlias(db, ALIAS.champion)) ?? sftVersion;
+  for (const alias of [ALIAS.sft, ALIAS.champion]) {
+    // The arena pits the candidate against the champion alias: a store nothing was served from yet starts at SFT.
+    if (!(await resolveAlias(db, alias))) await promote(db, { alias, versionId: sftVersion, actor: 'online-loop', reason: 'empty registry: the SFT checkpoint' });
+  }
+  const championVersion = resumed?.baseVersionId ?? (await resolveAlias(db, ALIAS.champion))!;
   const championDir = (await getModelVersion(db, championVersion))!.checkpoint;
   const push = resumed?.push ?? (await pushKnobs(store, cfg));
   if (push.reason) log(`loop: ${push.reason}`);
   const stamp = resumed?.stamp ?? newId().toLowerCase();
   const runId = resumed?.runId ?? (await startRun(db, { kind: 'loop', config: { ...cfg, stamp, dataWindow: window, push }, baseVersionId: championVersion })).id;
-  const runDir = ppoRunDir(cfg.checkpoints, stamp);
   if (resumed) {
     log(`loop: resuming run ${runId} (${stamp})`);
     pruneTemp(cfg.checkpoints, stamp);
   }
+  return { store, db, cfg, o, log, runId, stamp, runDir: ppoRunDir(cfg.checkpoints, stamp), window, tok, sftCk, sftVersion, championVersion, championDir, push, own: (m) => m };
+}
+
+/** Steps 2–5 on a started run: reward ensemble and guards, optimisation, evaluation, registration and the pre-filter. */
+async function trainIteration(started: IterationContext): Promise<IterationResult> {
   const models: GPT[] = [];
-  const own = <T extends GPT>(m: T) => (models.push(m), m);
-  const ctx: IterationContext = { store, db, cfg, o, log, runId, stamp, runDir, window, tok, sftCk, sftVersion, championVersion, championDir, push, own };
+  const ctx: IterationContext = { ...started, own: (m) => (models.push(m), m) };
+  const { store, db, cfg, o, tok, sftCk, runId, window } = ctx;
   try {
-    const sft = own(GPT.fromWeights(sftCk.meta.config, 'policy', sftCk.weights));
+    const sft = ctx.own(GPT.fromWeights(sftCk.meta.config, 'policy', sftCk.weights));
     const allPrompts = await loadStorePrompts(store);
     const split = splitPrompts(allPrompts);
     const trainPrompts = split.train;
@@ -125,8 +155,8 @@ export async function runOnlineIteration(store: FeedbackStore, cfg: OnlineLoopCo
     if ('rejected' in reward) return reward.rejected;
     if (!trainPrompts.length || !evalPrompts.length) throw new Error(`too few prompts in the store (${allPrompts.length}: ${split.train.length} train, ${split.val.length} val, ${split.eval.length} eval) for training and evaluation`);
 
-    const champCk = loadCheckpoint(championDir, { kind: 'policy', config: sftCk.meta.config, tokenizerFingerprint: tok.fingerprint() });
-    const champion = own(GPT.fromWeights(champCk.meta.config, 'policy', champCk.weights));
+    const champCk = loadCheckpoint(ctx.championDir, { kind: 'policy', config: sftCk.meta.config, tokenizerFingerprint: tok.fingerprint() });
+    const champion = ctx.own(GPT.fromWeights(champCk.meta.config, 'policy', champCk.weights));
     const evalOpts = { maxTokens: cfg.maxTokens, temperature: cfg.temperature, topP: cfg.topP, seed: cfg.seed + 1 };
     const champ = await evaluatePolicy(champion, sft, tok, reward.proxy, evalPrompts, { ...evalOpts, gold: o.gold });
     const preferences = cfg.algorithm === 'dpo' ? dpoPreferences(reward.data, window.since) : undefined;

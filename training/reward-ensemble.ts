@@ -41,7 +41,7 @@ import { createRng, type Rng } from '../model/random.ts';
 import { mean } from './rlhf-common.ts';
 import { pairStatistics, scoreExchanges, trainRewardModel, type RewardEval } from './reward-model.ts';
 import { splitByContext, splitPreferences, splitPrompts, promptText, type PreferenceData, type PreferenceGroup } from './preferences.ts';
-import type { RewardItem, RewardSource } from './reward-source.ts';
+import { RewardError, type RewardItem, type RewardSource } from './reward-source.ts';
 
 export { splitByContext, splitPrompts, promptText };
 
@@ -151,7 +151,7 @@ export class EnsembleRewardSource implements RewardSource {
   async score(items: readonly RewardItem[]): Promise<number[]> {
     const s = (await this.scoreSpread(items)).map((x) => x.mean - this.o.pessimism * x.std);
     s.forEach((x, i) => {
-      if (!Number.isFinite(x)) throw new Error(`${this.name}: score ${i} is ${x}`);
+      if (!Number.isFinite(x)) throw new RewardError('reward_not_finite', `${this.name}: score ${i} is ${x}, not a finite number`);
     });
     return s;
   }
@@ -233,7 +233,11 @@ export interface EnsembleTrainResult {
 
 /**
  * Trains K members on `data` (split by context; see the file comment), each warm-started from
- * `previous.members[j]` when given (else from `sft` with a zero head). `previous` is left as is.
+ * `previous.members[j]` when given (from member j mod K' when the previous ensemble had K' < K
+ * members; else from `sft` with a zero head). `previous` is left as is. The scores are not
+ * normalised here: call {@link normaliseEnsemble} with SFT replies (e.g. `sampleReplies` on the
+ * 'val' prompts of {@link splitPrompts}). Load data with `loadStorePreferences(store, { ties: true })`
+ * so ties reach the loss.
  */
 export function trainRewardEnsemble(o: { sft: GPT; previous?: RewardEnsemble; tok: Tokenizer; data: PreferenceData; cfg: Partial<EnsembleTrainConfig>; log?: (l: string) => void }): EnsembleTrainResult {
   const cfg: EnsembleTrainConfig = { ...ENSEMBLE_DEFAULTS, ...o.cfg };
@@ -246,6 +250,8 @@ export function trainRewardEnsemble(o: { sft: GPT; previous?: RewardEnsemble; to
   const rec = recencyWeights(times, cfg.recencyHalfLife);
   const recOf = new Map<object, number>();
   [...o.data.groups, ...o.data.unpaired].forEach((x, i) => recOf.set(x, rec[i]!));
+  if (!parts.val.groups.some((g) => g.pairs.length > 0) && cfg.patience > 0) log(`reward ensemble: no val pairs among ${o.data.groups.length} judgements; early stopping is off this round`);
+  if (!parts.eval.groups.some((g) => g.pairs.length > 0)) log('reward ensemble: no eval pairs yet; the eval accuracy is undefined this round');
   const members: GPT[] = [];
   let steps = 0;
   try {

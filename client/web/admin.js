@@ -62,7 +62,7 @@ const charts = new Map();
  * A line or bar chart in `container`, or a table when Chart.js is absent.
  * @param {HTMLElement} container
  * @param {'line' | 'bar'} type
- * @param {{ label: string, points: [number | string, number][], fill?: string | false, dash?: number[] }[]} series
+ * @param {{ label: string, points: [number | string, number][], fill?: string | false, dash?: number[], color?: string, background?: string }[]} series
  * @param {string} xLabel
  */
 async function chart(container, type, series, xLabel) {
@@ -93,6 +93,8 @@ async function chart(container, type, series, xLabel) {
         pointRadius: 0,
         ...(s.fill !== undefined ? { fill: s.fill } : {}),
         ...(s.dash ? { borderDash: s.dash } : {}),
+        ...(s.color ? { borderColor: s.color } : {}),
+        ...(s.background ? { backgroundColor: s.background } : {}),
       })),
     },
     options: {
@@ -212,10 +214,10 @@ async function showArena(arena) {
     'line',
     h.length
       ? [
-          { label: 'interval low', points: h.map((x) => [x.n, x.low]), fill: false },
-          { label: 'interval high', points: h.map((x) => [x.n, x.high]), fill: '-1' },
-          { label: 'P(candidate ≻ champion)', points: h.map((x) => [x.n, x.p]), fill: false },
-          { label: '½', points: [[1, 0.5], [h[h.length - 1].n, 0.5]], fill: false, dash: [6, 4] },
+          { label: 'interval low', points: h.map((x) => [x.n, x.low]), fill: false, color: 'rgba(54, 162, 235, 0.5)' },
+          { label: 'interval high', points: h.map((x) => [x.n, x.high]), fill: '-1', color: 'rgba(54, 162, 235, 0.5)', background: 'rgba(54, 162, 235, 0.15)' },
+          { label: 'P(candidate ≻ champion)', points: h.map((x) => [x.n, x.p]), fill: false, color: 'rgb(20, 60, 160)' },
+          { label: '½', points: [[1, 0.5], [h[h.length - 1].n, 0.5]], fill: false, dash: [6, 4], color: 'rgb(120, 120, 120)' },
         ]
       : [],
     'judgements',
