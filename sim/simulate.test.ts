@@ -38,7 +38,7 @@ test('options: defaults, values, presets (explicit flags win) and refusals', () 
 });
 
 test('what took each decision: the arena first, then the pre-filter or a guard; a reason naming gold is gold\'s', () => {
-  const arena = { candidate: 'c1', champion: 's', n: 120, ties: 3, bothBad: 0, p: 0.31, interval: [0.2, 0.45] as [number, number], decision: 'reject' as const };
+  const arena = { candidate: 'c1', champion: 's', n: 120, wins: 30, losses: 80, ties: 3, bothBad: 0, alpha: 0.05, p: 0.31, interval: [0.2, 0.45] as [number, number], decision: 'reject' as const, lengthControlled: { p: 0.3, interval: [0.2, 0.4] as [number, number], lengthCoef: 0.1 } };
   assert.deepEqual(decisionsOf({ status: 'offered', reason: 'candidate offered to the users\' arena (proxy 0.4 vs champion 0.1) (over-optimisation guard: the proxy preferred candidate c1 but users rejected it head to head; this iteration runs 20 optimiser steps instead of 40)', arena }).map((d) => `${d.by}:${d.action}`), ['arena:reject', 'guard:shorten', 'proxy:offer']);
   assert.deepEqual(decisionsOf({ status: 'rejected', reason: 'candidate registered, not offered: proxy gain 0.010 < 0.05' }).map((d) => `${d.by}:${d.action}`), ['proxy:not_offered']);
   assert.deepEqual(decisionsOf({ status: 'rejected', reason: 'candidate registered, not offered: KL to SFT 12.00 > budget 10' }).map((d) => `${d.by}:${d.action}`), ['guard:not_offered']);

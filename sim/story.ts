@@ -131,12 +131,12 @@ export interface StoryResult extends ComparisonFigures {
   comparison: Comparison;
 }
 
-/** The arena's figures as the report shows them (the loop passes the arena's summary; the length control when it has one). */
-export function arenaFigures(s: Pick<ArenaSummary, 'candidate' | 'champion' | 'n' | 'p' | 'interval' | 'decision'> & { lengthControlled?: ArenaSummary['lengthControlled'] }): ArenaFigures {
+/** The arena's figures as the report shows them. */
+export function arenaFigures(s: ArenaSummary): ArenaFigures {
   const lc = s.lengthControlled;
   return {
     candidate: s.candidate, champion: s.champion, n: s.n, p: round3(s.p), interval: [round3(s.interval[0]), round3(s.interval[1])], decision: s.decision,
-    length_controlled: { p: round3(lc?.p ?? NaN), interval: [round3(lc?.interval[0] ?? NaN), round3(lc?.interval[1] ?? NaN)], length_coef: round3(lc?.lengthCoef ?? NaN) },
+    length_controlled: { p: round3(lc.p), interval: [round3(lc.interval[0]), round3(lc.interval[1])], length_coef: round3(lc.lengthCoef) },
   };
 }
 
@@ -241,7 +241,7 @@ export async function story(o: StoryOptions, prompts: { train: DefinitionPrompt[
   // The loop runs in this process between rounds; the servers are child processes.
   const { initBackend } = await import('../model/backend.ts');
   const { openStore, resolveAlias, getModelVersion } = await import('../feedback/index.ts');
-  const { decideArena, arenaOutcomes, lengthControlledWinRate } = await import('../feedback/arena.ts');
+  const { decideArena } = await import('../feedback/arena.ts');
   const { splitByContext, promptText } = await import('../training/reward-ensemble.ts');
   const { Tokenizer } = await import('../model/tokenizer.ts');
   const { loadCheckpoint } = await import('../model/checkpoint.ts');
@@ -288,17 +288,17 @@ export async function story(o: StoryOptions, prompts: { train: DefinitionPrompt[
       let res: Pick<IterationResult, 'status' | 'reason' | 'arena' | 'metrics' | 'runId'>;
       if (phase === 'train') {
         res = await runOnlineIteration(store, cfg, { gold, log });
+      } else if (o.goldGate) {
+        res = { status: 'skipped', reason: 'gold-gate ablation: the arena does not decide', metrics: {} };
       } else {
         const d = await decideArena(store.db, { apply: cfg.autoPromote, actor: 'online-loop', alpha: o.arenaAlpha, maxJudgements: o.arenaMaxJudgements });
         res = d ? { status: 'arena', reason: d.applied ? `arena: candidate ${d.applied}` : 'arena: undecided; the candidate keeps collecting judgements', arena: d.summary, metrics: {} } : { status: 'skipped', reason: 'no candidate to judge', metrics: {} };
       }
-      // The loop's arena figures, with the length control recomputed from the same head-to-head rows when it passed none.
-      const arena = res.arena && ('lengthControlled' in res.arena ? (res.arena as ArenaSummary) : { ...res.arena, lengthControlled: lengthControlledWinRate(await arenaOutcomes(store.db, { candidate: res.arena.candidate, champion: res.arena.champion })) });
       const pairs = heldOutPairs(sessions, isEval);
       const rm = res.runId ? Object.fromEntries((await getMetrics(store.db, res.runId, { names: ['rm_eval_accuracy', 'rm_eval_pairs'] })).map((m) => [m.name, m.value])) : {};
       const report: RoundReport = {
         round: r, phase, served, judgements: out.length, head_to_head: h2h, users_gold: round3(usersGold),
-        status: res.status, reason: res.reason, decisions: decisionsOf(res), arena: arena ? arenaFigures(arena) : null,
+        status: res.status, reason: res.reason, decisions: decisionsOf(res), arena: res.arena ? arenaFigures(res.arena) : null,
         rm_eval_accuracy: round3(rm.rm_eval_accuracy ?? NaN), rm_eval_pairs: rm.rm_eval_pairs ?? 0, bayes_ceiling: round3(bayesCeiling(pairs, JUDGE_TEMPERATURE)), eval_pairs: pairs.length,
         metrics: Object.fromEntries(Object.entries(res.metrics).map(([k, v]) => [k, round3(v)])),
       };
@@ -306,7 +306,7 @@ export async function story(o: StoryOptions, prompts: { train: DefinitionPrompt[
       if (res.runId) curve.push(...(await evalCurve(store, res.runId)).map((p) => ({ round: r, ...p })));
       log(`seed ${o.seed} round ${r}: ${res.status}: ${res.reason}`);
       log(`seed ${o.seed} round ${r}: decisions ${JSON.stringify(report.decisions.map((d) => `${d.by}:${d.action}`))}; reward model eval accuracy ${report.rm_eval_accuracy} over ${report.rm_eval_pairs} pairs (Bayes ceiling ${report.bayes_ceiling} over ${pairs.length} held-out pairs)`);
-      if (!arenaOpen && (await resolveAlias(store.db, ALIAS.candidate))) {
+      if (!arenaOpen && !o.goldGate && (await resolveAlias(store.db, ALIAS.candidate))) {
         await setArenaShare(server, 1);
         arenaOpen = true;
         log(`seed ${o.seed} round ${r}: a candidate exists; PUT /admin/arena {"share":1}: every compare is now a blind champion-vs-candidate pair`);
