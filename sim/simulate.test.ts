@@ -7,7 +7,8 @@ import { dialoguePrompts, parseSimArgs, pooled, PRESETS } from './simulate.ts';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { decisionsOf, loopConfig, type StoryResult } from './story.ts';
+import { fileURLToPath } from 'node:url';
+import { decisionsOf, klToSft, loopConfig, type StoryResult } from './story.ts';
 import { comparisonFigures, outcomes } from './report.ts';
 
 const PROMPTS = [
@@ -103,6 +104,15 @@ test('missing dialogue files are built first, saying so; present ones are read a
   } finally {
     rmSync(join(dir, '..'), { recursive: true, force: true });
   }
+});
+
+test('KL to SFT of the final champion: 0 for SFT itself, positive for another model', async () => {
+  const { initBackend } = await import('../model/backend.ts');
+  await initBackend({ log: () => {} });
+  const sampling = { maxTokens: 16, temperature: 1 };
+  const [sft, base] = ['sft', 'base'].map((d) => fileURLToPath(new URL(`../checkpoints/${d}`, import.meta.url)));
+  assert.ok(Math.abs(await klToSft(sft!, sft!, PROMPTS, 1, sampling)) < 1e-4);
+  assert.ok((await klToSft(base!, sft!, PROMPTS, 1, sampling)) > 0.1);
 });
 
 describeServers();

@@ -329,7 +329,7 @@ export async function story(o: StoryOptions, prompts: { train: DefinitionPrompt[
     const figures = comparisonFigures(cmp, o.seed);
     log(`seed ${o.seed}: champion ${cmp.versionA} vs SFT ${cmp.versionB} on ${evalSet.length} held-out prompts × ${o.samplesPerPrompt}: gold win rate ${figures.gold_win_rate_vs_sft} ${JSON.stringify(figures.gold_win_rate_ci95)}, length-controlled ${figures.length_controlled_win_rate}`);
     const championRow = await getModelVersion(store.db, champion);
-    const kl = championRow && champion !== sftVersion.version ? await klToSft(championRow.checkpoint, sftDir, evalSet, o.seed, params.maxTokens) : 0;
+    const kl = championRow && champion !== sftVersion.version ? await klToSft(championRow.checkpoint, sftDir, evalSet, o.seed, params) : 0;
     const decisions = rounds.flatMap((r) => r.decisions);
     return {
       seed: o.seed,
@@ -362,19 +362,21 @@ async function startSftServer(sftDir: string, tmp: string, log: (l: string) => v
   return { server, version: await servedVersion(server) };
 }
 
-/** Mean KL per reply of the champion to SFT on the held-out prompts (its own samples, temperature 1, as the loop measures it). */
-async function klToSft(championDir: string, sftDir: string, prompts: readonly DefinitionPrompt[], seed: number, maxTokens: number): Promise<number> {
+/** Mean KL per reply of the champion to SFT on the held-out prompts: the champion's own samples at the final comparison's sampling settings (the loop's evaluation sampler). */
+export async function klToSft(championDir: string, sftDir: string, prompts: readonly DefinitionPrompt[], seed: number, sampling: { maxTokens: number; temperature: number }): Promise<number> {
   const { GPT } = await import('../model/gpt.ts');
   const { Tokenizer } = await import('../model/tokenizer.ts');
   const { loadCheckpoint } = await import('../model/checkpoint.ts');
-  const { sampleEpisodes, episodeKl } = await import('../training/ppo.ts');
+  const { DEFAULT_SAMPLING } = await import('../model/sampling.ts');
+  const { episodeKl } = await import('../training/ppo.ts');
+  const { sampleForEval } = await import('../training/loop-eval.ts');
   const s = loadCheckpoint(sftDir, { kind: 'policy' });
   const c = loadCheckpoint(championDir, { kind: 'policy' });
   const tok = Tokenizer.fromJSON(s.tokenizer);
   const sft = GPT.fromWeights(s.meta.config, 'policy', s.weights);
   const champion = GPT.fromWeights(c.meta.config, 'policy', c.weights);
   try {
-    const eps = sampleEpisodes(champion, tok, prompts.map((p) => [{ role: 'user' as const, content: p.prompt }]), { maxTokens, temperature: 1, seed: seed + 2 });
+    const eps = sampleForEval(champion, tok, prompts.map((p) => [{ role: 'user' as const, content: p.prompt }]), { ...sampling, topP: DEFAULT_SAMPLING.topP, seed: seed + 2 });
     return mean(episodeKl(champion, sft, tok, eps));
   } finally {
     champion.dispose();
