@@ -211,7 +211,13 @@ export async function stories(o: SimOptions, say: (l: string) => void = log, pri
 }
 
 async function main(): Promise<void> {
-  const o = parseSimArgs(process.argv.slice(2));
+  let o: SimOptions | 'help';
+  try {
+    o = parseSimArgs(process.argv.slice(2));
+  } catch (e) {
+    log(`${(e as Error).message} (npm run simulate -- --help lists the options)`);
+    process.exit(2);
+  }
   if (o === 'help') return void console.log(HELP);
   if (o.url) return usersOnly(o);
   const result = await stories(o);
