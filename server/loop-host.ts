@@ -1,8 +1,9 @@
 /**
  * Runs the online loop (training/loop-worker.ts) beside the server, in a child process: training
  * never blocks the server's event loop, a crash or a kill -9 of the loop leaves the server up (the
- * loop resumes its run from the last PPO checkpoint when restarted), and the loop's promotions
- * reach the server through the registry (aliases polled / LISTENed by model-registry.ts).
+ * loop resumes its run from the last optimiser checkpoint when restarted), and the candidates the
+ * loop offers and the arena verdicts it applies reach the server through the registry (aliases
+ * polled / LISTENed by model-registry.ts).
  *
  * A worker thread would share the process; on Node 20 a Worker started with
  * `execArgv: ['--import', 'tsx']` does not load `.ts` entries, so a child process is used.

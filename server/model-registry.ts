@@ -21,9 +21,10 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import pg from 'pg';
-import { CheckpointError, readCheckpointMeta } from '../model/checkpoint.ts';
+import { CheckpointError } from '../model/checkpoint.ts';
 import { disposeCache } from '../model/gpt.ts';
-import { getModelVersion, promote, registerModelVersion, resolveAlias } from '../feedback/model-versions.ts';
+import { getModelVersion, promote, resolveAlias } from '../feedback/model-versions.ts';
+import { registerCheckpointVersion } from '../training/register-versions.ts';
 import type { FeedbackStore } from '../feedback/open-store.ts';
 import { DEFAULT_SETTINGS, getRegistrySettings, type RegistrySettings } from '../feedback/registry-settings.ts';
 import { ChatError } from './errors.ts';
@@ -86,21 +87,7 @@ export class ModelRegistry {
   async start(): Promise<void> {
     const { db } = this.opts.store;
     const served = this.champion;
-    if (!(await getModelVersion(db, served.version))) {
-      const meta = readCheckpointMeta(served.dir);
-      await registerModelVersion(db, {
-        id: served.version,
-        kind: 'policy',
-        checkpoint: served.dir,
-        config: { ...meta.config },
-        metrics: meta.metrics,
-        stage: meta.stage,
-        sha256: meta.sha256,
-        notes: 'served at start-up',
-      }).catch((err: unknown) => {
-        if ((err as { code?: string }).code !== 'duplicate_id') throw err; // another process registered it first
-      });
-    }
+    if (!(await getModelVersion(db, served.version))) await registerCheckpointVersion(db, { dir: served.dir, notes: 'served at start-up' }); // a race with another process is not an error
     for (const alias of ['champion', 'sft']) {
       if ((await resolveAlias(db, alias)) === undefined) {
         await promote(db, { alias, versionId: served.version, actor: 'server', reason: 'empty registry: the served checkpoint' }).catch(async (err: unknown) => {

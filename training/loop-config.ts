@@ -23,8 +23,8 @@ export const OnlineLoopConfig = z.object({
   rewardPatience: z.number().int().nonnegative().default(2).describe('early stopping of each reward model: held-out evaluations without a lower loss (0 = off)'),
   recencyHalfLife: z.number().nonnegative().default(0).describe('weight of a judgement 0.5^(newer judgements / this); 0 = all equal'),
   tieWeight: z.number().nonnegative().default(1).describe('weight of ties (Bradley–Terry target ½) in the reward loss; 0 = ignored'),
-  minRewardAccuracy: z.number().min(0).max(1).default(0.6).describe('guard: held-out pairwise accuracy the reward model must reach'),
-  maxAccuracyDrop: z.number().min(0).max(1).default(0.1).describe('guard: stop when held-out accuracy falls this much below the last iteration\'s'),
+  minRewardAccuracy: z.number().min(0).max(1).default(0.6).describe('guard: pairwise accuracy the reward ensemble must reach on the fixed eval split (val while eval has no pair)'),
+  maxAccuracyDrop: z.number().min(0).max(1).default(0.1).describe('guard: stop when that accuracy falls this much below the last iteration\'s'),
   algorithm: z.enum(ALGORITHMS as [Algorithm, ...Algorithm[]]).default('ppo').describe('policy optimiser: ppo, rloo (k samples, leave-one-out baseline) or dpo (on the judgements)'),
   rlooK: z.number().int().min(2).default(4).describe('RLOO: samples per prompt'),
   dpoBeta: z.number().positive().default(0.1).describe('DPO: β of the implicit reward'),
@@ -54,7 +54,7 @@ export const OnlineLoopConfig = z.object({
   minScoreGain: z.number().default(0.05).describe('pre-filter: a candidate is offered to the arena only when its proxy beats the champion\'s by this'),
   seed: z.number().int().default(6).describe('seed for splits and sampling'),
   backend: z.string().default('').describe('force a tensor backend (tensorflow, wasm, cpu)'),
-  checkpointEvery: z.number().int().positive().default(5).describe('optimiser steps between resumable checkpoints (policy, value head, optimizer, KL coefficient)'),
+  checkpointEvery: z.number().int().positive().default(5).describe('optimiser steps between resumable checkpoints (policy, value head, optimiser state, β)'),
   resume: z.boolean().default(true).describe('continue a run left `running` by a process that died (one loop per store)'),
 });
 export type OnlineLoopConfig = z.infer<typeof OnlineLoopConfig>;

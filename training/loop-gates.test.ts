@@ -39,14 +39,14 @@ test('after users reject a candidate the proxy preferred, the next round halves 
   const carried = { ppoSteps: 30, klCoef: 0.04 };
   const o = { response: 'shrink' as const, configuredKlCoef: 0.05 };
   assert.deepEqual(overOptimisationGuard(undefined, carried, o), { ...carried, warmStartReward: true });
-  assert.deepEqual(overOptimisationGuard({ action: 'promote', versionId: 'v1' }, carried, o), { ...carried, warmStartReward: true }, 'a promotion changes nothing');
-  const g = overOptimisationGuard({ action: 'reject', versionId: 'v2', p: 0.31, interval: [0.2, 0.45], n: 120 }, carried, o);
+  assert.deepEqual(overOptimisationGuard({ action: 'promote', versionId: 'v1', at: 't1' }, carried, o), { ...carried, warmStartReward: true }, 'a promotion changes nothing');
+  const g = overOptimisationGuard({ action: 'reject', versionId: 'v2', at: 't2', p: 0.31, interval: [0.2, 0.45], n: 120 }, carried, o);
   assert.equal(g.ppoSteps, 15);
   assert.equal(g.klCoef, 0.08);
   assert.equal(g.warmStartReward, true);
   assert.match(g.reason!, /over-optimisation guard: the proxy preferred candidate v2 but users rejected it head to head \(P\(candidate ≻ champion\) 0\.310, interval \[0\.200, 0\.450\] over 120 judgements\); this iteration runs 15 optimiser steps instead of 30 and β 0\.0800/);
-  assert.equal(overOptimisationGuard({ action: 'reject', versionId: 'v' }, { ppoSteps: 1, klCoef: 1 }, o).ppoSteps, 1, 'never zero steps');
-  const r = overOptimisationGuard({ action: 'reject', versionId: 'v3' }, carried, { response: 'restart', configuredKlCoef: 0.05 });
+  assert.equal(overOptimisationGuard({ action: 'reject', versionId: 'v', at: 't' }, { ppoSteps: 1, klCoef: 1 }, o).ppoSteps, 1, 'never zero steps');
+  const r = overOptimisationGuard({ action: 'reject', versionId: 'v3', at: 't3' }, carried, { response: 'restart', configuredKlCoef: 0.05 });
   assert.deepEqual([r.ppoSteps, r.klCoef, r.warmStartReward], [30, 0.05, false]);
   assert.match(r.reason!, /starting back from the champion with β 0\.05 and a reward model trained afresh/);
 });

@@ -65,6 +65,8 @@ export function rewardAccuracyGuard(accuracy: number, previous: number | undefin
 export interface CandidateVerdict {
   action: 'promote' | 'reject';
   versionId: string;
+  /** When it was logged. */
+  at: string;
   /** P(candidate ≻ champion) and its interval when the arena decided. */
   p?: number;
   interval?: [number, number];

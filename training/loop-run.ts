@@ -119,6 +119,7 @@ export async function lastCandidateVerdict(db: Kysely<Database>): Promise<Candid
   const arena = ((r.metrics_json ? JSON.parse(r.metrics_json) : {}) as { arena?: Partial<ArenaFigures> }).arena;
   return {
     action,
+    at: r.created_at,
     versionId: action === 'reject' ? (r.from_version_id ?? r.to_version_id) : r.to_version_id,
     ...(arena && typeof arena.p === 'number' ? { p: arena.p } : {}),
     ...(arena && Array.isArray(arena.interval) && arena.interval.length === 2 ? { interval: [Number(arena.interval[0]), Number(arena.interval[1])] as [number, number] } : {}),

@@ -2,9 +2,11 @@
  * The online loop as a child process of the chat server (`LOOP=1` / `--loop`; see
  * server/loop-host.ts). It opens its own store connection and tensor backend, runs
  * `onlineLoop` (which honours the admin's pause flag between iterations) and stops cleanly
- * after the current PPO step when the server sends `{type:'stop'}`, closes the IPC channel
- * (the server went away) or signals SIGTERM/SIGINT. Its promotions reach the server through the
- * registry. Log lines go to stderr.
+ * after the current optimiser step when the server sends `{type:'stop'}`, closes the IPC channel
+ * (the server went away) or signals SIGTERM/SIGINT. What it changes reaches the server through
+ * the registry's aliases: a candidate it offers (`candidate`, which the arena pits against the
+ * champion) and, with LOOP_AUTO_PROMOTE=1, the users' arena verdicts it applies (`champion`
+ * moves, or the candidate is cleared). Log lines go to stderr.
  *
  *   argv[2]: JSON `{ loop: Partial<OnlineLoopConfig>, store: StoreOptions }`; LOOP_<NAME> in the
  *   environment sets any loop knob the JSON leaves out.

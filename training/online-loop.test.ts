@@ -112,11 +112,12 @@ function gold(sign: 1 | -1, calls: { n: number }): RuleRewardSource {
 }
 
 /** One first iteration on a fresh store seeded like the shared one. */
-async function freshIteration(name: string, extra: Record<string, unknown>, g: RuleRewardSource): Promise<IterationResult> {
+async function freshIteration(name: string, extra: Record<string, unknown>, g: RuleRewardSource): Promise<IterationResult & { curve: Set<string> }> {
   const s = await openTempStore();
   try {
     await seedJudgements(s, 40, 12);
-    return await runOnlineIteration(s, cfg({ checkpoints: join(root, name), minRewardAccuracy: 0, ...extra }), { gold: g, log: () => {} });
+    const r = await runOnlineIteration(s, cfg({ checkpoints: join(root, name), minRewardAccuracy: 0, ...extra }), { gold: g, log: () => {} });
+    return { ...r, curve: new Set((await getMetrics(s.db, r.runId!)).map((m) => m.name)) };
   } finally {
     await s.close();
   }
@@ -128,6 +129,7 @@ test('gold never decides: two opposite golds give the same decisions, reasons an
   const a = await freshIteration('gold-a', {}, gold(1, plus));
   const b = await freshIteration('gold-b', {}, gold(-1, minus));
   assert.ok(plus.n > 0 && minus.n > 0, 'gold was measured (for the report)');
+  assert.ok(a.curve.has('eval_gold'), 'and logged in the curve');
   assert.equal(a.status, b.status);
   assert.equal(a.reason, b.reason);
   const noGold = (m: Record<string, number>) => Object.fromEntries(Object.entries(m).filter(([k]) => !/gold/i.test(k)));
@@ -164,6 +166,11 @@ test('a candidate the proxy let through but users prefer the champion to is reje
   assert.match(r.reason, /over-optimisation guard/);
   assert.equal(r.metrics.ppoSteps, 2);
   assert.equal(r.status, 'offered', r.reason);
+  await withdraw();
+  const after = await runOnlineIteration(store, cfg({ checkpoints: join(root, 'ck9'), minNewJudgements: 0, ppoSteps: 4, minRewardAccuracy: 0, maxAccuracyDrop: 1 }), { log: () => {} });
+  const next = await pushOf(after.runId!);
+  assert.deepEqual([next.ppoSteps, next.reason], [4, undefined], 'once per verdict: the round after the guarded one pushes as configured');
+  assert.equal(next.klCoef, (await getMetrics(store.db, r.runId!, { names: ['final_kl_coef'] }))[0]!.value, 'with the β the guarded round ended with');
 });
 
 test('a tie-heavy arena keeps collecting: status arena, no training, the candidate stays; a clear win waits for the admin without autoPromote and promotes with it', async () => {

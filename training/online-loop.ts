@@ -44,7 +44,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { initBackend } from '../model/backend.ts';
 import { GPT } from '../model/gpt.ts';
 import { Tokenizer } from '../model/tokenizer.ts';
-import { loadCheckpoint, versionId, type CheckpointMeta } from '../model/checkpoint.ts';
+import { loadCheckpoint } from '../model/checkpoint.ts';
 import { finishRun, getModelVersion, isLoopPaused, listRuns, logMetrics, newId, promote, resolveAlias, startRun, type FeedbackStore } from '../feedback/index.ts';
 import type { StoreOptions } from '../feedback/open-store.ts';
 import { ALIAS } from '../feedback/aliases.ts';
@@ -63,15 +63,6 @@ import { OnlineLoopConfig, type IterationResult, type LoopOptions } from './loop
 import { isMain, runCli, stopRequested } from './cli.ts';
 
 export { OnlineLoopConfig, type IterationResult, type IterationStatus, type LoopOptions } from './loop-config.ts';
-export { evaluatePolicy } from './loop-eval.ts';
-export { ppoRunDir } from './loop-run.ts';
-export { proxyGoldDiverged } from './loop-gates.ts';
-export { judgementWindow, type DataWindow } from '../feedback/judgement-window.ts';
-
-/** The version id of a checkpoint (see `versionId` in model/checkpoint.ts). */
-export function checkpointVersionId(dir: string, meta: CheckpointMeta): string {
-  return versionId(dir, meta.sha256);
-}
 
 /** Step 1: the judgements this iteration trains on, or why it skips. */
 async function dataWindow(store: FeedbackStore, cfg: OnlineLoopConfig): Promise<DataWindow | IterationResult> {
@@ -92,10 +83,17 @@ function dpoPreferences(data: PreferenceData, since: string | null): PreferenceD
   return fresh.groups.some((g) => g.pairs.length > 0) ? fresh : train;
 }
 
-/** How hard this iteration pushes: β carried over from the last round, then the over-optimisation guard. */
+/**
+ * How hard this iteration pushes: β carried over from the last round, then the over-optimisation
+ * guard for the first round after a rejection (once per verdict: β carried from a guarded round
+ * is not doubled again).
+ */
 async function pushKnobs(store: FeedbackStore, cfg: OnlineLoopConfig): Promise<PushKnobs> {
   const carried = { ppoSteps: cfg.ppoSteps, klCoef: await carriedKlCoef(store.db, cfg.klCoef) };
-  return overOptimisationGuard(await lastCandidateVerdict(store.db), carried, { response: cfg.overOptimisation, configuredKlCoef: cfg.klCoef });
+  const verdict = await lastCandidateVerdict(store.db);
+  const last = (await listRuns(store.db, { kind: 'loop', status: 'succeeded' }))[0];
+  const fresh = verdict && (!last || verdict.at > last.started_at) ? verdict : undefined;
+  return overOptimisationGuard(fresh, carried, { response: cfg.overOptimisation, configuredKlCoef: cfg.klCoef });
 }
 
 /** One iteration of the loop (see the file's contract); continues a run a killed process left behind when `cfg.resume`. */

@@ -35,6 +35,7 @@ import type { ChatMessage } from '../model/chat-template.ts';
 import { createRng } from '../model/random.ts';
 import type { FeedbackStore } from '../feedback/index.ts';
 import { exportPreferencePairs, exportUnpaired, getThread, getMessage } from '../feedback/index.ts';
+import { unorderedComparisons } from '../feedback/judgement-window.ts';
 
 /** Replies to one context and the preferences a judgement states between them. */
 export interface PreferenceGroup {
@@ -206,21 +207,19 @@ export async function loadStorePreferences(store: FeedbackStore, opts: { since?:
   }
   const choices = [...(useUnpaired ? ['both_bad' as const] : []), ...(opts.ties ? ['tie' as const] : [])];
   if (choices.length) {
-    let q = store.db.selectFrom('comparisons').select(['context_id', 'a_id', 'b_id', 'choice', 'created_at']).where('current', '=', 1).where('choice', 'in', choices);
-    if (opts.since) q = q.where('created_at', '>=', opts.since);
-    for (const c of await q.orderBy('id').execute()) {
-      const thread = await getThread(store.db, c.context_id);
+    for (const c of await unorderedComparisons(store.db, { choices, ...(opts.since ? { since: opts.since } : {}) })) {
+      const thread = await getThread(store.db, c.contextId);
       if (thread.length === 0 || thread[thread.length - 1]!.role !== 'user') continue;
       const prompt = thread.map((m) => ({ role: m.role, content: m.content }));
       const replies = [];
-      for (const id of [c.a_id, c.b_id]) {
+      for (const id of [c.aId, c.bId]) {
         const m = await getMessage(store.db, id);
         if (m) replies.push(m.content);
       }
       if (c.choice === 'both_bad') {
-        for (const reply of replies) unpaired.push({ prompt, reply, label: false, weight: 0.5, createdAt: c.created_at });
+        for (const reply of replies) unpaired.push({ prompt, reply, label: false, weight: 0.5, createdAt: c.createdAt });
       } else if (replies.length === 2 && replies[0] !== replies[1]) {
-        groups.push({ prompt, replies, pairs: [], ties: [[0, 1]], weight: 1, source: 'tie', createdAt: c.created_at });
+        groups.push({ prompt, replies, pairs: [], ties: [[0, 1]], weight: 1, source: 'tie', createdAt: c.createdAt });
       }
     }
   }
