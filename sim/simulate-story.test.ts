@@ -77,7 +77,10 @@ test('two training rounds and the judging round: users decide, gold only reports
     // No decision came from gold; the champion is whatever the users' arena made it.
     const all = rounds.flatMap((x) => x.decisions);
     assert.ok(all.every((d) => ['arena', 'proxy', 'guard'].includes(d.by)), JSON.stringify(all));
-    assert.match(String(seed!.champion), judge.arena!.decision === 'promote' ? /^policy-/ : /^sft-/);
+    assert.match(String(seed!.champion), judge.arena!.decision === 'promote' || second.arena!.decision === 'promote' ? /^policy-/ : /^sft-/);
+    const moves = seed!.champion_moves as { to: string; by_arena: boolean }[];
+    assert.ok(moves.every((m) => m.by_arena), `every move of the champion carried the users' arena figures: ${JSON.stringify(moves)}`);
+    assert.equal(moves.length, [second, judge].filter((x) => x.arena!.decision === 'promote').length);
     const curve = seed!.curve as { round: number; step: number; kl: number; proxy: number; gold: number }[];
     assert.ok(curve.length >= 2 && curve[0]!.round === 1 && curve.every((p) => [p.kl, p.proxy, p.gold].every(Number.isFinite)), JSON.stringify(curve));
   } finally {

@@ -8,7 +8,9 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { decisionsOf, klToSft, loopConfig, type StoryResult } from './story.ts';
+import { championMovesOf, decisionsOf, klToSft, loopConfig, type StoryResult } from './story.ts';
+import { openTempStore } from '../feedback/temp-store.ts';
+import { promote, registerModelVersion } from '../feedback/index.ts';
 import { comparisonFigures, outcomes } from './report.ts';
 
 const PROMPTS = [
@@ -75,7 +77,7 @@ test('figures: the win rate over paired samples, its bootstrap interval, part de
   assert.equal(outcomes(a).length, 16);
   assert.ok(f.length_controlled_win_rate !== null && f.length_controlled_win_rate > 0 && f.length_controlled_win_rate < 1);
   const b = fakeComparison([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]]);
-  const seed = (s: number, c: Comparison): StoryResult => ({ ...comparisonFigures(c, s), seed: s, gold_in_decisions: false, kl_to_sft: s, minutes: 1, champion: 'policy-x', sft: 'sft-y', judgements: 10, eval_prompts: 4, samples_per_prompt: 4, exploitable: false, gold_gate: false, kl_coef: 0.05, rounds: [], curve: [], comparison: c });
+  const seed = (s: number, c: Comparison): StoryResult => ({ ...comparisonFigures(c, s), seed: s, gold_in_decisions: false, kl_to_sft: s, minutes: 1, champion: 'policy-x', sft: 'sft-y', judgements: 10, eval_prompts: 4, samples_per_prompt: 4, exploitable: false, gold_gate: false, kl_coef: 0.05, rounds: [], champion_moves: [], curve: [], comparison: c });
   const p = pooled([seed(1, a), seed(2, b)], 1);
   assert.equal(p.seeds, 2);
   assert.equal(p.gold_in_decisions, false);
@@ -103,6 +105,19 @@ test('missing dialogue files are built first, saying so; present ones are read a
     assert.deepEqual(again, []);
   } finally {
     rmSync(join(dir, '..'), { recursive: true, force: true });
+  }
+});
+
+test('champion moves: the start-up setting is not one; a move with the arena\'s figures is the arena\'s, one without is not', async () => {
+  const store = await openTempStore({ prefix: 'sim_moves' });
+  try {
+    for (const id of ['sft-1', 'policy-2', 'policy-3']) await registerModelVersion(store.db, { id, kind: 'policy', checkpoint: `/tmp/${id}` });
+    await promote(store.db, { alias: 'champion', versionId: 'sft-1', actor: 'server' });
+    await promote(store.db, { alias: 'champion', versionId: 'policy-2', actor: 'online-loop', reason: 'arena', metrics: { arena: { n: 300, p: 0.6 } } });
+    await promote(store.db, { alias: 'champion', versionId: 'policy-3', actor: 'admin', reason: 'by hand' });
+    assert.deepEqual((await championMovesOf(store)).map((m) => [m.from, m.to, m.by_arena]), [['sft-1', 'policy-2', true], ['policy-2', 'policy-3', false]]);
+  } finally {
+    await store.close();
   }
 });
 

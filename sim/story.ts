@@ -32,7 +32,7 @@ import { compareServers, type Comparison } from './compare.ts';
 import { bayesCeiling, heldOutPairs, mean, round3 } from './stats.ts';
 import { comparisonFigures, type ComparisonFigures } from './report.ts';
 import { getMetrics } from '../feedback/runs.ts';
-import type { FeedbackStore } from '../feedback/index.ts';
+import { listPromotions, type FeedbackStore } from '../feedback/index.ts';
 import type { ArenaSummary } from '../feedback/arena.ts';
 import { ALIAS } from '../feedback/aliases.ts';
 import type { IterationResult } from '../training/online-loop.ts';
@@ -112,6 +112,17 @@ export interface CurvePoint {
   gold: number;
 }
 
+/** One move of the champion alias, from the promotion log, and whether it carried the users' arena figures. */
+export interface ChampionMove {
+  from: string | null;
+  to: string;
+  action: string;
+  actor: string | null;
+  reason: string | null;
+  /** The move was the arena's (the log row carries its summary). */
+  by_arena: boolean;
+}
+
 export interface StoryResult extends ComparisonFigures {
   seed: number;
   gold_in_decisions: boolean;
@@ -126,6 +137,8 @@ export interface StoryResult extends ComparisonFigures {
   gold_gate: boolean;
   kl_coef: number;
   rounds: RoundReport[];
+  /** Every move of the champion alias after the server first set it (start-up), from the promotion log. */
+  champion_moves: ChampionMove[];
   curve: CurvePoint[];
   /** The raw comparison (per prompt), for pooling over seeds; not printed. */
   comparison: Comparison;
@@ -195,6 +208,13 @@ function shuffle<T>(xs: readonly T[], rng: Rng): T[] {
     [a[i], a[j]] = [a[j]!, a[i]!];
   }
   return a;
+}
+
+/** Every move of the champion alias after it was first set (the server's start-up), oldest first, and whether the arena made it. */
+export async function championMovesOf(store: FeedbackStore): Promise<ChampionMove[]> {
+  return (await listPromotions(store.db, { alias: ALIAS.champion }))
+    .filter((m) => m.from_version_id !== null)
+    .map((m) => ({ from: m.from_version_id, to: m.to_version_id, action: String(m.action), actor: m.actor, reason: m.reason, by_arena: m.metrics_json !== null && 'arena' in (JSON.parse(m.metrics_json) as object) }));
 }
 
 /** The proxy/gold/KL evaluations a loop run logged, in step order. */
@@ -331,9 +351,11 @@ export async function story(o: StoryOptions, prompts: { train: DefinitionPrompt[
     const championRow = await getModelVersion(store.db, champion);
     const kl = championRow && champion !== sftVersion.version ? await klToSft(championRow.checkpoint, sftDir, evalSet, o.seed, params) : 0;
     const decisions = rounds.flatMap((r) => r.decisions);
+    const championMoves = await championMovesOf(store);
     return {
       seed: o.seed,
-      gold_in_decisions: o.goldGate || decisions.some((d) => d.by === 'gold'),
+      // Gold decided something when the ablation was on, a decision's reason names gold, or the champion moved without the users' arena.
+      gold_in_decisions: o.goldGate || decisions.some((d) => d.by === 'gold') || championMoves.some((m) => !m.by_arena),
       ...figures,
       kl_to_sft: round3(kl),
       minutes: round3((Date.now() - t0) / 60_000),
@@ -346,6 +368,7 @@ export async function story(o: StoryOptions, prompts: { train: DefinitionPrompt[
       gold_gate: o.goldGate,
       kl_coef: o.klCoef,
       rounds,
+      champion_moves: championMoves,
       curve,
       comparison: cmp,
     };
