@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { startTestServer, type TestServer } from '../server/test-support.ts';
 import { GoldRubric } from './gold-rubric.ts';
 import { compareServers, type Comparison } from './compare.ts';
-import { dialoguePrompts, parseSimArgs, pooled, PRESETS } from './simulate.ts';
+import { dialoguePrompts, parseSimArgs, pooled, PRESETS, stories } from './simulate.ts';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -90,6 +90,29 @@ test('figures: the win rate over paired samples, its bootstrap interval, part de
   for (const k of ['gold_in_decisions', 'gold_win_rate_vs_sft', 'gold_win_rate_ci95', 'length_controlled_win_rate', 'parts_delta', 'kl_to_sft', 'minutes']) assert.ok(k in per[0]! && k in p, k);
   assert.ok(!('comparison' in per[0]!), 'the raw comparison is not printed');
   assert.equal(pooled([{ ...seed(1, a), gold_in_decisions: true }, seed(2, b)], 1).gold_in_decisions, true);
+});
+
+test('--seeds N: N stories on seeds s..s+N−1, a line per seed as each finishes, the pooled report last', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'sim-seeds-'));
+  try {
+    await dialoguePrompts(dir, () => {}, { trainDialogues: 200, valDialogues: 80, maxDocsPerSource: 2 });
+    const o = parseSimArgs(['--json', '--seeds', '3', '--seed', '7', '--data', dir, '--gold-gate']);
+    assert.ok(o !== 'help');
+    const seen: { seed: number; goldGate: boolean }[] = [];
+    const printed: string[] = [];
+    const fake = async (so: { seed: number; goldGate: boolean }): Promise<StoryResult> => {
+      seen.push({ seed: so.seed, goldGate: so.goldGate });
+      const c = fakeComparison([[1, 0], [so.seed % 2, 1]]);
+      return { ...comparisonFigures(c, so.seed), seed: so.seed, gold_in_decisions: so.goldGate, kl_to_sft: 1, minutes: 0.5, champion: 'policy-x', sft: 'sft-y', judgements: 1, eval_prompts: 2, samples_per_prompt: 2, exploitable: false, gold_gate: so.goldGate, kl_coef: 0.05, rounds: [], champion_moves: [], curve: [], comparison: c };
+    };
+    const r = await stories(o, () => {}, (l) => printed.push(l), fake);
+    assert.deepEqual(seen, [7, 8, 9].map((seed) => ({ seed, goldGate: true })));
+    assert.deepEqual(printed.map((l) => (JSON.parse(l) as { seed: number }).seed), [7, 8, 9]);
+    assert.deepEqual([r.seeds, r.gold_in_decisions, r.gold_gate, r.minutes], [3, true, true, 1.5]);
+    assert.deepEqual((r.per_seed as { seed: number }[]).map((x) => x.seed), [7, 8, 9]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('missing dialogue files are built first, saying so; present ones are read as they are', async () => {

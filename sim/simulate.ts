@@ -196,10 +196,12 @@ export function pooled(results: readonly StoryResult[], firstSeed: number): Reco
   };
 }
 
-/** The whole story for every seed; prints a line per seed (with --json) and returns the pooled report. */
-export async function stories(o: SimOptions, say: (l: string) => void = log, print: (line: string) => void = (l) => console.log(l)): Promise<Record<string, unknown>> {
+type RunStory = (o: StoryOptions, prompts: { train: DefinitionPrompt[]; val: DefinitionPrompt[] }, log: (l: string) => void) => Promise<StoryResult>;
+
+/** The whole story for every seed (`run`: the story; tests pass a stand-in); prints a line per seed (with --json and several seeds) and returns the pooled report. */
+export async function stories(o: SimOptions, say: (l: string) => void = log, print: (line: string) => void = (l) => console.log(l), run?: RunStory): Promise<Record<string, unknown>> {
   const prompts = await dialoguePrompts(o.data, say);
-  const { story } = await import('./story.ts');
+  const story: RunStory = run ?? (await import('./story.ts')).story;
   const results: StoryResult[] = [];
   for (let s = o.seed; s < o.seed + o.seeds; s++) {
     const { url: _u, json: _j, seeds: _n, judgements: _t, data: _d, preset: _p, ...storyOptions } = o;
