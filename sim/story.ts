@@ -154,6 +154,8 @@ export function arenaFigures(s: ArenaSummary): ArenaFigures {
 }
 
 const GOLD = /\bgold\b/i;
+/** Most tokens of a user's reply, of the loop's rollouts and evaluations, and of the final comparison. */
+const USER_MAX_TOKENS = 48;
 /** The simulated users' Bradley–Terry temperature (NoisyJudge's default). */
 const JUDGE_TEMPERATURE = new NoisyJudge(new Rng(1)).temperature;
 
@@ -280,7 +282,8 @@ export async function story(o: StoryOptions, prompts: { train: DefinitionPrompt[
   try {
     const cfg = OnlineLoopConfig.parse(loopConfig(OnlineLoopConfig.shape, {
       database: dbUrl, sft: sftDir, checkpoints: join(tmp, 'checkpoints'), minNewJudgements: 1, once: true, rewardEpochs: 1, rewardLr: 3e-4,
-      ppoSteps: o.ppoSteps, batchSize: 16, minibatchSize: 8, epochs: 4, maxTokens: 32, lr: o.lr, klCoef: o.klCoef,
+      // Rollouts and evaluation sample as the users' replies are (their temperature, the server's top-p, 48 tokens).
+      ppoSteps: o.ppoSteps, batchSize: 16, minibatchSize: 8, epochs: 4, maxTokens: USER_MAX_TOKENS, temperature: o.userTemperature, lr: o.lr, klCoef: o.klCoef,
       ...(o.klCoef === 0 ? { klBudget: 1e9 } : {}),
       evalPrompts: 64, evalEvery: 5, minRewardAccuracy: o.minRewardAccuracy, autoPromote: true, seed: o.seed,
       algorithm: o.algorithm, arenaAlpha: o.arenaAlpha, arenaMaxJudgements: o.arenaMaxJudgements, goldGate: o.goldGate,
@@ -300,7 +303,7 @@ export async function story(o: StoryOptions, prompts: { train: DefinitionPrompt[
       const serving = wantChampion ? await awaitServing(server, { champion: wantChampion, candidate: arenaOpen ? wantCandidate : undefined }) : undefined;
       if (serving && (serving.champion !== wantChampion || (arenaOpen && serving.candidate !== wantCandidate))) throw new Error(`the server serves ${JSON.stringify(serving)}, not champion ${wantChampion} and candidate ${wantCandidate}`);
       const served = await servedVersion(server);
-      const out = await runPopulation(server.wsUrl, { users: o.users, sessions: o.judgementsPerRound, prompts: train, rubric: users, seed: o.seed, round: r, userOptions: { rankSize: 4, params: { temperature: o.userTemperature, maxTokens: 48 } } });
+      const out = await runPopulation(server.wsUrl, { users: o.users, sessions: o.judgementsPerRound, prompts: train, rubric: users, seed: o.seed, round: r, userOptions: { rankSize: 4, params: { temperature: o.userTemperature, maxTokens: USER_MAX_TOKENS } } });
       sessions.push(...out);
       const h2h = out.filter((s) => s.revealed).length;
       const usersGold = mean(out.flatMap((s) => s.gold));
@@ -339,7 +342,7 @@ export async function story(o: StoryOptions, prompts: { train: DefinitionPrompt[
     const champion = (await resolveAlias(store.db, ALIAS.champion)) ?? sftVersion.version;
     const served = await awaitServed(server, champion);
     if (served !== champion) throw new Error(`the server serves ${served}, not the champion ${champion}`);
-    const params = { temperature: o.userTemperature, maxTokens: 48 };
+    const params = { temperature: o.userTemperature, maxTokens: USER_MAX_TOKENS };
     let cmp: Comparison;
     try {
       cmp = await compareServers(server.wsUrl, sftVersion.server.wsUrl, evalSet, honest, { params, samples: o.samplesPerPrompt });
