@@ -1,7 +1,9 @@
 /**
  * Simulated users: scripted people who chat with the server ONLY through the public WebSocket
- * protocol (README, "WebSocket /ws"), with the one typed client (`client/ws-client.ts`), and judge its replies with the hidden gold rubric plus
- * Bradley–Terry noise (`gold-rubric.ts`). One session is one of:
+ * protocol (README, "WebSocket /ws"), with the one typed client (`client/ws-client.ts`), and
+ * judge its replies with their hidden rubric plus Bradley–Terry noise (`gold-rubric.ts`). Each
+ * user is one socket, so one identity to a server that takes identities from the upgrade.
+ * One session is one of:
  *
  *   - thumb:      `user_message`, then `thumb` up/down;
  *   - comparison: `compare` (two candidates), then `comparison` a/b/tie; when the server answers
