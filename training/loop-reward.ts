@@ -12,6 +12,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { GPT } from '../model/gpt.ts';
+import type { CheckpointMeta } from '../model/checkpoint.ts';
 import type { ChatMessage } from '../model/chat-template.ts';
 import { finishRun, getMetrics, listModelVersions, listRuns, logMetrics } from '../feedback/index.ts';
 import { loadStorePreferences, type PreferenceData } from './preferences.ts';
@@ -66,7 +67,7 @@ export async function prepareReward(ctx: IterationContext, sft: GPT, normPrompts
   const data = await loadStorePreferences(ctx.store, { ties: cfg.tieWeight > 0 });
   let ensemble: RewardEnsemble;
   let accuracy: number;
-  let meta;
+  let meta: CheckpointMeta;
   if (existsSync(rmDir)) {
     const loaded = loadRewardEnsemble(rmDir, tok);
     ensemble = loaded.ensemble;

@@ -216,3 +216,21 @@ test('the loop runs each optimiser (rloo, dpo) with the same gates and logs, and
     }
   }
 });
+
+test('ensemble disagreement rising with the proxy stops the optimiser and says so; with a wide tolerance the same run goes the whole way', async () => {
+  const runWith = async (disagreementTolerance: number) => {
+    const s = await openTempStore();
+    try {
+      await seedJudgements(s, 40, 12);
+      return await runOnlineIteration(s, cfg({ checkpoints: join(root, `spread-${disagreementTolerance}`), minRewardAccuracy: 0, ppoSteps: 16, evalEvery: 2, disagreementPatience: 3, disagreementTolerance }), { log: () => {} });
+    } finally {
+      await s.close();
+    }
+  };
+  const stopped = await runWith(0.05);
+  assert.match(stopped.reason, /PPO stopped early: ensemble disagreement guard: proxy rose \(.*\) while the reward models' disagreement rose \(std .*\) over 3 evaluations/);
+  assert.ok(stopped.metrics.ppoSteps! < 16, `stopped at step ${stopped.metrics.ppoSteps}`);
+  const full = await runWith(1000);
+  assert.equal(full.metrics.ppoSteps, 16, full.reason);
+  assert.doesNotMatch(full.reason, /stopped early/);
+});
