@@ -4,6 +4,7 @@
  * Plain line-based input (readline), so it works over a pipe as well as a terminal.
  *
  *   npm run chat -- --url ws://127.0.0.1:8080/ws
+ *   RLHF_API_KEY=rk_… npm run chat -- --url wss://chat.example/ws     (a server with API keys)
  *
  * Importing this module has no side effects; `main()` runs only when it is the entry point.
  */
@@ -11,7 +12,7 @@ import { createInterface } from 'node:readline';
 import { randomUUID } from 'node:crypto';
 import { pathToFileURL } from 'node:url';
 import type { Readable, Writable } from 'node:stream';
-import { WsClient, WsError } from './ws-client.ts';
+import { API_KEY_ENV, authHeaders, WsClient, WsError } from './ws-client.ts';
 import type { ServerMessage } from '../server/ws-protocol.ts';
 import { CHOICES, THUMB_REASONS } from '../feedback/judgement-input.ts';
 
@@ -108,7 +109,8 @@ export class ChatSession {
   }
 
   static async connect(url: string, userId: string, write: (s: string) => void, maxTokens?: number, timeoutMs = 10_000): Promise<ChatSession> {
-    return new ChatSession(await WsClient.connect(url, { timeoutMs }), userId, write, maxTokens);
+    const headers = authHeaders();
+    return new ChatSession(await WsClient.connect(url, { timeoutMs, ...(headers ? { headers } : {}) }), userId, write, maxTokens);
   }
 
   /** Runs `f`; a refusal by the server is printed and swallowed (the session goes on). */
@@ -268,7 +270,7 @@ export async function runCli(argv: readonly string[], input: Readable, output: W
     return 2;
   }
   if (args.help) {
-    write(`usage: npm run chat [-- --url ${DEFAULT_URL}] [--user ID] [--max-tokens N]\n${HELP}\n`);
+    write(`usage: npm run chat [-- --url ${DEFAULT_URL}] [--user ID] [--max-tokens N]\n  an API key, when the server wants one, comes from the environment: ${API_KEY_ENV}=rk_…\n${HELP}\n`);
     return 0;
   }
   let session: ChatSession;

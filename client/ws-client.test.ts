@@ -2,7 +2,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { WebSocketServer } from 'ws';
 import { startTestServer, type TestServer } from '../server/test-support.ts';
-import { WsClient, WsError } from './ws-client.ts';
+import { authHeaders, WsClient, WsError } from './ws-client.ts';
 
 let srv: TestServer;
 before(async () => {
@@ -69,6 +69,26 @@ test('timeout and close reject pending requests with their own codes; overloaded
     await assert.rejects(c.start(), (e: unknown) => e instanceof WsError && e.code === 'closed');
   } finally {
     c.close();
+    await new Promise<void>((r) => wss.close(() => r()));
+  }
+});
+
+test('an API key from the environment rides on the upgrade request', async () => {
+  assert.equal(authHeaders({}), undefined);
+  assert.equal(authHeaders({ RLHF_API_KEY: '  ' }), undefined);
+  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
+  await new Promise<void>((r) => wss.once('listening', () => r()));
+  let seen: string | undefined;
+  wss.on('connection', (ws, req) => {
+    seen = req.headers.authorization;
+    ws.send(JSON.stringify({ type: 'ready', modelVersion: 'fake', limits: {}, heartbeatMs: 1000, user: { id: 'key-user', anonymous: false } }));
+  });
+  try {
+    const c = await WsClient.connect(`ws://127.0.0.1:${(wss.address() as { port: number }).port}`, { headers: authHeaders({ RLHF_API_KEY: 'rk_secret' })! });
+    assert.equal(seen, 'Bearer rk_secret');
+    assert.equal(c.identity, 'key-user');
+    c.close();
+  } finally {
     await new Promise<void>((r) => wss.close(() => r()));
   }
 });

@@ -57,6 +57,15 @@ export interface RequestOptions {
 
 const RETRIED = new Set(['overloaded', 'rate_limited']);
 
+/** The environment variable a command-line client reads its API key from (never a command-line flag: those show in `ps`). */
+export const API_KEY_ENV = 'RLHF_API_KEY';
+
+/** Upgrade headers that carry the API key of `env` (`RLHF_API_KEY`), if one is set. */
+export function authHeaders(env: NodeJS.ProcessEnv = process.env): Record<string, string> | undefined {
+  const key = env[API_KEY_ENV]?.trim();
+  return key ? { authorization: `Bearer ${key}` } : undefined;
+}
+
 interface Pending {
   msgs: ServerMessage[];
   done: (m: ServerMessage) => boolean;

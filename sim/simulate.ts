@@ -29,6 +29,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { GoldRubric, readDefinitionPrompts, type DefinitionPrompt } from './gold-rubric.ts';
 import { runPopulation, type SessionResult } from './sim-users.ts';
+import { API_KEY_ENV, authHeaders } from '../client/ws-client.ts';
 import { comparisonFigures } from './report.ts';
 import { mean, round3 } from './stats.ts';
 import type { StoryOptions, StoryResult } from './story.ts';
@@ -43,7 +44,8 @@ export const PRESETS = {
 export type Preset = keyof typeof PRESETS;
 
 export const HELP = `npm run simulate -- [options]
-  --url <ws url>               users only, against a running server (default: the whole story)
+  --url <ws url>               users only, against a running server (default: the whole story);
+                               its API key, if it wants one, from the environment: ${API_KEY_ENV}=rk_…
   --json                       the whole story; a JSON line per seed, the pooled one last
   --seeds <n>                  stories to run, seeds s..s+n-1 (default 1)
   --seed <s>                   first seed of users, judges and the loop (default 1)
@@ -157,7 +159,8 @@ async function usersOnly(o: SimOptions): Promise<void> {
   const { train } = await dialoguePrompts(o.data);
   const rubric = new GoldRubric(train, { exploitable: o.exploitable });
   const t0 = Date.now();
-  const out = await runPopulation(o.url!, { users: o.users, sessions: o.judgements, prompts: train, rubric, seed: o.seed });
+  const headers = authHeaders();
+  const out = await runPopulation(o.url!, { users: o.users, sessions: o.judgements, prompts: train, rubric, seed: o.seed, ...(headers ? { headers } : {}) });
   const summary = { judgements: out.length, byKind: countKinds(out), meanGold: round3(mean(out.flatMap((s) => s.gold))), seconds: (Date.now() - t0) / 1000 };
   if (o.json) console.log(JSON.stringify(summary));
   else log(JSON.stringify(summary));
