@@ -80,6 +80,7 @@ export async function optimisePolicy(
     log(`loop: checkpoint at PPO step ${steps} (${join(runDir, name)})`);
   };
   let finalKlCoef = ctx.push.klCoef;
+  let shipped = policy;
   try {
     while (steps < total && !stopReason) {
       const s = await opt.step();
@@ -99,11 +100,13 @@ export async function optimisePolicy(
       if (o.shouldStop?.() && !stopReason) stopReason = 'stop requested';
     }
     finalKlCoef = opt.klCoef;
+    // An EMA belongs to the optimiser and goes with it: keep a copy to ship.
+    shipped = opt.shipped === policy ? policy : ctx.own(opt.shipped.clone());
   } finally {
     opt.dispose();
   }
   if (stopReason) log(`loop: PPO stopped early: ${stopReason}`);
-  return { shipped: opt.shipped === policy ? policy : ctx.own(opt.shipped), steps, stopReason, evals, finalKlCoef };
+  return { shipped, steps, stopReason, evals, finalKlCoef };
 }
 
 /** An evaluation read back from JSON (where NaN, the unmeasured, became null). */
