@@ -38,7 +38,7 @@ const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
 /** Option values a preset sets (explicit flags win). */
 export const PRESETS = {
-  'over-optimisation': { judgementsPerRound: 300, rounds: 2, ppoSteps: 200, lr: 2e-4, klCoef: 0.01, minRewardAccuracy: 0.55 },
+  'over-optimisation': { judgementsPerRound: 400, rounds: 2, ppoSteps: 200, lr: 2e-4, klCoef: 0.01, minRewardAccuracy: 0.55 },
   verbosity: { exploitable: true },
 } as const satisfies Record<string, Partial<SimOptions>>;
 export type Preset = keyof typeof PRESETS;
