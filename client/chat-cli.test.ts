@@ -51,6 +51,8 @@ test('side by side: two labelled columns, long words wrapped', () => {
 test('over stdin/stdout: a streamed reply arrives, a thumbs-down and a comparison are stored', { timeout: 60_000 }, async () => {
   const cli = spawnCli(['--url', srv.wsUrl, '--user', 'cli-test', '--max-tokens', '20']);
   try {
+    // The rater is who the server says the socket is (its identity), or the --user a server without identities takes.
+    const rater = (await cli.waitFor(/connected to \S+ as (\S+);/))[1]!;
     await cli.waitFor(/\[conversation (\w+)\]/);
     cli.child.stdin.write('what does lucid mean?\n');
     const r = await cli.waitFor(/\[reply (\w+) finish=\w+\]/);
@@ -68,7 +70,7 @@ test('over stdin/stdout: a streamed reply arrives, a thumbs-down and a compariso
     assert.equal(thumbs[0]!.value, 'down');
     assert.equal(thumbs[0]!.reason, 'unhelpful');
     assert.equal(thumbs[0]!.comment, 'far too vague');
-    assert.equal(thumbs[0]!.rater_id, 'cli-test');
+    assert.equal(thumbs[0]!.rater_id, rater);
 
     from = cli.out().length;
     cli.child.stdin.write('/compare\n');

@@ -1,9 +1,10 @@
 /**
- * Command-line chat over the WebSocket protocol (`/ws`): streamed replies, multi-turn, thumbs,
- * regenerate and side-by-side comparison. Plain line-based input (readline), so it works over a
- * pipe as well as a terminal.
+ * Command-line chat over the WebSocket protocol (`/ws`), through the typed client
+ * (`ws-client.ts`): streamed replies, multi-turn, thumbs, regenerate and side-by-side comparison.
+ * Plain line-based input (readline), so it works over a pipe as well as a terminal.
  *
  *   npm run chat -- --url ws://127.0.0.1:8080/ws
+ *   RLHF_API_KEY=rk_… npm run chat -- --url wss://chat.example/ws     (a server with API keys)
  *
  * Importing this module has no side effects; `main()` runs only when it is the entry point.
  */
@@ -11,11 +12,11 @@ import { createInterface } from 'node:readline';
 import { randomUUID } from 'node:crypto';
 import { pathToFileURL } from 'node:url';
 import type { Readable, Writable } from 'node:stream';
-import WebSocket from 'ws';
+import { API_KEY_ENV, authHeaders, WsClient, WsError } from './ws-client.ts';
+import type { ServerMessage } from '../server/ws-protocol.ts';
+import { CHOICES, THUMB_REASONS } from '../feedback/judgement-input.ts';
 
 export const DEFAULT_URL = 'ws://127.0.0.1:8080/ws';
-export const THUMB_REASONS = ['not_factual', 'unhelpful', 'unsafe', 'too_long', 'other'] as const;
-export const CHOICES = ['a', 'b', 'tie', 'both_bad'] as const;
 
 export const HELP = `Type a message to chat. Commands:
   /up                          thumbs up on the last reply
@@ -52,8 +53,6 @@ export function parseArgs(argv: readonly string[]): CliArgs {
   return args;
 }
 
-type Msg = Record<string, unknown> & { type: string };
-
 /** Lays out two texts in columns A and B, wrapped to `width` characters in all. */
 export function sideBySide(a: string, b: string, width = 80): string {
   const col = Math.max(10, Math.floor((width - 3) / 2));
@@ -87,7 +86,7 @@ export function sideBySide(a: string, b: string, width = 80): string {
   return out.join('\n');
 }
 
-/** One chat session over one socket; every request waits for its final message. */
+/** One chat session over one socket; every request waits for its final message. A refusal is printed as `[error] code: message`. */
 export class ChatSession {
   conversationId: string | undefined;
   modelVersion: string | undefined;
@@ -96,145 +95,122 @@ export class ChatSession {
   /** Set after `/pick b`: the next message continues from candidate B. */
   nextParentId: string | undefined;
   compared: { contextId: string; ids: [string, string] } | undefined;
-  #n = 0;
-  readonly #pending = new Map<string, (m: Msg) => void>();
 
   private constructor(
-    readonly ws: WebSocket,
+    readonly client: WsClient,
     readonly userId: string,
     readonly write: (s: string) => void,
     readonly maxTokens: number | undefined,
   ) {
-    ws.on('message', (data) => {
-      let m: Msg;
-      try {
-        m = JSON.parse(String(data)) as Msg;
-      } catch {
-        return;
-      }
-      const rid = typeof m.requestId === 'string' ? m.requestId : undefined;
-      if (rid && this.#pending.has(rid)) this.#pending.get(rid)!(m);
-      else if (m.type === 'error') this.write(`\n[error] ${String(m.code)}: ${String(m.message)}\n`);
+    this.modelVersion = client.ready.modelVersion;
+    client.onUnsolicited((m) => {
+      if (m.type === 'error') this.write(`\n[error] ${m.code}: ${m.message}\n`);
     });
   }
 
   static async connect(url: string, userId: string, write: (s: string) => void, maxTokens?: number, timeoutMs = 10_000): Promise<ChatSession> {
-    const ws = new WebSocket(url);
-    const ready = await new Promise<Msg>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`no answer from ${url} within ${timeoutMs} ms`)), timeoutMs);
-      ws.once('message', (d) => (clearTimeout(timer), resolve(JSON.parse(String(d)) as Msg)));
-      ws.once('error', (e) => (clearTimeout(timer), reject(e)));
-      ws.once('close', (code) => (clearTimeout(timer), reject(new Error(`socket closed (${code}) before ready`))));
-    });
-    const s = new ChatSession(ws, userId, write, maxTokens);
-    s.modelVersion = typeof ready.modelVersion === 'string' ? ready.modelVersion : undefined;
-    return s;
+    const headers = authHeaders();
+    return new ChatSession(await WsClient.connect(url, { timeoutMs, ...(headers ? { headers } : {}) }), userId, write, maxTokens);
   }
 
-  /** Sends `msg` with a fresh requestId; `onMessage` sees every message of it until it returns true. */
-  request(msg: Record<string, unknown>, onMessage: (m: Msg) => boolean, timeoutMs = 120_000): Promise<Msg> {
-    const requestId = `c${++this.#n}`;
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => (this.#pending.delete(requestId), reject(new Error(`no reply to ${String(msg.type)} within ${timeoutMs} ms`))), timeoutMs);
-      const onClose = (): void => (clearTimeout(timer), this.#pending.delete(requestId), reject(new Error('connection closed')));
-      this.ws.once('close', onClose);
-      this.#pending.set(requestId, (m) => {
-        if (m.type === 'error' || onMessage(m)) {
-          clearTimeout(timer);
-          this.ws.off('close', onClose);
-          this.#pending.delete(requestId);
-          resolve(m);
-        }
-      });
-      this.ws.send(JSON.stringify({ ...msg, requestId }));
+  /** Runs `f`; a refusal by the server is printed and swallowed (the session goes on). */
+  async #guard(f: () => Promise<void>): Promise<void> {
+    try {
+      await f();
+    } catch (e) {
+      if (!(e instanceof WsError) || ['closed', 'timeout'].includes(e.code)) throw e;
+      this.write(`[error] ${e.message}\n`);
+    }
+  }
+
+  start(): Promise<void> {
+    return this.#guard(async () => {
+      const m = await this.client.start({ userId: this.userId });
+      this.conversationId = m.conversationId;
+      this.lastReplyId = this.lastUserMessageId = this.nextParentId = this.compared = undefined;
+      this.write(`[conversation ${this.conversationId}] model ${m.modelVersion ?? this.modelVersion}\n`);
     });
   }
 
-  #fail(m: Msg): boolean {
-    if (m.type !== 'error') return false;
-    this.write(`[error] ${String(m.code)}: ${String(m.message)}\n`);
-    return true;
-  }
-
-  async start(): Promise<void> {
-    const m = await this.request({ type: 'start', userId: this.userId }, (x) => x.type === 'conversation');
-    if (this.#fail(m)) return;
-    this.conversationId = String(m.conversationId);
-    this.lastReplyId = this.lastUserMessageId = this.nextParentId = this.compared = undefined;
-    this.write(`[conversation ${this.conversationId}] model ${String(m.modelVersion ?? this.modelVersion)}\n`);
-  }
-
-  #params(): Record<string, unknown> {
+  #params(): { maxTokens?: number } {
     return this.maxTokens ? { maxTokens: this.maxTokens } : {};
   }
 
-  async #streamReply(msg: Record<string, unknown>): Promise<void> {
+  #printDelta = (x: ServerMessage): void => {
+    if (x.type === 'delta') this.write(x.text);
+  };
+
+  async #streamReply(send: (o: { onMessage: (m: ServerMessage) => void }) => Promise<{ content: string; messageId: string; parentId: string; finishReason: string }>): Promise<void> {
     this.write('assistant: ');
-    const m = await this.request(msg, (x) => {
-      if (x.type === 'delta') this.write(String(x.text));
-      return x.type === 'reply';
+    await this.#guard(async () => {
+      const m = await send({ onMessage: this.#printDelta });
+      this.write(m.content === '' ? '(empty reply)\n' : '\n');
+      this.lastReplyId = m.messageId;
+      this.lastUserMessageId = m.parentId;
+      this.write(`[reply ${this.lastReplyId} finish=${m.finishReason}]\n`);
     });
-    if (this.#fail(m)) return;
-    this.write(m.content === '' ? '(empty reply)\n' : '\n');
-    this.lastReplyId = String(m.messageId);
-    this.lastUserMessageId = String(m.parentId);
-    this.write(`[reply ${this.lastReplyId} finish=${String(m.finishReason)}]\n`);
   }
 
   async say(content: string): Promise<void> {
     if (!this.conversationId) await this.start();
+    if (!this.conversationId) return;
+    const conversationId = this.conversationId;
     const parentId = this.nextParentId;
     this.nextParentId = undefined;
-    await this.#streamReply({ type: 'user_message', conversationId: this.conversationId, content, params: this.#params(), ...(parentId ? { parentId } : {}) });
+    await this.#streamReply((o) => this.client.say(conversationId, content, this.#params(), { ...o, ...(parentId ? { parentId } : {}) }));
   }
 
   async regenerate(): Promise<void> {
-    if (!this.lastReplyId) return this.write('[error] no reply to regenerate yet\n');
-    await this.#streamReply({ type: 'regenerate', conversationId: this.conversationId, messageId: this.lastReplyId, params: this.#params() });
+    if (!this.lastReplyId || !this.conversationId) return this.write('[error] no reply to regenerate yet\n');
+    const [conversationId, messageId] = [this.conversationId, this.lastReplyId];
+    await this.#streamReply((o) => this.client.regenerate(conversationId, messageId, this.#params(), o));
   }
 
   async compare(): Promise<void> {
-    if (!this.lastUserMessageId) return this.write('[error] send a message first\n');
+    if (!this.lastUserMessageId || !this.conversationId) return this.write('[error] send a message first\n');
     this.write('comparing two replies…\n');
     const texts = ['', ''];
-    const m = await this.request({ type: 'compare', conversationId: this.conversationId, parentId: this.lastUserMessageId, params: this.#params() }, (x) => {
-      if (x.type === 'delta') texts[Number(x.candidate ?? 0)] += String(x.text);
-      else if (x.type === 'reply') texts[Number(x.candidate ?? 0)] = String(x.content);
-      return x.type === 'candidates';
+    const onMessage = (x: ServerMessage): void => {
+      if (x.type === 'delta') texts[x.candidate ?? 0] += x.text;
+      else if (x.type === 'reply') texts[x.candidate ?? 0] = x.content;
+    };
+    const [conversationId, parentId] = [this.conversationId, this.lastUserMessageId];
+    await this.#guard(async () => {
+      const { candidates } = await this.client.compare(conversationId, { parentId }, this.#params(), { onMessage });
+      const ids = candidates.messageIds;
+      this.compared = { contextId: candidates.contextId, ids: [ids[0]!, ids[1]!] };
+      this.lastReplyId = ids[0];
+      this.write(`${sideBySide(texts[0]!, texts[1]!)}\n[which is better? /pick a|b|tie|both_bad]\n`);
     });
-    if (this.#fail(m)) return;
-    const ids = m.messageIds as string[];
-    this.compared = { contextId: String(m.contextId), ids: [ids[0]!, ids[1]!] };
-    this.lastReplyId = ids[0];
-    this.write(`${sideBySide(texts[0]!, texts[1]!)}\n[which is better? /pick a|b|tie|both_bad]\n`);
   }
 
   async pick(choice: string): Promise<void> {
     if (!this.compared) return this.write('[error] nothing to pick from: /compare first\n');
     if (!(CHOICES as readonly string[]).includes(choice)) return this.write(`[error] choice must be one of ${CHOICES.join(', ')}\n`);
     const [a, b] = this.compared.ids;
-    const m = await this.request({ type: 'comparison', a, b, choice }, (x) => x.type === 'feedback_ack');
-    if (this.#fail(m)) return;
-    if (choice === 'b') {
-      this.lastReplyId = b;
-      this.nextParentId = b;
-    }
-    this.compared = undefined;
-    this.write(`[ok] comparison stored (${choice}) id ${String(m.id)}\n`);
+    await this.#guard(async () => {
+      const m = await this.client.feedback({ type: 'comparison', a, b, choice: choice as (typeof CHOICES)[number] });
+      if (choice === 'b') {
+        this.lastReplyId = b;
+        this.nextParentId = b;
+      }
+      this.compared = undefined;
+      const revealed = m.revealed;
+      this.write(`[ok] comparison stored (${choice}) id ${m.id}${revealed ? ` (A was ${revealed.a}, B was ${revealed.b})` : ''}\n`);
+    });
   }
 
   async thumb(value: 'up' | 'down', rest: string): Promise<void> {
     if (!this.lastReplyId) return this.write('[error] no reply to rate yet\n');
     const words = rest.trim().split(/\s+/).filter(Boolean);
-    let reason: string | undefined;
-    if (value === 'down' && words[0] && (THUMB_REASONS as readonly string[]).includes(words[0])) reason = words.shift();
+    let reason: (typeof THUMB_REASONS)[number] | undefined;
+    if (value === 'down' && words[0] && (THUMB_REASONS as readonly string[]).includes(words[0])) reason = words.shift() as (typeof THUMB_REASONS)[number];
     const comment = words.join(' ');
-    const m = await this.request(
-      { type: 'thumb', messageId: this.lastReplyId, value, ...(reason ? { reason } : {}), ...(comment ? { comment } : {}) },
-      (x) => x.type === 'feedback_ack',
-    );
-    if (this.#fail(m)) return;
-    this.write(`[ok] thumb ${value}${reason ? ` (${reason})` : ''} stored id ${String(m.id)}\n`);
+    const messageId = this.lastReplyId;
+    await this.#guard(async () => {
+      const m = await this.client.feedback({ type: 'thumb', messageId, value, ...(reason ? { reason } : {}), ...(comment ? { comment } : {}) });
+      this.write(`[ok] thumb ${value}${reason ? ` (${reason})` : ''} stored id ${m.id}\n`);
+    });
   }
 
   /** Handles one input line; false after `/quit`. */
@@ -279,7 +255,7 @@ export class ChatSession {
   }
 
   close(): void {
-    this.ws.close();
+    this.client.close();
   }
 }
 
@@ -294,7 +270,7 @@ export async function runCli(argv: readonly string[], input: Readable, output: W
     return 2;
   }
   if (args.help) {
-    write(`usage: npm run chat [-- --url ${DEFAULT_URL}] [--user ID] [--max-tokens N]\n${HELP}\n`);
+    write(`usage: npm run chat [-- --url ${DEFAULT_URL}] [--user ID] [--max-tokens N]\n  an API key, when the server wants one, comes from the environment: ${API_KEY_ENV}=rk_…\n${HELP}\n`);
     return 0;
   }
   let session: ChatSession;
@@ -305,11 +281,11 @@ export async function runCli(argv: readonly string[], input: Readable, output: W
     return 1;
   }
   let closed = false;
-  session.ws.on('close', (code) => {
+  session.client.onClose((code) => {
     closed = true;
     write(`\n[connection closed: ${code}]\n`);
   });
-  write(`connected to ${args.url} as ${args.userId}; /help lists the commands\n`);
+  write(`connected to ${args.url} as ${session.client.identity ?? args.userId}; /help lists the commands\n`);
   const rl = createInterface({ input, terminal: false });
   try {
     await session.start();

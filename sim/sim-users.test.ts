@@ -4,7 +4,8 @@ import { openTempStore } from '../feedback/temp-store.ts';
 import type { FeedbackStore } from '../feedback/index.ts';
 import { startTestServer, type TestServer } from '../server/test-support.ts';
 import { GoldRubric } from './gold-rubric.ts';
-import { ChatSocket, ProtocolError, SimUser, runPopulation } from './sim-users.ts';
+import { SimUser, runPopulation } from './sim-users.ts';
+import { WsClient, WsError } from '../client/ws-client.ts';
 
 const PROMPTS = [
   { prompt: 'What does lucid mean?', word: 'lucid', gloss: 'clear and easy to understand' },
@@ -20,7 +21,7 @@ before(async () => {
 after(async () => srv.close());
 
 test('a simulated user leaves a thumb, a comparison and a ranking that end up in the store', async () => {
-  const socket = await ChatSocket.connect(srv.wsUrl);
+  const socket = await WsClient.connect(srv.wsUrl);
   try {
     // A tiny random model's replies mostly score alike on the real rubric; this one tells every reply apart.
     let calls = 0;
@@ -30,17 +31,18 @@ test('a simulated user leaves a thumb, a comparison and a ranking that end up in
       }
     })(PROMPTS);
     const user = new SimUser('sim-a', socket, distinct, 1, { params: { maxTokens: 12 }, rankSize: 3 });
+    const rater = socket.identity ?? 'sim-a';
     const thumb = await user.session(PROMPTS[0]!, 'thumb');
     const cmp = await user.session(PROMPTS[0]!, 'comparison');
     const rank = await user.session(PROMPTS[1]!, 'ranking');
 
     const t = await store.db.selectFrom('thumbs').selectAll().where('id', '=', thumb.feedbackId).executeTakeFirstOrThrow();
-    assert.equal(t.rater_id, 'sim-a');
+    assert.equal(t.rater_id, rater);
     assert.equal(t.message_id, thumb.replies[0]!.messageId);
     assert.equal(t.value, thumb.judgement);
 
     const c = await store.db.selectFrom('comparisons').selectAll().where('id', '=', cmp.feedbackId).executeTakeFirstOrThrow();
-    assert.equal(c.rater_id, 'sim-a');
+    assert.equal(c.rater_id, rater);
     assert.deepEqual([c.a_id, c.b_id], cmp.replies.map((r) => r.messageId));
     assert.equal(c.choice, cmp.judgement);
     assert.notEqual(cmp.replies[0]!.messageId, cmp.replies[1]!.messageId);
@@ -57,7 +59,7 @@ test('a simulated user leaves a thumb, a comparison and a ranking that end up in
 });
 
 test('replies the user cannot tell apart: a tie, and a ranking marked not rankable', async () => {
-  const socket = await ChatSocket.connect(srv.wsUrl);
+  const socket = await WsClient.connect(srv.wsUrl);
   try {
     const flat = new (class extends GoldRubric {
       override score(): number {
@@ -84,10 +86,10 @@ test('a population runs a bounded number of sessions, all acknowledged', async (
   assert.ok(out.every((s) => s.feedbackId.length > 0));
 });
 
-test('server errors reject the request with their code', async () => {
-  const socket = await ChatSocket.connect(srv.wsUrl);
+test('server errors reject the request with their stable code', async () => {
+  const socket = await WsClient.connect(srv.wsUrl);
   try {
-    await assert.rejects(socket.feedback({ type: 'thumb', messageId: 'nope', value: 'up' }), (e: unknown) => e instanceof ProtocolError && e.code !== 'timeout');
+    await assert.rejects(socket.feedback({ type: 'thumb', messageId: 'nope', value: 'up' }), (e: unknown) => e instanceof WsError && e.code === 'unknown_message');
   } finally {
     socket.close();
   }

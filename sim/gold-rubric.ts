@@ -26,7 +26,8 @@
  * same Bradley–Terry probabilities. All draws come from a seeded generator.
  *
  * The online loop never imports this file; it sees only the judgements in the store, and (in a
- * simulation) the honest rubric as a `RewardSource` its Goodhart guard reads for evaluation.
+ * simulation) the honest rubric as a `RewardSource` it logs for the report (`eval_gold`) and, only
+ * under the `goldGate` ablation, lets guard and gate.
  */
 import { readFileSync } from 'node:fs';
 import type { ChatMessage } from '../model/chat-template.ts';
@@ -146,8 +147,8 @@ export function lastUserTurn(prompt: readonly ChatMessage[]): string {
 }
 
 /**
- * The rubric as a `RewardSource`, for the loop's evaluation (its Goodhart guard and gold gate)
- * only. A reply ended cleanly when its ids end with `endId`.
+ * The rubric as a `RewardSource`, for the loop's report (and the `goldGate` ablation's guard and
+ * gate) only. A reply ended cleanly when its ids end with `endId`.
  */
 export class GoldRewardSource implements RewardSource {
   readonly name: string;

@@ -126,7 +126,9 @@ test('rankDistinct ranks one reply per distinguishable gold level; all alike is 
   assert.ok(Math.abs(best / 2000 - sigmoid(1 / 0.3)) < 0.03, `${best / 2000}`);
 });
 
-test('the loop and the rest of training never import the client (nor the rubric)', () => {
+const IMPORTS_CLIENT_OR_SIM = /(from|import)\s*\(?\s*['"][^'"]*\b(client|sim)\//;
+
+test('the loop and the rest of training never import the client nor the simulation (nor the rubric)', () => {
   const offenders: string[] = [];
   const walk = (dir: string): void => {
     for (const name of readdirSync(dir)) {
@@ -134,14 +136,16 @@ test('the loop and the rest of training never import the client (nor the rubric)
       if (statSync(p).isDirectory()) walk(p);
       else if (name.endsWith('.ts')) {
         const src = readFileSync(p, 'utf8');
-        if (/(from|import)\s*\(?\s*['"][^'"]*client\//.test(src) || /gold-rubric|sim-users|simulate\.ts/.test(src)) offenders.push(p);
+        if (IMPORTS_CLIENT_OR_SIM.test(src) || /gold-rubric|sim-users|simulate\.ts/.test(src)) offenders.push(p);
       }
     }
   };
   for (const d of ['training', 'feedback', 'model']) walk(join(ROOT, d));
   assert.deepEqual(offenders, []);
-  // The check can fail: it sees an import of the client when there is one.
-  assert.ok(/(from|import)\s*\(?\s*['"][^'"]*client\//.test(`import { x } from '../client/gold-rubric.ts';`));
+  // The check can fail: it sees an import of the client or the simulation when there is one.
+  assert.ok(IMPORTS_CLIENT_OR_SIM.test(`import { x } from '../client/ws-client.ts';`));
+  assert.ok(IMPORTS_CLIENT_OR_SIM.test(`const m = await import('../sim/gold-rubric.ts');`));
+  assert.ok(!IMPORTS_CLIENT_OR_SIM.test(`import { x } from './similar.ts';`));
 });
 
 test('the held-out dialogues built by build-data hold definition prompts the rubric can score', () => {

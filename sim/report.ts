@@ -1,0 +1,53 @@
+/**
+ * The figures of the final comparison (champion vs SFT on held-out prompts), per seed and pooled
+ * over seeds, as the last JSON line of `npm run simulate -- --json` carries them:
+ *
+ *   gold_win_rate_vs_sft     mean over prompts of the prompt's win (its samples, ties ½)
+ *   gold_win_rate_ci95       paired bootstrap over prompts (`stats.ts`); pooled: over every
+ *                            (seed, prompt) unit
+ *   length_controlled_win_rate  the arena's length-controlled win rate (a logistic model with the
+ *                            word-count difference as covariate, evaluated at equal length) of the
+ *                            same champion-vs-SFT outcomes
+ *   parts_delta              champion − SFT, mean of each rubric part (and of the length in words)
+ */
+import { lengthControlledWinRate, type ArenaOutcome } from '../feedback/arena.ts';
+import { PART_NAMES, type Comparison, type RubricParts } from './compare.ts';
+import { mean, pairedBootstrap, promptWin, round3 } from './stats.ts';
+
+export interface ComparisonFigures {
+  gold_win_rate_vs_sft: number | null;
+  gold_win_rate_ci95: [number | null, number | null];
+  length_controlled_win_rate: number | null;
+  parts_delta: Record<keyof RubricParts, number | null>;
+  gold: number | null;
+  gold_sft: number | null;
+}
+
+/** The champion's outcomes against SFT, one per paired sample, in the arena's terms. */
+export function outcomes(cmp: Comparison): ArenaOutcome[] {
+  const out: ArenaOutcome[] = [];
+  for (const p of cmp.prompts) {
+    for (let k = 0; k < p.goldA.length; k++) {
+      const [a, b] = [p.goldA[k]!, p.goldB[k]!];
+      out.push({ outcome: a > b ? 'win' : a < b ? 'loss' : 'tie', lengthDiff: p.wordsA[k]! - p.wordsB[k]!, raterId: 'gold', createdAt: '' });
+    }
+  }
+  return out;
+}
+
+/** The figures of comparisons pooled together (one comparison = one seed's). */
+export function comparisonFigures(cmps: Comparison | readonly Comparison[], seed: number): ComparisonFigures {
+  const all = Array.isArray(cmps) ? (cmps as readonly Comparison[]) : [cmps as Comparison];
+  const wins = all.flatMap((c) => c.prompts.map((p) => promptWin(p.goldA, p.goldB)));
+  const boot = pairedBootstrap(wins, { seed, resamples: 2000 });
+  const delta = Object.fromEntries([...PART_NAMES, 'words' as const].map((k) => [k, round3(mean(all.map((c) => c.partsA[k] - c.partsB[k])))])) as Record<keyof RubricParts, number | null>;
+  const golds = (side: 'goldA' | 'goldB'): number => mean(all.flatMap((c) => c.prompts.flatMap((p) => p[side])));
+  return {
+    gold_win_rate_vs_sft: round3(boot.mean),
+    gold_win_rate_ci95: [round3(boot.interval[0]), round3(boot.interval[1])],
+    length_controlled_win_rate: round3(lengthControlledWinRate(all.flatMap(outcomes)).p),
+    parts_delta: delta,
+    gold: round3(golds('goldA')),
+    gold_sft: round3(golds('goldB')),
+  };
+}
