@@ -39,3 +39,14 @@ test('--help text names every option in kebab-case and survives knobs without a 
   assert.throws(() => parseConfig(S, { argv: ['--minNew', '1'] }), /unknown option --min-new; known: --min-new-judgements --reward-url/);
   assert.equal(parseConfig(S, { argv: ['--min-new-judgements', '3'] }).minNewJudgements, 3);
 });
+
+test('a secret is refused on the command line and taken from the environment; a URL only when it carries a password', () => {
+  const S = z.object({ token: z.string().optional(), db: z.string().default('default') });
+  const secrets = { token: { when: 'always', env: 'T_TOKEN' }, db: { when: 'password', env: 'T_DB' } } as const;
+  assert.throws(() => parseConfig(S, { argv: ['--token', 'abcdefghijklmnopq'], secrets }), /--token holds a secret: set it in the environment \(T_TOKEN\)/);
+  assert.throws(() => parseConfig(S, { argv: ['--db', 'postgres://u:hunter2@127.0.0.1/x'], secrets }), /--db holds a secret.*T_DB/);
+  assert.equal(parseConfig(S, { argv: ['--db', 'postgres://u@127.0.0.1/x'], secrets }).db, 'postgres://u@127.0.0.1/x');
+  assert.equal(parseConfig(S, { argv: ['--db', 'default'], secrets }).db, 'default');
+  const fromEnv = parseConfig(S, { env: { T_TOKEN: 'abcdefghijklmnopq', T_DB: 'postgres://u:hunter2@127.0.0.1/x' }, envPrefix: 'T', secrets });
+  assert.deepEqual([fromEnv.token, fromEnv.db], ['abcdefghijklmnopq', 'postgres://u:hunter2@127.0.0.1/x']);
+});

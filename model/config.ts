@@ -34,6 +34,14 @@ function coerce(raw: string, field: z.ZodType): unknown {
   return raw;
 }
 
+function urlHasPassword(value: string): boolean {
+  try {
+    return new URL(value).password !== '';
+  } catch {
+    return false;
+  }
+}
+
 /** Splits argv into `--key value` pairs and positional arguments. */
 export function parseArgv(argv: readonly string[]): { flags: Map<string, string | boolean>; positional: string[] } {
   const flags = new Map<string, string | boolean>();
@@ -73,6 +81,12 @@ export function parseConfig<S extends z.ZodObject<z.ZodRawShape>>(
     env?: Record<string, string | undefined>;
     envPrefix?: string;
     overrides?: Record<string, unknown>;
+    /**
+     * Knobs holding secrets, refused on the command line (where every user of the machine can read
+     * them, in `ps` or /proc) and taken from the environment variable `env` instead: `always` (a
+     * token), or `password` (a URL, refused only when it carries a password).
+     */
+    secrets?: Readonly<Record<string, { when: 'always' | 'password'; env: string }>>;
   } = {},
 ): Readonly<z.infer<S>> {
   const shape = schema.shape as Record<string, z.ZodType>;
@@ -90,6 +104,10 @@ export function parseConfig<S extends z.ZodObject<z.ZodRawShape>>(
     for (const [key, value] of flags) {
       if (!(key in shape)) {
         throw new ConfigError(`unknown option --${camelToKebab(key)}; known: ${Object.keys(shape).map((k) => '--' + camelToKebab(k)).join(' ')}`);
+      }
+      const secret = opts.secrets?.[key];
+      if (secret && (secret.when === 'always' || (typeof value === 'string' && urlHasPassword(value)))) {
+        throw new ConfigError(`--${camelToKebab(key)} holds a secret: set it in the environment (${secret.env}), not on the command line, where other users of the machine can read it`);
       }
       input[key] = typeof value === 'boolean' ? value : coerce(value, shape[key]!);
     }

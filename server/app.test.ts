@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createApp } from './app.ts';
-import { defaultServerConfig } from './config.ts';
+import { defaultServerConfig, loadServerConfig } from './config.ts';
 import { ServerMetrics } from './metrics.ts';
 import { Auth, Meter } from './auth.ts';
 import { startTestServer, TestClient } from './test-support.ts';
@@ -47,4 +47,11 @@ test('the server config reads unprefixed environment variables and rejects unkno
   assert.deepEqual([cfg.port, cfg.modelDir, cfg.maxBatch], [9001, '/tmp/m', 4]);
   assert.throws(() => loadServerConfig(['--bogus', '1'], {}), /unknown option/);
   assert.ok(Object.isFrozen(cfg));
+});
+
+test('the server takes its secrets from the environment only: --admin-token and a --database-url with a password are refused', () => {
+  assert.throws(() => loadServerConfig(['--admin-token', 'a-token-of-twenty-chars'], {}), /--admin-token holds a secret: set it in the environment \(ADMIN_TOKEN\)/);
+  assert.throws(() => loadServerConfig(['--database-url', 'postgres://app:pw@127.0.0.1:5432/test'], {}), /DATABASE_URL/);
+  assert.equal(loadServerConfig([], { ADMIN_TOKEN: 'a-token-of-twenty-chars' }).adminToken, 'a-token-of-twenty-chars');
+  assert.equal(loadServerConfig(['--database-url', 'sqlite:/tmp/x.sqlite'], {}).databaseUrl, 'sqlite:/tmp/x.sqlite');
 });

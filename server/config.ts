@@ -56,7 +56,7 @@ export function loadServerConfig(argv: readonly string[] = process.argv.slice(2)
     const name = key.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase();
     if (env[name] !== undefined && env[name] !== '') prefixed[`CHAT_${name}`] = env[name];
   }
-  return parseConfig(ServerConfigSchema, { argv, env: prefixed, envPrefix: 'CHAT', overrides });
+  return parseConfig(ServerConfigSchema, { argv, env: prefixed, envPrefix: 'CHAT', overrides, secrets: { adminToken: { when: 'always', env: 'ADMIN_TOKEN' }, databaseUrl: { when: 'password', env: 'DATABASE_URL' } } });
 }
 
 /** The config with every default (tests override what they need). */

@@ -22,7 +22,9 @@ export async function runCli<S extends z.ZodObject<z.ZodRawShape>>(
     return;
   }
   try {
-    await main(parseConfig(schema, { argv, env: process.env, envPrefix }));
+    // A store URL may carry a password: the command line is readable by every user of the machine.
+    const secrets = Object.fromEntries(['database', 'databaseUrl'].filter((k) => k in schema.shape).map((k) => [k, { when: 'password' as const, env: `${envPrefix}_${k === 'database' ? 'DATABASE' : 'DATABASE_URL'}` }]));
+    await main(parseConfig(schema, { argv, env: process.env, envPrefix, secrets }));
   } catch (err) {
     const e = err as Error & { code?: string };
     console.error(`error${e.code ? ` [${e.code}]` : ''}: ${e.message}`);
