@@ -131,6 +131,8 @@ test('admin: log in with the token, promote a version, see the promotion log upd
   await page.waitForFunction(() => /wrong token/.test(document.getElementById('admin-status')?.textContent ?? ''));
   assert.equal(await page.isHidden('#admin-body'), true);
 
+  // The right token right after a wrong one: the page's login spent one try of the server's
+  // wrong-token allowance (5 per address), not one per request of the view (which locked it out).
   await page.fill('#admin-token', TOKEN);
   await page.click('#admin-login button[type="submit"]');
   const promote = page.locator(`tr[data-version="${other}"] [data-testid="promote"]`);

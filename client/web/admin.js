@@ -247,6 +247,10 @@ async function act(what, f) {
 
 async function login() {
   try {
+    // One request checks the token first: the server counts every request with a wrong token
+    // against this address (5, then one per 6 s), so refresh()'s parallel requests would spend the
+    // whole allowance on one mistyped token and lock out the right one that follows.
+    await api('/canary');
     await refresh();
     $('admin-body').hidden = false;
     $('admin-logout').hidden = false;
@@ -255,7 +259,7 @@ async function login() {
   } catch (e) {
     $('admin-body').hidden = true;
     const err = /** @type {any} */ (e);
-    setStatus(err.status === 401 ? 'wrong token' : err.code === 'admin_disabled' ? 'admin routes are disabled on this server (no ADMIN_TOKEN)' : `error: ${err.message}`, true);
+    setStatus(err.status === 401 ? 'wrong token' : err.status === 429 ? `too many wrong tokens from this address; wait a few seconds (${err.message})` : err.code === 'admin_disabled' ? 'admin routes are disabled on this server (no ADMIN_TOKEN)' : `error: ${err.message}`, true);
   }
 }
 
