@@ -69,6 +69,39 @@ await describeEachDialect('exports', (ctx) => {
     }
   });
 
+  test("meta names the rater's API key id where there is one (null when anonymous)", async () => {
+    const store = await ctx.openFresh();
+    try {
+      const s = await seedContext(store.db, { n: 3 });
+      const [r0, r1, r2] = s.replies as [string, string, string];
+      const results = await submitJudgements(store.db, [
+        { kind: 'comparison', a: r1, b: r0, choice: 'b', raterId: 'ann', keyId: 'key-ann' },
+        { kind: 'ranking', candidates: [r2, r0], raterId: 'bob', keyId: 'key-bob' },
+        { kind: 'thumb', messageId: r0, raterId: 'dan', value: 'up', keyId: 'key-dan' },
+        { kind: 'thumb', messageId: r1, raterId: 'dan', value: 'down', keyId: 'key-dan' },
+        { kind: 'thumb', messageId: r2, raterId: 'eve', value: 'down' },
+      ]);
+      assert.ok(results.every((r) => r.ok));
+      const pairs = await collect(exportPreferencePairs(store.db, { includeMeta: true }));
+      assert.deepEqual(pairs.map((r) => [r.meta!.source, r.meta!.rater, r.meta!.keyId]), [
+        ['comparison', 'ann', 'key-ann'],
+        ['ranking', 'bob', 'key-bob'],
+        ['thumbs', 'dan', 'key-dan'],
+      ]);
+      const unpaired = await collect(exportUnpaired(store.db, { includeMeta: true }));
+      assert.deepEqual(unpaired.map((r) => [r.meta!.rater, r.meta!.keyId]), [
+        ['dan', 'key-dan'],
+        ['dan', 'key-dan'],
+        ['eve', null],
+      ]);
+      await store.db.updateTable('conversations').set({ key_id: 'key-user' }).where('id', '=', s.conversationId).execute();
+      const sft = await collect(exportSft(store.db, { includeMeta: true, keepThumbsDown: true }));
+      assert.deepEqual(sft.map((r) => r.meta!.keyId), ['key-user', 'key-user', 'key-user']);
+    } finally {
+      await store.close();
+    }
+  });
+
   test('filters by rater, model version and time, and only the latest judgement counts', async () => {
     const store = await ctx.openFresh();
     try {

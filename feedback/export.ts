@@ -17,8 +17,8 @@
  * Filters: `since` (inclusive) and `until` (exclusive) on the judgement's time (the reply's time
  * for SFT); `modelVersion` keeps rows where a judged reply (either one, for a pair) was generated
  * by that version; `rater` keeps one rater's judgements (for SFT: the conversation's user).
- * With `includeMeta`, rows carry a `meta` object (source, ids, rater, versions); rows from one
- * ranking share `meta.group`.
+ * With `includeMeta`, rows carry a `meta` object (source, ids, rater and the rater's API key id,
+ * versions); rows from one ranking share `meta.group`.
  */
 import type { Kysely } from 'kysely';
 import { z } from 'zod';
@@ -48,6 +48,11 @@ export interface RowMeta {
   /** Rows made from one ranking or one thumbs group share it. */
   group: string;
   rater: string | null;
+  /**
+   * The API key id the judgement was made with (for SFT: the conversation's key; for a thumbs
+   * pair: the later thumb's), so an export names who said what; null when anonymous or before keys.
+   */
+  keyId: string | null;
   created_at: string;
   message_ids: string[];
   model_versions: (string | null)[];
@@ -91,6 +96,7 @@ interface JudgedPair {
   id: string;
   group: string;
   rater: string;
+  keyId: string | null;
   created_at: string;
   context: string;
   chosen: string;
@@ -113,6 +119,7 @@ function toPreferenceRow(f: ExportFilter, idx: ThreadIndex, p: JudgedPair): Pref
       id: p.id,
       group: p.group,
       rater: p.rater,
+      keyId: p.keyId,
       created_at: p.created_at,
       message_ids: [p.context, p.chosen, p.rejected],
       model_versions: [idx.version(p.chosen), idx.version(p.rejected)],
@@ -143,6 +150,7 @@ async function* comparisonPairs(db: Kysely<Database>, f: ExportFilter): AsyncGen
       id: c.id,
       group: c.id,
       rater: c.rater_id,
+      keyId: c.key_id,
       created_at: c.created_at,
       context: c.context_id,
       chosen: c.choice === 'a' ? c.a_id : c.b_id,
@@ -178,7 +186,7 @@ async function* rankingPairs(db: Kysely<Database>, f: ExportFilter): AsyncGenera
       const c = order.get(r.id) ?? [];
       for (let i = 0; i < c.length; i++) {
         for (let j = i + 1; j < c.length; j++) {
-          pairs.push({ source: 'ranking', id: r.id, group: r.id, rater: r.rater_id, created_at: r.created_at, context: r.context_id, chosen: c[i]!, rejected: c[j]! });
+          pairs.push({ source: 'ranking', id: r.id, group: r.id, rater: r.rater_id, keyId: r.key_id, created_at: r.created_at, context: r.context_id, chosen: c[i]!, rejected: c[j]! });
         }
       }
     }
@@ -191,7 +199,7 @@ async function* thumbPairs(db: Kysely<Database>, f: ExportFilter): AsyncGenerato
     let q = db
       .selectFrom('thumbs as t')
       .innerJoin('messages as m', 'm.id', 't.message_id')
-      .select(['t.id', 't.rater_id', 't.value', 't.message_id', 't.created_at', 'm.parent_id'])
+      .select(['t.id', 't.rater_id', 't.key_id', 't.value', 't.message_id', 't.created_at', 'm.parent_id'])
       .where('t.current', '=', 1)
       .where('t.excluded_from_training', '=', 0)
       .where('m.parent_id', 'is not', null)
@@ -219,6 +227,7 @@ async function* thumbPairs(db: Kysely<Database>, f: ExportFilter): AsyncGenerato
             id: `${up.id}+${down.id}`,
             group: key,
             rater: up.rater_id,
+            keyId: up.created_at > down.created_at ? up.key_id : down.key_id,
             created_at: up.created_at > down.created_at ? up.created_at : down.created_at,
             context: up.parent_id!,
             chosen: up.message_id,
@@ -250,7 +259,7 @@ export async function* exportUnpaired(db: Kysely<Database>, filter: ExportFilter
     let q = db
       .selectFrom('thumbs as t')
       .innerJoin('messages as m', 'm.id', 't.message_id')
-      .select(['t.id', 't.rater_id', 't.value', 't.message_id', 't.created_at', 'm.parent_id'])
+      .select(['t.id', 't.rater_id', 't.key_id', 't.value', 't.message_id', 't.created_at', 'm.parent_id'])
       .where('t.current', '=', 1)
       .where('t.excluded_from_training', '=', 0)
       .where('t.id', '>', after);
@@ -272,6 +281,7 @@ export async function* exportUnpaired(db: Kysely<Database>, filter: ExportFilter
           id: r.id,
           group: r.id,
           rater: r.rater_id,
+          keyId: r.key_id,
           created_at: r.created_at,
           message_ids: [r.message_id],
           model_versions: [idx.version(r.message_id)],
@@ -296,7 +306,7 @@ export async function* exportSft(db: Kysely<Database>, filter: SftExportFilter =
     let q = db
       .selectFrom('messages as m')
       .innerJoin('conversations as c', 'c.id', 'm.conversation_id')
-      .select(['m.id', 'm.created_at', 'c.user_id'])
+      .select(['m.id', 'm.created_at', 'c.user_id', 'c.key_id'])
       .where('m.role', '=', 'assistant')
       .where('m.id', '>', after)
       .where(({ not, exists, selectFrom }) => not(exists(selectFrom('messages as k').select('k.id').whereRef('k.parent_id', '=', 'm.id'))));
@@ -319,6 +329,7 @@ export async function* exportSft(db: Kysely<Database>, filter: SftExportFilter =
           id: leaf.id,
           group: leaf.id,
           rater: leaf.user_id,
+          keyId: leaf.key_id,
           created_at: leaf.created_at,
           message_ids: [leaf.id],
           model_versions: [idx.version(leaf.id)],

@@ -10,6 +10,7 @@ import type { ArenaSummary } from '../feedback/arena.ts';
 
 export const OnlineLoopConfig = z.object({
   database: z.string().default('default').describe('feedback store URL, or "default" (data/feedback.sqlite)'),
+  databaseSchema: z.string().optional().describe('PostgreSQL only: schema of the store (created if missing); unset = the server\'s default search_path'),
   sft: z.string().default('checkpoints/sft').describe('the SFT checkpoint: reward-model trunk and KL reference'),
   checkpoints: z.string().default('checkpoints').describe('directory new reward models and policies are written to'),
   minNewJudgements: z.number().int().nonnegative().default(50).describe('new judgements needed before an iteration runs'),

@@ -6,14 +6,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { initBackend } from '../model/backend.ts';
 import { loadCheckpoint } from '../model/checkpoint.ts';
-import { getModelVersion, getRun, listRuns, openStore, resolveAlias } from '../feedback/index.ts';
+import { getModelVersion, getRun, listRuns, resolveAlias } from '../feedback/index.ts';
 import { ALIAS } from '../feedback/aliases.ts';
+import { describeEachDialect, TEST_PG_URL } from '../feedback/test-support.ts';
 import { saveToySft, seedJudgements, toyLoopKnobs } from './loop-fixture.ts';
 
-/** Runs the loop CLI once; `killAt(line)` returning true SIGKILLs it right after that line. */
-function runLoop(args: string[], killAt?: (line: string) => boolean): Promise<{ lines: string[]; code: number | null; signal: string | null }> {
+/** Runs the loop CLI once (with `env` added to the environment); `killAt(line)` returning true SIGKILLs it right after that line. */
+function runLoop(args: string[], env: NodeJS.ProcessEnv, killAt?: (line: string) => boolean): Promise<{ lines: string[]; code: number | null; signal: string | null }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'training/online-loop.ts', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(process.execPath, ['--import', 'tsx', 'training/online-loop.ts', ...args], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
     const lines: string[] = [];
     let buf = '';
     const timer = setTimeout(() => child.kill('SIGKILL'), 45_000);
@@ -45,20 +46,31 @@ function tmpEntries(dir: string): string[] {
   return out;
 }
 
-test('a loop killed (-9) mid-PPO resumes its run from the last completed PPO checkpoint, finishes it, and records the judgements it trained on', async () => {
-  await initBackend({ backend: 'wasm', log: () => {} });
-  const root = mkdtempSync(join(tmpdir(), 'loop-resume-'));
-  try {
-    const sft = await saveToySft(root);
-    const database = `sqlite:${join(root, 'feedback.sqlite')}`;
-    const store = await openStore({ url: database });
+/**
+ * The loop's `--database` (and, on PostgreSQL, `--database-schema`) for the suite's store: its
+ * SQLite file, or its schema on the test server. A URL with a password goes through LOOP_DATABASE
+ * (the CLI refuses it on the command line).
+ */
+function storeArgs(dialect: 'sqlite' | 'postgres', location: string): { args: string[]; env: NodeJS.ProcessEnv } {
+  if (dialect === 'sqlite') return { args: ['--database', `sqlite:${location}`], env: {} };
+  const schema = ['--database-schema', location];
+  return new URL(TEST_PG_URL).password ? { args: schema, env: { LOOP_DATABASE: TEST_PG_URL } } : { args: ['--database', TEST_PG_URL, ...schema], env: {} };
+}
+
+await describeEachDialect('loop resume', (ctx) => {
+  test('a loop killed (-9) mid-PPO resumes its run from the last completed PPO checkpoint, finishes it, and records the judgements it trained on', async () => {
+    await initBackend({ backend: 'wasm', log: () => {} });
+    const root = mkdtempSync(join(tmpdir(), 'loop-resume-'));
     try {
+      const sft = await saveToySft(root);
+      const store = ctx.store(); // a fresh store of the dialect (SQLite file or PostgreSQL schema), deleted after the suite
+      const database = storeArgs(ctx.dialect, store.location);
       await seedJudgements(store, 40);
       const knobs = toyLoopKnobs(root, sft, { ppoSteps: 30, checkpointEvery: 2, once: true, disagreementTolerance: 1000 /* the run must go the whole way: the guard has its own tests */ });
-      const args = ['--database', database, ...Object.entries(knobs).flatMap(([k, v]) => (typeof v === 'boolean' ? [v ? `--${k}` : `--no-${k}`] : [`--${k}`, String(v)]))];
+      const args = [...database.args, ...Object.entries(knobs).flatMap(([k, v]) => (typeof v === 'boolean' ? [v ? `--${k}` : `--no-${k}`] : [`--${k}`, String(v)]))];
       const saved = (l: string) => Number(/checkpoint at PPO step (\d+)/.exec(l)?.[1] ?? NaN);
 
-      const first = await runLoop(args, (l) => saved(l) >= 4);
+      const first = await runLoop(args, database.env, (l) => saved(l) >= 4);
       assert.equal(first.signal, 'SIGKILL', first.lines.slice(-5).join('\n'));
       const savedSteps = first.lines.map(saved).filter((n) => Number.isFinite(n));
       const last = savedSteps[savedSteps.length - 1]!;
@@ -66,7 +78,7 @@ test('a loop killed (-9) mid-PPO resumes its run from the last completed PPO che
       const [run] = await listRuns(store.db, { kind: 'loop' });
       assert.equal(run?.status, 'running', 'the killed process left its run running');
 
-      const second = await runLoop(args);
+      const second = await runLoop(args, database.env);
       assert.equal(second.code, 0, second.lines.slice(-8).join('\n'));
       assert.ok(second.lines.includes(`loop: resuming run ${run!.id} (${JSON.parse(run!.config_json).stamp})`), second.lines.slice(0, 8).join('\n'));
       assert.ok(second.lines.some((l) => l.startsWith(`loop: resuming PPO at step ${last} `)), `resumes from step ${last}, not 0:\n${second.lines.filter((l) => /resum/.test(l)).join('\n')}`);
@@ -98,9 +110,7 @@ test('a loop killed (-9) mid-PPO resumes its run from the last completed PPO che
       assert.ok(String(window.until) >= ids[ids.length - 1]!.created_at);
       assert.equal(existsSync(join(root, 'ck', `policy-${JSON.parse(run!.config_json).stamp}`)), true);
     } finally {
-      await store.close();
+      rmSync(root, { recursive: true, force: true });
     }
-  } finally {
-    rmSync(root, { recursive: true, force: true });
-  }
+  });
 });

@@ -181,7 +181,7 @@ export async function onlineLoop(cfg: OnlineLoopConfig, o: LoopOptions & { store
   const log = o.log ?? ((l: string) => console.error(l));
   await initBackend({ backend: cfg.backend || undefined, log });
   const { openStore } = await import('../feedback/index.ts');
-  const store = await openStore(o.store ?? (cfg.database === 'default' ? {} : { url: cfg.database }));
+  const store = await openStore(o.store ?? { ...(cfg.database === 'default' ? {} : { url: cfg.database }), ...(cfg.databaseSchema ? { schema: cfg.databaseSchema } : {}) });
   const results: IterationResult[] = [];
   try {
     for (;;) {
