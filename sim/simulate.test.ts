@@ -23,13 +23,15 @@ test('options: defaults, values, presets (explicit flags win) and refusals', () 
   const d = parseSimArgs([]);
   assert.notEqual(d, 'help');
   if (d === 'help') return;
+  assert.equal(d.klBudget, 10);
   assert.deepEqual([d.rounds, d.klCoef, d.exploitable, d.goldGate, d.seeds, d.samplesPerPrompt, d.algorithm, d.arenaAlpha], [4, 0.05, false, false, 1, 4, 'ppo', 0.05]);
   const o = parseSimArgs(['--json', '--rounds', '2', '--users', '3', '--judgements-per-round', '40', '--minutes', '1.5', '--seed', '9', '--seeds', '3', '--kl-coef', '0', '--exploitable', '--gold-gate', '--algorithm', 'rloo']);
   if (o === 'help') return;
   assert.deepEqual([o.json, o.rounds, o.users, o.judgementsPerRound, o.minutes, o.seed, o.seeds, o.klCoef, o.exploitable, o.goldGate, o.algorithm], [true, 2, 3, 40, 1.5, 9, 3, 0, true, true, 'rloo']);
   const over = parseSimArgs(['--preset', 'over-optimisation', '--rounds', '5']);
   if (over === 'help') return;
-  assert.deepEqual([over.preset, over.ppoSteps, over.judgementsPerRound, over.rounds], ['over-optimisation', PRESETS['over-optimisation'].ppoSteps, PRESETS['over-optimisation'].judgementsPerRound, 5]);
+  assert.deepEqual([over.preset, over.ppoSteps, over.judgementsPerRound, over.rounds, over.klBudget], ['over-optimisation', PRESETS['over-optimisation'].ppoSteps, PRESETS['over-optimisation'].judgementsPerRound, 5, 40]);
+  assert.equal((parseSimArgs(['--preset', 'over-optimisation', '--kl-budget', '12']) as { klBudget: number }).klBudget, 12, 'a flag beats the preset');
   const verbose = parseSimArgs(['--preset', 'verbosity']);
   assert.ok(verbose !== 'help' && verbose.exploitable);
   assert.equal(parseSimArgs(['--help']), 'help');

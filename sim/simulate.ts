@@ -38,7 +38,7 @@ const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
 /** Option values a preset sets (explicit flags win). */
 export const PRESETS = {
-  'over-optimisation': { judgementsPerRound: 400, rounds: 2, ppoSteps: 200, lr: 2e-4, klCoef: 0.01, minRewardAccuracy: 0.55 },
+  'over-optimisation': { judgementsPerRound: 400, rounds: 3, ppoSteps: 200, lr: 2e-4, klCoef: 0.01, klBudget: 40, minRewardAccuracy: 0.55 },
   verbosity: { exploitable: true },
 } as const satisfies Record<string, Partial<SimOptions>>;
 export type Preset = keyof typeof PRESETS;
@@ -56,6 +56,7 @@ export const HELP = `npm run simulate -- [options]
   --judgements <n>             with --url: judgements in all (default 100)
   --minutes <m>                wall-time budget per story; no training round starts past it (default 30)
   --kl-coef <β>                PPO KL coefficient; 0 removes the leash and the KL budget (default 0.05)
+  --kl-budget <nats>           the loop's KL budget per reply to SFT (default 10, the loop's)
   --exploitable                users judge with a verbosity bias (gold stays honest)
   --gold-gate                  ablation: the loop's gold guard and gold gate on (reported apart)
   --algorithm <a>              ppo | rloo | dpo (default ppo)
@@ -92,7 +93,7 @@ export function parseSimArgs(argv: readonly string[]): SimOptions | 'help' {
     options: {
       help: { type: 'boolean' }, url: { type: 'string' }, json: { type: 'boolean' }, rounds: { type: 'string' }, users: { type: 'string' },
       'judgements-per-round': { type: 'string' }, judgements: { type: 'string' }, minutes: { type: 'string' }, seed: { type: 'string' }, seeds: { type: 'string' },
-      'kl-coef': { type: 'string' }, exploitable: { type: 'boolean' }, 'gold-gate': { type: 'boolean' }, 'ppo-steps': { type: 'string' }, 'user-temperature': { type: 'string' }, lr: { type: 'string' },
+      'kl-coef': { type: 'string' }, 'kl-budget': { type: 'string' }, exploitable: { type: 'boolean' }, 'gold-gate': { type: 'boolean' }, 'ppo-steps': { type: 'string' }, 'user-temperature': { type: 'string' }, lr: { type: 'string' },
       'eval-prompts': { type: 'string' }, 'samples-per-prompt': { type: 'string' }, sft: { type: 'string' }, data: { type: 'string' }, 'min-reward-accuracy': { type: 'string' }, keep: { type: 'boolean' },
       preset: { type: 'string' }, algorithm: { type: 'string' }, 'arena-alpha': { type: 'string' }, 'arena-max-judgements': { type: 'string' },
     },
@@ -122,6 +123,7 @@ export function parseSimArgs(argv: readonly string[]): SimOptions | 'help' {
     judgements: num('judgements', values.judgements, 100),
     minutes: num('minutes', values.minutes, 30, false),
     klCoef: num('kl-coef', values['kl-coef'], preset.klCoef ?? 0.05, false),
+    klBudget: num('kl-budget', values['kl-budget'], preset.klBudget ?? 10, false),
     exploitable: values.exploitable ?? preset.exploitable ?? false,
     goldGate: values['gold-gate'] ?? false,
     algorithm: algorithm as (typeof ALGORITHMS)[number],

@@ -47,6 +47,8 @@ export interface StoryOptions {
   judgementsPerRound: number;
   minutes: number;
   klCoef: number;
+  /** The loop's KL budget per reply to SFT (nats); lifted when `klCoef` is 0. */
+  klBudget: number;
   exploitable: boolean;
   goldGate: boolean;
   ppoSteps: number;
@@ -284,7 +286,7 @@ export async function story(o: StoryOptions, prompts: { train: DefinitionPrompt[
       database: dbUrl, sft: sftDir, checkpoints: join(tmp, 'checkpoints'), minNewJudgements: 1, once: true, rewardEpochs: 1, rewardLr: 3e-4,
       // Rollouts and evaluation sample as the users' replies are (their temperature, the server's top-p, 48 tokens).
       ppoSteps: o.ppoSteps, batchSize: 16, minibatchSize: 8, epochs: 4, maxTokens: USER_MAX_TOKENS, temperature: o.userTemperature, lr: o.lr, klCoef: o.klCoef,
-      ...(o.klCoef === 0 ? { klBudget: 1e9 } : {}),
+      klBudget: o.klCoef === 0 ? 1e9 : o.klBudget,
       evalPrompts: 64, evalEvery: 5, minRewardAccuracy: o.minRewardAccuracy, autoPromote: true, seed: o.seed,
       algorithm: o.algorithm, arenaAlpha: o.arenaAlpha, arenaMaxJudgements: o.arenaMaxJudgements, goldGate: o.goldGate,
       ...o.loop,
