@@ -385,41 +385,35 @@ export function whitenScore(st: { n: number; mean: number; m2: number }, s: numb
 /** The stream of randomness of step `step` (prompt draw, shuffles): a function of (seed, step) only. */
 export const stepRng = (seed: number, step: number): Rng => createRng(seed * 7_919 + step);
 
-/**
- * PPO on a policy (trained in place) against a frozen reference.
- *
- * @example
- *   const ppo = new PpoTrainer({ policy, reference: sft.clone('policy', false), tok, reward, prompts });
- *   for (let i = 0; i < 50; i++) console.log(await ppo.step());
- *   ppo.dispose();
- */
-export class PpoTrainer {
-  readonly knobs: Readonly<PpoKnobs>;
-  readonly kl: KlController;
-  private readonly emaState: WeightEma | undefined;
-  private readonly opt: AdamW;
-  private readonly vars: tf.Variable[];
-  private readonly dist: SamplingDistribution;
-  private stepCount = 0;
-  private updates = 0;
-  private scoreStats = { n: 0, mean: 0, m2: 0 };
-  private readonly pad: number;
-  private readonly eot: number;
+/** The knobs every rollout trainer reads (PPO's and RLOO's share these names). */
+export type RolloutTrainerKnobs = Pick<PpoKnobs, 'temperature' | 'klCoef' | 'adaptiveKl' | 'klTarget' | 'klHorizon' | 'weightDecay' | 'gradClip' | 'emaDecay'>;
 
-  constructor(private readonly o: PpoTrainerOptions) {
-    this.knobs = Object.freeze({ ...PPO_DEFAULTS, ...o.knobs });
-    if (o.policy.kind !== 'policy' || o.reference.kind !== 'policy') throw new Error('PPO needs policy models (with LM and value heads) for the policy and the reference');
-    if (!o.prompts.length) throw new Error('PPO needs at least one prompt');
-    if (this.knobs.ptxCoef > 0 && !o.ptxBatchAt) throw new Error('ptxCoef > 0 needs pretraining batches (ptxBatchAt)');
-    if (this.knobs.minibatchSize > this.knobs.batchSize) throw new Error(`minibatchSize ${this.knobs.minibatchSize} exceeds batchSize ${this.knobs.batchSize}`);
-    const k = this.knobs;
-    this.dist = new SamplingDistribution(o.tok, o.policy.config.vocabSize, k.temperature);
+/**
+ * What PPO and RLOO share: the sampled distribution, the KL controller, AdamW, the weight EMA,
+ * step counters and score statistics, and how they are saved and restored.
+ */
+export abstract class RolloutTrainer {
+  readonly kl: KlController;
+  protected readonly emaState: WeightEma | undefined;
+  protected readonly opt: AdamW;
+  protected readonly dist: SamplingDistribution;
+  protected readonly pad: number;
+  protected readonly eot: number;
+  protected stepCount = 0;
+  protected updates = 0;
+  protected scoreStats = { n: 0, mean: 0, m2: 0 };
+
+  constructor(
+    protected readonly trained: GPT,
+    tok: Tokenizer,
+    k: Readonly<RolloutTrainerKnobs>,
+  ) {
+    this.dist = new SamplingDistribution(tok, trained.config.vocabSize, k.temperature);
     this.kl = new KlController(k.klCoef, k.adaptiveKl ? k.klTarget : undefined, k.klHorizon);
-    this.opt = new AdamW(o.policy.params, { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: k.weightDecay, gradClip: k.gradClip });
-    this.vars = o.policy.trainableVariables();
-    this.emaState = k.emaDecay > 0 ? new WeightEma(o.policy, k.emaDecay) : undefined;
-    this.pad = o.tok.specialId('<|pad|>');
-    this.eot = endOfTurnId(o.tok);
+    this.opt = new AdamW(trained.params, { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: k.weightDecay, gradClip: k.gradClip });
+    this.emaState = k.emaDecay > 0 ? new WeightEma(trained, k.emaDecay) : undefined;
+    this.pad = tok.specialId('<|pad|>');
+    this.eot = endOfTurnId(tok);
   }
 
   /** The EMA model (when emaDecay > 0). */
@@ -430,6 +424,64 @@ export class PpoTrainer {
   /** β now: the coefficient the next step's rewards use (carry it to the next round's `klCoef` knob). */
   get klCoef(): number {
     return this.kl.value;
+  }
+
+  /** Counters, KL coefficient and score statistics for resuming (see `importState`). */
+  exportState(): PpoTrainerState {
+    return { step: this.stepCount, updates: this.updates, klCoef: this.kl.value, scoreStats: { ...this.scoreStats }, optimizerStep: this.opt.step };
+  }
+
+  /** Optimizer moments (`m.<param>`, `v.<param>`) for checkpoints. */
+  exportOptimizer(): Promise<Map<string, { data: Float32Array; shape: number[] }>> {
+    return this.opt.exportState();
+  }
+
+  /**
+   * Continues a run saved by `exportState`/`exportOptimizer` (the policy's weights are restored
+   * by the caller; the EMA's from `ema`). Randomness is a function of (seed, step), so the
+   * continued run is the uninterrupted one.
+   */
+  importState(state: PpoTrainerState, optimizer?: ReadonlyMap<string, Float32Array>, ema?: ReadonlyMap<string, Float32Array>): void {
+    this.stepCount = state.step;
+    this.updates = state.updates;
+    this.kl.value = state.klCoef;
+    this.scoreStats = { ...state.scoreStats };
+    if (optimizer) this.opt.importState(optimizer, state.optimizerStep);
+    if (this.emaState && ema) this.emaState.load(ema);
+  }
+
+  /** The weights to ship: the EMA when enabled, else the policy's. */
+  get shipped(): GPT {
+    return this.emaState?.model ?? this.trained;
+  }
+
+  dispose(): void {
+    this.opt.dispose();
+    this.emaState?.dispose();
+  }
+}
+
+/**
+ * PPO on a policy (trained in place) against a frozen reference.
+ *
+ * @example
+ *   const ppo = new PpoTrainer({ policy, reference: sft.clone('policy', false), tok, reward, prompts });
+ *   for (let i = 0; i < 50; i++) console.log(await ppo.step());
+ *   ppo.dispose();
+ */
+export class PpoTrainer extends RolloutTrainer {
+  readonly knobs: Readonly<PpoKnobs>;
+  private readonly vars: tf.Variable[];
+
+  constructor(private readonly o: PpoTrainerOptions) {
+    const knobs = Object.freeze({ ...PPO_DEFAULTS, ...o.knobs });
+    if (o.policy.kind !== 'policy' || o.reference.kind !== 'policy') throw new Error('PPO needs policy models (with LM and value heads) for the policy and the reference');
+    if (!o.prompts.length) throw new Error('PPO needs at least one prompt');
+    if (knobs.ptxCoef > 0 && !o.ptxBatchAt) throw new Error('ptxCoef > 0 needs pretraining batches (ptxBatchAt)');
+    if (knobs.minibatchSize > knobs.batchSize) throw new Error(`minibatchSize ${knobs.minibatchSize} exceeds batchSize ${knobs.batchSize}`);
+    super(o.policy, o.tok, knobs);
+    this.knobs = knobs;
+    this.vars = o.policy.trainableVariables();
   }
 
   /** Samples one reply per prompt from the policy. */
@@ -571,39 +623,6 @@ export class PpoTrainer {
     return { loss, aux };
   }
 
-  /** Counters, KL coefficient and score statistics for resuming (see `importState`). */
-  exportState(): PpoTrainerState {
-    return { step: this.stepCount, updates: this.updates, klCoef: this.kl.value, scoreStats: { ...this.scoreStats }, optimizerStep: this.opt.step };
-  }
-
-  /** Optimizer moments (`m.<param>`, `v.<param>`) for checkpoints. */
-  exportOptimizer(): Promise<Map<string, { data: Float32Array; shape: number[] }>> {
-    return this.opt.exportState();
-  }
-
-  /**
-   * Continues a run saved by `exportState`/`exportOptimizer` (the policy's weights are restored
-   * by the caller; the EMA's from `ema`). Randomness is a function of (seed, step), so the
-   * continued run is the uninterrupted one.
-   */
-  importState(state: PpoTrainerState, optimizer?: ReadonlyMap<string, Float32Array>, ema?: ReadonlyMap<string, Float32Array>): void {
-    this.stepCount = state.step;
-    this.updates = state.updates;
-    this.kl.value = state.klCoef;
-    this.scoreStats = { ...state.scoreStats };
-    if (optimizer) this.opt.importState(optimizer, state.optimizerStep);
-    if (this.emaState && ema) this.emaState.load(ema);
-  }
-
-  /** The weights to ship: the EMA when enabled, else the policy's. */
-  get shipped(): GPT {
-    return this.emaState?.model ?? this.o.policy;
-  }
-
-  dispose(): void {
-    this.opt.dispose();
-    this.emaState?.dispose();
-  }
 }
 
 /** Per-token k3 estimate of KL(π_θ ‖ π_ref) on tokens sampled from π_θ: (q − 1) − log q, q = π_ref/π_θ, `[N]` (0 where m is 0). */

@@ -31,15 +31,14 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { GPT } from '../model/gpt.ts';
-import { AdamW } from '../model/adamw.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
 import { entropy, tokenLogProbs } from '../model/losses.ts';
-import { endOfTurnId, type ChatMessage } from '../model/chat-template.ts';
+import type { ChatMessage } from '../model/chat-template.ts';
 import { mean, optimizerStep, warmupCosine } from './rlhf-common.ts';
 import type { RewardSource } from './reward-source.ts';
 import {
-  KlController, PPO_DEFAULTS, SamplingDistribution, WeightEma, buildRows, forwardStats, k3, maskedMean, sampleEpisodes, sliceRows, stepRng, sumLogRatio, whitenScore,
-  type Episode, type PpoKnobs, type RolloutRows,
+  PPO_DEFAULTS, RolloutTrainer, buildRows, forwardStats, k3, maskedMean, sampleEpisodes, sliceRows, stepRng, sumLogRatio, whitenScore,
+  type Episode, type PpoKnobs, type PpoTrainerState, type RolloutRows,
 } from './ppo.ts';
 
 /** RLOO's knobs: PPO's (those it uses) plus k and advantage whitening. */
@@ -83,13 +82,8 @@ export interface RlooStepStats {
 }
 
 /** What `RlooTrainer.exportState` returns. */
-export interface RlooTrainerState {
-  step: number;
-  updates: number;
-  klCoef: number;
-  scoreStats: { n: number; mean: number; m2: number };
-  optimizerStep: number;
-}
+/** RLOO saves and restores what PPO does. */
+export type RlooTrainerState = PpoTrainerState;
 
 export interface RlooTrainerOptions {
   policy: GPT;
@@ -130,44 +124,22 @@ export function leaveOneOutAdvantages(rewards: readonly number[], k: number): { 
  *   for (let i = 0; i < 50; i++) console.log(await rloo.step());
  *   rloo.dispose();
  */
-export class RlooTrainer {
+export class RlooTrainer extends RolloutTrainer {
   readonly knobs: Readonly<RlooKnobs>;
-  readonly kl: KlController;
-  private readonly emaState: WeightEma | undefined;
-  private readonly opt: AdamW;
   private readonly vars: tf.Variable[];
-  private readonly dist: SamplingDistribution;
   private readonly nPrompts: number;
-  private stepCount = 0;
-  private updates = 0;
-  private scoreStats = { n: 0, mean: 0, m2: 0 };
-  private readonly pad: number;
-  private readonly eot: number;
 
   constructor(private readonly o: RlooTrainerOptions) {
-    this.knobs = Object.freeze({ ...RLOO_DEFAULTS, ...o.knobs });
-    const k = this.knobs;
+    const k = Object.freeze({ ...RLOO_DEFAULTS, ...o.knobs });
     if (o.policy.kind !== 'policy' || o.reference.kind !== 'policy') throw new Error('RLOO needs policy models for the policy and the reference');
     if (!o.prompts.length) throw new Error('RLOO needs at least one prompt');
     if (!Number.isInteger(k.rlooK) || k.rlooK < 2) throw new Error(`RLOO needs rlooK ≥ 2 replies per prompt, got ${k.rlooK}`);
-    this.nPrompts = Math.max(1, Math.round(k.batchSize / k.rlooK));
-    if (k.minibatchSize > this.nPrompts * k.rlooK) throw new Error(`minibatchSize ${k.minibatchSize} exceeds the ${this.nPrompts * k.rlooK} replies of a step`);
-    this.dist = new SamplingDistribution(o.tok, o.policy.config.vocabSize, k.temperature);
-    this.kl = new KlController(k.klCoef, k.adaptiveKl ? k.klTarget : undefined, k.klHorizon);
-    this.opt = new AdamW(o.policy.params, { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: k.weightDecay, gradClip: k.gradClip });
+    const nPrompts = Math.max(1, Math.round(k.batchSize / k.rlooK));
+    if (k.minibatchSize > nPrompts * k.rlooK) throw new Error(`minibatchSize ${k.minibatchSize} exceeds the ${nPrompts * k.rlooK} replies of a step`);
+    super(o.policy, o.tok, k);
+    this.knobs = k;
+    this.nPrompts = nPrompts;
     this.vars = o.policy.trainableVariables().filter((v) => !v.name.startsWith('value.'));
-    this.emaState = k.emaDecay > 0 ? new WeightEma(o.policy, k.emaDecay) : undefined;
-    this.pad = o.tok.specialId('<|pad|>');
-    this.eot = endOfTurnId(o.tok);
-  }
-
-  get ema(): GPT | undefined {
-    return this.emaState?.model;
-  }
-
-  /** β now (carry it to the next round's `klCoef` knob). */
-  get klCoef(): number {
-    return this.kl.value;
   }
 
   /** Replies per step: round(batchSize / k) prompts × k. */
@@ -303,33 +275,6 @@ export class RlooTrainer {
     };
   }
 
-  exportState(): RlooTrainerState {
-    return { step: this.stepCount, updates: this.updates, klCoef: this.kl.value, scoreStats: { ...this.scoreStats }, optimizerStep: this.opt.step };
-  }
-
-  /** Optimizer moments (`m.<param>`, `v.<param>`) for checkpoints. */
-  exportOptimizer(): Promise<Map<string, { data: Float32Array; shape: number[] }>> {
-    return this.opt.exportState();
-  }
-
-  /** Continues a run saved by `exportState`/`exportOptimizer` (policy weights restored by the caller). */
-  importState(state: RlooTrainerState, optimizer?: ReadonlyMap<string, Float32Array>, ema?: ReadonlyMap<string, Float32Array>): void {
-    this.stepCount = state.step;
-    this.updates = state.updates;
-    this.kl.value = state.klCoef;
-    this.scoreStats = { ...state.scoreStats };
-    if (optimizer) this.opt.importState(optimizer, state.optimizerStep);
-    if (this.emaState && ema) this.emaState.load(ema);
-  }
-
-  get shipped(): GPT {
-    return this.emaState?.model ?? this.o.policy;
-  }
-
-  dispose(): void {
-    this.opt.dispose();
-    this.emaState?.dispose();
-  }
 }
 
 /** One line per step. */
