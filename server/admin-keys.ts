@@ -15,7 +15,7 @@ import { z } from 'zod';
 import { createApiKey, listApiKeys, revokeApiKey } from '../feedback/api-keys.ts';
 import type { FeedbackStore } from '../feedback/open-store.ts';
 import { ChatError } from './errors.ts';
-import { requireJson } from './openai-routes.ts';
+import { jsonBody } from './json-body.ts';
 
 /** The actor recorded for key actions: the admin credential (as for promotions), never a body field. */
 const ACTOR = 'admin';
@@ -30,22 +30,6 @@ export interface AdminKeyDeps {
 const createBody = z.strictObject({ userId: z.string().min(1).max(128).optional(), name: z.string().max(200).optional() });
 const revokeBody = z.strictObject({ reason: z.string().max(2000).optional(), excludeFromTraining: z.boolean().optional() });
 
-async function body<T extends z.ZodType>(c: Context, schema: T): Promise<z.output<T>> {
-  const text = await c.req.text();
-  let raw: unknown = {};
-  if (text.trim()) {
-    requireJson(c);
-    try {
-      raw = JSON.parse(text);
-    } catch {
-      throw new ChatError('invalid_json', 'the body is not valid JSON');
-    }
-  }
-  const r = schema.safeParse(raw);
-  if (!r.success) throw new ChatError('invalid_request', r.error.issues.map((i) => `${i.path.join('.') || 'body'}: ${i.message}`).join('; '));
-  return r.data;
-}
-
 export function adminKeyRoutes(deps: AdminKeyDeps): Hono {
   const app = new Hono();
   const db = () => {
@@ -55,7 +39,7 @@ export function adminKeyRoutes(deps: AdminKeyDeps): Hono {
   };
 
   app.post('/', async (c) => {
-    const b = await body(c, createBody);
+    const b = await jsonBody(c, createBody);
     const { key, info } = await createApiKey(db(), b);
     deps.onCreated?.();
     deps.audit(c, 'key.create', { id: info.id, userId: info.userId, name: info.name });
@@ -70,9 +54,9 @@ export function adminKeyRoutes(deps: AdminKeyDeps): Hono {
     deps.audit(c, b.excludeFromTraining ? 'key.revoke+exclude' : 'key.revoke', { id, reason: b.reason ?? null, excludedJudgements: r.excludedJudgements });
     return c.json(r);
   };
-  app.post('/:id/revoke', async (c) => revoke(c, await body(c, revokeBody)));
+  app.post('/:id/revoke', async (c) => revoke(c, await jsonBody(c, revokeBody)));
   app.delete('/:id', async (c) => {
-    const b = await body(c, revokeBody);
+    const b = await jsonBody(c, revokeBody);
     const q = c.req.query('excludeFromTraining');
     return revoke(c, { ...b, ...(q !== undefined ? { excludeFromTraining: q === '1' || q === 'true' } : {}) });
   });

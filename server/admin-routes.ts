@@ -25,8 +25,8 @@ import { pairsByVersion, thumbsByVersion } from '../feedback/version-feedback.ts
 import { adminKeyRoutes } from './admin-keys.ts';
 import { fitBradleyTerry } from './bradley-terry.ts';
 import { ChatError } from './errors.ts';
+import { jsonBody } from './json-body.ts';
 import { POLICY_ALIASES, type ModelRegistry } from './model-registry.ts';
-import { requireJson } from './openai-routes.ts';
 import { TokenBucket } from './rate-limit.ts';
 
 /** The shortest ADMIN_TOKEN the server starts with. */
@@ -58,22 +58,6 @@ const digest = (s: string) => createHash('sha256').update(s).digest();
 export function bearerMatches(header: string | undefined, token: string): boolean {
   const given = /^Bearer (.+)$/.exec(header ?? '')?.[1] ?? '';
   return timingSafeEqual(digest(given), digest(token));
-}
-
-async function body<T extends z.ZodType>(c: Context, schema: T): Promise<z.output<T>> {
-  let raw: unknown = {};
-  const text = await c.req.text();
-  if (text.trim()) requireJson(c);
-  if (text.trim()) {
-    try {
-      raw = JSON.parse(text);
-    } catch {
-      throw new ChatError('invalid_json', 'the body is not valid JSON');
-    }
-  }
-  const r = schema.safeParse(raw);
-  if (!r.success) throw new ChatError('invalid_request', r.error.issues.map((i) => `${i.path.join('.') || 'body'}: ${i.message}`).join('; '));
-  return r.data;
 }
 
 const row = (p: { metrics_json: string | null } & Record<string, unknown>) => ({ ...p, metrics_json: undefined, metrics: p.metrics_json ? (JSON.parse(p.metrics_json) as unknown) : null });
@@ -156,7 +140,7 @@ export function adminRoutes(deps: AdminDeps): Hono {
 
   app.post('/promote', async (c) => {
     const { registry, db } = ready();
-    const b = await body(c, promoteBody);
+    const b = await jsonBody(c, promoteBody);
     if (POLICY_ALIASES.includes(b.alias)) {
       registry.forgetFailure(b.versionId);
       await registry.prepare(b.versionId); // unknown_model_version, not_a_policy, checkpoint_corrupt, …
@@ -169,7 +153,7 @@ export function adminRoutes(deps: AdminDeps): Hono {
 
   app.post('/rollback', async (c) => {
     const { registry, db } = ready();
-    const b = await body(c, rollbackBody);
+    const b = await jsonBody(c, rollbackBody);
     const { previous } = await rollbackTarget(db, b.alias, b.versionId);
     if (POLICY_ALIASES.includes(b.alias)) {
       registry.forgetFailure(previous);
@@ -189,7 +173,7 @@ export function adminRoutes(deps: AdminDeps): Hono {
 
   app.put('/canary', async (c) => {
     const { registry, db } = ready();
-    const b = await body(c, canaryBody);
+    const b = await jsonBody(c, canaryBody);
     await setRegistrySetting(db, 'canary_share', b.share);
     await registry.refresh();
     audit(c, 'canary', b);
@@ -219,7 +203,7 @@ export function adminRoutes(deps: AdminDeps): Hono {
 
   app.put('/arena', async (c) => {
     const { registry, db } = ready();
-    const b = await body(c, arenaBody);
+    const b = await jsonBody(c, arenaBody);
     await setRegistrySetting(db, 'arena_share', b.share);
     await registry.refresh();
     audit(c, 'arena', b);
@@ -240,7 +224,7 @@ export function adminRoutes(deps: AdminDeps): Hono {
   for (const [path, paused] of [['/loop/pause', true], ['/loop/resume', false]] as const) {
     app.post(path, async (c) => {
       const { db } = ready();
-      const b = await body(c, loopBody);
+      const b = await jsonBody(c, loopBody);
       await setRegistrySetting(db, 'loop_paused', paused);
       audit(c, paused ? 'loop.pause' : 'loop.resume', b);
       return c.json({ loopPaused: paused });
