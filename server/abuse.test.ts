@@ -22,12 +22,11 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { createServer, connect, type Server, type Socket } from 'node:net';
 import WebSocket from 'ws';
 import { createApiKey } from '../feedback/api-keys.ts';
 import { openTempStore } from '../feedback/temp-store.ts';
 import { postgresProblem, TEST_PG_URL } from '../feedback/test-support.ts';
-import { startTestServer, TestClient, type TestServer } from './test-support.ts';
+import { CuttableProxy, startTestServer, TestClient, type TestServer } from './test-support.ts';
 
 let srv: TestServer;
 before(async () => {
@@ -285,39 +284,6 @@ test('8. 1,000 sockets from one address: the per-address cap holds (429 past it)
   }
 });
 
-/** A TCP proxy in front of PostgreSQL that can be cut (listener closed, open connections reset) and opened again on the same port. */
-class CuttableProxy {
-  #server: Server | undefined;
-  readonly #sockets = new Set<Socket>();
-  port = 0;
-  constructor(
-    readonly host: string,
-    readonly targetPort: number,
-  ) {}
-
-  async open(): Promise<void> {
-    const server = createServer((client) => {
-      const upstream = connect(this.targetPort, this.host);
-      for (const s of [client, upstream]) {
-        this.#sockets.add(s);
-        s.on('close', () => this.#sockets.delete(s));
-        s.on('error', () => {});
-      }
-      client.pipe(upstream).pipe(client);
-      client.on('close', () => upstream.destroy());
-      upstream.on('close', () => client.destroy());
-    });
-    await new Promise<void>((r) => server.listen(this.port, '127.0.0.1', r));
-    this.port = (server.address() as { port: number }).port;
-    this.#server = server;
-  }
-
-  cut(): void {
-    this.#server?.close();
-    this.#server = undefined;
-    for (const s of this.#sockets) s.destroy();
-  }
-}
 
 test('9. PostgreSQL stopped mid-run: every chat is refused with store_unavailable and no reply is shown that was not stored; a judgement is acknowledged or refused as store_unavailable, every acknowledged one is stored, and chats work again once it is back', async (t) => {
   const problem = await postgresProblem();

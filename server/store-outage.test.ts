@@ -8,7 +8,6 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { cpSync, mkdtempSync } from 'node:fs';
-import { createServer, connect, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readCheckpointMeta, versionId } from '../model/checkpoint.ts';
@@ -16,39 +15,8 @@ import { promote, registerModelVersion } from '../feedback/model-versions.ts';
 import { openTempStore } from '../feedback/temp-store.ts';
 import { postgresProblem, TEST_PG_URL } from '../feedback/test-support.ts';
 import type { FeedbackStore } from '../feedback/open-store.ts';
-import { makeTinyCheckpoint, startTestServer, TestClient, type TestServer } from './test-support.ts';
+import { CuttableProxy, makeTinyCheckpoint, startTestServer, TestClient, type TestServer } from './test-support.ts';
 
-/** A TCP proxy in front of PostgreSQL that can be cut (connections refused, open ones reset) and restored. */
-class CuttableProxy {
-  #server: Server | undefined;
-  readonly #sockets = new Set<Socket>();
-  port = 0;
-  constructor(
-    readonly host: string,
-    readonly targetPort: number,
-  ) {}
-  async open(): Promise<void> {
-    const server = createServer((client) => {
-      const upstream = connect(this.targetPort, this.host);
-      for (const s of [client, upstream]) {
-        this.#sockets.add(s);
-        s.on('close', () => this.#sockets.delete(s));
-        s.on('error', () => {});
-      }
-      client.pipe(upstream).pipe(client);
-      client.on('close', () => upstream.destroy());
-      upstream.on('close', () => client.destroy());
-    });
-    await new Promise<void>((r) => server.listen(this.port, '127.0.0.1', r));
-    this.port = (server.address() as { port: number }).port;
-    this.#server = server;
-  }
-  cut(): void {
-    this.#server?.close();
-    this.#server = undefined;
-    for (const s of this.#sockets) s.destroy();
-  }
-}
 
 const problem = await postgresProblem();
 const skip = problem !== null && !process.env.CI ? `PostgreSQL unreachable at ${TEST_PG_URL} (${problem})` : false;

@@ -2,6 +2,7 @@
  * Test helpers: a tiny random policy and tokenizer saved as a real checkpoint, a server on an
  * ephemeral port with a temporary SQLite store, and a WebSocket client that waits for messages.
  */
+import { createServer, connect, type Server as NetServer, type Socket } from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -129,4 +130,38 @@ export class TestClient {
 
 export function rmDir(dir: string): void {
   rmSync(dir, { recursive: true, force: true });
+}
+
+/** A TCP proxy in front of PostgreSQL that can be cut (listener closed, open connections reset) and opened again on the same port. */
+export class CuttableProxy {
+  #server: NetServer | undefined;
+  readonly #sockets = new Set<Socket>();
+  port = 0;
+  constructor(
+    readonly host: string,
+    readonly targetPort: number,
+  ) {}
+
+  async open(): Promise<void> {
+    const server = createServer((client) => {
+      const upstream = connect(this.targetPort, this.host);
+      for (const s of [client, upstream]) {
+        this.#sockets.add(s);
+        s.on('close', () => this.#sockets.delete(s));
+        s.on('error', () => {});
+      }
+      client.pipe(upstream).pipe(client);
+      client.on('close', () => upstream.destroy());
+      upstream.on('close', () => client.destroy());
+    });
+    await new Promise<void>((r) => server.listen(this.port, '127.0.0.1', r));
+    this.port = (server.address() as { port: number }).port;
+    this.#server = server;
+  }
+
+  cut(): void {
+    this.#server?.close();
+    this.#server = undefined;
+    for (const s of this.#sockets) s.destroy();
+  }
 }
