@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import pg from 'pg';
-import { postgresProblem, TEST_PG_URL } from './test-support.ts';
+import { requirePostgres, TEST_PG_URL } from './test-support.ts';
 
 const fixture = fileURLToPath(new URL('./burst-writer-fixture.ts', import.meta.url));
 const TABLE = { thumb: 'thumbs', comparison: 'comparisons', ranking: 'rankings' } as Record<string, string>;
@@ -73,12 +73,7 @@ test('every acknowledged judgement survives SIGKILL mid-burst, and the database 
 });
 
 test('every acknowledged judgement survives SIGKILL mid-burst on PostgreSQL, and no ranking is half written', async (t) => {
-  const problem = await postgresProblem();
-  if (problem !== null) {
-    if (process.env.CI) assert.fail(`PostgreSQL at ${TEST_PG_URL}: ${problem}`);
-    t.skip(`PostgreSQL unreachable: ${problem}`);
-    return;
-  }
+  if (!(await requirePostgres(t))) return;
   const schema = `fb_kill_${randomBytes(6).toString('hex')}`;
   const client = new pg.Client({ connectionString: TEST_PG_URL });
   await client.connect();

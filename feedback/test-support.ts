@@ -37,6 +37,20 @@ export function postgresProblem(): Promise<string | null> {
   return reachable;
 }
 
+/**
+ * For a single PostgreSQL test: true when PostgreSQL answers; otherwise the test fails under `CI`
+ * (where PostgreSQL must be up) and is skipped locally with the reason, and this returns false.
+ * @example
+ * test('…on PostgreSQL', async (t) => { if (!(await requirePostgres(t))) return; … });
+ */
+export async function requirePostgres(t: { skip(message?: string): void }): Promise<boolean> {
+  const problem = await postgresProblem();
+  if (problem === null) return true;
+  if (process.env.CI) throw new Error(`PostgreSQL must be reachable under CI at ${TEST_PG_URL}: ${problem}`);
+  t.skip(`PostgreSQL unreachable at ${TEST_PG_URL}: ${problem}`);
+  return false;
+}
+
 /** What a dialect suite gets. */
 export interface DialectContext {
   dialect: DialectName;

@@ -25,7 +25,7 @@ import { randomBytes } from 'node:crypto';
 import WebSocket from 'ws';
 import { createApiKey } from '../feedback/api-keys.ts';
 import { openTempStore } from '../feedback/temp-store.ts';
-import { postgresProblem, TEST_PG_URL } from '../feedback/test-support.ts';
+import { requirePostgres, TEST_PG_URL } from '../feedback/test-support.ts';
 import { CuttableProxy, startTestServer, TestClient, type TestServer } from './test-support.ts';
 
 let srv: TestServer;
@@ -286,12 +286,7 @@ test('8. 1,000 sockets from one address: the per-address cap holds (429 past it)
 
 
 test('9. PostgreSQL stopped mid-run: every chat is refused with store_unavailable and no reply is shown that was not stored; a judgement is acknowledged or refused as store_unavailable, every acknowledged one is stored, and chats work again once it is back', async (t) => {
-  const problem = await postgresProblem();
-  if (problem !== null) {
-    if (process.env.CI) assert.fail(`PostgreSQL at ${TEST_PG_URL}: ${problem}`);
-    t.skip(`PostgreSQL unreachable: ${problem}`);
-    return;
-  }
+  if (!(await requirePostgres(t))) return;
   const target = new URL(TEST_PG_URL);
   const proxy = new CuttableProxy(target.hostname, Number(target.port || 5432));
   await proxy.open();

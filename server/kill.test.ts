@@ -19,7 +19,7 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { loadCheckpoint } from '../model/checkpoint.ts';
 import { openStore } from '../feedback/open-store.ts';
-import { postgresProblem, TEST_PG_URL } from '../feedback/test-support.ts';
+import { requirePostgres, TEST_PG_URL } from '../feedback/test-support.ts';
 import { makeTinyCheckpoint, rmDir, TestClient } from './test-support.ts';
 
 const fixture = fileURLToPath(new URL('./kill-server-fixture.ts', import.meta.url));
@@ -174,12 +174,7 @@ test('SIGKILL mid-stream and mid-burst on SQLite: no acknowledged judgement is l
 });
 
 test('SIGKILL mid-stream and mid-burst on PostgreSQL: no acknowledged judgement is lost and every conversation resumes', async (t) => {
-  const problem = await postgresProblem();
-  if (problem !== null) {
-    if (process.env.CI) assert.fail(`PostgreSQL at ${TEST_PG_URL}: ${problem}`);
-    t.skip(`PostgreSQL unreachable: ${problem}`);
-    return;
-  }
+  if (!(await requirePostgres(t))) return;
   const ckpt = await makeTinyCheckpoint({ blockSize: 256 });
   const schema = `kill_${randomBytes(6).toString('hex')}`;
   try {
