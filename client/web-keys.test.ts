@@ -6,29 +6,16 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { CHROMIUM, CHROMIUM_ARGS, playwrightForTests } from './headless-chromium.ts';
 import type { BrowserContext } from 'playwright-core';
 import { createApiKey } from '../feedback/api-keys.ts';
 import { rmDir, startTestServer, type TestServer } from '../server/test-support.ts';
 
-const CHROMIUM = '/usr/bin/chromium';
-const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 
-async function loadPlaywright(): Promise<typeof import('playwright-core') | string> {
-  if (!existsSync(CHROMIUM)) return `${CHROMIUM} is missing (apt-get install -y chromium)`;
-  try {
-    return await import('playwright-core');
-  } catch (e) {
-    return `playwright-core cannot be loaded (npm install -D playwright-core): ${(e as Error).message}`;
-  }
-}
-
-const pw = await loadPlaywright();
-const missing = typeof pw === 'string' ? pw : undefined;
-if (missing && process.env.CI) throw new Error(`browser test cannot run under CI: ${missing}`);
-const skip = missing ? `skipped: ${missing}` : false;
+const { pw, skip } = await playwrightForTests();
 
 let srv: TestServer;
 let context: BrowserContext;
@@ -36,11 +23,11 @@ let userDataDir: string;
 let key: string;
 
 before(async () => {
-  if (typeof pw === 'string') return;
+  if (!pw) return;
   srv = await startTestServer({ defaultMaxTokens: 8 }, { modelConfig: { blockSize: 128 } });
   key = (await createApiKey(srv.chat()!.deps.store.db, { userId: 'alice' })).key;
   userDataDir = mkdtempSync(join(tmpdir(), 'chromium-profile-'));
-  context = await pw.chromium.launchPersistentContext(userDataDir, { executablePath: CHROMIUM, args: ARGS, headless: true, timeout: 20_000 });
+  context = await pw.chromium.launchPersistentContext(userDataDir, { executablePath: CHROMIUM, args: [...CHROMIUM_ARGS], headless: true, timeout: 20_000 });
   context.setDefaultTimeout(15_000);
 });
 

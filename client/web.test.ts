@@ -6,32 +6,19 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { cpSync, existsSync, mkdtempSync } from 'node:fs';
+import { cpSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { CHROMIUM, CHROMIUM_ARGS, playwrightForTests } from './headless-chromium.ts';
 import type { BrowserContext, Page } from 'playwright-core';
 import { readCheckpointMeta, versionId } from '../model/checkpoint.ts';
 import { registerModelVersion } from '../feedback/model-versions.ts';
 import { logMetrics, startRun } from '../feedback/runs.ts';
 import { makeTinyCheckpoint, rmDir, startTestServer, type TestServer } from '../server/test-support.ts';
 
-const CHROMIUM = '/usr/bin/chromium';
 const TOKEN = 'web-test-admin-token';
-const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 
-async function loadPlaywright(): Promise<typeof import('playwright-core') | string> {
-  if (!existsSync(CHROMIUM)) return `${CHROMIUM} is missing (apt-get install -y chromium)`;
-  try {
-    return await import('playwright-core');
-  } catch (e) {
-    return `playwright-core cannot be loaded (npm install -D playwright-core): ${(e as Error).message}`;
-  }
-}
-
-const pw = await loadPlaywright();
-const missing = typeof pw === 'string' ? pw : undefined;
-if (missing && process.env.CI) throw new Error(`browser test cannot run under CI: ${missing}`);
-const skip = missing ? `skipped: ${missing}` : false;
+const { pw, skip } = await playwrightForTests();
 
 let srv: TestServer;
 let context: BrowserContext;
@@ -39,7 +26,7 @@ let userDataDir: string;
 let other: string;
 
 before(async () => {
-  if (typeof pw === 'string') return;
+  if (!pw) return;
   srv = await startTestServer({ adminToken: TOKEN, registryPollMs: 50, defaultMaxTokens: 24 }, { modelConfig: { blockSize: 128 } });
   const dir = join(mkdtempSync(join(tmpdir(), 'srv-ckpt-')), 'ppo-web');
   cpSync(await makeTinyCheckpoint({ blockSize: 128 }, 99), dir, { recursive: true });
@@ -49,7 +36,7 @@ before(async () => {
   for (let step = 0; step < 5; step++) await logMetrics(srv.chat()!.deps.store.db, run.id, step, { reward: step / 10, kl: step / 100 });
   await registerModelVersion(srv.chat()!.deps.store.db, { id: other, kind: 'policy', checkpoint: dir, stage: meta.stage, sha256: meta.sha256, metrics: { reward: 0.5 } });
   userDataDir = mkdtempSync(join(tmpdir(), 'chromium-profile-'));
-  context = await pw.chromium.launchPersistentContext(userDataDir, { executablePath: CHROMIUM, args: ARGS, headless: true, timeout: 20_000 });
+  context = await pw.chromium.launchPersistentContext(userDataDir, { executablePath: CHROMIUM, args: [...CHROMIUM_ARGS], headless: true, timeout: 20_000 });
   context.setDefaultTimeout(15_000);
 });
 

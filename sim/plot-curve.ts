@@ -12,13 +12,12 @@
  * Drawn with Chart.js (the admin page's charting library) in headless Chromium
  * (`/usr/bin/chromium`, driven by playwright-core, a dev dependency), saved as PNG.
  */
+import { CHROMIUM, CHROMIUM_ARGS } from '../client/headless-chromium.ts';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { resolve } from 'node:path';
 
-const CHROMIUM = '/usr/bin/chromium';
-const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 
 interface Point { round?: number; step: number; kl: number; proxy: number; gold: number }
 interface Arena { n: number; p: number | null; interval: [number | null, number | null]; decision: string; length_controlled?: { p: number | null } }
@@ -120,7 +119,7 @@ document.body.dataset.ready = '1';
 export async function renderCurves(results: SimResult[]): Promise<Buffer> {
   const chartJs = readFileSync(fileURLToPath(new URL('../node_modules/chart.js/dist/chart.umd.js', import.meta.url)), 'utf8');
   const { chromium } = await import('playwright-core');
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, headless: true, timeout: 20_000 });
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: [...CHROMIUM_ARGS], headless: true, timeout: 20_000 });
   try {
     const p = await browser.newPage({ viewport: { width: results.length * 600 + 32, height: 680 }, deviceScaleFactor: 1.5 });
     const errors: string[] = [];
