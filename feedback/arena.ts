@@ -166,28 +166,26 @@ export function lengthControlledWinRate(outcomes: readonly ArenaOutcome[]): Leng
     }
     return l;
   };
-  let b0 = 0;
-  let b1 = 0;
-  let ll = loglik(b0, b1);
-  let h00 = 0;
-  let h01 = 0;
-  let h11 = 0;
-  for (let iter = 0; iter < 100; iter++) {
-    let g0 = -ridge * b0;
-    let g1 = -ridge * b1;
-    h00 = ridge;
-    h01 = 0;
-    h11 = ridge;
+  /** Gradient of the penalised log-likelihood and its information matrix at (b0, b1). */
+  const derivatives = (b0: number, b1: number) => {
+    const d = { g0: -ridge * b0, g1: -ridge * b1, h00: ridge, h01: 0, h11: ridge };
     for (let i = 0; i < n; i++) {
       const m = sigmoid(b0 + b1 * x[i]!);
       const w = m * (1 - m);
       const r = y[i]! - m;
-      g0 += r;
-      g1 += r * x[i]!;
-      h00 += w;
-      h01 += w * x[i]!;
-      h11 += w * x[i]! * x[i]!;
+      d.g0 += r;
+      d.g1 += r * x[i]!;
+      d.h00 += w;
+      d.h01 += w * x[i]!;
+      d.h11 += w * x[i]! * x[i]!;
     }
+    return d;
+  };
+  let b0 = 0;
+  let b1 = 0;
+  let ll = loglik(b0, b1);
+  for (let iter = 0; iter < 100; iter++) {
+    const { g0, g1, h00, h01, h11 } = derivatives(b0, b1);
     const det = h00 * h11 - h01 * h01;
     if (!(det > 0)) break;
     const d0 = (h11 * g0 - h01 * g1) / det;
@@ -206,17 +204,8 @@ export function lengthControlledWinRate(outcomes: readonly ArenaOutcome[]): Leng
     if (Math.abs(t * d0) < 1e-10 && Math.abs(t * d1) < 1e-10) break;
     if (gain >= 0 && gain < 1e-12) break;
   }
-  // Information at the estimate (recomputed so it matches the final b).
-  h00 = ridge;
-  h01 = 0;
-  h11 = ridge;
-  for (let i = 0; i < n; i++) {
-    const m = sigmoid(b0 + b1 * x[i]!);
-    const w = m * (1 - m);
-    h00 += w;
-    h01 += w * x[i]!;
-    h11 += w * x[i]! * x[i]!;
-  }
+  // Information at the estimate.
+  const { h00, h01, h11 } = derivatives(b0, b1);
   const det = h00 * h11 - h01 * h01;
   const varB0 = det > 0 ? h11 / det : Infinity;
   const p = sigmoid(b0);
