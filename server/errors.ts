@@ -77,6 +77,8 @@ const STATUS: Record<string, number> = {
 
 export class ChatError extends Error {
   override readonly name = 'ChatError';
+  /** The request field at fault (OpenAI's `param`), when one field is. */
+  param?: string;
   constructor(
     readonly code: ServerErrorCode | string,
     message: string,
@@ -85,6 +87,12 @@ export class ChatError extends Error {
     readonly retryAfter?: number,
   ) {
     super(message);
+  }
+
+  /** Names the request field at fault; returns this error (`throw new ChatError(…).at('message_id')`). */
+  at(param: string): this {
+    this.param = param;
+    return this;
   }
 
   toJSON(): { code: string; message: string } {
