@@ -15,7 +15,6 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import WebSocket from 'ws';
 import { initBackend } from '../model/backend.ts';
 import { saveCheckpoint } from '../model/checkpoint.ts';
@@ -25,6 +24,9 @@ import { openTempStore } from '../feedback/temp-store.ts';
 import { defaultServerConfig } from '../server/config.ts';
 import { loadServedModel, type ServedModel } from '../server/model-host.ts';
 import { startServer, type RunningServer } from '../server/server.ts';
+import { z } from 'zod';
+import { isMain, printFigures, runCommand } from '../cli/command.ts';
+import { jsonOption } from '../cli/options.ts';
 
 type Line = Record<string, unknown>;
 const SMALL = { nLayer: 4, nHead: 4, nEmbd: 128, blockSize: 128, vocabSize: 2048 } as const;
@@ -251,18 +253,9 @@ export async function benchGenerate(): Promise<Line[]> {
   }
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  const json = process.argv.includes('--json');
-  benchGenerate().then(
-    (lines) => {
-      for (const l of lines) console.log(json ? JSON.stringify(l) : Object.entries(l).map(([k, v]) => `${k}=${v}`).join(' '));
-      // Something below the server (not a socket, timer or child: none is left) keeps the loop
-      // alive for about a minute after everything is closed; do not wait for it.
-      process.exit(0);
-    },
-    (err) => {
-      console.error(`bench generate: ${(err as Error).message}`);
-      process.exitCode = 1;
-    },
-  );
+if (isMain(import.meta.url)) {
+  await runCommand({ usage: 'node --import tsx bench/generate.ts [--json]', schema: z.object(jsonOption), envPrefix: 'BENCH' }, async ({ json }) => printFigures(await benchGenerate(), json));
+  // Something below the server (not a socket, timer or child: none is left) keeps the loop
+  // alive for about a minute after everything is closed; do not wait for it.
+  process.exit(process.exitCode ?? 0);
 }

@@ -293,7 +293,7 @@ test('9. PostgreSQL stopped mid-run: every chat is refused with store_unavailabl
   const url = new URL(TEST_PG_URL);
   url.host = `127.0.0.1:${proxy.port}`;
   const store = await openTempStore({ url: url.href, prefix: 'abuse_pg', connectTimeoutMs: 500, healthProbeMs: 200, writer: { retryForMs: 30_000 }, log: () => {} });
-  const pgSrv = await startTestServer({ heartbeatMs: 60_000, registryPollMs: 60_000, databaseUrl: url.href, judgementsPerMinute: 10_000 }, { store, model: srv.model, log: () => {} });
+  const pgSrv = await startTestServer({ heartbeatMs: 60_000, registryPollMs: 60_000, database: url.href, judgementsPerMinute: 10_000 }, { store, model: srv.model, log: () => {} });
   try {
     const c = await TestClient.connect(pgSrv.wsUrl);
     const conv = await ask(c, { type: 'start' });
