@@ -24,6 +24,7 @@ export const KeysConfig = z.object({
   reason: z.string().optional().describe('revoke: why (kept with the key and in the log)'),
   excludeFromTraining: z.boolean().default(false).describe('revoke: also exclude every judgement made with the key from training'),
   database: storeOptions.database,
+  databaseSchema: storeOptions.databaseSchema,
   actor: z.string().default('keys-cli').describe('who revokes (recorded with the key)'),
 });
 export type KeysConfig = z.infer<typeof KeysConfig>;
@@ -34,7 +35,7 @@ const line = (k: ApiKeyInfo) =>
 /** Runs one command; `print` gets stdout lines, `log` stderr lines. */
 export async function runKeys(command: string, cfg: Readonly<KeysConfig>, print: (l: string) => void, log: (l: string) => void): Promise<void> {
   if (!(COMMANDS as readonly string[]).includes(command)) throw Object.assign(new Error(`unknown command "${command}"; one of ${COMMANDS.join(', ')}`), { code: 'invalid_argument' });
-  const store = await openStore({ url: storeUrl(cfg.database) });
+  const store = await openStore({ url: storeUrl(cfg.database), ...(cfg.databaseSchema ? { schema: cfg.databaseSchema } : {}) });
   try {
     if (command === 'create') {
       const { key, info } = await createApiKey(store.db, { ...(cfg.user ? { userId: cfg.user } : {}), ...(cfg.name ? { name: cfg.name } : {}) });
