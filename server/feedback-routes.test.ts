@@ -84,7 +84,7 @@ describe('local mode', () => {
     refused(await raw(JSON.stringify({ type: 'thumb', message_id: a, value: 'up' }), 'text/plain'), 415, 'unsupported_media_type', null);
     refused(await raw('[1,2]'), 400, 'invalid_request', 'type');
     refused(await feedback(srv, { message_id: a, value: 'up' }), 400, 'invalid_request', 'type');
-    refused(await feedback(srv, { type: 'star', message_id: a }), 400, 'invalid_request', 'type');
+    refused(await feedback(srv, { type: 'star', message_id: a }), 400, 'unknown_type', 'type');
     refused(await feedback(srv, { type: 'thumb', value: 'up' }), 400, 'invalid_request', 'message_id');
     refused(await feedback(srv, { type: 'thumb', message_id: a, value: 'sideways' }), 400, 'invalid_thumb', 'value');
     refused(await feedback(srv, { type: 'thumb', message_id: a, value: 'up', reason: 'unsafe' }), 400, 'invalid_reason', 'reason');

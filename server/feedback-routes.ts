@@ -60,9 +60,8 @@ async function readJudgement(c: Context): Promise<{ kind: Kind; fields: Record<s
   }
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new ChatError('invalid_request', 'the body is a JSON object with a "type"').at('type');
   const body = raw as Record<string, unknown>;
-  if (typeof body.type !== 'string' || !(KINDS as readonly string[]).includes(body.type)) {
-    throw new ChatError('invalid_request', `type must be one of ${KINDS.join(', ')}`).at('type');
-  }
+  if (typeof body.type !== 'string') throw new ChatError('invalid_request', `missing "type" (one of ${KINDS.join(', ')})`).at('type');
+  if (!(KINDS as readonly string[]).includes(body.type)) throw new ChatError('unknown_type', `unknown judgement type ${JSON.stringify(body.type.slice(0, 40))}; known: ${KINDS.join(', ')}`).at('type');
   const kind = body.type as Kind;
   const header = c.req.header('idempotency-key');
   if (header !== undefined) {
