@@ -86,7 +86,7 @@ export function createApp(deps: AppDeps): Hono {
     deps.metrics.errors.inc({ code: e.code });
     const headers: Record<string, string> = {};
     if (e.retryAfter !== undefined) headers['Retry-After'] = String(e.retryAfter);
-    return c.json({ error: { message: e.message, type: openAIErrorType(e.status), code: e.code, param: null } }, e.status as 400, headers);
+    return c.json({ error: { message: e.message, type: openAIErrorType(e.status), code: e.code, param: e.param ?? null } }, e.status as 400, headers);
   });
 
   return app;

@@ -100,6 +100,7 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
       scheduler,
       listenUrl: config.databaseUrl ?? process.env.DATABASE_URL,
       pollMs: config.registryPollMs,
+      modelCacheBytes: config.modelCacheBytes,
       log,
       onSwap: (m) => metrics.setModel(m.version),
     });
