@@ -259,7 +259,7 @@ export class ModelRegistry {
   loaded(versionId: string): ServedModel | undefined {
     if (versionId === this.champion.version) return this.champion;
     if (versionId === this.#candidate?.version) return this.#candidate;
-    return this.#onDemand.get(versionId);
+    return this.#prepared.get(versionId) ?? this.#onDemand.get(versionId);
   }
 
   /** The policy aliases that point at a version, and every loaded version (champion first). */
@@ -269,8 +269,8 @@ export class ModelRegistry {
       const versionId = alias === 'champion' ? this.champion.version : await resolveAlias(this.opts.store.db, alias);
       if (versionId !== undefined) aliases.push({ alias, versionId });
     }
-    const loaded = [this.champion, ...(this.#candidate && this.#candidate !== this.champion ? [this.#candidate] : []), ...this.#onDemand.models];
-    return { aliases, loaded };
+    const loaded = [this.champion, ...(this.#candidate && this.#candidate !== this.champion ? [this.#candidate] : []), ...this.#prepared.values(), ...this.#onDemand.models];
+    return { aliases, loaded: [...new Map(loaded.map((m) => [m.version, m])).values()] };
   }
 
   /** Re-reads the aliases and settings and swaps what changed (calls never overlap). */

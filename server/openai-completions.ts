@@ -84,17 +84,26 @@ interface PromptInput {
   text: string;
 }
 
+/** Whether the request holds one prompt (a string or one list of ids) rather than a list of them. */
+function single(prompt: CompletionRequest['prompt']): boolean {
+  return typeof prompt === 'string' || typeof prompt[0] === 'number';
+}
+
+/** The field naming prompt `i`: `prompt` for a single one, else `prompt[i]`. */
+function promptParam(prompt: CompletionRequest['prompt'], i: number): string {
+  return single(prompt) ? 'prompt' : `prompt[${i}]`;
+}
+
 /** The request's prompts, encoded (or their ids checked against the vocabulary). */
 function prompts(prompt: CompletionRequest['prompt'], tok: Tokenizer): PromptInput[] {
-  const list: (string | number[])[] = typeof prompt === 'string' ? [prompt] : prompt.length && typeof prompt[0] === 'number' ? [prompt as number[]] : (prompt as (string | number[])[]);
-  const param = (i: number) => (typeof prompt === 'string' ? 'prompt' : `prompt[${i}]`);
+  const list = (single(prompt) ? [prompt] : prompt) as (string | number[])[];
   return list.map((p, i) => {
     if (typeof p === 'string') {
-      if (!p) throw new ChatError('invalid_request', 'a prompt is empty', 400, undefined, param(i));
+      if (!p) throw new ChatError('invalid_request', 'a prompt is empty', 400, undefined, promptParam(prompt, i));
       return { ids: tok.encode(p), text: p };
     }
     const bad = p.find((id) => id >= tok.vocabSize);
-    if (bad !== undefined) throw new ChatError('invalid_request', `token id ${bad} is outside the vocabulary (ids 0 to ${tok.vocabSize - 1})`, 400, undefined, param(i));
+    if (bad !== undefined) throw new ChatError('invalid_request', `token id ${bad} is outside the vocabulary (ids 0 to ${tok.vocabSize - 1})`, 400, undefined, promptParam(prompt, i));
     return { ids: p, text: tok.decode(p) };
   });
 }
@@ -196,7 +205,7 @@ export function completionRoute(deps: CompletionDeps): (c: Context) => Promise<R
       const generate = opts.maxTokens > 0;
       const { maxPromptTokens } = chat.deps.config;
       inputs.forEach((p, i) => {
-        const param = typeof req.prompt === 'string' || typeof req.prompt[0] === 'number' ? 'prompt' : `prompt[${i}]`;
+        const param = promptParam(req.prompt, i);
         if (p.ids.length > maxPromptTokens) throw new ChatError('context_length_exceeded', `the prompt has ${p.ids.length} tokens; the limit is ${maxPromptTokens}`, 400, undefined, param);
         if (generate ? p.ids.length >= blockSize : p.ids.length > blockSize) {
           throw new ChatError('context_length_exceeded', `the prompt has ${p.ids.length} tokens; the context window is ${blockSize}${generate ? ', with at least one kept for the completion' : ''}`, 400, undefined, param);
