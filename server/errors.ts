@@ -17,6 +17,7 @@ export type ServerErrorCode =
   | 'prompt_too_long'
   | 'context_length_exceeded'
   | 'unsupported_parameter'
+  | 'model_too_large'
   | 'max_tokens_too_large'
   | 'rate_limited'
   | 'overloaded'
@@ -49,6 +50,7 @@ const STATUS: Record<string, number> = {
   prompt_too_long: 400,
   context_length_exceeded: 400,
   unsupported_parameter: 400,
+  model_too_large: 409,
   max_tokens_too_large: 400,
   rate_limited: 429,
   overloaded: 429,

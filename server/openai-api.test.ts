@@ -287,6 +287,10 @@ test('during a hot swap a stream in flight names the version it started on, and 
     const db = slow.chat()!.deps.store.db;
     await registerModelVersion(db, { id: next, kind: 'policy', checkpoint: dir, stage: meta.stage, sha256: meta.sha256 });
     const api = new OpenAI({ baseURL: `${slow.url}/v1`, apiKey: 'sk-test', maxRetries: 0 });
+    // Loaded on demand first: the promotion below takes that copy out of the cache instead of loading another.
+    assert.equal((await api.chat.completions.create({ model: next, messages, max_tokens: 2 })).model, next);
+    const copy = (await slow.chat()!.deps.registry!.listing!()).loaded.find((m) => m.version === next);
+    assert.ok(copy);
     const stream = await api.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 60, temperature: 1, seed: 5, stream: true, logit_bias: { [base.tok.specialId('<|end|>')]: -100 } });
     const models = new Set<string>();
     let messageId: string | undefined;
@@ -298,7 +302,9 @@ test('during a hot swap a stream in flight names the version it started on, and 
       messageId ??= (chunk.choices[0] as { message_id?: string } | undefined)?.message_id;
       if (!promoted && chunk.choices[0]?.delta?.content) {
         promoted = await fetch(`${slow.url}/admin/promote`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ versionId: next, reason: 'test' }) });
-        const serving = (await promoted.json()).serving;
+        const answer = await promoted.json();
+        assert.equal(promoted.status, 200, JSON.stringify(answer));
+        const serving = answer.serving;
         assert.equal(serving.champion, next);
         assert.ok(serving.liveVersions.includes(base.version), 'the stream was still decoding at the swap');
       }
@@ -307,6 +313,8 @@ test('during a hot swap a stream in flight names the version it started on, and 
     assert.equal((await getGeneration(db, messageId!))?.model_version_id, base.version);
     const after = await api.chat.completions.create({ model: 'gpt-4o', messages, max_tokens: 2 });
     assert.equal(after.model, next);
+    assert.equal(slow.chat()!.model, copy, 'the champion is the copy loaded on demand');
+    assert.deepEqual((await api.models.list()).data.map((m) => m.id), [next, 'champion', 'sft']);
   } finally {
     await slow.close();
   }
