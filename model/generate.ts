@@ -29,6 +29,15 @@ export interface GenerateOptions extends SamplingParams, LogitAdjustments {
   logprobs?: number;
 }
 
+/**
+ * Whether a sequence samples with temperature, top-k and top-p alone: no logit bias, no
+ * penalties, no log-probabilities recorded. A faster sampler that knows only those may take such
+ * a sequence; any other needs `DecodeSequence.push`.
+ */
+export function plainSampling(opts: GenerateOptions): boolean {
+  return !adjustsLogits(opts) && opts.logprobs === undefined;
+}
+
 /** A sampled token with its log-probability (see `sampledLogprobs`). */
 export interface TokenLogprob {
   id: number;

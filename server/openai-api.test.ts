@@ -222,6 +222,12 @@ test('fields the model cannot honour are refused with unsupported_parameter nami
   for (const [field, value] of [['suffix', 'end'], ['best_of', 3], ['tools', [tool]], ['odd', true]] as const) {
     await assert.rejects(client.completions.create({ model: 'x', prompt: 'x', max_tokens: 2, [field]: value } as never), refused('unsupported_parameter', field), field);
   }
+  const toolHistory = [
+    { role: 'user' as const, content: 'weather?' },
+    { role: 'assistant' as const, content: null, tool_calls: [{ id: 'c1', type: 'function' as const, function: { name: 'f', arguments: '{}' } }] },
+    { role: 'user' as const, content: 'and?' },
+  ];
+  await assert.rejects(client.chat.completions.create({ model: 'x', messages: toolHistory, max_tokens: 2 }), refused('unsupported_parameter', 'messages[1].tool_calls'));
   const fine = await client.chat.completions.create({ model: 'x', messages, max_tokens: 2, tools: [], tool_choice: 'none', response_format: { type: 'text' }, store: true, user: 'ignored' } as never);
   assert.equal((fine as { object: string }).object, 'chat.completion');
 });

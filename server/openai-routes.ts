@@ -98,6 +98,10 @@ export interface OpenAIDeps {
 export function toChatMessages(messages: ChatCompletionRequest['messages']): ChatMessage[] {
   const out: ChatMessage[] = [];
   messages.forEach((m, i) => {
+    for (const field of ['tool_calls', 'function_call'] as const) {
+      const v = (m as Record<string, unknown>)[field];
+      if (v != null && !(Array.isArray(v) && v.length === 0)) throw new ChatError('unsupported_parameter', `messages[${i}].${field}: this model cannot call tools`, 400, undefined, `messages[${i}].${field}`);
+    }
     const role = m.role === 'developer' ? 'system' : m.role;
     let content: string;
     if (typeof m.content === 'string') content = m.content;
