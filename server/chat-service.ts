@@ -68,8 +68,8 @@ export interface StoredReply {
 /** Replies in flight: cancel them, or await them. */
 export interface ReplyRun {
   readonly jobs: readonly Job[];
-  /** The version decoding each reply, fixed when it was submitted. */
-  readonly versions: readonly string[];
+  /** The model decoding each reply, fixed when it was submitted. */
+  readonly models: readonly ServedModel[];
   readonly done: Promise<StoredReply[]>;
   cancel(): void;
 }
@@ -371,7 +371,7 @@ export class ChatService {
         this.#gauges();
       }
     })();
-    return { jobs, versions: arms.map((m) => m.version), done, cancel: () => jobs.forEach((j) => j.cancel()) };
+    return { jobs, models: arms, done, cancel: () => jobs.forEach((j) => j.cancel()) };
   }
 
   /**

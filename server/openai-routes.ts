@@ -241,7 +241,6 @@ export function openAIRoutes(deps: OpenAIDeps): Hono<OpenAIEnv> {
 
     if (!req.stream) {
       const run = replyRun();
-      const tok = (model ?? chat.model).tok;
       const onAbort = () => run.cancel();
       signal.addEventListener('abort', onAbort, { once: true });
       let replies: StoredReply[];
@@ -260,7 +259,7 @@ export function openAIRoutes(deps: OpenAIDeps): Hono<OpenAIEnv> {
         choices: replies.map((r) => ({
           index: r.candidate,
           message: { role: 'assistant', content: r.content, refusal: null },
-          logprobs: wantLogprobs ? chatLogprobs(tok, r.result.logprobs ?? []) : null,
+          logprobs: wantLogprobs ? chatLogprobs(run.models[r.candidate]!.tok, r.result.logprobs ?? []) : null,
           finish_reason: finishReason(r.result.finishReason),
           message_id: r.messageId,
         })),
@@ -274,23 +273,21 @@ export function openAIRoutes(deps: OpenAIDeps): Hono<OpenAIEnv> {
     // Deltas arrive from the decode loop synchronously; they are queued and written in order.
     const streamed: number[] = Array.from({ length: n }, () => 0);
     let version = '';
-    let tok: Tokenizer | undefined;
     const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) =>
       JSON.stringify({ id, object: 'chat.completion.chunk', created, model: version, system_fingerprint: version, choices, ...extra });
     const run = replyRun((i, text, lp) => {
       streamed[i]! += lp.length;
-      out.push(chunk([{ index: i, delta: { content: text }, logprobs: wantLogprobs ? chatLogprobs(tok!, lp) : null, finish_reason: null }]));
+      out.push(chunk([{ index: i, delta: { content: text }, logprobs: wantLogprobs ? chatLogprobs(run.models[i]!.tok, lp) : null, finish_reason: null }]));
     });
     cancel = () => run.cancel();
-    version = run.versions[0]!;
-    tok = (model ?? chat.deps.scheduler.model).tok;
+    version = run.models[0]!.version;
     // The role chunks go first: the scheduler decodes nothing before this synchronous run ends.
     for (let i = 0; i < n; i++) out.push(chunk([{ index: i, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]));
     run.done
       .then((replies) => {
         for (const r of replies) {
           const rest = (r.result.logprobs ?? []).slice(streamed[r.candidate]!);
-          if (wantLogprobs && rest.length) out.push(chunk([{ index: r.candidate, delta: { content: '' }, logprobs: chatLogprobs(tok!, rest), finish_reason: null }]));
+          if (wantLogprobs && rest.length) out.push(chunk([{ index: r.candidate, delta: { content: '' }, logprobs: chatLogprobs(run.models[r.candidate]!.tok, rest), finish_reason: null }]));
           out.push(chunk([{ index: r.candidate, delta: {}, logprobs: null, finish_reason: finishReason(r.result.finishReason), message_id: r.messageId }]));
         }
         if (includeUsage) out.push(chunk([], { usage: usage(replies[0]!.result.promptTokens, replies.reduce((a, r) => a + r.result.completionTokens, 0)) }));
