@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { cpSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
 import OpenAI from 'openai';
 import { readCheckpointMeta, versionId } from '../model/checkpoint.ts';
 import { promptLogprobs } from '../model/generate.ts';
@@ -250,11 +251,17 @@ test('model selects the version that decodes: aliases, registered ids (loaded on
   assert.equal(completion.model, other);
   const listed = async () => (await client.models.list()).data.map((m) => m.id);
   assert.deepEqual(await listed(), [champion, other, 'champion', 'sft']);
-  // The budget holds one version loaded on demand: loading the third evicts the other.
+  // The budget holds one version loaded on demand: loading the third evicts the other, whose
+  // weights are freed (same shape: as many tensors after as before).
+  const tensors = tf.memory().numTensors;
   assert.equal(await ask(third), third);
   assert.deepEqual(await listed(), [champion, third, 'champion', 'sft']);
+  assert.equal(tf.memory().numTensors, tensors);
   assert.equal(await ask(other), other, 'an evicted version is loaded again');
   await assert.rejects(client.chat.completions.create({ model: 'candidate', messages }), (e: Refusal) => e.status === 404 && e.code === 'model_not_found' && e.param === 'model');
+  const reward = 'reward-000000000001';
+  await registerModelVersion(db, { id: reward, kind: 'reward', checkpoint: srv.model.dir });
+  await assert.rejects(client.chat.completions.create({ model: reward, messages }), (e: Refusal) => e.status === 409 && e.code === 'not_a_policy' && e.param === 'model');
 });
 
 test('under a canary the response names the candidate that decoded it, streamed and not', async () => {
