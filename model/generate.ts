@@ -142,9 +142,10 @@ export class DecodeSequence {
    * The `logprobs` entries not handed out yet whose text has been released (all of them once the
    * sequence is done): what goes with the delta `push` just returned.
    */
-  takeLogprobs(): TokenLogprob[] {
+  takeLogprobs(): readonly TokenLogprob[] {
     let end = this.taken;
     while (end < this.logprobs.length && (this.done || this.logprobs[end]!.end <= this.released)) end++;
+    if (end === this.taken) return NONE; // every delta asks, most sequences record nothing
     const out = this.logprobs.slice(this.taken, end);
     this.taken = end;
     return out;
@@ -166,6 +167,8 @@ export class DecodeSequence {
     disposeCache(this.cache);
   }
 }
+
+const NONE: readonly TokenLogprob[] = Object.freeze([]);
 
 const bannedCache = new WeakMap<Tokenizer, Set<number>>();
 function bannedSpecials(tok: Tokenizer, eot: number): Set<number> {
