@@ -169,7 +169,7 @@ test('text completions: several prompts (strings or token ids), n, seed, stop, a
 
   await assert.rejects(client.completions.create({ model: 'x', prompt: [tok.vocabSize + 5] }), refused('invalid_request', 'prompt'));
   await assert.rejects(client.completions.create({ model: 'x', prompt: ['fine', 'lucid '.repeat(200)], max_tokens: 1 }), refused('context_length_exceeded', 'prompt[1]'));
-  await assert.rejects(client.completions.create({ model: 'x', prompt: 'x', max_tokens: 100_000 }), refused('max_tokens_too_large', null));
+  await assert.rejects(client.completions.create({ model: 'x', prompt: 'x', max_tokens: 100_000 }), refused('max_tokens_too_large', 'max_tokens'));
 });
 
 test('logit_bias forces or bans tokens, penalties curb repetition, and both are validated', async () => {

@@ -138,6 +138,15 @@ export function chatToken(tok: Tokenizer, t: TokenChoice): { token: string; logp
   return { token: tokenText(tok, t.id), logprob: t.logprob, bytes: Array.from(tok.bytesOf(t.id)) };
 }
 
+/** Runs `make` (the sampling options of a request), naming `lengthField` in a `max_tokens_too_large` it throws. */
+export function withLengthParam<T>(lengthField: string, make: () => T): T {
+  try {
+    return make();
+  } catch (err) {
+    throw err instanceof ChatError && err.code === 'max_tokens_too_large' ? err.withParam(lengthField) : err;
+  }
+}
+
 /** `prompt_too_long` as OpenAI clients look for it (`context_length_exceeded`, naming `param`). */
 export function asContextError(err: unknown, param: string): unknown {
   if (err instanceof ChatError && err.code === 'prompt_too_long') return new ChatError('context_length_exceeded', err.message, 400, undefined, param);

@@ -41,6 +41,7 @@ import {
   stopField,
   tokenText,
   usage,
+  withLengthParam,
 } from './openai-common.ts';
 
 /** Most prompts in one request. */
@@ -191,17 +192,19 @@ export function completionRoute(deps: CompletionDeps): (c: Context) => Promise<R
       const { blockSize } = gpt.config;
       inputs = prompts(req.prompt, tok);
       const stop = req.stop == null ? undefined : typeof req.stop === 'string' ? [req.stop] : req.stop;
-      const opts = chat.options({
-        temperature: req.temperature ?? undefined,
-        topP: req.top_p ?? undefined,
-        maxTokens: req.max_tokens ?? DEFAULT_COMPLETION_TOKENS,
-        seed: req.seed ?? undefined,
-        stop,
-        presencePenalty: req.presence_penalty ?? undefined,
-        frequencyPenalty: req.frequency_penalty ?? undefined,
-        logitBias: logitBiasPairs(req.logit_bias, gpt.config.vocabSize),
-        logprobs: topN,
-      });
+      const opts = withLengthParam('max_tokens', () =>
+        chat.options({
+          temperature: req.temperature ?? undefined,
+          topP: req.top_p ?? undefined,
+          maxTokens: req.max_tokens ?? DEFAULT_COMPLETION_TOKENS,
+          seed: req.seed ?? undefined,
+          stop,
+          presencePenalty: req.presence_penalty ?? undefined,
+          frequencyPenalty: req.frequency_penalty ?? undefined,
+          logitBias: logitBiasPairs(req.logit_bias, gpt.config.vocabSize),
+          logprobs: topN,
+        }),
+      );
       const generate = opts.maxTokens > 0;
       const { maxPromptTokens } = chat.deps.config;
       inputs.forEach((p, i) => {

@@ -101,7 +101,8 @@ test('bad requests get 400 with an OpenAI error body and a stable code', async (
     [{ model: 'x', messages: [{ role: 'tool', content: 'x' }] }, 'invalid_request', 'messages[0].role'],
     [{ model: 'x', messages: [{ role: 'user', content: [{ type: 'text', text: 'a' }, { type: 'image_url' }] }] }, 'invalid_request', 'messages[0].content[1]'],
     [{ model: 'x', messages: user('x'), n: 9 }, 'invalid_request', 'n'],
-    [{ model: 'x', messages: user('x'), max_tokens: 100_000 }, 'max_tokens_too_large', null],
+    [{ model: 'x', messages: user('x'), max_tokens: 100_000 }, 'max_tokens_too_large', 'max_tokens'],
+    [{ model: 'x', messages: user('x'), max_completion_tokens: 100_000 }, 'max_tokens_too_large', 'max_completion_tokens'],
     [{ model: 'x', messages: user('lucid '.repeat(300)) }, 'context_length_exceeded', 'messages'],
   ];
   for (const [body, code, param] of cases) {

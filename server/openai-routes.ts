@@ -51,6 +51,7 @@ import {
   sseQueue,
   stopField,
   usage,
+  withLengthParam,
 } from './openai-common.ts';
 import { completionRoute } from './openai-completions.ts';
 
@@ -194,7 +195,8 @@ export function openAIRoutes(deps: OpenAIDeps): Hono<OpenAIEnv> {
       const checkModel = (target && chat.pickModel(target)) ?? chat.model;
       const messages = toChatMessages(req.messages);
       const stop = req.stop == null ? undefined : typeof req.stop === 'string' ? [req.stop] : req.stop;
-      opts = chat.options({
+      const lengthField = req.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens';
+      opts = withLengthParam(lengthField, () => chat.options({
         temperature: req.temperature ?? undefined,
         topP: req.top_p ?? undefined,
         maxTokens: req.max_completion_tokens ?? req.max_tokens ?? undefined,
@@ -204,7 +206,7 @@ export function openAIRoutes(deps: OpenAIDeps): Hono<OpenAIEnv> {
         frequencyPenalty: req.frequency_penalty ?? undefined,
         logitBias: logitBiasPairs(req.logit_bias, checkModel.gpt.config.vocabSize),
         logprobs: req.logprobs ? (req.top_logprobs ?? 0) : undefined,
-      });
+      }));
       try {
         chat.prompt(messages, opts.maxTokens, checkModel); // refuse a prompt that cannot fit before storing anything
       } catch (err) {
