@@ -181,7 +181,7 @@ test('4. a 64 KiB word is answered in well under a second on both doors while an
     const r = await completion({}, { model: 'x', messages: [{ role: 'user', content: word }], max_tokens: 2 });
     const httpMs = performance.now() - t0;
     assert.equal(r.status, 400);
-    assert.equal(((await r.json()) as { error: { code: string } }).error.code, 'prompt_too_long');
+    assert.equal(((await r.json()) as { error: { code: string } }).error.code, 'context_length_exceeded');
     const c = await TestClient.connect(srv.wsUrl);
     const conv = await ask(c, { type: 'start' });
     const t1 = performance.now();

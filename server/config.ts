@@ -42,6 +42,7 @@ export const ServerConfigSchema = z.object({
   adminToken: z.string().optional().describe('bearer token of the /admin routes (at least 16 characters; set it in the environment, not on the command line); unset = admin routes disabled'),
   trustProxy: z.boolean().default(false).describe('behind a trusted reverse proxy: take client addresses from X-Forwarded-For'),
   databaseSchema: storeOptions.databaseSchema,
+  modelCacheBytes: z.number().int().positive().default(2 ** 30).describe('bytes of weights of the versions loaded on demand (an OpenAI request naming a version that is neither champion nor candidate); least recently used evicted first'),
   registryPollMs: z.number().int().positive().default(500).describe('how often the champion/candidate aliases are re-read (PostgreSQL also gets NOTIFY)'),
   loop: z.boolean().default(false).describe('run the online loop beside the server in a child process (LOOP=1 / --loop; knobs: LOOP_<NAME>)'),
 });

@@ -58,15 +58,15 @@ async function readJudgement(c: Context): Promise<{ kind: Kind; fields: Record<s
   } catch {
     throw new ChatError('invalid_json', 'the request body is not valid JSON');
   }
-  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new ChatError('invalid_request', 'the body is a JSON object with a "type"').at('type');
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new ChatError('invalid_request', 'the body is a JSON object with a "type"').withParam('type');
   const body = raw as Record<string, unknown>;
-  if (typeof body.type !== 'string') throw new ChatError('invalid_request', `missing "type" (one of ${KINDS.join(', ')})`).at('type');
-  if (!(KINDS as readonly string[]).includes(body.type)) throw new ChatError('unknown_type', `unknown judgement type ${JSON.stringify(body.type.slice(0, 40))}; known: ${KINDS.join(', ')}`).at('type');
+  if (typeof body.type !== 'string') throw new ChatError('invalid_request', `missing "type" (one of ${KINDS.join(', ')})`).withParam('type');
+  if (!(KINDS as readonly string[]).includes(body.type)) throw new ChatError('unknown_type', `unknown judgement type ${JSON.stringify(body.type.slice(0, 40))}; known: ${KINDS.join(', ')}`).withParam('type');
   const kind = body.type as Kind;
   const header = c.req.header('idempotency-key');
   if (header !== undefined) {
     if (body.idempotency_key !== undefined && body.idempotency_key !== header) {
-      throw new ChatError('invalid_request', 'the Idempotency-Key header and idempotency_key in the body differ').at('idempotency_key');
+      throw new ChatError('invalid_request', 'the Idempotency-Key header and idempotency_key in the body differ').withParam('idempotency_key');
     }
     body.idempotency_key = header;
   }
@@ -75,9 +75,9 @@ async function readJudgement(c: Context): Promise<{ kind: Kind; fields: Record<s
     const issue = parsed.error.issues[0]!;
     const param = issue.code === 'unrecognized_keys' ? issue.keys[0]! : String(issue.path[0] ?? 'body');
     const j = judgementIssue({ ...issue, path: [toCamel(param), ...issue.path.slice(1)] } as z.core.$ZodIssue);
-    if (j.code !== 'invalid_input') throw new ChatError(j.code, j.message).at(param);
+    if (j.code !== 'invalid_input') throw new ChatError(j.code, j.message).withParam(param);
     const what = issue.code === 'unrecognized_keys' ? `unknown field ${JSON.stringify(param)}` : `${issue.path.join('.')}: ${issue.message}`;
-    throw new ChatError('invalid_request', `${kind}: ${what}`).at(param);
+    throw new ChatError('invalid_request', `${kind}: ${what}`).withParam(param);
   }
   const { type: _t, ...rest } = parsed.data as Record<string, unknown>;
   return { kind, fields: Object.fromEntries(Object.entries(rest).map(([k, v]) => [toCamel(k), v])) };
@@ -148,7 +148,7 @@ export function feedbackRoutes(deps: FeedbackRouteDeps): Hono<FeedbackEnv> {
     if (!r.ok) {
       const param = paramOf(kind, fields, r.error);
       const e = new ChatError(r.error.code, r.error.message);
-      throw param ? e.at(param) : e;
+      throw param ? e.withParam(param) : e;
     }
     const revealed = kind === 'comparison' ? await chat.arenaReveal(fields.a as string, fields.b as string) : undefined;
     return c.json({ object: 'feedback', id: r.id, type: r.kind, duplicate: r.duplicate, ...(revealed ? { revealed } : {}) }, r.duplicate ? 200 : 201);
@@ -158,10 +158,10 @@ export function feedbackRoutes(deps: FeedbackRouteDeps): Hono<FeedbackEnv> {
     const chat = need();
     const who = c.get('identity');
     const messageId = c.req.query('message_id');
-    if (!messageId) throw new ChatError('invalid_request', 'give the message: GET /v1/feedback?message_id=…').at('message_id');
-    if (messageId.length > 64) throw new ChatError('invalid_request', 'message_id is at most 64 characters').at('message_id');
+    if (!messageId) throw new ChatError('invalid_request', 'give the message: GET /v1/feedback?message_id=…').withParam('message_id');
+    if (messageId.length > 64) throw new ChatError('invalid_request', 'message_id is at most 64 characters').withParam('message_id');
     const { db } = chat.deps.store;
-    if (!(await messagesOwnedBy(db, who.userId, [messageId])).has(messageId)) throw new ChatError('unknown_message', `no message ${messageId}`).at('message_id');
+    if (!(await messagesOwnedBy(db, who.userId, [messageId])).has(messageId)) throw new ChatError('unknown_message', `no message ${messageId}`).withParam('message_id');
     const mine = await raterJudgementsOn(db, messageId, who.userId);
     const data = [...mine.thumbs.map((t) => row('thumb', t)), ...mine.comparisons.map((x) => row('comparison', x)), ...mine.rankings.map((x) => row('ranking', x))];
     return c.json({ object: 'list', message_id: messageId, data });

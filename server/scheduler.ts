@@ -20,7 +20,7 @@
  * default model between steps: replies in flight finish on their version, the next ones start on
  * the new one. A replaced model is disposed once no slot or queued request uses it.
  */
-import { DecodeSequence, type FinishReason, type GenerateOptions } from '../model/generate.ts';
+import { DecodeSequence, type FinishReason, type GenerateOptions, type TokenLogprob } from '../model/generate.ts';
 import { disposeCache, type KVCache } from '../model/gpt.ts';
 import { ChatError } from './errors.ts';
 import type { ServerMetrics } from './metrics.ts';
@@ -35,8 +35,8 @@ export interface GenerationRequest {
   reuse?: CachedContext;
   /** Return the final KV cache in the result (the caller then owns it) instead of freeing it. */
   keepContext?: boolean;
-  /** Called with each released piece of text, in order. */
-  onDelta?: (text: string) => void;
+  /** Called with each released piece of text, in order (with its tokens' log-probabilities when `opts.logprobs` is set). */
+  onDelta?: (text: string, logprobs: readonly TokenLogprob[]) => void;
   /** Label for metrics (`ws`, `openai`, …). */
   source?: string;
   /** Decode with this model (a canary candidate); default: the scheduler's model when the request is admitted. */
@@ -56,6 +56,8 @@ export interface GenerationResult {
   /** Whether the prompt reused a cached context instead of a full prefill. */
   reusedContext: boolean;
   context?: CachedContext;
+  /** Per sampled token, when `opts.logprobs` is set. */
+  logprobs?: TokenLogprob[];
 }
 
 /** A submitted request. */
@@ -294,7 +296,7 @@ export class Scheduler {
 
   #emit(slot: Slot, delta: string): void {
     try {
-      slot.job.req.onDelta?.(delta);
+      slot.job.req.onDelta?.(delta, slot.seq.takeLogprobs());
     } catch (err) {
       console.error('onDelta callback failed:', err);
     }
@@ -359,6 +361,7 @@ export class Scheduler {
       latencyMs: performance.now() - job.accepted,
       version: slot.model.version,
       reusedContext: slot.reused,
+      ...(job.req.opts.logprobs !== undefined ? { logprobs: seq.logprobs } : {}),
     };
     if (job.req.keepContext && r.finishReason !== 'cancelled' && seq.ids.length > 0) {
       // The cache holds the prompt and every sampled token but the last (never fed back).

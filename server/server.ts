@@ -101,6 +101,7 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
       scheduler,
       listenUrl: storeUrl(config.database) ?? process.env.DATABASE_URL,
       pollMs: config.registryPollMs,
+      modelCacheBytes: config.modelCacheBytes,
       log,
       onSwap: (m) => metrics.setModel(m.version),
     });
