@@ -385,6 +385,23 @@ void sgemm(const GemmArgs& g) {
   parallel_for(plan.parts, run_part, &plan);
 }
 
+void sgemm_serial(const float* a, int64_t lda, bool trans_a, const float* b, int64_t ldb,
+                  bool trans_b, float* c, int64_t ldc, int64_t m, int64_t n, int64_t k) {
+  Mat s;
+  s.a = a;
+  s.lda = lda;
+  s.b = b;
+  s.ldb = ldb;
+  s.c = c;
+  s.ldc = ldc;
+  s.m = m;
+  s.n = n;
+  s.k = k;
+  s.ta = trans_a;
+  s.tb = trans_b;
+  gemm_serial(s);
+}
+
 const char* sgemm_kernel_name() { return kKernelName; }
 
 }  // namespace nk
