@@ -37,6 +37,8 @@ export interface NativeAddon {
   geluGrad?(heap: ArrayBuffer, params: Float64Array): void;
   embed?(heap: ArrayBuffer, params: Float64Array): void;
   embedGrad?(heap: ArrayBuffer, params: Float64Array): void;
+  tokenLogProbs?(heap: ArrayBuffer, params: Float64Array): void;
+  tokenLogProbsGrad?(heap: ArrayBuffer, params: Float64Array): void;
   /** Sum of squares of every value of the listed float32 arrays. */
   sumSquares?(heap: ArrayBuffer, params: Float64Array): number;
   adamw?(heap: ArrayBuffer, params: Float64Array): void;

@@ -11,7 +11,7 @@ import { registerNativeKernels, unregisterNativeKernels } from './native-kernels
 import { fusedEmbed, registerTrainingOps, trainingOpsAvailable, unregisterTrainingOps } from './training-ops.ts';
 import { GPT, type ForwardPath, type GPTConfig } from '../gpt.ts';
 import { AdamW } from '../adamw.ts';
-import { maskedCrossEntropy } from '../losses.ts';
+import { maskedCrossEntropy, tokenLogProbs } from '../losses.ts';
 
 before(async () => {
   if (!existsSync(DEFAULT_ADDON_PATH)) {
@@ -23,7 +23,7 @@ before(async () => {
   assert.ok(await tf.setBackend('wasm'));
   await tf.ready();
   registerNativeKernels();
-  assert.deepEqual(registerTrainingOps(), ['NkLayerNorm', 'NkAttention', 'NkGelu', 'NkEmbed', 'NkAdamW']);
+  assert.deepEqual(registerTrainingOps(), ['NkLayerNorm', 'NkAttention', 'NkGelu', 'NkEmbed', 'NkTokenLogProbs', 'NkAdamW']);
 });
 
 after(() => {
@@ -55,8 +55,24 @@ function batchFor(cfg: GPTConfig, B: number, T: number, seed: number) {
   return { B, T, inputs: Int32Array.from({ length: n }, rand), targets: Int32Array.from({ length: n }, rand), weights };
 }
 
-/** Loss and named gradients of one step on the given forward path. */
+/** Runs fn on the reference path: the fused ops unregistered, so model, loss and optimizer run plain tfjs ops. */
+function onReference<T>(fn: () => T): T {
+  unregisterTrainingOps();
+  try {
+    assert.ok(!trainingOpsAvailable());
+    return fn();
+  } finally {
+    registerTrainingOps();
+  }
+}
+
+/** Loss and named gradients of one step, on the fused path or the reference path. */
 function lossAndGrads(gpt: GPT, b: ReturnType<typeof batchFor>, path: ForwardPath): { loss: number; grads: Map<string, Float32Array> } {
+  if (path === 'tfjs') return onReference(() => lossAndGradsNow(gpt, b, 'tfjs'));
+  return lossAndGradsNow(gpt, b, path);
+}
+
+function lossAndGradsNow(gpt: GPT, b: ReturnType<typeof batchFor>, path: ForwardPath): { loss: number; grads: Map<string, Float32Array> } {
   const vars = gpt.trainableVariables().filter((v) => !v.name.startsWith('value.'));
   const idx = tf.tensor2d(b.inputs, [b.B, b.T], 'int32');
   const tgt = tf.tensor1d(b.targets, 'int32');
@@ -118,7 +134,7 @@ test('the native AdamW update matches the tfjs one, with clipping and weight dec
     const { grads } = lossAndGrads(a, batch, 'tfjs');
     const named = (gpt: GPT) => Object.fromEntries([...grads].map(([n, g]) => [n, tf.tensor(g, gpt.params.get(n)!.shape)]));
     const normA = optA.apply(named(a), 1e-2, 'native');
-    const normB = optB.apply(named(b), 1e-2, 'tfjs');
+    const normB = onReference(() => optB.apply(named(b), 1e-2, 'tfjs'));
     assert.ok(normA > 0.05, 'the clip is active');
     assert.ok(Math.abs(normA - normB) <= 1e-5 * normB, `norm ${normA} vs ${normB}`);
   }
@@ -139,7 +155,9 @@ test('ten training steps on the fused path track the tfjs path', () => {
       const b = batchFor(cfg, 4, cfg.blockSize, 100 + (step % 2));
       const { loss, grads } = lossAndGrads(gpt, b, path);
       losses.push(loss);
-      opt.apply(Object.fromEntries([...grads].map(([n, g]) => [n, tf.tensor(g, gpt.params.get(n)!.shape)])), 3e-3, path);
+      const named = Object.fromEntries([...grads].map(([n, g]) => [n, tf.tensor(g, gpt.params.get(n)!.shape)]));
+      if (path === 'tfjs') onReference(() => opt.apply(named, 3e-3, 'tfjs'));
+      else opt.apply(named, 3e-3, 'native');
     }
     const weights = gpt.params.get('h.1.mlp.wfc')!.dataSync() as Float32Array;
     opt.dispose();
@@ -166,6 +184,20 @@ test('a fused train step leaves no tensor behind', () => {
   assert.equal(tf.memory().numTensors, before);
   opt.dispose();
   gpt.dispose();
+});
+
+test('the fused log-probabilities and their gradient match the tfjs ops, and bad targets are refused', () => {
+  const logits = tf.mul(tf.randomNormal([37, 45], 0, 1, 'float32', 7), 4) as tf.Tensor2D;
+  const targets = tf.tensor1d(Array.from({ length: 37 }, (_, i) => (i * 7) % 45), 'int32');
+  const weights = tf.randomUniform([37], 0, 1, 'float32', 3) as tf.Tensor1D;
+  const f = (x: tf.Tensor) => tf.sum(tf.mul(tokenLogProbs(x as tf.Tensor2D, targets), weights));
+  const [value, grad] = [f(logits), tf.grad(f)(logits)];
+  const [refValue, refGrad] = onReference(() => [f(logits), tf.grad(f)(logits)]);
+  assertClose(value.dataSync() as Float32Array, refValue!.dataSync() as Float32Array, 'sum of log-probabilities', 1e-5);
+  assertClose(grad.dataSync() as Float32Array, refGrad!.dataSync() as Float32Array, 'gradient', 1e-5);
+  const bad = tf.tensor1d(new Array(37).fill(45), 'int32');
+  assert.throws(() => tokenLogProbs(logits, bad), /target 45 outside \[0, 45\)/);
+  tf.dispose([logits, targets, weights, value, grad, refValue!, refGrad!, bad]);
 });
 
 test('the fused embedding rejects a token id outside the vocabulary', () => {

@@ -1,6 +1,7 @@
 /**
- * Fused training ops for the wasm backend: LayerNorm, causal self-attention, GELU and the
- * token + position embedding, each one native kernel forward and one backward (registered as
+ * Fused training ops for the wasm backend: LayerNorm, causal self-attention, GELU, the
+ * token + position embedding and the log-probabilities of target tokens (the cross-entropy),
+ * each one native kernel forward and one backward (registered as
  * tfjs kernels with tfjs gradients, so `tf.variableGrads` sees them as single ops), plus the
  * AdamW update and the global gradient norm as native passes. model/gpt.ts and model/adamw.ts
  * use them when `trainingOpsAvailable()`; otherwise they run the same math as plain tfjs ops
@@ -19,16 +20,16 @@ import { loadNativeAddon, type NativeAddon } from './native-addon.ts';
 import { heapOf, offsetOf, type WasmHeapBackend } from './wasm-heap.ts';
 
 /** The addon functions these ops need (absent from addons built before them). */
-type TrainingAddon = Required<Pick<NativeAddon, 'layerNorm' | 'layerNormGrad' | 'attention' | 'attentionGrad' | 'gelu' | 'geluGrad' | 'embed' | 'embedGrad' | 'sumSquares' | 'adamw'>>;
+type TrainingAddon = Required<Pick<NativeAddon, 'layerNorm' | 'layerNormGrad' | 'attention' | 'attentionGrad' | 'gelu' | 'geluGrad' | 'embed' | 'embedGrad' | 'tokenLogProbs' | 'tokenLogProbsGrad' | 'sumSquares' | 'adamw'>>;
 
-const OPS = ['NkLayerNorm', 'NkAttention', 'NkGelu', 'NkEmbed', 'NkAdamW'] as const;
+const OPS = ['NkLayerNorm', 'NkAttention', 'NkGelu', 'NkEmbed', 'NkTokenLogProbs', 'NkAdamW'] as const;
 
 let addonInUse: TrainingAddon | undefined;
 let originalIdentity: KernelConfig | undefined;
 
 function trainingAddon(addon: NativeAddon): TrainingAddon | undefined {
   const a = addon as Partial<TrainingAddon>;
-  const ok = a.layerNorm && a.layerNormGrad && a.attention && a.attentionGrad && a.gelu && a.geluGrad && a.embed && a.embedGrad && a.sumSquares && a.adamw;
+  const ok = a.layerNorm && a.layerNormGrad && a.attention && a.attentionGrad && a.gelu && a.geluGrad && a.embed && a.embedGrad && a.tokenLogProbs && a.tokenLogProbsGrad && a.sumSquares && a.adamw;
   return ok ? (addon as TrainingAddon) : undefined;
 }
 
@@ -102,6 +103,19 @@ const KERNELS: readonly KernelConfig[] = [
     addon.embedGrad(heapOf(be), p9);
     return [dwte, dwpe];
   }),
+  kernel('NkTokenLogProbs', (addon, be, { logits, targets }) => {
+    const [n, v] = logits!.shape as [number, number];
+    const logp = be.makeOutput([n], 'float32');
+    const lse = be.makeOutput([n], 'float32');
+    addon.tokenLogProbs(heapOf(be), new Float64Array([offsetOf(be, logits!), offsetOf(be, targets!), offsetOf(be, logp), offsetOf(be, lse), n, v]));
+    return [logp, lse];
+  }),
+  kernel('NkTokenLogProbsGrad', (addon, be, { dy, logits, targets, lse }) => {
+    const [n, v] = logits!.shape as [number, number];
+    const dlogits = be.makeOutput([n, v], 'float32');
+    addon.tokenLogProbsGrad(heapOf(be), new Float64Array([offsetOf(be, dy!), offsetOf(be, logits!), offsetOf(be, targets!), offsetOf(be, lse!), offsetOf(be, dlogits), n, v]));
+    return dlogits;
+  }),
   kernel('NkAdamW', (addon, be, { p, g, m, v }, attrs) => {
     const shape = [...p!.shape];
     const p1 = be.makeOutput(shape, 'float32');
@@ -152,6 +166,19 @@ const GRADIENTS: readonly GradConfig[] = [
       const { B, T, V } = attrs as { B: number; T: number; V: number };
       const [dwte, dwpe] = run('NkEmbedGrad', { dx: dy as tf.Tensor, ids: ids! }, { B, T, V, P: wpe!.shape[0]! }) as tf.Tensor[];
       return { wte: () => dwte!, wpe: () => dwpe!, ids: () => tf.zerosLike(ids!) };
+    },
+  },
+  {
+    kernelName: 'NkTokenLogProbs',
+    inputsToSave: ['logits', 'targets'],
+    outputsToSave: [false, true],
+    gradFunc: (dys, saved) => {
+      const [logits, targets, lse] = saved as tf.Tensor[];
+      const dy = (dys as tf.Tensor[])[0]!;
+      return {
+        logits: () => run('NkTokenLogProbsGrad', { dy, logits: logits!, targets: targets!, lse: lse! }) as tf.Tensor,
+        targets: () => tf.zerosLike(targets!),
+      };
     },
   },
 ];
@@ -225,6 +252,12 @@ export function fusedGelu<R extends tf.Rank>(x: tf.Tensor<R>): tf.Tensor<R> {
 export function fusedEmbed(wte: tf.Tensor2D, wpe: tf.Tensor2D, ids: tf.Tensor1D, B: number, T: number): tf.Tensor2D {
   if (T > wpe.shape[0]) throw new Error(`sequence of ${T} tokens exceeds blockSize ${wpe.shape[0]}`);
   return run('NkEmbed', { wte, wpe, ids }, { B, T, V: wte.shape[0] }) as tf.Tensor2D;
+}
+
+/** Log-probabilities `[N]` of `targets` `[N]` under the softmax of `logits` `[N, V]`. */
+export function fusedTokenLogProbs(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Tensor1D {
+  const t = targets.dtype === 'int32' ? targets : tf.cast(targets, 'int32');
+  return (run('NkTokenLogProbs', { logits, targets: t }) as tf.Tensor[])[0] as tf.Tensor1D;
 }
 
 /** Sum of the squares of every value of the tensors (float32 on the wasm heap), as a number. */

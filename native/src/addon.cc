@@ -27,6 +27,8 @@
 //   geluGrad(heap, [xOff, dyOff, dxOff, size])
 //   embed(heap, [wteOff, wpeOff, idsOff, xOff, B, T, C, V, P])     ids checked to lie in [0, V)
 //   embedGrad(heap, [dxOff, idsOff, dwteOff, dwpeOff, B, T, C, V, P])
+//   tokenLogProbs(heap, [logitsOff, targetsOff, logpOff, lseOff, n, v])   targets checked in [0, v)
+//   tokenLogProbsGrad(heap, [dyOff, logitsOff, targetsOff, lseOff, dlogitsOff, n, v])
 //   sumSquares(heap, [count, off0, size0, off1, size1, ...]) -> sum of squares of all values
 //   adamw(heap, [pOff, gOff, mOff, vOff, p1Off, m1Off, v1Off, n, lr, beta1, beta2, eps,
 //                1 - beta1, 1 - beta2, decay, gradScale, bc1, bc2])
@@ -504,6 +506,54 @@ Napi::Value EmbedGrad(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// Targets [n] int32 at `offset`, each in [0, v).
+bool targets_ok(const Napi::Env& env, const Heap& h, double offset, double n, double v, const char* name) {
+  if (!in_heap(h, offset, n)) return fail(env, (std::string(name) + ": operand outside the heap").c_str());
+  const int32_t* t = at<const int32_t>(h, offset);
+  for (int64_t i = 0; i < static_cast<int64_t>(n); ++i) {
+    if (t[i] < 0 || t[i] >= v) {
+      std::string message = std::string(name) + ": target " + std::to_string(t[i]) + " outside [0, " +
+                            std::to_string(static_cast<int64_t>(v)) + ")";
+      return fail(env, message.c_str());
+    }
+  }
+  return true;
+}
+
+Napi::Value TokenLogProbs(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  Heap h;
+  if (!read_args(info, 6, &h)) return env.Undefined();
+  const double* p = h.p;
+  const double n = p[4], v = p[5];
+  if (!sizes_ok(p, 4, 6) || v < 1 || !in_heap(h, p[0], n * v) || !in_heap(h, p[2], n) || !in_heap(h, p[3], n)) {
+    fail(env, "tokenLogProbs: operand outside the heap");
+    return env.Undefined();
+  }
+  if (!targets_ok(env, h, p[1], n, v, "tokenLogProbs")) return env.Undefined();
+  nk::token_log_probs(at<const float>(h, p[0]), at<const int32_t>(h, p[1]), static_cast<int64_t>(n),
+                      static_cast<int64_t>(v), at<float>(h, p[2]), at<float>(h, p[3]));
+  return env.Undefined();
+}
+
+Napi::Value TokenLogProbsGrad(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  Heap h;
+  if (!read_args(info, 7, &h)) return env.Undefined();
+  const double* p = h.p;
+  const double n = p[5], v = p[6];
+  if (!sizes_ok(p, 5, 7) || v < 1 || !in_heap(h, p[0], n) || !in_heap(h, p[1], n * v) || !in_heap(h, p[3], n) ||
+      !in_heap(h, p[4], n * v)) {
+    fail(env, "tokenLogProbsGrad: operand outside the heap");
+    return env.Undefined();
+  }
+  if (!targets_ok(env, h, p[2], n, v, "tokenLogProbsGrad")) return env.Undefined();
+  nk::token_log_probs_grad(at<const float>(h, p[0]), at<const float>(h, p[1]), at<const int32_t>(h, p[2]),
+                           at<const float>(h, p[3]), static_cast<int64_t>(n), static_cast<int64_t>(v),
+                           at<float>(h, p[4]));
+  return env.Undefined();
+}
+
 Napi::Value SumSquares(const Napi::CallbackInfo& info) {
   const Napi::Env env = info.Env();
   Heap h;
@@ -584,6 +634,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("geluGrad", Napi::Function::New(env, GeluGrad, "geluGrad"));
   exports.Set("embed", Napi::Function::New(env, Embed, "embed"));
   exports.Set("embedGrad", Napi::Function::New(env, EmbedGrad, "embedGrad"));
+  exports.Set("tokenLogProbs", Napi::Function::New(env, TokenLogProbs, "tokenLogProbs"));
+  exports.Set("tokenLogProbsGrad", Napi::Function::New(env, TokenLogProbsGrad, "tokenLogProbsGrad"));
   exports.Set("sumSquares", Napi::Function::New(env, SumSquares, "sumSquares"));
   exports.Set("adamw", Napi::Function::New(env, AdamW, "adamw"));
   return exports;

@@ -8,7 +8,7 @@
 // AVX2 6x16, anything else a portable 4x8 fallback.
 //
 // Threads: one thread for small problems (decoding-size matmuls must stay cheap); otherwise the
-// matrices of a batch are tasks for the pool, or each matrix is cut into one slice of rows or
+// matrices of a batch are tasks for the pool, or each matrix is cut into a few slices of rows or
 // columns per thread. Each task packs its own panels (some packing is duplicated rather than
 // synchronised).
 #include "gemm.h"
@@ -45,6 +45,9 @@ constexpr int64_t NC = 2048;
 
 // Up to this many rows, B is used in place (see gemm_few_rows).
 constexpr int64_t kFewRows = 4;
+
+// Row or column slices per thread when one matrix is split.
+constexpr int64_t kSlicesPerThread = 4;
 
 // Work (2*m*n*k summed over the batch) below which one thread is faster than waking another.
 constexpr double kParallelFlops = 3.0e6;
@@ -369,9 +372,12 @@ void sgemm(const GemmArgs& g) {
       plan.split = Plan::kBatch;
       plan.parts = static_cast<int>(g.batch);
     } else {
-      // Split the larger side, counted in micro-tiles, into one slice per thread.
-      plan.split = (g.m + MR - 1) / MR >= (g.n + NR - 1) / NR ? Plan::kRows : Plan::kCols;
-      plan.parts = threads;
+      // Split the larger side, counted in micro-tiles, into a few slices per thread: when a
+      // thread is descheduled (a busy machine), the others take its remaining slices.
+      const int64_t row_tiles = (g.m + MR - 1) / MR, col_tiles = (g.n + NR - 1) / NR;
+      plan.split = row_tiles >= col_tiles ? Plan::kRows : Plan::kCols;
+      const int64_t tiles = std::max(row_tiles, col_tiles);
+      plan.parts = static_cast<int>(std::max<int64_t>(threads, std::min<int64_t>(tiles / 4, kSlicesPerThread * threads)));
     }
   }
   if (plan.parts == 1) {

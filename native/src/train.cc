@@ -14,8 +14,26 @@
 #include "pool.h"
 #include "simd.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 namespace nk {
 namespace {
+
+inline vec vsqrt(vec x) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<vec>(_mm512_sqrt_ps(reinterpret_cast<__m512>(x)));
+#elif defined(__AVX__)
+  return reinterpret_cast<vec>(_mm256_sqrt_ps(reinterpret_cast<__m256>(x)));
+#elif defined(__SSE__)
+  return reinterpret_cast<vec>(_mm_sqrt_ps(reinterpret_cast<__m128>(x)));
+#else
+  vec r;
+  for (int k = 0; k < VL; ++k) r[k] = std::sqrt(x[k]);
+  return r;
+#endif
+}
 
 // Below this many float operations a kernel runs on the calling thread alone.
 constexpr double kParallelWork = 1 << 16;
@@ -154,6 +172,10 @@ struct AttentionJob {
 
 thread_local std::vector<float> attention_scratch;
 
+// Rows of a causal block: row block [i0, i0 + kCausalBlock) only sees keys [0, i0 + kCausalBlock),
+// so the matrix products skip (most of) the masked upper triangle.
+constexpr int64_t kCausalBlock = 64;
+
 void attention_part(void* ctx, int task) {
   const AttentionJob& j = *static_cast<const AttentionJob*>(ctx);
   const int64_t T = j.T, hs = j.hs, C = j.H * hs, b = task / j.H, h = task % j.H;
@@ -162,23 +184,39 @@ void attention_part(void* ctx, int task) {
   const float* k = q + C;
   const float* v = q + 2 * C;
   float* p = j.prob + (b * j.H + h) * T * T;
-  // S = Q K^T, then a causal softmax per row, in place in p.
-  sgemm_serial(q, 3 * C, false, k, 3 * C, true, p, T, T, T, hs);
+  float* y = j.y + b * T * C + h * hs;
+  // S = Q K^T (lower block triangle), then a causal softmax per row, in place in p.
+  for (int64_t i0 = 0; i0 < T; i0 += kCausalBlock) {
+    const int64_t i1 = std::min(T, i0 + kCausalBlock);
+    sgemm_serial(q + i0 * 3 * C, 3 * C, false, k, 3 * C, true, p + i0 * T, T, i1 - i0, i1, hs);
+  }
   for (int64_t i = 0; i < T; ++i) {
     float* row = p + i * T;
+    const int64_t n = i + 1;
+    vec mv = splat(-INFINITY);
+    int64_t jj = 0;
+    for (; jj + VL <= n; jj += VL) {
+      const vec u = load(row + jj) * scale;
+      store(row + jj, u);
+      mv = u > mv ? u : mv;
+    }
     float mx = -INFINITY;
-    for (int64_t jj = 0; jj <= i; ++jj) {
+    for (int l = 0; l < VL; ++l) mx = std::max(mx, mv[l]);
+    for (; jj < n; ++jj) {
       row[jj] *= scale;
       mx = std::max(mx, row[jj]);
     }
-    for (int64_t jj = 0; jj <= i; ++jj) row[jj] -= mx;
-    exp_f32(row, row, i + 1);
+    for (jj = 0; jj < n; ++jj) row[jj] -= mx;
+    exp_f32(row, row, n);
     const float inv = 1.f / row_sum(row, i + 1);
     for (int64_t jj = 0; jj <= i; ++jj) row[jj] *= inv;
     std::memset(row + i + 1, 0, (T - i - 1) * sizeof(float));
   }
   // Y = P V into this head's columns of y.
-  sgemm_serial(p, T, false, v, 3 * C, false, j.y + b * T * C + h * hs, C, T, hs, T);
+  for (int64_t i0 = 0; i0 < T; i0 += kCausalBlock) {
+    const int64_t i1 = std::min(T, i0 + kCausalBlock);
+    sgemm_serial(p + i0 * T, T, false, v, 3 * C, false, y + i0 * C, C, i1 - i0, hs, i1);
+  }
 }
 
 void attention_grad_part(void* ctx, int task) {
@@ -197,7 +235,10 @@ void attention_grad_part(void* ctx, int task) {
   if (scratch.size() < static_cast<size_t>(T * T)) scratch.resize(T * T);
   float* ds = scratch.data();
   // dP = dY V^T; dS = P * (dP - rowsum(P * dP)) * scale (zero above the diagonal, where P is).
-  sgemm_serial(dy, C, false, v, 3 * C, true, ds, T, T, T, hs);
+  for (int64_t i0 = 0; i0 < T; i0 += kCausalBlock) {
+    const int64_t i1 = std::min(T, i0 + kCausalBlock);
+    sgemm_serial(dy + i0 * C, C, false, v, 3 * C, true, ds + i0 * T, T, i1 - i0, i1, hs);
+  }
   for (int64_t i = 0; i < T; ++i) {
     const float* pr = p + i * T;
     float* dr = ds + i * T;
@@ -212,9 +253,14 @@ void attention_grad_part(void* ctx, int task) {
     for (int64_t jj = 0; jj <= i; ++jj) dr[jj] = pr[jj] * (dr[jj] - dot) * scale;
     std::memset(dr + i + 1, 0, (T - i - 1) * sizeof(float));
   }
-  sgemm_serial(ds, T, false, k, 3 * C, false, dq, 3 * C, T, hs, T);  // dQ = dS K
-  sgemm_serial(ds, T, true, q, 3 * C, false, dk, 3 * C, T, hs, T);   // dK = dS^T Q
-  sgemm_serial(p, T, true, dy, C, false, dv, 3 * C, T, hs, T);       // dV = P^T dY
+  for (int64_t i0 = 0; i0 < T; i0 += kCausalBlock) {
+    const int64_t i1 = std::min(T, i0 + kCausalBlock);
+    // dQ[i0:i1] = dS[i0:i1, :i1] K[:i1]
+    sgemm_serial(ds + i0 * T, T, false, k, 3 * C, false, dq + i0 * 3 * C, 3 * C, i1 - i0, hs, i1);
+    // dK[i0:i1] = dS[i0:, i0:i1]^T Q[i0:];  dV[i0:i1] = P[i0:, i0:i1]^T dY[i0:]
+    sgemm_serial(ds + i0 * T + i0, T, true, q + i0 * 3 * C, 3 * C, false, dk + i0 * 3 * C, 3 * C, i1 - i0, hs, T - i0);
+    sgemm_serial(p + i0 * T + i0, T, true, dy + i0 * C, C, false, dv + i0 * 3 * C, 3 * C, i1 - i0, hs, T - i0);
+  }
 }
 
 // ------------------------------------------------------------------ embeddings
@@ -238,6 +284,62 @@ void embed_part(void* ctx, int t) {
   }
 }
 
+// ------------------------------------------------------------------ log-probabilities
+
+struct LogProbJob {
+  const float *dy, *logits;
+  const int32_t* targets;
+  float *lse, *logp, *dlogits;
+  int64_t n, v;
+  int parts;
+};
+
+thread_local std::vector<float> row_scratch;
+
+void log_prob_part(void* ctx, int t) {
+  const LogProbJob& j = *static_cast<const LogProbJob*>(ctx);
+  const int64_t r0 = j.n * t / j.parts, r1 = j.n * (t + 1) / j.parts, v = j.v;
+  if (row_scratch.size() < static_cast<size_t>(v)) row_scratch.resize(v);
+  float* e = row_scratch.data();
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* x = j.logits + r * v;
+    vec mv = splat(-INFINITY);
+    int64_t i = 0;
+    for (; i + VL <= v; i += VL) {
+      const vec u = load(x + i);
+      mv = u > mv ? u : mv;
+    }
+    float mx = -INFINITY;
+    for (int k = 0; k < VL; ++k) mx = std::max(mx, mv[k]);
+    for (; i < v; ++i) mx = std::max(mx, x[i]);
+    const vec mvv = splat(mx);
+    for (i = 0; i + VL <= v; i += VL) store(e + i, load(x + i) - mvv);
+    for (; i < v; ++i) e[i] = x[i] - mx;
+    exp_f32(e, e, v);
+    const float lse = mx + std::log(row_sum(e, v));
+    j.lse[r] = lse;
+    j.logp[r] = x[j.targets[r]] - lse;
+  }
+}
+
+void log_prob_grad_part(void* ctx, int t) {
+  const LogProbJob& j = *static_cast<const LogProbJob*>(ctx);
+  const int64_t r0 = j.n * t / j.parts, r1 = j.n * (t + 1) / j.parts, v = j.v;
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* x = j.logits + r * v;
+    float* d = j.dlogits + r * v;
+    const vec lse = splat(j.lse[r]);
+    int64_t i = 0;
+    for (; i + VL <= v; i += VL) store(d + i, load(x + i) - lse);
+    for (; i < v; ++i) d[i] = x[i] - j.lse[r];
+    exp_f32(d, d, v);
+    const vec ndy = splat(-j.dy[r]);
+    for (i = 0; i + VL <= v; i += VL) store(d + i, load(d + i) * ndy);
+    for (; i < v; ++i) d[i] *= -j.dy[r];
+    d[j.targets[r]] += j.dy[r];
+  }
+}
+
 // ------------------------------------------------------------------ AdamW
 
 struct AdamWJob {
@@ -254,7 +356,21 @@ void adamw_part(void* ctx, int t) {
   const int64_t chunk = (j.n / j.parts + VL - 1) / VL * VL;
   const int64_t i0 = std::min(j.n, chunk * t);
   const int64_t i1 = t == j.parts - 1 ? j.n : std::min(j.n, chunk * (t + 1));
-  for (int64_t i = i0; i < i1; ++i) {
+  const vec scale = splat(s.grad_scale), b1 = splat(s.beta1), b2 = splat(s.beta2);
+  const vec c1 = splat(s.one_minus_beta1), c2 = splat(s.one_minus_beta2);
+  const vec bc1 = splat(s.bc1), bc2 = splat(s.bc2), eps = splat(s.eps), decay = splat(s.decay);
+  const vec lr = splat(s.lr);
+  int64_t i = i0;
+  for (; i + VL <= i1; i += VL) {
+    const vec g = s.grad_scale == 1.f ? load(j.g + i) : load(j.g + i) * scale;
+    const vec m = load(j.m + i) * b1 + g * c1;
+    const vec v = load(j.v + i) * b2 + g * g * c2;
+    const vec update = (m / bc1) / (vsqrt(v / bc2) + eps);
+    store(j.p1 + i, load(j.p + i) * decay - update * lr);
+    store(j.m1 + i, m);
+    store(j.v1 + i, v);
+  }
+  for (; i < i1; ++i) {
     const float g = s.grad_scale == 1.f ? j.g[i] : j.g[i] * s.grad_scale;
     const float m = j.m[i] * s.beta1 + g * s.one_minus_beta1;
     const float v = j.v[i] * s.beta2 + g * g * s.one_minus_beta2;
@@ -331,6 +447,19 @@ void embed_grad(const float* dx, const int32_t* ids, int64_t B, int64_t T, int64
       p[i] += src[i];
     }
   }
+}
+
+void token_log_probs(const float* logits, const int32_t* targets, int64_t n, int64_t v, float* logp,
+                     float* lse) {
+  LogProbJob job{nullptr, logits, targets, lse, logp, nullptr, n, v, parts_for(6.0 * n * v, n)};
+  parallel_for(job.parts, log_prob_part, &job);
+}
+
+void token_log_probs_grad(const float* dy, const float* logits, const int32_t* targets,
+                          const float* lse, int64_t n, int64_t v, float* dlogits) {
+  LogProbJob job{dy, logits, targets, const_cast<float*>(lse), nullptr, dlogits, n, v,
+                 parts_for(6.0 * n * v, n)};
+  parallel_for(job.parts, log_prob_grad_part, &job);
 }
 
 double sum_squares(const float* const* data, const int64_t* sizes, int count) {

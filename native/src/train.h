@@ -34,6 +34,15 @@ void embed(const float* wte, const float* wpe, const int32_t* ids, int64_t B, in
 void embed_grad(const float* dx, const int32_t* ids, int64_t B, int64_t T, int64_t C, int64_t V,
                 int64_t P, float* dwte, float* dwpe);
 
+// Log-probabilities of targets [n] (checked by the caller to lie in [0, v)) under the softmax of
+// each row of logits [n, v]: logp [n] and the rows' log-sum-exp lse [n].
+void token_log_probs(const float* logits, const int32_t* targets, int64_t n, int64_t v, float* logp,
+                     float* lse);
+
+// Its backward from dy [n]: dlogits [n, v] = dy * (onehot(target) - softmax(row)).
+void token_log_probs_grad(const float* dy, const float* logits, const int32_t* targets,
+                          const float* lse, int64_t n, int64_t v, float* dlogits);
+
 // Sum of squares of every value of `count` arrays (as double).
 double sum_squares(const float* const* data, const int64_t* sizes, int count);
 
