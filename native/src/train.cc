@@ -13,6 +13,7 @@
 #include "gemm.h"
 #include "pool.h"
 #include "simd.h"
+#include "vmath.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -172,6 +173,44 @@ struct AttentionJob {
 
 thread_local std::vector<float> attention_scratch;
 
+// row[0, n) = softmax(row[0, n) * scale), row[n, T) = 0: three vector passes (scale and max,
+// exp and sum, normalise).
+inline void softmax_row(float* row, int64_t n, int64_t T, float scale) {
+  vec mv = splat(-INFINITY);
+  int64_t j = 0;
+  for (; j + VL <= n; j += VL) {
+    const vec u = load(row + j) * scale;
+    store(row + j, u);
+    mv = u > mv ? u : mv;
+  }
+  float mx = -INFINITY;
+  for (int l = 0; l < VL; ++l) mx = std::max(mx, mv[l]);
+  for (; j < n; ++j) {
+    row[j] *= scale;
+    mx = std::max(mx, row[j]);
+  }
+  // Padding the tail with -inf (exp gives 0) keeps the whole row in vectors; the caller's row
+  // has room for it (n < T) or the tail is handled through a small buffer.
+  const vec mxv = splat(mx);
+  vec acc = vec{};
+  for (j = 0; j + VL <= n; j += VL) {
+    const vec e = exp_vec(load(row + j) - mxv);
+    store(row + j, e);
+    acc += e;
+  }
+  if (j < n) {
+    alignas(64) float tail[VL];
+    for (int l = 0; l < VL; ++l) tail[l] = j + l < n ? row[j + l] - mx : -INFINITY;
+    const vec e = exp_vec(load(tail));
+    acc += e;
+    std::memcpy(row + j, &e, (n - j) * sizeof(float));
+  }
+  const vec inv = splat(1.f / hsum(acc));
+  for (j = 0; j + VL <= n; j += VL) store(row + j, load(row + j) * inv);
+  for (; j < n; ++j) row[j] *= inv[0];
+  std::memset(row + n, 0, (T - n) * sizeof(float));
+}
+
 // Rows of a causal block: row block [i0, i0 + kCausalBlock) only sees keys [0, i0 + kCausalBlock),
 // so the matrix products skip (most of) the masked upper triangle.
 constexpr int64_t kCausalBlock = 64;
@@ -190,28 +229,7 @@ void attention_part(void* ctx, int task) {
     const int64_t i1 = std::min(T, i0 + kCausalBlock);
     sgemm_serial(q + i0 * 3 * C, 3 * C, false, k, 3 * C, true, p + i0 * T, T, i1 - i0, i1, hs);
   }
-  for (int64_t i = 0; i < T; ++i) {
-    float* row = p + i * T;
-    const int64_t n = i + 1;
-    vec mv = splat(-INFINITY);
-    int64_t jj = 0;
-    for (; jj + VL <= n; jj += VL) {
-      const vec u = load(row + jj) * scale;
-      store(row + jj, u);
-      mv = u > mv ? u : mv;
-    }
-    float mx = -INFINITY;
-    for (int l = 0; l < VL; ++l) mx = std::max(mx, mv[l]);
-    for (; jj < n; ++jj) {
-      row[jj] *= scale;
-      mx = std::max(mx, row[jj]);
-    }
-    for (jj = 0; jj < n; ++jj) row[jj] -= mx;
-    exp_f32(row, row, n);
-    const float inv = 1.f / row_sum(row, i + 1);
-    for (int64_t jj = 0; jj <= i; ++jj) row[jj] *= inv;
-    std::memset(row + i + 1, 0, (T - i - 1) * sizeof(float));
-  }
+  for (int64_t i = 0; i < T; ++i) softmax_row(p + i * T, i + 1, T, scale);
   // Y = P V into this head's columns of y.
   for (int64_t i0 = 0; i0 < T; i0 += kCausalBlock) {
     const int64_t i1 = std::min(T, i0 + kCausalBlock);
