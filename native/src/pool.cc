@@ -30,6 +30,9 @@ static int spin_iterations() {
   return 2000;
 }
 
+// Pause iterations the caller spins for the last tasks of a job before it starts yielding.
+static constexpr int kCallerSpins = 4000;
+
 Pool& Pool::instance() {
   static Pool* pool = new Pool(default_threads());
   return *pool;
@@ -83,7 +86,12 @@ bool Pool::try_run(int n, Fn fn, void* ctx) {
   wake_.store(g, std::memory_order_release);
   wake_.notify_all();
   work(g);
-  while (done_.load(std::memory_order_acquire) < n) cpu_relax();
+  // A worker still running a task may have been descheduled (a busy machine): after a short
+  // spin, yield so it can finish instead of burning the time slice it needs.
+  for (int spins = 0; done_.load(std::memory_order_acquire) < n; ++spins) {
+    if (spins < kCallerSpins) cpu_relax();
+    else std::this_thread::yield();
+  }
   return true;
 }
 
