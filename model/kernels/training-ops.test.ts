@@ -216,3 +216,21 @@ test('a clone shares memory with its source yet outlives it', () => {
   assert.deepEqual([...y.dataSync()], [1, 2, 3]);
   y.dispose();
 });
+
+test('TF_NATIVE_KERNELS=0 leaves the training ops off, so the model and optimizer take the tfjs path', () => {
+  unregisterTrainingOps();
+  const saved = process.env.TF_NATIVE_KERNELS;
+  process.env.TF_NATIVE_KERNELS = '0';
+  try {
+    assert.deepEqual(registerTrainingOps(), []);
+    assert.equal(trainingOpsAvailable(), false);
+    const gpt = GPT.create(SHAPES.odd!, 'policy');
+    assert.equal(gpt.forwardPath(), 'tfjs');
+    gpt.dispose();
+  } finally {
+    if (saved === undefined) delete process.env.TF_NATIVE_KERNELS;
+    else process.env.TF_NATIVE_KERNELS = saved;
+    registerTrainingOps();
+  }
+  assert.equal(trainingOpsAvailable(), true);
+});
