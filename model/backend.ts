@@ -4,7 +4,8 @@
  * dependencies that may be absent), then `wasm`, then `cpu`. `TF_BACKEND` forces one.
  *
  * On `wasm`, native kernels (model/kernels) are registered when their addon was built; they
- * replace the slow paths of the wasm backend without changing any model code.
+ * replace the slow paths of the wasm backend without changing any model code, and the fused
+ * training ops (model/kernels/training-ops.ts) become available to the model and optimizer.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { registerAllGradients } from './tfjs-gradients.ts';
@@ -16,6 +17,8 @@ export interface BackendInfo {
   readonly name: BackendName;
   /** Native kernels that replace the backend's own (empty when none were loaded). */
   readonly nativeKernels: readonly string[];
+  /** Fused native training ops now in use (empty when none: the model runs plain tfjs ops). */
+  readonly trainingOps: readonly string[];
   /** Backends that were tried and failed, with the reason. */
   readonly skipped: readonly { name: BackendName; reason: string }[];
 }
@@ -68,12 +71,16 @@ async function select(forcedName: string | undefined, log: (line: string) => voi
       continue;
     }
     let nativeKernels: string[] = [];
+    let trainingOps: string[] = [];
     if (name === 'wasm' && process.env.TF_NATIVE_KERNELS !== '0') {
       const { registerNativeKernels } = await import('./kernels/native-kernels.ts');
+      const { registerTrainingOps } = await import('./kernels/training-ops.ts');
       nativeKernels = registerNativeKernels();
+      trainingOps = registerTrainingOps();
     }
-    const info: BackendInfo = Object.freeze({ name, nativeKernels, skipped });
-    const native = nativeKernels.length ? ` with native kernels: ${nativeKernels.join(', ')}` : '';
+    const info: BackendInfo = Object.freeze({ name, nativeKernels, trainingOps, skipped });
+    const fused = trainingOps.length ? `; fused training ops: ${trainingOps.join(', ')}` : '';
+    const native = nativeKernels.length ? ` with native kernels: ${nativeKernels.join(', ')}${fused}` : '';
     const why = skipped.length ? ` (skipped ${skipped.map((s) => s.name).join(', ')})` : '';
     log(`tensor backend: ${name}${native}${why}`);
     return info;

@@ -14,10 +14,15 @@
  *     decoder (model/kernels/fused-decoder.ts: one call per step, caches in native memory, no
  *     padding); otherwise the tfjs path below, whose caches (`[H, t, hs]` per layer) are padded
  *     to the longest and masked. Both give the logits of the full forward pass.
+ *  5. The full forward pass (training, scoring) has two paths too: on the wasm backend with the
+ *     native addon, the fused training ops of model/kernels/training-ops.ts (one op forward and
+ *     one backward for each LayerNorm, attention, GELU and the embeddings); otherwise plain tfjs
+ *     ops. Both compute the same function and gradients (within float32 rounding).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { z } from 'zod';
 import { FusedDecoder, NativeKVCache, fusedDecoderAvailable } from './kernels/fused-decoder.ts';
+import { fusedAttention, fusedEmbed, fusedGelu, fusedLayerNorm, trainingOpsAvailable } from './kernels/training-ops.ts';
 
 export const GPTConfigSchema = z
   .object({
@@ -37,6 +42,9 @@ export type ModelKind = 'policy' | 'reward';
 
 /** Which implementation runs `prefill`/`decodeStep`: the fused native decoder or plain tfjs. */
 export type DecodePath = 'native' | 'tfjs';
+
+/** Which implementation runs the full forward pass (`hidden`) and its gradients. */
+export type ForwardPath = 'native' | 'tfjs';
 
 /**
  * Per-sequence decoding state, an opaque handle: made by `prefill`, advanced by `decodeStep`,
@@ -213,14 +221,20 @@ export class GPT {
 
   // ---------------------------------------------------------------- full forward pass
 
+  /** The path `hidden` takes by default: the fused training ops when they can run here. */
+  forwardPath(): ForwardPath {
+    return trainingOpsAvailable() ? 'native' : 'tfjs';
+  }
+
   /**
    * Final hidden states after the last LayerNorm: `[B*T, C]` for ids `[B, T]` (int32).
    * Rows are in (b, t) order.
    */
-  hidden(idx: tf.Tensor2D): tf.Tensor2D {
+  hidden(idx: tf.Tensor2D, path: ForwardPath = this.forwardPath()): tf.Tensor2D {
     const [B, T] = idx.shape;
     const { nLayer, nHead, nEmbd: C, blockSize } = this.config;
     if (T > blockSize) throw new Error(`sequence of ${T} tokens exceeds blockSize ${blockSize}`);
+    if (path === 'native') return this.hiddenFused(idx);
     const hs = C / nHead;
     const tok = embed(this.p('wte'), tf.reshape(idx, [B * T]) as tf.Tensor1D); // [B*T, C]
     const pos = tf.tile(tf.slice(this.p('wpe'), [0, 0], [T, C]), [B, 1]); // [B*T, C]
@@ -241,6 +255,25 @@ export class GPT {
       x = tf.add(x, linear(fc, this.p(h + 'mlp.wproj'), this.p(h + 'mlp.bproj')));
     }
     return layerNorm(x, this.p('lnf.g'), this.p('lnf.b'));
+  }
+
+  /** `hidden` on the fused training ops; the same blocks as the tfjs path above. */
+  private hiddenFused(idx: tf.Tensor2D): tf.Tensor2D {
+    const [B, T] = idx.shape;
+    const ids = tf.reshape(idx.dtype === 'int32' ? idx : tf.cast(idx, 'int32'), [B * T]) as tf.Tensor1D;
+    let x = fusedEmbed(this.p('wte') as tf.Tensor2D, this.p('wpe') as tf.Tensor2D, ids, B, T); // [B*T, C]
+    const dense = (a: tf.Tensor2D, w: string, b: string) => tf.fused.matMul({ a, b: this.p(w) as tf.Tensor2D, bias: this.p(b) }) as tf.Tensor2D; // [B*T, out]
+    for (let l = 0; l < this.config.nLayer; l++) {
+      const h = `h.${l}.`;
+      const a = fusedLayerNorm(x, this.p(h + 'ln1.g'), this.p(h + 'ln1.b'), LN_EPS);
+      const qkv = dense(a, h + 'attn.wqkv', h + 'attn.bqkv'); // [B*T, 3C]
+      const y = fusedAttention(qkv, B, T, this.config.nHead); // [B*T, C]
+      x = tf.add(x, dense(y, h + 'attn.wo', h + 'attn.bo')) as tf.Tensor2D;
+      const m = fusedLayerNorm(x, this.p(h + 'ln2.g'), this.p(h + 'ln2.b'), LN_EPS);
+      const fc = fusedGelu(dense(m, h + 'mlp.wfc', h + 'mlp.bfc')); // [B*T, 4C]
+      x = tf.add(x, dense(fc, h + 'mlp.wproj', h + 'mlp.bproj')) as tf.Tensor2D;
+    }
+    return fusedLayerNorm(x, this.p('lnf.g'), this.p('lnf.b'), LN_EPS);
   }
 
   /** Language-model logits `[N, V]` of hidden states `[N, C]` (head tied to `wte`). */

@@ -2,12 +2,15 @@
  * Token-level losses and log-probabilities shared by pretraining, SFT, the reward model and PPO.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { fusedTokenLogProbs, trainingOpsAvailable } from './kernels/training-ops.ts';
 
 /**
  * Log-probabilities of `targets` under `logits`: `[N, V]`, `[N]` int32 → `[N]`.
- * Picks with a one-hot product (no gather gradient on wasm).
+ * Picks with a one-hot product (no gather gradient on wasm); one fused native op (forward and
+ * backward) where the training ops run (model/kernels/training-ops.ts).
  */
 export function tokenLogProbs(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Tensor1D {
+  if (trainingOpsAvailable() && logits.dtype === 'float32') return fusedTokenLogProbs(logits, targets);
   const logp = tf.logSoftmax(logits); // [N, V]
   const onehot = tf.oneHot(targets, logits.shape[1]); // [N, V]
   return tf.sum(tf.mul(logp, onehot), 1) as tf.Tensor1D;

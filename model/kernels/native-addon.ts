@@ -28,6 +28,20 @@ export interface NativeAddon {
   cacheBytes?(cache: NativeCacheHandle): number;
   /** One fused forward pass of N sequences against their caches; writes N*V logits. */
   decode?(heap: ArrayBuffer, params: Float64Array, caches: NativeCacheHandle[], logits: Float32Array): void;
+  // Fused training kernels (absent from addons built before them); layouts in addon.cc.
+  layerNorm?(heap: ArrayBuffer, params: Float64Array): void;
+  layerNormGrad?(heap: ArrayBuffer, params: Float64Array): void;
+  attention?(heap: ArrayBuffer, params: Float64Array): void;
+  attentionGrad?(heap: ArrayBuffer, params: Float64Array): void;
+  gelu?(heap: ArrayBuffer, params: Float64Array): void;
+  geluGrad?(heap: ArrayBuffer, params: Float64Array): void;
+  embed?(heap: ArrayBuffer, params: Float64Array): void;
+  embedGrad?(heap: ArrayBuffer, params: Float64Array): void;
+  tokenLogProbs?(heap: ArrayBuffer, params: Float64Array): void;
+  tokenLogProbsGrad?(heap: ArrayBuffer, params: Float64Array): void;
+  /** Sum of squares of every value of the listed float32 arrays. */
+  sumSquares?(heap: ArrayBuffer, params: Float64Array): number;
+  adamw?(heap: ArrayBuffer, params: Float64Array): void;
 }
 
 /** An opaque native KV cache (an N-API external). */

@@ -17,15 +17,32 @@
 //   decode(heap, [nLayer, nHead, C, V, blockSize, N, ...weight offsets (wte, wpe,
 //          12 per block in checkpoint order, lnf.g, lnf.b), ...rows (N), ...tokens (sum rows)],
 //          caches (Array of N distinct caches), logits (Float32Array, N*V))
+//
+// Fused training kernels (train.h, elementwise.h); all float32 except ids (int32):
+//   layerNorm(heap, [xOff, gOff, bOff, yOff, meanOff, rstdOff, n, c, eps])
+//   layerNormGrad(heap, [dyOff, xOff, gOff, meanOff, rstdOff, dxOff, dgOff, dbOff, n, c])
+//   attention(heap, [qkvOff, yOff, attOff, B, T, H, hs])
+//   attentionGrad(heap, [dyOff, qkvOff, attOff, dqkvOff, B, T, H, hs])
+//   gelu(heap, [xOff, yOff, size])
+//   geluGrad(heap, [xOff, dyOff, dxOff, size])
+//   embed(heap, [wteOff, wpeOff, idsOff, xOff, B, T, C, V, P])     ids checked to lie in [0, V)
+//   embedGrad(heap, [dxOff, idsOff, dwteOff, dwpeOff, B, T, C, V, P])
+//   tokenLogProbs(heap, [logitsOff, targetsOff, logpOff, lseOff, n, v])   targets checked in [0, v)
+//   tokenLogProbsGrad(heap, [dyOff, logitsOff, targetsOff, lseOff, dlogitsOff, n, v])
+//   sumSquares(heap, [count, off0, size0, off1, size1, ...]) -> sum of squares of all values
+//   adamw(heap, [pOff, gOff, mOff, vOff, p1Off, m1Off, v1Off, n, lr, beta1, beta2, eps,
+//                1 - beta1, 1 - beta2, decay, gradScale, bc1, bc2])
 #include <napi.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "decoder.h"
 #include "elementwise.h"
 #include "gemm.h"
 #include "pool.h"
+#include "train.h"
 #include "transpose.h"
 
 namespace {
@@ -324,6 +341,273 @@ Napi::Value Decode(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// ------------------------------------------------------------------ fused training kernels
+
+// Sizes must be whole numbers in [0, 2^40]: they index memory.
+bool sizes_ok(const double* p, size_t from, size_t to) {
+  for (size_t i = from; i < to; ++i)
+    if (!(p[i] >= 0 && p[i] <= 1099511627776.0) || p[i] != static_cast<double>(static_cast<int64_t>(p[i])))
+      return false;
+  return true;
+}
+
+template <typename T>
+T* at(const Heap& h, double offset) {
+  return reinterpret_cast<T*>(h.data + static_cast<uint64_t>(offset));
+}
+
+Napi::Value LayerNorm(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  Heap h;
+  if (!read_args(info, 9, &h)) return env.Undefined();
+  const double* p = h.p;
+  const double n = p[6], c = p[7];
+  if (!sizes_ok(p, 6, 8) || !in_heap(h, p[0], n * c) || !in_heap(h, p[1], c) || !in_heap(h, p[2], c) ||
+      !in_heap(h, p[3], n * c) || !in_heap(h, p[4], n) || !in_heap(h, p[5], n)) {
+    fail(env, "layerNorm: operand outside the heap");
+    return env.Undefined();
+  }
+  nk::layer_norm(at<const float>(h, p[0]), at<const float>(h, p[1]), at<const float>(h, p[2]),
+                 static_cast<float>(p[8]), static_cast<int64_t>(n), static_cast<int64_t>(c),
+                 at<float>(h, p[3]), at<float>(h, p[4]), at<float>(h, p[5]));
+  return env.Undefined();
+}
+
+Napi::Value LayerNormGrad(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  Heap h;
+  if (!read_args(info, 10, &h)) return env.Undefined();
+  const double* p = h.p;
+  const double n = p[8], c = p[9];
+  if (!sizes_ok(p, 8, 10) || !in_heap(h, p[0], n * c) || !in_heap(h, p[1], n * c) || !in_heap(h, p[2], c) ||
+      !in_heap(h, p[3], n) || !in_heap(h, p[4], n) || !in_heap(h, p[5], n * c) || !in_heap(h, p[6], c) ||
+      !in_heap(h, p[7], c)) {
+    fail(env, "layerNormGrad: operand outside the heap");
+    return env.Undefined();
+  }
+  nk::layer_norm_grad(at<const float>(h, p[0]), at<const float>(h, p[1]), at<const float>(h, p[2]),
+                      at<const float>(h, p[3]), at<const float>(h, p[4]), static_cast<int64_t>(n),
+                      static_cast<int64_t>(c), at<float>(h, p[5]), at<float>(h, p[6]), at<float>(h, p[7]));
+  return env.Undefined();
+}
+
+Napi::Value Attention(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  Heap h;
+  if (!read_args(info, 7, &h)) return env.Undefined();
+  const double* p = h.p;
+  const double B = p[3], T = p[4], H = p[5], hs = p[6], C = H * hs;
+  if (!sizes_ok(p, 3, 7) || B * H > 1 << 30 || !in_heap(h, p[0], B * T * 3 * C) ||
+      !in_heap(h, p[1], B * T * C) || !in_heap(h, p[2], B * H * T * T)) {
+    fail(env, "attention: operand outside the heap");
+    return env.Undefined();
+  }
+  nk::attention(at<const float>(h, p[0]), static_cast<int64_t>(B), static_cast<int64_t>(T),
+                static_cast<int64_t>(H), static_cast<int64_t>(hs), at<float>(h, p[1]), at<float>(h, p[2]));
+  return env.Undefined();
+}
+
+Napi::Value AttentionGrad(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  Heap h;
+  if (!read_args(info, 8, &h)) return env.Undefined();
+  const double* p = h.p;
+  const double B = p[4], T = p[5], H = p[6], hs = p[7], C = H * hs;
+  if (!sizes_ok(p, 4, 8) || B * H > 1 << 30 || !in_heap(h, p[0], B * T * C) ||
+      !in_heap(h, p[1], B * T * 3 * C) || !in_heap(h, p[2], B * H * T * T) ||
+      !in_heap(h, p[3], B * T * 3 * C)) {
+    fail(env, "attentionGrad: operand outside the heap");
+    return env.Undefined();
+  }
+  nk::attention_grad(at<const float>(h, p[0]), at<const float>(h, p[1]), at<const float>(h, p[2]),
+                     static_cast<int64_t>(B), static_cast<int64_t>(T), static_cast<int64_t>(H),
+                     static_cast<int64_t>(hs), at<float>(h, p[3]));
+  return env.Undefined();
+}
+
+Napi::Value Gelu(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  Heap h;
+  if (!read_args(info, 3, &h)) return env.Undefined();
+  const double size = h.p[2];
+  if (!sizes_ok(h.p, 2, 3) || !in_heap(h, h.p[0], size) || !in_heap(h, h.p[1], size)) {
+    fail(env, "gelu: operand outside the heap");
+    return env.Undefined();
+  }
+  nk::gelu_f32(at<const float>(h, h.p[0]), at<float>(h, h.p[1]), static_cast<int64_t>(size));
+  return env.Undefined();
+}
+
+Napi::Value GeluGrad(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  Heap h;
+  if (!read_args(info, 4, &h)) return env.Undefined();
+  const double size = h.p[3];
+  if (!sizes_ok(h.p, 3, 4) || !in_heap(h, h.p[0], size) || !in_heap(h, h.p[1], size) ||
+      !in_heap(h, h.p[2], size)) {
+    fail(env, "geluGrad: operand outside the heap");
+    return env.Undefined();
+  }
+  nk::gelu_grad_f32(at<const float>(h, h.p[0]), at<const float>(h, h.p[1]), at<float>(h, h.p[2]),
+                    static_cast<int64_t>(size));
+  return env.Undefined();
+}
+
+// Checks the shared layout of embed and embedGrad: p[4..8] = B, T, C, V, P; ids at p[idsAt].
+bool embed_ids_ok(const Napi::Env& env, const Heap& h, int ids_at, const char* name) {
+  const double* p = h.p;
+  const double B = p[4], T = p[5], C = p[6], V = p[7], P = p[8];
+  if (!sizes_ok(p, 4, 9) || T > P || !in_heap(h, p[ids_at], B * T)) {
+    std::string message = std::string(name) + ": bad shape or operand outside the heap";
+    return fail(env, message.c_str());
+  }
+  const int32_t* ids = at<const int32_t>(h, p[ids_at]);
+  for (int64_t i = 0, n = static_cast<int64_t>(B * T); i < n; ++i) {
+    if (ids[i] < 0 || ids[i] >= V) {
+      std::string message = std::string(name) + ": token id " + std::to_string(ids[i]) +
+                            " outside vocabulary [0, " + std::to_string(static_cast<int64_t>(V)) + ")";
+      return fail(env, message.c_str());
+    }
+  }
+  (void)C;
+  return true;
+}
+
+Napi::Value Embed(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  Heap h;
+  if (!read_args(info, 9, &h)) return env.Undefined();
+  const double* p = h.p;
+  if (!embed_ids_ok(env, h, 2, "embed")) return env.Undefined();
+  const double B = p[4], T = p[5], C = p[6], V = p[7], P = p[8];
+  if (!in_heap(h, p[0], V * C) || !in_heap(h, p[1], P * C) || !in_heap(h, p[3], B * T * C)) {
+    fail(env, "embed: operand outside the heap");
+    return env.Undefined();
+  }
+  nk::embed(at<const float>(h, p[0]), at<const float>(h, p[1]), at<const int32_t>(h, p[2]),
+            static_cast<int64_t>(B), static_cast<int64_t>(T), static_cast<int64_t>(C), at<float>(h, p[3]));
+  return env.Undefined();
+}
+
+Napi::Value EmbedGrad(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  Heap h;
+  if (!read_args(info, 9, &h)) return env.Undefined();
+  const double* p = h.p;
+  if (!embed_ids_ok(env, h, 1, "embedGrad")) return env.Undefined();
+  const double B = p[4], T = p[5], C = p[6], V = p[7], P = p[8];
+  if (!in_heap(h, p[0], B * T * C) || !in_heap(h, p[2], V * C) || !in_heap(h, p[3], P * C)) {
+    fail(env, "embedGrad: operand outside the heap");
+    return env.Undefined();
+  }
+  nk::embed_grad(at<const float>(h, p[0]), at<const int32_t>(h, p[1]), static_cast<int64_t>(B),
+                 static_cast<int64_t>(T), static_cast<int64_t>(C), static_cast<int64_t>(V),
+                 static_cast<int64_t>(P), at<float>(h, p[2]), at<float>(h, p[3]));
+  return env.Undefined();
+}
+
+// Targets [n] int32 at `offset`, each in [0, v).
+bool targets_ok(const Napi::Env& env, const Heap& h, double offset, double n, double v, const char* name) {
+  if (!in_heap(h, offset, n)) return fail(env, (std::string(name) + ": operand outside the heap").c_str());
+  const int32_t* t = at<const int32_t>(h, offset);
+  for (int64_t i = 0; i < static_cast<int64_t>(n); ++i) {
+    if (t[i] < 0 || t[i] >= v) {
+      std::string message = std::string(name) + ": target " + std::to_string(t[i]) + " outside [0, " +
+                            std::to_string(static_cast<int64_t>(v)) + ")";
+      return fail(env, message.c_str());
+    }
+  }
+  return true;
+}
+
+Napi::Value TokenLogProbs(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  Heap h;
+  if (!read_args(info, 6, &h)) return env.Undefined();
+  const double* p = h.p;
+  const double n = p[4], v = p[5];
+  if (!sizes_ok(p, 4, 6) || v < 1 || !in_heap(h, p[0], n * v) || !in_heap(h, p[2], n) || !in_heap(h, p[3], n)) {
+    fail(env, "tokenLogProbs: operand outside the heap");
+    return env.Undefined();
+  }
+  if (!targets_ok(env, h, p[1], n, v, "tokenLogProbs")) return env.Undefined();
+  nk::token_log_probs(at<const float>(h, p[0]), at<const int32_t>(h, p[1]), static_cast<int64_t>(n),
+                      static_cast<int64_t>(v), at<float>(h, p[2]), at<float>(h, p[3]));
+  return env.Undefined();
+}
+
+Napi::Value TokenLogProbsGrad(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  Heap h;
+  if (!read_args(info, 7, &h)) return env.Undefined();
+  const double* p = h.p;
+  const double n = p[5], v = p[6];
+  if (!sizes_ok(p, 5, 7) || v < 1 || !in_heap(h, p[0], n) || !in_heap(h, p[1], n * v) || !in_heap(h, p[3], n) ||
+      !in_heap(h, p[4], n * v)) {
+    fail(env, "tokenLogProbsGrad: operand outside the heap");
+    return env.Undefined();
+  }
+  if (!targets_ok(env, h, p[2], n, v, "tokenLogProbsGrad")) return env.Undefined();
+  nk::token_log_probs_grad(at<const float>(h, p[0]), at<const float>(h, p[1]), at<const int32_t>(h, p[2]),
+                           at<const float>(h, p[3]), static_cast<int64_t>(n), static_cast<int64_t>(v),
+                           at<float>(h, p[4]));
+  return env.Undefined();
+}
+
+Napi::Value SumSquares(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  Heap h;
+  if (!read_args(info, 1, &h)) return env.Undefined();
+  const double count = h.p[0];
+  if (!sizes_ok(h.p, 0, 1) || h.np < 1 + 2 * count) {
+    fail(env, "sumSquares: too few params");
+    return env.Undefined();
+  }
+  std::vector<const float*> data(static_cast<size_t>(count));
+  std::vector<int64_t> sizes(static_cast<size_t>(count));
+  for (size_t a = 0; a < data.size(); ++a) {
+    const double off = h.p[1 + 2 * a], size = h.p[2 + 2 * a];
+    if (!sizes_ok(h.p, 2 + 2 * a, 3 + 2 * a) || !in_heap(h, off, size)) {
+      fail(env, "sumSquares: operand outside the heap");
+      return env.Undefined();
+    }
+    data[a] = at<const float>(h, off);
+    sizes[a] = static_cast<int64_t>(size);
+  }
+  return Napi::Number::New(env, nk::sum_squares(data.data(), sizes.data(), static_cast<int>(count)));
+}
+
+Napi::Value AdamW(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  Heap h;
+  if (!read_args(info, 18, &h)) return env.Undefined();
+  const double* p = h.p;
+  const double n = p[7];
+  bool ok = sizes_ok(p, 7, 8);
+  for (int i = 0; i < 7 && ok; ++i) ok = in_heap(h, p[i], n);
+  if (!ok) {
+    fail(env, "adamw: operand outside the heap");
+    return env.Undefined();
+  }
+  nk::AdamWStep s;
+  s.lr = static_cast<float>(p[8]);
+  s.beta1 = static_cast<float>(p[9]);
+  s.beta2 = static_cast<float>(p[10]);
+  s.eps = static_cast<float>(p[11]);
+  s.one_minus_beta1 = static_cast<float>(p[12]);
+  s.one_minus_beta2 = static_cast<float>(p[13]);
+  s.decay = static_cast<float>(p[14]);
+  s.grad_scale = static_cast<float>(p[15]);
+  s.bc1 = static_cast<float>(p[16]);
+  s.bc2 = static_cast<float>(p[17]);
+  nk::adamw(s, at<const float>(h, p[0]), at<const float>(h, p[1]), at<const float>(h, p[2]),
+            at<const float>(h, p[3]), static_cast<int64_t>(n), at<float>(h, p[4]), at<float>(h, p[5]),
+            at<float>(h, p[6]));
+  return env.Undefined();
+}
+
+// ------------------------------------------------------------------ module
+
 Napi::Value Info(const Napi::CallbackInfo& info) {
   Napi::Object out = Napi::Object::New(info.Env());
   out.Set("kernel", nk::sgemm_kernel_name());
@@ -341,6 +625,19 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cacheFree", Napi::Function::New(env, CacheFree, "cacheFree"));
   exports.Set("cacheBytes", Napi::Function::New(env, CacheBytes, "cacheBytes"));
   exports.Set("decode", Napi::Function::New(env, Decode, "decode"));
+  // Fused training kernels.
+  exports.Set("layerNorm", Napi::Function::New(env, LayerNorm, "layerNorm"));
+  exports.Set("layerNormGrad", Napi::Function::New(env, LayerNormGrad, "layerNormGrad"));
+  exports.Set("attention", Napi::Function::New(env, Attention, "attention"));
+  exports.Set("attentionGrad", Napi::Function::New(env, AttentionGrad, "attentionGrad"));
+  exports.Set("gelu", Napi::Function::New(env, Gelu, "gelu"));
+  exports.Set("geluGrad", Napi::Function::New(env, GeluGrad, "geluGrad"));
+  exports.Set("embed", Napi::Function::New(env, Embed, "embed"));
+  exports.Set("embedGrad", Napi::Function::New(env, EmbedGrad, "embedGrad"));
+  exports.Set("tokenLogProbs", Napi::Function::New(env, TokenLogProbs, "tokenLogProbs"));
+  exports.Set("tokenLogProbsGrad", Napi::Function::New(env, TokenLogProbsGrad, "tokenLogProbsGrad"));
+  exports.Set("sumSquares", Napi::Function::New(env, SumSquares, "sumSquares"));
+  exports.Set("adamw", Napi::Function::New(env, AdamW, "adamw"));
   return exports;
 }
 

@@ -5,52 +5,18 @@
 // rounding). Large inputs are split over the pool.
 #include "elementwise.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
 #include "pool.h"
 #include "simd.h"
+#include "vmath.h"
 
 namespace nk {
 namespace {
 
 constexpr int64_t kParallelElements = 1 << 17;
-
-inline vec exp_vec(vec x) {
-  const vec hi = splat(88.7228393f), lo = splat(-87.3365447504f);
-  const ivec over = x > hi, under = x < lo;
-  x = x > hi ? hi : x;
-  x = x < lo ? lo : x;
-  // n = round(x / ln2) with the 1.5*2^23 trick.
-  const vec magic = splat(12582912.0f);
-  vec t = x * splat(1.44269504088896341f) + magic;
-  const vec n = t - magic;
-  vec r = x - n * splat(0.693359375f);
-  r = r - n * splat(-2.12194440e-4f);
-  vec p = splat(1.9875691500e-4f);
-  p = p * r + splat(1.3981999507e-3f);
-  p = p * r + splat(8.3334519073e-3f);
-  p = p * r + splat(4.1665795894e-2f);
-  p = p * r + splat(1.6666665459e-1f);
-  p = p * r + splat(5.0000001201e-1f);
-  p = p * r * r + r + splat(1.0f);
-  ivec bits;
-  std::memcpy(&bits, &t, sizeof(bits));
-  ivec magic_bits;
-  std::memcpy(&magic_bits, &magic, sizeof(magic_bits));
-  ivec n_i = bits - magic_bits;
-  // 2^128 is not a float: scale by 2^127 and double p instead.
-  const ivec top = n_i > 127;
-  n_i = top ? 127 : n_i;
-  p = top ? p * 2.0f : p;
-  const ivec e = (n_i + 127) << 23;
-  vec scale;
-  std::memcpy(&scale, &e, sizeof(scale));
-  vec y = p * scale;
-  y = over ? splat(INFINITY) : y;
-  y = under ? vec{} : y;
-  return y;
-}
 
 void exp_range(const float* x, float* out, int64_t begin, int64_t end) {
   int64_t i = begin;
@@ -63,6 +29,62 @@ void exp_range(const float* x, float* out, int64_t begin, int64_t end) {
   }
   // NaN propagates through the comparisons above as a non-over, non-under value: exp_vec
   // computes NaN arithmetic for it, so nothing more to do.
+}
+
+// erf(x / sqrt2) and exp(-x^2 / 2) of x, both needed by GELU and its gradient.
+inline void erf_and_gauss(vec x, vec* erf_out, vec* gauss_out) {
+  const vec z = x * splat(0.70710678118654752f);
+  const vec az = z < 0.f ? -z : z;
+  const vec t = splat(1.f) / (splat(1.f) + splat(0.3275911f) * az);
+  vec poly = splat(1.061405429f);
+  poly = poly * t + splat(-1.453152027f);
+  poly = poly * t + splat(1.421413741f);
+  poly = poly * t + splat(-0.284496736f);
+  poly = poly * t + splat(0.254829592f);
+  poly = poly * t;
+  const vec g = exp_vec(-(z * z));
+  const vec e = splat(1.f) - poly * g;
+  *erf_out = z < 0.f ? -e : e;
+  *gauss_out = g;
+}
+
+inline vec gelu_vec(vec x) {
+  vec e, g;
+  erf_and_gauss(x, &e, &g);
+  return splat(0.5f) * x * (splat(1.f) + e);
+}
+
+inline vec gelu_grad_vec(vec x, vec dy) {
+  vec e, g;
+  erf_and_gauss(x, &e, &g);
+  return dy * (splat(0.5f) * (splat(1.f) + e) + x * g * splat(0.3989422804014327f));
+}
+
+struct GeluJob {
+  const float* x;
+  const float* dy;  // null: forward
+  float* out;
+  int64_t size;
+  int parts;
+};
+
+void gelu_part(void* ctx, int t) {
+  const GeluJob& j = *static_cast<const GeluJob*>(ctx);
+  const int64_t chunk = (j.size / j.parts + VL - 1) / VL * VL;
+  const int64_t begin = std::min(j.size, chunk * t);
+  const int64_t end = t == j.parts - 1 ? j.size : std::min(j.size, chunk * (t + 1));
+  int64_t i = begin;
+  for (; i + VL <= end; i += VL) {
+    const vec x = load(j.x + i);
+    store(j.out + i, j.dy ? gelu_grad_vec(x, load(j.dy + i)) : gelu_vec(x));
+  }
+  if (i < end) {
+    alignas(64) float xt[VL] = {}, dt[VL] = {};
+    std::memcpy(xt, j.x + i, (end - i) * sizeof(float));
+    if (j.dy) std::memcpy(dt, j.dy + i, (end - i) * sizeof(float));
+    const vec y = j.dy ? gelu_grad_vec(load(xt), load(dt)) : gelu_vec(load(xt));
+    std::memcpy(j.out + i, &y, (end - i) * sizeof(float));
+  }
 }
 
 struct ExpJob {
@@ -138,6 +160,19 @@ void exp_f32(const float* x, float* out, int64_t size) {
   ExpJob job{x, out, size, 1};
   if (size >= kParallelElements) job.parts = Pool::instance().size();
   parallel_for(job.parts, exp_part, &job);
+}
+
+static void gelu_run(const float* x, const float* dy, float* out, int64_t size) {
+  if (size <= 0) return;
+  GeluJob job{x, dy, out, size, 1};
+  if (size >= kParallelElements / 4) job.parts = Pool::instance().size();
+  parallel_for(job.parts, gelu_part, &job);
+}
+
+void gelu_f32(const float* x, float* y, int64_t size) { gelu_run(x, nullptr, y, size); }
+
+void gelu_grad_f32(const float* x, const float* dy, float* dx, int64_t size) {
+  gelu_run(x, dy, dx, size);
 }
 
 void sum_f32(const float* x, float* out, int64_t outer, int64_t reduce, int64_t inner) {

@@ -11,4 +11,9 @@ void exp_f32(const float* x, float* out, int64_t size);
 // x viewed as [outer, reduce, inner]; out[o, i] = sum over r of x[o, r, i].
 void sum_f32(const float* x, float* out, int64_t outer, int64_t reduce, int64_t inner);
 
+// Exact (erf) GELU, y = x/2 * (1 + erf(x/sqrt2)), and its backward dx = dy * gelu'(x). erf is
+// Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7), the approximation tfjs uses.
+void gelu_f32(const float* x, float* y, int64_t size);
+void gelu_grad_f32(const float* x, const float* dy, float* dx, int64_t size);
+
 }  // namespace nk

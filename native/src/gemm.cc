@@ -8,7 +8,7 @@
 // AVX2 6x16, anything else a portable 4x8 fallback.
 //
 // Threads: one thread for small problems (decoding-size matmuls must stay cheap); otherwise the
-// matrices of a batch are tasks for the pool, or each matrix is cut into one slice of rows or
+// matrices of a batch are tasks for the pool, or each matrix is cut into a few slices of rows or
 // columns per thread. Each task packs its own panels (some packing is duplicated rather than
 // synchronised).
 #include "gemm.h"
@@ -19,6 +19,10 @@
 #include <cstring>
 
 #include "pool.h"
+
+#if defined(__SSE__)
+#include <immintrin.h>
+#endif
 
 namespace nk {
 namespace {
@@ -45,6 +49,9 @@ constexpr int64_t NC = 2048;
 
 // Up to this many rows, B is used in place (see gemm_few_rows).
 constexpr int64_t kFewRows = 4;
+
+// Row or column slices per thread when one matrix is split.
+constexpr int64_t kSlicesPerThread = 4;
 
 // Work (2*m*n*k summed over the batch) below which one thread is faster than waking another.
 constexpr double kParallelFlops = 3.0e6;
@@ -80,6 +87,28 @@ struct Buffer {
 thread_local Buffer pack_a_buffer;
 thread_local Buffer pack_b_buffer;
 
+// d[p * W + i] = src[i * ld + p] for the first `valid` of W rows, 0 for the others: the
+// transposing copy of packing, in 4 x 4 blocks where SSE is available.
+void pack_transposed(const float* src, int64_t ld, int valid, int W, int64_t kc, float* d) {
+  int64_t p = 0;
+#if defined(__SSE__)
+  const int w4 = W / 4 * 4;
+  for (; p + 4 <= kc; p += 4) {
+    for (int i = 0; i < w4; i += 4) {
+      __m128 r[4];
+      for (int q = 0; q < 4; ++q)
+        r[q] = i + q < valid ? _mm_loadu_ps(src + (i + q) * ld + p) : _mm_setzero_ps();
+      _MM_TRANSPOSE4_PS(r[0], r[1], r[2], r[3]);
+      for (int q = 0; q < 4; ++q) _mm_storeu_ps(d + (p + q) * W + i, r[q]);
+    }
+    for (int i = w4; i < W; ++i)
+      for (int q = 0; q < 4; ++q) d[(p + q) * W + i] = i < valid ? src[i * ld + p + q] : 0.f;
+  }
+#endif
+  for (; p < kc; ++p)
+    for (int i = 0; i < W; ++i) d[p * W + i] = i < valid ? src[i * ld + p] : 0.f;
+}
+
 // Packs rows [i0, i0+mc) x depth [p0, p0+kc) of op(A) into MR-tall panels, zero-padded.
 void pack_a(const Mat& s, int64_t i0, int64_t p0, int64_t mc, int64_t kc, float* dst) {
   for (int64_t ir = 0; ir < mc; ir += MR) {
@@ -89,19 +118,16 @@ void pack_a(const Mat& s, int64_t i0, int64_t p0, int64_t mc, int64_t kc, float*
       // A is k x m: each depth step reads MR contiguous values.
       for (int64_t p = 0; p < kc; ++p) {
         const float* src = s.a + (p0 + p) * s.lda + i0 + ir;
+        if (rows == MR) {
+          std::memcpy(d + p * MR, src, MR * sizeof(float));
+          continue;
+        }
         int i = 0;
         for (; i < rows; ++i) d[p * MR + i] = src[i];
         for (; i < MR; ++i) d[p * MR + i] = 0.f;
       }
     } else {
-      for (int i = 0; i < MR; ++i) {
-        if (i < rows) {
-          const float* src = s.a + (i0 + ir + i) * s.lda + p0;
-          for (int64_t p = 0; p < kc; ++p) d[p * MR + i] = src[p];
-        } else {
-          for (int64_t p = 0; p < kc; ++p) d[p * MR + i] = 0.f;
-        }
-      }
+      pack_transposed(s.a + (i0 + ir) * s.lda + p0, s.lda, static_cast<int>(rows), MR, kc, d);
     }
   }
 }
@@ -124,14 +150,7 @@ void pack_b(const Mat& s, int64_t p0, int64_t j0, int64_t kc, int64_t nc, float*
       }
     } else {
       // B is n x k: column j of op(B) is a contiguous row of B.
-      for (int j = 0; j < NR; ++j) {
-        if (j < cols) {
-          const float* src = s.b + (j0 + jr + j) * s.ldb + p0;
-          for (int64_t p = 0; p < kc; ++p) d[p * NR + j] = src[p];
-        } else {
-          for (int64_t p = 0; p < kc; ++p) d[p * NR + j] = 0.f;
-        }
-      }
+      pack_transposed(s.b + (j0 + jr) * s.ldb + p0, s.ldb, static_cast<int>(cols), NR, kc, d);
     }
   }
 }
@@ -369,9 +388,12 @@ void sgemm(const GemmArgs& g) {
       plan.split = Plan::kBatch;
       plan.parts = static_cast<int>(g.batch);
     } else {
-      // Split the larger side, counted in micro-tiles, into one slice per thread.
-      plan.split = (g.m + MR - 1) / MR >= (g.n + NR - 1) / NR ? Plan::kRows : Plan::kCols;
-      plan.parts = threads;
+      // Split the larger side, counted in micro-tiles, into a few slices per thread: when a
+      // thread is descheduled (a busy machine), the others take its remaining slices.
+      const int64_t row_tiles = (g.m + MR - 1) / MR, col_tiles = (g.n + NR - 1) / NR;
+      plan.split = row_tiles >= col_tiles ? Plan::kRows : Plan::kCols;
+      const int64_t tiles = std::max(row_tiles, col_tiles);
+      plan.parts = static_cast<int>(std::max<int64_t>(threads, std::min<int64_t>(tiles / 4, kSlicesPerThread * threads)));
     }
   }
   if (plan.parts == 1) {
@@ -383,6 +405,23 @@ void sgemm(const GemmArgs& g) {
     return;
   }
   parallel_for(plan.parts, run_part, &plan);
+}
+
+void sgemm_serial(const float* a, int64_t lda, bool trans_a, const float* b, int64_t ldb,
+                  bool trans_b, float* c, int64_t ldc, int64_t m, int64_t n, int64_t k) {
+  Mat s;
+  s.a = a;
+  s.lda = lda;
+  s.b = b;
+  s.ldb = ldb;
+  s.c = c;
+  s.ldc = ldc;
+  s.m = m;
+  s.n = n;
+  s.k = k;
+  s.ta = trans_a;
+  s.tb = trans_b;
+  gemm_serial(s);
 }
 
 const char* sgemm_kernel_name() { return kKernelName; }

@@ -28,6 +28,11 @@ struct GemmArgs {
 
 void sgemm(const GemmArgs& args);
 
+// C = op(A) * op(B) for one matrix with explicit leading dimensions (row strides, in elements),
+// on the calling thread only: for kernels that already run as pool tasks (fused attention).
+void sgemm_serial(const float* a, int64_t lda, bool trans_a, const float* b, int64_t ldb,
+                  bool trans_b, float* c, int64_t ldc, int64_t m, int64_t n, int64_t k);
+
 // Name of the micro-kernel compiled in ("avx512 12x32", ...), for logs and benchmarks.
 const char* sgemm_kernel_name();
 

@@ -2,6 +2,7 @@
 // are detached, so process exit never joins or terminates a sleeping thread.
 #include "pool.h"
 
+#include <chrono>
 #include <cstdlib>
 #include <thread>
 
@@ -29,6 +30,12 @@ static int spin_iterations() {
   if (const char* env = std::getenv("TF_NATIVE_SPIN")) return std::atoi(env);
   return 2000;
 }
+
+// Pause iterations the caller spins for the last tasks of a job before it starts yielding.
+static constexpr int kCallerSpins = 4000;
+// Back-off: after this many stalled jobs in a row, this many jobs run on the caller alone.
+static constexpr int kStallsBeforeBackOff = 3;
+static constexpr int kSerialJobs = 200;
 
 Pool& Pool::instance() {
   static Pool* pool = new Pool(default_threads());
@@ -68,6 +75,10 @@ void Pool::worker() {
 }
 
 bool Pool::try_run(int n, Fn fn, void* ctx) {
+  if (serial_jobs_.load(std::memory_order_relaxed) > 0) {
+    serial_jobs_.fetch_sub(1, std::memory_order_relaxed);
+    return false;
+  }
   std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
   if (!lock.owns_lock()) return false;
   if (!started_) {
@@ -82,8 +93,25 @@ bool Pool::try_run(int n, Fn fn, void* ctx) {
   claim_.store(static_cast<uint64_t>(g) << 32, std::memory_order_release);
   wake_.store(g, std::memory_order_release);
   wake_.notify_all();
+  const auto start = std::chrono::steady_clock::now();
   work(g);
-  while (done_.load(std::memory_order_acquire) < n) cpu_relax();
+  const auto worked = std::chrono::steady_clock::now();
+  // A worker still running a task may have been descheduled (a busy machine): after a short
+  // spin, yield so it can finish instead of burning the time slice it needs.
+  int spins = 0;
+  for (; done_.load(std::memory_order_acquire) < n; ++spins) {
+    if (spins < kCallerSpins) cpu_relax();
+    else std::this_thread::yield();
+  }
+  if (spins >= kCallerSpins) {
+    const auto waited = std::chrono::steady_clock::now() - worked;
+    if (waited > worked - start && ++stalls_ >= kStallsBeforeBackOff) {
+      stalls_ = 0;
+      serial_jobs_.store(kSerialJobs, std::memory_order_relaxed);
+    }
+  } else {
+    stalls_ = 0;
+  }
   return true;
 }
 

@@ -1,0 +1,509 @@
+// Fused training kernels; see train.h. Rows (LayerNorm, embeddings, AdamW chunks) and
+// (batch, head) pairs (attention) are tasks for the pool; each task writes its own rows or head
+// columns, and per-task partial sums (dg, db) are added at the end, so results do not depend on
+// which thread ran which task.
+#include "train.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "elementwise.h"
+#include "gemm.h"
+#include "pool.h"
+#include "simd.h"
+#include "vmath.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+namespace nk {
+namespace {
+
+inline vec vsqrt(vec x) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<vec>(_mm512_sqrt_ps(reinterpret_cast<__m512>(x)));
+#elif defined(__AVX__)
+  return reinterpret_cast<vec>(_mm256_sqrt_ps(reinterpret_cast<__m256>(x)));
+#elif defined(__SSE__)
+  return reinterpret_cast<vec>(_mm_sqrt_ps(reinterpret_cast<__m128>(x)));
+#else
+  vec r;
+  for (int k = 0; k < VL; ++k) r[k] = std::sqrt(x[k]);
+  return r;
+#endif
+}
+
+// Below this many float operations a kernel runs on the calling thread alone.
+constexpr double kParallelWork = 1 << 16;
+
+inline float hsum(vec v) {
+  float s = 0.f;
+  for (int i = 0; i < VL; ++i) s += v[i];
+  return s;
+}
+
+inline float row_sum(const float* x, int64_t n) {
+  vec acc[2] = {vec{}, vec{}};
+  int64_t i = 0;
+  for (; i + 2 * VL <= n; i += 2 * VL) {
+    acc[0] += load(x + i);
+    acc[1] += load(x + i + VL);
+  }
+  for (; i + VL <= n; i += VL) acc[0] += load(x + i);
+  float s = hsum(acc[0] + acc[1]);
+  for (; i < n; ++i) s += x[i];
+  return s;
+}
+
+// Sum of (x - mean)^2.
+inline float row_centered_squares(const float* x, float mean, int64_t n) {
+  vec acc = vec{};
+  const vec mv = splat(mean);
+  int64_t i = 0;
+  for (; i + VL <= n; i += VL) {
+    const vec d = load(x + i) - mv;
+    acc += d * d;
+  }
+  float s = hsum(acc);
+  for (; i < n; ++i) s += (x[i] - mean) * (x[i] - mean);
+  return s;
+}
+
+int parts_for(double work, int64_t tasks) {
+  const int threads = Pool::instance().size();
+  if (work < kParallelWork || threads < 2) return 1;
+  return static_cast<int>(std::min<int64_t>(threads, tasks));
+}
+
+// ------------------------------------------------------------------ layer norm
+
+struct LayerNormJob {
+  const float *x, *g, *b;
+  float eps;
+  int64_t n, c;
+  float *y, *mean, *rstd;
+  int parts;
+};
+
+void layer_norm_part(void* ctx, int t) {
+  const LayerNormJob& j = *static_cast<const LayerNormJob*>(ctx);
+  const int64_t r0 = j.n * t / j.parts, r1 = j.n * (t + 1) / j.parts;
+  const float inv_c = 1.f / static_cast<float>(j.c);
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* x = j.x + r * j.c;
+    float* y = j.y + r * j.c;
+    const float mean = row_sum(x, j.c) * inv_c;
+    const float var = row_centered_squares(x, mean, j.c) * inv_c;
+    const float rstd = 1.f / std::sqrt(var + j.eps);
+    for (int64_t i = 0; i < j.c; ++i) y[i] = (x[i] - mean) * rstd * j.g[i] + j.b[i];
+    j.mean[r] = mean;
+    j.rstd[r] = rstd;
+  }
+}
+
+struct LayerNormGradJob {
+  const float *dy, *x, *g, *mean, *rstd;
+  int64_t n, c;
+  float* dx;
+  float* partial;  // parts x [dg | db]
+  int parts;
+};
+
+void layer_norm_grad_part(void* ctx, int t) {
+  const LayerNormGradJob& j = *static_cast<const LayerNormGradJob*>(ctx);
+  const int64_t r0 = j.n * t / j.parts, r1 = j.n * (t + 1) / j.parts;
+  const int64_t c = j.c;
+  float* dg = j.partial + 2 * c * t;
+  float* db = dg + c;
+  std::memset(dg, 0, 2 * c * sizeof(float));
+  const float inv_c = 1.f / static_cast<float>(c);
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* dy = j.dy + r * c;
+    const float* x = j.x + r * c;
+    float* dx = j.dx + r * c;
+    const float mean = j.mean[r], rstd = j.rstd[r];
+    // dx uses dxhat = dy * g: mean(dxhat) and mean(dxhat * xhat); dx is scratch for dxhat.
+    float s1 = 0.f, s2 = 0.f;
+    {
+      vec a1 = vec{}, a2 = vec{};
+      const vec mv = splat(mean), rv = splat(rstd);
+      int64_t i = 0;
+      for (; i + VL <= c; i += VL) {
+        const vec xhat = (load(x + i) - mv) * rv;
+        const vec d = load(dy + i);
+        const vec dxhat = d * load(j.g + i);
+        a1 += dxhat;
+        a2 += dxhat * xhat;
+        store(dg + i, load(dg + i) + d * xhat);
+        store(db + i, load(db + i) + d);
+      }
+      s1 = hsum(a1);
+      s2 = hsum(a2);
+      for (; i < c; ++i) {
+        const float xhat = (x[i] - mean) * rstd;
+        const float dxhat = dy[i] * j.g[i];
+        s1 += dxhat;
+        s2 += dxhat * xhat;
+        dg[i] += dy[i] * xhat;
+        db[i] += dy[i];
+      }
+    }
+    s1 *= inv_c;
+    s2 *= inv_c;
+    for (int64_t i = 0; i < c; ++i) {
+      const float xhat = (x[i] - mean) * rstd;
+      dx[i] = rstd * (dy[i] * j.g[i] - s1 - xhat * s2);
+    }
+  }
+}
+
+// ------------------------------------------------------------------ attention
+
+struct AttentionJob {
+  const float* qkv;
+  const float* dy;   // backward only
+  const float* att;  // backward only
+  int64_t B, T, H, hs;
+  float* y;     // forward: y; backward: dqkv
+  float* prob;  // forward: att
+};
+
+thread_local std::vector<float> attention_scratch;
+
+// row[0, n) = softmax(row[0, n) * scale), row[n, T) = 0: three vector passes (scale and max,
+// exp and sum, normalise).
+inline void softmax_row(float* row, int64_t n, int64_t T, float scale) {
+  vec mv = splat(-INFINITY);
+  int64_t j = 0;
+  for (; j + VL <= n; j += VL) {
+    const vec u = load(row + j) * scale;
+    store(row + j, u);
+    mv = u > mv ? u : mv;
+  }
+  float mx = -INFINITY;
+  for (int l = 0; l < VL; ++l) mx = std::max(mx, mv[l]);
+  for (; j < n; ++j) {
+    row[j] *= scale;
+    mx = std::max(mx, row[j]);
+  }
+  // Padding the tail with -inf (exp gives 0) keeps the whole row in vectors; the caller's row
+  // has room for it (n < T) or the tail is handled through a small buffer.
+  const vec mxv = splat(mx);
+  vec acc = vec{};
+  for (j = 0; j + VL <= n; j += VL) {
+    const vec e = exp_vec(load(row + j) - mxv);
+    store(row + j, e);
+    acc += e;
+  }
+  if (j < n) {
+    alignas(64) float tail[VL];
+    for (int l = 0; l < VL; ++l) tail[l] = j + l < n ? row[j + l] - mx : -INFINITY;
+    const vec e = exp_vec(load(tail));
+    acc += e;
+    std::memcpy(row + j, &e, (n - j) * sizeof(float));
+  }
+  const vec inv = splat(1.f / hsum(acc));
+  for (j = 0; j + VL <= n; j += VL) store(row + j, load(row + j) * inv);
+  for (; j < n; ++j) row[j] *= inv[0];
+  std::memset(row + n, 0, (T - n) * sizeof(float));
+}
+
+// Rows of a causal block: row block [i0, i0 + kCausalBlock) only sees keys [0, i0 + kCausalBlock),
+// so the matrix products skip (most of) the masked upper triangle.
+constexpr int64_t kCausalBlock = 64;
+
+void attention_part(void* ctx, int task) {
+  const AttentionJob& j = *static_cast<const AttentionJob*>(ctx);
+  const int64_t T = j.T, hs = j.hs, C = j.H * hs, b = task / j.H, h = task % j.H;
+  const float scale = 1.f / std::sqrt(static_cast<float>(hs));
+  const float* q = j.qkv + b * T * 3 * C + h * hs;
+  const float* k = q + C;
+  const float* v = q + 2 * C;
+  float* p = j.prob + (b * j.H + h) * T * T;
+  float* y = j.y + b * T * C + h * hs;
+  // S = Q K^T (lower block triangle), then a causal softmax per row, in place in p.
+  for (int64_t i0 = 0; i0 < T; i0 += kCausalBlock) {
+    const int64_t i1 = std::min(T, i0 + kCausalBlock);
+    sgemm_serial(q + i0 * 3 * C, 3 * C, false, k, 3 * C, true, p + i0 * T, T, i1 - i0, i1, hs);
+  }
+  for (int64_t i = 0; i < T; ++i) softmax_row(p + i * T, i + 1, T, scale);
+  // Y = P V into this head's columns of y.
+  for (int64_t i0 = 0; i0 < T; i0 += kCausalBlock) {
+    const int64_t i1 = std::min(T, i0 + kCausalBlock);
+    sgemm_serial(p + i0 * T, T, false, v, 3 * C, false, y + i0 * C, C, i1 - i0, hs, i1);
+  }
+}
+
+void attention_grad_part(void* ctx, int task) {
+  const AttentionJob& j = *static_cast<const AttentionJob*>(ctx);
+  const int64_t T = j.T, hs = j.hs, C = j.H * hs, b = task / j.H, h = task % j.H;
+  const float scale = 1.f / std::sqrt(static_cast<float>(hs));
+  const float* q = j.qkv + b * T * 3 * C + h * hs;
+  const float* k = q + C;
+  const float* v = q + 2 * C;
+  const float* p = j.att + (b * j.H + h) * T * T;
+  const float* dy = j.dy + b * T * C + h * hs;
+  float* dq = j.y + b * T * 3 * C + h * hs;
+  float* dk = dq + C;
+  float* dv = dq + 2 * C;
+  std::vector<float>& scratch = attention_scratch;
+  if (scratch.size() < static_cast<size_t>(T * T)) scratch.resize(T * T);
+  float* ds = scratch.data();
+  // dP = dY V^T; dS = P * (dP - rowsum(P * dP)) * scale (zero above the diagonal, where P is).
+  for (int64_t i0 = 0; i0 < T; i0 += kCausalBlock) {
+    const int64_t i1 = std::min(T, i0 + kCausalBlock);
+    sgemm_serial(dy + i0 * C, C, false, v, 3 * C, true, ds + i0 * T, T, i1 - i0, i1, hs);
+  }
+  for (int64_t i = 0; i < T; ++i) {
+    const float* pr = p + i * T;
+    float* dr = ds + i * T;
+    float dot = 0.f;
+    {
+      vec acc = vec{};
+      int64_t jj = 0;
+      for (; jj + VL <= i + 1; jj += VL) acc += load(pr + jj) * load(dr + jj);
+      dot = hsum(acc);
+      for (; jj <= i; ++jj) dot += pr[jj] * dr[jj];
+    }
+    for (int64_t jj = 0; jj <= i; ++jj) dr[jj] = pr[jj] * (dr[jj] - dot) * scale;
+    std::memset(dr + i + 1, 0, (T - i - 1) * sizeof(float));
+  }
+  for (int64_t i0 = 0; i0 < T; i0 += kCausalBlock) {
+    const int64_t i1 = std::min(T, i0 + kCausalBlock);
+    // dQ[i0:i1] = dS[i0:i1, :i1] K[:i1]
+    sgemm_serial(ds + i0 * T, T, false, k, 3 * C, false, dq + i0 * 3 * C, 3 * C, i1 - i0, hs, i1);
+    // dK[i0:i1] = dS[i0:, i0:i1]^T Q[i0:];  dV[i0:i1] = P[i0:, i0:i1]^T dY[i0:]
+    sgemm_serial(ds + i0 * T + i0, T, true, q + i0 * 3 * C, 3 * C, false, dk + i0 * 3 * C, 3 * C, i1 - i0, hs, T - i0);
+    sgemm_serial(p + i0 * T + i0, T, true, dy + i0 * C, C, false, dv + i0 * 3 * C, 3 * C, i1 - i0, hs, T - i0);
+  }
+}
+
+// ------------------------------------------------------------------ embeddings
+
+struct EmbedJob {
+  const float *wte, *wpe;
+  const int32_t* ids;
+  int64_t B, T, C;
+  float* x;
+  int parts;
+};
+
+void embed_part(void* ctx, int t) {
+  const EmbedJob& j = *static_cast<const EmbedJob*>(ctx);
+  const int64_t n = j.B * j.T, r0 = n * t / j.parts, r1 = n * (t + 1) / j.parts;
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* a = j.wte + static_cast<int64_t>(j.ids[r]) * j.C;
+    const float* p = j.wpe + (r % j.T) * j.C;
+    float* x = j.x + r * j.C;
+    for (int64_t i = 0; i < j.C; ++i) x[i] = a[i] + p[i];
+  }
+}
+
+// ------------------------------------------------------------------ log-probabilities
+
+struct LogProbJob {
+  const float *dy, *logits;
+  const int32_t* targets;
+  float *lse, *logp, *dlogits;
+  int64_t n, v;
+  int parts;
+};
+
+thread_local std::vector<float> row_scratch;
+
+void log_prob_part(void* ctx, int t) {
+  const LogProbJob& j = *static_cast<const LogProbJob*>(ctx);
+  const int64_t r0 = j.n * t / j.parts, r1 = j.n * (t + 1) / j.parts, v = j.v;
+  if (row_scratch.size() < static_cast<size_t>(v)) row_scratch.resize(v);
+  float* e = row_scratch.data();
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* x = j.logits + r * v;
+    vec mv = splat(-INFINITY);
+    int64_t i = 0;
+    for (; i + VL <= v; i += VL) {
+      const vec u = load(x + i);
+      mv = u > mv ? u : mv;
+    }
+    float mx = -INFINITY;
+    for (int k = 0; k < VL; ++k) mx = std::max(mx, mv[k]);
+    for (; i < v; ++i) mx = std::max(mx, x[i]);
+    const vec mvv = splat(mx);
+    for (i = 0; i + VL <= v; i += VL) store(e + i, load(x + i) - mvv);
+    for (; i < v; ++i) e[i] = x[i] - mx;
+    exp_f32(e, e, v);
+    const float lse = mx + std::log(row_sum(e, v));
+    j.lse[r] = lse;
+    j.logp[r] = x[j.targets[r]] - lse;
+  }
+}
+
+void log_prob_grad_part(void* ctx, int t) {
+  const LogProbJob& j = *static_cast<const LogProbJob*>(ctx);
+  const int64_t r0 = j.n * t / j.parts, r1 = j.n * (t + 1) / j.parts, v = j.v;
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* x = j.logits + r * v;
+    float* d = j.dlogits + r * v;
+    const vec lse = splat(j.lse[r]);
+    int64_t i = 0;
+    for (; i + VL <= v; i += VL) store(d + i, load(x + i) - lse);
+    for (; i < v; ++i) d[i] = x[i] - j.lse[r];
+    exp_f32(d, d, v);
+    const vec ndy = splat(-j.dy[r]);
+    for (i = 0; i + VL <= v; i += VL) store(d + i, load(d + i) * ndy);
+    for (; i < v; ++i) d[i] *= -j.dy[r];
+    d[j.targets[r]] += j.dy[r];
+  }
+}
+
+// ------------------------------------------------------------------ AdamW
+
+struct AdamWJob {
+  const AdamWStep* s;
+  const float *p, *g, *m, *v;
+  int64_t n;
+  float *p1, *m1, *v1;
+  int parts;
+};
+
+void adamw_part(void* ctx, int t) {
+  const AdamWJob& j = *static_cast<const AdamWJob*>(ctx);
+  const AdamWStep& s = *j.s;
+  const int64_t chunk = (j.n / j.parts + VL - 1) / VL * VL;
+  const int64_t i0 = std::min(j.n, chunk * t);
+  const int64_t i1 = t == j.parts - 1 ? j.n : std::min(j.n, chunk * (t + 1));
+  const vec scale = splat(s.grad_scale), b1 = splat(s.beta1), b2 = splat(s.beta2);
+  const vec c1 = splat(s.one_minus_beta1), c2 = splat(s.one_minus_beta2);
+  const vec bc1 = splat(s.bc1), bc2 = splat(s.bc2), eps = splat(s.eps), decay = splat(s.decay);
+  const vec lr = splat(s.lr);
+  int64_t i = i0;
+  for (; i + VL <= i1; i += VL) {
+    const vec g = s.grad_scale == 1.f ? load(j.g + i) : load(j.g + i) * scale;
+    const vec m = load(j.m + i) * b1 + g * c1;
+    const vec v = load(j.v + i) * b2 + g * g * c2;
+    const vec update = (m / bc1) / (vsqrt(v / bc2) + eps);
+    store(j.p1 + i, load(j.p + i) * decay - update * lr);
+    store(j.m1 + i, m);
+    store(j.v1 + i, v);
+  }
+  for (; i < i1; ++i) {
+    const float g = s.grad_scale == 1.f ? j.g[i] : j.g[i] * s.grad_scale;
+    const float m = j.m[i] * s.beta1 + g * s.one_minus_beta1;
+    const float v = j.v[i] * s.beta2 + g * g * s.one_minus_beta2;
+    const float update = (m / s.bc1) / (std::sqrt(v / s.bc2) + s.eps);
+    j.p1[i] = j.p[i] * s.decay - update * s.lr;
+    j.m1[i] = m;
+    j.v1[i] = v;
+  }
+}
+
+}  // namespace
+
+void layer_norm(const float* x, const float* g, const float* b, float eps, int64_t n, int64_t c,
+                float* y, float* mean, float* rstd) {
+  LayerNormJob job{x, g, b, eps, n, c, y, mean, rstd, parts_for(8.0 * n * c, n)};
+  parallel_for(job.parts, layer_norm_part, &job);
+}
+
+void layer_norm_grad(const float* dy, const float* x, const float* g, const float* mean,
+                     const float* rstd, int64_t n, int64_t c, float* dx, float* dg, float* db) {
+  const int parts = parts_for(12.0 * n * c, n);
+  std::vector<float> partial(2 * c * parts);
+  LayerNormGradJob job{dy, x, g, mean, rstd, n, c, dx, partial.data(), parts};
+  parallel_for(parts, layer_norm_grad_part, &job);
+  for (int64_t i = 0; i < c; ++i) {
+    float sg = 0.f, sb = 0.f;
+    for (int t = 0; t < parts; ++t) {
+      sg += partial[2 * c * t + i];
+      sb += partial[2 * c * t + c + i];
+    }
+    dg[i] = sg;
+    db[i] = sb;
+  }
+}
+
+void attention(const float* qkv, int64_t B, int64_t T, int64_t H, int64_t hs, float* y, float* att) {
+  AttentionJob job{qkv, nullptr, nullptr, B, T, H, hs, y, att};
+  const int tasks = static_cast<int>(B * H);
+  if (4.0 * B * H * T * T * hs < kParallelWork) {
+    for (int t = 0; t < tasks; ++t) attention_part(&job, t);
+  } else {
+    parallel_for(tasks, attention_part, &job);
+  }
+}
+
+void attention_grad(const float* dy, const float* qkv, const float* att, int64_t B, int64_t T,
+                    int64_t H, int64_t hs, float* dqkv) {
+  AttentionJob job{qkv, dy, att, B, T, H, hs, dqkv, nullptr};
+  const int tasks = static_cast<int>(B * H);
+  if (8.0 * B * H * T * T * hs < kParallelWork) {
+    for (int t = 0; t < tasks; ++t) attention_grad_part(&job, t);
+  } else {
+    parallel_for(tasks, attention_grad_part, &job);
+  }
+}
+
+void embed(const float* wte, const float* wpe, const int32_t* ids, int64_t B, int64_t T, int64_t C,
+           float* x) {
+  EmbedJob job{wte, wpe, ids, B, T, C, x, parts_for(2.0 * B * T * C, B * T)};
+  parallel_for(job.parts, embed_part, &job);
+}
+
+void embed_grad(const float* dx, const int32_t* ids, int64_t B, int64_t T, int64_t C, int64_t V,
+                int64_t P, float* dwte, float* dwpe) {
+  // Scatter-adds in row order on one thread, so rows sharing a token add in a fixed order.
+  std::memset(dwte, 0, V * C * sizeof(float));
+  std::memset(dwpe, 0, P * C * sizeof(float));
+  for (int64_t r = 0; r < B * T; ++r) {
+    const float* src = dx + r * C;
+    float* a = dwte + static_cast<int64_t>(ids[r]) * C;
+    float* p = dwpe + (r % T) * C;
+    for (int64_t i = 0; i < C; ++i) {
+      a[i] += src[i];
+      p[i] += src[i];
+    }
+  }
+}
+
+void token_log_probs(const float* logits, const int32_t* targets, int64_t n, int64_t v, float* logp,
+                     float* lse) {
+  LogProbJob job{nullptr, logits, targets, lse, logp, nullptr, n, v, parts_for(6.0 * n * v, n)};
+  parallel_for(job.parts, log_prob_part, &job);
+}
+
+void token_log_probs_grad(const float* dy, const float* logits, const int32_t* targets,
+                          const float* lse, int64_t n, int64_t v, float* dlogits) {
+  LogProbJob job{dy, logits, targets, const_cast<float*>(lse), nullptr, dlogits, n, v,
+                 parts_for(6.0 * n * v, n)};
+  parallel_for(job.parts, log_prob_grad_part, &job);
+}
+
+double sum_squares(const float* const* data, const int64_t* sizes, int count) {
+  double total = 0.0;
+  for (int a = 0; a < count; ++a) {
+    const float* x = data[a];
+    const int64_t n = sizes[a];
+    vec acc[2] = {vec{}, vec{}};
+    int64_t i = 0;
+    for (; i + 2 * VL <= n; i += 2 * VL) {
+      const vec u = load(x + i), w = load(x + i + VL);
+      acc[0] += u * u;
+      acc[1] += w * w;
+    }
+    for (; i + VL <= n; i += VL) acc[0] += load(x + i) * load(x + i);
+    double s = hsum(acc[0] + acc[1]);
+    for (; i < n; ++i) s += static_cast<double>(x[i]) * x[i];
+    total += s;
+  }
+  return total;
+}
+
+void adamw(const AdamWStep& s, const float* p, const float* g, const float* m, const float* v,
+           int64_t n, float* p1, float* m1, float* v1) {
+  AdamWJob job{&s, p, g, m, v, n, p1, m1, v1, parts_for(12.0 * n, n / VL + 1)};
+  parallel_for(job.parts, adamw_part, &job);
+}
+
+}  // namespace nk
