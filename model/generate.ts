@@ -3,6 +3,11 @@
  * its cache, its seeded sampler, its streamed text and its stop rules (end-of-turn token, stop
  * strings, max tokens, the context window). `generateBatch` decodes many sequences together, one
  * batched forward pass per step; a serving scheduler drives `DecodeSequence`s the same way.
+ *
+ * `sampleBatch` samples every row of a step at once: in the native addon when it is built
+ * (model/kernels/native-sampler.ts, the same algorithm and the same draws from each sequence's
+ * generator, so the same tokens), else row by row with `sampleToken`. Sequences whose options go
+ * beyond temperature / top-k / top-p (any other sampling option set) are always sampled in JS.
  */
 import type { GPT, KVCache } from './gpt.ts';
 import { disposeCache } from './gpt.ts';
@@ -10,6 +15,7 @@ import { StreamDecoder, type Tokenizer } from './tokenizer.ts';
 import { endOfTurnId } from './chat-template.ts';
 import { DEFAULT_SAMPLING, sampleToken, type SamplingParams } from './sampling.ts';
 import { createRng } from './random.ts';
+import { nativeSampleRows } from './kernels/native-sampler.ts';
 
 export type FinishReason = 'stop' | 'length' | 'cancelled';
 
@@ -41,6 +47,8 @@ export class DecodeSequence {
   private readonly rng: () => number;
   private readonly decoder: StreamDecoder;
   private readonly eot: number;
+  /** Whether the native batched sampler may sample this sequence (plain temperature / top-k / top-p). */
+  readonly plainSampling: boolean;
 
   constructor(
     private readonly tok: Tokenizer,
@@ -51,6 +59,7 @@ export class DecodeSequence {
     this.rng = createRng(opts.seed);
     this.decoder = new StreamDecoder(tok);
     this.eot = endOfTurnId(tok);
+    this.plainSampling = plainSampling(opts);
   }
 
   get done(): boolean {
@@ -68,8 +77,32 @@ export class DecodeSequence {
    */
   push(logits: Float32Array, offset: number, V: number): string {
     if (this.done) return '';
+    return this.accept(this.sample(logits, offset, V));
+  }
+
+  /** The next token drawn from `logits[offset .. offset+V)` with `sampleToken` (not yet accepted). */
+  sample(logits: Float32Array, offset: number, V: number): number {
     // Specials other than end-of-turn never belong inside a reply.
-    const id = sampleToken(logits, offset, V, this.opts, this.rng, bannedSpecials(this.tok, this.eot));
+    return sampleToken(logits, offset, V, this.opts, this.rng, bannedSpecials(this.tok, this.eot));
+  }
+
+
+  /** The uniform draw `sample` would take for its next token (one when the temperature is above 0). */
+  draw(): number {
+    return this.opts.temperature > 0 ? this.rng() : 0;
+  }
+
+  /** The ids `sample` never picks (specials other than end-of-turn) as a mask of at least V bytes. */
+  bannedMask(V: number): Uint8Array {
+    return bannedMask(this.tok, this.eot, V);
+  }
+
+  /**
+   * Appends a sampled token (from `sample` or `sampleBatch`): detokenises it, applies the stop
+   * rules, and returns the newly releasable text.
+   */
+  accept(id: number): string {
+    if (this.done) return '';
     this.ids.push(id);
     if (id === this.eot) return this.finish('stop');
     this.text += this.decoder.push(id);
@@ -107,7 +140,78 @@ export class DecodeSequence {
   }
 }
 
+/** Options `sampleBatch` may sample natively: only these keys may carry a value that changes sampling. */
+const PLAIN_KEYS = new Set(['temperature', 'topK', 'topP', 'maxTokens', 'seed', 'stop']);
+
+/**
+ * True when `opts` asks for nothing but temperature / top-k / top-p: every other key is absent
+ * or neutral (undefined, null, false, 0, an empty array or object), so sampling options added
+ * later (penalties, logit biases, log-probabilities) send their requests to the JS sampler.
+ */
+export function plainSampling(opts: GenerateOptions): boolean {
+  for (const key in opts) {
+    if (PLAIN_KEYS.has(key)) continue;
+    const v = (opts as unknown as Record<string, unknown>)[key];
+    if (v === undefined || v === null || v === false || v === 0) continue;
+    if (typeof v === 'object' && Object.keys(v).length === 0) continue;
+    return false;
+  }
+  return Number.isFinite(opts.temperature) && Number.isFinite(opts.topP) && Number.isFinite(opts.topK);
+}
+
+/** How `sampleBatch` samples: `auto` (native when available), or forced. */
+export type SamplePath = 'auto' | 'native' | 'js';
+
+let params = new Float64Array(0);
+let picked = new Int32Array(0);
+
+/**
+ * Samples the next token of `seqs[r]` from row r of `logits` (`seqs.length * V` values) into
+ * `ids[r]`, drawing from each sequence's own generator exactly as `sample` would. The tokens are
+ * not accepted: call `accept` on each. Native for the rows of plain sequences when the addon has
+ * the sampler (and `path` is not `js`), `sampleToken` for the others.
+ */
+export function sampleBatch(seqs: readonly DecodeSequence[], logits: Float32Array, V: number, ids: Int32Array, path: SamplePath = 'auto'): void {
+  const n = seqs.length;
+  const native = path === 'js' ? undefined : nativeSampleRows();
+  if (path === 'native' && !native) throw new Error('sampleBatch: the native sampler is not available');
+  const banned = n ? seqs[0]!.bannedMask(V) : undefined;
+  let fast = 0;
+  if (native) for (const s of seqs) if (s.plainSampling && s.bannedMask(V) === banned) fast++;
+  if (!fast) {
+    for (let r = 0; r < n; r++) ids[r] = seqs[r]!.sample(logits, r * V, V);
+    return;
+  }
+  if (params.length < n * 4) params = new Float64Array(n * 4);
+  for (let r = 0; r < n; r++) {
+    const s = seqs[r]!;
+    const plain = s.plainSampling && s.bannedMask(V) === banned;
+    // Rows sampled in JS run natively as greedy (cheap) and are overwritten below.
+    params[4 * r] = plain ? s.opts.temperature : 0;
+    params[4 * r + 1] = plain ? s.opts.topK : 0;
+    params[4 * r + 2] = plain ? s.opts.topP : 1;
+    params[4 * r + 3] = plain ? s.draw() : 0;
+  }
+  if (picked.length < n) picked = new Int32Array(n);
+  const out = picked.subarray(0, n);
+  native!(logits, V, params.subarray(0, 4 * n), banned!, out);
+  for (let r = 0; r < n; r++) {
+    const s = seqs[r]!;
+    ids[r] = s.plainSampling && s.bannedMask(V) === banned ? out[r]! : s.sample(logits, r * V, V);
+  }
+}
+
 const bannedCache = new WeakMap<Tokenizer, Set<number>>();
+const maskCache = new WeakMap<Tokenizer, Uint8Array>();
+function bannedMask(tok: Tokenizer, eot: number, V: number): Uint8Array {
+  let m = maskCache.get(tok);
+  if (!m || m.length < V) {
+    m = new Uint8Array(Math.max(V, tok.vocabSize));
+    for (const id of bannedSpecials(tok, eot)) m[id] = 1;
+    maskCache.set(tok, m);
+  }
+  return m;
+}
 function bannedSpecials(tok: Tokenizer, eot: number): Set<number> {
   let s = bannedCache.get(tok);
   if (!s) {
@@ -144,6 +248,7 @@ export function generateBatch(
   prompts: readonly (readonly number[])[],
   opts: Partial<GenerateOptions> = {},
   onDelta?: (index: number, delta: string) => void,
+  path: SamplePath = 'auto',
 ): Generation[] {
   const o = { ...DEFAULT_GENERATE, ...opts };
   const V = gpt.config.vocabSize;
@@ -159,8 +264,10 @@ export function generateBatch(
       const live = seqs.map((s, i) => [s, i] as const).filter(([s]) => !s.done);
       if (!live.length) break;
       const logits = gpt.decodeStep(live.map(([s]) => s.cache), live.map(([s]) => s.lastToken));
+      const ids = new Int32Array(live.length);
+      sampleBatch(live.map(([s]) => s), logits, V, ids, path);
       live.forEach(([s, i], row) => {
-        const d = s.push(logits, row * V, V);
+        const d = s.accept(ids[row]!);
         if (d) onDelta?.(i, d);
       });
     }

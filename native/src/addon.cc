@@ -17,6 +17,8 @@
 //   decode(heap, [nLayer, nHead, C, V, blockSize, N, ...weight offsets (wte, wpe,
 //          12 per block in checkpoint order, lnf.g, lnf.b), ...rows (N), ...tokens (sum rows)],
 //          caches (Array of N distinct caches), logits (Float32Array, N*V))
+//
+// Sampling (sampler.h): sampleRows(logits, V, params, banned, ids).
 #include <napi.h>
 
 #include <cstdint>
@@ -26,6 +28,7 @@
 #include "elementwise.h"
 #include "gemm.h"
 #include "pool.h"
+#include "sampler.h"
 #include "transpose.h"
 
 namespace {
@@ -341,6 +344,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cacheFree", Napi::Function::New(env, CacheFree, "cacheFree"));
   exports.Set("cacheBytes", Napi::Function::New(env, CacheBytes, "cacheBytes"));
   exports.Set("decode", Napi::Function::New(env, Decode, "decode"));
+  register_sampler(env, exports);
   return exports;
 }
 
