@@ -217,7 +217,8 @@ export function openAIRoutes(deps: OpenAIDeps): Hono<OpenAIEnv> {
     const includeUsage = req.stream_options?.include_usage === true;
     const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) =>
       JSON.stringify({ id, object: 'chat.completion.chunk', created, model, system_fingerprint: model, choices, ...extra });
-    // Deltas arrive from the decode loop synchronously; they are queued and written in order.
+    // Deltas arrive from the decode loop synchronously; they are queued and written in order,
+    // whatever accumulated during the previous write going out as one write.
     const lines: string[] = [];
     let wake: (() => void) | undefined;
     const push = (line: string) => {
@@ -248,10 +249,18 @@ export function openAIRoutes(deps: OpenAIDeps): Hono<OpenAIEnv> {
     return streamSSE(c, async (stream) => {
       stream.onAbort(() => run.cancel());
       signal.addEventListener('abort', () => run.cancel(), { once: true });
+      const prof = chat.deps.scheduler.profile;
       for (;;) {
-        while (lines.length) {
+        // Every chunk queued meanwhile goes out in one write (one event each).
+        if (lines.length) {
           if (stream.aborted) return;
-          await stream.writeSSE({ data: lines.shift()! });
+          const batch = lines.map((l) => `data: ${l}\n\n`).join('');
+          lines.length = 0;
+          const t = prof.now();
+          const written = stream.write(batch);
+          prof.wrote(t);
+          await written;
+          continue;
         }
         if (finished) return;
         await new Promise<void>((r) => (wake = r));
