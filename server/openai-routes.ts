@@ -218,15 +218,20 @@ export function openAIRoutes(deps: OpenAIDeps): Hono<OpenAIEnv> {
     const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) =>
       JSON.stringify({ id, object: 'chat.completion.chunk', created, model, system_fingerprint: model, choices, ...extra });
     // Deltas arrive from the decode loop synchronously; they are queued and written in order,
-    // whatever accumulated during the previous write going out as one write.
+    // whatever accumulated going out as one write. After the first text is written, a write
+    // waits until `deltaCoalesceMs` after the previous one (as the WebSocket's frames do).
     const lines: string[] = [];
+    let textQueued = false;
     let wake: (() => void) | undefined;
     const push = (line: string) => {
       lines.push(line);
       wake?.();
     };
     for (let i = 0; i < n; i++) push(chunk([{ index: i, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]));
-    const run = replyRun((i, text) => push(chunk([{ index: i, delta: { content: text }, logprobs: null, finish_reason: null }])));
+    const run = replyRun((i, text) => {
+      textQueued = true;
+      push(chunk([{ index: i, delta: { content: text }, logprobs: null, finish_reason: null }]));
+    });
     let finished = false;
     run.done
       .then((replies) => {
@@ -250,10 +255,19 @@ export function openAIRoutes(deps: OpenAIDeps): Hono<OpenAIEnv> {
       stream.onAbort(() => run.cancel());
       signal.addEventListener('abort', () => run.cancel(), { once: true });
       const prof = chat.deps.scheduler.profile;
+      const coalesceMs = chat.deps.config.deltaCoalesceMs;
+      let textWritten = false;
+      let lastWrite = -Infinity;
       for (;;) {
-        // Every chunk queued meanwhile goes out in one write (one event each).
         if (lines.length) {
           if (stream.aborted) return;
+          const since = performance.now() - lastWrite;
+          if (textWritten && !finished && since < coalesceMs) {
+            await new Promise((r) => setTimeout(r, coalesceMs - since));
+            continue;
+          }
+          textWritten ||= textQueued;
+          lastWrite = performance.now();
           const batch = lines.map((l) => `data: ${l}\n\n`).join('');
           lines.length = 0;
           const t = prof.now();

@@ -7,6 +7,7 @@ import { renderChat } from '../chat-template.ts';
 import { DecodeSequence, generateBatch, plainSampling, sampleBatch, type GenerateOptions } from '../generate.ts';
 import { createRng } from '../random.ts';
 import { nativeSampleRows } from './native-sampler.ts';
+import { loadNativeAddon } from './native-addon.ts';
 
 const native = nativeSampleRows();
 const skip = native ? false : 'the native addon with the sampler is not built (npm ci without a compiler): the JS sampler runs';
@@ -108,4 +109,26 @@ test('generateBatch gives the same replies with the native and the JS sampler (g
     const b = generateBatch(gpt, tok, prompts, { ...o, maxTokens: 30 }, undefined, 'js');
     assert.deepEqual(a, b);
   }
+});
+
+test('the native sampler\'s exponential is V8\'s Math.exp bit for bit over the weights it takes', { skip }, () => {
+  const { addon } = loadNativeAddon();
+  const exp = (addon as unknown as { expNonPositive: (xs: Float64Array) => void }).expNonPositive;
+  const rng = createRng(17);
+  const xs = new Float64Array(400_000);
+  for (let i = 0; i < xs.length; i++) {
+    const band = i % 4;
+    // Every branch of the reduction: |x| < 2^-28, below 0.5 ln2, below 1.5 ln2, the rest (to -700).
+    xs[i] = band === 0 ? -rng() * 2 ** -27 : band === 1 ? -rng() * 0.36 : band === 2 ? -rng() * 1.1 : -rng() * (i % 8 === 3 ? 700 : 30);
+  }
+  xs[0] = 0;
+  xs[1] = -0;
+  xs[2] = -Math.LN2 / 2;
+  xs[3] = -1.5 * Math.LN2;
+  xs[4] = -30;
+  const out = Float64Array.from(xs);
+  exp(out);
+  let differ = 0;
+  for (let i = 0; i < xs.length; i++) if (out[i] !== Math.exp(xs[i]!)) differ++;
+  assert.equal(differ, 0, `${differ} of ${xs.length} values differ from Math.exp`);
 });

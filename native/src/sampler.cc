@@ -1,8 +1,9 @@
 // Batched next-token sampling (see sampler.h). Each step mirrors sampleToken in
 // model/sampling.ts: the same candidate set (logits within 30·temperature of the best), the same
 // order of summation (id order without top-k/top-p; otherwise descending logit, ties by lower id,
-// through the same stable radix sort of 32-bit keys), the same cut-offs, all in double. The
-// exponentials are computed once per candidate and kept, where the JS walks them twice.
+// through the same stable radix sort of 32-bit keys), the same cut-offs, all in double, and the
+// same exponential as V8's Math.exp (a vectorisable port of fdlibm's). The exponentials are
+// computed once per candidate and kept, where the JS walks them twice.
 #include "sampler.h"
 
 #include <napi.h>
@@ -15,12 +16,85 @@
 #include "pool.h"
 
 namespace nk {
+
+// e^x for x in [-700, 0] (every weight the sampler takes: x = (logit - max) / temperature), bit
+// for bit V8's Math.exp (fdlibm's e_exp.c as V8 ships it), written without branches so that a
+// loop over an array vectorises. No fused multiply-adds: the rounding must be fdlibm's.
+__attribute__((optimize("fp-contract=off", "no-trapping-math"))) inline double exp_nonpos(double x) {
+  constexpr double ln2HI = 6.93147180369123816490e-01, ln2LO = 1.90821492927058770002e-10,
+                   invln2 = 1.44269504088896338700e+00, P1 = 1.66666666666666019037e-01,
+                   P2 = -2.77777777770155933842e-03, P3 = 6.61375632143793436117e-05,
+                   P4 = -1.65339022054652515390e-06, P5 = 4.13813679705723846039e-08;
+  uint64_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  const uint32_t hx = static_cast<uint32_t>(bits >> 32) & 0x7FFFFFFFu;
+  const bool reduce = hx > 0x3FD62E42u;  // |x| > 0.5 ln2
+  const bool near = hx < 0x3FF0A2B2u;    // |x| < 1.5 ln2: k = ±1
+  const bool tiny = hx < 0x3E300000u;    // |x| < 2^-28
+  const double sign = std::copysign(1.0, x);
+  const double kg = static_cast<double>(static_cast<int32_t>(invln2 * x + 0.5 * sign));
+  // k as a double; k·ln2HI and k·ln2LO are exact for k = ±1, so one formula covers fdlibm's table.
+  const double k = reduce ? (near ? sign : kg) : 0.0;
+  const double hi = x - k * ln2HI;
+  const double lo = k * ln2LO;
+  const double r = hi - lo;  // x itself when k = 0
+  const double tt = r * r;
+  const double c = r - tt * (P1 + tt * (P2 + tt * (P3 + tt * (P4 + tt * P5))));
+  const uint64_t pk = static_cast<uint64_t>(0x3FF + static_cast<int64_t>(k)) << 52;
+  double twopk;
+  std::memcpy(&twopk, &pk, sizeof twopk);
+  const double y0 = 1.0 - ((r * c) / (c - 2.0) - r);
+  const double y1 = (1.0 - ((lo - (r * c) / (2.0 - c)) - hi)) * twopk;
+  return tiny ? 1.0 + x : (k == 0.0 ? y0 : y1);
+}
+
+// xs[i] = e^xs[i] over the array (each xs[i] in [-700, 0]): exp_nonpos on 8 lanes at a time,
+// written with vector extensions (the compiler does not if-convert the scalar form).
+__attribute__((optimize("fp-contract=off"))) void exp_nonpos_array(double* xs, int n) {
+  typedef double v8d __attribute__((vector_size(64)));
+  typedef int64_t v8l __attribute__((vector_size(64)));
+  typedef uint64_t v8u __attribute__((vector_size(64)));
+  constexpr double ln2HI = 6.93147180369123816490e-01, ln2LO = 1.90821492927058770002e-10,
+                   invln2 = 1.44269504088896338700e+00, P1 = 1.66666666666666019037e-01,
+                   P2 = -2.77777777770155933842e-03, P3 = 6.61375632143793436117e-05,
+                   P4 = -1.65339022054652515390e-06, P5 = 4.13813679705723846039e-08;
+  const v8d zero = {}, one = zero + 1.0;
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    v8d x;
+    std::memcpy(&x, xs + i, sizeof x);
+    const v8u bits = reinterpret_cast<v8u&>(x);
+    const v8u hx = (bits >> 32) & 0x7FFFFFFFu;
+    const v8l reduce = hx > 0x3FD62E42u;
+    const v8l near = hx < 0x3FF0A2B2u;
+    const v8l tiny = hx < 0x3E300000u;
+    const v8u sbits = reinterpret_cast<const v8u&>(one) | (bits & 0x8000000000000000ull);
+    const v8d sign = reinterpret_cast<const v8d&>(sbits);
+    const v8d kg = __builtin_convertvector(__builtin_convertvector(x * invln2 + sign * 0.5, v8l), v8d);
+    const v8d k = reduce ? (near ? sign : kg) : zero;
+    const v8d hi = x - k * ln2HI;
+    const v8d lo = k * ln2LO;
+    const v8d r = hi - lo;
+    const v8d tt = r * r;
+    const v8d c = r - tt * (P1 + tt * (P2 + tt * (P3 + tt * (P4 + tt * P5))));
+    const v8u pk = (v8u)__builtin_convertvector(k, v8l) + 0x3FFu;
+    const v8u pk52 = pk << 52;
+    const v8d twopk = reinterpret_cast<const v8d&>(pk52);
+    const v8d y0 = 1.0 - ((r * c) / (c - 2.0) - r);
+    const v8d y1 = (1.0 - ((lo - (r * c) / (2.0 - c)) - hi)) * twopk;
+    const v8d y = tiny ? x + 1.0 : (k == zero ? y0 : y1);
+    std::memcpy(xs + i, &y, sizeof y);
+  }
+  for (; i < n; ++i) xs[i] = exp_nonpos(xs[i]);
+}
+
 namespace {
 
 struct Scratch {
   std::vector<uint32_t> key, key2;
   std::vector<int32_t> id, id2;
   std::vector<double> probs;
+  std::vector<uint8_t> ok;
   void size(int V) {
     if (static_cast<int>(key.size()) >= V) return;
     key.resize(V);
@@ -28,6 +102,7 @@ struct Scratch {
     id.resize(V);
     id2.resize(V);
     probs.resize(V);
+    ok.resize(V);
   }
 };
 
@@ -70,7 +145,8 @@ const int32_t* radix_sort(Scratch& s, int n) {
   return id;
 }
 
-int32_t sample_one(const float* l, int V, const uint8_t* banned, const SampleRow& p, Scratch& s) {
+// No fused multiply-adds here either: the JS rounds each operation.
+__attribute__((optimize("fp-contract=off"))) int32_t sample_one(const float* l, int V, const uint8_t* banned, const SampleRow& p, Scratch& s) {
   if (p.temperature <= 0) {
     int32_t best = -1;
     double best_logit = -std::numeric_limits<double>::infinity();
@@ -92,23 +168,22 @@ int32_t sample_one(const float* l, int V, const uint8_t* banned, const SampleRow
   s.size(V);
   double* probs = s.probs.data();
   if (p.top_k <= 0 && p.top_p >= 1) {
-    // Candidates in id order; probs[i] holds each one's weight (0 for the rest).
-    double total = 0;
+    // Candidates in id order: each one's weight in probs (the others' entries are unused).
+    uint8_t* ok = s.ok.data();
     int32_t last = -1;
     for (int i = 0; i < V; ++i) {
       const double x = l[i];
-      if (allowed(banned, i) && x >= floor) {
-        const double w = std::exp((x - max) / p.temperature);
-        probs[i] = w;
-        total += w;
-        last = i;
-      } else {
-        probs[i] = -1;
-      }
+      ok[i] = allowed(banned, i) && x >= floor;
+      probs[i] = ok[i] ? (x - max) / p.temperature : 0.0;
+      if (ok[i]) last = i;
     }
+    exp_nonpos_array(probs, last + 1);
+    double total = 0;
+    for (int i = 0; i <= last; ++i)
+      if (ok[i]) total += probs[i];
     double r = p.u * total;
     for (int i = 0; i <= last; ++i) {
-      if (probs[i] >= 0 && (r -= probs[i]) <= 0) return i;
+      if (ok[i] && (r -= probs[i]) <= 0) return i;
     }
     return last;
   }
@@ -123,12 +198,10 @@ int32_t sample_one(const float* l, int V, const uint8_t* banned, const SampleRow
   if (n == 0) return -1;
   const int32_t* ids = radix_sort(s, n);
   if (p.top_k > 0 && p.top_k < n) n = p.top_k;
+  for (int j = 0; j < n; ++j) probs[j] = (static_cast<double>(l[ids[j]]) - max) / p.temperature;
+  exp_nonpos_array(probs, n);
   double total = 0;
-  for (int j = 0; j < n; ++j) {
-    const double w = std::exp((static_cast<double>(l[ids[j]]) - max) / p.temperature);
-    probs[j] = w;
-    total += w;
-  }
+  for (int j = 0; j < n; ++j) total += probs[j];
   if (p.top_p < 1) {
     double acc = 0;
     for (int j = 0; j < n; ++j) {
@@ -218,8 +291,28 @@ Napi::Value SampleRows(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// expNonPositive(xs: Float64Array): e^x in place, x in [-700, 0]: the sampler's exponential, so a
+// test can hold it to Math.exp bit for bit.
+Napi::Value ExpNonPositive(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+    Napi::RangeError::New(env, "expNonPositive: expected a Float64Array").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Float64Array xs = info[0].As<Napi::Float64Array>();
+  for (size_t i = 0; i < xs.ElementLength(); ++i) {
+    if (!(xs[i] >= -700 && xs[i] <= 0)) {
+      Napi::RangeError::New(env, "expNonPositive: values must lie in [-700, 0]").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+  }
+  nk::exp_nonpos_array(xs.Data(), static_cast<int>(xs.ElementLength()));
+  return env.Undefined();
+}
+
 }  // namespace
 
 void register_sampler(Napi::Env env, Napi::Object exports) {
   exports.Set("sampleRows", Napi::Function::New(env, SampleRows, "sampleRows"));
+  exports.Set("expNonPositive", Napi::Function::New(env, ExpNonPositive, "expNonPositive"));
 }
