@@ -263,7 +263,15 @@ export class Scheduler {
     const byModel = new Map<ServedModel, Admission[]>();
     let admitted = 0;
     while (this.#waiting.length && this.#active.length + admitted < this.opts.maxBatch && (admitted === 0 || budget > 0)) {
-      const a = this.#plan(this.#waiting.shift()!);
+      const job = this.#waiting.shift()!;
+      let a: Admission;
+      try {
+        a = this.#plan(job);
+      } catch (err) {
+        job.state = 'done';
+        job.reject(err);
+        continue;
+      }
       budget -= a.ids.length;
       admitted++;
       const group = byModel.get(a.model);
@@ -273,19 +281,25 @@ export class Scheduler {
     for (const [model, group] of byModel) this.#start(model, group);
   }
 
-  /** What a job's prefill feeds: the whole prompt, or the tokens after a cached context that fits. */
+  /**
+   * What a job's prefill feeds: the whole prompt, or the tokens after a cached context that fits.
+   * Throws for a prompt that cannot be prefilled, so that one bad prompt never fails a batch.
+   */
   #plan(job: Pending): Admission {
     const model = (job.model ??= this.model);
     const { promptIds, reuse } = job.req;
+    const { blockSize } = model.gpt.config;
     if (reuse) {
-      const fits = reuse.version === model.version && reuse.ids.length < promptIds.length && reuse.ids.every((id, i) => promptIds[i] === id);
-      if (fits && (this.opts.reuse ?? 'auto') !== 'never') return { job, model, ids: promptIds.slice(reuse.ids.length), cache: reuse.cache };
+      const fits = !reuse.cache.disposed && reuse.version === model.version && reuse.ids.length < promptIds.length && reuse.ids.every((id, i) => promptIds[i] === id);
+      if (fits && (this.opts.reuse ?? 'auto') !== 'never' && promptIds.length <= blockSize) return { job, model, ids: promptIds.slice(reuse.ids.length), cache: reuse.cache };
       disposeCache(reuse.cache);
     }
+    if (promptIds.length === 0) throw new Error('prefill needs at least one token');
+    if (promptIds.length > blockSize) throw new Error(`prompt of ${promptIds.length} tokens exceeds blockSize ${blockSize}`);
     return { job, model, ids: promptIds };
   }
 
-  /** Prefills admitted jobs of one model in one pass and moves them into slots; a failing batch is retried job by job. */
+  /** Prefills admitted jobs of one model in one pass and moves them into slots (a failed pass fails them all). */
   #start(model: ServedModel, group: Admission[]): void {
     const { gpt, tok } = model;
     const V = gpt.config.vocabSize;
@@ -295,14 +309,11 @@ export class Scheduler {
     try {
       prefilled = gpt.prefillBatch(group);
     } catch (err) {
-      if (group.length > 1) {
-        for (const a of group) this.#start(model, [a]); // only the bad prompt fails
-        return;
+      for (const { job, cache } of group) {
+        if (cache) disposeCache(cache);
+        job.state = 'done';
+        job.reject(err);
       }
-      const { job, cache } = group[0]!;
-      if (cache) disposeCache(cache);
-      job.state = 'done';
-      job.reject(err);
       return;
     }
     prof.add('admit', t);
