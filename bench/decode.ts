@@ -6,9 +6,11 @@
  *
  * Runnable alone: `node --import tsx bench/decode.ts [--json]`.
  */
-import { pathToFileURL } from 'node:url';
 import { initBackend } from '../model/backend.ts';
 import { GPT, disposeCache, type DecodePath, type GPTConfig } from '../model/gpt.ts';
+import { z } from 'zod';
+import { isMain, printFigures, runCommand } from '../cli/command.ts';
+import { jsonOption } from '../cli/options.ts';
 
 type Line = Record<string, unknown>;
 
@@ -53,7 +55,6 @@ export async function benchDecode(): Promise<Line[]> {
   return out;
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  const json = process.argv.includes('--json');
-  for (const line of await benchDecode()) console.log(json ? JSON.stringify(line) : line);
+if (isMain(import.meta.url)) {
+  await runCommand({ usage: 'node --import tsx bench/decode.ts [--json]', schema: z.object(jsonOption), envPrefix: 'BENCH' }, async ({ json }) => printFigures(await benchDecode(), json));
 }

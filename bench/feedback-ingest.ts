@@ -12,6 +12,9 @@
 import { performance } from 'node:perf_hooks';
 import { openTempStore } from '../feedback/temp-store.ts';
 import { seedContext, type SeededContext } from '../feedback/seed-context.ts';
+import { z } from 'zod';
+import { isMain, printFigures, runCommand } from '../cli/command.ts';
+import { jsonOption } from '../cli/options.ts';
 
 const WRITERS = 32;
 const CONTEXTS = 64;
@@ -82,15 +85,16 @@ export async function benchFeedbackIngest(
   }
 }
 
-if (process.argv[1] && import.meta.url === (await import('node:url')).pathToFileURL(process.argv[1]).href) {
-  const json = process.argv.includes('--json');
-  const at = process.argv.indexOf('--seconds');
-  const seconds = at >= 0 ? Number(process.argv[at + 1]) : undefined;
-  const synchronous = process.argv.includes('--full-sync') ? ('full' as const) : undefined;
-  const urls: (string | undefined)[] = [undefined];
-  if (process.env.DATABASE_URL?.startsWith('postgres')) urls.push(process.env.DATABASE_URL);
-  for (const url of urls) {
-    const result = await benchFeedbackIngest({ url, seconds, synchronous });
-    console.log(json ? JSON.stringify(result) : result);
-  }
+export const FeedbackIngestConfig = z.object({
+  seconds: z.number().positive().optional().describe('duration of each measurement (default: the bench\'s own)'),
+  fullSync: z.boolean().default(false).describe('SQLite synchronous=FULL instead of the store\'s default'),
+  ...jsonOption,
+});
+
+if (isMain(import.meta.url)) {
+  await runCommand({ usage: 'node --import tsx bench/feedback-ingest.ts [--json] [--seconds 5] [--full-sync]   (with DATABASE_URL=postgres://… PostgreSQL too)', schema: FeedbackIngestConfig, envPrefix: 'BENCH' }, async (cfg) => {
+    const urls: (string | undefined)[] = [undefined];
+    if (process.env.DATABASE_URL?.startsWith('postgres')) urls.push(process.env.DATABASE_URL);
+    for (const url of urls) printFigures([await benchFeedbackIngest({ url, seconds: cfg.seconds, synchronous: cfg.fullSync ? 'full' : undefined })], cfg.json);
+  });
 }

@@ -30,13 +30,11 @@ import { Agent, request } from 'node:http';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { Session } from 'node:inspector/promises';
 import { writeFileSync } from 'node:fs';
 import WebSocket from 'ws';
 import { initBackend } from '../model/backend.ts';
 import { saveCheckpoint } from '../model/checkpoint.ts';
-import { parseArgv } from '../model/config.ts';
 import { GPT, disposeCache } from '../model/gpt.ts';
 import { Tokenizer, type TokenizerJSON } from '../model/tokenizer.ts';
 import { openTempStore } from '../feedback/temp-store.ts';
@@ -44,6 +42,9 @@ import { defaultServerConfig } from '../server/config.ts';
 import { loadServedModel, type ServedModel } from '../server/model-host.ts';
 import { startServer, type RunningServer } from '../server/server.ts';
 import { STAGES, type ServeProfile } from '../server/serve-profile.ts';
+import { z } from 'zod';
+import { isMain, printFigures, runCommand } from '../cli/command.ts';
+import { jsonOption } from '../cli/options.ts';
 
 type Line = Record<string, unknown>;
 const SHAPES = {
@@ -430,27 +431,32 @@ export async function benchGenerate(opts: GenerateBenchOptions = {}): Promise<Li
   }
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  const { flags } = parseArgv(process.argv.slice(2));
-  const json = flags.get('json') === true;
-  const str = (k: string) => (typeof flags.get(k) === 'string' ? String(flags.get(k)) : undefined);
-  const list = (k: string) => str(k)?.split(',').map(Number);
-  (async () => {
-    const script = str('peer') ?? process.env.PEER_SCRIPT;
-    const peer = script ? runPeer(script, str('peerPython') ?? process.env.PEER_PYTHON ?? 'python3') : undefined;
-    const shape = str('shape');
-    if (shape !== undefined && shape !== 'small' && shape !== 'tiny') throw new Error(`--shape must be small or tiny, got ${shape}`);
-    return benchGenerate({ shape, seconds: str('seconds') ? Number(str('seconds')) : undefined, wsStreams: list('wsStreams'), openaiStreams: list('openaiStreams'), peer, skipIdle: flags.get('skipIdle') === true });
-  })().then(
-    (lines) => {
-      for (const l of lines) console.log(json ? JSON.stringify(l) : Object.entries(l).map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : v}`).join(' '));
-      // Something below the server (not a socket, timer or child: none is left) keeps the loop
-      // alive for about a minute after everything is closed; do not wait for it.
-      process.exit(0);
-    },
-    (err) => {
-      console.error(`bench generate: ${(err as Error).message}`);
-      process.exit(1);
+const streams = z
+  .string()
+  .regex(/^\d+(,\d+)*$/, 'a comma-separated list of stream counts')
+  .transform((v) => v.split(',').map(Number));
+
+const GenerateBenchConfig = z.object({
+  ...jsonOption,
+  shape: z.enum(['small', 'tiny']).default('small').describe('model shape (tiny: a quick check)'),
+  seconds: z.number().positive().default(3).describe('seconds of sustained load per generate line'),
+  wsStreams: streams.optional().describe('WebSocket stream counts (default 1,16,32)'),
+  openaiStreams: streams.optional().describe('OpenAI streaming stream counts (default 1,16)'),
+  skipIdle: z.boolean().default(false).describe('skip the 1,000 idle sockets line'),
+  peer: z.string().optional().describe('PyTorch peer script (torch_gpt.py), run in the same session (default: PEER_SCRIPT)'),
+  peerPython: z.string().optional().describe('the Python that runs the peer (default: PEER_PYTHON, else python3)'),
+});
+
+if (isMain(import.meta.url)) {
+  await runCommand(
+    { usage: 'node --import tsx bench/generate.ts [--json] [--seconds S] [--ws-streams 1,16,32] [--openai-streams 1,16] [--peer PATH [--peer-python PY]]', schema: GenerateBenchConfig, envPrefix: 'BENCH' },
+    async (cfg) => {
+      const script = cfg.peer ?? process.env.PEER_SCRIPT;
+      const peer = script ? runPeer(script, cfg.peerPython ?? process.env.PEER_PYTHON ?? 'python3') : undefined;
+      printFigures(await benchGenerate({ shape: cfg.shape, seconds: cfg.seconds, wsStreams: cfg.wsStreams, openaiStreams: cfg.openaiStreams, skipIdle: cfg.skipIdle, peer }), cfg.json);
     },
   );
+  // Something below the server (not a socket, timer or child: none is left) keeps the loop
+  // alive for about a minute after everything is closed; do not wait for it.
+  process.exit(process.exitCode ?? 0);
 }

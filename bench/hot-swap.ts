@@ -21,6 +21,9 @@ import { openTempStore } from '../feedback/temp-store.ts';
 import { defaultServerConfig } from '../server/config.ts';
 import { loadServedModel } from '../server/model-host.ts';
 import { startServer } from '../server/server.ts';
+import { z } from 'zod';
+import { isMain, printFigures, runCommand } from '../cli/command.ts';
+import { jsonOption } from '../cli/options.ts';
 
 const SMALL = { nLayer: 4, nHead: 4, nEmbd: 128, blockSize: 128, vocabSize: 2048 } as const;
 const TOKEN = 'bench-hot-swap-admin-token';
@@ -118,15 +121,7 @@ export async function benchHotSwap(opts: { streams?: number; swaps?: number } = 
   return { bench: 'hot_swap', shape: 'small', pause_ms: +Math.max(0, worst - normal).toFixed(1), failed_requests: failed, errors: Object.fromEntries(errors), streams, swaps, normal_gap_ms: +normal.toFixed(1), max_gap_ms: +worst.toFixed(1) };
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) {
-  benchHotSwap().then(
-    (line) => {
-      console.log(process.argv.includes('--json') ? JSON.stringify(line) : line);
-      process.exit(0);
-    },
-    (err) => {
-      console.error(err);
-      process.exit(1);
-    },
-  );
+if (isMain(import.meta.url)) {
+  await runCommand({ usage: 'node --import tsx bench/hot-swap.ts [--json]', schema: z.object(jsonOption), envPrefix: 'BENCH' }, async ({ json }) => printFigures([await benchHotSwap()], json));
+  process.exit(process.exitCode ?? 0);
 }

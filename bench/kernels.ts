@@ -9,13 +9,15 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-wasm';
-import { fileURLToPath } from 'node:url';
 import {
   nativeKernelsRegistered,
   nativeKernelsStatus,
   registerNativeKernels,
   unregisterNativeKernels,
 } from '../model/kernels/native-kernels.ts';
+import { z } from 'zod';
+import { isMain, printFigures, runCommand } from '../cli/command.ts';
+import { jsonOption } from '../cli/options.ts';
 
 type Line = Record<string, unknown>;
 
@@ -116,7 +118,9 @@ export async function benchKernels(): Promise<Line[]> {
   return lines;
 }
 
-if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  console.error(`native kernels: ${nativeKernelsStatus()}`);
-  for (const line of await benchKernels()) console.log(JSON.stringify(line));
+if (isMain(import.meta.url)) {
+  await runCommand({ usage: 'node --import tsx bench/kernels.ts [--json]', schema: z.object(jsonOption), envPrefix: 'BENCH' }, async ({ json }) => {
+    console.error(`native kernels: ${nativeKernelsStatus()}`);
+    printFigures(await benchKernels(), json);
+  });
 }

@@ -35,6 +35,8 @@ import { openTempStore } from '../feedback/temp-store.ts';
 import { defaultServerConfig } from '../server/config.ts';
 import { loadServedModel } from '../server/model-host.ts';
 import { startServer } from '../server/server.ts';
+import { z } from 'zod';
+import { isMain, printFigures, runCommand } from '../cli/command.ts';
 
 const SHAPES = {
   small: { nLayer: 4, nHead: 4, nEmbd: 128, blockSize: 128, vocabSize: 2048 },
@@ -244,19 +246,14 @@ export async function benchLoad(opts: LoadOptions = {}): Promise<Record<string, 
   };
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) {
-  const arg = (name: string) => {
-    const k = process.argv.indexOf(`--${name}`);
-    return k >= 0 ? process.argv[k + 1] : undefined;
-  };
-  benchLoad({ clients: Number(arg('clients') ?? 200), seconds: Number(arg('seconds') ?? 120), swaps: Number(arg('swaps') ?? 5), shape: (arg('shape') as LoadShape | undefined) ?? 'small' }).then(
-    (line) => {
-      console.log(JSON.stringify(line));
-      process.exit(0);
-    },
-    (err) => {
-      console.error(err);
-      process.exit(1);
-    },
-  );
+if (isMain(import.meta.url)) {
+  const LoadConfig = z.object({
+    clients: z.number().int().positive().default(200).describe('concurrent WebSocket clients'),
+    seconds: z.number().positive().default(120).describe('duration'),
+    swaps: z.number().int().nonnegative().default(5).describe('hot swaps during the run'),
+    shape: z.enum(['tiny', 'small']).default('small').describe('model shape'),
+    json: z.boolean().default(true).describe('one JSON object on stdout (--no-json: key=value)'),
+  });
+  await runCommand({ usage: 'node --import tsx bench/load.ts [options]', schema: LoadConfig, envPrefix: 'BENCH' }, async ({ json, ...o }) => printFigures([await benchLoad(o)], json));
+  process.exit(process.exitCode ?? 0);
 }

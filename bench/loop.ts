@@ -75,7 +75,7 @@ export async function runLoopProbe(
   const store = await openStore({ url: databaseUrl });
   await seedJudgements(store);
   const adminToken = randomBytes(18).toString('hex');
-  const config = defaultServerConfig({ port: 0, host: '127.0.0.1', modelDir: sft, databaseUrl, loop: true, requestsPerMinute: 100_000, adminToken, registryPollMs: 100 });
+  const config = defaultServerConfig({ port: 0, host: '127.0.0.1', modelDir: sft, database: databaseUrl, loop: true, requestsPerMinute: 100_000, adminToken, registryPollMs: 100 });
   const srv = await startServer(config, { store, ownStore: false, defaultMetrics: false, log, loop: toyLoopKnobs(root, sft, { ppoSteps: o.ppoSteps ?? 6, ...o.loop }) });
   const adminGet = async (path: string) => (await (await fetch(`${srv.url}/admin${path}`, { headers: { authorization: `Bearer ${adminToken}` } })).json()) as Record<string, unknown>;
   let chats = 0;

@@ -8,14 +8,27 @@
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { parseArgv } from '../model/config.ts';
+import { z } from 'zod';
+import { printFigures, runCommand } from '../cli/command.ts';
+import { jsonOption } from '../cli/options.ts';
 import { benchTrain, SHAPES, type ShapeName } from './train.ts';
 
 type Line = Record<string, unknown>;
 type Bench = { name: string; run: (ctx: Ctx) => Promise<Line[]> };
+export const BenchConfig = z.object({
+  only: z.string().optional().describe('comma-separated benchmarks to run (default: all)'),
+  peer: z.string().optional().describe('PyTorch peer script (torch_gpt.py) run on the same shapes (default: PEER_SCRIPT)'),
+  clients: z.number().int().positive().optional().describe('load: concurrent WebSocket clients'),
+  seconds: z.number().positive().optional().describe('load: duration'),
+  swaps: z.number().int().nonnegative().optional().describe('load: hot swaps during the run'),
+  shape: z.enum(['tiny', 'small']).optional().describe('load: model shape'),
+  ...jsonOption,
+});
+type BenchConfig = Readonly<z.infer<typeof BenchConfig>>;
+
 interface Ctx {
   peer?: string;
-  flags: Map<string, string | boolean>;
+  cfg: BenchConfig;
 }
 
 function runPeer(script: string, shape: ShapeName): Line | undefined {
@@ -94,10 +107,9 @@ const BENCHES: Bench[] = [
   {
     name: 'load',
     run: async (ctx) => {
-      const n = (k: string) => (typeof ctx.flags.get(k) === 'string' ? Number(ctx.flags.get(k)) : undefined);
-      const shape = ctx.flags.get('shape');
+      const { clients, seconds, swaps, shape } = ctx.cfg;
       const { benchLoad } = await import('./load.ts');
-      return [await benchLoad({ clients: n('clients'), seconds: n('seconds'), swaps: n('swaps'), shape: shape === 'tiny' || shape === 'small' ? shape : undefined })];
+      return [await benchLoad({ clients, seconds, swaps, shape })];
     },
   },
   {
@@ -109,28 +121,17 @@ const BENCHES: Bench[] = [
   },
 ];
 
-async function main(): Promise<void> {
-  const { flags } = parseArgv(process.argv.slice(2));
-  const json = flags.get('json') === true;
-  const only = typeof flags.get('only') === 'string' ? String(flags.get('only')).split(',') : undefined;
-  const peerFlag = flags.get('peer');
-  const ctx: Ctx = { peer: typeof peerFlag === 'string' ? peerFlag : process.env.PEER_SCRIPT, flags };
+async function main(cfg: BenchConfig): Promise<void> {
+  const only = cfg.only?.split(',');
+  const ctx: Ctx = { peer: cfg.peer ?? process.env.PEER_SCRIPT, cfg };
   const unknown = only?.filter((n) => !BENCHES.some((b) => b.name === n));
   if (unknown?.length) throw new Error(`unknown benchmark ${unknown.join(', ')}; known: ${BENCHES.map((b) => b.name).join(', ')}`);
   for (const b of BENCHES) {
     if (only && !only.includes(b.name)) continue;
-    for (const line of await b.run(ctx)) {
-      if (json) console.log(JSON.stringify(line));
-      else console.log(Object.entries(line).map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : v}`).join(' '));
-    }
+    printFigures(await b.run(ctx), cfg.json);
   }
 }
 
 // Exit explicitly: the wasm backend and closed servers can keep the event loop alive for a while.
-main().then(
-  () => process.exit(0),
-  (err) => {
-    console.error(`bench: ${(err as Error).message}`);
-    process.exit(1);
-  },
-);
+await runCommand({ usage: 'npm run bench -- [--json] [--only NAME[,NAME]] [--peer PATH] [load: --clients N --seconds S --swaps K --shape tiny|small]', schema: BenchConfig, envPrefix: 'BENCH' }, main);
+process.exit(process.exitCode ?? 0);

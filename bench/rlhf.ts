@@ -17,6 +17,9 @@ import { RewardModelSource } from '../training/reward-source.ts';
 import { trainRewardModel } from '../training/reward-model.ts';
 import type { PreferenceGroup } from '../training/preferences.ts';
 import { SHAPES } from './train.ts';
+import { z } from 'zod';
+import { isMain, printFigures, runCommand } from '../cli/command.ts';
+import { jsonOption } from '../cli/options.ts';
 
 const WORDS = 'the of and to in is was he for it with as his on be at by had are but from or have an they which one you were all we her she there would their will when who him been has more if no out so said what up its about into than them can only other new some could time these two may then do first any my now such like our over man me even most made after also did many before must through back years where much your way well down should because each just those people how too little state good very make world still own see men work long get here between both life being under never day same another know while last might us great old year off come since against go came right used take three'.split(' ');
 
@@ -97,6 +100,6 @@ export async function benchRlhf(opts: { ppoSteps?: number; rewardSteps?: number 
   ];
 }
 
-if (process.argv[1]?.endsWith('rlhf.ts')) {
-  for (const line of await benchRlhf()) console.log(JSON.stringify(line));
+if (isMain(import.meta.url)) {
+  await runCommand({ usage: 'node --import tsx bench/rlhf.ts [--json]', schema: z.object(jsonOption), envPrefix: 'BENCH' }, async ({ json }) => printFigures(await benchRlhf(), json));
 }

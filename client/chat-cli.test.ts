@@ -33,11 +33,14 @@ function spawnCli(args: string[]): { child: ChildProcessWithoutNullStreams; out:
   return { child, out: () => out, waitFor };
 }
 
-test('arguments: default URL, --url, unknown flags refused', () => {
+test('arguments: default URL, --url, --max-tokens; unknown flags (the old --user too) and a missing value refused', () => {
   assert.equal(parseArgs([]).url, DEFAULT_URL);
   assert.equal(parseArgs(['--url', 'ws://h:1/ws']).url, 'ws://h:1/ws');
-  assert.throws(() => parseArgs(['--nope']), /unknown argument/);
-  assert.throws(() => parseArgs(['--url']), /needs a value/);
+  assert.equal(parseArgs(['--max-tokens', '12']).maxTokens, 12);
+  assert.throws(() => parseArgs(['--nope']), /unknown option --nope/);
+  assert.throws(() => parseArgs(['--user', 'bob']), /unknown option --user/);
+  assert.throws(() => parseArgs(['--url']), /--url: .*expected string/);
+  assert.throws(() => parseArgs(['--max-tokens', '0']), /--max-tokens/);
 });
 
 test('side by side: two labelled columns, long words wrapped', () => {
@@ -49,9 +52,9 @@ test('side by side: two labelled columns, long words wrapped', () => {
 });
 
 test('over stdin/stdout: a streamed reply arrives, a thumbs-down and a comparison are stored', { timeout: 60_000 }, async () => {
-  const cli = spawnCli(['--url', srv.wsUrl, '--user', 'cli-test', '--max-tokens', '20']);
+  const cli = spawnCli(['--url', srv.wsUrl, '--max-tokens', '20']);
   try {
-    // The rater is who the server says the socket is (its identity), or the --user a server without identities takes.
+    // The rater is who the server says the socket is (its identity).
     const rater = (await cli.waitFor(/connected to \S+ as (\S+);/))[1]!;
     await cli.waitFor(/\[conversation (\w+)\]/);
     cli.child.stdin.write('what does lucid mean?\n');

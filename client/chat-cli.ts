@@ -9,9 +9,10 @@
  * Importing this module has no side effects; `main()` runs only when it is the entry point.
  */
 import { createInterface } from 'node:readline';
-import { randomUUID } from 'node:crypto';
-import { pathToFileURL } from 'node:url';
 import type { Readable, Writable } from 'node:stream';
+import { z } from 'zod';
+import { isMain, runCommand } from '../cli/command.ts';
+import { parseConfig } from '../cli/config.ts';
 import { API_KEY_ENV, authHeaders, WsClient, WsError } from './ws-client.ts';
 import type { ServerMessage } from '../server/ws-protocol.ts';
 import { CHOICES, THUMB_REASONS } from '../feedback/judgement-input.ts';
@@ -28,29 +29,18 @@ export const HELP = `Type a message to chat. Commands:
   /help                        this help
   /quit                        leave`;
 
-export interface CliArgs {
-  url: string;
-  userId: string;
-  maxTokens: number | undefined;
-  help: boolean;
-}
+/** The chat's options. Who the user is comes from the server (the API key in ${API_KEY_ENV}, else local mode's anonymous identity), never from an option. */
+export const ChatConfig = z.object({
+  url: z.string().min(1).default(DEFAULT_URL).describe('the server\'s WebSocket URL'),
+  maxTokens: z.number().int().positive().optional().describe('reply length (default: the server\'s)'),
+});
+export type ChatConfig = Readonly<z.infer<typeof ChatConfig>>;
 
-export function parseArgs(argv: readonly string[]): CliArgs {
-  const args: CliArgs = { url: DEFAULT_URL, userId: `cli-${randomUUID().slice(0, 8)}`, maxTokens: undefined, help: false };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    const value = (): string => {
-      const v = argv[++i];
-      if (v === undefined) throw new Error(`${a} needs a value`);
-      return v;
-    };
-    if (a === '--url') args.url = value();
-    else if (a === '--user') args.userId = value();
-    else if (a === '--max-tokens') args.maxTokens = Number(value());
-    else if (a === '--help' || a === '-h') args.help = true;
-    else throw new Error(`unknown argument ${a} (try --help)`);
-  }
-  return args;
+export const USAGE = `npm run chat -- [--url ${DEFAULT_URL}] [--max-tokens N]\n  an API key, when the server wants one, comes from the environment: ${API_KEY_ENV}=rk_…\n\n${HELP}`;
+
+/** The options from argv (throws ConfigError). */
+export function parseArgs(argv: readonly string[]): ChatConfig {
+  return parseConfig(ChatConfig, { argv });
 }
 
 /** Lays out two texts in columns A and B, wrapped to `width` characters in all. */
@@ -98,7 +88,6 @@ export class ChatSession {
 
   private constructor(
     readonly client: WsClient,
-    readonly userId: string,
     readonly write: (s: string) => void,
     readonly maxTokens: number | undefined,
   ) {
@@ -108,9 +97,9 @@ export class ChatSession {
     });
   }
 
-  static async connect(url: string, userId: string, write: (s: string) => void, maxTokens?: number, timeoutMs = 10_000): Promise<ChatSession> {
+  static async connect(url: string, write: (s: string) => void, maxTokens?: number, timeoutMs = 10_000): Promise<ChatSession> {
     const headers = authHeaders();
-    return new ChatSession(await WsClient.connect(url, { timeoutMs, ...(headers ? { headers } : {}) }), userId, write, maxTokens);
+    return new ChatSession(await WsClient.connect(url, { timeoutMs, ...(headers ? { headers } : {}) }), write, maxTokens);
   }
 
   /** Runs `f`; a refusal by the server is printed and swallowed (the session goes on). */
@@ -125,7 +114,7 @@ export class ChatSession {
 
   start(): Promise<void> {
     return this.#guard(async () => {
-      const m = await this.client.start({ userId: this.userId });
+      const m = await this.client.start();
       this.conversationId = m.conversationId;
       this.lastReplyId = this.lastUserMessageId = this.nextParentId = this.compared = undefined;
       this.write(`[conversation ${this.conversationId}] model ${m.modelVersion ?? this.modelVersion}\n`);
@@ -259,23 +248,12 @@ export class ChatSession {
   }
 }
 
-/** Reads lines from `input` one at a time (each finishes before the next starts) until /quit or EOF. */
-export async function runCli(argv: readonly string[], input: Readable, output: Writable): Promise<number> {
+/** Chats, reading lines from `input` one at a time (each finishes before the next starts) until /quit or EOF; returns the exit status. */
+export async function chat(args: ChatConfig, input: Readable, output: Writable): Promise<number> {
   const write = (s: string): void => void output.write(s);
-  let args: CliArgs;
-  try {
-    args = parseArgs(argv);
-  } catch (e) {
-    write(`${(e as Error).message}\n`);
-    return 2;
-  }
-  if (args.help) {
-    write(`usage: npm run chat [-- --url ${DEFAULT_URL}] [--user ID] [--max-tokens N]\n  an API key, when the server wants one, comes from the environment: ${API_KEY_ENV}=rk_…\n${HELP}\n`);
-    return 0;
-  }
   let session: ChatSession;
   try {
-    session = await ChatSession.connect(args.url, args.userId, write, args.maxTokens);
+    session = await ChatSession.connect(args.url, write, args.maxTokens);
   } catch (e) {
     write(`cannot connect to ${args.url}: ${(e as Error).message}\n`);
     return 1;
@@ -285,7 +263,7 @@ export async function runCli(argv: readonly string[], input: Readable, output: W
     closed = true;
     write(`\n[connection closed: ${code}]\n`);
   });
-  write(`connected to ${args.url} as ${session.client.identity ?? args.userId}; /help lists the commands\n`);
+  write(`connected to ${args.url} as ${session.client.identity ?? 'an identity the server did not name'}; /help lists the commands\n`);
   const rl = createInterface({ input, terminal: false });
   try {
     await session.start();
@@ -307,6 +285,9 @@ export async function runCli(argv: readonly string[], input: Readable, output: W
   return closed ? 1 : 0;
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  runCli(process.argv.slice(2), process.stdin, process.stdout).then((code) => process.exit(code));
+if (isMain(import.meta.url)) {
+  await runCommand({ usage: USAGE, schema: ChatConfig, envPrefix: 'CHAT' }, async (cfg) => {
+    process.exitCode = await chat(cfg, process.stdin, process.stdout);
+  });
+  process.exit(process.exitCode ?? 0);
 }

@@ -174,11 +174,11 @@ test('the export CLI writes one JSON row per line', async () => {
     await store.close();
     const cli = fileURLToPath(new URL('./export-cli.ts', import.meta.url));
     const out = join(dir, 'pairs.jsonl');
-    await promisify(execFile)(process.execPath, ['--import', 'tsx', cli, '--kind', 'preference', '--out', out, '--url', url, '--rater', 'bob']);
+    await promisify(execFile)(process.execPath, ['--import', 'tsx', cli, '--kind', 'preference', '--out', out, '--database', url, '--rater', 'bob']);
     const lines = readFileSync(out, 'utf8').trimEnd().split('\n');
     assert.equal(lines.length, 3);
     for (const line of lines) assert.deepEqual(Object.keys(JSON.parse(line)), ['prompt', 'chosen', 'rejected']);
-    await assert.rejects(promisify(execFile)(process.execPath, ['--import', 'tsx', cli, '--kind', 'nonsense', '--out', out, '--url', url]));
+    await assert.rejects(promisify(execFile)(process.execPath, ['--import', 'tsx', cli, '--kind', 'nonsense', '--out', out, '--database', url]));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -97,3 +97,29 @@ export async function getJudgementHistory(
   const rows = await db.selectFrom('rankings').selectAll().where('subject_key', '=', one.subject_key).orderBy('id').execute();
   return withCandidates(db, rows);
 }
+
+/** One rater's current judgements that name a message: thumbs on it, comparisons and rankings it is a candidate of (oldest first in each kind). */
+export async function raterJudgementsOn(
+  db: Kysely<Database>,
+  messageId: string,
+  raterId: string,
+): Promise<{ thumbs: Thumb[]; comparisons: Comparison[]; rankings: RankingWithCandidates[] }> {
+  const thumbs = await listThumbs(db, messageId, { raterId });
+  const comparisons = await db
+    .selectFrom('comparisons')
+    .selectAll()
+    .where('rater_id', '=', raterId)
+    .where('current', '=', 1)
+    .where((eb) => eb.or([eb('a_id', '=', messageId), eb('b_id', '=', messageId)]))
+    .orderBy('id')
+    .execute();
+  const rankings = await db
+    .selectFrom('rankings')
+    .selectAll()
+    .where('rater_id', '=', raterId)
+    .where('current', '=', 1)
+    .where('id', 'in', db.selectFrom('ranking_items').select('ranking_id').where('message_id', '=', messageId))
+    .orderBy('id')
+    .execute();
+  return { thumbs, comparisons, rankings: await withCandidates(db, rankings) };
+}

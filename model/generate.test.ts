@@ -5,7 +5,7 @@ import { initBackend } from './backend.ts';
 import { GPT } from './gpt.ts';
 import { Tokenizer } from './tokenizer.ts';
 import { endOfTurnId, renderChat } from './chat-template.ts';
-import { DecodeSequence, generateBatch } from './generate.ts';
+import { DecodeSequence, generateBatch, promptLogprobs, type GenerateOptions } from './generate.ts';
 import { sampleToken } from './sampling.ts';
 import { createRng } from './random.ts';
 
@@ -82,5 +82,85 @@ test('top-k 1 is greedy and top-p keeps only the nucleus', () => {
 test('batched generation leaves no tensors behind', () => {
   const before = tf.memory().numTensors;
   generateBatch(gpt, tok, [prompt(), prompt().slice(0, 3), prompt()], { temperature: 1, maxTokens: 8, seed: 4 });
+  assert.equal(tf.memory().numTensors, before);
+});
+
+/** Decodes one reply with `DecodeSequence` (as the server's scheduler does), collecting the streamed deltas and their log-probabilities. */
+function decode(opts: GenerateOptions): { seq: DecodeSequence; deltas: { text: string; tokens: number[] }[] } {
+  const V = gpt.config.vocabSize;
+  const { cache, logits } = gpt.prefill(prompt());
+  const seq = new DecodeSequence(tok, cache, opts, gpt.config.blockSize);
+  const deltas: { text: string; tokens: number[] }[] = [];
+  const take = (text: string) => deltas.push({ text, tokens: seq.takeLogprobs().map((t) => t.id) });
+  take(seq.push(logits, 0, V));
+  while (!seq.done) take(seq.push(gpt.decodeStep([cache], [seq.lastToken]), 0, V));
+  seq.dispose();
+  return { seq, deltas };
+}
+
+const base: GenerateOptions = { temperature: 1, topK: 0, topP: 0.9, maxTokens: 12, seed: 3, stop: [] };
+
+test('with logprobs set, every token of the reply carries its log-probability and top tokens, and the text is unchanged', () => {
+  const plain = decode(base).seq;
+  const { seq, deltas } = decode({ ...base, logprobs: 3 });
+  assert.equal(seq.text, plain.text);
+  assert.deepEqual(seq.ids, plain.ids);
+  const contentIds = seq.ids.filter((id) => id !== endOfTurnId(tok));
+  assert.deepEqual(seq.logprobs.map((t) => t.id), contentIds);
+  assert.equal(tok.decode(seq.logprobs.map((t) => t.id)), seq.text);
+  for (const t of seq.logprobs) {
+    assert.ok(t.logprob <= 0 && t.top.length >= 1 && t.top.length <= 3);
+    assert.ok(t.top[0]!.logprob >= t.logprob, 'the most likely token is at least as likely as the sampled one');
+  }
+  // The tokens' spans tile the text (a token ending inside a UTF-8 character spans nothing).
+  seq.logprobs.forEach((t, i) => assert.equal(t.start, i === 0 ? 0 : seq.logprobs[i - 1]!.end));
+  assert.equal(seq.logprobs.at(-1)?.end ?? 0, seq.text.length);
+  // Each streamed delta carries the tokens released with it, each once.
+  assert.deepEqual(deltas.flatMap((d) => d.tokens), contentIds);
+  assert.equal(deltas.map((d) => d.text).join(''), seq.text);
+});
+
+test('a stop string drops the tokens inside it from the log-probabilities', () => {
+  const free = decode({ ...base, temperature: 0, maxTokens: 20 }).seq;
+  const stop = free.text.slice(4, 6);
+  assert.equal(stop.length, 2, `a greedy reply long enough to cut: ${JSON.stringify(free.text)}`);
+  const cut = decode({ ...base, temperature: 0, maxTokens: 20, stop: [stop], logprobs: 0 }).seq;
+  assert.equal(cut.text, free.text.slice(0, free.text.indexOf(stop)));
+  assert.ok(cut.logprobs.every((t) => t.start < cut.text.length || cut.text.length === 0));
+  assert.ok(tok.decode(cut.logprobs.map((t) => t.id)).startsWith(cut.text));
+  assert.ok(cut.logprobs.every((t) => t.logprob === 0 && t.top.length === 0), 'greedy: a point mass, and no top tokens asked');
+});
+
+test('logit bias forces or bans a token, and a frequency penalty stops greedy repetition', () => {
+  const forced = tok.encode(' fox')[0]!;
+  const all = decode({ ...base, logitBias: [[forced, 100]], maxTokens: 5 }).seq;
+  assert.deepEqual(all.ids, [forced, forced, forced, forced, forced]);
+  const greedy = decode({ ...base, temperature: 0, maxTokens: 12 }).seq;
+  const banned = greedy.ids[0]!;
+  const without = decode({ ...base, temperature: 0, maxTokens: 12, logitBias: [[banned, -100]] }).seq;
+  assert.ok(!without.ids.includes(banned));
+  const penalised = decode({ ...base, temperature: 0, maxTokens: 12, logitBias: [[forced, 5]], frequencyPenalty: 2, presencePenalty: 2 }).seq;
+  const repeats = decode({ ...base, temperature: 0, maxTokens: 12, logitBias: [[forced, 5]] }).seq;
+  assert.ok(repeats.ids.filter((id) => id === forced).length > 1, 'without a penalty the biased token repeats');
+  assert.ok(penalised.ids.filter((id) => id === forced).length < repeats.ids.filter((id) => id === forced).length);
+});
+
+test('promptLogprobs scores each token after its prefix with the model\'s own distribution', () => {
+  const ids = tok.encode('the quick brown fox jumps');
+  const scored = promptLogprobs(gpt, ids, 2);
+  assert.equal(scored.length, ids.length);
+  assert.equal(scored[0], null);
+  const before = tf.memory().numTensors;
+  for (const t of [1, ids.length - 1]) {
+    const { cache, logits } = gpt.prefill(ids.slice(0, t), { path: 'tfjs' });
+    cache.dispose();
+    const max = Math.max(...logits);
+    const logZ = max + Math.log(logits.reduce((a, l) => a + Math.exp(l - max), 0));
+    assert.ok(Math.abs(scored[t]!.logprob - (logits[ids[t]!]! - logZ)) < 1e-4, `position ${t}`);
+    const best = logits.indexOf(max);
+    assert.equal(scored[t]!.top[0]!.id, best);
+    assert.ok(scored[t]!.top[1]!.logprob <= scored[t]!.top[0]!.logprob);
+  }
+  promptLogprobs(gpt, ids, 1);
   assert.equal(tf.memory().numTensors, before);
 });

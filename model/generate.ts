@@ -13,19 +13,46 @@ import type { GPT, KVCache } from './gpt.ts';
 import { disposeCache } from './gpt.ts';
 import { StreamDecoder, type Tokenizer } from './tokenizer.ts';
 import { endOfTurnId } from './chat-template.ts';
-import { DEFAULT_SAMPLING, sampleToken, type SamplingParams } from './sampling.ts';
+import * as tf from '@tensorflow/tfjs-core';
+import { adjustLogits, adjustsLogits, DEFAULT_SAMPLING, sampledLogprobs, sampleToken, type LogitAdjustments, type SamplingParams, type TokenChoice } from './sampling.ts';
 import { createRng } from './random.ts';
 import { nativeSampleRows } from './kernels/native-sampler.ts';
 
 export type FinishReason = 'stop' | 'length' | 'cancelled';
 
-export interface GenerateOptions extends SamplingParams {
+export interface GenerateOptions extends SamplingParams, LogitAdjustments {
   /** Most tokens to generate (also bounded by the context window). */
   maxTokens: number;
   /** Same seed, same prompt, same model → same text. */
   seed: number;
   /** Generation stops before any of these strings; they are not part of the text. */
   stop: readonly string[];
+  /**
+   * Record each sampled token's log-probability under the distribution it was drawn from, and
+   * this many of that distribution's most likely tokens (0: the sampled token's only). Off when
+   * undefined.
+   */
+  logprobs?: number;
+}
+
+/**
+ * Whether a sequence samples with temperature, top-k and top-p alone: no logit bias, no
+ * penalties, no log-probabilities recorded. A faster sampler that knows only those may take such
+ * a sequence; any other needs `DecodeSequence.push`.
+ */
+export function plainSampling(opts: GenerateOptions): boolean {
+  return !adjustsLogits(opts) && opts.logprobs === undefined;
+}
+
+/** A sampled token with its log-probability (see `sampledLogprobs`). */
+export interface TokenLogprob {
+  id: number;
+  logprob: number;
+  /** The most likely tokens of the distribution it was drawn from (`opts.logprobs` of them). */
+  top: TokenChoice[];
+  /** Characters of the reply's text before this token, and up to the end of it. */
+  start: number;
+  end: number;
 }
 
 export const DEFAULT_GENERATE: GenerateOptions = Object.freeze({ ...DEFAULT_SAMPLING, maxTokens: 64, seed: 0, stop: [] });
@@ -42,6 +69,13 @@ export class DecodeSequence {
   readonly ids: number[] = [];
   text = '';
   finishReason: FinishReason | undefined;
+  /** Per sampled token (the end-of-turn token excepted), when `opts.logprobs` is set; none past a stop string. */
+  readonly logprobs: TokenLogprob[] = [];
+  /** Entries of `logprobs` already handed out by `takeLogprobs`. */
+  private taken = 0;
+  /** How often each token occurs in the reply so far (kept only when penalties are set). */
+  private readonly counts = new Map<number, number>();
+  private row: Float32Array | undefined;
   /** Text released to the client so far (held back while it could be the start of a stop string). */
   private released = 0;
   private readonly rng: () => number;
@@ -77,15 +111,25 @@ export class DecodeSequence {
    */
   push(logits: Float32Array, offset: number, V: number): string {
     if (this.done) return '';
-    return this.accept(this.sample(logits, offset, V));
+    // Specials other than end-of-turn never belong inside a reply.
+    let banned: ReadonlySet<number> | undefined = bannedSpecials(this.tok, this.eot);
+    if (adjustsLogits(this.opts)) {
+      logits = adjustLogits(logits, offset, V, this.opts, this.counts, (this.row ??= new Float32Array(V)), banned);
+      offset = 0;
+      banned = undefined;
+    }
+    const id = sampleToken(logits, offset, V, this.opts, this.rng, banned);
+    const lp = this.opts.logprobs !== undefined && id !== this.eot ? sampledLogprobs(logits, offset, V, this.opts, id, this.opts.logprobs, banned) : undefined;
+    return this.append(id, lp);
   }
 
-  /** The next token drawn from `logits[offset .. offset+V)` with `sampleToken` (not yet accepted). */
+  /**
+   * The next token of a plain sequence (`plainSampling`) drawn from `logits[offset .. offset+V)`,
+   * as `push` would draw it, not yet accepted: the reference for `sampleBatch`.
+   */
   sample(logits: Float32Array, offset: number, V: number): number {
-    // Specials other than end-of-turn never belong inside a reply.
     return sampleToken(logits, offset, V, this.opts, this.rng, bannedSpecials(this.tok, this.eot));
   }
-
 
   /** The uniform draw `sample` would take for its next token (one when the temperature is above 0). */
   draw(): number {
@@ -98,29 +142,54 @@ export class DecodeSequence {
   }
 
   /**
-   * Appends a sampled token (from `sample` or `sampleBatch`): detokenises it, applies the stop
-   * rules, and returns the newly releasable text.
+   * Appends a token sampled for a plain sequence (by `sample` or `sampleBatch`): detokenises it,
+   * applies the stop rules, and returns the newly releasable text.
    */
   accept(id: number): string {
     if (this.done) return '';
+    if (!this.plainSampling) throw new Error('DecodeSequence.accept: this sequence adjusts logits or records log-probabilities; use push');
+    return this.append(id, undefined);
+  }
+
+  private append(id: number, lp: { logprob: number; top: TokenChoice[] } | undefined): string {
     this.ids.push(id);
+    if (this.opts.presencePenalty || this.opts.frequencyPenalty) this.counts.set(id, (this.counts.get(id) ?? 0) + 1);
     if (id === this.eot) return this.finish('stop');
+    const start = this.text.length;
     this.text += this.decoder.push(id);
+    if (lp) this.logprobs.push({ id, ...lp, start, end: this.text.length });
     for (const s of this.opts.stop) {
       const at = s ? this.text.indexOf(s) : -1;
       if (at >= 0) {
         this.text = this.text.slice(0, at);
+        // Tokens wholly inside the stop string are not part of the reply.
+        while (this.logprobs.length > this.taken && this.logprobs[this.logprobs.length - 1]!.start >= at) this.logprobs.pop();
         return this.finish('stop');
       }
     }
     if (this.ids.length >= this.opts.maxTokens || this.cache.length + 1 >= this.blockSize) {
       this.text += this.decoder.flush();
+      const last = this.logprobs[this.logprobs.length - 1];
+      if (last) last.end = this.text.length; // the flushed bytes belong to the last tokens
       return this.finish('length');
     }
     const safe = this.text.length - holdBack(this.text, this.opts.stop);
     const delta = this.text.slice(this.released, Math.max(this.released, safe));
     this.released += delta.length;
     return delta;
+  }
+
+  /**
+   * The `logprobs` entries not handed out yet whose text has been released (all of them once the
+   * sequence is done): what goes with the delta `push` just returned.
+   */
+  takeLogprobs(): readonly TokenLogprob[] {
+    let end = this.taken;
+    while (end < this.logprobs.length && (this.done || this.logprobs[end]!.end <= this.released)) end++;
+    if (end === this.taken) return NONE; // every delta asks, most sequences record nothing
+    const out = this.logprobs.slice(this.taken, end);
+    this.taken = end;
+    return out;
   }
 
   /** Ends the sequence early (client cancelled). Returns the unreleased text. */
@@ -140,25 +209,6 @@ export class DecodeSequence {
   }
 }
 
-/** Options `sampleBatch` may sample natively: only these keys may carry a value that changes sampling. */
-const PLAIN_KEYS = new Set(['temperature', 'topK', 'topP', 'maxTokens', 'seed', 'stop']);
-
-/**
- * True when `opts` asks for nothing but temperature / top-k / top-p: every other key is absent
- * or neutral (undefined, null, false, 0, an empty array or object), so sampling options added
- * later (penalties, logit biases, log-probabilities) send their requests to the JS sampler.
- */
-export function plainSampling(opts: GenerateOptions): boolean {
-  for (const key in opts) {
-    if (PLAIN_KEYS.has(key)) continue;
-    const v = (opts as unknown as Record<string, unknown>)[key];
-    if (v === undefined || v === null || v === false || v === 0) continue;
-    if (typeof v === 'object' && Object.keys(v).length === 0) continue;
-    return false;
-  }
-  return Number.isFinite(opts.temperature) && Number.isFinite(opts.topP) && Number.isFinite(opts.topK);
-}
-
 /** How `sampleBatch` samples: `auto` (native when available), or forced. */
 export type SamplePath = 'auto' | 'native' | 'js';
 
@@ -166,10 +216,11 @@ let params = new Float64Array(0);
 let picked = new Int32Array(0);
 
 /**
- * Samples the next token of `seqs[r]` from row r of `logits` (`seqs.length * V` values) into
- * `ids[r]`, drawing from each sequence's own generator exactly as `sample` would. The tokens are
- * not accepted: call `accept` on each. Native for the rows of plain sequences when the addon has
- * the sampler (and `path` is not `js`), `sampleToken` for the others.
+ * Samples the next token of each plain sequence `seqs[r]` (`plainSampling`) from row r of
+ * `logits` (`seqs.length * V` values) into `ids[r]`, drawing from its own generator exactly as
+ * `sample` would; the tokens are not accepted (call `accept`). Other sequences get -1: they
+ * adjust logits or record log-probabilities, so `push` samples them. Native when the addon has
+ * the sampler (and `path` is not `js`), else `sample` row by row.
  */
 export function sampleBatch(seqs: readonly DecodeSequence[], logits: Float32Array, V: number, ids: Int32Array, path: SamplePath = 'auto'): void {
   const n = seqs.length;
@@ -179,14 +230,14 @@ export function sampleBatch(seqs: readonly DecodeSequence[], logits: Float32Arra
   let fast = 0;
   if (native) for (const s of seqs) if (s.plainSampling && s.bannedMask(V) === banned) fast++;
   if (!fast) {
-    for (let r = 0; r < n; r++) ids[r] = seqs[r]!.sample(logits, r * V, V);
+    for (let r = 0; r < n; r++) ids[r] = seqs[r]!.plainSampling ? seqs[r]!.sample(logits, r * V, V) : -1;
     return;
   }
   if (params.length < n * 4) params = new Float64Array(n * 4);
   for (let r = 0; r < n; r++) {
     const s = seqs[r]!;
     const plain = s.plainSampling && s.bannedMask(V) === banned;
-    // Rows sampled in JS run natively as greedy (cheap) and are overwritten below.
+    // Other rows run natively as greedy (cheap) and are overwritten below.
     params[4 * r] = plain ? s.opts.temperature : 0;
     params[4 * r + 1] = plain ? s.opts.topK : 0;
     params[4 * r + 2] = plain ? s.opts.topP : 1;
@@ -197,9 +248,11 @@ export function sampleBatch(seqs: readonly DecodeSequence[], logits: Float32Arra
   native!(logits, V, params.subarray(0, 4 * n), banned!, out);
   for (let r = 0; r < n; r++) {
     const s = seqs[r]!;
-    ids[r] = s.plainSampling && s.bannedMask(V) === banned ? out[r]! : s.sample(logits, r * V, V);
+    ids[r] = !s.plainSampling ? -1 : s.bannedMask(V) === banned ? out[r]! : s.sample(logits, r * V, V);
   }
 }
+
+const NONE: readonly TokenLogprob[] = Object.freeze([]);
 
 const bannedCache = new WeakMap<Tokenizer, Set<number>>();
 const maskCache = new WeakMap<Tokenizer, Uint8Array>();
@@ -267,7 +320,7 @@ export function generateBatch(
       const ids = new Int32Array(live.length);
       sampleBatch(live.map(([s]) => s), logits, V, ids, path);
       live.forEach(([s, i], row) => {
-        const d = s.accept(ids[row]!);
+        const d = ids[row]! >= 0 ? s.accept(ids[row]!) : s.push(logits, row * V, V);
         if (d) onDelta?.(i, d);
       });
     }
@@ -275,4 +328,42 @@ export function generateBatch(
   } finally {
     seqs.forEach((s) => s.dispose());
   }
+}
+
+/**
+ * Scores a token sequence: for each position t ≥ 1, the log-probability of `ids[t]` after
+ * `ids[0..t)` under the model's own distribution (softmax of the logits: temperature 1, no
+ * sampling cut), and the `topN` most likely tokens there (ties: lower id first). Position 0 has no
+ * context and is `null`. One full forward pass (`ids.length` ≤ blockSize).
+ *
+ * @example
+ *   const scored = promptLogprobs(gpt, tok.encode('the cat sat'), 1);   // [null, {…}, {…}]
+ */
+export function promptLogprobs(gpt: GPT, ids: readonly number[], topN: number): ({ logprob: number; top: TokenChoice[] } | null)[] {
+  const T = ids.length;
+  if (T === 0) return [];
+  const V = gpt.config.vocabSize;
+  const lp = tf.tidy(() => {
+    const logits = gpt.forward(tf.tensor2d([...ids], [1, T], 'int32')); // [1, T, V]
+    return tf.logSoftmax(tf.reshape(logits, [T, V])); // [T, V]
+  });
+  const rows = lp.dataSync() as Float32Array;
+  lp.dispose();
+  const out: ({ logprob: number; top: TokenChoice[] } | null)[] = [null];
+  for (let t = 1; t < T; t++) {
+    const base = (t - 1) * V; // the distribution after ids[0..t)
+    const top: TokenChoice[] = [];
+    if (topN > 0) {
+      for (let i = 0; i < V; i++) {
+        const l = rows[base + i]!;
+        if (top.length === topN && l <= top[topN - 1]!.logprob) continue;
+        let j = top.length < topN ? top.length : topN - 1;
+        while (j > 0 && top[j - 1]!.logprob < l) j--;
+        top.splice(j, 0, { id: i, logprob: l });
+        if (top.length > topN) top.pop();
+      }
+    }
+    out.push({ logprob: rows[base + ids[t]!]!, top });
+  }
+  return out;
 }

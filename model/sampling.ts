@@ -1,6 +1,14 @@
 /**
  * Next-token sampling from a row of logits: temperature, top-k, top-p (nucleus), with a seeded
  * generator (model/random.ts) so the same seed gives the same text. Temperature 0 is greedy.
+ *
+ * Before sampling, a row may be adjusted per request (`adjustLogits`, OpenAI's semantics):
+ * `logit_bias` is added to the logits (a bias of -100 or below bans the token), then for every
+ * token already sampled in this reply `frequencyPenalty × count + presencePenalty` is subtracted.
+ * `sampledLogprobs` reports the log-probabilities of the distribution `sampleToken` draws from:
+ * after the adjustments, temperature, top-k and top-p (renormalised over the tokens kept; a token
+ * outside them has probability 0). At temperature 0 that distribution is a point mass on the
+ * greedy token (log-probability 0).
  */
 
 /** Sampling knobs, as the chat APIs expose them. */
@@ -14,6 +22,53 @@ export interface SamplingParams {
 }
 
 export const DEFAULT_SAMPLING: SamplingParams = Object.freeze({ temperature: 0.8, topK: 0, topP: 0.95 });
+
+/** Per-request changes to the logits before sampling (all off by default). */
+export interface LogitAdjustments {
+  /** Subtracted once from the logit of every token that already occurs in the reply. */
+  presencePenalty?: number;
+  /** Subtracted from a token's logit once per occurrence in the reply so far. */
+  frequencyPenalty?: number;
+  /** `[tokenId, bias]` pairs added to the logits; a bias of -100 or below bans the token. */
+  logitBias?: readonly (readonly [number, number])[];
+}
+
+/** The most negative bias that is still a bias; at or below it the token is banned. */
+export const BAN_BIAS = -100;
+
+/** Whether `adj` changes anything (a plain row needs no copy). */
+export function adjustsLogits(adj: LogitAdjustments): boolean {
+  return !!(adj.presencePenalty || adj.frequencyPenalty || adj.logitBias?.length);
+}
+
+/**
+ * Writes `logits[offset .. offset+V)` into `out` (length ≥ V) with `adj` applied, given how often
+ * each token occurs in the reply so far (`counts`), and banned tokens (`banned`, plus those with a
+ * bias ≤ -100) set to NaN, which `sampleToken` and `sampledLogprobs` never pick.
+ */
+export function adjustLogits(
+  logits: Float32Array,
+  offset: number,
+  V: number,
+  adj: LogitAdjustments,
+  counts: ReadonlyMap<number, number>,
+  out: Float32Array,
+  banned?: ReadonlySet<number>,
+): Float32Array {
+  out.set(logits.subarray(offset, offset + V));
+  for (const [id, bias] of adj.logitBias ?? []) if (id >= 0 && id < V) out[id] = bias <= BAN_BIAS ? NaN : out[id]! + bias;
+  const presence = adj.presencePenalty ?? 0;
+  const frequency = adj.frequencyPenalty ?? 0;
+  if (presence || frequency) for (const [id, n] of counts) if (id >= 0 && id < V) out[id] = out[id]! - frequency * n - presence;
+  if (banned) for (const id of banned) if (id >= 0 && id < V) out[id] = NaN;
+  return out;
+}
+
+/** A token and its log-probability. */
+export interface TokenChoice {
+  id: number;
+  logprob: number;
+}
 
 /**
  * Picks a token from `logits[offset .. offset+V)`.
@@ -62,6 +117,69 @@ export function sampleToken(
   }
   const floor = max - 30 * params.temperature;
   if (params.topK <= 0 && params.topP >= 1) return sampleAll(logits, offset, V, max, floor, params.temperature, rng);
+  const { ids, probs, n, total } = nucleus(logits, offset, V, max, floor, params);
+  let r = rng() * total;
+  for (let j = 0; j < n; j++) {
+    r -= probs[j]!;
+    if (r <= 0) return ids[j]!;
+  }
+  return ids[n - 1]!;
+}
+
+/**
+ * The log-probability of `id` under the distribution `sampleToken` draws from with the same
+ * arguments, and the `topN` most likely tokens of it (fewer when fewer have a probability above
+ * 0), most likely first (ties: lower id first). Greedy (temperature 0): a point mass on the
+ * greedy token. `id` must be a token that distribution can draw.
+ *
+ * @example
+ *   const { logprob, top } = sampledLogprobs(logits, 0, V, params, id, 5);
+ */
+export function sampledLogprobs(
+  logits: Float32Array,
+  offset: number,
+  V: number,
+  params: SamplingParams,
+  id: number,
+  topN: number,
+  banned?: ReadonlySet<number>,
+): { logprob: number; top: TokenChoice[] } {
+  if (banned && banned.size) {
+    const row = scratch(V).row;
+    row.set(logits.subarray(offset, offset + V));
+    for (const b of banned) if (b >= 0 && b < V) row[b] = NaN;
+    logits = row;
+    offset = 0;
+  }
+  let max = -Infinity;
+  let best = -1;
+  for (let i = 0; i < V; i++) {
+    const l = logits[offset + i]!;
+    if (l > max) {
+      max = l;
+      best = i;
+    }
+  }
+  if (params.temperature <= 0) {
+    if (id !== best) throw new Error(`sampledLogprobs: greedy decoding picks ${best}, not ${id}`);
+    return { logprob: 0, top: topN > 0 ? [{ id, logprob: 0 }] : [] };
+  }
+  const { ids, probs, n, total } = nucleus(logits, offset, V, max, max - 30 * params.temperature, params);
+  const logTotal = Math.log(total);
+  let logprob = NaN;
+  for (let j = 0; j < n; j++) if (ids[j] === id) logprob = Math.log(probs[j]!) - logTotal;
+  if (Number.isNaN(logprob)) throw new Error(`sampledLogprobs: token ${id} has probability 0 under these sampling parameters`);
+  const top: TokenChoice[] = [];
+  for (let j = 0; j < Math.min(topN, n); j++) top.push({ id: ids[j]!, logprob: Math.log(probs[j]!) - logTotal });
+  return { logprob, top };
+}
+
+/**
+ * The tokens kept at or above `floor`, sorted by logit (ties: lower id first), cut by top-k then
+ * top-p, with their unnormalised probabilities (`exp((l - max) / T)`) and their sum. The arrays
+ * are shared scratch buffers, valid until the next call.
+ */
+function nucleus(logits: Float32Array, offset: number, V: number, max: number, floor: number, params: SamplingParams): { ids: Int32Array; probs: Float64Array; n: number; total: number } {
   const s = scratch(V);
   let n = 0;
   for (let i = 0; i < V; i++) {
@@ -92,12 +210,7 @@ export function sampleToken(
     total = 0;
     for (let j = 0; j < n; j++) total += probs[j]!;
   }
-  let r = rng() * total;
-  for (let j = 0; j < n; j++) {
-    r -= probs[j]!;
-    if (r <= 0) return ids[j]!;
-  }
-  return ids[n - 1]!;
+  return { ids, probs, n, total };
 }
 
 /** Samples among the tokens at or above `floor`, walking them in id order. */

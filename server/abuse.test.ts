@@ -181,7 +181,7 @@ test('4. a 64 KiB word is answered in well under a second on both doors while an
     const r = await completion({}, { model: 'x', messages: [{ role: 'user', content: word }], max_tokens: 2 });
     const httpMs = performance.now() - t0;
     assert.equal(r.status, 400);
-    assert.equal(((await r.json()) as { error: { code: string } }).error.code, 'prompt_too_long');
+    assert.equal(((await r.json()) as { error: { code: string } }).error.code, 'context_length_exceeded');
     const c = await TestClient.connect(srv.wsUrl);
     const conv = await ask(c, { type: 'start' });
     const t1 = performance.now();
@@ -293,7 +293,7 @@ test('9. PostgreSQL stopped mid-run: every chat is refused with store_unavailabl
   const url = new URL(TEST_PG_URL);
   url.host = `127.0.0.1:${proxy.port}`;
   const store = await openTempStore({ url: url.href, prefix: 'abuse_pg', connectTimeoutMs: 500, healthProbeMs: 200, writer: { retryForMs: 30_000 }, log: () => {} });
-  const pgSrv = await startTestServer({ heartbeatMs: 60_000, registryPollMs: 60_000, databaseUrl: url.href, judgementsPerMinute: 10_000 }, { store, model: srv.model, log: () => {} });
+  const pgSrv = await startTestServer({ heartbeatMs: 60_000, registryPollMs: 60_000, database: url.href, judgementsPerMinute: 10_000 }, { store, model: srv.model, log: () => {} });
   try {
     const c = await TestClient.connect(pgSrv.wsUrl);
     const conv = await ask(c, { type: 'start' });

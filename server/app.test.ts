@@ -49,9 +49,11 @@ test('the server config reads unprefixed environment variables and rejects unkno
   assert.ok(Object.isFrozen(cfg));
 });
 
-test('the server takes its secrets from the environment only: --admin-token and a --database-url with a password are refused', () => {
+test('the server takes its secrets from the environment only: --admin-token and a --database with a password are refused', () => {
   assert.throws(() => loadServerConfig(['--admin-token', 'a-token-of-twenty-chars'], {}), /--admin-token holds a secret: set it in the environment \(ADMIN_TOKEN\)/);
-  assert.throws(() => loadServerConfig(['--database-url', 'postgres://app:pw@127.0.0.1:5432/test'], {}), /DATABASE_URL/);
+  assert.throws(() => loadServerConfig(['--database', 'postgres://app:pw@127.0.0.1:5432/test'], {}), /--database holds a secret.*DATABASE_URL/);
   assert.equal(loadServerConfig([], { ADMIN_TOKEN: 'a-token-of-twenty-chars' }).adminToken, 'a-token-of-twenty-chars');
-  assert.equal(loadServerConfig(['--database-url', 'sqlite:/tmp/x.sqlite'], {}).databaseUrl, 'sqlite:/tmp/x.sqlite');
+  assert.equal(loadServerConfig(['--database', 'sqlite:/tmp/x.sqlite'], {}).database, 'sqlite:/tmp/x.sqlite');
+  assert.equal(loadServerConfig([], { DATABASE_URL: 'postgres://app:pw@127.0.0.1:5432/test' }).database, 'postgres://app:pw@127.0.0.1:5432/test');
+  assert.equal(loadServerConfig([], {}).database, 'default');
 });

@@ -14,6 +14,7 @@ import type { ServerConfig } from './config.ts';
 import { ChatError, openAIErrorType, toChatError } from './errors.ts';
 import type { ServerMetrics } from './metrics.ts';
 import type { ModelRegistry } from './model-registry.ts';
+import { feedbackRoutes } from './feedback-routes.ts';
 import { openAIRoutes } from './openai-routes.ts';
 import { staticRoutes } from './static-routes.ts';
 import type { Auth, Meter } from './auth.ts';
@@ -72,6 +73,8 @@ export function createApp(deps: AppDeps): Hono {
   }
   app.use('/session', bodyLimit({ maxSize: 4096, onError: () => { throw new ChatError('message_too_large', 'the request body is over 4096 bytes'); } }));
   app.route('/session', sessionRoutes(deps.auth));
+  // Before the OpenAI routes, whose `/v1/*` middleware would otherwise check the caller a second time.
+  app.route('/v1/feedback', feedbackRoutes({ chat: deps.chat, auth: deps.auth, meter: deps.meter }));
   app.route('/v1', openAIRoutes({ chat: deps.chat, auth: deps.auth, meter: deps.meter, maxN: deps.config.maxN }));
   app.route('/', staticRoutes());
 
@@ -86,7 +89,7 @@ export function createApp(deps: AppDeps): Hono {
     deps.metrics.errors.inc({ code: e.code });
     const headers: Record<string, string> = {};
     if (e.retryAfter !== undefined) headers['Retry-After'] = String(e.retryAfter);
-    return c.json({ error: { message: e.message, type: openAIErrorType(e.status), code: e.code, param: null } }, e.status as 400, headers);
+    return c.json({ error: { message: e.message, type: openAIErrorType(e.status), code: e.code, param: e.param ?? null } }, e.status as 400, headers);
   });
 
   return app;

@@ -12,7 +12,7 @@
  */
 import { randomInt } from 'node:crypto';
 import { renderChat, type ChatMessage } from '../model/chat-template.ts';
-import { DEFAULT_GENERATE, type GenerateOptions } from '../model/generate.ts';
+import { DEFAULT_GENERATE, type GenerateOptions, type TokenLogprob } from '../model/generate.ts';
 import { disposeCache } from '../model/gpt.ts';
 import { addMessage, createConversation, getConversation, getThread, listMessages } from '../feedback/conversations.ts';
 import { addAssistantReply } from '../feedback/generations.ts';
@@ -25,7 +25,7 @@ import type { ServerConfig } from './config.ts';
 import { ChatError } from './errors.ts';
 import type { ServerMetrics } from './metrics.ts';
 import type { ServedModel } from './model-host.ts';
-import type { ModelRegistry } from './model-registry.ts';
+import type { ModelRegistry, ModelTarget } from './model-registry.ts';
 import type { GenerationResult, Job, Scheduler } from './scheduler.ts';
 import type { ConversationState, SessionCache, Turn } from './session-cache.ts';
 import type { Sampling } from './ws-protocol.ts';
@@ -37,9 +37,15 @@ export interface ChatDeps {
   sessions: SessionCache;
   config: ServerConfig;
   metrics: ServerMetrics;
-  /** Picks the canary arm per conversation and the arena pair per compare; absent: always the scheduler's model. */
-  registry?: Pick<ModelRegistry, 'modelFor'> & Partial<Pick<ModelRegistry, 'arenaModels'>>;
+  /**
+   * Picks the canary arm per conversation and the arena pair per compare, and the model a request
+   * names (`select`/`pick`); absent: always the scheduler's model.
+   */
+  registry?: Pick<ModelRegistry, 'modelFor'> & Partial<Pick<ModelRegistry, 'arenaModels' | 'select' | 'pick' | 'listing'>>;
 }
+
+/** Per-request sampling beyond the WebSocket's `params` (the OpenAI routes' penalties, bias and log-probabilities). */
+export type ExtraSampling = Partial<Pick<GenerateOptions, 'presencePenalty' | 'frequencyPenalty' | 'logitBias' | 'logprobs'>>;
 
 /** A prompt ready to decode. */
 export interface Prompt {
@@ -62,6 +68,8 @@ export interface StoredReply {
 /** Replies in flight: cancel them, or await them. */
 export interface ReplyRun {
   readonly jobs: readonly Job[];
+  /** The model decoding each reply, fixed when it was submitted. */
+  readonly models: readonly ServedModel[];
   readonly done: Promise<StoredReply[]>;
   cancel(): void;
 }
@@ -170,10 +178,10 @@ export class ChatService {
    * (503, Retry-After) while the store is degraded, since a reply that cannot be stored must not
    * be generated, and `overloaded` (429) when the scheduler has no room for `n` more replies.
    */
-  admit(n: number): void {
+  admit(n: number, opts: { stored?: boolean } = {}): void {
     const { store, scheduler } = this.deps;
     const health = store.health?.state();
-    if (health && health.state !== 'ok') {
+    if (opts.stored !== false && health && health.state !== 'ok') {
       throw new ChatError('store_unavailable', `the feedback store is unreachable (${health.lastError ?? 'no answer'}); retry later`, 503, health.retryAfterSeconds);
     }
     const { maxBatch, maxQueue, retryAfterSeconds } = scheduler.opts;
@@ -182,8 +190,21 @@ export class ChatService {
     }
   }
 
+  /**
+   * The model a request's `model` names, loaded (see `ModelRegistry.select`); undefined for any
+   * other name, and always without a registry: the default arm.
+   */
+  async selectModel(name: string): Promise<ModelTarget | undefined> {
+    return this.deps.registry?.select?.(name);
+  }
+
+  /** The loaded model of `target` now (undefined when it was evicted since `selectModel`); call it right before `reply`. */
+  pickModel(target: ModelTarget): ServedModel | undefined {
+    return this.deps.registry?.pick?.(target);
+  }
+
   /** Sampling options from a request, checked against the limits. */
-  options(p: Sampling = {}): GenerateOptions {
+  options(p: Sampling & ExtraSampling = {}): GenerateOptions {
     const { config } = this.deps;
     const maxTokens = p.maxTokens ?? config.defaultMaxTokens;
     if (p.stop && (p.stop.length > 4 || p.stop.some((s) => s.length > 64))) throw new ChatError('invalid_request', 'stop: at most 4 strings of at most 64 characters');
@@ -195,6 +216,10 @@ export class ChatService {
       maxTokens,
       seed: p.seed ?? randomInt(0, 2 ** 31),
       stop: p.stop ?? [],
+      ...(p.presencePenalty ? { presencePenalty: p.presencePenalty } : {}),
+      ...(p.frequencyPenalty ? { frequencyPenalty: p.frequencyPenalty } : {}),
+      ...(p.logitBias?.length ? { logitBias: p.logitBias } : {}),
+      ...(p.logprobs !== undefined ? { logprobs: p.logprobs } : {}),
     };
   }
 
@@ -257,16 +282,17 @@ export class ChatService {
     opts: GenerateOptions,
     n: number,
     source: string,
-    onDelta?: (candidate: number, text: string) => void,
+    onDelta?: (candidate: number, text: string, logprobs: readonly TokenLogprob[]) => void,
     models?: readonly ServedModel[],
   ): ReplyRun {
     if (models && models.length !== n) throw new Error(`reply: ${models.length} models for ${n} replies`);
     const userTurn = context[context.length - 1];
     if (!userTurn || userTurn.role !== 'user') throw new ChatError('invalid_request', 'a reply needs a user message to answer');
-    // The canary arm is fixed when the reply is submitted; without one, the scheduler's model at admission.
-    const model = this.deps.registry?.modelFor(conversationId);
+    // The model is fixed when the reply is submitted (the canary arm, else the champion now), so
+    // the version is known before the first token and a swap meanwhile does not change it.
+    const model = this.deps.registry?.modelFor(conversationId) ?? this.deps.scheduler.model;
     const arms = models ?? Array.from({ length: n }, () => model);
-    const byModel = new Map<ServedModel | undefined, Prompt>();
+    const byModel = new Map<ServedModel, Prompt>();
     for (const m of arms) if (!byModel.has(m)) byModel.set(m, this.prompt(context.map((t) => ({ role: t.role, content: t.content })), opts.maxTokens, m));
     const prompts = arms.map((m) => byModel.get(m)!);
     const { scheduler, metrics } = this.deps;
@@ -283,7 +309,7 @@ export class ChatService {
             keepContext: i === 0 && state !== undefined,
             source,
             model: arms[i],
-            onDelta: onDelta && ((t) => onDelta(i, t)),
+            onDelta: onDelta && ((t, lp) => onDelta(i, t, lp)),
           }),
         );
       }
@@ -306,7 +332,19 @@ export class ChatService {
             message: { conversationId, parentId: userTurn.id, content: r.text, tokenCount: r.completionTokens },
             generation: {
               modelVersionId: r.version,
-              params: { temperature: o.temperature, topP: o.topP, topK: o.topK, maxTokens: o.maxTokens, stop: o.stop, source, candidates: n, droppedMessages: prompt.droppedMessages },
+              params: {
+                temperature: o.temperature,
+                topP: o.topP,
+                topK: o.topK,
+                maxTokens: o.maxTokens,
+                stop: o.stop,
+                ...(o.presencePenalty ? { presencePenalty: o.presencePenalty } : {}),
+                ...(o.frequencyPenalty ? { frequencyPenalty: o.frequencyPenalty } : {}),
+                ...(o.logitBias?.length ? { logitBias: o.logitBias } : {}),
+                source,
+                candidates: n,
+                droppedMessages: prompt.droppedMessages,
+              },
               seed: o.seed,
               finishReason: r.finishReason,
               promptTokens: r.promptTokens,
@@ -333,7 +371,7 @@ export class ChatService {
         this.#gauges();
       }
     })();
-    return { jobs, done, cancel: () => jobs.forEach((j) => j.cancel()) };
+    return { jobs, models: arms, done, cancel: () => jobs.forEach((j) => j.cancel()) };
   }
 
   /**

@@ -1,10 +1,11 @@
 /**
  * The chat server's config: one frozen object, defaults < environment (unprefixed, e.g. `PORT`,
- * `MODEL_DIR`, `MAX_BATCH`) < command line (`--port 9000`). Parsed by the project's one config
- * parser (`model/config.ts`).
+ * `MODEL_DIR`, `MAX_BATCH`; the store is `DATABASE_URL`) < command line (`--port 9000`). Parsed
+ * by the project's one config parser (`cli/config.ts`).
  */
 import { z } from 'zod';
-import { parseConfig } from '../model/config.ts';
+import { parseConfig } from '../cli/config.ts';
+import { storeOptions } from '../cli/options.ts';
 
 export const ServerConfigSchema = z.object({
   port: z.number().int().min(0).max(65535).default(8080).describe('HTTP and WebSocket port (0 = ephemeral)'),
@@ -21,7 +22,7 @@ export const ServerConfigSchema = z.object({
   authFailuresPerMinute: z.number().int().positive().default(30).describe('failed key checks per address per minute before rate_limited'),
   modelDir: z.string().default('checkpoints/sft').describe('checkpoint directory of the model served'),
   dataDir: z.string().optional().describe('where the default SQLite store lives (default <project>/data)'),
-  databaseUrl: z.string().optional().describe('postgres://… or sqlite:<path>; default SQLite in dataDir'),
+  database: storeOptions.database,
   maxBatch: z.number().int().positive().default(32).describe('sequences decoded together in one step'),
   maxQueue: z.number().int().nonnegative().default(64).describe('requests waiting for a batch slot before "overloaded"'),
   prefillTokensPerStep: z.number().int().positive().default(256).describe('prompt tokens prefilled between two decode steps (at least one prompt)'),
@@ -41,23 +42,25 @@ export const ServerConfigSchema = z.object({
   retryAfterSeconds: z.number().int().positive().default(1).describe('Retry-After sent with "overloaded"'),
   adminToken: z.string().optional().describe('bearer token of the /admin routes (at least 16 characters; set it in the environment, not on the command line); unset = admin routes disabled'),
   trustProxy: z.boolean().default(false).describe('behind a trusted reverse proxy: take client addresses from X-Forwarded-For'),
-  databaseSchema: z.string().optional().describe('PostgreSQL only: schema of the store (processes sharing a registry use the same one)'),
+  databaseSchema: storeOptions.databaseSchema,
+  modelCacheBytes: z.number().int().positive().default(2 ** 30).describe('bytes of weights of the versions loaded on demand (an OpenAI request naming a version that is neither champion nor candidate); least recently used evicted first'),
   registryPollMs: z.number().int().positive().default(500).describe('how often the champion/candidate aliases are re-read (PostgreSQL also gets NOTIFY)'),
   loop: z.boolean().default(false).describe('run the online loop beside the server in a child process (LOOP=1 / --loop; knobs: LOOP_<NAME>)'),
 });
 
 export type ServerConfig = Readonly<z.infer<typeof ServerConfigSchema>>;
 
+/** The server's secrets: refused on the command line, taken from these environment variables. */
+export const SERVER_SECRETS = { adminToken: { when: 'always', env: 'ADMIN_TOKEN' }, database: { when: 'password', env: 'DATABASE_URL' } } as const;
+
+/** The environment as the server reads it: unprefixed names, and the store from `DATABASE_URL` (as the README promises). */
+export function serverEnvironment(env: NodeJS.ProcessEnv): Record<string, string | undefined> {
+  return { ...env, DATABASE: env.DATABASE_URL };
+}
+
 /** Reads the server config from argv and the environment (`PORT`, `MODEL_DIR`, `DATABASE_URL`, …). */
 export function loadServerConfig(argv: readonly string[] = process.argv.slice(2), env: NodeJS.ProcessEnv = process.env, overrides: Partial<ServerConfig> = {}): ServerConfig {
-  // Environment keys are unprefixed (`PORT`, not `SERVER_PORT`) as the README promises; parseConfig
-  // needs a prefix, so the environment is presented under one.
-  const prefixed: Record<string, string | undefined> = {};
-  for (const key of Object.keys(ServerConfigSchema.shape)) {
-    const name = key.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase();
-    if (env[name] !== undefined && env[name] !== '') prefixed[`CHAT_${name}`] = env[name];
-  }
-  return parseConfig(ServerConfigSchema, { argv, env: prefixed, envPrefix: 'CHAT', overrides, secrets: { adminToken: { when: 'always', env: 'ADMIN_TOKEN' }, databaseUrl: { when: 'password', env: 'DATABASE_URL' } } });
+  return parseConfig(ServerConfigSchema, { argv, env: serverEnvironment(env), envPrefix: '', overrides, secrets: SERVER_SECRETS });
 }
 
 /** The config with every default (tests override what they need). */

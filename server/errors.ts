@@ -15,6 +15,9 @@ export type ServerErrorCode =
   | 'binary_not_supported'
   | 'message_too_large'
   | 'prompt_too_long'
+  | 'context_length_exceeded'
+  | 'unsupported_parameter'
+  | 'model_too_large'
   | 'max_tokens_too_large'
   | 'rate_limited'
   | 'overloaded'
@@ -45,6 +48,9 @@ const STATUS: Record<string, number> = {
   binary_not_supported: 400,
   message_too_large: 413,
   prompt_too_long: 400,
+  context_length_exceeded: 400,
+  unsupported_parameter: 400,
+  model_too_large: 409,
   max_tokens_too_large: 400,
   rate_limited: 429,
   overloaded: 429,
@@ -83,8 +89,15 @@ export class ChatError extends Error {
     readonly status: number = STATUS[code] ?? 400,
     /** Seconds before a retry makes sense (sent as `Retry-After`). */
     readonly retryAfter?: number,
+    /** The request field at fault, when one is (OpenAI's `param`, e.g. `messages[0].content`). */
+    readonly param?: string,
   ) {
     super(message);
+  }
+
+  /** The same error, naming the request field at fault. */
+  withParam(param: string): ChatError {
+    return new ChatError(this.code, this.message, this.status, this.retryAfter, param);
   }
 
   toJSON(): { code: string; message: string } {

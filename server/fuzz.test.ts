@@ -60,6 +60,9 @@ const DOCUMENTED: Record<string, number | undefined> = {
   binary_not_supported: undefined,
   message_too_large: 413,
   prompt_too_long: 400,
+  context_length_exceeded: 400,
+  unsupported_parameter: 400,
+  model_too_large: 409,
   max_tokens_too_large: 400,
   rate_limited: 429,
   overloaded: 429,
@@ -460,6 +463,7 @@ const ADMIN_POST = ['/admin/promote', '/admin/rollback', '/admin/loop/pause', '/
 const ROUTES: [string, string][] = [
   ['GET', '/healthz'], ['GET', '/metrics'], ['GET', '/'], ['GET', '/app.js'], ['GET', '/v1/models'],
   ...Array.from({ length: 8 }, () => ['POST', '/v1/chat/completions'] as [string, string]),
+  ...Array.from({ length: 4 }, () => ['POST', '/v1/completions'] as [string, string]),
   ...ADMIN_GET.map((p) => ['GET', p] as [string, string]), ...ADMIN_POST.flatMap((p) => [['POST', p], ['POST', p]] as [string, string][]), ['PUT', '/admin/canary'], ['PUT', '/admin/canary'],
   ['GET', '/session'], ['POST', '/session'], ['DELETE', '/session'], ['GET', '/admin/keys'], ['POST', '/admin/keys/key_nope/revoke'], ['DELETE', '/admin/keys/key_nope'],
 ];
@@ -502,12 +506,29 @@ const completionArb = fc.record(
   },
   { requiredKeys: ['model', 'messages'] },
 );
+const textCompletionArb = fc.record(
+  {
+    model: fc.oneof(fc.constant('sft'), fc.constant('champion'), text(300)),
+    prompt: fc.oneof(nonEmpty(60), fc.array(text(40), { maxLength: 3 }), fc.array(fc.integer({ min: -1, max: 400 }), { maxLength: 8 }), fc.array(fc.array(fc.integer({ min: 0, max: 400 }), { maxLength: 4 }), { maxLength: 3 })),
+    max_tokens: fc.integer({ min: -1, max: 8 }),
+    temperature: fc.oneof(fc.double({ min: -1, max: 3, noNaN: true }), fc.constant(null)),
+    echo: fc.boolean(),
+    logprobs: fc.oneof(fc.integer({ min: -1, max: 22 }), fc.constant(null)),
+    n: fc.integer({ min: -1, max: 4 }),
+    stop: fc.oneof(text(80), fc.constant(null)),
+    stream: fc.boolean(),
+    logit_bias: fc.dictionary(fc.oneof(fc.integer({ min: -1, max: 400 }).map(String), text(5)), fc.double({ min: -120, max: 120, noNaN: true }), { maxKeys: 3 }),
+    presence_penalty: fc.double({ min: -3, max: 3, noNaN: true }),
+  },
+  { requiredKeys: ['model', 'prompt'] },
+);
 const adminBodyArb = fc.record(
   { versionId: fc.oneof(fc.constant(''), fc.constant('nope-000000000000'), text(140)).map((v) => v || ids.version), alias: fc.constantFrom('champion', 'sft', 'other', ''), reason: text(40), actor: text(40), share: fc.double({ min: -1, max: 2, noNaN: true }) },
   { requiredKeys: [] },
 );
 const bodyArb = fc.oneof(
   { weight: 5, arbitrary: completionArb.map((b) => JSON.stringify(b)) },
+  { weight: 2, arbitrary: textCompletionArb.map((b) => JSON.stringify(b)) },
   { weight: 2, arbitrary: fc.tuple(completionArb, fc.constantFrom('model', 'messages', 'stream', 'n', 'stop', 'max_tokens'), fc.jsonValue({ maxDepth: 3 })).map(([b, k, v]) => JSON.stringify({ ...b, [k]: v })) },
   { weight: 3, arbitrary: adminBodyArb.map((b) => JSON.stringify(b)) },
   { weight: 1, arbitrary: fc.record({ userId: fc.oneof(fc.stringMatching(/^[a-z0-9._@:-]{1,20}$/), text(140)), name: text(40), apiKey: fc.oneof(text(60), fc.constant('').map(() => apiKey)), reason: text(40), excludeFromTraining: fc.boolean() }, { requiredKeys: [] }).map((b) => JSON.stringify(b)) },
@@ -548,7 +569,7 @@ async function checkResponse(res: Response, where: string, method: string): Prom
       if (e === '[DONE]') continue;
       const chunk = JSON.parse(e) as { error?: { code?: unknown }; object?: string };
       if (chunk.error) checkCode(chunk.error.code, `${where} (stream)`);
-      else if (chunk.object !== 'chat.completion.chunk') problems.push(`${where}: stream event ${e.slice(0, 100)}`);
+      else if (chunk.object !== 'chat.completion.chunk' && chunk.object !== 'text_completion') problems.push(`${where}: stream event ${e.slice(0, 100)}`);
     }
   } else if (type.includes('application/json')) JSON.parse(body);
 }

@@ -16,7 +16,7 @@ test('keys create prints the key once, list shows it without the key, revoke sto
   try {
     const out: string[] = [];
     const err: string[] = [];
-    const cfg = (o: Record<string, unknown>) => KeysConfig.parse({ url, ...o });
+    const cfg = (o: Record<string, unknown>) => KeysConfig.parse({ database: url, ...o });
     await runKeys('create', cfg({ user: 'alice', name: 'laptop' }), (l) => out.push(l), (l) => err.push(l));
     const key = out[0]!;
     assert.match(key, /^rk_/);

@@ -1,7 +1,7 @@
 /**
  * `npm run keys -- <command> [options]`: the admin's API keys, straight on the store (the same
- * one the server uses: `--url`, else `DATABASE_URL`, else the default SQLite file; a PostgreSQL
- * password belongs in `DATABASE_URL`, never on the command line).
+ * one the server uses: `--database`, else `DATABASE_URL`, else the default SQLite file; a
+ * PostgreSQL password belongs in `DATABASE_URL`, never on the command line).
  *
  *   npm run keys -- create --user alice [--name laptop]   prints the key (shown this once)
  *   npm run keys -- list                                   id, user, name, prefix, state
@@ -12,7 +12,8 @@
 import { z } from 'zod';
 import { createApiKey, listApiKeys, revokeApiKey, type ApiKeyInfo } from '../feedback/api-keys.ts';
 import { openStore } from '../feedback/open-store.ts';
-import { isMain, runCli } from '../training/cli.ts';
+import { isMain, runCommand } from '../cli/command.ts';
+import { storeOptions, storeUrl } from '../cli/options.ts';
 
 export const COMMANDS = ['create', 'list', 'revoke'] as const;
 
@@ -22,7 +23,8 @@ export const KeysConfig = z.object({
   id: z.string().optional().describe('revoke: the key id (key_…)'),
   reason: z.string().optional().describe('revoke: why (kept with the key and in the log)'),
   excludeFromTraining: z.boolean().default(false).describe('revoke: also exclude every judgement made with the key from training'),
-  url: z.string().optional().describe('postgres://… or sqlite:<path>; default DATABASE_URL, else data/feedback.sqlite'),
+  database: storeOptions.database,
+  databaseSchema: storeOptions.databaseSchema,
   actor: z.string().default('keys-cli').describe('who revokes (recorded with the key)'),
 });
 export type KeysConfig = z.infer<typeof KeysConfig>;
@@ -33,7 +35,7 @@ const line = (k: ApiKeyInfo) =>
 /** Runs one command; `print` gets stdout lines, `log` stderr lines. */
 export async function runKeys(command: string, cfg: Readonly<KeysConfig>, print: (l: string) => void, log: (l: string) => void): Promise<void> {
   if (!(COMMANDS as readonly string[]).includes(command)) throw Object.assign(new Error(`unknown command "${command}"; one of ${COMMANDS.join(', ')}`), { code: 'invalid_argument' });
-  const store = await openStore({ url: cfg.url ?? process.env.DATABASE_URL });
+  const store = await openStore({ url: storeUrl(cfg.database), ...(cfg.databaseSchema ? { schema: cfg.databaseSchema } : {}) });
   try {
     if (command === 'create') {
       const { key, info } = await createApiKey(store.db, { ...(cfg.user ? { userId: cfg.user } : {}), ...(cfg.name ? { name: cfg.name } : {}) });
@@ -53,8 +55,6 @@ export async function runKeys(command: string, cfg: Readonly<KeysConfig>, print:
 }
 
 if (isMain(import.meta.url)) {
-  const command = process.argv[2] && !process.argv[2].startsWith('-') ? process.argv.splice(2, 1)[0]! : 'help';
-  const usage = `usage: npm run keys -- <${COMMANDS.join('|')}> [options]\n  create --user alice [--name laptop]\n  list\n  revoke --id key_… [--reason …] [--exclude-from-training]`;
-  if (command === 'help' && !process.argv.includes('--help')) process.argv.push('--help');
-  await runCli(usage, KeysConfig, 'KEYS', (cfg) => runKeys(command, cfg, (l) => console.log(l), (l) => console.error(l)));
+  const usage = `npm run keys -- <${COMMANDS.join('|')}> [options]\n  create --user alice [--name laptop]\n  list\n  revoke --id key_… [--reason …] [--exclude-from-training]`;
+  await runCommand({ usage, schema: KeysConfig, envPrefix: 'KEYS', subcommands: COMMANDS }, (cfg, { subcommand }) => runKeys(subcommand!, cfg, (l) => console.log(l), (l) => console.error(l)));
 }

@@ -8,7 +8,7 @@ import { startServer } from './server.ts';
 
 const [modelDir, databaseUrl, databaseSchema] = process.argv.slice(2);
 if (!modelDir || !databaseUrl) throw new Error('usage: kill-server-fixture.ts <model dir> <database url> [schema]');
-const config = defaultServerConfig({ port: 0, host: '127.0.0.1', modelDir, databaseUrl, ...(databaseSchema ? { databaseSchema } : {}), requestsPerMinute: 1_000_000, judgementsPerMinute: 1_000_000, messagesPerSecond: 100_000, floodCloseAfter: 1_000_000 });
+const config = defaultServerConfig({ port: 0, host: '127.0.0.1', modelDir, database: databaseUrl, ...(databaseSchema ? { databaseSchema } : {}), requestsPerMinute: 1_000_000, judgementsPerMinute: 1_000_000, messagesPerSecond: 100_000, floodCloseAfter: 1_000_000 });
 const srv = await startServer(config, { log: () => {}, defaultMetrics: false });
 await srv.ready;
 process.stdout.write(`ready ${srv.port}\n`);

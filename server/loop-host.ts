@@ -10,6 +10,7 @@
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { storeUrl } from '../cli/options.ts';
 import type { ServerConfig } from './config.ts';
 
 export interface LoopHostOptions {
@@ -35,7 +36,8 @@ export function startLoopProcess(config: ServerConfig, o: LoopHostOptions = {}):
   // store reads DATABASE_URL), never its command line, which any local user can read in `ps`.
   const store = { dataDir: config.dataDir, schema: config.databaseSchema };
   const env: NodeJS.ProcessEnv = { ...process.env };
-  if (config.databaseUrl !== undefined) env.DATABASE_URL = config.databaseUrl;
+  const url = storeUrl(config.database);
+  if (url !== undefined) env.DATABASE_URL = url;
   const child = fork(entry, [JSON.stringify({ loop: o.loop ?? {}, store })], {
     execArgv: ['--import', 'tsx'],
     env,

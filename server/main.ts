@@ -4,16 +4,11 @@
  * variable (`MAX_BATCH=16`). Exits non-zero, with the checkpoint's stable error code, when the
  * model cannot be loaded.
  */
-import { describeConfig } from '../model/config.ts';
-import { loadServerConfig, ServerConfigSchema } from './config.ts';
+import { runCommand } from '../cli/command.ts';
+import { SERVER_SECRETS, serverEnvironment, ServerConfigSchema, type ServerConfig } from './config.ts';
 import { startServer } from './server.ts';
 
-async function main(): Promise<void> {
-  if (process.argv.includes('--help')) {
-    console.log(`npm start -- [options]\n${describeConfig(ServerConfigSchema)}`);
-    return;
-  }
-  const config = loadServerConfig();
+async function main(config: ServerConfig): Promise<void> {
   const server = await startServer(config);
   console.error(`listening on ${config.host}:${server.port} (loading the model)`);
   try {
@@ -39,7 +34,4 @@ async function main(): Promise<void> {
   process.on('SIGTERM', () => stop('SIGTERM'));
 }
 
-main().catch((err) => {
-  console.error(`server: ${(err as Error).message}`);
-  process.exitCode = 1;
-});
+await runCommand({ usage: 'npm start -- [options]', schema: ServerConfigSchema, envPrefix: '', env: serverEnvironment(process.env), secrets: SERVER_SECRETS }, main);

@@ -20,6 +20,12 @@
  * Arena: with a candidate set and `arena_share` > 0, that share of `compare` requests (a uniform
  * draw per request) is answered by the champion and the candidate head to head (`arenaModels`).
  * The candidate is loaded when either share is above 0.
+ *
+ * Selection by name (the OpenAI routes' `model`): `champion`, `candidate`, `sft` or a registered
+ * policy version id picks that version (`select`, then `pick` just before submitting); any other
+ * name is the default arm (the champion, or the canary's choice). A version that is neither the
+ * champion nor the candidate is loaded on demand into a `ModelCache` bounded by
+ * `modelCacheBytes`; promoting a version loaded that way moves it out of the cache, unloaded.
  */
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
@@ -32,6 +38,7 @@ import { registerCheckpointVersion } from '../training/register-versions.ts';
 import type { FeedbackStore } from '../feedback/open-store.ts';
 import { DEFAULT_SETTINGS, getRegistrySettings, type RegistrySettings } from '../feedback/registry-settings.ts';
 import { ChatError } from './errors.ts';
+import { ModelCache } from './model-cache.ts';
 import { loadServedModel, type ServedModel } from './model-host.ts';
 import type { Scheduler } from './scheduler.ts';
 
@@ -49,6 +56,20 @@ export interface ModelRegistryOptions {
   retryBaseMs?: number;
   /** ...up to this (default 300000 ms). */
   retryCapMs?: number;
+  /** Bytes of weights of the versions loaded on demand (default 1 GiB). */
+  modelCacheBytes?: number;
+}
+
+/** What a request's `model` selected: a name (`champion`, `candidate`, `sft` or a version id) and the version it meant. */
+export interface ModelTarget {
+  name: string;
+  versionId: string;
+}
+
+/** Aliases and loaded versions, for `/v1/models`. */
+export interface ModelListing {
+  aliases: { alias: string; versionId: string }[];
+  loaded: ServedModel[];
 }
 
 /** What the registry is serving now. */
@@ -86,8 +107,11 @@ export class ModelRegistry {
   #again = false;
   #closed = false;
   #swaps = 0;
+  readonly #onDemand: ModelCache;
 
-  constructor(readonly opts: ModelRegistryOptions) {}
+  constructor(readonly opts: ModelRegistryOptions) {
+    this.#onDemand = new ModelCache({ budgetBytes: opts.modelCacheBytes ?? 2 ** 30, load: (id) => this.#loadVerified(id), release: (m) => opts.scheduler.release(m) });
+  }
 
   get champion(): ServedModel {
     return this.opts.scheduler.model;
@@ -160,8 +184,22 @@ export class ModelRegistry {
   async prepare(versionId: string): Promise<ServedModel> {
     if (versionId === this.champion.version) return this.champion;
     if (this.#candidate?.version === versionId) return this.#candidate;
-    const ready = this.#prepared.get(versionId);
-    if (ready) return ready;
+    const ready = this.#prepared.get(versionId) ?? this.#onDemand.take(versionId);
+    if (ready) {
+      this.#prepared.set(versionId, ready);
+      return ready;
+    }
+    const model = await this.#loadVerified(versionId);
+    if (this.#prepared.has(versionId)) {
+      model.gpt.dispose(); // a concurrent prepare won
+      return this.#prepared.get(versionId)!;
+    }
+    this.#prepared.set(versionId, model);
+    return model;
+  }
+
+  /** Loads a registered policy version, checks it is the one registered, and warms it up. */
+  async #loadVerified(versionId: string): Promise<ServedModel> {
     const row = await getModelVersion(this.opts.store.db, versionId);
     if (!row) throw new ChatError('unknown_model_version', `no model version ${versionId}`);
     if (row.kind !== 'policy') throw new ChatError('not_a_policy', `${versionId} is a ${row.kind} model; only policy versions can serve chats`, 409);
@@ -181,12 +219,58 @@ export class ModelRegistry {
     // Warm-up: one prefill, so the first real step pays no first-call costs.
     const { cache } = model.gpt.prefill(model.tok.encode('hello'));
     disposeCache(cache);
-    if (this.#prepared.has(versionId)) {
-      model.gpt.dispose(); // a concurrent prepare won
-      return this.#prepared.get(versionId)!;
-    }
-    this.#prepared.set(versionId, model);
     return model;
+  }
+
+  /**
+   * What a request's `model` names: `champion`; `candidate` or `sft` (the version the alias points
+   * at, `model_not_found` when it points at none); a registered version id. The version is loaded
+   * (on demand when it is neither champion nor candidate) before this resolves. Any other name is
+   * undefined: the default arm. Errors name `param: 'model'`: `model_not_found`, `not_a_policy`,
+   * `model_too_large`, and the checkpoint's codes.
+   */
+  async select(name: string): Promise<ModelTarget | undefined> {
+    if (name === 'champion') return { name, versionId: this.champion.version };
+    try {
+      let versionId: string;
+      if (name === 'candidate' || name === 'sft') {
+        const id = await resolveAlias(this.opts.store.db, name);
+        if (id === undefined) throw new ChatError('model_not_found', `the alias ${name} points at no version`, 404);
+        versionId = id;
+      } else if (this.loaded(name) || (await getModelVersion(this.opts.store.db, name))) versionId = name;
+      else return undefined;
+      if (!this.loaded(versionId)) await this.#onDemand.load(versionId);
+      return { name, versionId };
+    } catch (err) {
+      throw err instanceof ChatError ? err.withParam('model') : err;
+    }
+  }
+
+  /**
+   * The model to decode `target` with, right now (call it in the same synchronous run as the
+   * submit, so no swap or eviction comes between): the current champion for `champion`, else the
+   * loaded version; undefined when that version was evicted since `select`.
+   */
+  pick(target: ModelTarget): ServedModel | undefined {
+    return target.name === 'champion' ? this.champion : this.loaded(target.versionId);
+  }
+
+  /** A loaded version (champion, candidate or loaded on demand), or undefined. */
+  loaded(versionId: string): ServedModel | undefined {
+    if (versionId === this.champion.version) return this.champion;
+    if (versionId === this.#candidate?.version) return this.#candidate;
+    return this.#prepared.get(versionId) ?? this.#onDemand.get(versionId);
+  }
+
+  /** The policy aliases that point at a version, and every loaded version (champion first). */
+  async listing(): Promise<ModelListing> {
+    const aliases: ModelListing['aliases'] = [];
+    for (const alias of POLICY_ALIASES) {
+      const versionId = alias === 'champion' ? this.champion.version : await resolveAlias(this.opts.store.db, alias);
+      if (versionId !== undefined) aliases.push({ alias, versionId });
+    }
+    const loaded = [this.champion, ...(this.#candidate && this.#candidate !== this.champion ? [this.#candidate] : []), ...this.#prepared.values(), ...this.#onDemand.models];
+    return { aliases, loaded: [...new Map(loaded.map((m) => [m.version, m])).values()] };
   }
 
   /** Re-reads the aliases and settings and swaps what changed (calls never overlap). */
@@ -332,6 +416,7 @@ export class ModelRegistry {
     await this.#listener?.end().catch(() => {});
     for (const m of this.#prepared.values()) m.gpt.dispose();
     this.#prepared.clear();
+    this.#onDemand.clear();
     if (this.#candidate && this.#candidate !== this.champion) this.opts.scheduler.release(this.#candidate);
     this.#candidate = undefined;
   }

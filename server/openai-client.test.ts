@@ -18,7 +18,7 @@ after(async () => {
 test('the official openai client lists models and gets a completion, plain and streamed', async () => {
   const client = new OpenAI({ baseURL: `${srv!.url}/v1`, apiKey: 'sk-test', maxRetries: 0 });
   const models = await client.models.list();
-  assert.deepEqual(models.data.map((m: { id: string }) => m.id), [srv!.model.version]);
+  assert.deepEqual(models.data.map((m: { id: string }) => m.id), [srv!.model.version, 'champion', 'sft']);
 
   const done = await client.chat.completions.create({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hello' }], max_tokens: 6, temperature: 0, seed: 1 });
   assert.equal(done.object, 'chat.completion');
@@ -40,5 +40,9 @@ test('the official openai client lists models and gets a completion, plain and s
   await assert.rejects(
     client.chat.completions.create({ model: 'x', messages: [{ role: 'user', content: 'x' }], max_tokens: 1_000_000 }),
     (e: { status?: number; code?: string }) => e.status === 400 && e.code === 'max_tokens_too_large',
+  );
+  await assert.rejects(
+    client.chat.completions.create({ model: 'x', messages: [{ role: 'user', content: 'lucid '.repeat(300) }] }),
+    (e: { status?: number; code?: string; param?: string }) => e.status === 400 && e.code === 'context_length_exceeded' && e.param === 'messages',
   );
 });

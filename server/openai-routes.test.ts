@@ -20,11 +20,17 @@ function sse(text: string): string[] {
   return text.split('\n\n').filter((b) => b.startsWith('data: ')).map((b) => b.slice(6));
 }
 
-test('GET /v1/models lists the served version', async () => {
+test('GET /v1/models lists the loaded versions (the champion first), then the aliases with the version each names', async () => {
   const r = await fetch(`${srv.url}/v1/models`);
-  const body = (await r.json()) as { object: string; data: { id: string; object: string }[] };
+  const body = (await r.json()) as { object: string; data: { id: string; object: string; version?: string }[] };
   assert.equal(body.object, 'list');
-  assert.deepEqual(body.data.map((m) => [m.id, m.object]), [[srv.model.version, 'model']]);
+  const v = srv.model.version;
+  assert.deepEqual(body.data.map((m) => [m.id, m.object, m.version]), [[v, 'model', undefined], ['champion', 'model', v], ['sft', 'model', v]]);
+  const one = (await (await fetch(`${srv.url}/v1/models/sft`)).json()) as { id: string; version: string };
+  assert.deepEqual([one.id, one.version], ['sft', v]);
+  const missing = await fetch(`${srv.url}/v1/models/gpt-4o`);
+  assert.equal(missing.status, 404);
+  assert.deepEqual(((await missing.json()) as { error: { code: string; param: string } }).error, { message: 'no model gpt-4o is loaded; GET /v1/models lists the aliases and loaded versions', type: 'not_found_error', code: 'model_not_found', param: 'model' });
 });
 
 test('a non-streaming completion has the OpenAI shape, usage, and is stored with its version and parameters', async () => {
@@ -86,23 +92,26 @@ test('streaming sends chat.completion.chunk events whose deltas add up to the te
 });
 
 test('bad requests get 400 with an OpenAI error body and a stable code', async () => {
-  const cases: [unknown, string][] = [
-    ['{not json', 'invalid_json'],
-    [{ messages: user('x') }, 'invalid_request'],
-    [{ model: 'x', messages: [] }, 'invalid_request'],
-    [{ model: 'x', messages: user('x'), temperature: 'hot' }, 'invalid_request'],
-    [{ model: 'x', messages: [{ role: 'assistant', content: 'x' }] }, 'invalid_request'],
-    [{ model: 'x', messages: [{ role: 'tool', content: 'x' }] }, 'invalid_request'],
-    [{ model: 'x', messages: user('x'), n: 9 }, 'invalid_request'],
-    [{ model: 'x', messages: user('x'), max_tokens: 100_000 }, 'max_tokens_too_large'],
-    [{ model: 'x', messages: user('lucid '.repeat(300)) }, 'prompt_too_long'],
+  const cases: [unknown, string, string | null][] = [
+    ['{not json', 'invalid_json', null],
+    [{ messages: user('x') }, 'invalid_request', 'model'],
+    [{ model: 'x', messages: [] }, 'invalid_request', 'messages'],
+    [{ model: 'x', messages: user('x'), temperature: 'hot' }, 'invalid_request', 'temperature'],
+    [{ model: 'x', messages: [{ role: 'assistant', content: 'x' }] }, 'invalid_request', 'messages'],
+    [{ model: 'x', messages: [{ role: 'tool', content: 'x' }] }, 'invalid_request', 'messages[0].role'],
+    [{ model: 'x', messages: [{ role: 'user', content: [{ type: 'text', text: 'a' }, { type: 'image_url' }] }] }, 'invalid_request', 'messages[0].content[1]'],
+    [{ model: 'x', messages: user('x'), n: 9 }, 'invalid_request', 'n'],
+    [{ model: 'x', messages: user('x'), max_tokens: 100_000 }, 'max_tokens_too_large', 'max_tokens'],
+    [{ model: 'x', messages: user('x'), max_completion_tokens: 100_000 }, 'max_tokens_too_large', 'max_completion_tokens'],
+    [{ model: 'x', messages: user('lucid '.repeat(300)) }, 'context_length_exceeded', 'messages'],
   ];
-  for (const [body, code] of cases) {
+  for (const [body, code, param] of cases) {
     const r = await post(body);
-    const json = (await r.json()) as { error: { code: string; type: string; message: string } };
+    const json = (await r.json()) as { error: { code: string; type: string; message: string; param: string | null } };
     assert.equal(r.status, 400, `${JSON.stringify(body).slice(0, 60)} → ${JSON.stringify(json)}`);
     assert.equal(json.error.code, code);
     assert.equal(json.error.type, 'invalid_request_error');
+    assert.equal(json.error.param, param, JSON.stringify(json));
   }
   const big = await post({ model: 'x', messages: user('x'.repeat(srv.config.maxMessageBytes)) });
   assert.equal(big.status, 413);

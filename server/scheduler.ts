@@ -24,7 +24,7 @@
  * default model between steps: replies in flight finish on their version, the next ones start on
  * the new one. A replaced model is disposed once no slot or queued request uses it.
  */
-import { DecodeSequence, sampleBatch, type FinishReason, type GenerateOptions } from '../model/generate.ts';
+import { DecodeSequence, sampleBatch, type FinishReason, type GenerateOptions, type TokenLogprob } from '../model/generate.ts';
 import { disposeCache, type KVCache } from '../model/gpt.ts';
 import { ChatError } from './errors.ts';
 import type { ServerMetrics } from './metrics.ts';
@@ -40,8 +40,8 @@ export interface GenerationRequest {
   reuse?: CachedContext;
   /** Return the final KV cache in the result (the caller then owns it) instead of freeing it. */
   keepContext?: boolean;
-  /** Called with each released piece of text, in order. */
-  onDelta?: (text: string) => void;
+  /** Called with each released piece of text, in order (with its tokens' log-probabilities when `opts.logprobs` is set). */
+  onDelta?: (text: string, logprobs: readonly TokenLogprob[]) => void;
   /** Label for metrics (`ws`, `openai`, …). */
   source?: string;
   /** Decode with this model (a canary candidate); default: the scheduler's model when the request is admitted. */
@@ -61,6 +61,8 @@ export interface GenerationResult {
   /** Whether the prompt reused a cached context instead of a full prefill. */
   reusedContext: boolean;
   context?: CachedContext;
+  /** Per sampled token, when `opts.logprobs` is set. */
+  logprobs?: TokenLogprob[];
 }
 
 /** A submitted request. */
@@ -336,7 +338,7 @@ export class Scheduler {
       return;
     }
     prof.add('sample', t);
-    this.#accept(slots, this.#ids);
+    this.#accept(slots, this.#ids, prefilled.logits, V);
   }
 
   /** Ends slots whose step failed: their jobs reject with `err`. */
@@ -357,9 +359,11 @@ export class Scheduler {
 
   /**
    * Appends each slot's sampled token (text, stop rules: `detokenize`), then streams the deltas
-   * and retires the finished slots (`emit`). Slots no longer active are skipped.
+   * and retires the finished slots (`emit`). Slots no longer active are skipped. A slot whose id
+   * is -1 (logit adjustments or log-probabilities: not for the batched sampler) samples its row of
+   * `logits` itself, counted under `detokenize`.
    */
-  #accept(slots: readonly Slot[], ids: ArrayLike<number>): void {
+  #accept(slots: readonly Slot[], ids: ArrayLike<number>, logits: Float32Array, V: number): void {
     const prof = this.profile;
     const t = prof.now();
     const deltas: string[] = new Array(slots.length);
@@ -371,7 +375,8 @@ export class Scheduler {
         slot.ttftMs = performance.now() - slot.job.accepted;
         this.opts.metrics?.ttft.observe({ source: slot.job.req.source ?? 'other' }, slot.ttftMs / 1000);
       }
-      deltas[r] = slot.seq.accept(ids[r]!);
+      const id = ids[r]!;
+      deltas[r] = id >= 0 ? slot.seq.accept(id) : slot.seq.push(logits, r * V, V);
       accepted++;
     }
     prof.add('detokenize', t);
@@ -391,7 +396,7 @@ export class Scheduler {
 
   #emit(slot: Slot, delta: string): void {
     try {
-      slot.job.req.onDelta?.(delta);
+      slot.job.req.onDelta?.(delta, slot.seq.takeLogprobs());
     } catch (err) {
       console.error('onDelta callback failed:', err);
     }
@@ -420,9 +425,10 @@ export class Scheduler {
     const prof = this.profile;
     if (this.#ids.length < live.length) this.#ids = new Int32Array(Math.max(live.length, this.opts.maxBatch));
     const ids = this.#ids;
+    let logits: Float32Array;
     try {
       let t = prof.now();
-      const logits = gpt.decodeStep(
+      logits = gpt.decodeStep(
         live.map((s) => s.cache),
         live.map((s) => s.seq.lastToken),
       );
@@ -441,7 +447,7 @@ export class Scheduler {
       this.#fail(live, err);
       return;
     }
-    this.#accept(live, ids);
+    this.#accept(live, ids, logits, V);
   }
 
   #remove(slot: Slot): void {
@@ -464,6 +470,7 @@ export class Scheduler {
       latencyMs: performance.now() - job.accepted,
       version: slot.model.version,
       reusedContext: slot.reused,
+      ...(job.req.opts.logprobs !== undefined ? { logprobs: seq.logprobs } : {}),
     };
     if (job.req.keepContext && r.finishReason !== 'cancelled' && seq.ids.length > 0) {
       // The cache holds the prompt and every sampled token but the last (never fed back).

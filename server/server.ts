@@ -10,6 +10,7 @@ import { serve } from '@hono/node-server';
 import { openStore, type FeedbackStore } from '../feedback/open-store.ts';
 import { createApp } from './app.ts';
 import { ChatService } from './chat-service.ts';
+import { storeUrl } from '../cli/options.ts';
 import type { ServerConfig } from './config.ts';
 import { ServerMetrics } from './metrics.ts';
 import { loadServedModel, type ServedModel } from './model-host.ts';
@@ -25,7 +26,7 @@ import { startLoopProcess, type LoopHost } from './loop-host.ts';
 export interface StartOptions {
   /** A model already loaded (tests); default: load `config.modelDir`. */
   model?: ServedModel;
-  /** A store already open (tests); default: open from `config.databaseUrl` / `config.dataDir`. */
+  /** A store already open (tests); default: open from `config.database` / `config.dataDir`. */
   store?: FeedbackStore;
   /** Close the store on `close()` (default: only when this function opened it). */
   ownStore?: boolean;
@@ -65,7 +66,7 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
   const ownStore = opts.ownStore ?? !opts.store;
   if (!isLoopback(config.host)) {
     // Anonymous identities are for one machine: elsewhere, keys (or an explicit opt-in) first.
-    store = opts.store ?? (await openStore({ url: config.databaseUrl, dataDir: config.dataDir, schema: config.databaseSchema, log }));
+    store = opts.store ?? (await openStore({ url: storeUrl(config.database), dataDir: config.dataDir, schema: config.databaseSchema, log }));
     if (!(await anyApiKeys(store.db))) {
       if (!config.allowAnonymous) {
         if (ownStore) await store.close();
@@ -92,14 +93,15 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
     const { initBackend } = await import('../model/backend.ts');
     await initBackend({ log });
     const model = opts.model ?? (await loadServedModel(config.modelDir));
-    store ??= opts.store ?? (await openStore({ url: config.databaseUrl, dataDir: config.dataDir, schema: config.databaseSchema, log }));
+    store ??= opts.store ?? (await openStore({ url: storeUrl(config.database), dataDir: config.dataDir, schema: config.databaseSchema, log }));
     metrics.watchStore(store);
     scheduler = new Scheduler(model, { maxBatch: config.maxBatch, maxQueue: config.maxQueue, prefillTokensPerStep: config.prefillTokensPerStep, retryAfterSeconds: config.retryAfterSeconds, reuse: opts.reuse, metrics });
     registry = new ModelRegistry({
       store,
       scheduler,
-      listenUrl: config.databaseUrl ?? process.env.DATABASE_URL,
+      listenUrl: storeUrl(config.database) ?? process.env.DATABASE_URL,
       pollMs: config.registryPollMs,
+      modelCacheBytes: config.modelCacheBytes,
       log,
       onSwap: (m) => metrics.setModel(m.version),
     });

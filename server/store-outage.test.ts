@@ -32,7 +32,7 @@ before(async () => {
   const url = new URL(TEST_PG_URL);
   url.host = `127.0.0.1:${proxy.port}`;
   store = await openTempStore({ url: url.href, prefix: 'srv_outage', connectTimeoutMs: 500, healthProbeMs: 200, writer: { retryForMs: 30_000 }, log: (l) => logs.push(l) });
-  srv = await startTestServer({ heartbeatMs: 60_000, registryPollMs: 60_000, databaseUrl: url.href }, { store, log: (l) => logs.push(l) });
+  srv = await startTestServer({ heartbeatMs: 60_000, registryPollMs: 60_000, database: url.href }, { store, log: (l) => logs.push(l) });
 });
 after(async () => {
   if (skip) return;

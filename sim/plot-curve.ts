@@ -14,9 +14,10 @@
  */
 import { CHROMIUM, CHROMIUM_ARGS } from '../client/headless-chromium.ts';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
+import { z } from 'zod';
+import { isMain, runCommand } from '../cli/command.ts';
+import { ConfigError } from '../cli/config.ts';
 import { fileURLToPath } from 'node:url';
-import { resolve } from 'node:path';
 
 
 interface Point { round?: number; step: number; kl: number; proxy: number; gold: number }
@@ -133,19 +134,19 @@ export async function renderCurves(results: SimResult[]): Promise<Buffer> {
   }
 }
 
-async function main(): Promise<void> {
-  const { values, positionals } = parseArgs({ allowPositionals: true, options: { out: { type: 'string', default: 'docs/simulate-curve.png' }, help: { type: 'boolean' } } });
-  if (values.help) return void console.log('npm run plot-curve -- <simulate result.json>… [--out docs/simulate-curve.png]\n  one panel per result (its last JSON line): proxy and gold against KL, and the arena interval per round');
-  if (!positionals.length) throw new Error('give one or more `npm run simulate -- --json` result files');
+export const PlotConfig = z.object({
+  out: z.string().min(1).default('docs/simulate-curve.png').describe('the PNG written'),
+});
+
+async function main(cfg: Readonly<z.infer<typeof PlotConfig>>, positionals: readonly string[]): Promise<void> {
+  if (!positionals.length) throw new ConfigError('give one or more `npm run simulate -- --json` result files');
   const results = positionals.map((f) => JSON.parse(readFileSync(f, 'utf8').trim().split('\n').at(-1)!) as SimResult);
   for (const [i, r] of results.entries()) if (!flatten(r).curve?.length) throw new Error(`${positionals[i]} has no curve (was it written by npm run simulate -- --json?)`);
-  writeFileSync(values.out!, await renderCurves(results));
-  console.error(`plot-curve: wrote ${values.out}`);
+  writeFileSync(cfg.out, await renderCurves(results));
+  console.error(`plot-curve: wrote ${cfg.out}`);
 }
 
-if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
-  main().catch((err: unknown) => {
-    console.error(`plot-curve: ${(err as Error).message}`);
-    process.exit(1);
-  });
+if (isMain(import.meta.url)) {
+  const usage = 'npm run plot-curve -- <simulate result.json>… [--out docs/simulate-curve.png]\n  one panel per result (its last JSON line): proxy and gold against KL, and the arena interval per round';
+  await runCommand({ usage, schema: PlotConfig, envPrefix: 'PLOT_CURVE', positionals: 'result.json…' }, (cfg, { positionals }) => main(cfg, positionals));
 }

@@ -26,7 +26,9 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
+import { z } from 'zod';
+import { isMain, runCommand } from '../cli/command.ts';
+import { parseConfig } from '../cli/config.ts';
 import { GoldRubric, readDefinitionPrompts, type DefinitionPrompt } from './gold-rubric.ts';
 import { runPopulation, type SessionResult } from './sim-users.ts';
 import { API_KEY_ENV, authHeaders } from '../client/ws-client.ts';
@@ -40,105 +42,59 @@ const ROOT = fileURLToPath(new URL('..', import.meta.url));
 export const PRESETS = {
   'over-optimisation': { judgementsPerRound: 400, rounds: 3, ppoSteps: 200, lr: 2e-4, klCoef: 0.01, klBudget: 40, minRewardAccuracy: 0.55 },
   verbosity: { exploitable: true },
-} as const satisfies Record<string, Partial<SimOptions>>;
+} as const satisfies Record<string, Partial<Omit<StoryOptions, 'seed'>>>;
 export type Preset = keyof typeof PRESETS;
 
-export const HELP = `npm run simulate -- [options]
-  --url <ws url>               users only, against a running server (default: the whole story);
-                               its API key, if it wants one, from the environment: ${API_KEY_ENV}=rk_…
-  --json                       the whole story; a JSON line per seed, the pooled one last
-  --seeds <n>                  stories to run, seeds s..s+n-1 (default 1)
-  --seed <s>                   first seed of users, judges and the loop (default 1)
-  --preset <name>              over-optimisation | verbosity (see the README); flags given win
-  --rounds <n>                 chat-then-train rounds, then one judging round (default 4)
-  --users <n>                  simulated users chatting concurrently (default 16)
-  --judgements-per-round <n>   judgements (sessions) per round (default 1500)
-  --judgements <n>             with --url: judgements in all (default 100)
-  --minutes <m>                wall-time budget per story; no training round starts past it (default 30)
-  --kl-coef <β>                PPO KL coefficient; 0 removes the leash and the KL budget (default 0.05)
-  --kl-budget <nats>           the loop's KL budget per reply to SFT (default 10, the loop's)
-  --exploitable                users judge with a verbosity bias (gold stays honest)
-  --gold-gate                  ablation: the loop's gold guard and gold gate on (reported apart)
-  --algorithm <a>              ppo | rloo | dpo (default ppo)
-  --user-temperature <t>       sampling temperature of the users' chats and of the final comparison (default 1)
-  --ppo-steps <n>              policy-optimisation steps per round (default 40)
-  --lr <x>                     policy learning rate (default 5e-5)
-  --eval-prompts <n>           held-out prompts of the final champion-vs-SFT comparison (default 256)
-  --samples-per-prompt <k>     replies per held-out prompt and side, paired by seed (default 4)
-  --arena-alpha <a>            error rate of the arena's always-valid interval (default 0.05)
-  --arena-max-judgements <n>   head-to-head judgements after which an undecided candidate is rejected (default 1500)
-  --sft <dir>                  SFT checkpoint (default checkpoints/sft)
-  --data <dir>                 dialogues.{train,val}.jsonl; built when missing (default data)
-  --min-reward-accuracy <x>    the loop's guard on reward-model held-out accuracy (default 0.6)
-  --keep                       keep the temporary stores and checkpoints
-  --help                       this help
-`;
+const ALGORITHMS = ['ppo', 'rloo', 'dpo'] as const;
+const PRESET_NAMES = Object.keys(PRESETS) as [Preset, ...Preset[]];
+const int = (min = 0) => z.number().int().min(min);
+const nonNegative = () => z.number().nonnegative();
 
-export interface SimOptions extends Omit<StoryOptions, 'seed'> {
-  url?: string;
-  json: boolean;
-  seed: number;
-  seeds: number;
-  judgements: number;
-  data: string;
-  preset?: Preset;
+/** The simulation's options (`--kebab-case` on the command line, `SIMULATE_<UPPER_SNAKE>` in the environment). */
+export const SimConfig = z.object({
+  url: z.string().optional().describe(`users only, against a running server's ws URL (default: the whole story); its API key from ${API_KEY_ENV}`),
+  json: z.boolean().default(false).describe('the whole story; a JSON line per seed, the pooled one last'),
+  seeds: int(1).default(1).describe('stories to run, seeds s..s+n-1'),
+  seed: int().default(1).describe('first seed of users, judges and the loop'),
+  preset: z.enum(PRESET_NAMES).optional().describe('over-optimisation | verbosity (see the README); flags given win'),
+  rounds: int().default(4).describe('chat-then-train rounds, then one judging round'),
+  users: int(1).default(16).describe('simulated users chatting concurrently'),
+  judgementsPerRound: int().default(1500).describe('judgements (sessions) per round'),
+  judgements: int().default(100).describe('with --url: judgements in all'),
+  minutes: nonNegative().default(30).describe('wall-time budget per story; no training round starts past it'),
+  klCoef: nonNegative().default(0.05).describe('PPO KL coefficient β; 0 removes the leash and the KL budget'),
+  klBudget: nonNegative().default(10).describe("the loop's KL budget per reply to SFT (nats)"),
+  exploitable: z.boolean().default(false).describe('users judge with a verbosity bias (gold stays honest)'),
+  goldGate: z.boolean().default(false).describe("ablation: the loop's gold guard and gold gate on (reported apart)"),
+  algorithm: z.enum(ALGORITHMS).default('ppo').describe(ALGORITHMS.join(' | ')),
+  userTemperature: nonNegative().default(1).describe("sampling temperature of the users' chats and of the final comparison"),
+  ppoSteps: int(1).default(40).describe('policy-optimisation steps per round'),
+  lr: nonNegative().default(5e-5).describe('policy learning rate'),
+  evalPrompts: int(1).default(256).describe('held-out prompts of the final champion-vs-SFT comparison'),
+  samplesPerPrompt: int(1).default(4).describe('replies per held-out prompt and side, paired by seed'),
+  arenaAlpha: z.number().gt(0).lt(1).default(0.05).describe("error rate of the arena's always-valid interval"),
+  arenaMaxJudgements: int(1).default(1500).describe('head-to-head judgements after which an undecided candidate is rejected'),
+  sft: z.string().default('checkpoints/sft').describe('SFT checkpoint'),
+  data: z.string().default('data').describe('dialogues.{train,val}.jsonl; built when missing'),
+  minRewardAccuracy: nonNegative().default(0.6).describe("the loop's guard on reward-model held-out accuracy"),
+  keep: z.boolean().default(false).describe('keep the temporary stores and checkpoints'),
+});
+
+export const USAGE = 'npm run simulate -- [--json] [--preset over-optimisation|verbosity] [options]   (or --url ws://host:8080/ws: users only)';
+export const ENV_PREFIX = 'SIMULATE';
+
+/** The options of a run; `loop`: loop config keys set as given (tests). */
+export type SimOptions = z.infer<typeof SimConfig> & Pick<StoryOptions, 'loop'>;
+
+/** `plain` with its preset's values put under the flags and environment given (a preset sits above the defaults only). */
+function withPreset(plain: Readonly<z.infer<typeof SimConfig>>, argv: readonly string[], env: Record<string, string | undefined>): SimOptions {
+  return plain.preset ? parseConfig(SimConfig, { argv, env, envPrefix: ENV_PREFIX, overrides: PRESETS[plain.preset] }) : plain;
 }
 
-const ALGORITHMS = ['ppo', 'rloo', 'dpo'] as const;
-
-export function parseSimArgs(argv: readonly string[]): SimOptions | 'help' {
-  const { values } = parseArgs({
-    args: [...argv],
-    strict: true,
-    options: {
-      help: { type: 'boolean' }, url: { type: 'string' }, json: { type: 'boolean' }, rounds: { type: 'string' }, users: { type: 'string' },
-      'judgements-per-round': { type: 'string' }, judgements: { type: 'string' }, minutes: { type: 'string' }, seed: { type: 'string' }, seeds: { type: 'string' },
-      'kl-coef': { type: 'string' }, 'kl-budget': { type: 'string' }, exploitable: { type: 'boolean' }, 'gold-gate': { type: 'boolean' }, 'ppo-steps': { type: 'string' }, 'user-temperature': { type: 'string' }, lr: { type: 'string' },
-      'eval-prompts': { type: 'string' }, 'samples-per-prompt': { type: 'string' }, sft: { type: 'string' }, data: { type: 'string' }, 'min-reward-accuracy': { type: 'string' }, keep: { type: 'boolean' },
-      preset: { type: 'string' }, algorithm: { type: 'string' }, 'arena-alpha': { type: 'string' }, 'arena-max-judgements': { type: 'string' },
-    },
-  });
-  if (values.help) return 'help';
-  if (values.preset !== undefined && !Object.hasOwn(PRESETS, values.preset)) throw new Error(`--preset must be one of ${Object.keys(PRESETS).join(', ')}, got ${values.preset}`);
-  const preset: Partial<SimOptions> = values.preset ? PRESETS[values.preset as Preset] : {};
-  const num = (name: string, v: string | undefined, d: number, int = true): number => {
-    if (v === undefined) return d;
-    const n = Number(v);
-    if (!Number.isFinite(n) || n < 0 || (int && !Number.isInteger(n))) throw new Error(`--${name} must be a ${int ? 'non-negative integer' : 'non-negative number'}, got ${v}`);
-    return n;
-  };
-  const algorithm = values.algorithm ?? 'ppo';
-  if (!(ALGORITHMS as readonly string[]).includes(algorithm)) throw new Error(`--algorithm must be one of ${ALGORITHMS.join(', ')}, got ${algorithm}`);
-  const alpha = num('arena-alpha', values['arena-alpha'], 0.05, false);
-  if (!(alpha > 0 && alpha < 1)) throw new Error(`--arena-alpha must be in (0, 1), got ${alpha}`);
-  return {
-    ...(values.url ? { url: values.url } : {}),
-    ...(values.preset ? { preset: values.preset as Preset } : {}),
-    json: values.json ?? false,
-    seed: num('seed', values.seed, 1),
-    seeds: Math.max(1, num('seeds', values.seeds, 1)),
-    rounds: num('rounds', values.rounds, preset.rounds ?? 4),
-    users: Math.max(1, num('users', values.users, 16)),
-    judgementsPerRound: num('judgements-per-round', values['judgements-per-round'], preset.judgementsPerRound ?? 1500),
-    judgements: num('judgements', values.judgements, 100),
-    minutes: num('minutes', values.minutes, 30, false),
-    klCoef: num('kl-coef', values['kl-coef'], preset.klCoef ?? 0.05, false),
-    klBudget: num('kl-budget', values['kl-budget'], preset.klBudget ?? 10, false),
-    exploitable: values.exploitable ?? preset.exploitable ?? false,
-    goldGate: values['gold-gate'] ?? false,
-    algorithm: algorithm as (typeof ALGORITHMS)[number],
-    ppoSteps: Math.max(1, num('ppo-steps', values['ppo-steps'], preset.ppoSteps ?? 40)),
-    lr: num('lr', values.lr, preset.lr ?? 5e-5, false),
-    userTemperature: num('user-temperature', values['user-temperature'], 1, false),
-    evalPrompts: Math.max(1, num('eval-prompts', values['eval-prompts'], 256)),
-    samplesPerPrompt: Math.max(1, num('samples-per-prompt', values['samples-per-prompt'], 4)),
-    arenaAlpha: alpha,
-    arenaMaxJudgements: Math.max(1, num('arena-max-judgements', values['arena-max-judgements'], 1500)),
-    sft: values.sft ?? 'checkpoints/sft',
-    data: values.data ?? 'data',
-    minRewardAccuracy: num('min-reward-accuracy', values['min-reward-accuracy'], preset.minRewardAccuracy ?? 0.6, false),
-    keep: values.keep ?? false,
-  };
+/** The options from argv, or 'help'; throws ConfigError on bad input. */
+export function parseSimArgs(argv: readonly string[], env: Record<string, string | undefined> = {}): SimOptions | 'help' {
+  if (argv.includes('--help') || argv.includes('-h')) return 'help';
+  return withPreset(parseConfig(SimConfig, { argv, env, envPrefix: ENV_PREFIX }), argv, env);
 }
 
 const log = (line: string): void => void process.stderr.write(`simulate: ${line}\n`);
@@ -217,28 +173,16 @@ export async function stories(o: SimOptions, say: (l: string) => void = log, pri
   return pooled(results, o.seed);
 }
 
-async function main(): Promise<void> {
-  let o: SimOptions | 'help';
-  try {
-    o = parseSimArgs(process.argv.slice(2));
-  } catch (e) {
-    log(`${(e as Error).message} (npm run simulate -- --help lists the options)`);
-    process.exit(2);
-  }
-  if (o === 'help') return void console.log(HELP);
+async function main(o: SimOptions): Promise<void> {
   if (o.url) return usersOnly(o);
   const result = await stories(o);
   if (o.json) console.log(JSON.stringify(result));
   else log(JSON.stringify(result, null, 2));
 }
 
-if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+if (isMain(import.meta.url)) {
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exit(130));
-  main().then(
-    () => process.exit(0),
-    (err: unknown) => {
-      log(`failed: ${(err as Error).stack ?? String(err)}`);
-      process.exit(1);
-    },
-  );
+  const argv = process.argv.slice(2);
+  await runCommand({ usage: USAGE, schema: SimConfig, envPrefix: ENV_PREFIX }, (plain) => main(withPreset(plain, argv, process.env)), argv);
+  process.exit(process.exitCode ?? 0);
 }

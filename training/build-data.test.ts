@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseConfig } from '../model/config.ts';
+import { parseConfig } from '../cli/config.ts';
 import { renderChat } from '../model/chat-template.ts';
 import { Tokenizer } from '../model/tokenizer.ts';
 import { BuildDataConfig, buildData, type Manifest } from './build-data.ts';

@@ -15,9 +15,9 @@
 import { createHash } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { z } from 'zod';
-import { describeConfig, parseConfig } from '../model/config.ts';
+import { isMain, runCommand } from '../cli/command.ts';
+import { jsonOption } from '../cli/options.ts';
 import { locateDataPackages, nodePackageResolver, readBrown, readFactbook, readSotu, readWordnet, type Country, type Doc, type PackageResolver } from './data-sources.ts';
 import { countryProse, factbookDialogue, mixedDialogue, selectWordSenses, synsetProse, wordnetDialogue, type Dialogue, type WordSense } from './dialogue-templates.ts';
 import { createRng, type Rng } from '../model/random.ts';
@@ -224,22 +224,15 @@ export function buildData(cfg: BuildDataConfig, opts: { resolve?: PackageResolve
   return manifest;
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  const argv = process.argv.slice(2);
-  if (argv.includes('--help')) {
-    console.log(`usage: node --import tsx training/build-data.ts [options]\n${describeConfig(BuildDataConfig)}`);
-    process.exit(0);
-  }
-  try {
-    const cfg = parseConfig(BuildDataConfig, { argv, env: process.env, envPrefix: 'BUILD_DATA' });
+if (isMain(import.meta.url)) {
+  await runCommand({ usage: 'npm run build-data -- [options]', schema: BuildDataConfig.extend(jsonOption), envPrefix: 'BUILD_DATA' }, async ({ json, ...cfg }) => {
     const t0 = performance.now();
-    const m = buildData(cfg, { log: (l) => console.log(l) });
+    const m = buildData(cfg, { log: (l) => (json ? console.error(l) : console.log(l)) });
+    const seconds = +((performance.now() - t0) / 1000).toFixed(1);
+    if (json) return console.log(JSON.stringify({ out: cfg.out, corpus: m.corpus, dialogues: m.dialogues, seconds }));
     const mb = (n: number): string => (n / 1e6).toFixed(1);
     console.log(`corpus: ${m.corpus.train.docs} train docs (${mb(m.corpus.train.bytes)} MB), ${m.corpus.val.docs} val docs (${mb(m.corpus.val.bytes)} MB)`);
     console.log(`dialogues: train ${JSON.stringify(m.dialogues.train.byKind)}, val ${JSON.stringify(m.dialogues.val.byKind)}`);
-    console.log(`wrote ${cfg.out}/ in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-  } catch (e) {
-    console.error(`build-data: ${(e as Error).message}`);
-    process.exit(1);
-  }
+    console.log(`wrote ${cfg.out}/ in ${seconds} s`);
+  });
 }

@@ -8,9 +8,8 @@
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { z } from 'zod';
-import { describeConfig, parseConfig } from '../model/config.ts';
+import { isMain, runCommand } from '../cli/command.ts';
 import { Tokenizer } from '../model/tokenizer.ts';
 
 /** The training text: corpus documents (in file order) up to `sampleBytes` UTF-8 bytes, then every dialogue message. */
@@ -64,20 +63,11 @@ export const BuildTokenizerConfig = z.object({
   out: z.string().default('').describe('output file (default: <data>/tokenizer.json)'),
 });
 
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  const argv = process.argv.slice(2);
-  if (argv.includes('--help')) {
-    console.log(`usage: node --import tsx training/build-tokenizer.ts [options]\n${describeConfig(BuildTokenizerConfig)}`);
-    process.exit(0);
-  }
-  try {
-    const cfg = parseConfig(BuildTokenizerConfig, { argv, env: process.env, envPrefix: 'BUILD_TOKENIZER' });
+if (isMain(import.meta.url)) {
+  await runCommand({ usage: 'npm run build-tokenizer -- [options]', schema: BuildTokenizerConfig, envPrefix: 'BUILD_TOKENIZER' }, async (cfg) => {
     const outPath = cfg.out || join(cfg.data, 'tokenizer.json');
     const t0 = performance.now();
     const tok = trainTokenizerFromCorpus(join(cfg.data, 'corpus.train.jsonl'), cfg.vocabSize, cfg.sampleMb * 1e6, { outPath });
     console.log(`trained vocab ${tok.vocabSize} in ${((performance.now() - t0) / 1000).toFixed(1)} s; wrote ${outPath} (fingerprint ${tok.fingerprint().slice(0, 16)})`);
-  } catch (e) {
-    console.error(`build-tokenizer: ${(e as Error).message}`);
-    process.exit(1);
-  }
+  });
 }

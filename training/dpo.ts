@@ -34,6 +34,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { z } from 'zod';
+import { backendOptions, optionalStoreOptions, optimizerOptions, storeUrl } from '../cli/options.ts';
 import { existsSync } from 'node:fs';
 import { initBackend } from '../model/backend.ts';
 import { GPT } from '../model/gpt.ts';
@@ -46,11 +47,11 @@ import { encodeExchange, logSigmoid, mean, optimizerStep, padRows, warmupCosine 
 import { describePreferences, loadStorePreferences, readPreferenceJsonl, splitGroups, type PreferenceData, type PreferenceGroup } from './preferences.ts';
 import { WeightEma, episodeKl, sampleEpisodes } from './ppo.ts';
 import type { RewardSource } from './reward-source.ts';
-import { isMain, runCli } from './cli.ts';
+import { isMain, runCommand } from '../cli/command.ts';
 
 export const DpoConfig = z.object({
   data: z.string().default('').describe('JSONL of preference rows (TRL pairs, rankings); or use --database'),
-  database: z.string().default('').describe('feedback store URL or "default" (data/feedback.sqlite); read instead of --data'),
+  ...optionalStoreOptions,
   policy: z.string().default('checkpoints/sft').describe('checkpoint the policy starts from'),
   reference: z.string().default('checkpoints/sft').describe('frozen reference π_ref (the SFT checkpoint)'),
   out: z.string().default('checkpoints/policy-dpo').describe('where the policy checkpoint is written (must not exist)'),
@@ -58,14 +59,10 @@ export const DpoConfig = z.object({
   labelSmoothing: z.number().min(0).max(0.5).default(0).describe('ε: assumed label noise (conservative DPO); 0 = plain DPO'),
   epochs: z.number().int().positive().default(1).describe('passes over the training judgements'),
   groupsPerBatch: z.number().int().positive().default(8).describe('judgement groups per optimizer step'),
-  lr: z.number().positive().default(5e-6).describe('peak learning rate'),
-  minLr: z.number().nonnegative().default(5e-7).describe('final learning rate (cosine)'),
-  warmup: z.number().int().nonnegative().default(10).describe('warmup steps'),
-  weightDecay: z.number().nonnegative().default(0).describe('AdamW weight decay on matrices'),
-  gradClip: z.number().nonnegative().default(1).describe('global gradient-norm clip (0 = off)'),
+  ...optimizerOptions({ lr: 5e-6, minLr: 5e-7, warmup: 10, weightDecay: 0 }),
   valFraction: z.number().min(0).max(0.5).default(0.1).describe('share of judgements held out (by group)'),
   seed: z.number().int().default(5).describe('seed for the split and batches'),
-  backend: z.string().default('').describe('force a tensor backend (tensorflow, wasm, cpu)'),
+  ...backendOptions,
 });
 export type DpoConfig = z.infer<typeof DpoConfig>;
 
@@ -415,7 +412,7 @@ export async function dpo(cfg: DpoConfig, log: (l: string) => void = (l) => cons
   let groups: PreferenceGroup[];
   if (cfg.database) {
     const { openStore } = await import('../feedback/index.ts');
-    const store = await openStore(cfg.database === 'default' ? {} : { url: cfg.database });
+    const store = await openStore({ url: storeUrl(cfg.database) });
     try {
       const d = await loadStorePreferences(store, { useUnpaired: false });
       log(`dpo: ${describePreferences(d)}`);
@@ -464,5 +461,5 @@ export async function dpo(cfg: DpoConfig, log: (l: string) => void = (l) => cons
 }
 
 if (isMain(import.meta.url)) {
-  await runCli('node --import tsx training/dpo.ts --data prefs.jsonl --policy checkpoints/sft --reference checkpoints/sft --out checkpoints/policy-dpo', DpoConfig, 'DPO', (cfg) => dpo(cfg));
+  await runCommand({ usage: 'node --import tsx training/dpo.ts --data prefs.jsonl --policy checkpoints/sft --reference checkpoints/sft --out checkpoints/policy-dpo', schema: DpoConfig, envPrefix: 'DPO' }, (cfg) => dpo(cfg));
 }

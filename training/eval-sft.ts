@@ -9,6 +9,7 @@
  *   node --import tsx training/eval-sft.ts --checkpoint checkpoints/sft
  */
 import { z } from 'zod';
+import { backendOptions } from '../cli/options.ts';
 import { join } from 'node:path';
 import { initBackend } from '../model/backend.ts';
 import { GPT } from '../model/gpt.ts';
@@ -18,7 +19,7 @@ import { renderChat, type ChatMessage } from '../model/chat-template.ts';
 import { generateBatch } from '../model/generate.ts';
 import { readJsonl, renderRows, rowEvalBatches, type Dialogue } from './datasets.ts';
 import { evaluateLoss } from './train-loop.ts';
-import { isMain, runCli } from './cli.ts';
+import { isMain, runCommand } from '../cli/command.ts';
 
 export const EvalSftConfig = z.object({
   checkpoint: z.string().default('checkpoints/sft').describe('policy checkpoint to evaluate'),
@@ -26,7 +27,7 @@ export const EvalSftConfig = z.object({
   dialogues: z.number().int().positive().default(200).describe('held-out dialogues to use'),
   maxTokens: z.number().int().positive().default(64).describe('reply token limit'),
   batchSize: z.number().int().positive().default(16).describe('replies decoded together'),
-  backend: z.string().default('').describe('force a tensor backend'),
+  ...backendOptions,
 });
 
 export interface SftReport {
@@ -123,7 +124,7 @@ export function sampleDialogues(gpt: GPT, tok: Tokenizer, dialogues: readonly Di
 }
 
 if (isMain(import.meta.url)) {
-  await runCli('node --import tsx training/eval-sft.ts [options]', EvalSftConfig, 'EVAL', async (cfg) => {
+  await runCommand({ usage: 'node --import tsx training/eval-sft.ts [options]', schema: EvalSftConfig, envPrefix: 'EVAL' }, async (cfg) => {
     await initBackend({ backend: cfg.backend || undefined });
     const ck = loadCheckpoint(cfg.checkpoint, { kind: 'policy' });
     const tok = Tokenizer.fromJSON(ck.tokenizer);

@@ -3,14 +3,14 @@
  * its result type, and the options only tests and simulations pass (a gold scorer, for the report).
  */
 import { z } from 'zod';
+import { backendOptions, storeOptions } from '../cli/options.ts';
 import { DEFAULT_SAMPLING } from '../model/sampling.ts';
 import type { RewardSource } from './reward-source.ts';
 import { ALGORITHMS, type Algorithm } from './policy-optimizer.ts';
 import type { ArenaSummary } from '../feedback/arena.ts';
 
 export const OnlineLoopConfig = z.object({
-  database: z.string().default('default').describe('feedback store URL, or "default" (data/feedback.sqlite)'),
-  databaseSchema: z.string().optional().describe('PostgreSQL only: schema of the store (created if missing); unset = the server\'s default search_path'),
+  ...storeOptions,
   sft: z.string().default('checkpoints/sft').describe('the SFT checkpoint: reward-model trunk and KL reference'),
   checkpoints: z.string().default('checkpoints').describe('directory new reward models and policies are written to'),
   minNewJudgements: z.number().int().nonnegative().default(50).describe('new judgements needed before an iteration runs'),
@@ -54,7 +54,7 @@ export const OnlineLoopConfig = z.object({
   autoPromote: z.boolean().default(false).describe('apply the users\' arena verdict (promote or reject the candidate) without the admin'),
   minScoreGain: z.number().default(0.05).describe('pre-filter: a candidate is offered to the arena only when its proxy beats the champion\'s by this'),
   seed: z.number().int().default(6).describe('seed for splits and sampling'),
-  backend: z.string().default('').describe('force a tensor backend (tensorflow, wasm, cpu)'),
+  ...backendOptions,
   checkpointEvery: z.number().int().positive().default(5).describe('optimiser steps between resumable checkpoints (policy, value head, optimiser state, β)'),
   resume: z.boolean().default(true).describe('continue a run left `running` by a process that died (one loop per store)'),
 });

@@ -10,6 +10,7 @@ import { getModelVersion, getRun, listRuns, resolveAlias } from '../feedback/ind
 import { ALIAS } from '../feedback/aliases.ts';
 import { describeEachDialect, TEST_PG_URL } from '../feedback/test-support.ts';
 import { saveToySft, seedJudgements, toyLoopKnobs } from './loop-fixture.ts';
+import { flag } from '../cli/command.ts';
 
 /** Runs the loop CLI once (with `env` added to the environment); `killAt(line)` returning true SIGKILLs it right after that line. */
 function runLoop(args: string[], env: NodeJS.ProcessEnv, killAt?: (line: string) => boolean): Promise<{ lines: string[]; code: number | null; signal: string | null }> {
@@ -67,7 +68,7 @@ await describeEachDialect('loop resume', (ctx) => {
       const database = storeArgs(ctx.dialect, store.location);
       await seedJudgements(store, 40);
       const knobs = toyLoopKnobs(root, sft, { ppoSteps: 30, checkpointEvery: 2, once: true, disagreementTolerance: 1000 /* the run must go the whole way: the guard has its own tests */ });
-      const args = [...database.args, ...Object.entries(knobs).flatMap(([k, v]) => (typeof v === 'boolean' ? [v ? `--${k}` : `--no-${k}`] : [`--${k}`, String(v)]))];
+      const args = [...database.args, ...Object.entries(knobs).flatMap(([k, v]) => (typeof v === 'boolean' ? [v ? flag(k) : `--no-${flag(k).slice(2)}`] : [flag(k), String(v)]))];
       const saved = (l: string) => Number(/checkpoint at PPO step (\d+)/.exec(l)?.[1] ?? NaN);
 
       const first = await runLoop(args, database.env, (l) => saved(l) >= 4);

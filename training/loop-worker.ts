@@ -11,7 +11,7 @@
  *   argv[2]: JSON `{ loop: Partial<OnlineLoopConfig>, store: StoreOptions }`; LOOP_<NAME> in the
  *   environment sets any loop knob the JSON leaves out.
  */
-import { parseConfig } from '../model/config.ts';
+import { parseConfig } from '../cli/config.ts';
 import type { StoreOptions } from '../feedback/open-store.ts';
 import { OnlineLoopConfig, onlineLoop } from './online-loop.ts';
 

@@ -60,7 +60,7 @@ import { registerAndGate } from './loop-register.ts';
 import { arenaGate, arenaMetrics } from './loop-arena.ts';
 import { registerCheckpointVersion } from './register-versions.ts';
 import { OnlineLoopConfig, type IterationResult, type LoopOptions } from './loop-config.ts';
-import { isMain, runCli, stopRequested } from './cli.ts';
+import { isMain, runCommand, stopRequested } from '../cli/command.ts';
 
 export { OnlineLoopConfig, type IterationResult, type IterationStatus, type LoopOptions } from './loop-config.ts';
 
@@ -207,5 +207,5 @@ export async function onlineLoop(cfg: OnlineLoopConfig, o: LoopOptions & { store
 }
 
 if (isMain(import.meta.url)) {
-  await runCli('node --import tsx training/online-loop.ts --database default --sft checkpoints/sft [--once]', OnlineLoopConfig, 'LOOP', (cfg) => onlineLoop(cfg, { shouldStop: stopRequested() }));
+  await runCommand({ usage: 'node --import tsx training/online-loop.ts --database default --sft checkpoints/sft [--once]', schema: OnlineLoopConfig, envPrefix: 'LOOP' }, (cfg) => onlineLoop(cfg, { shouldStop: stopRequested() }));
 }

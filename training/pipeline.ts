@@ -8,6 +8,7 @@
  *   npm run pipeline -- --pretrain-steps 100 --sft-steps 50 --out-dir /tmp/try
  */
 import { z } from 'zod';
+import { backendOptions, storeOptions, storeUrl } from '../cli/options.ts';
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { initBackend } from '../model/backend.ts';
@@ -19,7 +20,7 @@ import { evaluateSft, sampleDialogues, type SftReport } from './eval-sft.ts';
 import { readJsonl, type Dialogue } from './datasets.ts';
 import { loadTokenizer } from './pretrain.ts';
 import { formatDuration } from './progress.ts';
-import { isMain, runCli } from './cli.ts';
+import { isMain, runCommand } from '../cli/command.ts';
 import { registerPipelineVersions } from './register-versions.ts';
 import { openStore } from '../feedback/index.ts';
 
@@ -38,10 +39,10 @@ export const PipelineConfig = z.object({
   sftSteps: z.number().int().positive().default(1600).describe('SFT optimizer steps'),
   sftBatch: z.number().int().positive().default(16).describe('SFT dialogues per step'),
   evalDialogues: z.number().int().positive().default(200).describe('held-out dialogues in the final report'),
-  database: z.string().default('').describe('feedback store to register base and SFT in (default: DATABASE_URL, else <data>/feedback.sqlite)'),
+  database: storeOptions.database,
   register: z.boolean().default(true).describe('register the published checkpoints as model versions'),
   fresh: z.boolean().default(false).describe('delete previous runs and start over'),
-  backend: z.string().default('').describe('force a tensor backend'),
+  ...backendOptions,
 });
 export type PipelineConfig = z.infer<typeof PipelineConfig>;
 
@@ -133,7 +134,7 @@ export async function pipeline(cfg: PipelineConfig, log: (l: string) => void = (
   mkdirSync(cfg.outDir, { recursive: true });
   writeFileSync(join(cfg.outDir, 'pipeline-report.json'), JSON.stringify(out, null, 2) + '\n');
   if (cfg.register) {
-    const store = await openStore({ url: cfg.database || undefined, dataDir: cfg.data });
+    const store = await openStore({ url: storeUrl(cfg.database), dataDir: cfg.data });
     try {
       const ids = await registerPipelineVersions(store, { base: join(cfg.outDir, 'base'), sft: join(cfg.outDir, 'sft') });
       log(`registry: base ${ids.base}, SFT ${ids.sft} (alias sft) in ${store.location}`);
@@ -151,5 +152,5 @@ export async function pipeline(cfg: PipelineConfig, log: (l: string) => void = (
 }
 
 if (isMain(import.meta.url)) {
-  await runCli('npm run pipeline -- [options]', PipelineConfig, 'PIPELINE', (cfg) => pipeline(cfg));
+  await runCommand({ usage: 'npm run pipeline -- [options]', schema: PipelineConfig, envPrefix: 'PIPELINE' }, (cfg) => pipeline(cfg));
 }

@@ -63,6 +63,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { z } from 'zod';
+import { backendOptions, optionalStoreOptions, optimizerOptions, storeUrl } from '../cli/options.ts';
 import { existsSync, readFileSync } from 'node:fs';
 import { initBackend } from '../model/backend.ts';
 import { GPT } from '../model/gpt.ts';
@@ -78,16 +79,16 @@ import { exportSft } from '../feedback/index.ts';
 import type { Batch } from './train-loop.ts';
 import { mean, optimizerStep, padRows, warmupCosine } from './rlhf-common.ts';
 import type { RewardSource } from './reward-source.ts';
-import { isMain, runCli, stopRequested } from './cli.ts';
+import { isMain, runCommand, stopRequested } from '../cli/command.ts';
 
 export const PpoConfig = z.object({
   policy: z.string().default('checkpoints/sft').describe('checkpoint the policy starts from (SFT, or the current champion)'),
   reference: z.string().default('checkpoints/sft').describe('frozen KL reference (the SFT checkpoint)'),
-  reward: z.string().default('checkpoints/reward').describe('reward-model checkpoint (ignored with --rewardUrl)'),
+  reward: z.string().default('checkpoints/reward').describe('reward-model checkpoint (ignored with --reward-url)'),
   rewardUrl: z.string().default('').describe('score with a remote HTTP scorer instead of a reward model'),
   rewardTimeoutMs: z.number().int().positive().default(30_000).describe('timeout of one remote scoring request'),
   prompts: z.string().default('').describe('JSONL of prompts ({prompt} or {messages}); or use --database'),
-  database: z.string().default('').describe('feedback store URL or "default": prompts from real conversations'),
+  ...optionalStoreOptions,
   out: z.string().default('checkpoints/policy').describe('where the policy checkpoint is written (must not exist)'),
   steps: z.number().int().positive().default(100).describe('PPO steps (each: one batch of rollouts, then updates)'),
   batchSize: z.number().int().positive().default(16).describe('rollouts (prompt, reply) per step'),
@@ -95,11 +96,7 @@ export const PpoConfig = z.object({
   epochs: z.number().int().positive().default(4).describe('PPO epochs over each batch of rollouts'),
   maxTokens: z.number().int().positive().default(48).describe('most tokens per sampled reply'),
   temperature: z.number().positive().default(1).describe('sampling temperature T of rollouts; every log-probability is of logits / T'),
-  lr: z.number().positive().default(1e-5).describe('peak learning rate'),
-  minLr: z.number().nonnegative().default(1e-6).describe('final learning rate (cosine)'),
-  warmup: z.number().int().nonnegative().default(0).describe('warmup optimizer steps'),
-  weightDecay: z.number().nonnegative().default(0).describe('AdamW weight decay on matrices'),
-  gradClip: z.number().nonnegative().default(1).describe('global gradient-norm clip (0 = off)'),
+  ...optimizerOptions({ lr: 1e-5, minLr: 1e-6, warmup: 0, weightDecay: 0 }),
   klCoef: z.number().nonnegative().default(0.05).describe('β: KL penalty coefficient (initial value when adaptive)'),
   adaptiveKl: z.boolean().default(false).describe('adapt β towards klTarget (Ziegler et al.)'),
   klTarget: z.number().positive().default(6).describe('target KL per reply (nats, summed over tokens) of the adaptive controller'),
@@ -118,7 +115,7 @@ export const PpoConfig = z.object({
   ptxBatchSize: z.number().int().positive().default(4).describe('pretraining rows per gradient step (PPO-ptx)'),
   emaDecay: z.number().min(0).max(1).default(0).describe('EMA of policy weights, saved instead of the raw weights (0 = off)'),
   seed: z.number().int().default(4).describe('seed for prompts and sampling'),
-  backend: z.string().default('').describe('force a tensor backend (tensorflow, wasm, cpu)'),
+  ...backendOptions,
 });
 export type PpoConfig = z.infer<typeof PpoConfig>;
 
@@ -752,7 +749,7 @@ export async function ppo(cfg: PpoConfig, log: (l: string) => void = (l) => cons
   let prompts: ChatMessage[][];
   if (cfg.database) {
     const { openStore } = await import('../feedback/index.ts');
-    const store = await openStore(cfg.database === 'default' ? {} : { url: cfg.database });
+    const store = await openStore({ url: storeUrl(cfg.database) });
     try {
       prompts = await loadStorePrompts(store);
     } finally {
@@ -802,5 +799,5 @@ export async function ppo(cfg: PpoConfig, log: (l: string) => void = (l) => cons
 }
 
 if (isMain(import.meta.url)) {
-  await runCli('node --import tsx training/ppo.ts --policy checkpoints/sft --reference checkpoints/sft --reward checkpoints/reward --prompts prompts.jsonl|--database URL --out checkpoints/policy', PpoConfig, 'PPO', (cfg) => ppo(cfg, undefined, stopRequested()));
+  await runCommand({ usage: 'node --import tsx training/ppo.ts --policy checkpoints/sft --reference checkpoints/sft --reward checkpoints/reward --prompts prompts.jsonl|--database URL --out checkpoints/policy', schema: PpoConfig, envPrefix: 'PPO' }, (cfg) => ppo(cfg, undefined, stopRequested()));
 }

@@ -9,7 +9,7 @@ import { z } from 'zod';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { trainKnobs } from './train-knobs.ts';
-import { isMain, runCli, stopRequested } from './cli.ts';
+import { isMain, runCommand, stopRequested } from '../cli/command.ts';
 import { initBackend } from '../model/backend.ts';
 import { GPT } from '../model/gpt.ts';
 import { Tokenizer, type TokenizerJSON } from '../model/tokenizer.ts';
@@ -76,5 +76,5 @@ export async function pretrain(cfg: PretrainConfig, log: (l: string) => void = (
 }
 
 if (isMain(import.meta.url)) {
-  await runCli('npm run pretrain -- [options]', PretrainConfig, 'PRETRAIN', async (cfg) => (await pretrain(cfg, undefined, stopRequested())).gpt.dispose());
+  await runCommand({ usage: 'npm run pretrain -- [options]', schema: PretrainConfig, envPrefix: 'PRETRAIN' }, async (cfg) => (await pretrain(cfg, undefined, stopRequested())).gpt.dispose());
 }

@@ -45,6 +45,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { z } from 'zod';
+import { backendOptions, optionalStoreOptions, optimizerOptions, storeUrl } from '../cli/options.ts';
 import { existsSync } from 'node:fs';
 import { initBackend } from '../model/backend.ts';
 import { GPT } from '../model/gpt.ts';
@@ -56,29 +57,25 @@ import { renderChat, type ChatMessage } from '../model/chat-template.ts';
 import { createRng } from '../model/random.ts';
 import { encodeExchange, logSigmoid, mean, optimizerStep, padRows, warmupCosine } from './rlhf-common.ts';
 import { describePreferences, loadStorePreferences, readPreferenceJsonl, splitPreferences, type PreferenceData, type PreferenceGroup, type UnpairedExample } from './preferences.ts';
-import { isMain, runCli } from './cli.ts';
+import { isMain, runCommand } from '../cli/command.ts';
 
 export const RewardConfig = z.object({
   data: z.string().default('').describe('JSONL of preference rows (TRL pairs, rankings, unpaired thumbs); or use --database'),
-  database: z.string().default('').describe('feedback store URL or "default" (data/feedback.sqlite); read instead of --data'),
+  ...optionalStoreOptions,
   init: z.string().default('checkpoints/sft').describe('SFT checkpoint: the trunk to start from and the policy whose replies define score 0'),
   out: z.string().default('checkpoints/reward').describe('where the reward-model checkpoint is written (must not exist)'),
   epochs: z.number().int().positive().default(2).describe('passes over the training judgements'),
   groupsPerBatch: z.number().int().positive().default(8).describe('judgement groups per optimizer step'),
   unpairedPerBatch: z.number().int().nonnegative().default(8).describe('unpaired thumbs per optimizer step'),
   unpairedCoef: z.number().nonnegative().default(0.5).describe('weight of the unpaired (thumb) loss; 0 = pairs only'),
-  lr: z.number().positive().default(1e-4).describe('peak learning rate'),
-  minLr: z.number().nonnegative().default(1e-5).describe('final learning rate (cosine)'),
-  warmup: z.number().int().nonnegative().default(10).describe('warmup steps'),
-  weightDecay: z.number().nonnegative().default(0.0).describe('AdamW weight decay on matrices'),
-  gradClip: z.number().nonnegative().default(1).describe('global gradient-norm clip (0 = off)'),
+  ...optimizerOptions({ lr: 1e-4, minLr: 1e-5, warmup: 10, weightDecay: 0.0 }),
   tieWeight: z.number().nonnegative().default(1).describe('weight of a tie (Bradley–Terry target ½); 0 = ties ignored'),
   margin: z.number().nonnegative().default(0).describe('margin m in −log σ(Δ − m); 0 = plain Bradley–Terry'),
   patience: z.number().int().nonnegative().default(2).describe('early stopping: evaluations without a better held-out loss before stopping (0 = off)'),
   normSamples: z.number().int().nonnegative().default(64).describe('SFT replies sampled on held-out prompts to set score 0 (0 = use the data replies)'),
   normMaxTokens: z.number().int().positive().default(64).describe('max tokens of those SFT replies'),
   seed: z.number().int().default(3).describe('seed for the split, batches and sampling'),
-  backend: z.string().default('').describe('force a tensor backend (tensorflow, wasm, cpu)'),
+  ...backendOptions,
 });
 export type RewardConfig = z.infer<typeof RewardConfig>;
 
@@ -444,7 +441,7 @@ export async function rewardModel(cfg: RewardConfig, log: (l: string) => void = 
   let data: PreferenceData;
   if (cfg.database) {
     const { openStore } = await import('../feedback/index.ts');
-    const store = await openStore(cfg.database === 'default' ? {} : { url: cfg.database });
+    const store = await openStore({ url: storeUrl(cfg.database) });
     try {
       data = await loadStorePreferences(store, { ties: true });
     } finally {
@@ -499,5 +496,5 @@ export async function rewardModel(cfg: RewardConfig, log: (l: string) => void = 
 }
 
 if (isMain(import.meta.url)) {
-  await runCli('node --import tsx training/reward-model.ts --data prefs.jsonl --init checkpoints/sft --out checkpoints/reward', RewardConfig, 'REWARD', (cfg) => rewardModel(cfg));
+  await runCommand({ usage: 'node --import tsx training/reward-model.ts --data prefs.jsonl --init checkpoints/sft --out checkpoints/reward', schema: RewardConfig, envPrefix: 'REWARD' }, (cfg) => rewardModel(cfg));
 }

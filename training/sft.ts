@@ -16,7 +16,7 @@ import { latestCheckpoint, trainLoop, evaluateLoss } from './train-loop.ts';
 import { publishCheckpoint } from './publish.ts';
 import { loadTokenizer } from './pretrain.ts';
 import { trainKnobs } from './train-knobs.ts';
-import { isMain, runCli, stopRequested } from './cli.ts';
+import { isMain, runCommand, stopRequested } from '../cli/command.ts';
 
 export const SftConfig = z.object({
   data: z.string().default('data').describe('directory made by build-data (dialogues.*.jsonl, tokenizer.json)'),
@@ -70,5 +70,5 @@ export async function sft(cfg: SftConfig, log: (l: string) => void = (l) => cons
 }
 
 if (isMain(import.meta.url)) {
-  await runCli('npm run sft -- [options]', SftConfig, 'SFT', async (cfg) => (await sft(cfg, undefined, stopRequested())).gpt.dispose());
+  await runCommand({ usage: 'npm run sft -- [options]', schema: SftConfig, envPrefix: 'SFT' }, async (cfg) => (await sft(cfg, undefined, stopRequested())).gpt.dispose());
 }

@@ -4,6 +4,7 @@
  * defaults.
  */
 import { z } from 'zod';
+import { backendOptions, optimizerOptions } from '../cli/options.ts';
 
 export interface TrainKnobDefaults {
   batchSize: number;
@@ -23,16 +24,12 @@ export function trainKnobs(d: TrainKnobDefaults) {
   return {
     batchSize: z.number().int().positive().default(d.batchSize).describe(`${d.rows} per step`),
     steps: z.number().int().positive().default(d.steps).describe('optimizer steps'),
-    lr: z.number().positive().default(d.lr).describe('peak learning rate'),
-    minLr: z.number().nonnegative().default(d.minLr).describe('final learning rate (cosine)'),
-    warmup: z.number().int().nonnegative().default(d.warmup).describe('warmup steps'),
-    weightDecay: z.number().nonnegative().default(d.weightDecay).describe('AdamW weight decay on matrices'),
-    gradClip: z.number().nonnegative().default(1).describe('global gradient-norm clip (0 = off)'),
+    ...optimizerOptions({ lr: d.lr, minLr: d.minLr, warmup: d.warmup, weightDecay: d.weightDecay }),
     evalEvery: z.number().int().positive().default(d.evalEvery).describe('held-out evaluation period (steps)'),
     evalBatches: z.number().int().positive().default(8).describe('held-out batches per evaluation'),
     saveEvery: z.number().int().positive().default(d.saveEvery).describe('checkpoint period (steps)'),
     seed: z.number().int().default(d.seed).describe('seed for init and batches'),
     resume: z.boolean().default(true).describe("continue from the run directory's latest checkpoint"),
-    backend: z.string().default('').describe('force a tensor backend (tensorflow, wasm, cpu)'),
+    ...backendOptions,
   };
 }

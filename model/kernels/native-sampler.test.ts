@@ -77,29 +77,38 @@ test('banned specials are never sampled natively, even when they hold the best l
   seqs.forEach((s) => s.dispose());
 });
 
-test('requests with sampling options beyond temperature / top-k / top-p go to the JS sampler', () => {
+test('requests with logit adjustments or log-probabilities are left to push, which samples them in JS', () => {
   assert.equal(plainSampling(base), true);
-  assert.equal(plainSampling({ ...base, presencePenalty: 0, logitBias: {} } as GenerateOptions), true, 'neutral values keep the fast path');
-  assert.equal(plainSampling({ ...base, presencePenalty: 0.5 } as GenerateOptions), false);
-  assert.equal(plainSampling({ ...base, logitBias: { 5: 100 } } as GenerateOptions), false);
-  assert.equal(plainSampling({ ...base, logprobs: true } as GenerateOptions), false);
+  assert.equal(plainSampling({ ...base, presencePenalty: 0, logitBias: [] }), true, 'neutral values keep the fast path');
+  assert.equal(plainSampling({ ...base, presencePenalty: 0.5 }), false);
+  assert.equal(plainSampling({ ...base, logitBias: [[5, 100]] }), false);
+  assert.equal(plainSampling({ ...base, logprobs: 0 }), false);
+  const seq = new DecodeSequence(tok, gpt.prefill([1]).cache, { ...base, frequencyPenalty: 1 }, 48);
+  const ids = new Int32Array(1);
+  sampleBatch([seq], rows(1, tok.vocabSize, 3), tok.vocabSize, ids, native ? 'native' : 'js');
+  assert.equal(ids[0], -1);
+  assert.throws(() => seq.accept(5), /use push/);
+  seq.dispose();
 });
 
-test('a batch mixing plain and non-plain sequences samples each with its own path and keeps every generator in step', { skip }, () => {
+test('a batch mixing plain and adjusted sequences gives each the tokens of push alone and keeps every generator in step', { skip }, () => {
   const V = tok.vocabSize;
-  const logits = rows(3, V, 7);
-  const opts = [base, { ...base, frequencyPenalty: 1 } as GenerateOptions, { ...base, temperature: 0.6, topK: 8 }];
-  const mk = () => opts.map((o, i) => new DecodeSequence(tok, gpt.prefill([3]).cache, { ...o, seed: 40 + i }, 48));
-  const a = mk();
-  const b = mk();
-  const x = new Int32Array(3);
-  const y = new Int32Array(3);
-  for (let step = 0; step < 5; step++) {
-    sampleBatch(a, logits, V, x, 'auto');
-    sampleBatch(b, logits, V, y, 'js');
-    assert.deepEqual([...x], [...y]);
+  const opts: GenerateOptions[] = [base, { ...base, frequencyPenalty: 1, logprobs: 2 }, { ...base, temperature: 0.6, topK: 8 }, { ...base, logitBias: [[7, 5]] }];
+  const mk = () => opts.map((o, i) => new DecodeSequence(tok, gpt.prefill([3]).cache, { ...o, maxTokens: 40, seed: 40 + i }, 48));
+  const batched = mk();
+  const alone = mk();
+  const ids = new Int32Array(opts.length);
+  for (let step = 0; step < 8; step++) {
+    const logits = rows(opts.length, V, 100 + step);
+    sampleBatch(batched, logits, V, ids, 'native');
+    batched.forEach((s, r) => (ids[r]! >= 0 ? s.accept(ids[r]!) : s.push(logits, r * V, V)));
+    alone.forEach((s, r) => s.push(logits, r * V, V));
   }
-  [...a, ...b].forEach((s) => s.dispose());
+  batched.forEach((s, r) => {
+    assert.deepEqual(s.ids, alone[r]!.ids, `sequence ${r}`);
+    assert.deepEqual(s.logprobs, alone[r]!.logprobs);
+  });
+  [...batched, ...alone].forEach((s) => s.dispose());
 });
 
 test('generateBatch gives the same replies with the native and the JS sampler (greedy and seeded sampling)', { skip }, () => {

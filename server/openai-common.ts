@@ -1,0 +1,230 @@
+/**
+ * What the OpenAI routes share: the JSON body and its validation (errors naming the field at
+ * fault in `param`), the parameter policy (every field is honoured, ignored by design, or refused
+ * with `unsupported_parameter`; none is silently dropped), the sampling fields both routes honour
+ * (penalties, `logit_bias`), token texts for log-probabilities, and the SSE writer.
+ *
+ * The policy, per route (`CHAT_FIELDS`, `COMPLETION_FIELDS`):
+ *  - honoured: validated and used;
+ *  - ignored by design: `user` (the caller's identity comes from the API key, never the body);
+ *  - refused unless it asks for nothing (`null`, an empty list, `"none"`, `{"type":"text"}`, …):
+ *    the fields of `REFUSED`, which ask for what this model cannot do (tools, structured output,
+ *    audio, …);
+ *  - any other field: refused (`unsupported_parameter`, `param` = the field).
+ */
+import type { Context } from 'hono';
+import { streamSSE } from 'hono/streaming';
+import { z } from 'zod';
+import type { TokenChoice } from '../model/sampling.ts';
+import { SPECIAL_TOKENS, type Tokenizer } from '../model/tokenizer.ts';
+import type { ServeProfile } from './serve-profile.ts';
+import { ChatError } from './errors.ts';
+
+/** At most this many stop strings, each at most this many characters. */
+export const MAX_STOPS = 4;
+export const MAX_STOP_LENGTH = 64;
+/** Most alternatives per token (`top_logprobs`, and `logprobs` of `/v1/completions`). */
+export const MAX_TOP_LOGPROBS = 20;
+/** Most `logit_bias` entries. */
+export const MAX_LOGIT_BIAS = 1024;
+
+export const stopField = z.union([z.string().min(1).max(MAX_STOP_LENGTH), z.array(z.string().min(1).max(MAX_STOP_LENGTH)).max(MAX_STOPS)]).nullable().optional();
+export const penaltyField = z.number().min(-2).max(2).nullable().optional();
+export const logitBiasField = z
+  .record(z.string().regex(/^\d+$/, 'keys are token ids'), z.number().min(-100).max(100))
+  .refine((r) => Object.keys(r).length <= MAX_LOGIT_BIAS, `at most ${MAX_LOGIT_BIAS} entries`)
+  .nullable()
+  .optional();
+
+/** A value asks for nothing: absent, null, false, an empty list or object. */
+function asksNothing(v: unknown): boolean {
+  return v == null || v === false || (Array.isArray(v) && v.length === 0) || (typeof v === 'object' && !Array.isArray(v) && Object.keys(v as object).length === 0);
+}
+
+/**
+ * Fields that ask for what this model cannot do, each with the values that ask for nothing (then
+ * accepted; default: absent, null, false, an empty list or object). Anything else is
+ * `400 unsupported_parameter` naming the field.
+ */
+export const REFUSED: Readonly<Record<string, { why: string; accepts?: (v: unknown) => boolean }>> = Object.freeze({
+  tools: { why: 'this model cannot call tools' },
+  tool_choice: { why: 'this model cannot call tools', accepts: (v) => v == null || v === 'none' },
+  parallel_tool_calls: { why: 'this model cannot call tools' },
+  functions: { why: 'this model cannot call functions' },
+  function_call: { why: 'this model cannot call functions', accepts: (v) => v == null || v === 'none' },
+  response_format: { why: 'only plain text output is supported', accepts: (v) => v == null || (typeof v === 'object' && (v as { type?: unknown }).type === 'text') },
+  modalities: { why: 'only text output is supported', accepts: (v) => v == null || (Array.isArray(v) && v.every((m) => m === 'text')) },
+  audio: { why: 'only text output is supported' },
+  prediction: { why: 'predicted outputs are not supported' },
+  web_search_options: { why: 'this model cannot search the web' },
+  reasoning_effort: { why: 'this model does not reason in hidden tokens' },
+  verbosity: { why: 'this model has no verbosity control' },
+  service_tier: { why: 'there is one service tier', accepts: (v) => v == null || v === 'auto' || v === 'default' },
+  store: { why: 'every chat completion is stored (for feedback); store: false cannot be honoured', accepts: (v) => v == null || v === true },
+  metadata: { why: 'stored requests carry no metadata' },
+  suffix: { why: 'insertion (text after the completion) is not supported' },
+  best_of: { why: 'server-side best-of is not supported (ask for n choices and pick)', accepts: (v) => v == null || v === 1 },
+});
+
+/** Fields a route honours or ignores by design. */
+export const CHAT_FIELDS: readonly string[] = [
+  'model', 'messages', 'temperature', 'top_p', 'max_tokens', 'max_completion_tokens', 'stop', 'seed', 'n', 'stream', 'stream_options',
+  'logprobs', 'top_logprobs', 'presence_penalty', 'frequency_penalty', 'logit_bias', 'user',
+];
+export const COMPLETION_FIELDS: readonly string[] = [
+  'model', 'prompt', 'temperature', 'top_p', 'max_tokens', 'stop', 'seed', 'n', 'stream', 'stream_options', 'echo', 'logprobs',
+  'presence_penalty', 'frequency_penalty', 'logit_bias', 'user',
+];
+
+/** Throws `unsupported_parameter` (param = the field) for the first field of `body` the route cannot honour. */
+export function refuseUnsupported(body: Record<string, unknown>, known: readonly string[], route: string): void {
+  for (const [field, value] of Object.entries(body)) {
+    if (known.includes(field)) continue;
+    const refused = REFUSED[field];
+    if (refused && (refused.accepts ?? asksNothing)(value)) continue;
+    const why = refused ? refused.why : `${route} does not support it`;
+    throw new ChatError('unsupported_parameter', `${field} is not supported: ${why}`, 400, undefined, field);
+  }
+}
+
+/** A zod issue's path as OpenAI names fields: `messages[0].content`. */
+export function paramOf(path: readonly PropertyKey[]): string {
+  return path.map((p, i) => (typeof p === 'number' ? `[${p}]` : `${i ? '.' : ''}${String(p)}`)).join('');
+}
+
+/** JSON routes refuse other bodies (415): a cross-site form can post `text/plain`, never `application/json`. */
+export function requireJson(c: Context): void {
+  const type = (c.req.header('content-type') ?? '').split(';')[0]!.trim().toLowerCase();
+  if (type !== 'application/json') throw new ChatError('unsupported_media_type', `send the body as application/json, not ${JSON.stringify(type || 'nothing')}`, 415);
+}
+
+/** The JSON body of a request, checked against the route's fields (`known`) and its schema. */
+export async function parseBody<S extends z.ZodType>(c: Context, schema: S, known: readonly string[], route: string): Promise<z.infer<S>> {
+  requireJson(c);
+  let body: unknown;
+  try {
+    body = await c.req.json();
+  } catch {
+    throw new ChatError('invalid_json', 'the request body is not valid JSON');
+  }
+  if (typeof body === 'object' && body !== null && !Array.isArray(body)) refuseUnsupported(body as Record<string, unknown>, known, route);
+  const parsed = schema.safeParse(body);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const param = paramOf(issue.path);
+    throw new ChatError('invalid_request', `${param || 'body'}: ${issue.message}`, 400, undefined, param || undefined);
+  }
+  return parsed.data;
+}
+
+/** `logit_bias` as `[tokenId, bias]` pairs, every id checked against the vocabulary. */
+export function logitBiasPairs(bias: Record<string, number> | null | undefined, vocabSize: number): [number, number][] {
+  const pairs: [number, number][] = [];
+  for (const [key, value] of Object.entries(bias ?? {})) {
+    const id = Number(key);
+    if (!Number.isSafeInteger(id) || id >= vocabSize) throw new ChatError('invalid_request', `logit_bias: ${key} is not a token id (the vocabulary has ids 0 to ${vocabSize - 1})`, 400, undefined, 'logit_bias');
+    pairs.push([id, value]);
+  }
+  return pairs;
+}
+
+/** A token's text as the log-probability fields show it: the special's name for a special, else its bytes decoded (U+FFFD for a partial character). */
+export function tokenText(tok: Tokenizer, id: number): string {
+  if (tok.isSpecial(id)) return SPECIAL_TOKENS.find((name) => tok.specialId(name) === id) ?? '';
+  return tok.decode([id]);
+}
+
+/** A token in OpenAI's chat log-probability shape. */
+export function chatToken(tok: Tokenizer, t: TokenChoice): { token: string; logprob: number; bytes: number[] } {
+  return { token: tokenText(tok, t.id), logprob: t.logprob, bytes: Array.from(tok.bytesOf(t.id)) };
+}
+
+/** Runs `make` (the sampling options of a request), naming `lengthField` in a `max_tokens_too_large` it throws. */
+export function withLengthParam<T>(lengthField: string, make: () => T): T {
+  try {
+    return make();
+  } catch (err) {
+    throw err instanceof ChatError && err.code === 'max_tokens_too_large' ? err.withParam(lengthField) : err;
+  }
+}
+
+/** `prompt_too_long` as OpenAI clients look for it (`context_length_exceeded`, naming `param`). */
+export function asContextError(err: unknown, param: string): unknown {
+  if (err instanceof ChatError && err.code === 'prompt_too_long') return new ChatError('context_length_exceeded', err.message, 400, undefined, param);
+  return err;
+}
+
+/** An error in OpenAI's shape, for a stream that already started. */
+export function errorEvent(err: unknown): string {
+  const e = err instanceof ChatError ? err : new ChatError('internal_error', 'internal error');
+  return JSON.stringify({ error: { message: e.message, type: 'server_error', code: e.code, param: e.param ?? null } });
+}
+
+/** How `sseQueue` writes. */
+export interface SseQueueOptions {
+  /** After the first two writes (the role chunks, the first text), a write waits until this long after the previous one, so deltas under load go out together (default 0). */
+  coalesceMs?: number;
+  /** Where socket writes are timed (the scheduler's profile). */
+  profile?: ServeProfile;
+}
+
+/**
+ * An SSE response fed by a queue: lines pushed synchronously (from the decode loop) are written
+ * in order, every line queued meanwhile in one write; `end()` closes the stream after the queued
+ * lines; `onAbort` runs when the client goes.
+ */
+export function sseQueue(c: Context, onAbort: () => void, opts: SseQueueOptions = {}): { push: (data: string) => void; end: () => void; response: () => Response } {
+  const lines: string[] = [];
+  let wake: (() => void) | undefined;
+  let finished = false;
+  const push = (line: string) => {
+    lines.push(line);
+    wake?.();
+  };
+  const end = () => {
+    finished = true;
+    wake?.();
+  };
+  const response = () =>
+    streamSSE(c, async (stream) => {
+      stream.onAbort(onAbort);
+      c.req.raw.signal.addEventListener('abort', onAbort, { once: true });
+      const coalesceMs = opts.coalesceMs ?? 0;
+      let writes = 0;
+      let lastWrite = -Infinity;
+      for (;;) {
+        if (lines.length) {
+          if (stream.aborted) return;
+          const since = performance.now() - lastWrite;
+          if (writes >= 2 && !finished && since < coalesceMs) {
+            await new Promise((r) => setTimeout(r, coalesceMs - since));
+            continue;
+          }
+          const batch = lines.map((l) => `data: ${l}\n\n`).join('');
+          lines.length = 0;
+          writes++;
+          lastWrite = performance.now();
+          const t = opts.profile?.now() ?? 0;
+          const written = stream.write(batch);
+          opts.profile?.wrote(t);
+          await written;
+          continue;
+        }
+        if (finished) return;
+        await new Promise<void>((r) => (wake = r));
+        wake = undefined;
+      }
+    });
+  return { push, end, response };
+}
+
+/** OpenAI's `usage`. */
+export function usage(promptTokens: number, completionTokens: number): { prompt_tokens: number; completion_tokens: number; total_tokens: number } {
+  return { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens };
+}
+
+/** Where the request came from (the TCP peer). */
+export function peerAddress(c: Context): string {
+  const incoming = (c.env as { incoming?: { socket?: { remoteAddress?: string } } } | undefined)?.incoming;
+  return incoming?.socket?.remoteAddress ?? 'unknown';
+}
