@@ -339,7 +339,7 @@ async function sustained(srv: RunningServer, model: ServedModel, door: 'ws' | 'o
 async function idleTtft(srv: RunningServer, model: ServedModel): Promise<Line> {
   const c = new Client(`ws://127.0.0.1:${srv.port}/ws`);
   await c.open();
-  const prompt = promptOf(model.tok, 100);
+  const prompt = promptOf(model.tok, Math.min(100, model.gpt.config.blockSize - 24)); // 100 tokens on the small shape
   const ttfts: number[] = [];
   for (let i = 0; i < 12; i++) ttfts.push((await c.turn(prompt, 1, i)).ttftMs);
   c.ws.terminate();
