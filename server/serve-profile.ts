@@ -20,7 +20,7 @@ export type Stage = (typeof STAGES)[number];
 export class ServeProfile {
   enabled = false;
   readonly ms: Record<Stage, number> = { admit: 0, step: 0, sample: 0, detokenize: 0, emit: 0, write: 0 };
-  /** Decode steps, sequences decoded in them (rows), tokens sampled, frames written. */
+  /** Decode steps, sequences decoded in them (rows), tokens sampled, socket writes (WebSocket frames, SSE writes). */
   readonly counts = { steps: 0, rows: 0, tokens: 0, frames: 0 };
   #inEmit = false;
   #writeInEmit = 0;
