@@ -1,20 +1,37 @@
 /**
  * Serving speed through the real server (in-process, ephemeral port, temporary SQLite store),
- * over WebSocket, on the "small" shape with random weights:
+ * on the "small" shape with random weights. Every figure of one run is measured side by side:
  *
- * - `concurrency: 1` and `16`: aggregate generated tokens per second over that many simultaneous
- *   streams, with time-to-first-token percentiles (from sending `user_message` to the first `delta`);
- * - `ttft_idle_100`: time to first token at idle for a 100-token prompt;
- * - `decode_step_ms_n1` / `_n16`: the model's own batched decode step, measured directly, so a
- *   slow figure can be told apart from server overhead;
+ * - `generate` lines, one per door and concurrency (WebSocket at 1, 16 and 32 streams, the OpenAI
+ *   route streaming SSE at 1 and 16): N clients each keep one reply in flight for `seconds`
+ *   (a new conversation and a user message, or a `POST /v1/chat/completions` with `stream`, as
+ *   soon as the previous reply ended). `tokens_per_s` counts tokens delivered to the clients;
+ *   `ttft_p50_ms`/`_p99_ms` run from sending the request to its first streamed text.
+ *   Beside it, the same run measures the model's own batched decode step at that batch size
+ *   (`step_tokens_per_s`, the step called in a loop with nothing around it) and
+ *   `server_share` = tokens_per_s / step_tokens_per_s. `profile` splits the wall time into the
+ *   scheduler's and doors' stages (server/serve-profile.ts: admit, step, sample, detokenize,
+ *   emit, write), `client` (the benchmark's own clients, which share the thread) and `other`
+ *   (the rest of the event loop: reading frames, handlers, the store, timers, GC), as shares
+ *   of the wall time, with `frames_per_token` and the mean rows per decode step.
+ * - `ttft_idle`: time to first token at idle for a 100-token prompt;
+ * - `decode_step`: the model's batched decode step alone at batch 1, 16 and 32;
  * - `idle_ws`: memory added by 1,000 idle WebSocket connections (clients in a child process).
  *
- * Run: `node --import tsx bench/generate.ts [--json]` (or through `bench/main.ts` once registered).
+ * With `--peer PATH` (the PyTorch peer, `torch_gpt.py`; `--peer-python` picks the interpreter,
+ * default `python3`), the peer's batch-1, batch-16 and batch-32 decoding run in the same session
+ * and each `generate` line gets `peer_tokens_per_s` (batch 1 for one stream, batch 16 for more;
+ * batch 32 for 32) and `ratio`, with the peer's PyTorch version and threads.
+ *
+ * Run: `node --import tsx bench/generate.ts [--json] [--seconds S] [--peer PATH [--peer-python PY]]`.
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { Agent, request } from 'node:http';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Session } from 'node:inspector/promises';
+import { writeFileSync } from 'node:fs';
 import WebSocket from 'ws';
 import { initBackend } from '../model/backend.ts';
 import { saveCheckpoint } from '../model/checkpoint.ts';
@@ -24,36 +41,84 @@ import { openTempStore } from '../feedback/temp-store.ts';
 import { defaultServerConfig } from '../server/config.ts';
 import { loadServedModel, type ServedModel } from '../server/model-host.ts';
 import { startServer, type RunningServer } from '../server/server.ts';
+import { STAGES, type ServeProfile } from '../server/serve-profile.ts';
 import { z } from 'zod';
 import { isMain, printFigures, runCommand } from '../cli/command.ts';
 import { jsonOption } from '../cli/options.ts';
 
 type Line = Record<string, unknown>;
-const SMALL = { nLayer: 4, nHead: 4, nEmbd: 128, blockSize: 128, vocabSize: 2048 } as const;
+const SHAPES = {
+  small: { nLayer: 4, nHead: 4, nEmbd: 128, blockSize: 128, vocabSize: 2048 },
+  tiny: { nLayer: 1, nHead: 2, nEmbd: 32, blockSize: 64, vocabSize: 512 },
+} as const;
+export type GenerateShape = keyof typeof SHAPES;
 
-function smallTokenizer(): Tokenizer {
+export interface GenerateBenchOptions {
+  shape?: GenerateShape;
+  /** Seconds of sustained load per `generate` line (default 3). */
+  seconds?: number;
+  /** Stream counts of the WebSocket lines (default 1, 16, 32). */
+  wsStreams?: readonly number[];
+  /** Stream counts of the OpenAI lines (default 1, 16). */
+  openaiStreams?: readonly number[];
+  /** The peer's decoding figures (`torch_gpt.py` output), for `ratio`. */
+  peer?: PeerFigures;
+  /** Skip the 1,000-socket memory line. */
+  skipIdle?: boolean;
+}
+
+/** What the peer reports for decoding: tokens/s at batch 1 and at its `--gen-batch` sizes. */
+export interface PeerFigures {
+  version: string;
+  threads: number;
+  byBatch: Map<number, number>;
+}
+
+/** Runs the PyTorch peer's decoding at batch 1, 16 and 32 on the small shape (one process per batch size above 1). */
+export function runPeer(script: string, python = 'python3', batches: readonly number[] = [16, 32]): PeerFigures {
+  const s = SHAPES.small;
+  const byBatch = new Map<number, number>();
+  let version = '';
+  let threads = 0;
+  for (const b of batches) {
+    const args = [script, '--layers', `${s.nLayer}`, '--heads', `${s.nHead}`, '--embd', `${s.nEmbd}`, '--block', `${s.blockSize}`, '--vocab', `${s.vocabSize}`, '--batch', '8', '--steps', '1', '--gen-batch', `${b}`];
+    const r = spawnSync(python, args, { encoding: 'utf8', timeout: 600_000 });
+    if (r.status !== 0) throw new Error(`peer failed: ${(r.stderr || String(r.error)).trim().split('\n').pop()}`);
+    const out = JSON.parse(r.stdout.trim().split('\n').pop()!) as { peer: string; threads: number; gen_tokens_per_s: number; gen_batch_tokens_per_s: number };
+    version = out.peer;
+    threads = out.threads;
+    byBatch.set(1, Math.max(byBatch.get(1) ?? 0, out.gen_tokens_per_s));
+    byBatch.set(b, out.gen_batch_tokens_per_s);
+  }
+  return { version, threads, byBatch };
+}
+
+function benchTokenizer(vocabSize: number): Tokenizer {
   const path = join(import.meta.dirname, '..', 'data', 'tokenizer.json');
   if (existsSync(path)) {
     const tok = Tokenizer.fromJSON(JSON.parse(readFileSync(path, 'utf8')) as TokenizerJSON);
-    if (tok.vocabSize === SMALL.vocabSize) return tok;
+    if (tok.vocabSize === vocabSize) return tok;
   }
   let text = '';
-  for (let i = 0; text.length < 400_000; i++) text += `sentence ${i} about word${i % 997} and thing${(i * 7) % 1009}, number ${i * 13}. `;
-  return Tokenizer.train(text, { vocabSize: SMALL.vocabSize });
+  for (let i = 0; text.length < (vocabSize > 1000 ? 400_000 : 60_000); i++) text += `sentence ${i} about word${i % 997} and thing${(i * 7) % 1009}, number ${i * 13}. `;
+  return Tokenizer.train(text, { vocabSize });
 }
 
-async function smallModel(dir: string): Promise<ServedModel> {
-  const tok = smallTokenizer();
-  const config = { ...SMALL, vocabSize: tok.vocabSize };
+async function benchModel(dir: string, shape: GenerateShape): Promise<ServedModel> {
+  const tok = benchTokenizer(SHAPES[shape].vocabSize);
+  const config = { ...SHAPES[shape], vocabSize: tok.vocabSize };
   const gpt = GPT.create(config, 'policy', 1);
-  saveCheckpoint(join(dir, 'small'), {
+  saveCheckpoint(join(dir, shape), {
     weights: await gpt.exportWeights(),
     meta: { stage: 'sft', kind: 'policy', config, tokenizerFingerprint: tok.fingerprint(), parent: null, step: 0, metrics: {}, runConfig: {} },
     tokenizer: tok.toJSON(),
   });
   gpt.dispose();
-  return await loadServedModel(join(dir, 'small'));
+  return await loadServedModel(join(dir, shape));
 }
+
+/** Time the benchmark's own clients spend handling what they receive (they share the server's thread). */
+const clientTime = { ms: 0 };
 
 class Client {
   readonly ws: WebSocket;
@@ -61,8 +126,10 @@ class Client {
   constructor(url: string) {
     this.ws = new WebSocket(url);
     this.ws.on('message', (d) => {
+      const t0 = performance.now();
       const m = JSON.parse(String(d)) as Record<string, unknown>;
       for (const h of this.#handlers) h(m);
+      clientTime.ms += performance.now() - t0;
     });
   }
   async open(): Promise<void> {
@@ -88,11 +155,18 @@ class Client {
   }
   async conversation(): Promise<string> {
     const p = this.wait((m) => m.type === 'conversation');
-    this.ws.send(JSON.stringify({ type: 'start', userId: 'bench' }));
+    this.ws.send(JSON.stringify({ type: 'start' }));
     return String((await p).conversationId);
   }
-  /** Sends a user message; resolves with TTFT (ms) and generated tokens. */
-  async turn(conversationId: string, content: string, maxTokens: number, seed: number): Promise<{ ttftMs: number; tokens: number; ms: number }> {
+  #next: Promise<string> | undefined;
+  /**
+   * Sends a user message in a new conversation; resolves with TTFT (ms, from the message) and
+   * generated tokens. The next turn's conversation is started while this reply streams, as a
+   * client preparing its next chat would.
+   */
+  async turn(content: string, maxTokens: number, seed: number): Promise<{ ttftMs: number; tokens: number }> {
+    const conversationId = await (this.#next ?? this.conversation());
+    this.#next = this.conversation();
     const t0 = performance.now();
     let first = 0;
     const p = this.wait(
@@ -103,14 +177,56 @@ class Client {
     );
     this.ws.send(JSON.stringify({ type: 'user_message', conversationId, content, params: { maxTokens, temperature: 1, topP: 1, seed } }));
     const reply = await p;
-    const end = performance.now();
-    return { ttftMs: (first || end) - t0, tokens: (reply.usage as { completionTokens: number }).completionTokens, ms: end - t0 };
+    return { ttftMs: (first || performance.now()) - t0, tokens: (reply.usage as { completionTokens: number }).completionTokens };
   }
+}
+
+const agent = new Agent({ keepAlive: true });
+
+/** One streamed OpenAI chat completion over a kept-alive connection; TTFT to the first chunk with content. */
+function openaiTurn(base: string, content: string, maxTokens: number, seed: number): Promise<{ ttftMs: number; tokens: number }> {
+  const t0 = performance.now();
+  const body = JSON.stringify({ model: 'bench', messages: [{ role: 'user', content }], max_tokens: maxTokens, temperature: 1, seed, stream: true, stream_options: { include_usage: true } });
+  return new Promise((resolve, reject) => {
+    const req = request(`${base}/v1/chat/completions`, { method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
+      let first = 0;
+      let tokens = -1;
+      let rest = '';
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (part: string) => {
+        const c0 = performance.now();
+        if (res.statusCode !== 200) {
+          text += part;
+          return;
+        }
+        rest += part;
+        let at: number;
+        while ((at = rest.indexOf('\n\n')) >= 0) {
+          const event = rest.slice(0, at);
+          rest = rest.slice(at + 2);
+          if (!event.startsWith('data: ') || event === 'data: [DONE]') continue;
+          const chunk = JSON.parse(event.slice(6)) as { choices: { delta?: { content?: string } }[]; usage?: { completion_tokens: number } };
+          if (!first && chunk.choices[0]?.delta?.content) first = performance.now();
+          if (chunk.usage) tokens = chunk.usage.completion_tokens;
+        }
+        clientTime.ms += performance.now() - c0;
+      });
+      res.on('end', () => {
+        if (res.statusCode !== 200) reject(new Error(`bench: /v1/chat/completions answered ${res.statusCode}: ${text}`));
+        else if (tokens < 0) reject(new Error('bench: the stream ended without usage'));
+        else resolve({ ttftMs: (first || performance.now()) - t0, tokens });
+      });
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
 }
 
 const pct = (xs: number[], p: number) => {
   const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
+  return s.length ? s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]! : NaN;
 };
 
 /** Words that make a prompt of about `tokens` tokens under `tok`. */
@@ -121,66 +237,126 @@ function promptOf(tok: Tokenizer, tokens: number): string {
   return text.trim();
 }
 
-async function concurrency(srv: RunningServer, model: ServedModel, n: number, rounds: number): Promise<Line> {
-  const url = `ws://127.0.0.1:${srv.port}/ws`;
-  const clients = Array.from({ length: n }, () => new Client(url));
-  await Promise.all(clients.map((c) => c.open()));
-  const convs = await Promise.all(clients.map((c) => c.conversation()));
+/** The model's batched decode step alone, `steps` times at batch n: ms per step. */
+function stepAlone(model: ServedModel, n: number, steps = 30): number {
+  const caches = Array.from({ length: n }, (_, i) => model.gpt.prefill(Array.from({ length: 20 }, (_, j) => 10 + ((i + j) % 100))).cache);
+  try {
+    model.gpt.decodeStep(caches, caches.map(() => 7));
+    const t0 = performance.now();
+    for (let s = 0; s < steps; s++) model.gpt.decodeStep(caches, caches.map(() => 7));
+    return (performance.now() - t0) / steps;
+  } finally {
+    for (const c of caches) disposeCache(c);
+  }
+}
+
+function profileOf(prof: ServeProfile, wallMs: number, tokens: number): Line {
+  const share = (ms: number) => +(ms / wallMs).toFixed(3);
+  const out: Line = {};
+  let staged = 0;
+  for (const s of STAGES) {
+    out[s] = share(prof.ms[s]);
+    staged += prof.ms[s];
+  }
+  out.client = share(clientTime.ms);
+  out.other = share(Math.max(0, wallMs - staged - clientTime.ms));
+  out.frames_per_token = tokens ? +(prof.counts.frames / tokens).toFixed(3) : 0;
+  out.mean_batch = prof.counts.steps ? +(prof.counts.rows / prof.counts.steps).toFixed(1) : 0;
+  out.step_ms = prof.counts.steps ? +(prof.ms.step / prof.counts.steps).toFixed(3) : 0;
+  return out;
+}
+
+/** `n` clients keep one reply each in flight for `seconds`; tokens delivered per second, TTFT, profile. */
+async function sustained(srv: RunningServer, model: ServedModel, door: 'ws' | 'openai', n: number, seconds: number, peer?: PeerFigures): Promise<Line> {
   const prompt = promptOf(model.tok, 20);
   const maxTokens = 96;
-  await clients[0]!.turn(convs[0]!, prompt, 8, 0); // warm-up
+  const clients = door === 'ws' ? Array.from({ length: n }, () => new Client(`ws://127.0.0.1:${srv.port}/ws`)) : [];
+  await Promise.all(clients.map((c) => c.open()));
+  const turn = (i: number, seed: number) => (door === 'ws' ? clients[i]!.turn(prompt, maxTokens, seed) : openaiTurn(srv.url, prompt, maxTokens, seed));
+  await Promise.all(Array.from({ length: n }, (_, i) => turn(i, 10_000 + i))); // warm-up
+  const prof = srv.chat()!.deps.scheduler.profile;
+  prof.reset();
+  clientTime.ms = 0;
+  prof.enabled = true;
+  const cpu = process.env.BENCH_CPU_PROFILE ? new Session() : undefined;
+  if (cpu) {
+    cpu.connect();
+    await cpu.post('Profiler.enable');
+    await cpu.post('Profiler.start');
+  }
   const ttfts: number[] = [];
   let tokens = 0;
+  let replies = 0;
   const t0 = performance.now();
-  for (let r = 0; r < rounds; r++) {
-    const fresh = await Promise.all(clients.map((c) => c.conversation()));
-    const res = await Promise.all(clients.map((c, i) => c.turn(fresh[i]!, prompt, maxTokens, r * 100 + i)));
-    for (const x of res) {
-      ttfts.push(x.ttftMs);
-      tokens += x.tokens;
-    }
+  const end = t0 + seconds * 1000;
+  await Promise.all(
+    Array.from({ length: n }, async (_, i) => {
+      for (let r = 0; performance.now() < end; r++) {
+        const x = await turn(i, r * 1000 + i);
+        ttfts.push(x.ttftMs);
+        tokens += x.tokens;
+        replies++;
+      }
+    }),
+  );
+  const wallMs = performance.now() - t0;
+  prof.enabled = false;
+  if (cpu) {
+    const { profile } = await cpu.post('Profiler.stop');
+    writeFileSync(join(process.env.BENCH_CPU_PROFILE!, `${door}-${n}.cpuprofile`), JSON.stringify(profile));
+    cpu.disconnect();
   }
-  const seconds = (performance.now() - t0) / 1000;
   clients.forEach((c) => c.ws.terminate());
-  return {
+  const tokensPerS = Math.round((tokens * 1000) / wallMs);
+  const stepMs = stepAlone(model, n);
+  const stepTps = Math.round((n * 1000) / stepMs);
+  const line: Line = {
     bench: 'generate',
-    shape: 'small',
+    door,
+    shape: model.gpt.config.nEmbd === 128 ? 'small' : 'tiny',
     concurrency: n,
-    tokens_per_s: Math.round(tokens / seconds),
+    tokens_per_s: tokensPerS,
     ttft_p50_ms: +pct(ttfts, 50).toFixed(1),
     ttft_p99_ms: +pct(ttfts, 99).toFixed(1),
+    step_tokens_per_s: stepTps,
+    server_share: +(tokensPerS / stepTps).toFixed(3),
     tokens,
-    streams: n * rounds,
+    replies,
+    seconds: +(wallMs / 1000).toFixed(2),
+    profile: profileOf(prof, wallMs, prof.counts.tokens),
   };
+  const peerTps = peer?.byBatch.get(n === 1 ? 1 : n >= 32 && peer.byBatch.has(32) ? 32 : 16);
+  if (peer && peerTps) {
+    line.peer = peer.version;
+    line.peer_threads = peer.threads;
+    line.peer_batch = n === 1 ? 1 : n >= 32 && peer.byBatch.has(32) ? 32 : 16;
+    line.peer_tokens_per_s = peerTps;
+    line.ratio = +(tokensPerS / peerTps).toFixed(2);
+  }
+  return line;
 }
 
 async function idleTtft(srv: RunningServer, model: ServedModel): Promise<Line> {
   const c = new Client(`ws://127.0.0.1:${srv.port}/ws`);
   await c.open();
-  const prompt = promptOf(model.tok, 100);
+  const prompt = promptOf(model.tok, Math.min(100, model.gpt.config.blockSize - 24)); // 100 tokens on the small shape
   const ttfts: number[] = [];
-  for (let i = 0; i < 12; i++) {
-    const conv = await c.conversation();
-    ttfts.push((await c.turn(conv, prompt, 1, i)).ttftMs);
-  }
+  for (let i = 0; i < 12; i++) ttfts.push((await c.turn(prompt, 1, i)).ttftMs);
   c.ws.terminate();
   const warm = ttfts.slice(2);
-  return { bench: 'ttft_idle', shape: 'small', prompt_tokens: model.tok.encode(prompt).length + 3, ttft_p50_ms: +pct(warm, 50).toFixed(1), ttft_p99_ms: +pct(warm, 99).toFixed(1) };
+  return { bench: 'ttft_idle', prompt_tokens: model.tok.encode(prompt).length + 3, ttft_p50_ms: +pct(warm, 50).toFixed(1), ttft_p99_ms: +pct(warm, 99).toFixed(1) };
 }
 
-function decodeSteps(model: ServedModel): Line {
-  const out: Line = { bench: 'decode_step', shape: 'small' };
-  for (const n of [1, 16]) {
-    const caches = Array.from({ length: n }, (_, i) => model.gpt.prefill(Array.from({ length: 20 }, (_, j) => 10 + ((i + j) % 100))).cache);
-    model.gpt.decodeStep(caches, caches.map(() => 7));
-    const steps = 30;
-    const t0 = performance.now();
-    for (let s = 0; s < steps; s++) model.gpt.decodeStep(caches, caches.map(() => 7));
-    const ms = (performance.now() - t0) / steps;
+function decodeSteps(model: ServedModel, peer?: PeerFigures): Line {
+  const out: Line = { bench: 'decode_step' };
+  for (const n of [1, 16, 32]) {
+    const ms = stepAlone(model, n);
     out[`step_ms_n${n}`] = +ms.toFixed(2);
     out[`tokens_per_s_n${n}`] = Math.round((n * 1000) / ms);
-    for (const c of caches) disposeCache(c);
+    const p = peer?.byBatch.get(n);
+    if (p) out[`peer_tokens_per_s_n${n}`] = p;
   }
+  if (peer) out.peer = peer.version;
   return out;
 }
 
@@ -230,21 +406,23 @@ async function idleSockets(srv: RunningServer, n: number): Promise<Line> {
 }
 
 /** Runs every serving benchmark and returns one line per figure. */
-export async function benchGenerate(): Promise<Line[]> {
+export async function benchGenerate(opts: GenerateBenchOptions = {}): Promise<Line[]> {
+  const shape = opts.shape ?? 'small';
+  const seconds = opts.seconds ?? 3;
   await initBackend({ log: () => {} });
   const dir = mkdtempSync(join(tmpdir(), 'bench-generate-'));
   const store = await openTempStore({ prefix: 'bench' });
-  const model = await smallModel(dir);
-  const config = defaultServerConfig({ port: 0, host: '127.0.0.1', requestsPerMinute: 100_000, messagesPerSecond: 10_000, heartbeatMs: 600_000, maxTokens: 256, maxConnectionsPerAddress: 5000, maxConnections: 5000, startTimeoutMs: 600_000, maxInFlightPerUser: 64 });
+  const model = await benchModel(dir, shape);
+  const config = defaultServerConfig({ port: 0, host: '127.0.0.1', requestsPerMinute: 1_000_000, messagesPerSecond: 100_000, heartbeatMs: 600_000, maxTokens: 256, maxConnectionsPerAddress: 5000, maxConnections: 5000, startTimeoutMs: 600_000, maxInFlightPerUser: 64 });
   const srv = await startServer(config, { model, store, ownStore: true, defaultMetrics: false, log: () => {} });
   await srv.ready;
   try {
     const lines: Line[] = [];
-    lines.push(await concurrency(srv, model, 1, 3));
-    lines.push(await concurrency(srv, model, 16, 1));
+    for (const n of opts.wsStreams ?? [1, 16, 32]) lines.push(await sustained(srv, model, 'ws', n, seconds, opts.peer));
+    for (const n of opts.openaiStreams ?? [1, 16]) lines.push(await sustained(srv, model, 'openai', n, seconds, opts.peer));
     lines.push(await idleTtft(srv, model));
-    lines.push(decodeSteps(model));
-    lines.push(await idleSockets(srv, 1000));
+    lines.push(decodeSteps(model, opts.peer));
+    if (!opts.skipIdle) lines.push(await idleSockets(srv, 1000));
     return lines;
   } finally {
     await srv.close();
@@ -253,8 +431,31 @@ export async function benchGenerate(): Promise<Line[]> {
   }
 }
 
+const streams = z
+  .string()
+  .regex(/^\d+(,\d+)*$/, 'a comma-separated list of stream counts')
+  .transform((v) => v.split(',').map(Number));
+
+const GenerateBenchConfig = z.object({
+  ...jsonOption,
+  shape: z.enum(['small', 'tiny']).default('small').describe('model shape (tiny: a quick check)'),
+  seconds: z.number().positive().default(3).describe('seconds of sustained load per generate line'),
+  wsStreams: streams.optional().describe('WebSocket stream counts (default 1,16,32)'),
+  openaiStreams: streams.optional().describe('OpenAI streaming stream counts (default 1,16)'),
+  skipIdle: z.boolean().default(false).describe('skip the 1,000 idle sockets line'),
+  peer: z.string().optional().describe('PyTorch peer script (torch_gpt.py), run in the same session (default: PEER_SCRIPT)'),
+  peerPython: z.string().optional().describe('the Python that runs the peer (default: PEER_PYTHON, else python3)'),
+});
+
 if (isMain(import.meta.url)) {
-  await runCommand({ usage: 'node --import tsx bench/generate.ts [--json]', schema: z.object(jsonOption), envPrefix: 'BENCH' }, async ({ json }) => printFigures(await benchGenerate(), json));
+  await runCommand(
+    { usage: 'node --import tsx bench/generate.ts [--json] [--seconds S] [--ws-streams 1,16,32] [--openai-streams 1,16] [--peer PATH [--peer-python PY]]', schema: GenerateBenchConfig, envPrefix: 'BENCH' },
+    async (cfg) => {
+      const script = cfg.peer ?? process.env.PEER_SCRIPT;
+      const peer = script ? runPeer(script, cfg.peerPython ?? process.env.PEER_PYTHON ?? 'python3') : undefined;
+      printFigures(await benchGenerate({ shape: cfg.shape, seconds: cfg.seconds, wsStreams: cfg.wsStreams, openaiStreams: cfg.openaiStreams, skipIdle: cfg.skipIdle, peer }), cfg.json);
+    },
+  );
   // Something below the server (not a socket, timer or child: none is left) keeps the loop
   // alive for about a minute after everything is closed; do not wait for it.
   process.exit(process.exitCode ?? 0);

@@ -3,6 +3,11 @@
  * its cache, its seeded sampler, its streamed text and its stop rules (end-of-turn token, stop
  * strings, max tokens, the context window). `generateBatch` decodes many sequences together, one
  * batched forward pass per step; a serving scheduler drives `DecodeSequence`s the same way.
+ *
+ * `sampleBatch` samples every row of a step at once: in the native addon when it is built
+ * (model/kernels/native-sampler.ts, the same algorithm and the same draws from each sequence's
+ * generator, so the same tokens), else row by row with `sampleToken`. Sequences whose options go
+ * beyond temperature / top-k / top-p (any other sampling option set) are always sampled in JS.
  */
 import type { GPT, KVCache } from './gpt.ts';
 import { disposeCache } from './gpt.ts';
@@ -11,6 +16,7 @@ import { endOfTurnId } from './chat-template.ts';
 import * as tf from '@tensorflow/tfjs-core';
 import { adjustLogits, adjustsLogits, DEFAULT_SAMPLING, sampledLogprobs, sampleToken, type LogitAdjustments, type SamplingParams, type TokenChoice } from './sampling.ts';
 import { createRng } from './random.ts';
+import { nativeSampleRows } from './kernels/native-sampler.ts';
 
 export type FinishReason = 'stop' | 'length' | 'cancelled';
 
@@ -75,6 +81,8 @@ export class DecodeSequence {
   private readonly rng: () => number;
   private readonly decoder: StreamDecoder;
   private readonly eot: number;
+  /** Whether the native batched sampler may sample this sequence (plain temperature / top-k / top-p). */
+  readonly plainSampling: boolean;
 
   constructor(
     private readonly tok: Tokenizer,
@@ -85,6 +93,7 @@ export class DecodeSequence {
     this.rng = createRng(opts.seed);
     this.decoder = new StreamDecoder(tok);
     this.eot = endOfTurnId(tok);
+    this.plainSampling = plainSampling(opts);
   }
 
   get done(): boolean {
@@ -110,9 +119,41 @@ export class DecodeSequence {
       banned = undefined;
     }
     const id = sampleToken(logits, offset, V, this.opts, this.rng, banned);
+    const lp = this.opts.logprobs !== undefined && id !== this.eot ? sampledLogprobs(logits, offset, V, this.opts, id, this.opts.logprobs, banned) : undefined;
+    return this.append(id, lp);
+  }
+
+  /**
+   * The next token of a plain sequence (`plainSampling`) drawn from `logits[offset .. offset+V)`,
+   * as `push` would draw it, not yet accepted: the reference for `sampleBatch`.
+   */
+  sample(logits: Float32Array, offset: number, V: number): number {
+    return sampleToken(logits, offset, V, this.opts, this.rng, bannedSpecials(this.tok, this.eot));
+  }
+
+  /** The uniform draw `sample` would take for its next token (one when the temperature is above 0). */
+  draw(): number {
+    return this.opts.temperature > 0 ? this.rng() : 0;
+  }
+
+  /** The ids `sample` never picks (specials other than end-of-turn) as a mask of at least V bytes. */
+  bannedMask(V: number): Uint8Array {
+    return bannedMask(this.tok, this.eot, V);
+  }
+
+  /**
+   * Appends a token sampled for a plain sequence (by `sample` or `sampleBatch`): detokenises it,
+   * applies the stop rules, and returns the newly releasable text.
+   */
+  accept(id: number): string {
+    if (this.done) return '';
+    if (!this.plainSampling) throw new Error('DecodeSequence.accept: this sequence adjusts logits or records log-probabilities; use push');
+    return this.append(id, undefined);
+  }
+
+  private append(id: number, lp: { logprob: number; top: TokenChoice[] } | undefined): string {
     this.ids.push(id);
     if (this.opts.presencePenalty || this.opts.frequencyPenalty) this.counts.set(id, (this.counts.get(id) ?? 0) + 1);
-    const lp = this.opts.logprobs !== undefined && id !== this.eot ? sampledLogprobs(logits, offset, V, this.opts, id, this.opts.logprobs, banned) : undefined;
     if (id === this.eot) return this.finish('stop');
     const start = this.text.length;
     this.text += this.decoder.push(id);
@@ -168,9 +209,62 @@ export class DecodeSequence {
   }
 }
 
+/** How `sampleBatch` samples: `auto` (native when available), or forced. */
+export type SamplePath = 'auto' | 'native' | 'js';
+
+let params = new Float64Array(0);
+let picked = new Int32Array(0);
+
+/**
+ * Samples the next token of each plain sequence `seqs[r]` (`plainSampling`) from row r of
+ * `logits` (`seqs.length * V` values) into `ids[r]`, drawing from its own generator exactly as
+ * `sample` would; the tokens are not accepted (call `accept`). Other sequences get -1: they
+ * adjust logits or record log-probabilities, so `push` samples them. Native when the addon has
+ * the sampler (and `path` is not `js`), else `sample` row by row.
+ */
+export function sampleBatch(seqs: readonly DecodeSequence[], logits: Float32Array, V: number, ids: Int32Array, path: SamplePath = 'auto'): void {
+  const n = seqs.length;
+  const native = path === 'js' ? undefined : nativeSampleRows();
+  if (path === 'native' && !native) throw new Error('sampleBatch: the native sampler is not available');
+  const banned = n ? seqs[0]!.bannedMask(V) : undefined;
+  let fast = 0;
+  if (native) for (const s of seqs) if (s.plainSampling && s.bannedMask(V) === banned) fast++;
+  if (!fast) {
+    for (let r = 0; r < n; r++) ids[r] = seqs[r]!.plainSampling ? seqs[r]!.sample(logits, r * V, V) : -1;
+    return;
+  }
+  if (params.length < n * 4) params = new Float64Array(n * 4);
+  for (let r = 0; r < n; r++) {
+    const s = seqs[r]!;
+    const plain = s.plainSampling && s.bannedMask(V) === banned;
+    // Other rows run natively as greedy (cheap) and are overwritten below.
+    params[4 * r] = plain ? s.opts.temperature : 0;
+    params[4 * r + 1] = plain ? s.opts.topK : 0;
+    params[4 * r + 2] = plain ? s.opts.topP : 1;
+    params[4 * r + 3] = plain ? s.draw() : 0;
+  }
+  if (picked.length < n) picked = new Int32Array(n);
+  const out = picked.subarray(0, n);
+  native!(logits, V, params.subarray(0, 4 * n), banned!, out);
+  for (let r = 0; r < n; r++) {
+    const s = seqs[r]!;
+    ids[r] = !s.plainSampling ? -1 : s.bannedMask(V) === banned ? out[r]! : s.sample(logits, r * V, V);
+  }
+}
+
 const NONE: readonly TokenLogprob[] = Object.freeze([]);
 
 const bannedCache = new WeakMap<Tokenizer, Set<number>>();
+const maskCache = new WeakMap<Tokenizer, Uint8Array>();
+function bannedMask(tok: Tokenizer, eot: number, V: number): Uint8Array {
+  let m = maskCache.get(tok);
+  if (!m || m.length < V) {
+    m = new Uint8Array(Math.max(V, tok.vocabSize));
+    for (const id of bannedSpecials(tok, eot)) m[id] = 1;
+    maskCache.set(tok, m);
+  }
+  return m;
+}
 function bannedSpecials(tok: Tokenizer, eot: number): Set<number> {
   let s = bannedCache.get(tok);
   if (!s) {
@@ -207,6 +301,7 @@ export function generateBatch(
   prompts: readonly (readonly number[])[],
   opts: Partial<GenerateOptions> = {},
   onDelta?: (index: number, delta: string) => void,
+  path: SamplePath = 'auto',
 ): Generation[] {
   const o = { ...DEFAULT_GENERATE, ...opts };
   const V = gpt.config.vocabSize;
@@ -222,8 +317,10 @@ export function generateBatch(
       const live = seqs.map((s, i) => [s, i] as const).filter(([s]) => !s.done);
       if (!live.length) break;
       const logits = gpt.decodeStep(live.map(([s]) => s.cache), live.map(([s]) => s.lastToken));
+      const ids = new Int32Array(live.length);
+      sampleBatch(live.map(([s]) => s), logits, V, ids, path);
       live.forEach(([s, i], row) => {
-        const d = s.push(logits, row * V, V);
+        const d = ids[row]! >= 0 ? s.accept(ids[row]!) : s.push(logits, row * V, V);
         if (d) onDelta?.(i, d);
       });
     }

@@ -354,6 +354,47 @@ export class GPT {
   }
 
   /**
+   * Prefills several prompts together (one fused pass on the native path), each continuing
+   * `cache` when given; returns one cache per prompt and the logits after each prompt's last
+   * token, `N * V` values row by row. The same numbers as `prefill` on each prompt alone.
+   */
+  prefillBatch(prompts: readonly { ids: readonly number[]; cache?: KVCache }[]): { caches: KVCache[]; logits: Float32Array } {
+    const V = this.config.vocabSize;
+    const given = prompts.filter((p) => p.cache);
+    const native = this.decodePath() === 'native' && given.every((p) => p.cache!.kind === 'native');
+    if (prompts.length <= 1 || !native) {
+      const caches: KVCache[] = [];
+      const logits = new Float32Array(prompts.length * V);
+      try {
+        prompts.forEach((p, i) => {
+          const r = this.prefill(p.ids, { cache: p.cache });
+          caches.push(r.cache);
+          logits.set(r.logits, i * V);
+        });
+      } catch (err) {
+        caches.forEach((c, i) => c !== prompts[i]!.cache && disposeCache(c));
+        throw err;
+      }
+      return { caches, logits };
+    }
+    const { blockSize } = this.config;
+    for (const p of prompts) {
+      const start = p.cache?.length ?? 0;
+      if (p.ids.length === 0) throw new Error('prefill needs at least one token');
+      if (p.cache?.disposed) throw new Error('prefill: the cache was disposed');
+      if (start + p.ids.length > blockSize) throw new Error(`prompt of ${p.ids.length} tokens after ${start} cached exceeds blockSize ${blockSize}`);
+    }
+    const { decoder, weights } = this.fused();
+    const caches = prompts.map((p) => (p.cache as NativeKVCache | undefined) ?? decoder.newCache());
+    try {
+      return { caches, logits: decoder.run(weights, caches, prompts.map((p) => p.ids.length), prompts.flatMap((p) => p.ids)) };
+    } catch (err) {
+      caches.forEach((c, i) => c !== prompts[i]!.cache && c.dispose());
+      throw err;
+    }
+  }
+
+  /**
    * One decoding step for N sequences at once: feeds `tokens[i]` to `caches[i]` (appending to
    * it) and returns the next-token logits, `N * V` values row by row. The caches must all come
    * from the same path.

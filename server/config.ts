@@ -37,6 +37,7 @@ export const ServerConfigSchema = z.object({
   floodCloseAfter: z.number().int().positive().default(200).describe('rate-limited WebSocket messages in a row before the socket is closed (1008)'),
   sessionCacheBytes: z.number().int().positive().default(256 * 1024 * 1024).describe('bytes of live conversation state (KV caches included) kept in memory'),
   heartbeatMs: z.number().int().positive().default(30_000).describe('WebSocket ping interval; a socket silent for one interval is terminated'),
+  deltaCoalesceMs: z.number().int().nonnegative().default(4).describe('streamed text arriving within this of the previous frame of a reply is sent as one frame (0 = a frame per delta)'),
   maxSocketBufferBytes: z.number().int().positive().default(4 * 1024 * 1024).describe('unsent bytes a slow WebSocket reader may accumulate before it is closed'),
   retryAfterSeconds: z.number().int().positive().default(1).describe('Retry-After sent with "overloaded"'),
   adminToken: z.string().optional().describe('bearer token of the /admin routes (at least 16 characters; set it in the environment, not on the command line); unset = admin routes disabled'),

@@ -17,6 +17,7 @@ import { streamSSE } from 'hono/streaming';
 import { z } from 'zod';
 import type { TokenChoice } from '../model/sampling.ts';
 import { SPECIAL_TOKENS, type Tokenizer } from '../model/tokenizer.ts';
+import type { ServeProfile } from './serve-profile.ts';
 import { ChatError } from './errors.ts';
 
 /** At most this many stop strings, each at most this many characters. */
@@ -159,11 +160,20 @@ export function errorEvent(err: unknown): string {
   return JSON.stringify({ error: { message: e.message, type: 'server_error', code: e.code, param: e.param ?? null } });
 }
 
+/** How `sseQueue` writes. */
+export interface SseQueueOptions {
+  /** After the first two writes (the role chunks, the first text), a write waits until this long after the previous one, so deltas under load go out together (default 0). */
+  coalesceMs?: number;
+  /** Where socket writes are timed (the scheduler's profile). */
+  profile?: ServeProfile;
+}
+
 /**
  * An SSE response fed by a queue: lines pushed synchronously (from the decode loop) are written
- * in order; `end()` closes the stream after the queued lines; `onAbort` runs when the client goes.
+ * in order, every line queued meanwhile in one write; `end()` closes the stream after the queued
+ * lines; `onAbort` runs when the client goes.
  */
-export function sseQueue(c: Context, onAbort: () => void): { push: (data: string) => void; end: () => void; response: () => Response } {
+export function sseQueue(c: Context, onAbort: () => void, opts: SseQueueOptions = {}): { push: (data: string) => void; end: () => void; response: () => Response } {
   const lines: string[] = [];
   let wake: (() => void) | undefined;
   let finished = false;
@@ -179,10 +189,26 @@ export function sseQueue(c: Context, onAbort: () => void): { push: (data: string
     streamSSE(c, async (stream) => {
       stream.onAbort(onAbort);
       c.req.raw.signal.addEventListener('abort', onAbort, { once: true });
+      const coalesceMs = opts.coalesceMs ?? 0;
+      let writes = 0;
+      let lastWrite = -Infinity;
       for (;;) {
-        while (lines.length) {
+        if (lines.length) {
           if (stream.aborted) return;
-          await stream.writeSSE({ data: lines.shift()! });
+          const since = performance.now() - lastWrite;
+          if (writes >= 2 && !finished && since < coalesceMs) {
+            await new Promise((r) => setTimeout(r, coalesceMs - since));
+            continue;
+          }
+          const batch = lines.map((l) => `data: ${l}\n\n`).join('');
+          lines.length = 0;
+          writes++;
+          lastWrite = performance.now();
+          const t = opts.profile?.now() ?? 0;
+          const written = stream.write(batch);
+          opts.profile?.wrote(t);
+          await written;
+          continue;
         }
         if (finished) return;
         await new Promise<void>((r) => (wake = r));

@@ -271,7 +271,7 @@ export function openAIRoutes(deps: OpenAIDeps): Hono<OpenAIEnv> {
 
     const includeUsage = req.stream_options?.include_usage === true;
     let cancel = () => {};
-    const out = sseQueue(c, () => cancel());
+    const out = sseQueue(c, () => cancel(), { coalesceMs: chat.deps.config.deltaCoalesceMs, profile: chat.deps.scheduler.profile });
     // Deltas arrive from the decode loop synchronously; they are queued and written in order.
     const streamed: number[] = Array.from({ length: n }, () => 0);
     let version = '';

@@ -110,3 +110,18 @@ test('a cached context from another model version is not reused', async () => {
   const r2 = await s.submit({ promptIds: [...stale.ids, 5], opts: greedy(3), reuse: stale }).result;
   assert.equal(r2.reusedContext, false);
 });
+
+test('prompts admitted together are prefilled in one pass, and a prompt too long for the context fails alone', async () => {
+  const s = new Scheduler(model, OPTS);
+  const texts = ['hello', 'the cat sat', 'dog'];
+  const tooLong = Array.from({ length: model.gpt.config.blockSize + 1 }, () => prompt('a')[0]!);
+  const jobs = [...texts.map((t) => s.submit({ promptIds: prompt(t), opts: greedy(6) })), s.submit({ promptIds: tooLong, opts: greedy(6) })];
+  const settled = await Promise.allSettled(jobs.map((j) => j.result));
+  assert.equal(settled[3]!.status, 'rejected');
+  assert.match(String((settled[3] as PromiseRejectedResult).reason), /exceeds blockSize/);
+  settled.slice(0, 3).forEach((r, i) => {
+    assert.equal(r.status, 'fulfilled', `reply ${i}`);
+    const alone = generateBatch(model.gpt, model.tok, [prompt(texts[i]!)], greedy(6))[0]!;
+    assert.deepEqual((r as PromiseFulfilledResult<{ ids: number[] }>).value.ids, alone.ids, `reply ${i} matches decoding alone`);
+  });
+});

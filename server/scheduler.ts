@@ -2,10 +2,14 @@
  * Continuous batching. Every reply being decoded is a slot holding a `DecodeSequence`; the loop
  *
  *   1. admits waiting requests into free slots (prefill, or extension of a cached context),
- *      within a prompt-token budget so running replies keep flowing;
- *   2. runs ONE batched `decodeStep` over every live slot and pushes each row of logits to its
- *      sequence, streaming the text deltas;
+ *      within a prompt-token budget so running replies keep flowing, all of them prefilled in
+ *      one pass (`prefillBatch`) without yielding in between;
+ *   2. runs ONE batched `decodeStep` over every live slot, samples every row in one pass
+ *      (`sampleBatch`: native when the addon has the sampler, the same tokens as the JS sampler),
+ *      then appends each token to its sequence and streams the text deltas;
  *   3. retires finished slots and yields to the event loop (`setImmediate`) so sockets are served.
+ *
+ * With `profile.enabled`, each stage's time is added up (server/serve-profile.ts).
  *
  * Sequences join and leave between steps. The queue is bounded: when `maxBatch` slots are busy and
  * `maxQueue` requests wait, `submit` throws `overloaded`. Cancelling frees a slot at once (cancel
@@ -20,12 +24,13 @@
  * default model between steps: replies in flight finish on their version, the next ones start on
  * the new one. A replaced model is disposed once no slot or queued request uses it.
  */
-import { DecodeSequence, type FinishReason, type GenerateOptions, type TokenLogprob } from '../model/generate.ts';
+import { DecodeSequence, sampleBatch, type FinishReason, type GenerateOptions, type TokenLogprob } from '../model/generate.ts';
 import { disposeCache, type KVCache } from '../model/gpt.ts';
 import { ChatError } from './errors.ts';
 import type { ServerMetrics } from './metrics.ts';
 import type { ServedModel } from './model-host.ts';
 import type { CachedContext } from './session-cache.ts';
+import { ServeProfile } from './serve-profile.ts';
 
 /** What to generate. */
 export interface GenerationRequest {
@@ -91,6 +96,14 @@ interface Pending {
   model?: ServedModel;
 }
 
+/** A job leaving the queue: the tokens its prefill feeds, after `cache` when continuing a cached context. */
+interface Admission {
+  job: Pending;
+  model: ServedModel;
+  ids: readonly number[];
+  cache?: KVCache;
+}
+
 interface Slot {
   job: Pending;
   /** The model that computed `cache` and decodes every step of this reply. */
@@ -113,6 +126,9 @@ export class Scheduler {
   #closed = false;
   // Cost estimates (ms), refined by measurement.
   #tpsWindow = { start: performance.now(), tokens: 0 };
+  #ids = new Int32Array(0);
+  /** Time per serving stage, when `profile.enabled` (benchmarks). */
+  readonly profile = new ServeProfile();
 
   constructor(
     public model: ServedModel,
@@ -232,7 +248,7 @@ export class Scheduler {
 
   async #loop(): Promise<void> {
     while (this.#waiting.length || this.#active.length) {
-      await this.#admit();
+      this.#admit();
       this.#step();
       this.#gauges();
       this.#collect();
@@ -240,40 +256,99 @@ export class Scheduler {
     }
   }
 
-  async #admit(): Promise<void> {
+  /**
+   * Moves waiting requests into free slots, within the prompt-token budget (at least one), and
+   * prefills them together: one pass per model, then their first tokens sampled in one batch.
+   */
+  #admit(): void {
     let budget = this.opts.prefillTokensPerStep;
+    const byModel = new Map<ServedModel, Admission[]>();
     let admitted = 0;
-    while (this.#waiting.length && this.#active.length < this.opts.maxBatch && (admitted === 0 || budget > 0)) {
+    while (this.#waiting.length && this.#active.length + admitted < this.opts.maxBatch && (admitted === 0 || budget > 0)) {
       const job = this.#waiting.shift()!;
+      let a: Admission;
       try {
-        budget -= this.#start(job);
+        a = this.#plan(job);
       } catch (err) {
         job.state = 'done';
         job.reject(err);
+        continue;
       }
+      budget -= a.ids.length;
       admitted++;
-      if (this.#waiting.length) await tick(); // a long prompt must not starve the sockets
+      const group = byModel.get(a.model);
+      if (group) group.push(a);
+      else byModel.set(a.model, [a]);
     }
+    for (const [model, group] of byModel) this.#start(model, group);
   }
 
-  /** Moves a job into a slot; returns the prompt tokens prefilled. */
-  #start(job: Pending): number {
+  /**
+   * What a job's prefill feeds: the whole prompt, or the tokens after a cached context that fits.
+   * Throws for a prompt that cannot be prefilled, so that one bad prompt never fails a batch.
+   */
+  #plan(job: Pending): Admission {
     const model = (job.model ??= this.model);
-    const { gpt, tok } = model;
-    const { promptIds, opts, reuse } = job.req;
-    const V = gpt.config.vocabSize;
-    let extra: number[] | undefined;
+    const { promptIds, reuse } = job.req;
+    const { blockSize } = model.gpt.config;
     if (reuse) {
-      const fits = reuse.version === model.version && reuse.ids.length < promptIds.length && reuse.ids.every((id, i) => promptIds[i] === id);
-      if (fits && (this.opts.reuse ?? 'auto') !== 'never') extra = promptIds.slice(reuse.ids.length);
-      else disposeCache(reuse.cache);
+      const fits = !reuse.cache.disposed && reuse.version === model.version && reuse.ids.length < promptIds.length && reuse.ids.every((id, i) => promptIds[i] === id);
+      if (fits && (this.opts.reuse ?? 'auto') !== 'never' && promptIds.length <= blockSize) return { job, model, ids: promptIds.slice(reuse.ids.length), cache: reuse.cache };
+      disposeCache(reuse.cache);
     }
-    const { cache, logits } = extra ? gpt.prefill(extra, { cache: reuse!.cache }) : gpt.prefill(promptIds);
-    const fed = extra?.length ?? promptIds.length;
-    const slot: Slot = { job, model, seq: new DecodeSequence(tok, cache, opts, gpt.config.blockSize), cache, reused: extra !== undefined };
-    this.#activate(slot);
-    this.#sample(slot, logits, 0, V);
-    return fed;
+    if (promptIds.length === 0) throw new Error('prefill needs at least one token');
+    if (promptIds.length > blockSize) throw new Error(`prompt of ${promptIds.length} tokens exceeds blockSize ${blockSize}`);
+    return { job, model, ids: promptIds };
+  }
+
+  /** Prefills admitted jobs of one model in one pass and moves them into slots (a failed pass fails them all). */
+  #start(model: ServedModel, group: Admission[]): void {
+    const { gpt, tok } = model;
+    const V = gpt.config.vocabSize;
+    const prof = this.profile;
+    let t = prof.now();
+    let prefilled: { caches: KVCache[]; logits: Float32Array };
+    try {
+      prefilled = gpt.prefillBatch(group);
+    } catch (err) {
+      for (const { job, cache } of group) {
+        if (cache) disposeCache(cache);
+        job.state = 'done';
+        job.reject(err);
+      }
+      return;
+    }
+    prof.add('admit', t);
+    const slots = group.map((a, i): Slot => {
+      const cache = prefilled.caches[i]!;
+      return { job: a.job, model, seq: new DecodeSequence(tok, cache, a.job.req.opts, gpt.config.blockSize), cache, reused: a.cache !== undefined };
+    });
+    for (const slot of slots) this.#activate(slot);
+    if (this.#ids.length < slots.length) this.#ids = new Int32Array(Math.max(slots.length, this.opts.maxBatch));
+    t = prof.now();
+    try {
+      sampleBatch(
+        slots.map((s) => s.seq),
+        prefilled.logits,
+        V,
+        this.#ids,
+      );
+    } catch (err) {
+      this.#fail(slots, err);
+      return;
+    }
+    prof.add('sample', t);
+    this.#accept(slots, this.#ids, prefilled.logits, V);
+  }
+
+  /** Ends slots whose step failed: their jobs reject with `err`. */
+  #fail(slots: readonly Slot[], err: unknown): void {
+    for (const s of slots) {
+      this.#remove(s);
+      s.seq.dispose();
+      s.job.state = 'done';
+      s.job.reject(err);
+    }
   }
 
   #activate(slot: Slot): void {
@@ -282,16 +357,41 @@ export class Scheduler {
     this.#active.push(slot);
   }
 
-  #sample(slot: Slot, logits: Float32Array, offset: number, V: number): void {
-    if (slot.ttftMs === undefined) {
-      slot.ttftMs = performance.now() - slot.job.accepted;
-      this.opts.metrics?.ttft.observe({ source: slot.job.req.source ?? 'other' }, slot.ttftMs / 1000);
+  /**
+   * Appends each slot's sampled token (text, stop rules: `detokenize`), then streams the deltas
+   * and retires the finished slots (`emit`). Slots no longer active are skipped. A slot whose id
+   * is -1 (logit adjustments or log-probabilities: not for the batched sampler) samples its row of
+   * `logits` itself, counted under `detokenize`.
+   */
+  #accept(slots: readonly Slot[], ids: ArrayLike<number>, logits: Float32Array, V: number): void {
+    const prof = this.profile;
+    const t = prof.now();
+    const deltas: string[] = new Array(slots.length);
+    let accepted = 0;
+    for (let r = 0; r < slots.length; r++) {
+      const slot = slots[r]!;
+      if (slot.job.state !== 'active') continue;
+      if (slot.ttftMs === undefined) {
+        slot.ttftMs = performance.now() - slot.job.accepted;
+        this.opts.metrics?.ttft.observe({ source: slot.job.req.source ?? 'other' }, slot.ttftMs / 1000);
+      }
+      const id = ids[r]!;
+      deltas[r] = id >= 0 ? slot.seq.accept(id) : slot.seq.push(logits, r * V, V);
+      accepted++;
     }
-    const delta = slot.seq.push(logits, offset, V);
-    this.#tpsWindow.tokens++;
-    this.opts.metrics?.tokens.inc();
-    if (delta) this.#emit(slot, delta);
-    if (slot.seq.done) this.#retire(slot);
+    prof.add('detokenize', t);
+    prof.counts.tokens += accepted;
+    this.#tpsWindow.tokens += accepted;
+    this.opts.metrics?.tokens.inc(accepted);
+    prof.emit(() => {
+      for (let r = 0; r < slots.length; r++) {
+        const slot = slots[r]!;
+        if (slot.job.state !== 'active') continue; // cancelled from a callback during this loop
+        const delta = deltas[r];
+        if (delta) this.#emit(slot, delta);
+        if (slot.seq.done) this.#retire(slot);
+      }
+    });
   }
 
   #emit(slot: Slot, delta: string): void {
@@ -318,27 +418,36 @@ export class Scheduler {
     this.opts.metrics?.batchSize.set(rows);
   }
 
-  /** One batched decode step of the live slots of one model. */
+  /** One batched decode step of the live slots of one model, every row sampled in one pass. */
   #stepModel(model: ServedModel, live: Slot[]): void {
     const { gpt } = model;
     const V = gpt.config.vocabSize;
-    const tokens = live.map((s) => s.seq.lastToken);
+    const prof = this.profile;
+    if (this.#ids.length < live.length) this.#ids = new Int32Array(Math.max(live.length, this.opts.maxBatch));
+    const ids = this.#ids;
     let logits: Float32Array;
     try {
-      logits = gpt.decodeStep(live.map((s) => s.cache), tokens);
+      let t = prof.now();
+      logits = gpt.decodeStep(
+        live.map((s) => s.cache),
+        live.map((s) => s.seq.lastToken),
+      );
+      prof.add('step', t);
+      prof.counts.steps++;
+      prof.counts.rows += live.length;
+      t = prof.now();
+      sampleBatch(
+        live.map((s) => s.seq),
+        logits,
+        V,
+        ids,
+      );
+      prof.add('sample', t);
     } catch (err) {
-      for (const s of live) {
-        this.#remove(s);
-        s.seq.dispose();
-        s.job.state = 'done';
-        s.job.reject(err);
-      }
+      this.#fail(live, err);
       return;
     }
-    live.forEach((s, row) => {
-      if (s.job.state !== 'active') return; // cancelled from a callback during this loop
-      this.#sample(s, logits, row * V, V);
-    });
+    this.#accept(live, ids, logits, V);
   }
 
   #remove(slot: Slot): void {

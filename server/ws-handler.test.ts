@@ -191,3 +191,31 @@ test('the KV cache of a conversation is kept between turns, holding a prefix of 
   assert.ok(chat.deps.sessions.bytes > 0);
   c.close();
 });
+
+test('deltas arriving within deltaCoalesceMs of a reply\'s previous frame are sent as one frame, in order, adding up to the reply; 0 sends one frame per delta', async () => {
+  const frames = async (server: TestServer, rid: string) => {
+    const c = await TestClient.connect(server.wsUrl);
+    const conv = await startConversation(c);
+    const from = c.messages.length;
+    // Greedy over a model whose end-of-turn is unlikely: the reply runs to maxTokens.
+    const reply = await c.request({ type: 'user_message', requestId: rid, conversationId: conv, content: 'hello there', params: { maxTokens: 24, seed: 1, temperature: 0 } }, isReply(rid));
+    const mine = c.messages.slice(from).filter((m) => m.requestId === rid);
+    c.close();
+    const deltas = mine.filter((m) => m.type === 'delta');
+    assert.equal(deltas.map((m) => m.text).join(''), reply.content);
+    assert.equal(mine[mine.length - 1]!.type, 'reply', 'no delta after the reply');
+    return { deltas: deltas.length, tokens: (reply.usage as { completionTokens: number }).completionTokens, content: reply.content };
+  };
+  const held = await startTestServer({ heartbeatMs: 60_000, deltaCoalesceMs: 10_000 }, { model: srv.model });
+  const each = await startTestServer({ heartbeatMs: 60_000, deltaCoalesceMs: 0 }, { model: srv.model });
+  try {
+    const a = await frames(held, 'co1');
+    const b = await frames(each, 'co2');
+    assert.equal(a.content, b.content, 'the same text either way');
+    assert.ok(a.deltas <= 2, `${a.deltas} delta frames for ${a.tokens} tokens: the first at once, the rest held until the reply`);
+    assert.ok(b.deltas > a.deltas && b.deltas >= b.tokens / 2, `${b.deltas} delta frames for ${b.tokens} tokens without coalescing`);
+  } finally {
+    await held.close();
+    await each.close();
+  }
+});

@@ -14,6 +14,9 @@
  *   per-minute limit and its in-flight cap (`overloaded`); judgements against their own limit.
  * - A heartbeat pings every `heartbeatMs`; a socket that did not answer the previous ping is terminated.
  * - Every callback is guarded: a failing handler answers `internal_error` and never kills the socket.
+ * - Deltas of a reply that arrive within `deltaCoalesceMs` of its previous frame are held and
+ *   sent together as one frame (the first one goes out at once; any other frame first flushes
+ *   what is held, so order is kept). Frames are built as strings, without an object per token.
  * - When a socket closes, its replies in flight are cancelled, which frees their batch slots.
  *   A request is registered the moment its frame is handled, before the awaits that load the
  *   conversation and store the user message: a `cancel` or a close that arrives meanwhile marks
@@ -27,6 +30,7 @@ import type { ChatService, ReplyRun } from './chat-service.ts';
 import type { ServerConfig } from './config.ts';
 import { ChatError, toChatError } from './errors.ts';
 import type { ServerMetrics } from './metrics.ts';
+import type { ServeProfile } from './serve-profile.ts';
 import type { Turn } from './session-cache.ts';
 import { parseClientMessage, type ClientMessage, type ServerMessage } from './ws-protocol.ts';
 
@@ -45,6 +49,16 @@ export const CLOSE = { policy: 1008, tooBig: 1009, goingAway: 1001, tryLater: 10
 const IDENTITY = Symbol('identity');
 type UpgradeRequest = IncomingMessage & { [IDENTITY]?: { identity: Identity; setCookie?: string } };
 
+/** The text of one reply (a request's candidate) waiting to be sent, and when its last frame went. */
+interface DeltaStream {
+  /** The frame up to the text: `{"type":"delta","requestId":…,"text":`. */
+  readonly head: string;
+  /** After the text: `,"candidate":i}` or `}`. */
+  readonly tail: string;
+  held: string;
+  lastSent: number;
+}
+
 /** A generation request from its first frame on; `run` once it was submitted. */
 interface InFlight {
   run?: ReplyRun;
@@ -59,6 +73,9 @@ class Connection {
   #ending = false;
   #throttled = 0;
   #nextRequest = 1;
+  /** Replies with text held back (coalescing), flushed by `#flushTimer` or before any other frame. */
+  readonly #holding = new Set<DeltaStream>();
+  #flushTimer: NodeJS.Timeout | undefined;
 
   constructor(
     readonly ws: WebSocket,
@@ -72,13 +89,58 @@ class Connection {
   }
 
   send(msg: ServerMessage): void {
+    if (this.#holding.size) this.#flush();
+    if (msg.type === 'error') this.deps.metrics.errors.inc({ code: msg.code });
+    this.#write(JSON.stringify(msg));
+  }
+
+  #profile(): ServeProfile | undefined {
+    return this.deps.chat()?.deps.scheduler.profile;
+  }
+
+  #write(frame: string): void {
     if (this.ws.readyState !== WebSocket.OPEN) return;
     if (this.ws.bufferedAmount > this.deps.config.maxSocketBufferBytes) {
       this.close(CLOSE.policy, 'reader too slow');
       return;
     }
-    if (msg.type === 'error') this.deps.metrics.errors.inc({ code: msg.code });
-    this.ws.send(JSON.stringify(msg));
+    const prof = this.#profile();
+    const t = prof?.now() ?? 0;
+    this.ws.send(frame);
+    prof?.wrote(t);
+  }
+
+  /** A reply's delta stream: frames of `{"type":"delta", requestId, text[, candidate]}`. */
+  deltaStream(requestId: string, candidate?: number): DeltaStream {
+    return { head: `{"type":"delta","requestId":${JSON.stringify(requestId)},"text":`, tail: candidate === undefined ? '}' : `,"candidate":${candidate}}`, held: '', lastSent: -Infinity };
+  }
+
+  /** Streams `text`: at once when the reply's last frame is `deltaCoalesceMs` old, else held for one frame. */
+  delta(stream: DeltaStream, text: string): void {
+    const now = performance.now();
+    const wait = this.deps.config.deltaCoalesceMs;
+    if (!stream.held && now - stream.lastSent >= wait) {
+      stream.lastSent = now;
+      this.#write(stream.head + JSON.stringify(text) + stream.tail);
+      return;
+    }
+    stream.held += text;
+    this.#holding.add(stream);
+    this.#flushTimer ??= setTimeout(() => this.#flush(), Math.max(1, Math.ceil(stream.lastSent + wait - now)));
+  }
+
+  /** Sends every held text, one frame per reply. */
+  #flush(): void {
+    if (this.#flushTimer) clearTimeout(this.#flushTimer);
+    this.#flushTimer = undefined;
+    const now = performance.now();
+    for (const s of this.#holding) {
+      const text = s.held;
+      s.held = '';
+      s.lastSent = now;
+      this.#write(s.head + JSON.stringify(text) + s.tail);
+    }
+    this.#holding.clear();
   }
 
   error(code: string, message: string, requestId?: string): void {
@@ -86,6 +148,7 @@ class Connection {
   }
 
   close(code: number, reason: string): void {
+    this.#dropHeld();
     this.cancelAll();
     try {
       this.ws.close(code, reason);
@@ -94,7 +157,15 @@ class Connection {
     }
   }
 
+  /** Forgets held text (the socket is going away). */
+  #dropHeld(): void {
+    if (this.#flushTimer) clearTimeout(this.#flushTimer);
+    this.#flushTimer = undefined;
+    this.#holding.clear();
+  }
+
   cancelAll(): void {
+    this.#dropHeld();
     this.#ending = true;
     for (const r of this.runs.values()) {
       r.cancelled = true;
@@ -214,7 +285,8 @@ class Connection {
       }
       const n = msg.type === 'compare' ? 2 : 1;
       const tag = (i: number) => (n > 1 ? { candidate: i } : {});
-      const onDelta = (i: number, text: string) => this.send({ type: 'delta', requestId, text, ...tag(i) });
+      const streams = Array.from({ length: n }, (_, i) => this.deltaStream(requestId, n > 1 ? i : undefined));
+      const onDelta = (i: number, text: string) => this.delta(streams[i]!, text);
       // Arena: champion against candidate, blind (versions hidden until the comparison's ack).
       const arenaRun = msg.type === 'compare' ? chat.compareArena(state, state.id, context, opts, onDelta) : undefined;
       const blind = arenaRun ? ({ arena: true } as const) : {};

@@ -32,6 +32,7 @@
 //   sumSquares(heap, [count, off0, size0, off1, size1, ...]) -> sum of squares of all values
 //   adamw(heap, [pOff, gOff, mOff, vOff, p1Off, m1Off, v1Off, n, lr, beta1, beta2, eps,
 //                1 - beta1, 1 - beta2, decay, gradScale, bc1, bc2])
+// Sampling (sampler.h): sampleRows(logits, V, params, banned, ids).
 #include <napi.h>
 
 #include <cstdint>
@@ -43,6 +44,7 @@
 #include "gemm.h"
 #include "pool.h"
 #include "train.h"
+#include "sampler.h"
 #include "transpose.h"
 
 namespace {
@@ -638,6 +640,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("tokenLogProbsGrad", Napi::Function::New(env, TokenLogProbsGrad, "tokenLogProbsGrad"));
   exports.Set("sumSquares", Napi::Function::New(env, SumSquares, "sumSquares"));
   exports.Set("adamw", Napi::Function::New(env, AdamW, "adamw"));
+  register_sampler(env, exports);
   return exports;
 }
 

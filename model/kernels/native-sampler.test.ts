@@ -1,0 +1,143 @@
+import { test, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { initBackend } from '../backend.ts';
+import { GPT } from '../gpt.ts';
+import { Tokenizer } from '../tokenizer.ts';
+import { renderChat } from '../chat-template.ts';
+import { DecodeSequence, generateBatch, plainSampling, sampleBatch, type GenerateOptions } from '../generate.ts';
+import { createRng } from '../random.ts';
+import { nativeSampleRows } from './native-sampler.ts';
+import { loadNativeAddon } from './native-addon.ts';
+
+const native = nativeSampleRows();
+const skip = native ? false : 'the native addon with the sampler is not built (npm ci without a compiler): the JS sampler runs';
+
+let tok: Tokenizer;
+let gpt: GPT;
+
+before(async () => {
+  await initBackend({ backend: 'wasm', log: () => {} });
+  tok = Tokenizer.train('hello world, the quick brown fox jumps over the lazy dog. '.repeat(20), { vocabSize: 300 });
+  gpt = GPT.create({ nLayer: 1, nHead: 2, nEmbd: 16, blockSize: 48, vocabSize: tok.vocabSize }, 'policy', 5);
+});
+
+const base: GenerateOptions = { temperature: 1, topK: 0, topP: 1, maxTokens: 20, seed: 0, stop: [] };
+
+/** Rows of logits shaped like a model's: a spread of values, ties, a few far above the rest. */
+function rows(n: number, V: number, seed: number): Float32Array {
+  const rng = createRng(seed);
+  const out = new Float32Array(n * V);
+  for (let i = 0; i < out.length; i++) out[i] = Math.round((rng() - 0.5) * 8 * 16) / 16; // ties are common
+  for (let r = 0; r < n; r++) for (let j = 0; j < 3; j++) out[r * V + rng.int(V)] = 6 + rng() * 4;
+  return out;
+}
+
+// Parity is exact: the same candidates, summed in the same order in double precision, with the
+// same uniform draw. The exponential (the C library's against V8's) may differ in its last bit
+// on some inputs; that moves a pick only when a draw falls within ~1e-16 of a boundary.
+test('the native batched sampler picks the same tokens as sampleToken, row by row, for every kind of option', { skip }, () => {
+  const variants: Partial<GenerateOptions>[] = [
+    { temperature: 0 },
+    { temperature: 1 },
+    { temperature: 0.7, topP: 0.9 },
+    { temperature: 1.3, topK: 5 },
+    { temperature: 0.8, topK: 40, topP: 0.95 },
+    { temperature: 0.05, topP: 0.5 },
+  ];
+  let compared = 0;
+  for (let round = 0; round < 60; round++) {
+    const n = 1 + (round % 17);
+    const V = round % 2 ? 2048 : tok.vocabSize; // rows wider than the tokenizer, as a model's may be
+    const logits = rows(n, V, round);
+    const mk = () => Array.from({ length: n }, (_, r) => new DecodeSequence(tok, gpt.prefill([1, 2]).cache, { ...base, ...variants[(r + round) % variants.length], seed: round * 100 + r }, 48));
+    const a = mk();
+    const b = mk();
+    const idsNative = new Int32Array(n);
+    const idsJs = new Int32Array(n);
+    for (let step = 0; step < 3; step++) {
+      sampleBatch(a, logits, V, idsNative, 'native');
+      sampleBatch(b, logits, V, idsJs, 'js');
+      assert.deepEqual([...idsNative], [...idsJs], `round ${round} step ${step}`);
+      compared += n;
+    }
+    for (const s of [...a, ...b]) s.dispose();
+  }
+  assert.ok(compared >= 1000, `compared ${compared} rows`);
+});
+
+test('banned specials are never sampled natively, even when they hold the best logit', { skip }, () => {
+  const V = tok.vocabSize;
+  const user = tok.specialId('<|user|>');
+  const logits = new Float32Array(4 * V).fill(-5);
+  for (let r = 0; r < 4; r++) logits[r * V + user] = 50;
+  const seqs = [0, 1, 0.5, 2].map((t, i) => new DecodeSequence(tok, gpt.prefill([1]).cache, { ...base, temperature: t, seed: i }, 48));
+  const ids = new Int32Array(4);
+  sampleBatch(seqs, logits, V, ids, 'native');
+  for (const id of ids) assert.ok(!tok.isSpecial(id) || id !== user, `picked banned ${id}`);
+  seqs.forEach((s) => s.dispose());
+});
+
+test('requests with logit adjustments or log-probabilities are left to push, which samples them in JS', () => {
+  assert.equal(plainSampling(base), true);
+  assert.equal(plainSampling({ ...base, presencePenalty: 0, logitBias: [] }), true, 'neutral values keep the fast path');
+  assert.equal(plainSampling({ ...base, presencePenalty: 0.5 }), false);
+  assert.equal(plainSampling({ ...base, logitBias: [[5, 100]] }), false);
+  assert.equal(plainSampling({ ...base, logprobs: 0 }), false);
+  const seq = new DecodeSequence(tok, gpt.prefill([1]).cache, { ...base, frequencyPenalty: 1 }, 48);
+  const ids = new Int32Array(1);
+  sampleBatch([seq], rows(1, tok.vocabSize, 3), tok.vocabSize, ids, native ? 'native' : 'js');
+  assert.equal(ids[0], -1);
+  assert.throws(() => seq.accept(5), /use push/);
+  seq.dispose();
+});
+
+test('a batch mixing plain and adjusted sequences gives each the tokens of push alone and keeps every generator in step', { skip }, () => {
+  const V = tok.vocabSize;
+  const opts: GenerateOptions[] = [base, { ...base, frequencyPenalty: 1, logprobs: 2 }, { ...base, temperature: 0.6, topK: 8 }, { ...base, logitBias: [[7, 5]] }];
+  const mk = () => opts.map((o, i) => new DecodeSequence(tok, gpt.prefill([3]).cache, { ...o, maxTokens: 40, seed: 40 + i }, 48));
+  const batched = mk();
+  const alone = mk();
+  const ids = new Int32Array(opts.length);
+  for (let step = 0; step < 8; step++) {
+    const logits = rows(opts.length, V, 100 + step);
+    sampleBatch(batched, logits, V, ids, 'native');
+    batched.forEach((s, r) => (ids[r]! >= 0 ? s.accept(ids[r]!) : s.push(logits, r * V, V)));
+    alone.forEach((s, r) => s.push(logits, r * V, V));
+  }
+  batched.forEach((s, r) => {
+    assert.deepEqual(s.ids, alone[r]!.ids, `sequence ${r}`);
+    assert.deepEqual(s.logprobs, alone[r]!.logprobs);
+  });
+  [...batched, ...alone].forEach((s) => s.dispose());
+});
+
+test('generateBatch gives the same replies with the native and the JS sampler (greedy and seeded sampling)', { skip }, () => {
+  const prompts = ['hello', 'the quick', 'lazy dog'].map((c) => renderChat(tok, [{ role: 'user', content: c }], { addGenerationPrompt: true }).ids);
+  for (const o of [{ temperature: 0 }, { temperature: 1, seed: 3 }, { temperature: 0.8, topP: 0.9, seed: 9 }]) {
+    const a = generateBatch(gpt, tok, prompts, { ...o, maxTokens: 30 }, undefined, 'native');
+    const b = generateBatch(gpt, tok, prompts, { ...o, maxTokens: 30 }, undefined, 'js');
+    assert.deepEqual(a, b);
+  }
+});
+
+test('the native sampler\'s exponential is V8\'s Math.exp bit for bit over the weights it takes', { skip }, () => {
+  const { addon } = loadNativeAddon();
+  const exp = (addon as unknown as { expNonPositive: (xs: Float64Array) => void }).expNonPositive;
+  const rng = createRng(17);
+  const xs = new Float64Array(400_000);
+  for (let i = 0; i < xs.length; i++) {
+    const band = i % 4;
+    // Every branch of the reduction: |x| < 2^-28, below 0.5 ln2, below 1.5 ln2, the rest (to -700).
+    xs[i] = band === 0 ? -rng() * 2 ** -27 : band === 1 ? -rng() * 0.36 : band === 2 ? -rng() * 1.1 : -rng() * (i % 8 === 3 ? 700 : 30);
+  }
+  xs[0] = 0;
+  xs[1] = -0;
+  xs[2] = -Math.LN2 / 2;
+  xs[3] = -1.5 * Math.LN2;
+  xs[4] = -30;
+  const out = Float64Array.from(xs);
+  exp(out);
+  let differ = 0;
+  for (let i = 0; i < xs.length; i++) if (out[i] !== Math.exp(xs[i]!)) differ++;
+  assert.equal(differ, 0, `${differ} of ${xs.length} values differ from Math.exp`);
+});

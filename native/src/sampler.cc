@@ -1,0 +1,318 @@
+// Batched next-token sampling (see sampler.h). Each step mirrors sampleToken in
+// model/sampling.ts: the same candidate set (logits within 30·temperature of the best), the same
+// order of summation (id order without top-k/top-p; otherwise descending logit, ties by lower id,
+// through the same stable radix sort of 32-bit keys), the same cut-offs, all in double, and the
+// same exponential as V8's Math.exp (a vectorisable port of fdlibm's). The exponentials are
+// computed once per candidate and kept, where the JS walks them twice.
+#include "sampler.h"
+
+#include <napi.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "pool.h"
+
+namespace nk {
+
+// e^x for x in [-700, 0] (every weight the sampler takes: x = (logit - max) / temperature), bit
+// for bit V8's Math.exp (fdlibm's e_exp.c as V8 ships it), written without branches so that a
+// loop over an array vectorises. No fused multiply-adds: the rounding must be fdlibm's.
+__attribute__((optimize("fp-contract=off", "no-trapping-math"))) inline double exp_nonpos(double x) {
+  constexpr double ln2HI = 6.93147180369123816490e-01, ln2LO = 1.90821492927058770002e-10,
+                   invln2 = 1.44269504088896338700e+00, P1 = 1.66666666666666019037e-01,
+                   P2 = -2.77777777770155933842e-03, P3 = 6.61375632143793436117e-05,
+                   P4 = -1.65339022054652515390e-06, P5 = 4.13813679705723846039e-08;
+  uint64_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  const uint32_t hx = static_cast<uint32_t>(bits >> 32) & 0x7FFFFFFFu;
+  const bool reduce = hx > 0x3FD62E42u;  // |x| > 0.5 ln2
+  const bool near = hx < 0x3FF0A2B2u;    // |x| < 1.5 ln2: k = ±1
+  const bool tiny = hx < 0x3E300000u;    // |x| < 2^-28
+  const double sign = std::copysign(1.0, x);
+  const double kg = static_cast<double>(static_cast<int32_t>(invln2 * x + 0.5 * sign));
+  // k as a double; k·ln2HI and k·ln2LO are exact for k = ±1, so one formula covers fdlibm's table.
+  const double k = reduce ? (near ? sign : kg) : 0.0;
+  const double hi = x - k * ln2HI;
+  const double lo = k * ln2LO;
+  const double r = hi - lo;  // x itself when k = 0
+  const double tt = r * r;
+  const double c = r - tt * (P1 + tt * (P2 + tt * (P3 + tt * (P4 + tt * P5))));
+  const uint64_t pk = static_cast<uint64_t>(0x3FF + static_cast<int64_t>(k)) << 52;
+  double twopk;
+  std::memcpy(&twopk, &pk, sizeof twopk);
+  const double y0 = 1.0 - ((r * c) / (c - 2.0) - r);
+  const double y1 = (1.0 - ((lo - (r * c) / (2.0 - c)) - hi)) * twopk;
+  return tiny ? 1.0 + x : (k == 0.0 ? y0 : y1);
+}
+
+// xs[i] = e^xs[i] over the array (each xs[i] in [-700, 0]): exp_nonpos on 8 lanes at a time,
+// written with vector extensions (the compiler does not if-convert the scalar form).
+__attribute__((optimize("fp-contract=off"))) void exp_nonpos_array(double* xs, int n) {
+  typedef double v8d __attribute__((vector_size(64)));
+  typedef int64_t v8l __attribute__((vector_size(64)));
+  typedef uint64_t v8u __attribute__((vector_size(64)));
+  constexpr double ln2HI = 6.93147180369123816490e-01, ln2LO = 1.90821492927058770002e-10,
+                   invln2 = 1.44269504088896338700e+00, P1 = 1.66666666666666019037e-01,
+                   P2 = -2.77777777770155933842e-03, P3 = 6.61375632143793436117e-05,
+                   P4 = -1.65339022054652515390e-06, P5 = 4.13813679705723846039e-08;
+  const v8d zero = {}, one = zero + 1.0;
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    v8d x;
+    std::memcpy(&x, xs + i, sizeof x);
+    const v8u bits = reinterpret_cast<v8u&>(x);
+    const v8u hx = (bits >> 32) & 0x7FFFFFFFu;
+    const v8l reduce = hx > 0x3FD62E42u;
+    const v8l near = hx < 0x3FF0A2B2u;
+    const v8l tiny = hx < 0x3E300000u;
+    const v8u sbits = reinterpret_cast<const v8u&>(one) | (bits & 0x8000000000000000ull);
+    const v8d sign = reinterpret_cast<const v8d&>(sbits);
+    const v8d kg = __builtin_convertvector(__builtin_convertvector(x * invln2 + sign * 0.5, v8l), v8d);
+    const v8d k = reduce ? (near ? sign : kg) : zero;
+    const v8d hi = x - k * ln2HI;
+    const v8d lo = k * ln2LO;
+    const v8d r = hi - lo;
+    const v8d tt = r * r;
+    const v8d c = r - tt * (P1 + tt * (P2 + tt * (P3 + tt * (P4 + tt * P5))));
+    const v8u pk = (v8u)__builtin_convertvector(k, v8l) + 0x3FFu;
+    const v8u pk52 = pk << 52;
+    const v8d twopk = reinterpret_cast<const v8d&>(pk52);
+    const v8d y0 = 1.0 - ((r * c) / (c - 2.0) - r);
+    const v8d y1 = (1.0 - ((lo - (r * c) / (2.0 - c)) - hi)) * twopk;
+    const v8d y = tiny ? x + 1.0 : (k == zero ? y0 : y1);
+    std::memcpy(xs + i, &y, sizeof y);
+  }
+  for (; i < n; ++i) xs[i] = exp_nonpos(xs[i]);
+}
+
+namespace {
+
+struct Scratch {
+  std::vector<uint32_t> key, key2;
+  std::vector<int32_t> id, id2;
+  std::vector<double> probs;
+  std::vector<uint8_t> ok;
+  void size(int V) {
+    if (static_cast<int>(key.size()) >= V) return;
+    key.resize(V);
+    key2.resize(V);
+    id.resize(V);
+    id2.resize(V);
+    probs.resize(V);
+    ok.resize(V);
+  }
+};
+
+inline bool allowed(const uint8_t* banned, int i) { return banned == nullptr || banned[i] == 0; }
+
+// Unsigned order of the key is descending float order, -0 and +0 equal (sampling.ts's descendingKey
+// without the top-bit flip, which only keeps V8's integers small).
+inline uint32_t descending_key(float logit) {
+  float f = logit + 0.f;
+  uint32_t b;
+  std::memcpy(&b, &f, sizeof b);
+  const uint32_t ascending = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+  return ~ascending;
+}
+
+// Stable LSD radix sort of the first n (key, id) pairs; returns the sorted ids.
+const int32_t* radix_sort(Scratch& s, int n) {
+  uint32_t* key = s.key.data();
+  int32_t* id = s.id.data();
+  uint32_t* key2 = s.key2.data();
+  int32_t* id2 = s.id2.data();
+  int counts[256];
+  for (int shift = 0; shift < 32; shift += 8) {
+    std::memset(counts, 0, sizeof counts);
+    for (int i = 0; i < n; ++i) ++counts[(key[i] >> shift) & 255];
+    if (counts[(key[0] >> shift) & 255] == n) continue;
+    for (int b = 0, sum = 0; b < 256; ++b) {
+      const int c = counts[b];
+      counts[b] = sum;
+      sum += c;
+    }
+    for (int i = 0; i < n; ++i) {
+      const int at = counts[(key[i] >> shift) & 255]++;
+      key2[at] = key[i];
+      id2[at] = id[i];
+    }
+    std::swap(key, key2);
+    std::swap(id, id2);
+  }
+  return id;
+}
+
+// No fused multiply-adds here either: the JS rounds each operation.
+__attribute__((optimize("fp-contract=off"))) int32_t sample_one(const float* l, int V, const uint8_t* banned, const SampleRow& p, Scratch& s) {
+  if (p.temperature <= 0) {
+    int32_t best = -1;
+    double best_logit = -std::numeric_limits<double>::infinity();
+    for (int i = 0; i < V; ++i) {
+      const double x = l[i];
+      if (allowed(banned, i) && x > best_logit) {
+        best_logit = x;
+        best = i;
+      }
+    }
+    return best;
+  }
+  double max = -std::numeric_limits<double>::infinity();
+  for (int i = 0; i < V; ++i) {
+    const double x = l[i];
+    if (allowed(banned, i) && x > max) max = x;
+  }
+  const double floor = max - 30 * p.temperature;
+  s.size(V);
+  double* probs = s.probs.data();
+  if (p.top_k <= 0 && p.top_p >= 1) {
+    // Candidates in id order: each one's weight in probs (the others' entries are unused).
+    uint8_t* ok = s.ok.data();
+    int32_t last = -1;
+    for (int i = 0; i < V; ++i) {
+      const double x = l[i];
+      ok[i] = allowed(banned, i) && x >= floor;
+      probs[i] = ok[i] ? (x - max) / p.temperature : 0.0;
+      if (ok[i]) last = i;
+    }
+    exp_nonpos_array(probs, last + 1);
+    double total = 0;
+    for (int i = 0; i <= last; ++i)
+      if (ok[i]) total += probs[i];
+    double r = p.u * total;
+    for (int i = 0; i <= last; ++i) {
+      if (ok[i] && (r -= probs[i]) <= 0) return i;
+    }
+    return last;
+  }
+  int n = 0;
+  for (int i = 0; i < V; ++i) {
+    const double x = l[i];
+    if (allowed(banned, i) && x >= floor) {
+      s.key[n] = descending_key(l[i]);
+      s.id[n++] = i;
+    }
+  }
+  if (n == 0) return -1;
+  const int32_t* ids = radix_sort(s, n);
+  if (p.top_k > 0 && p.top_k < n) n = p.top_k;
+  for (int j = 0; j < n; ++j) probs[j] = (static_cast<double>(l[ids[j]]) - max) / p.temperature;
+  exp_nonpos_array(probs, n);
+  double total = 0;
+  for (int j = 0; j < n; ++j) total += probs[j];
+  if (p.top_p < 1) {
+    double acc = 0;
+    for (int j = 0; j < n; ++j) {
+      acc += probs[j] / total;
+      if (acc >= p.top_p) {
+        n = j + 1;
+        break;
+      }
+    }
+    total = 0;
+    for (int j = 0; j < n; ++j) total += probs[j];
+  }
+  double r = p.u * total;
+  for (int j = 0; j < n; ++j) {
+    r -= probs[j];
+    if (r <= 0) return ids[j];
+  }
+  return ids[n - 1];
+}
+
+struct Job {
+  const float* logits;
+  int n, V, per_task;
+  const uint8_t* banned;
+  const SampleRow* rows;
+  int32_t* ids;
+};
+
+void run_task(void* ctx, int task) {
+  const Job& j = *static_cast<const Job*>(ctx);
+  thread_local Scratch scratch;
+  const int end = std::min(j.n, (task + 1) * j.per_task);
+  for (int r = task * j.per_task; r < end; ++r)
+    j.ids[r] = sample_one(j.logits + static_cast<size_t>(r) * j.V, j.V, j.banned, j.rows[r], scratch);
+}
+
+}  // namespace
+
+void sample_rows(const float* logits, int n, int V, const uint8_t* banned, const SampleRow* rows, int32_t* ids) {
+  const int threads = Pool::instance().size();
+  const int tasks = n >= 4 ? std::min(n, threads) : 1;
+  Job job{logits, n, V, (n + tasks - 1) / tasks, banned, rows, ids};
+  if (tasks > 1) parallel_for(tasks, run_task, &job);
+  else run_task(&job, 0);
+}
+
+}  // namespace nk
+
+namespace {
+
+Napi::Value SampleRows(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  auto bad = [&](const char* message) {
+    Napi::RangeError::New(env, message).ThrowAsJavaScriptException();
+    return env.Undefined();
+  };
+  if (info.Length() < 5 || !info[0].IsTypedArray() || !info[1].IsNumber() || !info[2].IsTypedArray() || !info[4].IsTypedArray())
+    return bad("sampleRows: expected (Float32Array, V, Float64Array, Uint8Array | null, Int32Array)");
+  Napi::TypedArray logits = info[0].As<Napi::TypedArray>();
+  Napi::TypedArray params = info[2].As<Napi::TypedArray>();
+  Napi::TypedArray ids = info[4].As<Napi::TypedArray>();
+  if (logits.TypedArrayType() != napi_float32_array || params.TypedArrayType() != napi_float64_array || ids.TypedArrayType() != napi_int32_array)
+    return bad("sampleRows: expected (Float32Array, V, Float64Array, Uint8Array | null, Int32Array)");
+  const double v = info[1].As<Napi::Number>().DoubleValue();
+  const size_t n = ids.ElementLength();
+  if (!(v >= 1) || v != static_cast<int>(v) || n == 0) return bad("sampleRows: bad V or no rows");
+  const int V = static_cast<int>(v);
+  if (logits.ElementLength() < n * V || params.ElementLength() < n * 4) return bad("sampleRows: logits or params shorter than the rows");
+  const uint8_t* banned = nullptr;
+  if (info[3].IsTypedArray()) {
+    Napi::TypedArray b = info[3].As<Napi::TypedArray>();
+    if (b.TypedArrayType() != napi_uint8_array || b.ElementLength() < static_cast<size_t>(V)) return bad("sampleRows: banned must be a Uint8Array of V bytes");
+    banned = static_cast<const uint8_t*>(b.ArrayBuffer().Data()) + b.ByteOffset();
+  } else if (!info[3].IsNull() && !info[3].IsUndefined()) {
+    return bad("sampleRows: banned must be a Uint8Array or null");
+  }
+  const double* p = reinterpret_cast<const double*>(static_cast<const uint8_t*>(params.ArrayBuffer().Data()) + params.ByteOffset());
+  std::vector<nk::SampleRow> rows(n);
+  for (size_t r = 0; r < n; ++r) {
+    const double* q = p + 4 * r;
+    if (!(q[3] >= 0 && q[3] < 1) || std::isnan(q[0]) || std::isnan(q[2])) return bad("sampleRows: bad sampling params");
+    rows[r] = {q[0], q[1] > 2147483647.0 ? 2147483647 : static_cast<int>(q[1]), q[2], q[3]};
+  }
+  const float* l = reinterpret_cast<const float*>(static_cast<const uint8_t*>(logits.ArrayBuffer().Data()) + logits.ByteOffset());
+  int32_t* out = reinterpret_cast<int32_t*>(static_cast<uint8_t*>(ids.ArrayBuffer().Data()) + ids.ByteOffset());
+  nk::sample_rows(l, static_cast<int>(n), V, banned, rows.data(), out);
+  return env.Undefined();
+}
+
+// expNonPositive(xs: Float64Array): e^x in place, x in [-700, 0]: the sampler's exponential, so a
+// test can hold it to Math.exp bit for bit.
+Napi::Value ExpNonPositive(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+    Napi::RangeError::New(env, "expNonPositive: expected a Float64Array").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Float64Array xs = info[0].As<Napi::Float64Array>();
+  for (size_t i = 0; i < xs.ElementLength(); ++i) {
+    if (!(xs[i] >= -700 && xs[i] <= 0)) {
+      Napi::RangeError::New(env, "expNonPositive: values must lie in [-700, 0]").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+  }
+  nk::exp_nonpos_array(xs.Data(), static_cast<int>(xs.ElementLength()));
+  return env.Undefined();
+}
+
+}  // namespace
+
+void register_sampler(Napi::Env env, Napi::Object exports) {
+  exports.Set("sampleRows", Napi::Function::New(env, SampleRows, "sampleRows"));
+  exports.Set("expNonPositive", Napi::Function::New(env, ExpNonPositive, "expNonPositive"));
+}

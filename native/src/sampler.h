@@ -1,0 +1,31 @@
+// Next-token sampling over a batch of logit rows, the same algorithm as model/sampling.ts's
+// `sampleToken` (temperature, top-k, top-p, banned ids), step for step and in double precision,
+// so that given the same uniform draw it picks the same token. The uniform draws come from the
+// caller (each sequence's seeded generator in JS): one per row whose temperature is above 0.
+#pragma once
+
+#include <cstdint>
+
+namespace nk {
+
+struct SampleRow {
+  double temperature;  // <= 0: greedy
+  int top_k;           // <= 0: off
+  double top_p;        // >= 1: off
+  double u;            // uniform draw in [0, 1)
+};
+
+// ids[r] = the token sampled from logits[r*V .. (r+1)*V); banned (V bytes, or null) marks ids
+// that are never picked. Rows are split over the pool when there are several.
+void sample_rows(const float* logits, int n, int V, const uint8_t* banned, const SampleRow* rows, int32_t* ids);
+
+}  // namespace nk
+
+namespace Napi {
+class Env;
+class Object;
+}
+
+// Adds `sampleRows(logits: Float32Array, V, params: Float64Array [temperature, topK, topP, u] per
+// row, banned: Uint8Array(V) | null, ids: Int32Array(n))` to the addon's exports.
+void register_sampler(Napi::Env env, Napi::Object exports);

@@ -1,0 +1,64 @@
+/**
+ * Where serving time goes, stage by stage, when switched on (`enabled`; off it costs one branch
+ * per stage). The scheduler times its stages; the doors (WebSocket, OpenAI SSE) time their socket
+ * writes. Stages are disjoint: a write made inside a delta callback is counted under `write`
+ * and taken out of `emit`.
+ *
+ * - `admit`: prefill of newly admitted prompts (the model's prompt pass);
+ * - `step`: the model's batched decode step;
+ * - `sample`: picking each sequence's next token from its logits;
+ * - `detokenize`: token to text, stop strings, finish rules;
+ * - `emit`: delta callbacks (per-token frame building, queueing, JSON);
+ * - `write`: WebSocket frames and SSE chunks handed to the socket.
+ *
+ * What a run's wall time holds beyond these is the event loop's own work: reading client frames,
+ * request handling and the store, timers, garbage collection.
+ */
+export const STAGES = ['admit', 'step', 'sample', 'detokenize', 'emit', 'write'] as const;
+export type Stage = (typeof STAGES)[number];
+
+export class ServeProfile {
+  enabled = false;
+  readonly ms: Record<Stage, number> = { admit: 0, step: 0, sample: 0, detokenize: 0, emit: 0, write: 0 };
+  /** Decode steps, sequences decoded in them (rows), tokens sampled, socket writes (WebSocket frames, SSE writes). */
+  readonly counts = { steps: 0, rows: 0, tokens: 0, frames: 0 };
+  #inEmit = false;
+  #writeInEmit = 0;
+
+  /** A start time for `add` (0 when off). */
+  now(): number {
+    return this.enabled ? performance.now() : 0;
+  }
+
+  add(stage: Stage, since: number): void {
+    if (this.enabled) this.ms[stage] += performance.now() - since;
+  }
+
+  /** Times delta callbacks as `emit`, without the writes they make. */
+  emit(fn: () => void): void {
+    if (!this.enabled) return fn();
+    const t0 = performance.now();
+    this.#inEmit = true;
+    this.#writeInEmit = 0;
+    try {
+      fn();
+    } finally {
+      this.#inEmit = false;
+      this.ms.emit += performance.now() - t0 - this.#writeInEmit;
+    }
+  }
+
+  /** Records one socket write that started at `since`. */
+  wrote(since: number, frames = 1): void {
+    if (!this.enabled) return;
+    const ms = performance.now() - since;
+    this.ms.write += ms;
+    this.counts.frames += frames;
+    if (this.#inEmit) this.#writeInEmit += ms;
+  }
+
+  reset(): void {
+    for (const s of STAGES) this.ms[s] = 0;
+    for (const k of Object.keys(this.counts) as (keyof ServeProfile['counts'])[]) this.counts[k] = 0;
+  }
+}
