@@ -15,12 +15,13 @@ import WebSocket from 'ws';
 import { initBackend } from '../model/backend.ts';
 import { readCheckpointMeta, saveCheckpoint, versionId } from '../model/checkpoint.ts';
 import { GPT } from '../model/gpt.ts';
-import { Tokenizer } from '../model/tokenizer.ts';
+import type { Tokenizer } from '../model/tokenizer.ts';
 import { registerModelVersion } from '../feedback/model-versions.ts';
 import { openTempStore } from '../feedback/temp-store.ts';
 import { defaultServerConfig } from '../server/config.ts';
 import { loadServedModel } from '../server/model-host.ts';
 import { startServer } from '../server/server.ts';
+import { benchTokenizer } from './bench-tokenizer.ts';
 
 const SMALL = { nLayer: 4, nHead: 4, nEmbd: 128, blockSize: 128, vocabSize: 2048 } as const;
 const TOKEN = 'bench-hot-swap-admin-token';
@@ -38,9 +39,7 @@ export async function benchHotSwap(opts: { streams?: number; swaps?: number } = 
   const swaps = opts.swaps ?? 10;
   await initBackend({ log: () => {} });
   const root = mkdtempSync(join(tmpdir(), 'bench-swap-'));
-  let text = '';
-  for (let i = 0; text.length < 200_000; i++) text += `sentence ${i} about word${i % 997} and thing${(i * 7) % 1009}, number ${i * 13}. `;
-  const tok = Tokenizer.train(text, { vocabSize: SMALL.vocabSize });
+  const tok = benchTokenizer(SMALL.vocabSize);
   const dirA = await save(join(root, 'sft'), tok, 1);
   const dirB = await save(join(root, 'ppo'), tok, 2);
   const store = await openTempStore({ prefix: 'bench_swap' });

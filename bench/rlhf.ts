@@ -6,10 +6,8 @@
  *   {"bench":"ppo","shape":"small","episodes_per_s":…,"tokens_per_s":…,"rollout_share":…,"update_share":…}
  *   {"bench":"reward","shape":"small","pairs_per_s":…}
  */
-import { existsSync, readFileSync } from 'node:fs';
 import { initBackend } from '../model/backend.ts';
 import { GPT } from '../model/gpt.ts';
-import { Tokenizer, type TokenizerJSON } from '../model/tokenizer.ts';
 import { createRng } from '../model/random.ts';
 import type { ChatMessage } from '../model/chat-template.ts';
 import { PpoTrainer } from '../training/ppo.ts';
@@ -17,23 +15,7 @@ import { RewardModelSource } from '../training/reward-source.ts';
 import { trainRewardModel } from '../training/reward-model.ts';
 import type { PreferenceGroup } from '../training/preferences.ts';
 import { SHAPES } from './train.ts';
-
-const WORDS = 'the of and to in is was he for it with as his on be at by had are but from or have an they which one you were all we her she there would their will when who him been has more if no out so said what up its about into than them can only other new some could time these two may then do first any my now such like our over man me even most made after also did many before must through back years where much your way well down should because each just those people how too little state good very make world still own see men work long get here between both life being under never day same another know while last might us great old year off come since against go came right used take three'.split(' ');
-
-function benchTokenizer(vocabSize: number): Tokenizer {
-  const path = 'data/tokenizer.json';
-  if (existsSync(path)) {
-    const tok = Tokenizer.fromJSON(JSON.parse(readFileSync(path, 'utf8')) as TokenizerJSON);
-    if (tok.vocabSize === vocabSize) return tok;
-  }
-  const rng = createRng(7);
-  const text = Array.from({ length: 60_000 }, () => rng.pick(WORDS) + (rng.int(7) ? '' : String(rng.int(1000)))).join(' ');
-  return Tokenizer.train(text, { vocabSize });
-}
-
-function sentence(rng: ReturnType<typeof createRng>, n: number): string {
-  return Array.from({ length: n }, () => rng.pick(WORDS)).join(' ');
-}
+import { benchTokenizer, sentence } from './bench-tokenizer.ts';
 
 export async function benchRlhf(opts: { ppoSteps?: number; rewardSteps?: number } = {}): Promise<Record<string, unknown>[]> {
   const info = await initBackend({ log: () => {} });
