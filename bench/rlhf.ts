@@ -1,10 +1,16 @@
 /**
  * RLHF throughput on the small shape (4 layers, 4 heads, 128 wide, block 128, vocab 2048) with
  * random weights: PPO steps (rollouts + scoring + reference pass, then PPO epochs) and reward-model
- * training steps. Reports the share of a PPO step spent in rollout vs update.
+ * training steps. Reports the time of a PPO step's rollout (sampling, scoring, the policy and
+ * reference passes) and update (advantages, PPO epochs) separately.
  *
- *   {"bench":"ppo","shape":"small","episodes_per_s":…,"tokens_per_s":…,"rollout_share":…,"update_share":…}
- *   {"bench":"reward","shape":"small","pairs_per_s":…}
+ *   {"bench":"ppo","shape":"small","episodes_per_s":…,"rollout_ms":…,"update_ms":…,"before_episodes_per_s":…}
+ *   {"bench":"reward","shape":"small","pairs_per_s":…,"before_pairs_per_s":…}
+ *
+ * `before_*`: the figures of this benchmark on the code before the RLHF speed work (commit
+ * 5054a44, 2026-12-01, the same machine type, three runs: PPO 6.3–7.8 episodes/s, reward model
+ * 33–42 pairs/s; the medians are printed), kept so a run shows how far it is from them. They are
+ * a record, not a measurement of this run; the machines are shared and noisy.
  */
 import { initBackend } from '../model/backend.ts';
 import { GPT } from '../model/gpt.ts';
@@ -17,23 +23,28 @@ import type { PreferenceGroup } from '../training/preferences.ts';
 import { SHAPES } from './train.ts';
 import { benchTokenizer, sentence } from './bench-tokenizer.ts';
 
-export async function benchRlhf(opts: { ppoSteps?: number; rewardSteps?: number } = {}): Promise<Record<string, unknown>[]> {
+const BEFORE = { ppoEpisodesPerS: 6.77, rewardPairsPerS: 37.69 };
+
+export async function benchRlhf(opts: { ppoSteps?: number; rewardSteps?: number; shape?: 'small' | 'tiny' } = {}): Promise<Record<string, unknown>[]> {
   const info = await initBackend({ log: () => {} });
   const backend = info.name + (info.nativeKernels.length ? '+native' : '');
-  const s = SHAPES.small;
+  const shape = opts.shape ?? 'small';
+  const tiny = shape === 'tiny';
+  const s = SHAPES[shape];
   const cfg = { nLayer: s.nLayer, nHead: s.nHead, nEmbd: s.nEmbd, blockSize: s.blockSize, vocabSize: s.vocabSize };
   const tok = benchTokenizer(s.vocabSize);
   const rng = createRng(11);
-  const prompts: ChatMessage[][] = Array.from({ length: 64 }, () => [{ role: 'user', content: sentence(rng, 12) }]);
+  const words = tiny ? { prompt: 4, reply: 6 } : { prompt: 12, reply: 30 };
+  const prompts: ChatMessage[][] = Array.from({ length: 64 }, () => [{ role: 'user', content: sentence(rng, words.prompt) }]);
 
   // ---- PPO: 16 rollouts of up to 48 tokens per step, 4 epochs of minibatches of 8.
   const policy = GPT.create(cfg, 'policy', 1);
   const reference = policy.clone('policy', false);
   const rm = policy.clone('reward');
-  const knobs = { batchSize: 16, minibatchSize: 8, epochs: 4, maxTokens: 48, lr: 1e-5, steps: 100 };
+  const knobs = tiny ? { batchSize: 4, minibatchSize: 2, epochs: 1, maxTokens: 8, lr: 1e-5, steps: 100 } : { batchSize: 16, minibatchSize: 8, epochs: 4, maxTokens: 48, lr: 1e-5, steps: 100 };
   const ppo = new PpoTrainer({ policy, reference, tok, reward: new RewardModelSource(rm, tok), prompts, knobs });
   await ppo.step(); // warm-up (kernel set-up, optimizer slots)
-  const steps = opts.ppoSteps ?? 2;
+  const steps = opts.ppoSteps ?? (tiny ? 1 : 2);
   let rolloutMs = 0, updateMs = 0, tokens = 0;
   const t0 = performance.now();
   for (let i = 0; i < steps; i++) {
@@ -49,24 +60,29 @@ export async function benchRlhf(opts: { ppoSteps?: number; rewardSteps?: number 
 
   // ---- Reward model: Bradley–Terry steps on 8 pairs of ~60-token exchanges.
   const groups: PreferenceGroup[] = Array.from({ length: 64 }, () => ({
-    prompt: [{ role: 'user', content: sentence(rng, 12) }],
-    replies: [sentence(rng, 30), sentence(rng, 30)],
+    prompt: [{ role: 'user', content: sentence(rng, words.prompt) }],
+    replies: [sentence(rng, words.reply), sentence(rng, words.reply)],
     pairs: [[0, 1]],
     weight: 1,
     source: 'bench',
   }));
-  const rSteps = opts.rewardSteps ?? 4;
+  const rSteps = opts.rewardSteps ?? (tiny ? 1 : 4);
   const rcfg = { epochs: 1, groupsPerBatch: 8, unpairedPerBatch: 0, unpairedCoef: 0, lr: 1e-5, minLr: 1e-6, warmup: 0, weightDecay: 0, gradClip: 1, seed: 1 };
   trainRewardModel({ rm, tok, train: { groups: groups.slice(0, 8), unpaired: [] }, val: [], cfg: rcfg, log: () => {} }); // warm-up
   const r = trainRewardModel({ rm, tok, train: { groups: groups.slice(8, 8 + 8 * rSteps), unpaired: [] }, val: [], cfg: rcfg, log: () => {} });
   rm.dispose();
 
+  const episodesPerS = (steps * knobs.batchSize) / seconds;
+  const before = (figure: number, key: string, was: number) => (tiny ? {} : { [`before_${key}`]: was, speedup: +(figure / was).toFixed(2) });
   return [
     {
       bench: 'ppo',
-      shape: 'small',
-      episodes_per_s: +((steps * knobs.batchSize) / seconds).toFixed(3),
+      shape,
+      episodes_per_s: +episodesPerS.toFixed(3),
+      ...before(episodesPerS, 'episodes_per_s', BEFORE.ppoEpisodesPerS),
       tokens_per_s: Math.round(tokens / seconds),
+      rollout_ms: Math.round(rolloutMs / steps),
+      update_ms: Math.round(updateMs / steps),
       rollout_share: +(rolloutMs / (rolloutMs + updateMs)).toFixed(3),
       update_share: +(updateMs / (rolloutMs + updateMs)).toFixed(3),
       step_s: +(seconds / steps).toFixed(2),
@@ -75,7 +91,7 @@ export async function benchRlhf(opts: { ppoSteps?: number; rewardSteps?: number 
       ppo_epochs: knobs.epochs,
       backend,
     },
-    { bench: 'reward', shape: 'small', pairs_per_s: +r.pairsPerSecond.toFixed(2), pairs_per_step: 8, backend },
+    { bench: 'reward', shape, pairs_per_s: +r.pairsPerSecond.toFixed(2), ...before(r.pairsPerSecond, 'pairs_per_s', BEFORE.rewardPairsPerS), pairs_per_step: 8, steps: r.steps, backend },
   ];
 }
 
