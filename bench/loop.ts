@@ -117,8 +117,9 @@ export async function runLoopProbe(
     }
   }
   let load: StreamLoad | undefined;
+  let closing = false;
   const startLoad = (l: string) => {
-    if (o.streams && !load && /ppo step \d+\//.test(l)) load = streamLoad(`ws://127.0.0.1:${srv.port}/ws`, o.streams.n, o.streams.maxTokens);
+    if (o.streams && !load && !closing && /ppo step \d+\//.test(l)) load = streamLoad(`ws://127.0.0.1:${srv.port}/ws`, o.streams.n, o.streams.maxTokens);
   };
   const srv = await startServer(config, { store, ownStore: false, defaultMetrics: false, log: (l) => (log(l), startLoad(l)), loop: toyLoopKnobs(root, sft, { ppoSteps: o.ppoSteps ?? 6, ...o.loop }) });
   const adminGet = async (path: string) => (await (await fetch(`${srv.url}/admin${path}`, { headers: { authorization: `Bearer ${adminToken}` } })).json()) as Record<string, unknown>;
@@ -170,6 +171,7 @@ export async function runLoopProbe(
     servedAfter = ((await (await fetch(`${srv.url}/v1/models`)).json()) as { data: { id: string }[] }).data[0]?.id ?? '';
   } finally {
     h.disable();
+    closing = true;
     await load?.stop();
     await srv.close();
     await store.close();
@@ -197,6 +199,9 @@ function streamLoad(wsUrl: string, n: number, maxTokens: number): StreamLoad {
     const ws = new WebSocket(wsUrl);
     let handler: (m: Record<string, unknown>) => void = () => {};
     ws.on('message', (d) => handler(JSON.parse(String(d)) as Record<string, unknown>));
+    ws.on('error', () => handler({ type: 'error', code: 'socket_error' }));
+    let open = true;
+    ws.on('close', () => ((open = false), handler({ type: 'error', code: 'socket_closed' })));
     const next = (send: object | undefined, done: (m: Record<string, unknown>) => boolean) =>
       new Promise<Record<string, unknown>>((resolve) => {
         const timer = setTimeout(() => resolve({ type: 'error', code: 'timeout' }), 60_000);
@@ -207,7 +212,7 @@ function streamLoad(wsUrl: string, n: number, maxTokens: number): StreamLoad {
       });
     try {
       if ((await next(undefined, (m) => m.type === 'ready')).type !== 'ready') return void errors++;
-      for (let turn = 0; running; turn++) {
+      for (let turn = 0; running && open; turn++) {
         const conv = await next({ type: 'start', userId: `s${i}` }, (m) => m.type === 'conversation');
         if (conv.type === 'error') (errors++, await sleep(100));
         else {
@@ -250,7 +255,7 @@ export async function benchLoop(o: { tiny?: boolean } = {}): Promise<Record<stri
   const streams = { n: o.tiny ? 4 : 16, maxTokens: o.tiny ? 8 : 32, idleMs: o.tiny ? 1500 : 6000 };
   const r = await runLoopProbe({
     ppoSteps: o.tiny ? 4 : 40,
-    timeoutMs: o.tiny ? 30_000 : 120_000,
+    timeoutMs: o.tiny ? 90_000 : 120_000,
     sft: saveSft(shape),
     streams,
     // Every PPO step runs (the disagreement guard of the toy ensemble would stop PPO early), no checkpoints in between.

@@ -165,7 +165,7 @@ async function main(): Promise<void> {
   const json = flags.get('json') === true;
   const only = typeof flags.get('only') === 'string' ? String(flags.get('only')).split(',') : undefined;
   const peerFlag = flags.get('peer');
-  const script = peerFlag === false ? undefined : typeof peerFlag === 'string' ? peerFlag : (process.env.PEER_SCRIPT ?? PEER_SCRIPT);
+  const script = peerFlag === false ? undefined : typeof peerFlag === 'string' ? peerFlag : (process.env.PEER_SCRIPT || PEER_SCRIPT);
   const peerPython = typeof flags.get('peerPython') === 'string' ? String(flags.get('peerPython')) : process.env.PEER_PYTHON || undefined;
   const ctx = new Ctx(flags, flags.get('tiny') === true, script, peerPython);
   const unknown = only?.filter((n) => !BENCHES.some((b) => b.name === n));

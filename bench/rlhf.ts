@@ -46,6 +46,7 @@ export async function benchRlhf(opts: { ppoSteps?: number; rewardSteps?: number;
   await ppo.step(); // warm-up (kernel set-up, optimizer slots)
   const steps = opts.ppoSteps ?? (tiny ? 1 : 2);
   let rolloutMs = 0, updateMs = 0, tokens = 0;
+  const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   for (let i = 0; i < steps; i++) {
     const st = await ppo.step();
@@ -54,6 +55,7 @@ export async function benchRlhf(opts: { ppoSteps?: number; rewardSteps?: number;
     tokens += st.replyLength * knobs.batchSize;
   }
   const seconds = (performance.now() - t0) / 1000;
+  const cpu = process.cpuUsage(cpu0);
   ppo.dispose();
   policy.dispose();
   reference.dispose();
@@ -86,6 +88,8 @@ export async function benchRlhf(opts: { ppoSteps?: number; rewardSteps?: number;
       rollout_share: +(rolloutMs / (rolloutMs + updateMs)).toFixed(3),
       update_share: +(updateMs / (rolloutMs + updateMs)).toFixed(3),
       step_s: +(seconds / steps).toFixed(2),
+      // CPU time of this process per step (both native threads): steadier than wall time on a shared machine.
+      cpu_s_per_step: +((cpu.user + cpu.system) / 1e6 / steps).toFixed(2),
       rollouts_per_step: knobs.batchSize,
       max_tokens: knobs.maxTokens,
       ppo_epochs: knobs.epochs,
