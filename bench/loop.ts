@@ -277,6 +277,8 @@ export async function benchLoop(o: { tiny?: boolean } = {}): Promise<Record<stri
       chat_failures: r.chat_failures,
       outcome: /^loop: (\w+)/.exec(r.outcome)?.[1] ?? 'none',
       stream_errors: r.stream_errors,
+      // When the loop never reached PPO, where it was: the figures above then mean nothing.
+      ...(r.ppo_steps ? {} : { last_log: r.log.filter((l) => !/^(GET|POST) /.test(l)).slice(-3) }),
     },
   ];
 }

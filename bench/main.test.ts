@@ -26,7 +26,14 @@ function bench(cwd: string, args: string[], timeout = 120_000) {
   return spawnSync(process.execPath, ['--import', tsx, main, '--json', ...args], { cwd, encoding: 'utf8', timeout, env: { ...process.env, PEER_PYTHON: '', PEER_SCRIPT: '' } });
 }
 
-const lines = (stdout: string) => stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+/** The benchmark lines of a run (without the `machine` lines that open and close it, which are checked here). */
+function lines(stdout: string): Record<string, unknown>[] {
+  const all = stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+  assert.equal(all[0]?.bench, 'machine', stdout);
+  assert.equal(all[all.length - 1]?.bench, 'machine', stdout);
+  assert.ok((all[0]!.cpus as number) > 0 && typeof all[0]!.load_avg_1m === 'number', stdout);
+  return all.slice(1, -1);
+}
 
 test('the peer python is the first python3 on PATH with PyTorch 2.x; one with 1.x or none is never used, and the reason says what was found', () => {
   const root = mkdtempSync(join(tmpdir(), 'bench-peer-'));
@@ -56,7 +63,9 @@ test('training lines carry the peer figure with its PyTorch version and threads,
     const python = fakePython(join(root, 'bin'), '2.13.0+cpu', { train_tokens_per_s: 250, gemm_gflops: 80 });
     const r = bench(root, ['--only', 'train', '--tiny', '--peer-python', python]);
     assert.equal(r.status, 0, r.stderr);
-    const [roof, train] = lines(r.stdout);
+    const out = lines(r.stdout);
+    const roof = out.find((l) => l.bench === 'gemm_roof');
+    const train = out.find((l) => l.bench === 'train');
     assert.equal(roof!.bench, 'gemm_roof');
     assert.ok((roof!.gflops as number) > 0);
     assert.equal(roof!.peer_gflops, 80);
@@ -109,12 +118,13 @@ test('every benchmark runs at a tiny size in a fresh clone (no data/ directory) 
       assert.ok(out.length > 0, `${name} printed nothing`);
       for (const line of out) assert.equal(typeof line.bench, 'string', `${name}: ${JSON.stringify(line)}`);
       if (name === 'rlhf') {
-        const [ppo, reward] = out;
+        const ppo = out.find((l) => l.bench === 'ppo');
+        const reward = out.find((l) => l.bench === 'reward');
         assert.ok((ppo!.episodes_per_s as number) > 0 && (ppo!.rollout_ms as number) > 0 && (ppo!.update_ms as number) > 0, JSON.stringify(ppo));
         assert.ok((reward!.pairs_per_s as number) > 0, JSON.stringify(reward));
       }
       if (name === 'loop') {
-        const [loop] = out;
+        const loop = out.find((l) => l.bench === 'loop');
         assert.ok((loop!.idle_tokens_per_s as number) > 0 && (loop!.training_tokens_per_s as number) > 0, JSON.stringify(loop));
         assert.equal(loop!.tokens_share, +((loop!.training_tokens_per_s as number) / (loop!.idle_tokens_per_s as number)).toFixed(3));
         assert.ok(Number.isFinite(loop!.p99_ms) && (loop!.ppo_steps as number) > 0, JSON.stringify(loop));

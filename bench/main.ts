@@ -10,6 +10,7 @@
  *
  * `--tiny` runs every benchmark at a size that takes seconds (for tests; figures meaningless).
  */
+import { cpus, loadavg } from 'node:os';
 import { parseArgv } from '../model/config.ts';
 import { initBackend } from '../model/backend.ts';
 import { benchTrain, trainFlopsPerToken, SHAPES, type ShapeName } from './train.ts';
@@ -170,13 +171,18 @@ async function main(): Promise<void> {
   const ctx = new Ctx(flags, flags.get('tiny') === true, script, peerPython);
   const unknown = only?.filter((n) => !BENCHES.some((b) => b.name === n));
   if (unknown?.length) throw new Error(`unknown benchmark ${unknown.join(', ')}; known: ${BENCHES.map((b) => b.name).join(', ')}`);
+  const print = (line: Line) => {
+    if (json) console.log(JSON.stringify(line));
+    else console.log(Object.entries(line).map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : v}`).join(' '));
+  };
+  // What else the machine was doing: on a shared machine every figure depends on it.
+  const machine = (when: string): Line => ({ bench: 'machine', when, cpus: cpus().length, cpu: cpus()[0]?.model ?? '', load_avg_1m: +loadavg()[0]!.toFixed(2), node: process.version });
+  print(machine('start'));
   for (const b of BENCHES) {
     if (only && !only.includes(b.name)) continue;
-    for (const line of await b.run(ctx)) {
-      if (json) console.log(JSON.stringify(line));
-      else console.log(Object.entries(line).map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : v}`).join(' '));
-    }
+    for (const line of await b.run(ctx)) print(line);
   }
+  print(machine('end'));
 }
 
 // Exit explicitly: the wasm backend and closed servers can keep the event loop alive for a while.
