@@ -7,10 +7,11 @@
  *   {"bench":"ppo","shape":"small","episodes_per_s":…,"rollout_ms":…,"update_ms":…,"before_episodes_per_s":…}
  *   {"bench":"reward","shape":"small","pairs_per_s":…,"before_pairs_per_s":…}
  *
- * `before_*`: the figures of this benchmark on the code before the RLHF speed work (commit
- * 5054a44, 2026-12-01, the same machine type, three runs: PPO 6.3–7.8 episodes/s, reward model
- * 33–42 pairs/s; the medians are printed), kept so a run shows how far it is from them. They are
- * a record, not a measurement of this run; the machines are shared and noisy.
+ * `before_*`: the figures of this benchmark on the code issue 13 started from (commit 5054a44,
+ * 2026-12-01, the same machine type at a load average near 1, three runs: PPO 6.3–7.8
+ * episodes/s, reward model 33–42 pairs/s; the medians are printed), kept so a run shows how far
+ * it is from them (the issue's target is 2×). They are a record, not a measurement of this run:
+ * compare them only with a run whose `machine` lines show a quiet machine.
  */
 import { initBackend } from '../model/backend.ts';
 import { GPT } from '../model/gpt.ts';
