@@ -14,9 +14,10 @@ import { jsonOption } from '../cli/options.ts';
 
 type Line = Record<string, unknown>;
 
-const SHAPES: Readonly<Record<'small' | 'medium', GPTConfig>> = {
+const SHAPES: Readonly<Record<'small' | 'medium' | 'tiny', GPTConfig>> = {
   small: { nLayer: 4, nHead: 4, nEmbd: 128, blockSize: 128, vocabSize: 2048 },
   medium: { nLayer: 6, nHead: 8, nEmbd: 256, blockSize: 256, vocabSize: 4096 },
+  tiny: { nLayer: 1, nHead: 2, nEmbd: 32, blockSize: 32, vocabSize: 300 },
 };
 const PROMPT = 20;
 const RUNS = 3;
@@ -36,11 +37,12 @@ function stepMs(gpt: GPT, batch: number, path: DecodePath, steps: number): numbe
   return best;
 }
 
-/** Decode lines for every shape, batch and available path. */
-export async function benchDecode(): Promise<Line[]> {
+/** Decode lines for every shape (small and medium, or `shapes`), batch and available path. */
+export async function benchDecode(opts: { shapes?: readonly (keyof typeof SHAPES)[] } = {}): Promise<Line[]> {
   await initBackend({ log: () => {} });
   const out: Line[] = [];
-  for (const [shape, cfg] of Object.entries(SHAPES)) {
+  for (const shape of opts.shapes ?? (['small', 'medium'] as const)) {
+    const cfg = SHAPES[shape];
     const gpt = GPT.create(cfg, 'policy', 3);
     const paths: DecodePath[] = gpt.decodePath() === 'native' ? ['native', 'tfjs'] : ['tfjs'];
     const steps = Math.floor((cfg.blockSize - PROMPT - 1) / RUNS);

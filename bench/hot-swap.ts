@@ -15,7 +15,7 @@ import WebSocket from 'ws';
 import { initBackend } from '../model/backend.ts';
 import { readCheckpointMeta, saveCheckpoint, versionId } from '../model/checkpoint.ts';
 import { GPT } from '../model/gpt.ts';
-import { Tokenizer } from '../model/tokenizer.ts';
+import type { Tokenizer } from '../model/tokenizer.ts';
 import { registerModelVersion } from '../feedback/model-versions.ts';
 import { openTempStore } from '../feedback/temp-store.ts';
 import { defaultServerConfig } from '../server/config.ts';
@@ -24,28 +24,31 @@ import { startServer } from '../server/server.ts';
 import { z } from 'zod';
 import { isMain, printFigures, runCommand } from '../cli/command.ts';
 import { jsonOption } from '../cli/options.ts';
+import { benchTokenizer } from './bench-tokenizer.ts';
 
-const SMALL = { nLayer: 4, nHead: 4, nEmbd: 128, blockSize: 128, vocabSize: 2048 } as const;
+const SHAPES = {
+  small: { nLayer: 4, nHead: 4, nEmbd: 128, blockSize: 128, vocabSize: 2048 },
+  tiny: { nLayer: 1, nHead: 2, nEmbd: 32, blockSize: 64, vocabSize: 300 },
+} as const;
 const TOKEN = 'bench-hot-swap-admin-token';
 
-async function save(dir: string, tok: Tokenizer, seed: number): Promise<string> {
-  const config = { ...SMALL, vocabSize: tok.vocabSize };
+async function save(dir: string, tok: Tokenizer, shape: keyof typeof SHAPES, seed: number): Promise<string> {
+  const config = { ...SHAPES[shape], vocabSize: tok.vocabSize };
   const gpt = GPT.create(config, 'policy', seed);
   saveCheckpoint(dir, { weights: await gpt.exportWeights(), meta: { stage: 'sft', kind: 'policy', config, tokenizerFingerprint: tok.fingerprint(), parent: null, step: 0, metrics: {}, runConfig: {} }, tokenizer: tok.toJSON() });
   gpt.dispose();
   return dir;
 }
 
-export async function benchHotSwap(opts: { streams?: number; swaps?: number } = {}): Promise<Record<string, unknown>> {
+export async function benchHotSwap(opts: { streams?: number; swaps?: number; shape?: keyof typeof SHAPES } = {}): Promise<Record<string, unknown>> {
+  const shape = opts.shape ?? 'small';
   const streams = opts.streams ?? 16;
   const swaps = opts.swaps ?? 10;
   await initBackend({ log: () => {} });
   const root = mkdtempSync(join(tmpdir(), 'bench-swap-'));
-  let text = '';
-  for (let i = 0; text.length < 200_000; i++) text += `sentence ${i} about word${i % 997} and thing${(i * 7) % 1009}, number ${i * 13}. `;
-  const tok = Tokenizer.train(text, { vocabSize: SMALL.vocabSize });
-  const dirA = await save(join(root, 'sft'), tok, 1);
-  const dirB = await save(join(root, 'ppo'), tok, 2);
+  const tok = benchTokenizer(SHAPES[shape].vocabSize);
+  const dirA = await save(join(root, 'sft'), tok, shape, 1);
+  const dirB = await save(join(root, 'ppo'), tok, shape, 2);
   const store = await openTempStore({ prefix: 'bench_swap' });
   const srv = await startServer(defaultServerConfig({ port: 0, host: '127.0.0.1', adminToken: TOKEN, maxTokens: 4096, requestsPerMinute: 1_000_000, messagesPerSecond: 100_000 }), { model: await loadServedModel(dirA), store, ownStore: true, defaultMetrics: false, log: () => {} });
   await srv.ready;
@@ -83,7 +86,7 @@ export async function benchHotSwap(opts: { streams?: number; swaps?: number } = 
       const ok = await new Promise<boolean>((res) => {
         resolveReply = res;
         const t = setTimeout(() => res(false), 60_000);
-        ws.send(JSON.stringify({ type: 'user_message', conversationId, content: `tell me about word${i}`, params: { maxTokens: 100, temperature: 1, seed: i } }));
+        ws.send(JSON.stringify({ type: 'user_message', conversationId, content: `tell me about word${i}`, params: { maxTokens: shape === 'tiny' ? 16 : 100, temperature: 1, seed: i } }));
         resolveReply = (v) => (clearTimeout(t), res(v));
       });
       if (!ok) failed++;
@@ -118,7 +121,7 @@ export async function benchHotSwap(opts: { streams?: number; swaps?: number } = 
   }
   await srv.close();
   rmSync(root, { recursive: true, force: true });
-  return { bench: 'hot_swap', shape: 'small', pause_ms: +Math.max(0, worst - normal).toFixed(1), failed_requests: failed, errors: Object.fromEntries(errors), streams, swaps, normal_gap_ms: +normal.toFixed(1), max_gap_ms: +worst.toFixed(1) };
+  return { bench: 'hot_swap', shape, pause_ms: +Math.max(0, worst - normal).toFixed(1), failed_requests: failed, errors: Object.fromEntries(errors), streams, swaps, normal_gap_ms: +normal.toFixed(1), max_gap_ms: +worst.toFixed(1) };
 }
 
 if (isMain(import.meta.url)) {

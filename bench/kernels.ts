@@ -74,21 +74,21 @@ function dims(c: GemmCase): { m: number; n: number; k: number; batch: number } {
   return { m, n, k, batch };
 }
 
-function runAll(backend: string, native: boolean): Line[] {
+function runAll(backend: string, native: boolean, budgetMs: number): Line[] {
   const out: Line[] = [];
   for (const c of GEMMS) {
     if (!native && c.nativeOnly) continue;
     const { m, n, k, batch } = dims(c);
     const a = tf.randomNormal(c.a);
     const b = tf.randomNormal(c.b);
-    const s = bestSeconds(() => tf.matMul(a, b, c.transA, c.transB).dispose());
+    const s = bestSeconds(() => tf.matMul(a, b, c.transA, c.transB).dispose(), budgetMs);
     tf.dispose([a, b]);
     const gflops = +((2 * batch * m * n * k) / s / 1e9).toFixed(2);
     out.push({ bench: 'gemm', batch, m, n, k, transA: c.transA, transB: c.transB, gflops, us: +(s * 1e6).toFixed(1), backend });
   }
   for (const t of TRANSPOSES) {
     const x = tf.randomNormal(t.shape);
-    const s = bestSeconds(() => tf.transpose(x, t.perm).dispose());
+    const s = bestSeconds(() => tf.transpose(x, t.perm).dispose(), budgetMs);
     const gbps = +((2 * 4 * x.size) / s / 1e9).toFixed(2);
     x.dispose();
     out.push({ bench: 'transpose', shape: t.shape, perm: t.perm, gbps, us: +(s * 1e6).toFixed(1), backend });
@@ -96,8 +96,31 @@ function runAll(backend: string, native: boolean): Line[] {
   return out;
 }
 
-/** Lines for wasm with native kernels (when the addon loads) and for plain wasm. */
-export async function benchKernels(): Promise<Line[]> {
+/**
+ * The project's GEMM roof: the best GFLOP/s of a 1024³ float32 `tf.matMul` over the four
+ * transpose cases, with the native kernels when they load (else the wasm backend's own), on the
+ * backend in use. Training MFU is model FLOP/s over this figure, measured in the same run.
+ */
+export function gemmRoof(budgetMs = 150): { gflops: number; backend: string } {
+  const native = nativeKernelsRegistered().length > 0;
+  const a = tf.randomNormal([1024, 1024]);
+  const b = tf.randomNormal([1024, 1024]);
+  let best = 0;
+  for (const [ta, tb] of [[false, false], [false, true], [true, false], [true, true]] as const) {
+    const s = bestSeconds(() => tf.matMul(a, b, ta, tb).dispose(), budgetMs);
+    best = Math.max(best, (2 * 1024 ** 3) / s / 1e9);
+    if (!native) break; // the plain wasm slow path (transposed) takes seconds and is never the best
+  }
+  tf.dispose([a, b]);
+  return { gflops: +best.toFixed(1), backend: tf.getBackend() + (native ? '+native' : '') };
+}
+
+/**
+ * Lines for wasm with native kernels (when the addon loads) and for plain wasm (unless
+ * `baseline` is false, or the addon does not load); `budgetMs` of timed calls per case.
+ */
+export async function benchKernels(opts: { budgetMs?: number; baseline?: boolean } = {}): Promise<Line[]> {
+  const budgetMs = opts.budgetMs ?? 150;
   const previous = tf.getBackend();
   if (previous !== 'wasm') {
     if (!(await tf.setBackend('wasm'))) throw new Error('the wasm backend does not load');
@@ -106,10 +129,10 @@ export async function benchKernels(): Promise<Line[]> {
   const hadNative = nativeKernelsRegistered().length > 0;
   const lines: Line[] = [];
   try {
-    if (registerNativeKernels().length > 0) lines.push(...runAll('wasm+native', true));
+    if (registerNativeKernels().length > 0) lines.push(...runAll('wasm+native', true, budgetMs));
     else console.error(`bench kernels: native kernels ${nativeKernelsStatus()}`);
     unregisterNativeKernels();
-    lines.push(...runAll('wasm', false));
+    if (opts.baseline !== false || !lines.length) lines.push(...runAll('wasm', false, budgetMs));
   } finally {
     if (hadNative) registerNativeKernels();
     else unregisterNativeKernels();

@@ -29,7 +29,7 @@ import WebSocket from 'ws';
 import { initBackend } from '../model/backend.ts';
 import { readCheckpointMeta, saveCheckpoint, versionId } from '../model/checkpoint.ts';
 import { GPT, type GPTConfig } from '../model/gpt.ts';
-import { Tokenizer } from '../model/tokenizer.ts';
+import type { Tokenizer } from '../model/tokenizer.ts';
 import { registerModelVersion } from '../feedback/model-versions.ts';
 import { openTempStore } from '../feedback/temp-store.ts';
 import { defaultServerConfig } from '../server/config.ts';
@@ -37,6 +37,7 @@ import { loadServedModel } from '../server/model-host.ts';
 import { startServer } from '../server/server.ts';
 import { z } from 'zod';
 import { isMain, printFigures, runCommand } from '../cli/command.ts';
+import { benchTokenizer } from './bench-tokenizer.ts';
 
 const SHAPES = {
   small: { nLayer: 4, nHead: 4, nEmbd: 128, blockSize: 128, vocabSize: 2048 },
@@ -128,9 +129,7 @@ export async function benchLoad(opts: LoadOptions = {}): Promise<Record<string, 
   const shape = opts.shape ?? 'small';
   await initBackend({ log: () => {} });
   const root = mkdtempSync(join(tmpdir(), 'bench-load-'));
-  let text = '';
-  for (let i = 0; text.length < (shape === 'small' ? 200_000 : 20_000); i++) text += `sentence ${i} about word${i % 997} and thing${(i * 7) % 1009}, number ${i * 13}. `;
-  const tok = Tokenizer.train(text, { vocabSize: SHAPES[shape].vocabSize });
+  const tok = benchTokenizer(SHAPES[shape].vocabSize);
   const dirA = await save(join(root, 'sft'), tok, shape, 1);
   const dirB = await save(join(root, 'ppo'), tok, shape, 2);
   const store = await openTempStore({ prefix: 'bench_load' });

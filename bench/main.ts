@@ -1,23 +1,30 @@
 /**
- * `npm run bench -- [--json] [--only NAME[,NAME]] [--peer PATH]`: the project's benchmarks, one
- * JSON object per line with `--json`. `load` takes `--clients N --seconds S --swaps K [--shape tiny]`.
+ * `npm run bench -- [--json] [--only NAME[,NAME]] [--tiny] [--peer-python PYTHON] [--peer PATH | --no-peer]`:
+ * the project's benchmarks, one JSON object per line with `--json`. `load` takes
+ * `--clients N --seconds S --swaps K [--shape tiny]`.
  *
- * `--peer PATH` (or `PEER_SCRIPT`) runs the PyTorch peer script (`torch_gpt.py`) on the same
- * shapes in the same run and adds `peer_tokens_per_s` and `ratio` to the training lines, so the
- * comparison is made on one machine at one moment.
+ * The PyTorch peer (bench/peer/torch_gpt.py, or `--peer PATH` / `PEER_SCRIPT`) runs on the same
+ * shapes in the same run, with `--peer-python` / `PEER_PYTHON`, else the first `python3` on PATH
+ * whose PyTorch is 2.x (bench/peer.ts). Lines it applies to get `peer_tokens_per_s`, `ratio`,
+ * `peer_torch` and `peer_threads`; when it cannot run, `peer_skipped` says why. `--no-peer` skips it.
+ *
+ * `--tiny` runs every benchmark at a size that takes seconds (for tests; figures meaningless).
  */
-import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { cpus, loadavg } from 'node:os';
 import { z } from 'zod';
 import { printFigures, runCommand } from '../cli/command.ts';
 import { jsonOption } from '../cli/options.ts';
-import { benchTrain, SHAPES, type ShapeName } from './train.ts';
+import { initBackend } from '../model/backend.ts';
+import { benchTrain, trainFlopsPerToken, SHAPES, type ShapeName } from './train.ts';
+import { findPeerPython, PEER_SCRIPT, runPeer, type PeerFigures, type PeerPython } from './peer.ts';
 
 type Line = Record<string, unknown>;
 type Bench = { name: string; run: (ctx: Ctx) => Promise<Line[]> };
 export const BenchConfig = z.object({
   only: z.string().optional().describe('comma-separated benchmarks to run (default: all)'),
-  peer: z.string().optional().describe('PyTorch peer script (torch_gpt.py) run on the same shapes (default: PEER_SCRIPT)'),
+  tiny: z.boolean().default(false).describe('every benchmark at a size that takes seconds (for tests; figures meaningless)'),
+  peer: z.union([z.string(), z.literal(false)]).optional().describe('PyTorch peer script run on the same shapes (default: PEER_SCRIPT, else bench/peer/torch_gpt.py); --no-peer skips it'),
+  peerPython: z.string().optional().describe('python that runs the peer (default: PEER_PYTHON, else the first python3 on PATH whose PyTorch is 2.x)'),
   clients: z.number().int().positive().optional().describe('load: concurrent WebSocket clients'),
   seconds: z.number().positive().optional().describe('load: duration'),
   swaps: z.number().int().nonnegative().optional().describe('load: hot swaps during the run'),
@@ -26,35 +33,77 @@ export const BenchConfig = z.object({
 });
 type BenchConfig = Readonly<z.infer<typeof BenchConfig>>;
 
-interface Ctx {
-  peer?: string;
-  cfg: BenchConfig;
-}
+/** What every benchmark gets: the flags, the size, and the peer (found and run at most once per shape). */
+class Ctx {
+  private python?: PeerPython;
+  private readonly figures = new Map<ShapeName, PeerFigures | { skipped: string }>();
 
-function runPeer(script: string, shape: ShapeName): Line | undefined {
-  const s = SHAPES[shape];
-  const python = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
-  const r = spawnSync(python, [script, '--layers', `${s.nLayer}`, '--heads', `${s.nHead}`, '--embd', `${s.nEmbd}`, '--block', `${s.blockSize}`, '--vocab', `${s.vocabSize}`, '--batch', `${s.batch}`], { encoding: 'utf8' });
-  if (r.status !== 0) {
-    console.error(`peer failed on ${shape}: ${r.stderr.trim().split('\n').pop()}`);
-    return undefined;
+  constructor(
+    readonly cfg: BenchConfig,
+    readonly tiny: boolean,
+    /** The peer script, or undefined when the peer is off. */
+    private readonly script: string | undefined,
+    private readonly peerPython: string | undefined,
+  ) {}
+
+  /** The peer's figures on `shape`, or why there are none (the reason is printed once). */
+  peer(shape: ShapeName): PeerFigures | { skipped: string } {
+    const hit = this.figures.get(shape);
+    if (hit) return hit;
+    let out: PeerFigures | { skipped: string };
+    if (!this.script) out = { skipped: 'peer off (--no-peer)' };
+    else {
+      this.python ??= findPeerPython(this.peerPython);
+      if ('skipped' in this.python) out = this.python;
+      else {
+        try {
+          out = runPeer(this.python.python, this.script, SHAPES[shape]);
+        } catch (err) {
+          out = { skipped: (err as Error).message };
+        }
+      }
+    }
+    if ('skipped' in out && this.script && ![...this.figures.values()].some((f) => 'skipped' in f && f.skipped === out.skipped)) console.error(`bench: peer skipped: ${out.skipped}`);
+    this.figures.set(shape, out);
+    return out;
   }
-  return JSON.parse(r.stdout.trim().split('\n').pop()!) as Line;
+
+  /** Adds the peer's figure `pick(peer)` beside `line[key]`: the figure, the ratio, PyTorch's version and threads. */
+  compare(line: Line, shape: ShapeName, key: string, pick: (p: PeerFigures) => number | undefined): void {
+    const p = this.peer(shape);
+    if ('skipped' in p) {
+      line.peer_skipped = p.skipped;
+      return;
+    }
+    const figure = pick(p);
+    if (figure === undefined) return;
+    line[`peer_${key}`] = figure;
+    line.ratio = +((line[key] as number) / figure).toFixed(3);
+    line.peer_torch = p.peer.replace(/^pytorch-/, '');
+    line.peer_threads = p.threads;
+  }
 }
 
 const BENCHES: Bench[] = [
   {
     name: 'train',
     run: async (ctx) => {
-      const out: Line[] = [];
-      for (const shape of ['small', 'medium'] as const) {
-        const line: Line = await benchTrain(shape);
-        if (ctx.peer) {
-          const peer = runPeer(ctx.peer, shape);
-          if (peer) {
-            line.peer_tokens_per_s = peer.train_tokens_per_s;
-            line.ratio = +((line.tokens_per_s as number) / (peer.train_tokens_per_s as number)).toFixed(3);
-          }
+      await initBackend({ log: () => {} });
+      const { gemmRoof } = await import('./kernels.ts');
+      const roof = gemmRoof(ctx.tiny ? 20 : 150);
+      const shapes: ShapeName[] = ctx.tiny ? ['tiny'] : ['small', 'medium'];
+      const roofLine: Line = { bench: 'gemm_roof', m: 1024, n: 1024, k: 1024, gflops: roof.gflops, backend: roof.backend };
+      ctx.compare(roofLine, shapes[0]!, 'gflops', (p) => p.gemm_gflops);
+      const out: Line[] = [roofLine];
+      for (const shape of shapes) {
+        const line = await benchTrain(shape, { gemmGflops: roof.gflops, ...(ctx.tiny ? { steps: 2 } : {}) });
+        ctx.compare(line, shape, 'tokens_per_s', (p) => p.train_tokens_per_s);
+        const peer = ctx.peer(shape);
+        if (!('skipped' in peer)) {
+          const flops = trainFlopsPerToken(shape, line.params as number);
+          line.mfu_peer_roof = +((line.gflops as number) / peer.gemm_gflops).toFixed(3);
+          line.peer_mfu = +((peer.train_tokens_per_s * flops) / 1e9 / peer.gemm_gflops).toFixed(3);
+          line.peer_gemm_gflops = peer.gemm_gflops;
         }
         out.push(line);
       }
@@ -63,75 +112,84 @@ const BENCHES: Bench[] = [
   },
   {
     name: 'feedback_ingest',
-    run: async () => {
+    run: async (ctx) => {
       const { benchFeedbackIngest } = await import('./feedback-ingest.ts');
-      const out = [await benchFeedbackIngest({})];
-      if (process.env.DATABASE_URL?.startsWith('postgres')) out.push(await benchFeedbackIngest({ url: process.env.DATABASE_URL }));
+      const seconds = ctx.tiny ? 0.5 : undefined;
+      const out = [await benchFeedbackIngest({ seconds })];
+      if (process.env.DATABASE_URL?.startsWith('postgres')) out.push(await benchFeedbackIngest({ url: process.env.DATABASE_URL, seconds }));
       return out;
     },
   },
   {
     name: 'decode',
     run: async (ctx) => {
-      const lines: Line[] = await (await import('./decode.ts')).benchDecode();
-      if (ctx.peer) {
-        const peers = new Map<string, Line | undefined>();
-        for (const line of lines) {
-          const shape = line.shape as ShapeName;
-          if (!peers.has(shape)) peers.set(shape, runPeer(ctx.peer, shape));
-          const peer = peers.get(shape);
-          if (!peer) continue;
-          line.peer_tokens_per_s = line.batch === 1 ? peer.gen_tokens_per_s : peer.gen_batch_tokens_per_s;
-          line.ratio = +((line.tokens_per_s as number) / (line.peer_tokens_per_s as number)).toFixed(3);
-        }
-      }
+      const lines: Line[] = await (await import('./decode.ts')).benchDecode(ctx.tiny ? { shapes: ['tiny'] } : {});
+      for (const line of lines) ctx.compare(line, line.shape as ShapeName, 'tokens_per_s', (p) => (line.batch === 1 ? p.gen_tokens_per_s : line.batch === p.gen_batch ? p.gen_batch_tokens_per_s : undefined));
       return lines;
     },
   },
   {
     name: 'generate',
-    run: async () => (await import('./generate.ts')).benchGenerate(),
+    run: async (ctx) => {
+      const lines: Line[] = await (await import('./generate.ts')).benchGenerate(ctx.tiny ? { shape: 'tiny', seconds: 1, skipIdle: true, wsStreams: [2], openaiStreams: [2] } : {});
+      for (const line of lines) {
+        if (line.bench !== 'generate') continue;
+        const n = line.concurrency as number;
+        // Streams through the server against the peer decoding as many sequences in one batch.
+        ctx.compare(line, 'small', 'tokens_per_s', (p) => (n === 1 ? p.gen_tokens_per_s : n === p.gen_batch ? p.gen_batch_tokens_per_s : undefined));
+      }
+      return lines;
+    },
   },
   {
     name: 'rlhf',
-    run: async () => (await import('./rlhf.ts')).benchRlhf(),
+    run: async (ctx) => (await import('./rlhf.ts')).benchRlhf(ctx.tiny ? { shape: 'tiny' } : {}),
   },
   {
     name: 'loop',
-    run: async () => (await import('./loop.ts')).benchLoop(),
+    run: async (ctx) => (await import('./loop.ts')).benchLoop({ tiny: ctx.tiny }),
   },
   {
     name: 'hot_swap',
-    run: async () => [await (await import('./hot-swap.ts')).benchHotSwap()],
+    run: async (ctx) => [await (await import('./hot-swap.ts')).benchHotSwap(ctx.tiny ? { streams: 2, swaps: 1, shape: 'tiny' } : {})],
   },
   {
     name: 'load',
     run: async (ctx) => {
-      const { clients, seconds, swaps, shape } = ctx.cfg;
+      const { clients, seconds, swaps } = ctx.cfg;
       const { benchLoad } = await import('./load.ts');
-      return [await benchLoad({ clients, seconds, swaps, shape })];
+      const tiny = ctx.tiny ? { clients: 4, seconds: 3, swaps: 1 } : {};
+      return [await benchLoad({ ...tiny, clients: clients ?? tiny.clients, seconds: seconds ?? tiny.seconds, swaps: swaps ?? tiny.swaps, shape: ctx.cfg.shape ?? (ctx.tiny ? 'tiny' : undefined) })];
     },
   },
   {
     name: 'gemm',
-    run: async () => {
+    run: async (ctx) => {
       const { benchKernels } = await import('./kernels.ts');
-      return benchKernels();
+      const lines = await benchKernels(ctx.tiny ? { budgetMs: 10, baseline: false } : {});
+      const square = lines.find((l) => l.bench === 'gemm' && l.m === 1024 && l.n === 1024 && l.k === 1024 && !l.transA && !l.transB);
+      if (square) ctx.compare(square, ctx.tiny ? 'tiny' : 'small', 'gflops', (p) => p.gemm_gflops);
+      return lines;
     },
   },
 ];
 
 async function main(cfg: BenchConfig): Promise<void> {
   const only = cfg.only?.split(',');
-  const ctx: Ctx = { peer: cfg.peer ?? process.env.PEER_SCRIPT, cfg };
+  const script = cfg.peer === false ? undefined : (cfg.peer ?? (process.env.PEER_SCRIPT || PEER_SCRIPT));
+  const ctx = new Ctx(cfg, cfg.tiny, script, cfg.peerPython ?? (process.env.PEER_PYTHON || undefined));
   const unknown = only?.filter((n) => !BENCHES.some((b) => b.name === n));
   if (unknown?.length) throw new Error(`unknown benchmark ${unknown.join(', ')}; known: ${BENCHES.map((b) => b.name).join(', ')}`);
+  // What else the machine was doing: on a shared machine every figure depends on it.
+  const machine = (when: string): Line => ({ bench: 'machine', when, cpus: cpus().length, cpu: cpus()[0]?.model ?? '', load_avg_1m: +loadavg()[0]!.toFixed(2), node: process.version });
+  printFigures([machine('start')], cfg.json);
   for (const b of BENCHES) {
     if (only && !only.includes(b.name)) continue;
     printFigures(await b.run(ctx), cfg.json);
   }
+  printFigures([machine('end')], cfg.json);
 }
 
 // Exit explicitly: the wasm backend and closed servers can keep the event loop alive for a while.
-await runCommand({ usage: 'npm run bench -- [--json] [--only NAME[,NAME]] [--peer PATH] [load: --clients N --seconds S --swaps K --shape tiny|small]', schema: BenchConfig, envPrefix: 'BENCH' }, main);
+await runCommand({ usage: 'npm run bench -- [--json] [--only NAME[,NAME]] [--tiny] [--peer-python PYTHON] [--peer PATH | --no-peer] [load: --clients N --seconds S --swaps K --shape tiny|small]', schema: BenchConfig, envPrefix: 'BENCH' }, main);
 process.exit(process.exitCode ?? 0);

@@ -39,7 +39,8 @@ export function startLoopProcess(config: ServerConfig, o: LoopHostOptions = {}):
   const url = storeUrl(config.database);
   if (url !== undefined) env.DATABASE_URL = url;
   const child = fork(entry, [JSON.stringify({ loop: o.loop ?? {}, store })], {
-    execArgv: ['--import', 'tsx'],
+    // tsx as this module resolves it: a bare 'tsx' would be looked up from the working directory.
+    execArgv: ['--import', import.meta.resolve('tsx')],
     env,
     stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
   });

@@ -10,7 +10,13 @@
  *
  *   argv[2]: JSON `{ loop: Partial<OnlineLoopConfig>, store: StoreOptions }`; LOOP_<NAME> in the
  *   environment sets any loop knob the JSON leaves out.
+ *
+ * The loop takes what the server leaves of the CPU: its process runs at a low priority (nice 10:
+ * about a tenth of a default process's share of a core both want) and its native kernels on one
+ * thread (`TF_NATIVE_THREADS`, unless the environment sets it), so a server serving 16 streams
+ * keeps most of its idle throughput while PPO runs, and the loop still gets the idle time.
  */
+import { setPriority } from 'node:os';
 import { parseConfig } from '../cli/config.ts';
 import type { StoreOptions } from '../feedback/open-store.ts';
 import { OnlineLoopConfig, onlineLoop } from './online-loop.ts';
@@ -33,6 +39,13 @@ process.on('disconnect', requestStop);
 process.on('SIGTERM', requestStop);
 process.on('SIGINT', requestStop);
 const log = (line: string) => console.error(line);
+// Before the tensor backend loads: the native thread pool reads this when it is created.
+process.env.TF_NATIVE_THREADS ??= '1';
+try {
+  setPriority(10);
+} catch (err) {
+  log(`loop: could not lower the loop's CPU priority (${(err as Error).message}); it competes with the server`);
+}
 try {
   await onlineLoop(cfg, { log, shouldStop: () => stop, store: args.store });
   log('loop: stopped');
