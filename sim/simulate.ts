@@ -70,6 +70,8 @@ export const HELP = `npm run simulate -- [options]
   --sft <dir>                  SFT checkpoint (default checkpoints/sft)
   --data <dir>                 dialogues.{train,val}.jsonl; built when missing (default data)
   --min-reward-accuracy <x>    the loop's guard on reward-model held-out accuracy (default 0.6)
+  --reward-covariates <c>      the loop's rewardCovariates: none | length | length+likelihood (default: the loop's)
+  --reward-length-weight <w>   the loop's rewardLengthWeight: weight of λ·words in the optimiser's reward (default: the loop's)
   --keep                       keep the temporary stores and checkpoints
   --help                       this help
 `;
@@ -85,6 +87,7 @@ export interface SimOptions extends Omit<StoryOptions, 'seed'> {
 }
 
 const ALGORITHMS = ['ppo', 'rloo', 'dpo'] as const;
+const REWARD_COVARIATES = ['none', 'length', 'length+likelihood'] as const;
 
 export function parseSimArgs(argv: readonly string[]): SimOptions | 'help' {
   const { values } = parseArgs({
@@ -96,6 +99,7 @@ export function parseSimArgs(argv: readonly string[]): SimOptions | 'help' {
       'kl-coef': { type: 'string' }, 'kl-budget': { type: 'string' }, exploitable: { type: 'boolean' }, 'gold-gate': { type: 'boolean' }, 'ppo-steps': { type: 'string' }, 'user-temperature': { type: 'string' }, lr: { type: 'string' },
       'eval-prompts': { type: 'string' }, 'samples-per-prompt': { type: 'string' }, sft: { type: 'string' }, data: { type: 'string' }, 'min-reward-accuracy': { type: 'string' }, keep: { type: 'boolean' },
       preset: { type: 'string' }, algorithm: { type: 'string' }, 'arena-alpha': { type: 'string' }, 'arena-max-judgements': { type: 'string' },
+      'reward-covariates': { type: 'string' }, 'reward-length-weight': { type: 'string' },
     },
   });
   if (values.help) return 'help';
@@ -110,6 +114,13 @@ export function parseSimArgs(argv: readonly string[]): SimOptions | 'help' {
   const algorithm = values.algorithm ?? 'ppo';
   if (!(ALGORITHMS as readonly string[]).includes(algorithm)) throw new Error(`--algorithm must be one of ${ALGORITHMS.join(', ')}, got ${algorithm}`);
   const alpha = num('arena-alpha', values['arena-alpha'], 0.05, false);
+  const loop: Record<string, unknown> = {};
+  const covariates = values['reward-covariates'];
+  if (covariates !== undefined) {
+    if (!REWARD_COVARIATES.includes(covariates as (typeof REWARD_COVARIATES)[number])) throw new Error(`--reward-covariates must be one of ${REWARD_COVARIATES.join(', ')}, got ${covariates}`);
+    loop.rewardCovariates = covariates;
+  }
+  if (values['reward-length-weight'] !== undefined) loop.rewardLengthWeight = num('reward-length-weight', values['reward-length-weight'], 1, false);
   if (!(alpha > 0 && alpha < 1)) throw new Error(`--arena-alpha must be in (0, 1), got ${alpha}`);
   return {
     ...(values.url ? { url: values.url } : {}),
@@ -138,6 +149,7 @@ export function parseSimArgs(argv: readonly string[]): SimOptions | 'help' {
     data: values.data ?? 'data',
     minRewardAccuracy: num('min-reward-accuracy', values['min-reward-accuracy'], preset.minRewardAccuracy ?? 0.6, false),
     keep: values.keep ?? false,
+    ...(Object.keys(loop).length ? { loop } : {}),
   };
 }
 
