@@ -40,6 +40,12 @@ test('options: defaults, values, presets (explicit flags win) and refusals', () 
   assert.throws(() => parseSimArgs(['--algorithm', 'sgd']), /--algorithm/);
   assert.throws(() => parseSimArgs(['--arena-alpha', '1']), /--arena-alpha/);
   assert.throws(() => parseSimArgs(['--bogus']));
+  assert.equal(d.loop, undefined, 'no loop knob set: the loop\'s own defaults');
+  const cov = parseSimArgs(['--reward-covariates', 'none', '--reward-length-weight', '0.5']);
+  assert.ok(cov !== 'help');
+  assert.deepEqual(cov.loop, { rewardCovariates: 'none', rewardLengthWeight: 0.5 });
+  assert.throws(() => parseSimArgs(['--reward-covariates', 'spelling']), /--reward-covariates must be one of none, length, length\+likelihood/);
+  assert.throws(() => parseSimArgs(['--reward-length-weight', '-1']), /--reward-length-weight/);
 });
 
 test('what took each decision: the arena first, then the pre-filter or a guard; a reason naming gold is gold\'s', () => {
