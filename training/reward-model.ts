@@ -9,7 +9,8 @@
  *
  *   r(x, y)  the scalar head on the final hidden state of the rendered conversation x + y, i.e. on
  *            the reply's closing `<|end|>` token; the reply is always the canonical encoding of
- *            its text (see {@link scoreExchanges});
+ *            its text (see {@link scoreExchanges}); with a `scoreOffset` c, r + c(x, y) takes its
+ *            place everywhere in L (c fixed: the reward covariates of reward-covariates.ts);
  *   Δ_wl     r(x_g, y_w) − r(x_g, y_l);
  *   w_g      1 / (#pairs + #ties) of the group: a pick is 1 pair, a K-way ranking C(K,2) pairs,
  *            so each judgement weighs the same (InstructGPT); its K replies are scored in one pass;
