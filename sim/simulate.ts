@@ -23,7 +23,7 @@
  *
  * A missing `data/dialogues.{train,val}.jsonl` is built first (`npm run build-data`'s defaults).
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -73,6 +73,9 @@ export const HELP = `npm run simulate -- [options]
   --reward-covariates <c>      the loop's rewardCovariates: none | length | length+likelihood (default: the loop's)
   --reward-length-weight <w>   the loop's rewardLengthWeight: weight of λ·words in the optimiser's reward (default: the loop's)
   --keep                       keep the temporary stores and checkpoints
+  --raw                        with --json: every seed's line also carries its per-prompt comparison (for --pool)
+  --pool <file>…               print the pooled line of the seeds' --raw lines in these files (stories run
+                               apart, e.g. one seed per process); nothing is run
   --help                       this help
 `;
 
@@ -84,13 +87,17 @@ export interface SimOptions extends Omit<StoryOptions, 'seed'> {
   judgements: number;
   data: string;
   preset?: Preset;
+  /** Per-seed lines carry the per-prompt comparison. */
+  raw: boolean;
+  /** Files of --raw per-seed lines to pool (nothing is run). */
+  pool?: string[];
 }
 
 const ALGORITHMS = ['ppo', 'rloo', 'dpo'] as const;
 const REWARD_COVARIATES = ['none', 'length', 'length+likelihood'] as const;
 
 export function parseSimArgs(argv: readonly string[]): SimOptions | 'help' {
-  const { values } = parseArgs({
+  const { values, positionals } = parseArgs({
     args: [...argv],
     strict: true,
     options: {
@@ -99,10 +106,13 @@ export function parseSimArgs(argv: readonly string[]): SimOptions | 'help' {
       'kl-coef': { type: 'string' }, 'kl-budget': { type: 'string' }, exploitable: { type: 'boolean' }, 'gold-gate': { type: 'boolean' }, 'ppo-steps': { type: 'string' }, 'user-temperature': { type: 'string' }, lr: { type: 'string' },
       'eval-prompts': { type: 'string' }, 'samples-per-prompt': { type: 'string' }, sft: { type: 'string' }, data: { type: 'string' }, 'min-reward-accuracy': { type: 'string' }, keep: { type: 'boolean' },
       preset: { type: 'string' }, algorithm: { type: 'string' }, 'arena-alpha': { type: 'string' }, 'arena-max-judgements': { type: 'string' },
-      'reward-covariates': { type: 'string' }, 'reward-length-weight': { type: 'string' },
+      'reward-covariates': { type: 'string' }, 'reward-length-weight': { type: 'string' }, raw: { type: 'boolean' }, pool: { type: 'boolean' },
     },
+    allowPositionals: true,
   });
   if (values.help) return 'help';
+  if (positionals.length && !values.pool) throw new Error(`unexpected argument ${positionals[0]} (files are read with --pool)`);
+  if (values.pool && !positionals.length) throw new Error('--pool needs the files holding the seeds\' --raw lines');
   if (values.preset !== undefined && !Object.hasOwn(PRESETS, values.preset)) throw new Error(`--preset must be one of ${Object.keys(PRESETS).join(', ')}, got ${values.preset}`);
   const preset: Partial<SimOptions> = values.preset ? PRESETS[values.preset as Preset] : {};
   const num = (name: string, v: string | undefined, d: number, int = true): number => {
@@ -149,6 +159,8 @@ export function parseSimArgs(argv: readonly string[]): SimOptions | 'help' {
     data: values.data ?? 'data',
     minRewardAccuracy: num('min-reward-accuracy', values['min-reward-accuracy'], preset.minRewardAccuracy ?? 0.6, false),
     keep: values.keep ?? false,
+    raw: values.raw ?? false,
+    ...(values.pool ? { pool: positionals } : {}),
     ...(Object.keys(loop).length ? { loop } : {}),
   };
 }
@@ -221,12 +233,31 @@ export async function stories(o: SimOptions, say: (l: string) => void = log, pri
   const story: RunStory = run ?? (await import('./story.ts')).story;
   const results: StoryResult[] = [];
   for (let s = o.seed; s < o.seed + o.seeds; s++) {
-    const { url: _u, json: _j, seeds: _n, judgements: _t, data: _d, preset: _p, ...storyOptions } = o;
+    const { url: _u, json: _j, seeds: _n, judgements: _t, data: _d, preset: _p, raw: _r, pool: _f, ...storyOptions } = o;
     const r = await story({ ...storyOptions, seed: s }, prompts, say);
     results.push(r);
-    if (o.json && o.seeds > 1) print(JSON.stringify(printable(r)));
+    if (o.json && (o.seeds > 1 || o.raw)) print(JSON.stringify(o.raw ? r : printable(r)));
   }
   return pooled(results, o.seed);
+}
+
+/**
+ * The pooled line of stories run apart: every line of `texts` that is a seed's --raw result (it
+ * carries `comparison`), distinct seeds, pooled as one `--seeds N` run pools them.
+ */
+export function poolRawLines(texts: readonly string[]): Record<string, unknown> {
+  const results: StoryResult[] = [];
+  for (const text of texts)
+    for (const line of text.split('\n')) {
+      if (!line.trim().startsWith('{')) continue;
+      const r = JSON.parse(line) as Partial<StoryResult>;
+      if (r.comparison && typeof r.seed === 'number') results.push(r as StoryResult);
+    }
+  if (!results.length) throw new Error('no --raw seed lines (with their comparison) to pool');
+  const seeds = results.map((r) => r.seed);
+  if (new Set(seeds).size !== seeds.length) throw new Error(`seed ${seeds.find((s, i) => seeds.indexOf(s) !== i)} appears twice`);
+  results.sort((a, b) => a.seed - b.seed);
+  return pooled(results, results[0]!.seed);
 }
 
 async function main(): Promise<void> {
@@ -238,6 +269,7 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   if (o === 'help') return void console.log(HELP);
+  if (o.pool) return void console.log(JSON.stringify(poolRawLines(o.pool.map((f) => readFileSync(f, 'utf8')))));
   if (o.url) return usersOnly(o);
   const result = await stories(o);
   if (o.json) console.log(JSON.stringify(result));
