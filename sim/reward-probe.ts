@@ -89,6 +89,22 @@ if (args['fit-only']) {
   const lam = fitCovariateCoefs(groups, feats);
   const lamLen = fitCovariateCoefs(groups, feats.map((f) => f.map((x) => [x[0]!])));
   console.log('λ (length, likelihood)', lam, 'length alone', lamLen);
+  // On the users' own labels: the fixed eval split's judgements (as the loop's guard reads them), fitted on train only.
+  const { splitPreferences } = await import('../training/preferences.ts');
+  const parts = splitPreferences({ groups, unpaired });
+  const featOf = new Map(groups.map((g, i) => [g, feats[i]!]));
+  const fitOn = (gs: PreferenceGroup[], k?: number) => fitCovariateCoefs(gs, gs.map((g) => featOf.get(g)!.map((f) => (k === undefined ? f : [f[k]!]))));
+  const usersAcc = (lamT: number[], k?: number) => {
+    let hit = 0, n = 0;
+    for (const g of parts.eval.groups) for (const [w, l] of g.pairs) {
+      const f = featOf.get(g)!;
+      const sc = (i: number) => (k === undefined ? lamT[0]! * f[i]![0]! + lamT[1]! * f[i]![1]! : lamT[0]! * f[i]![k]!);
+      hit += sc(w) > sc(l) ? 1 : sc(w) === sc(l) ? 0.5 : 0;
+      n++;
+    }
+    return `${(hit / n).toFixed(3)} over ${n}`;
+  };
+  console.log('users\' eval split accuracy: length+likelihood', usersAcc(fitOn(parts.train.groups)), '; length alone', usersAcc(fitOn(parts.train.groups, 0), 0));
   const hp = val.slice(0, 256);
   const h = sample(hp.flatMap((p) => [p, p, p, p]), 999);
   const hf = covariateFeatures(names, h.map((x, i) => ({ prompt: conv(hp[Math.floor(i / 4)]!), reply: x.text })), { reference: sft, tok });
