@@ -40,6 +40,7 @@ import { getGeneration } from './generations.ts';
 import { clearAlias, promote, resolveAlias } from './model-versions.ts';
 import type { Database } from './schema.ts';
 import { inTransaction } from './transaction.ts';
+import { replyWords } from './reply-words.ts';
 
 /** One head-to-head judgement: outcome from the candidate's side. */
 export interface ArenaOutcome {
@@ -254,11 +255,6 @@ export function summariseArena(
   };
 }
 
-function words(text: string): number {
-  const t = text.trim();
-  return t === '' ? 0 : t.split(/\s+/).length;
-}
-
 /**
  * Head-to-head comparisons between two versions (either order of a/b), current rows only,
  * oldest first, outcome from the candidate's side.
@@ -285,7 +281,7 @@ export async function arenaOutcomes(db: Kysely<Database>, o: { candidate: string
     .execute();
   return rows.map((r) => {
     const candidateIsA = r.va === o.candidate;
-    const [la, lb] = [words(r.ta), words(r.tb)];
+    const [la, lb] = [replyWords(r.ta), replyWords(r.tb)];
     let outcome: ArenaOutcome['outcome'];
     if (r.choice === 'tie') outcome = 'tie';
     else if (r.choice === 'both_bad') outcome = 'both_bad';

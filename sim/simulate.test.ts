@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { startTestServer, type TestServer } from '../server/test-support.ts';
 import { GoldRubric } from './gold-rubric.ts';
 import { compareServers, type Comparison } from './compare.ts';
-import { dialoguePrompts, parseSimArgs, pooled, PRESETS, stories } from './simulate.ts';
+import { dialoguePrompts, parseSimArgs, poolRawLines, pooled, PRESETS, stories, type SimOptions } from './simulate.ts';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -40,6 +40,12 @@ test('options: defaults, values, presets (explicit flags win) and refusals', () 
   assert.throws(() => parseSimArgs(['--algorithm', 'sgd']), /--algorithm/);
   assert.throws(() => parseSimArgs(['--arena-alpha', '1']), /--arena-alpha/);
   assert.throws(() => parseSimArgs(['--bogus']));
+  assert.equal(d.loop, undefined, 'no loop knob set: the loop\'s own defaults');
+  const cov = parseSimArgs(['--reward-covariates', 'none', '--reward-length-weight', '0.5']);
+  assert.ok(cov !== 'help');
+  assert.deepEqual(cov.loop, { rewardCovariates: 'none', rewardLengthWeight: 0.5 });
+  assert.throws(() => parseSimArgs(['--reward-covariates', 'spelling']), /--reward-covariates must be one of none, length, length\+likelihood/);
+  assert.throws(() => parseSimArgs(['--reward-length-weight', '-1']), /--reward-length-weight/);
 });
 
 test('what took each decision: the arena first, then the pre-filter or a guard; a reason naming gold is gold\'s', () => {
@@ -112,6 +118,36 @@ test('--seeds N: N stories on seeds s..s+N−1, a line per seed as each finishes
     assert.deepEqual(printed.map((l) => (JSON.parse(l) as { seed: number }).seed), [7, 8, 9]);
     assert.deepEqual([r.seeds, r.gold_in_decisions, r.gold_gate, r.minutes], [3, true, true, 1.5]);
     assert.deepEqual((r.per_seed as { seed: number }[]).map((x) => x.seed), [7, 8, 9]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('--raw and --pool: seeds run apart (one process each) pool to exactly the pooled line of one --seeds run', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'sim-pool-'));
+  try {
+    await dialoguePrompts(dir, () => {}, { trainDialogues: 200, valDialogues: 80, maxDocsPerSource: 2 });
+    const fake = async (so: { seed: number }): Promise<StoryResult> => {
+      const c = fakeComparison([[1, 0], [so.seed % 2, 1], [0.5, 0.5]]);
+      return { ...comparisonFigures(c, so.seed), seed: so.seed, gold_in_decisions: false, kl_to_sft: so.seed, minutes: 0.5, champion: 'policy-x', sft: 'sft-y', judgements: 1, eval_prompts: 3, samples_per_prompt: 2, exploitable: false, gold_gate: false, kl_coef: 0.05, rounds: [], champion_moves: [], curve: [], comparison: c };
+    };
+    const together = await stories(parseSimArgs(['--json', '--seeds', '3', '--data', dir]) as SimOptions, () => {}, () => {}, fake);
+    const files: string[] = [];
+    for (const seed of [3, 1, 2]) {
+      const lines: string[] = [];
+      const alone = await stories(parseSimArgs(['--json', '--raw', '--seed', String(seed), '--data', dir]) as SimOptions, () => {}, (l) => lines.push(l), fake);
+      assert.equal(lines.length, 1, 'one seed\'s raw line');
+      assert.ok((JSON.parse(lines[0]!) as { comparison?: unknown }).comparison, 'the raw line carries the comparison');
+      files.push([...lines, JSON.stringify(alone)].join('\n'));
+    }
+    assert.deepEqual(poolRawLines(files), together);
+    assert.throws(() => poolRawLines([files[0]!, files[0]!]), /seed 3 appears twice/);
+    assert.throws(() => poolRawLines([JSON.stringify(together)]), /no --raw seed lines/);
+    const o = parseSimArgs(['--pool', 'a.json,b.json']);
+    assert.ok(o !== 'help' && o.poolFiles?.length === 2);
+    assert.throws(() => parseSimArgs(['--pool']), /--pool/);
+    assert.throws(() => parseSimArgs(['--pool', ',']), /--pool needs the files/);
+    assert.throws(() => parseSimArgs(['stray.json']), /unexpected argument "stray.json"/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

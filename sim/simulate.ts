@@ -23,12 +23,12 @@
  *
  * A missing `data/dialogues.{train,val}.jsonl` is built first (`npm run build-data`'s defaults).
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { isMain, runCommand } from '../cli/command.ts';
-import { parseConfig } from '../cli/config.ts';
+import { ConfigError, parseConfig } from '../cli/config.ts';
 import { GoldRubric, readDefinitionPrompts, type DefinitionPrompt } from './gold-rubric.ts';
 import { runPopulation, type SessionResult } from './sim-users.ts';
 import { API_KEY_ENV, authHeaders } from '../client/ws-client.ts';
@@ -77,24 +77,41 @@ export const SimConfig = z.object({
   sft: z.string().default('checkpoints/sft').describe('SFT checkpoint'),
   data: z.string().default('data').describe('dialogues.{train,val}.jsonl; built when missing'),
   minRewardAccuracy: nonNegative().default(0.6).describe("the loop's guard on reward-model held-out accuracy"),
+  rewardCovariates: z.enum(['none', 'length', 'length+likelihood']).optional().describe("the loop's rewardCovariates (default: the loop's)"),
+  rewardLengthWeight: nonNegative().optional().describe("the loop's rewardLengthWeight: weight of λ·words in the optimiser's reward (default: the loop's)"),
   keep: z.boolean().default(false).describe('keep the temporary stores and checkpoints'),
+  raw: z.boolean().default(false).describe("with --json: every seed's line also carries its per-prompt comparison (for --pool)"),
+  pool: z.string().optional().describe("comma-separated files of seeds' --raw lines (stories run apart, e.g. one seed per process): print their pooled line; nothing is run"),
 });
 
-export const USAGE = 'npm run simulate -- [--json] [--preset over-optimisation|verbosity] [options]   (or --url ws://host:8080/ws: users only)';
+export const USAGE = 'npm run simulate -- [--json] [--preset over-optimisation|verbosity] [options]   (or --url ws://host:8080/ws: users only; or --pool seed-1.json,seed-2.json: pool seeds run apart)';
 export const ENV_PREFIX = 'SIMULATE';
 
 /** The options of a run; `loop`: loop config keys set as given (tests). */
-export type SimOptions = z.infer<typeof SimConfig> & Pick<StoryOptions, 'loop'>;
+export type SimOptions = z.infer<typeof SimConfig> & Pick<StoryOptions, 'loop'> & { poolFiles?: string[] };
 
 /** `plain` with its preset's values put under the flags and environment given (a preset sits above the defaults only). */
 function withPreset(plain: Readonly<z.infer<typeof SimConfig>>, argv: readonly string[], env: Record<string, string | undefined>): SimOptions {
-  return plain.preset ? parseConfig(SimConfig, { argv, env, envPrefix: ENV_PREFIX, overrides: PRESETS[plain.preset] }) : plain;
+  const o: SimOptions = plain.preset ? parseConfig(SimConfig, { argv, env, envPrefix: ENV_PREFIX, overrides: PRESETS[plain.preset] }) : { ...plain };
+  // The loop's own knobs, set only when given.
+  const loop: Record<string, unknown> = {};
+  if (o.rewardCovariates !== undefined) loop.rewardCovariates = o.rewardCovariates;
+  if (o.rewardLengthWeight !== undefined) loop.rewardLengthWeight = o.rewardLengthWeight;
+  return Object.keys(loop).length ? { ...o, loop: { ...o.loop, ...loop } } : o;
 }
 
 /** The options from argv, or 'help'; throws ConfigError on bad input. */
 export function parseSimArgs(argv: readonly string[], env: Record<string, string | undefined> = {}): SimOptions | 'help' {
   if (argv.includes('--help') || argv.includes('-h')) return 'help';
-  return withPreset(parseConfig(SimConfig, { argv, env, envPrefix: ENV_PREFIX }), argv, env);
+  return withFiles(withPreset(parseConfig(SimConfig, { argv, env, envPrefix: ENV_PREFIX }), argv, env));
+}
+
+/** The files of `--pool a.json,b.json`. */
+function withFiles(o: SimOptions): SimOptions {
+  if (o.pool === undefined) return o;
+  const files = o.pool.split(',').filter(Boolean);
+  if (!files.length) throw new ConfigError("--pool needs the files holding the seeds' --raw lines");
+  return { ...o, poolFiles: files };
 }
 
 const log = (line: string): void => void process.stderr.write(`simulate: ${line}\n`);
@@ -165,15 +182,35 @@ export async function stories(o: SimOptions, say: (l: string) => void = log, pri
   const story: RunStory = run ?? (await import('./story.ts')).story;
   const results: StoryResult[] = [];
   for (let s = o.seed; s < o.seed + o.seeds; s++) {
-    const { url: _u, json: _j, seeds: _n, judgements: _t, data: _d, preset: _p, ...storyOptions } = o;
+    const { url: _u, json: _j, seeds: _n, judgements: _t, data: _d, preset: _p, raw: _r, pool: _f, ...storyOptions } = o;
     const r = await story({ ...storyOptions, seed: s }, prompts, say);
     results.push(r);
-    if (o.json && o.seeds > 1) print(JSON.stringify(printable(r)));
+    if (o.json && (o.seeds > 1 || o.raw)) print(JSON.stringify(o.raw ? r : printable(r)));
   }
   return pooled(results, o.seed);
 }
 
+/**
+ * The pooled line of stories run apart: every line of `texts` that is a seed's --raw result (it
+ * carries `comparison`), distinct seeds, pooled as one `--seeds N` run pools them.
+ */
+export function poolRawLines(texts: readonly string[]): Record<string, unknown> {
+  const results: StoryResult[] = [];
+  for (const text of texts)
+    for (const line of text.split('\n')) {
+      if (!line.trim().startsWith('{')) continue;
+      const r = JSON.parse(line) as Partial<StoryResult>;
+      if (r.comparison && typeof r.seed === 'number') results.push(r as StoryResult);
+    }
+  if (!results.length) throw new Error('no --raw seed lines (with their comparison) to pool');
+  const seeds = results.map((r) => r.seed);
+  if (new Set(seeds).size !== seeds.length) throw new Error(`seed ${seeds.find((s, i) => seeds.indexOf(s) !== i)} appears twice`);
+  results.sort((a, b) => a.seed - b.seed);
+  return pooled(results, results[0]!.seed);
+}
+
 async function main(o: SimOptions): Promise<void> {
+  if (o.poolFiles) return void console.log(JSON.stringify(poolRawLines(o.poolFiles.map((f) => readFileSync(f, 'utf8')))));
   if (o.url) return usersOnly(o);
   const result = await stories(o);
   if (o.json) console.log(JSON.stringify(result));
@@ -183,6 +220,6 @@ async function main(o: SimOptions): Promise<void> {
 if (isMain(import.meta.url)) {
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exit(130));
   const argv = process.argv.slice(2);
-  await runCommand({ usage: USAGE, schema: SimConfig, envPrefix: ENV_PREFIX }, (plain) => main(withPreset(plain, argv, process.env)), argv);
+  await runCommand({ usage: USAGE, schema: SimConfig, envPrefix: ENV_PREFIX }, (plain) => main(withFiles(withPreset(plain, argv, process.env))), argv);
   process.exit(process.exitCode ?? 0);
 }

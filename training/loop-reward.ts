@@ -19,6 +19,7 @@ import { loadStorePreferences, type PreferenceData } from './preferences.ts';
 import { sampleReplies, type RewardEval } from './reward-model.ts';
 import { EnsembleRewardSource, loadRewardEnsemble, normaliseEnsemble, saveRewardEnsemble, trainRewardEnsemble, type RewardEnsemble } from './reward-ensemble.ts';
 import { rewardAccuracyGuard } from './loop-gates.ts';
+import type { Covariate } from './reward-covariates.ts';
 import { finite } from './loop-eval.ts';
 import { registerCheckpointVersion } from './register-versions.ts';
 import type { IterationContext } from './loop-run.ts';
@@ -45,7 +46,7 @@ async function previousEnsemble(ctx: IterationContext, sft: GPT): Promise<Reward
   const last = (await listModelVersions(ctx.db, { kind: 'reward' })).find((v) => v.run_id !== null && existsSync(v.checkpoint));
   if (!last) return undefined;
   try {
-    const { ensemble } = loadRewardEnsemble(last.checkpoint, ctx.tok);
+    const { ensemble } = loadRewardEnsemble(last.checkpoint, ctx.tok, sft);
     if (JSON.stringify(ensemble.members[0]!.config) === JSON.stringify(sft.config)) {
       ctx.log(`loop: reward ensemble warm-started from ${last.id}`);
       return ensemble;
@@ -69,7 +70,7 @@ export async function prepareReward(ctx: IterationContext, sft: GPT, normPrompts
   let accuracy: number;
   let meta: CheckpointMeta;
   if (existsSync(rmDir)) {
-    const loaded = loadRewardEnsemble(rmDir, tok);
+    const loaded = loadRewardEnsemble(rmDir, tok, sft);
     ensemble = loaded.ensemble;
     ensemble.members.forEach((m) => ctx.own(m));
     meta = loaded.meta;
@@ -81,7 +82,7 @@ export async function prepareReward(ctx: IterationContext, sft: GPT, normPrompts
     try {
       r = trainRewardEnsemble({
         sft, previous, tok, data, log,
-        cfg: { members: cfg.rewardEnsemble, epochs: cfg.rewardEpochs, lr: cfg.rewardLr, patience: cfg.rewardPatience, recencyHalfLife: cfg.recencyHalfLife, tieWeight: cfg.tieWeight, seed: cfg.seed },
+        cfg: { members: cfg.rewardEnsemble, epochs: cfg.rewardEpochs, lr: cfg.rewardLr, patience: cfg.rewardPatience, recencyHalfLife: cfg.recencyHalfLife, tieWeight: cfg.tieWeight, covariates: cfg.rewardCovariates === 'none' ? [] : (cfg.rewardCovariates.split('+') as Covariate[]), seed: cfg.seed },
       });
     } finally {
       previous?.dispose();
@@ -91,7 +92,7 @@ export async function prepareReward(ctx: IterationContext, sft: GPT, normPrompts
     accuracy = accuracyOf(r.evalSet, r.heldOut);
     const figures = finite({
       rm_heldout_accuracy: accuracy, rm_eval_accuracy: r.evalSet.accuracy, rm_eval_pairs: r.evalSet.pairs, rm_val_accuracy: r.heldOut.accuracy, rm_heldout_ece: r.heldOut.ece, rm_heldout_loss: r.heldOut.loss,
-      rm_spread: r.meanStd, rm_members: ensemble.members.length, rm_member_accuracy_min: Math.min(...r.perMember.map((m) => m.accuracy)),
+      rm_spread: r.meanStd, rm_members: ensemble.members.length, rm_covariate_length: r.covariates.length ?? NaN, rm_covariate_likelihood: r.covariates.likelihood ?? NaN, rm_member_accuracy_min: Math.min(...r.perMember.map((m) => m.accuracy)),
       new_judgements: ctx.window.newJudgements, data_judgements: ctx.window.judgements, data_new_judgements: ctx.window.newJudgements,
     });
     await logMetrics(db, runId, 0, figures);
@@ -110,5 +111,5 @@ export async function prepareReward(ctx: IterationContext, sft: GPT, normPrompts
     });
   }
   const rewardVersion = await registerCheckpointVersion(db, { dir: rmDir, meta, stage: 'reward', runId, parentId: ctx.sftVersion });
-  return { proxy: new EnsembleRewardSource(ensemble, tok, { pessimism: cfg.pessimism, label: rewardVersion }), rewardVersion, accuracy, data };
+  return { proxy: new EnsembleRewardSource(ensemble, tok, { pessimism: cfg.pessimism, lengthWeight: cfg.rewardLengthWeight, label: rewardVersion }), rewardVersion, accuracy, data };
 }

@@ -25,14 +25,18 @@ after(() => store.close());
 /** The admin withdraws the candidate from the arena (a clear, not a verdict). */
 const withdraw = () => clearAlias(store.db, ALIAS.candidate, { actor: 'admin', action: 'clear' });
 
+// The guards' cases are built for what the heads learn from these judgements, so they run without
+// covariates (reward-covariates.test.ts and reward-ensemble.test.ts test those); the first test runs the default.
 const cfg = (extra: Record<string, unknown>) =>
   OnlineLoopConfig.parse({
+    rewardCovariates: 'none',
     sft: join(root, 'sft'), checkpoints: join(root, 'ck'), minNewJudgements: 10, rewardEpochs: 4, rewardLr: 3e-3, minRewardAccuracy: 0.6, ppoSteps: 3, batchSize: 8, minibatchSize: 4,
     epochs: 1, maxTokens: 6, lr: 1e-3, evalPrompts: 4, evalEvery: 2, klBudget: 1000, autoPromote: true, minScoreGain: -100, ...extra,
   });
 
 test('an iteration trains a reward model, optimises from the champion, registers both and offers the candidate to the arena without moving the champion; then waits for new feedback', async () => {
-  const c = cfg({});
+  const c = cfg({ rewardCovariates: OnlineLoopConfig.shape.rewardCovariates.parse(undefined) });
+  assert.equal(c.rewardCovariates, 'length+likelihood');
   const r = await runOnlineIteration(store, c, { log: () => {} });
   assert.equal(r.status, 'offered', r.reason);
   assert.match(r.reason, /offered to the users' arena .*the users' head-to-head judgements decide/);
@@ -45,7 +49,7 @@ test('an iteration trains a reward model, optimises from the champion, registers
   const run = await getRun(store.db, r.runId!);
   assert.equal(run?.status, 'succeeded');
   const names = new Set((await getMetrics(store.db, r.runId!)).map((m) => m.name));
-  for (const n of ['rm_heldout_accuracy', 'score', 'kl', 'clip_frac', 'value_loss', 'entropy', 'reply_length', 'eval_proxy', 'final_kl_coef']) assert.ok(names.has(n), `run metric ${n}`);
+  for (const n of ['rm_heldout_accuracy', 'rm_covariate_length', 'rm_covariate_likelihood', 'score', 'kl', 'clip_frac', 'value_loss', 'entropy', 'reply_length', 'eval_proxy', 'final_kl_coef']) assert.ok(names.has(n), `run metric ${n}`);
   assert.ok(!names.has('eval_gold'), 'no gold, no gold curve');
   const judging = await runOnlineIteration(store, { ...c, minNewJudgements: 0 }, { log: () => {} });
   assert.equal(judging.status, 'arena', 'while the candidate is before the users the loop collects their judgements');

@@ -13,6 +13,9 @@ import { scoreExchanges } from './reward-model.ts';
 import type { PreferenceData, PreferenceGroup } from './preferences.ts';
 import type { RewardItem } from './reward-source.ts';
 import { toyConfig, toyPreferenceGroups, toyTokenizer } from './rlhf-fixture.ts';
+import { createRng } from '../model/random.ts';
+import { replyWords } from '../feedback/reply-words.ts';
+import { referenceLikelihood } from './reward-covariates.ts';
 
 let tok: Tokenizer;
 before(async () => {
@@ -163,4 +166,95 @@ test('an ensemble saves as one verified checkpoint and loads back with the same 
   one.dispose();
   ensemble.dispose();
   e.dispose();
+});
+
+test('the length covariate: λ fitted on the train judgements, members score head + λ·words, the heads leave length to λ, saved and loaded; lengthWeight w weighs it in the optimiser\'s reward', async () => {
+  const sft = GPT.create(toyConfig(tok), 'policy', 4);
+  // Users who prefer shorter replies, whatever their words: P(a ≻ b) = σ(−0.8·(ℓa − ℓb)).
+  const rng = createRng(12);
+  const fruit = ['apple', 'pear', 'kiwi', 'fig', 'banana'];
+  const say = (n: number) => Array.from({ length: n }, () => rng.pick(fruit)).join(' ');
+  const groups: PreferenceGroup[] = Array.from({ length: 240 }, (_, i) => {
+    const [a, b] = [1 + rng.int(7), 1 + rng.int(7)];
+    const aWins = rng() < 1 / (1 + Math.exp(0.8 * (a - b)));
+    return { prompt: [{ role: 'user' as const, content: `say a fruit ${i}` }], replies: [say(a), say(b)], pairs: [aWins ? [0, 1] : [1, 0]], weight: 1, source: 'toy' };
+  });
+  const probe = Array.from({ length: 40 }, (_, i) => ({ prompt: [{ role: 'user' as const, content: 'say a fruit' }], reply: say(1 + (i % 7)) }));
+  const lengths = probe.map((p) => replyWords(p.reply));
+  const headCorr = (length: boolean) => {
+    const r = trainRewardEnsemble({ sft, tok, data: { groups, unpaired: [] }, cfg: { ...fast, members: 2, epochs: 3, covariates: length ? ['length'] : [] }, log: () => {} });
+    const lambda = r.covariates.length ?? 0;
+    const heads = r.ensemble.members.map((m) => scoreExchanges(m, tok, probe));
+    const full = memberScores(r.ensemble, tok, probe);
+    full.forEach((row, j) => row.forEach((x, i) => assert.ok(Math.abs(x - (heads[j]![i]! + lambda * lengths[i]!)) < 1e-5, 'member score = head + λ·words')));
+    const c = correlation(heads[0]!, lengths);
+    return { r, c, lambda };
+  };
+  const off = headCorr(false);
+  assert.deepEqual(off.r.covariates, {});
+  assert.ok(off.c < -0.6, `without the term the head learns length: corr ${off.c}`);
+  off.r.ensemble.dispose();
+  const on = headCorr(true);
+  assert.ok(on.lambda < -0.3, `λ says shorter is better: ${on.lambda}`);
+  assert.ok(Math.abs(on.c) < Math.abs(off.c) / 2, `with the term the heads leave length to λ: corr ${on.c} vs ${off.c}`);
+  assert.ok(on.r.evalSet.accuracy > 0.7, `the whole score still predicts the users: ${on.r.evalSet.accuracy}`);
+  const items = probe.map((p) => ({ ...p, replyIds: [] }));
+  const whole = await new EnsembleRewardSource(on.r.ensemble, tok, { pessimism: 0 }).score(items);
+  const headsOnly = await new EnsembleRewardSource(on.r.ensemble, tok, { pessimism: 0, lengthWeight: 0 }).score(items);
+  const half = await new EnsembleRewardSource(on.r.ensemble, tok, { pessimism: 0, lengthWeight: 0.5 }).score(items);
+  items.forEach((_, i) => {
+    assert.ok(Math.abs(whole[i]! - headsOnly[i]! - on.lambda * lengths[i]!) < 1e-5);
+    assert.ok(Math.abs(half[i]! - headsOnly[i]! - 0.5 * on.lambda * lengths[i]!) < 1e-5);
+  });
+  assert.throws(() => new EnsembleRewardSource(on.r.ensemble, tok, { pessimism: 0, lengthWeight: -1 }), /lengthWeight/);
+  const dir = join(mkdtempSync(join(tmpdir(), 'rm-len-')), 'reward');
+  saveRewardEnsemble(dir, on.r.ensemble, { tokenizer: tok, parent: 'sft', step: 1 });
+  const back = loadRewardEnsemble(dir, tok).ensemble;
+  assert.deepEqual(back.covariates, on.r.covariates);
+  assert.deepEqual(memberScores(back, tok, probe), memberScores(on.r.ensemble, tok, probe));
+  back.dispose();
+  on.r.ensemble.dispose();
+  sft.dispose();
+});
+
+function correlation(x: readonly number[], y: readonly number[]): number {
+  const mx = x.reduce((a, b) => a + b, 0) / x.length;
+  const my = y.reduce((a, b) => a + b, 0) / y.length;
+  let sxy = 0, sxx = 0, syy = 0;
+  x.forEach((v, i) => ((sxy += (v - mx) * (y[i]! - my)), (sxx += (v - mx) ** 2), (syy += (y[i]! - my) ** 2)));
+  return sxy / Math.sqrt(sxx * syy);
+}
+
+test('the likelihood covariate: users who prefer what the reference finds likely get λ > 0; scores add λ·likelihood; loading needs the reference', () => {
+  const sft = GPT.create(toyConfig(tok), 'policy', 4);
+  const rng = createRng(13);
+  const fruit = ['apple', 'pear', 'kiwi', 'fig', 'banana'];
+  const pool = Array.from({ length: 60 }, () => Array.from({ length: 2 }, () => rng.pick(fruit)).join(' '));
+  const prompt = [{ role: 'user' as const, content: 'say a fruit' }];
+  // Users pick the reply the reference finds likelier (under their own prompt), with noise: 3 log-odds per std of the likelihood.
+  const pairs = Array.from({ length: 200 }, (_, i) => ({ prompt: [{ role: 'user' as const, content: `say a fruit ${i}` }], replies: [pool[rng.int(pool.length)]!, pool[rng.int(pool.length)]!] })).filter((g) => g.replies[0] !== g.replies[1]);
+  const like = referenceLikelihood(sft, tok, pairs.flatMap((g) => g.replies.map((reply) => ({ prompt: g.prompt, reply }))));
+  const diffs = pairs.map((_, i) => like[2 * i]! - like[2 * i + 1]!);
+  const sd = Math.sqrt(diffs.reduce((a, d) => a + d * d, 0) / diffs.length);
+  const groups: PreferenceGroup[] = pairs.map((g, i) => {
+    const aWins = rng() < 1 / (1 + Math.exp((-3 * diffs[i]!) / sd));
+    return { ...g, pairs: [aWins ? [0, 1] : [1, 0]] as [number, number][], weight: 1, source: 'toy' };
+  });
+  const r = trainRewardEnsemble({ sft, tok, data: { groups, unpaired: [] }, cfg: { ...fast, members: 1, epochs: 1, lr: 1e-9, covariates: ['length', 'likelihood'] }, log: () => {} });
+  assert.ok(Math.abs((r.covariates.likelihood ?? 0) - 3 / sd) < 1.5 / sd, `λ_likelihood (true ${3 / sd}) ${JSON.stringify(r.covariates)}`);
+  assert.equal(r.ensemble.reference, sft);
+  const probe = pool.slice(0, 8).map((reply) => ({ prompt, reply }));
+  const heads = scoreExchanges(r.ensemble.members[0]!, tok, probe);
+  const full = memberScores(r.ensemble, tok, probe)[0]!;
+  const pl = referenceLikelihood(sft, tok, probe);
+  full.forEach((x, i) => assert.ok(Math.abs(x - heads[i]! - r.covariates.length! * replyWords(probe[i]!.reply) - r.covariates.likelihood! * pl[i]!) < 1e-4));
+  const dir = join(mkdtempSync(join(tmpdir(), 'rm-like-')), 'reward');
+  saveRewardEnsemble(dir, r.ensemble, { tokenizer: tok, parent: 'sft', step: 1 });
+  assert.throws(() => loadRewardEnsemble(dir, tok), (err: Error & { code?: string }) => err.code === 'checkpoint_corrupt' && /reference/.test(err.message));
+  const back = loadRewardEnsemble(dir, tok, sft).ensemble;
+  assert.deepEqual(memberScores(back, tok, probe), memberScores(r.ensemble, tok, probe));
+  assert.throws(() => rewardEnsemble(back.members, { likelihood: 1 }), /reference policy/);
+  back.dispose();
+  r.ensemble.dispose();
+  sft.dispose();
 });

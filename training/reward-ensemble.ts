@@ -20,6 +20,11 @@
  *     an age); 0 = off.
  *  4. Ties enter with Bradley–Terry target ½ and `tieWeight`; an optional margin m (−log σ(Δ − m)).
  *  5. Early stopping on each member's val loss with `patience` evaluations, best weights kept.
+ *  6. Covariates (`covariates`, reward-covariates.ts): their weights λ are fitted once per round
+ *     by a Bradley–Terry model of the train judgements on the covariates alone, and every member
+ *     scores r_j(x, y) = q_j(x, y) + Σ λ_k f_k(x, y) with λ fixed, so the heads learn what the
+ *     covariates do not explain. One λ for all members: that part has no disagreement. The
+ *     optimiser's proxy can weigh length apart (`lengthWeight`: mean − k·std − (1 − w)·λ_length·words).
  *
  * Deviations: members are K whole models, not K heads on one shared trunk. Heads on a frozen or
  * shared trunk disagree far less where the trunk's features are what is wrong (out-of-
@@ -42,6 +47,9 @@ import { mean } from './rlhf-common.ts';
 import { pairStatistics, scoreExchanges, trainRewardModel, type RewardEval } from './reward-model.ts';
 import { splitByContext, splitPreferences, splitPrompts, promptText, type PreferenceData, type PreferenceGroup } from './preferences.ts';
 import { RewardError, type RewardItem, type RewardSource } from './reward-source.ts';
+import { COVARIATES, covariateFeatures, fitCovariateCoefs, type Covariate, type CovariateCoefs } from './reward-covariates.ts';
+import { replyWords } from '../feedback/reply-words.ts';
+import { replyAsText } from './reward-model.ts';
 
 export { splitByContext, splitPrompts, promptText };
 
@@ -72,6 +80,8 @@ export interface EnsembleTrainConfig {
   evalEvery: number;
   /** Poisson(1) bootstrap weights per member (default on when K > 1). */
   bootstrap: boolean;
+  /** Covariates whose λ is fitted on the judgements and fixed in every member's score (file comment, 6); [] = none. */
+  covariates: readonly Covariate[];
 }
 
 export const ENSEMBLE_DEFAULTS: Readonly<EnsembleTrainConfig> = Object.freeze({
@@ -88,22 +98,41 @@ export const ENSEMBLE_DEFAULTS: Readonly<EnsembleTrainConfig> = Object.freeze({
   unpairedPerBatch: 8,
   evalEvery: 0,
   bootstrap: true,
+  covariates: [],
 });
 
 /** K reward models scored together. */
 export interface RewardEnsemble {
   members: GPT[];
+  /** λ of the covariates in every member's score (empty = none). */
+  covariates: CovariateCoefs;
+  /** The reference policy the likelihood covariate reads (not owned: dispose leaves it). */
+  reference?: GPT;
   dispose(): void;
 }
 
-/** An ensemble owning `members` (dispose frees them all). */
-export function rewardEnsemble(members: GPT[]): RewardEnsemble {
+/**
+ * An ensemble owning `members` (dispose frees them all), with covariate weights λ (default none);
+ * a likelihood covariate needs the `reference` policy.
+ */
+export function rewardEnsemble(members: GPT[], covariates: CovariateCoefs = {}, reference?: GPT): RewardEnsemble {
   if (!members.length) throw new Error('a reward ensemble needs at least one member');
   for (const m of members) if (m.kind !== 'reward') throw new Error(`a reward ensemble member must be a reward model, got a ${m.kind} model`);
+  for (const [k, v] of Object.entries(covariates)) if (!Number.isFinite(v)) throw new Error(`covariate ${k}: λ must be a finite number, got ${v}`);
+  if (covariates.likelihood && !reference) throw new Error('a reward ensemble with a likelihood covariate needs the reference policy');
   return {
     members,
+    covariates,
+    ...(reference ? { reference } : {}),
     dispose: () => members.forEach((m) => m.dispose()),
   };
+}
+
+/** Σ_k λ_k f_k(x, y) per item: the fixed part of every member's score. */
+export function covariateOffsets(e: Pick<RewardEnsemble, 'covariates' | 'reference'>, tok: Tokenizer, items: readonly { prompt: readonly ChatMessage[]; reply: string }[]): number[] {
+  const names = (Object.keys(e.covariates) as Covariate[]).filter((k) => e.covariates[k]);
+  if (!names.length) return items.map(() => 0);
+  return covariateFeatures(names, items, { reference: e.reference, tok }).map((f) => f.reduce((s, x, k) => s + e.covariates[names[k]!]! * x, 0));
 }
 
 /** Per-reply mean and standard deviation across members. */
@@ -112,9 +141,13 @@ export interface ScoreSpread {
   std: number;
 }
 
-/** Every member's scores of `items`: `[K][N]`. */
+/** Every member's scores of `items` (head + covariates): `[K][N]`. */
 export function memberScores(e: RewardEnsemble, tok: Tokenizer, items: readonly { prompt: readonly ChatMessage[]; reply: string | readonly number[] }[], batchSize = 16): number[][] {
-  return e.members.map((m) => scoreExchanges(m, tok, items, batchSize));
+  const fixed = Object.values(e.covariates).some((v) => v) ? covariateOffsets(e, tok, items.map((it) => ({ prompt: it.prompt, reply: replyAsText(tok, it.reply) }))) : undefined;
+  return e.members.map((m) => {
+    const s = scoreExchanges(m, tok, items, batchSize);
+    return fixed ? s.map((x, i) => x + fixed[i]!) : s;
+  });
 }
 
 /** Mean and population std across members, per item. */
@@ -140,16 +173,18 @@ export class EnsembleRewardSource implements RewardSource {
   constructor(
     private readonly ensemble: RewardEnsemble,
     private readonly tok: Tokenizer,
-    private readonly o: { pessimism: number; label?: string; batchSize?: number },
+    private readonly o: { pessimism: number; label?: string; batchSize?: number; lengthWeight?: number },
   ) {
     if (!(o.pessimism >= 0)) throw new Error(`pessimism must be a number ≥ 0, got ${o.pessimism}`);
-    rewardEnsemble(ensemble.members); // checks the members
+    if (o.lengthWeight !== undefined && !(o.lengthWeight >= 0)) throw new Error(`lengthWeight must be a number ≥ 0, got ${o.lengthWeight}`);
+    rewardEnsemble(ensemble.members, ensemble.covariates, ensemble.reference); // checks the members
     this.name = `reward-ensemble×${ensemble.members.length}${o.pessimism ? `(−${o.pessimism}σ)` : ''}${o.label ? `:${o.label}` : ''}`;
   }
 
-  /** mean − k·std per item: what PPO optimises. */
+  /** mean − k·std − (1 − w)·λ_length·words per item: what PPO optimises (w = `lengthWeight`, default 1). */
   async score(items: readonly RewardItem[]): Promise<number[]> {
-    const s = (await this.scoreSpread(items)).map((x) => x.mean - this.o.pessimism * x.std);
+    const off = (1 - (this.o.lengthWeight ?? 1)) * (this.ensemble.covariates.length ?? 0);
+    const s = (await this.scoreSpread(items)).map((x, i) => x.mean - this.o.pessimism * x.std - (off ? off * replyWords(replyAsText(this.tok, items[i]!.reply)) : 0));
     s.forEach((x, i) => {
       if (!Number.isFinite(x)) throw new RewardError('reward_not_finite', `${this.name}: score ${i} is ${x}, not a finite number`);
     });
@@ -226,6 +261,8 @@ export interface EnsembleTrainResult {
   steps: number;
   /** Mean over the 'eval' replies of the std across members. */
   meanStd: number;
+  /** λ of the covariates (empty when none). */
+  covariates: CovariateCoefs;
   /** Judgements in each split (groups + unpaired). */
   splits: { train: number; val: number; eval: number };
   seconds: number;
@@ -252,6 +289,8 @@ export function trainRewardEnsemble(o: { sft: GPT; previous?: RewardEnsemble; to
   [...o.data.groups, ...o.data.unpaired].forEach((x, i) => recOf.set(x, rec[i]!));
   if (!parts.val.groups.some((g) => g.pairs.length > 0) && cfg.patience > 0) log(`reward ensemble: no val pairs among ${o.data.groups.length} judgements; early stopping is off this round`);
   if (!parts.eval.groups.some((g) => g.pairs.length > 0)) log('reward ensemble: no eval pairs yet; the eval accuracy is undefined this round');
+  const { covariates, scoreOffset } = fitCovariates(cfg.covariates, o.data, train.groups, train.groups.map((g) => recOf.get(g)!), o.sft, o.tok);
+  if (cfg.covariates.length) log(`reward ensemble: covariates ${JSON.stringify(covariates)} (a Bradley–Terry fit of ${train.groups.length} train judgements on them alone); the heads learn the rest`);
   const members: GPT[] = [];
   let steps = 0;
   try {
@@ -286,6 +325,7 @@ export function trainRewardEnsemble(o: { sft: GPT; previous?: RewardEnsemble; to
           margin: cfg.margin,
           patience: cfg.patience,
           evalEvery: cfg.evalEvery,
+          scoreOffset,
         },
         log: (l) => log(`member ${j + 1}/${cfg.members}: ${l}`),
       });
@@ -295,7 +335,7 @@ export function trainRewardEnsemble(o: { sft: GPT; previous?: RewardEnsemble; to
     members.forEach((m) => m.dispose());
     throw err;
   }
-  const ensemble = rewardEnsemble(members);
+  const ensemble = rewardEnsemble(members, covariates, covariates.likelihood ? o.sft : undefined);
   const val = evaluateEnsemble(ensemble, o.tok, parts.val.groups);
   const ev = evaluateEnsemble(ensemble, o.tok, parts.eval.groups);
   const count = (d: PreferenceData) => d.groups.length + d.unpaired.length;
@@ -307,6 +347,7 @@ export function trainRewardEnsemble(o: { sft: GPT; previous?: RewardEnsemble; to
     perMember: ev.perMember,
     steps,
     meanStd: ev.meanStd,
+    covariates,
     splits: { train: count(parts.train), val: count(parts.val), eval: count(parts.eval) },
     seconds,
   };
@@ -315,6 +356,32 @@ export function trainRewardEnsemble(o: { sft: GPT; previous?: RewardEnsemble; to
       `(members ${ev.perMember.map((m) => m.accuracy.toFixed(3)).join(', ')}), val loss ${val.ensemble.loss.toFixed(4)}, mean std ${ev.meanStd.toFixed(4)}`,
   );
   return result;
+}
+
+/**
+ * λ of `names` fitted on the train groups (weights `omega`), and the fixed score part Σ λ f of
+ * every reply of `data` (features computed once, in batches; the likelihood under `reference`).
+ */
+function fitCovariates(names: readonly Covariate[], data: PreferenceData, train: readonly PreferenceGroup[], omega: readonly number[], reference: GPT, tok: Tokenizer): { covariates: CovariateCoefs; scoreOffset?: (prompt: readonly ChatMessage[], reply: string) => number } {
+  if (!names.length) return { covariates: {} };
+  const key = (prompt: readonly ChatMessage[], reply: string) => `${promptText(prompt)}\u0000${reply}`;
+  const items = new Map<string, { prompt: readonly ChatMessage[]; reply: string }>();
+  for (const g of data.groups) for (const reply of g.replies) items.set(key(g.prompt, reply), { prompt: g.prompt, reply });
+  for (const u of data.unpaired) items.set(key(u.prompt, u.reply), { prompt: u.prompt, reply: u.reply });
+  const list = [...items.values()];
+  const feats = covariateFeatures(names, list, { reference, tok });
+  const featOf = new Map(list.map((it, i) => [key(it.prompt, it.reply), feats[i]!]));
+  const lambda = fitCovariateCoefs(train, train.map((g) => g.replies.map((r) => featOf.get(key(g.prompt, r))!)), omega);
+  const covariates: CovariateCoefs = Object.fromEntries(names.map((n, k) => [n, lambda[k]!]));
+  const offsetOf = new Map([...featOf].map(([k, f]) => [k, f.reduce((s, x, i) => s + lambda[i]! * x, 0)]));
+  return {
+    covariates,
+    scoreOffset: (prompt, reply) => {
+      const v = offsetOf.get(key(prompt, reply));
+      if (v === undefined) throw new Error('covariates: a reply outside the data the features were computed for');
+      return v;
+    },
+  };
 }
 
 /**
@@ -359,17 +426,23 @@ export function saveRewardEnsemble(dir: string, e: RewardEnsemble, meta: Ensembl
       tokenizerFingerprint: meta.tokenizer.fingerprint(),
       parent: meta.parent,
       step: meta.step,
-      metrics: { ...meta.metrics, members: e.members.length },
+      metrics: { ...meta.metrics, members: e.members.length, ...Object.fromEntries(Object.entries(e.covariates).map(([k, v]) => [`covariate_${k}`, v])) },
       runConfig: { ...meta.runConfig, ensemble: 'reward-ensemble/1' },
     },
     tokenizer: meta.tokenizer.toJSON(),
   });
 }
 
-/** Loads an ensemble saved by {@link saveRewardEnsemble} (or a single reward checkpoint as K = 1). */
-export function loadRewardEnsemble(dir: string, tok: Tokenizer): { ensemble: RewardEnsemble; meta: CheckpointMeta } {
+/**
+ * Loads an ensemble saved by {@link saveRewardEnsemble} (or a single reward checkpoint as K = 1);
+ * one with a likelihood covariate needs its `reference` policy (SFT).
+ */
+export function loadRewardEnsemble(dir: string, tok: Tokenizer, reference?: GPT): { ensemble: RewardEnsemble; meta: CheckpointMeta } {
   const ck = loadCheckpoint(dir, { kind: 'reward', tokenizerFingerprint: tok.fingerprint() });
-  if (ck.weights.has('wte')) return { ensemble: rewardEnsemble([GPT.fromWeights(ck.meta.config, 'reward', ck.weights)]), meta: ck.meta };
+  const covariates: CovariateCoefs = Object.fromEntries(COVARIATES.flatMap((k) => (ck.meta.metrics[`covariate_${k}`] ? [[k, ck.meta.metrics[`covariate_${k}`]!]] : [])));
+  if (covariates.likelihood && !reference) throw new CheckpointError('checkpoint_corrupt', `${dir}: this reward ensemble scores the reference likelihood; load it with the reference policy`);
+  const ref = covariates.likelihood ? reference : undefined;
+  if (ck.weights.has('wte')) return { ensemble: rewardEnsemble([GPT.fromWeights(ck.meta.config, 'reward', ck.weights)], covariates, ref), meta: ck.meta };
   const K = ck.meta.metrics.members;
   if (!(Number.isInteger(K) && K! >= 1)) throw new CheckpointError('checkpoint_corrupt', `${dir}: meta.json has no member count for a reward ensemble`);
   const members: GPT[] = [];
@@ -384,5 +457,5 @@ export function loadRewardEnsemble(dir: string, tok: Tokenizer): { ensemble: Rew
     members.forEach((m) => m.dispose());
     throw new CheckpointError('checkpoint_corrupt', `${dir}: ${(err as Error).message}`);
   }
-  return { ensemble: rewardEnsemble(members), meta: ck.meta };
+  return { ensemble: rewardEnsemble(members, covariates, ref), meta: ck.meta };
 }

@@ -9,7 +9,8 @@
  *
  *   r(x, y)  the scalar head on the final hidden state of the rendered conversation x + y, i.e. on
  *            the reply's closing `<|end|>` token; the reply is always the canonical encoding of
- *            its text (see {@link scoreExchanges});
+ *            its text (see {@link scoreExchanges}); with a `scoreOffset` c, r + c(x, y) takes its
+ *            place everywhere in L (c fixed: the reward covariates of reward-covariates.ts);
  *   Δ_wl     r(x_g, y_w) − r(x_g, y_l);
  *   w_g      1 / (#pairs + #ties) of the group: a pick is 1 pair, a K-way ranking C(K,2) pairs,
  *            so each judgement weighs the same (InstructGPT); its K replies are scored in one pass;
@@ -136,7 +137,12 @@ export interface RewardLossOptions {
   tieWeight?: number;
   /** m in −log σ(Δ − m) (0 = off). */
   margin?: number;
+  /** A fixed part of the score: r(x, y) + c(x, y), so the head learns what c does not explain (see reward-covariates.ts; absent = 0). */
+  scoreOffset?: ScoreOffset;
 }
+
+/** The fixed part c(x, y) of a reply's score (a reply is its text, as judged). */
+export type ScoreOffset = (prompt: readonly ChatMessage[], reply: string) => number;
 
 /** A judgement with its sample weight ω (recency × bootstrap; 1 by default). */
 interface Weighted<T> {
@@ -147,6 +153,8 @@ interface Weighted<T> {
 /** Rows, pair selections and weights for a minibatch of groups and unpaired examples. */
 interface RmBatch {
   rows: number[][];
+  /** c(x, y) of each row `[N]` (zeros without a score offset). */
+  offsets: Float32Array;
   /** `[P, N]` +1 at the winner's row, −1 at the loser's. */
   select: Float32Array;
   /** ω_g w_g / Σ ω_g per pair `[P]`. */
@@ -163,15 +171,16 @@ interface RmBatch {
 
 const unit = <T>(items: readonly T[]): Weighted<T>[] => items.map((item) => ({ item, omega: 1 }));
 
-function buildBatch(tok: Tokenizer, blockSize: number, groups: readonly Weighted<PreferenceGroup>[], unpaired: readonly Weighted<UnpairedExample>[]): RmBatch {
+function buildBatch(tok: Tokenizer, blockSize: number, groups: readonly Weighted<PreferenceGroup>[], unpaired: readonly Weighted<UnpairedExample>[], offset?: ScoreOffset): RmBatch {
   const rows: number[][] = [];
+  const offsets: number[] = [];
   const pairs: { w: number; l: number; weight: number }[] = [];
   const ties: { w: number; l: number; weight: number }[] = [];
   const omegaSum = groups.reduce((a, g) => a + g.omega, 0);
   for (const { item: g, omega } of groups) {
     if (omega <= 0) continue;
     const base = rows.length;
-    for (const r of g.replies) rows.push(encodeExchange(tok, g.prompt, r, blockSize).ids);
+    for (const r of g.replies) (rows.push(encodeExchange(tok, g.prompt, r, blockSize).ids), offsets.push(offset?.(g.prompt, r) ?? 0));
     const weight = (omega * g.weight) / omegaSum;
     for (const [w, l] of g.pairs) pairs.push({ w: base + w, l: base + l, weight });
     for (const [a, b] of g.ties ?? []) ties.push({ w: base + a, l: base + b, weight });
@@ -180,6 +189,7 @@ function buildBatch(tok: Tokenizer, blockSize: number, groups: readonly Weighted
     .filter((u) => u.omega > 0)
     .map(({ item: u, omega }) => {
       rows.push(encodeExchange(tok, u.prompt, u.reply, blockSize).ids);
+      offsets.push(offset?.(u.prompt, u.reply) ?? 0);
       return { row: rows.length - 1, sign: u.label ? 1 : -1, weight: omega * u.weight };
     });
   const N = rows.length;
@@ -193,6 +203,7 @@ function buildBatch(tok: Tokenizer, blockSize: number, groups: readonly Weighted
   };
   return {
     rows,
+    offsets: Float32Array.from(offsets),
     select: selectOf(pairs),
     pairWeights: Float32Array.from(pairs.map((p) => p.weight)),
     P: pairs.length,
@@ -205,7 +216,7 @@ function buildBatch(tok: Tokenizer, blockSize: number, groups: readonly Weighted
 
 /** The loss of a batch (the objective at the top of the file), and Δ = r_w − r_l per pair `[P]`. */
 function batchLoss(rm: GPT, b: RmBatch, pad: number, o: RewardLossOptions): { loss: tf.Scalar; diff: tf.Tensor1D } {
-  const s = scoreRows(rm, b.rows, pad); // [N]
+  const s = o.scoreOffset ? tf.add(scoreRows(rm, b.rows, pad), tf.tensor1d(b.offsets)) : scoreRows(rm, b.rows, pad); // [N]
   const N = b.rows.length;
   const col = tf.reshape(s, [N, 1]); // [N, 1]
   let loss: tf.Scalar = tf.scalar(0);
@@ -239,23 +250,23 @@ function batchLoss(rm: GPT, b: RmBatch, pad: number, o: RewardLossOptions): { lo
  */
 export function rewardLoss(rm: GPT, tok: Tokenizer, groups: readonly PreferenceGroup[], unpaired: readonly UnpairedExample[], o: RewardLossOptions & { omega?: readonly number[] }): number {
   const pad = tok.specialId('<|pad|>');
-  const b = buildBatch(tok, rm.config.blockSize, groups.map((item, i) => ({ item, omega: o.omega?.[i] ?? 1 })), unit(unpaired));
+  const b = buildBatch(tok, rm.config.blockSize, groups.map((item, i) => ({ item, omega: o.omega?.[i] ?? 1 })), unit(unpaired), o.scoreOffset);
   const l = tf.tidy(() => batchLoss(rm, b, pad, o).loss);
   const v = l.dataSync()[0]!;
   l.dispose();
   return v;
 }
 
-/** Pairwise accuracy, loss and calibration on held-out groups. */
-export function evaluateRewardModel(rm: GPT, tok: Tokenizer, groups: readonly PreferenceGroup[], groupsPerBatch = 8): RewardEval {
+/** Pairwise accuracy, loss and calibration on held-out groups (of r + c with a score offset c). */
+export function evaluateRewardModel(rm: GPT, tok: Tokenizer, groups: readonly PreferenceGroup[], groupsPerBatch = 8, scoreOffset?: ScoreOffset): RewardEval {
   const pad = tok.specialId('<|pad|>');
   const deltas: number[] = [];
   const weights: number[] = [];
   for (let i = 0; i < groups.length; i += groupsPerBatch) {
     const part = groups.slice(i, i + groupsPerBatch).filter((g) => g.pairs.length > 0);
-    const b = buildBatch(tok, rm.config.blockSize, unit(part), []);
+    const b = buildBatch(tok, rm.config.blockSize, unit(part), [], scoreOffset);
     if (!b.P) continue;
-    const d = tf.tidy(() => batchLoss(rm, b, pad, { unpairedCoef: 0 }).diff);
+    const d = tf.tidy(() => batchLoss(rm, b, pad, { unpairedCoef: 0, scoreOffset }).diff);
     deltas.push(...d.dataSync());
     d.dispose();
     weights.push(...part.flatMap((g) => g.pairs.map(() => g.weight)));
@@ -298,6 +309,8 @@ export interface TrainRewardOptions {
     Partial<Pick<RewardConfig, 'tieWeight' | 'margin' | 'patience'>> & {
       /** Steps between held-out evaluations (0 or absent = once per epoch). */
       evalEvery?: number;
+      /** {@link RewardLossOptions.scoreOffset} (absent = none). */
+      scoreOffset?: ScoreOffset;
     };
   /** Sample weight ω of each training group (same order as `train.groups`; default 1; 0 = left out). */
   groupWeights?: readonly number[];
@@ -328,7 +341,7 @@ export function trainRewardModel(o: TrainRewardOptions): TrainRewardResult {
   const { rm, tok, cfg } = o;
   const log = o.log ?? ((l: string) => console.error(l));
   const pad = tok.specialId('<|pad|>');
-  const lossOpts: RewardLossOptions = { unpairedCoef: cfg.unpairedCoef, tieWeight: cfg.tieWeight ?? 0, margin: cfg.margin ?? 0 };
+  const lossOpts: RewardLossOptions = { unpairedCoef: cfg.unpairedCoef, tieWeight: cfg.tieWeight ?? 0, margin: cfg.margin ?? 0, scoreOffset: cfg.scoreOffset };
   const opt = new AdamW(rm.params, { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: cfg.weightDecay, gradClip: cfg.gradClip });
   const vars = rm.trainableVariables();
   const rng = createRng(cfg.seed);
@@ -352,7 +365,7 @@ export function trainRewardModel(o: TrainRewardOptions): TrainRewardResult {
   let lastEval = -1;
   const evaluate = (epoch: number): boolean => {
     lastEval = step;
-    const heldOut = evaluateRewardModel(rm, tok, o.val, cfg.groupsPerBatch);
+    const heldOut = evaluateRewardModel(rm, tok, o.val, cfg.groupsPerBatch, cfg.scoreOffset);
     const trainLoss = mean(losses);
     history.push({ epoch, step, trainLoss, heldOut });
     losses = [];
@@ -374,7 +387,7 @@ export function trainRewardModel(o: TrainRewardOptions): TrainRewardResult {
     for (let i = 0; i < perEpoch; i++) {
       const g = order.slice(i * cfg.groupsPerBatch, (i + 1) * cfg.groupsPerBatch);
       const u = useUnpaired ? Array.from({ length: Math.min(cfg.unpairedPerBatch, uorder.length) }, (_, k) => uorder[(i * cfg.unpairedPerBatch + k) % uorder.length]!) : [];
-      const b = buildBatch(tok, rm.config.blockSize, g, u);
+      const b = buildBatch(tok, rm.config.blockSize, g, u, cfg.scoreOffset);
       if (b.P || b.Q || b.unpaired.length) {
         const lr = warmupCosine(step, total, cfg.lr, cfg.minLr, cfg.warmup);
         const { loss } = optimizerStep(rm, opt, vars, lr, () => ({ loss: batchLoss(rm, b, pad, lossOpts).loss }));
@@ -394,7 +407,7 @@ export function trainRewardModel(o: TrainRewardOptions): TrainRewardResult {
     }
   }
   opt.dispose();
-  let heldOut = history[history.length - 1]?.heldOut ?? evaluateRewardModel(rm, tok, o.val, cfg.groupsPerBatch);
+  let heldOut = history[history.length - 1]?.heldOut ?? evaluateRewardModel(rm, tok, o.val, cfg.groupsPerBatch, cfg.scoreOffset);
   let bestStep = step;
   if (earlyStopping && best.weights) {
     [...rm.params.values()].forEach((p, i) => p.assign(best.weights![i]!));

@@ -1,0 +1,156 @@
+/**
+ * A diagnostic, outside every decision of the loop: what does the reward model learn from one
+ * round of the simulated users' judgements? It samples a round of sessions on SFT replies (the
+ * users' mix: a quarter thumbs, half comparisons, a quarter 4-way rankings, judged by the users'
+ * rubric with their noise), trains the loop's reward ensemble on them with the story's settings,
+ * and reports its accuracy on held-out pairs (4 SFT replies on each of 256 held-out prompts) split
+ * by which part of the rubric differs between the two replies, at equal length, and the
+ * correlation of its score with reply length. Gold only measures here.
+ *
+ *   node --import tsx sim/reward-probe.ts [--sessions 1500] [--epochs 1] [--lr 3e-4] [--members 3]
+ *       [--covariates length+likelihood] [--fit-only] [--policy checkpoints/sft] [--seed 1]
+ *
+ * `--fit-only` skips the heads: the covariates' Bradley–Terry fit alone, scored the same way.
+ */
+import { parseArgs } from 'node:util';
+import { initBackend } from '../model/backend.ts';
+import { loadCheckpoint } from '../model/checkpoint.ts';
+import { Tokenizer } from '../model/tokenizer.ts';
+import { GPT } from '../model/gpt.ts';
+import { sampleForEval } from '../training/loop-eval.ts';
+import { GoldRubric, NoisyJudge, Rng, readDefinitionPrompts, type DefinitionPrompt, type RubricBreakdown } from './gold-rubric.ts';
+import { trainRewardEnsemble, memberScores, spreadOf } from '../training/reward-ensemble.ts';
+import { replyWords } from '../feedback/reply-words.ts';
+import { rankingGroup, type PreferenceGroup, type UnpairedExample } from '../training/preferences.ts';
+
+const { values: args } = parseArgs({
+  args: process.argv.slice(2),
+  strict: true,
+  options: { sessions: { type: 'string' }, epochs: { type: 'string' }, lr: { type: 'string' }, members: { type: 'string' }, covariates: { type: 'string' }, 'fit-only': { type: 'boolean' }, policy: { type: 'string' }, seed: { type: 'string' }, heldout: { type: 'string' } },
+});
+const sessions = Number(args.sessions ?? 1500);
+const epochs = Number(args.epochs ?? 1);
+const lr = Number(args.lr ?? 3e-4);
+const members = Number(args.members ?? 3);
+const policyDir = args.policy ?? 'checkpoints/sft';
+await initBackend({ log: () => {} });
+const ck = loadCheckpoint('checkpoints/sft', { kind: 'policy' });
+const tok = Tokenizer.fromJSON(ck.tokenizer);
+const sft = GPT.fromWeights(ck.meta.config, 'policy', ck.weights);
+const pk = loadCheckpoint(policyDir, { kind: 'policy' });
+const policy = GPT.fromWeights(pk.meta.config, 'policy', pk.weights);
+const train = readDefinitionPrompts('data/dialogues.train.jsonl');
+const val = readDefinitionPrompts('data/dialogues.val.jsonl');
+const rub = new GoldRubric([...train, ...val]);
+const end = tok.specialId('<|end|>');
+const rng = new Rng(Number(args.seed ?? 1));
+const judge = new NoisyJudge(rng);
+const conv = (p: DefinitionPrompt) => [{ role: 'user' as const, content: p.prompt }];
+
+function sample(ps: DefinitionPrompt[], seed: number) {
+  const out: { text: string; b: RubricBreakdown; words: number }[] = [];
+  for (let i = 0; i < ps.length; i += 64) {
+    const chunk = ps.slice(i, i + 64);
+    const eps = sampleForEval(policy, tok, chunk.map(conv), { maxTokens: 48, temperature: 1, topP: 0.95, seed: seed + i });
+    eps.forEach((e, j) => out.push({ text: e.reply, b: rub.breakdown(chunk[j]!.prompt, e.reply, e.replyIds.at(-1) === end), words: replyWords(e.reply) }));
+  }
+  return out;
+}
+
+const t0 = Date.now();
+const groups: PreferenceGroup[] = [];
+const unpaired: UnpairedExample[] = [];
+const kinds = Array.from({ length: sessions }, () => rng.pick(['thumb', 'comparison', 'comparison', 'ranking'] as const));
+const sessPrompts = kinds.map(() => rng.pick(train));
+const sizes = kinds.map((k) => (k === 'thumb' ? 1 : k === 'comparison' ? 2 : 4));
+const flat = sessPrompts.flatMap((p, i) => Array.from({ length: sizes[i]! }, () => p));
+const replies = sample(flat, 11);
+let at = 0;
+for (let i = 0; i < sessions; i++) {
+  const rs = replies.slice(at, at + sizes[i]!);
+  at += sizes[i]!;
+  const p = conv(sessPrompts[i]!);
+  const g = rs.map((r) => r.b.total);
+  if (kinds[i] === 'thumb') unpaired.push({ prompt: p, reply: rs[0]!.text, label: judge.thumb(g[0]!) === 'up', weight: 1 });
+  else if (kinds[i] === 'comparison') {
+    const c = judge.compare(g[0]!, g[1]!);
+    if (c === 'tie') groups.push({ prompt: p, replies: [rs[0]!.text, rs[1]!.text], pairs: [], ties: [[0, 1]], weight: 1, source: 'tie' });
+    else groups.push({ prompt: p, replies: [rs[0]!.text, rs[1]!.text], pairs: [c === 'a' ? [0, 1] : [1, 0]], weight: 1, source: 'comparison' });
+  } else {
+    const order = judge.rankDistinct(g);
+    if (order.length >= 2) groups.push(rankingGroup(p, order.map((k) => rs[k]!.text)));
+  }
+}
+console.log(`data: ${groups.length} groups, ${unpaired.length} thumbs (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+if (args['fit-only']) {
+  const { covariateFeatures, fitCovariateCoefs } = await import('../training/reward-covariates.ts');
+  const names = ['length', 'likelihood'] as const;
+  const feats = groups.map((g) => covariateFeatures(names, g.replies.map((reply) => ({ prompt: g.prompt, reply })), { reference: sft, tok }));
+  const lam = fitCovariateCoefs(groups, feats);
+  const lamLen = fitCovariateCoefs(groups, feats.map((f) => f.map((x) => [x[0]!])));
+  console.log('λ (length, likelihood)', lam, 'length alone', lamLen);
+  // On the users' own labels: the fixed eval split's judgements (as the loop's guard reads them), fitted on train only.
+  const { splitPreferences } = await import('../training/preferences.ts');
+  const parts = splitPreferences({ groups, unpaired });
+  const featOf = new Map(groups.map((g, i) => [g, feats[i]!]));
+  const fitOn = (gs: PreferenceGroup[], k?: number) => fitCovariateCoefs(gs, gs.map((g) => featOf.get(g)!.map((f) => (k === undefined ? f : [f[k]!]))));
+  const usersAcc = (lamT: number[], k?: number) => {
+    let hit = 0, n = 0;
+    for (const g of parts.eval.groups) for (const [w, l] of g.pairs) {
+      const f = featOf.get(g)!;
+      const sc = (i: number) => (k === undefined ? lamT[0]! * f[i]![0]! + lamT[1]! * f[i]![1]! : lamT[0]! * f[i]![k]!);
+      hit += sc(w) > sc(l) ? 1 : sc(w) === sc(l) ? 0.5 : 0;
+      n++;
+    }
+    return `${(hit / n).toFixed(3)} over ${n}`;
+  };
+  console.log('users\' eval split accuracy: length+likelihood', usersAcc(fitOn(parts.train.groups)), '; length alone', usersAcc(fitOn(parts.train.groups, 0), 0));
+  const hp = val.slice(0, 256);
+  const h = sample(hp.flatMap((p) => [p, p, p, p]), 999);
+  const hf = covariateFeatures(names, h.map((x, i) => ({ prompt: conv(hp[Math.floor(i / 4)]!), reply: x.text })), { reference: sft, tok });
+  const sc = hf.map((f) => lam[0]! * f[0]! + lam[1]! * f[1]!);
+  const cats: Record<string, [number, number]> = {};
+  const add = (k: string, ok: boolean) => ((cats[k] ??= [0, 0]), (cats[k]![0] += ok ? 1 : 0), cats[k]![1]++);
+  for (let q = 0; q < hp.length; q++) for (let i = 0; i < 4; i++) for (let j = i + 1; j < 4; j++) {
+    const a = h[q * 4 + i]!, b = h[q * 4 + j]!; const dg = a.b.total - b.b.total; if (Math.abs(dg) < 0.05) continue;
+    const ok = Math.sign(sc[q * 4 + i]! - sc[q * 4 + j]!) === Math.sign(dg); add('all', ok);
+    const df = a.b.format - b.b.format, dl = a.b.length - b.b.length;
+    if (Math.abs(df) >= 0.25 && Math.abs(dl) < 0.15) add('format, |Δlen| ≤ 1 word', ok);
+    if (a.words === b.words) add('equal words', ok);
+  }
+  for (const [k, [ok, n]] of Object.entries(cats)) console.log(`${k.padEnd(34)} ${(ok / n).toFixed(3)} over ${n}`);
+  process.exit(0);
+}
+const r = trainRewardEnsemble({ sft, tok, data: { groups, unpaired }, cfg: { members, epochs, lr, seed: 3, covariates: (args.covariates ? args.covariates.split('+') : []) as ('length' | 'likelihood')[] }, log: () => {} });
+console.log(`λ ${JSON.stringify(r.covariates)}; trained in ${r.seconds.toFixed(0)} s; its own eval split accuracy ${r.evalSet.accuracy.toFixed(3)} over ${r.evalSet.pairs}`);
+
+// Held-out: 4 samples on each of 256 val prompts, all 6 pairs, by gold.
+const hp = val.slice(0, Number(args.heldout ?? 256));
+const h = sample(hp.flatMap((p) => [p, p, p, p]), 999);
+const scores = spreadOf(memberScores(r.ensemble, tok, h.map((x, i) => ({ prompt: conv(hp[Math.floor(i / 4)]!), reply: x.text })))).map((s) => s.mean);
+const cats: Record<string, [number, number]> = {};
+const add = (k: string, ok: boolean) => ((cats[k] ??= [0, 0]), (cats[k]![0] += ok ? 1 : 0), cats[k]![1]++);
+for (let q = 0; q < hp.length; q++)
+  for (let i = 0; i < 4; i++)
+    for (let j = i + 1; j < 4; j++) {
+      const a = h[q * 4 + i]!, b = h[q * 4 + j]!;
+      const dg = a.b.total - b.b.total;
+      if (Math.abs(dg) < 0.05) continue;
+      const ok = Math.sign(scores[q * 4 + i]! - scores[q * 4 + j]!) === Math.sign(dg);
+      add('all', ok);
+      const df = a.b.format - b.b.format, dov = a.b.overlap - b.b.overlap, dl = a.b.length - b.b.length, dc = a.b.clean - b.b.clean + a.b.empty - b.b.empty;
+      if (a.words === b.words) add('equal words', ok);
+      if (Math.abs(df) >= 0.25 && Math.abs(dl) < 0.15 && Math.abs(dov) < 0.01 && dc === 0) add('format only (|Δlen| ≤ 1 word)', ok);
+      if (Math.abs(dov) >= 0.1 && Math.abs(df) < 0.01 && Math.abs(dl) < 0.15 && dc === 0) add('overlap only', ok);
+      if (Math.abs(dl) >= 0.1 && Math.abs(df) < 0.01 && Math.abs(dov) < 0.01 && dc === 0) add('length only', ok);
+      if (dc !== 0 && Math.abs(df) < 0.01 && Math.abs(dov) < 0.01) add('clean/empty only', ok);
+      const parts = { format: Math.abs(df), overlap: Math.abs(dov), length: Math.abs(dl), clean: Math.abs(dc) };
+      const top = Object.entries(parts).sort((x, y) => y[1] - x[1])[0]![0];
+      add(`largest part ${top}`, Math.sign(scores[q * 4 + i]! - scores[q * 4 + j]!) === Math.sign(top === 'format' ? df : top === 'overlap' ? dov : top === 'length' ? dl : dc));
+    }
+for (const [k, [ok, n]] of Object.entries(cats)) console.log(`${k.padEnd(34)} ${(ok / n).toFixed(3)} over ${n}`);
+// correlation of score with words and with format
+const corr = (x: number[], y: number[]) => { const mx = x.reduce((a, b) => a + b) / x.length, my = y.reduce((a, b) => a + b) / y.length; let sxy = 0, sxx = 0, syy = 0; x.forEach((v, i) => { sxy += (v - mx) * (y[i]! - my); sxx += (v - mx) ** 2; syy += (y[i]! - my) ** 2; }); return sxy / Math.sqrt(sxx * syy); };
+console.log('corr(score, words)', corr(scores, h.map((x) => x.words)).toFixed(3), 'corr(score, format)', corr(scores, h.map((x) => x.b.format)).toFixed(3), 'corr(score, gold)', corr(scores, h.map((x) => x.b.total)).toFixed(3), 'corr(gold, words)', corr(h.map((x) => x.b.total), h.map((x) => x.words)).toFixed(3));
+console.log('policy means', JSON.stringify(Object.fromEntries((['format', 'overlap', 'length', 'clean', 'total'] as const).map((k) => [k, (h.reduce((a, x) => a + x.b[k], 0) / h.length).toFixed(3)]))), 'words', (h.reduce((a, x) => a + x.words, 0) / h.length).toFixed(1));
+console.log(`total ${((Date.now() - t0) / 1000).toFixed(0)} s`);

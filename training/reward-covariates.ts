@@ -1,0 +1,132 @@
+/**
+ * Covariates of the reward: generic features of a reply whose weights are fitted on the users'
+ * judgements by a Bradley–Terry model with those features alone,
+ *
+ *   P(y_w ≻ y_l) = σ(Σ_k λ_k · (f_k(x, y_w) − f_k(x, y_l))),
+ *
+ *   f_length(x, y)     = words of y (feedback/reply-words.ts, as the arena's length control counts);
+ *   f_likelihood(x, y) = mean log-probability per token of y (its canonical encoding and the
+ *                        closing `<|end|>`) under the reference policy (SFT), at temperature 1;
+ *
+ * maximised over the pairs (ties with target ½) with the reward model's weights, by Newton's
+ * method. The reward model then scores r(x, y) = q(x, y) + Σ_k λ_k f_k(x, y) with λ fixed, so
+ * its head q is trained on what the covariates do not explain (the residual).
+ *
+ * Why: a small reward model learns the easiest feature of its data, reply length, and little
+ * else (measured: it ranks replies that differ in length 95% right and those that differ in
+ * spelling the asked word at chance). With length one fitted number, the head's gradient goes to
+ * the rest. And what the head does not learn, the reference likelihood may carry: a garbled
+ * or misspelled reply is an unlikely one, and whether users prefer likely replies, and how much,
+ * is what λ_likelihood measures on their judgements (0 if they do not care).
+ *
+ * From the field: Chatbot Arena's style control (length as a covariate of the Bradley–Terry fit)
+ * moved into the reward, and a fixed-λ variant of ODIN (Chen et al. 2024: a length head beside a
+ * quality head). The optimiser may weigh length apart (`lengthWeight` of EnsembleRewardSource).
+ */
+import type { GPT } from '../model/gpt.ts';
+import type { Tokenizer } from '../model/tokenizer.ts';
+import type { ChatMessage } from '../model/chat-template.ts';
+import type { PreferenceGroup } from './preferences.ts';
+import { replyWords } from '../feedback/reply-words.ts';
+import { encodeExchange } from './rlhf-common.ts';
+import { replyLogProbs } from './ppo.ts';
+
+export const COVARIATES = ['length', 'likelihood'] as const;
+export type Covariate = (typeof COVARIATES)[number];
+/** λ per covariate (absent or 0 = not in the score). */
+export type CovariateCoefs = Partial<Record<Covariate, number>>;
+
+/** A tiny ridge: λ stays finite when the pairs separate, and is 0 for a feature that never differs. */
+const RIDGE = 1e-6;
+
+/**
+ * λ of the Bradley–Terry model on the features alone, fitted on `groups`: `features[g][i]` is
+ * reply i of group g's feature vector (K numbers); each pair and tie weighs `omega[g] · weight`
+ * (omega defaults to 1). Zeros with no pair or tie.
+ */
+export function fitCovariateCoefs(groups: readonly PreferenceGroup[], features: readonly (readonly (readonly number[])[])[], omega?: readonly number[]): number[] {
+  const K = features.find((f) => f.length)?.[0]?.length ?? 0;
+  const d: number[][] = [];
+  const y: number[] = [];
+  const w: number[] = [];
+  groups.forEach((g, i) => {
+    const om = (omega?.[i] ?? 1) * g.weight;
+    if (!(om > 0)) return;
+    const f = features[i]!;
+    const diff = (a: number, b: number) => f[a]!.map((x, k) => x - f[b]![k]!);
+    for (const [a, b] of g.pairs) (d.push(diff(a, b)), y.push(1), w.push(om));
+    for (const [a, b] of g.ties ?? []) (d.push(diff(a, b)), y.push(0.5), w.push(om));
+  });
+  let lambda = new Array<number>(K).fill(0);
+  if (!d.length || !K) return lambda;
+  // Fitted on differences scaled to unit RMS (so the ridge means the same for every unit), then unscaled.
+  const scale = lambda.map((_, k) => Math.sqrt(d.reduce((s, x) => s + x[k]! * x[k]!, 0) / d.length) || 1);
+  for (const x of d) x.forEach((v, k) => (x[k] = v / scale[k]!));
+  const wsum = w.reduce((s, x) => s + x, 0);
+  for (let iter = 0; iter < 100; iter++) {
+    const grad = lambda.map((l) => -RIDGE * l);
+    const info = Array.from({ length: K }, (_, a) => Array.from({ length: K }, (_, b) => (a === b ? RIDGE : 0)));
+    for (let i = 0; i < d.length; i++) {
+      const z = d[i]!.reduce((s, x, k) => s + x * lambda[k]!, 0);
+      const p = 1 / (1 + Math.exp(-z));
+      const c = w[i]! / wsum;
+      for (let a = 0; a < K; a++) {
+        grad[a]! += c * (y[i]! - p) * d[i]![a]!;
+        for (let b = 0; b < K; b++) info[a]![b]! += c * p * (1 - p) * d[i]![a]! * d[i]![b]!;
+      }
+    }
+    const step = solve(info, grad);
+    // A bounded step: the log-likelihood is concave, but Newton may overshoot from 0.
+    const size = Math.max(...step.map(Math.abs));
+    const t = size > 1 ? 1 / size : 1;
+    step.forEach((s, k) => (lambda[k]! += t * s));
+    if (size < 1e-10) break;
+  }
+  lambda = lambda.map((l, k) => l / scale[k]!);
+  return lambda;
+}
+
+/** Solves A x = b (A symmetric positive definite, small) by Gaussian elimination with pivoting. */
+function solve(A: readonly (readonly number[])[], b: readonly number[]): number[] {
+  const n = b.length;
+  const m = A.map((row, i) => [...row, b[i]!]);
+  for (let c = 0; c < n; c++) {
+    let p = c;
+    for (let r = c + 1; r < n; r++) if (Math.abs(m[r]![c]!) > Math.abs(m[p]![c]!)) p = r;
+    [m[c], m[p]] = [m[p]!, m[c]!];
+    for (let r = c + 1; r < n; r++) {
+      const f = m[r]![c]! / m[c]![c]!;
+      for (let k = c; k <= n; k++) m[r]![k]! -= f * m[c]![k]!;
+    }
+  }
+  const x = new Array<number>(n).fill(0);
+  for (let r = n - 1; r >= 0; r--) {
+    let s = m[r]![n]!;
+    for (let k = r + 1; k < n; k++) s -= m[r]![k]! * x[k]!;
+    x[r] = s / m[r]![r]!;
+  }
+  return x;
+}
+
+/** Mean log-probability per token of each reply (canonical encoding + `<|end|>`) under `reference` at temperature 1. */
+export function referenceLikelihood(reference: GPT, tok: Tokenizer, items: readonly { prompt: readonly ChatMessage[]; reply: string }[], batchSize = 32): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < items.length; i += batchSize) {
+    const eps = items.slice(i, i + batchSize).map((it) => {
+      const x = encodeExchange(tok, it.prompt, it.reply, reference.config.blockSize);
+      return { prompt: [...it.prompt], promptIds: x.ids.slice(0, x.replyStart), replyIds: x.ids.slice(x.replyStart), reply: it.reply, finishReason: 'stop' as const };
+    });
+    for (const lp of replyLogProbs(reference, tok, eps, 1)) out.push(lp.length ? lp.reduce((a, b) => a + b, 0) / lp.length : 0);
+  }
+  return out;
+}
+
+/** The covariates' feature vectors of `items` (in the order of `names`); the likelihood needs the reference policy. */
+export function covariateFeatures(names: readonly Covariate[], items: readonly { prompt: readonly ChatMessage[]; reply: string }[], o: { reference?: GPT; tok: Tokenizer }): number[][] {
+  const columns = names.map((n) => {
+    if (n === 'length') return items.map((it) => replyWords(it.reply));
+    if (!o.reference) throw new Error('the likelihood covariate needs the reference policy');
+    return referenceLikelihood(o.reference, o.tok, items);
+  });
+  return items.map((_, i) => columns.map((c) => c[i]!));
+}
