@@ -12,7 +12,8 @@
  *
  * `--fit-only` skips the heads: the covariates' Bradley–Terry fit alone, scored the same way.
  */
-import { parseArgs } from 'node:util';
+import { z } from 'zod';
+import { runCommand } from '../cli/command.ts';
 import { initBackend } from '../model/backend.ts';
 import { loadCheckpoint } from '../model/checkpoint.ts';
 import { Tokenizer } from '../model/tokenizer.ts';
@@ -23,16 +24,23 @@ import { trainRewardEnsemble, memberScores, spreadOf } from '../training/reward-
 import { replyWords } from '../feedback/reply-words.ts';
 import { rankingGroup, type PreferenceGroup, type UnpairedExample } from '../training/preferences.ts';
 
-const { values: args } = parseArgs({
-  args: process.argv.slice(2),
-  strict: true,
-  options: { sessions: { type: 'string' }, epochs: { type: 'string' }, lr: { type: 'string' }, members: { type: 'string' }, covariates: { type: 'string' }, 'fit-only': { type: 'boolean' }, policy: { type: 'string' }, seed: { type: 'string' }, heldout: { type: 'string' } },
+const ProbeConfig = z.object({
+  sessions: z.number().int().positive().default(1500).describe("the users' sessions of the round"),
+  epochs: z.number().int().positive().default(1).describe('reward-model epochs'),
+  lr: z.number().positive().default(3e-4).describe('reward-model learning rate'),
+  members: z.number().int().positive().default(3).describe('ensemble members'),
+  covariates: z.enum(['length', 'likelihood', 'length+likelihood']).optional().describe('reward covariates fitted first (default: none)'),
+  fitOnly: z.boolean().default(false).describe("the covariates' Bradley–Terry fit alone, no heads"),
+  policy: z.string().default('checkpoints/sft').describe('policy whose replies are judged'),
+  seed: z.number().int().nonnegative().default(1).describe("seed of the users' draws"),
+  heldout: z.number().int().positive().default(256).describe('held-out prompts scored'),
 });
-const sessions = Number(args.sessions ?? 1500);
-const epochs = Number(args.epochs ?? 1);
-const lr = Number(args.lr ?? 3e-4);
-const members = Number(args.members ?? 3);
-const policyDir = args.policy ?? 'checkpoints/sft';
+let args: z.infer<typeof ProbeConfig> | undefined;
+await runCommand({ usage: 'node --import tsx sim/reward-probe.ts [options]', schema: ProbeConfig, envPrefix: 'REWARD_PROBE' }, async (cfg) => {
+  args = cfg;
+});
+if (!args) process.exit(process.exitCode ?? 0); // --help, or a usage error already printed
+const { sessions, epochs, lr, members, policy: policyDir } = args;
 await initBackend({ log: () => {} });
 const ck = loadCheckpoint('checkpoints/sft', { kind: 'policy' });
 const tok = Tokenizer.fromJSON(ck.tokenizer);
@@ -43,7 +51,7 @@ const train = readDefinitionPrompts('data/dialogues.train.jsonl');
 const val = readDefinitionPrompts('data/dialogues.val.jsonl');
 const rub = new GoldRubric([...train, ...val]);
 const end = tok.specialId('<|end|>');
-const rng = new Rng(Number(args.seed ?? 1));
+const rng = new Rng(args.seed);
 const judge = new NoisyJudge(rng);
 const conv = (p: DefinitionPrompt) => [{ role: 'user' as const, content: p.prompt }];
 
@@ -82,7 +90,7 @@ for (let i = 0; i < sessions; i++) {
   }
 }
 console.log(`data: ${groups.length} groups, ${unpaired.length} thumbs (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
-if (args['fit-only']) {
+if (args.fitOnly) {
   const { covariateFeatures, fitCovariateCoefs } = await import('../training/reward-covariates.ts');
   const names = ['length', 'likelihood'] as const;
   const feats = groups.map((g) => covariateFeatures(names, g.replies.map((reply) => ({ prompt: g.prompt, reply })), { reference: sft, tok }));
@@ -125,7 +133,7 @@ const r = trainRewardEnsemble({ sft, tok, data: { groups, unpaired }, cfg: { mem
 console.log(`λ ${JSON.stringify(r.covariates)}; trained in ${r.seconds.toFixed(0)} s; its own eval split accuracy ${r.evalSet.accuracy.toFixed(3)} over ${r.evalSet.pairs}`);
 
 // Held-out: 4 samples on each of 256 val prompts, all 6 pairs, by gold.
-const hp = val.slice(0, Number(args.heldout ?? 256));
+const hp = val.slice(0, args.heldout);
 const h = sample(hp.flatMap((p) => [p, p, p, p]), 999);
 const scores = spreadOf(memberScores(r.ensemble, tok, h.map((x, i) => ({ prompt: conv(hp[Math.floor(i / 4)]!), reply: x.text })))).map((s) => s.mean);
 const cats: Record<string, [number, number]> = {};
