@@ -28,10 +28,10 @@ function admin(path: string, init: { method?: string; body?: unknown; token?: st
 }
 
 before(async () => {
-  srv = await startTestServer({ adminToken: TOKEN, registryPollMs: 50 }, { modelConfig: { blockSize: 128 } });
+  srv = await startTestServer({ adminToken: TOKEN, registryPollMs: 50 }, { modelConfig: { blockSize: 512 } });
   // A second policy with other weights (same tokenizer and shape), in a directory of its own name.
   const dir = join(mkdtempSync(join(tmpdir(), 'srv-ckpt-')), 'ppo-1');
-  cpSync(await makeTinyCheckpoint({ blockSize: 128 }, 99), dir, { recursive: true });
+  cpSync(await makeTinyCheckpoint({ blockSize: 512 }, 99), dir, { recursive: true });
   other = { dir, id: await register(dir) };
 });
 after(async () => srv.close());
@@ -48,7 +48,7 @@ test('a promotion swaps the champion between steps: replies in flight finish on 
   const clients = await Promise.all(Array.from({ length: 4 }, () => TestClient.connect(srv.wsUrl)));
   const convs = await Promise.all(clients.map((c) => c.request({ type: 'start', userId: 'u' }, (m) => m.type === 'conversation')));
   const replies = clients.map((c, i) =>
-    c.request({ type: 'user_message', requestId: `r${i}`, conversationId: convs[i]!.conversationId, content: 'what does lucid mean?', params: { maxTokens: 60, temperature: 1, seed: i, stop: [] } }, (m) => m.type === 'reply' || m.type === 'error', 30_000),
+    c.request({ type: 'user_message', requestId: `r${i}`, conversationId: convs[i]!.conversationId, content: 'what does lucid mean?', params: { maxTokens: 250, temperature: 1, seed: i, stop: [] } }, (m) => m.type === 'reply' || m.type === 'error', 30_000),
   );
   await clients[0]!.next((m) => m.type === 'delta'); // streams are in flight
   const res = await admin('/promote', { body: { versionId: other.id, reason: 'test' } });
@@ -92,14 +92,14 @@ test('admin refuses an unknown version, a reward model and a corrupt file with s
   assert.equal((await unknown.json()).error.code, 'unknown_model_version');
 
   const rmDir = join(mkdtempSync(join(tmpdir(), 'srv-ckpt-')), 'reward-1');
-  cpSync(await makeTinyCheckpoint({ blockSize: 128 }, 5), rmDir, { recursive: true });
+  cpSync(await makeTinyCheckpoint({ blockSize: 512 }, 5), rmDir, { recursive: true });
   const rmId = await register(rmDir, 'reward');
   const reward = await admin('/promote', { body: { versionId: rmId } });
   assert.equal(reward.status, 409);
   assert.equal((await reward.json()).error.code, 'not_a_policy');
 
   const badDir = join(mkdtempSync(join(tmpdir(), 'srv-ckpt-')), 'ppo-bad');
-  cpSync(await makeTinyCheckpoint({ blockSize: 128 }, 6), badDir, { recursive: true });
+  cpSync(await makeTinyCheckpoint({ blockSize: 512 }, 6), badDir, { recursive: true });
   const badId = await register(badDir);
   const w = readFileSync(join(badDir, 'model.safetensors'));
   w[w.length - 1] ^= 0xff;
