@@ -73,7 +73,7 @@ test('every acknowledged judgement survives SIGKILL mid-burst, and the database 
 });
 
 test('every acknowledged judgement survives SIGKILL mid-burst on PostgreSQL, and no ranking is half written', async (t) => {
-  if (!(await requirePostgres(t))) return;
+  await requirePostgres();
   const schema = `fb_kill_${randomBytes(6).toString('hex')}`;
   const client = new pg.Client({ connectionString: TEST_PG_URL });
   await client.connect();

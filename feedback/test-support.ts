@@ -38,17 +38,14 @@ export function postgresProblem(): Promise<string | null> {
 }
 
 /**
- * For a single PostgreSQL test: true when PostgreSQL answers; otherwise the test fails under `CI`
- * (where PostgreSQL must be up) and is skipped locally with the reason, and this returns false.
+ * For a single PostgreSQL test: fails it with the reason when PostgreSQL does not answer
+ * (PostgreSQL is part of every machine the suite runs on, CI's included).
  * @example
- * test('…on PostgreSQL', async (t) => { if (!(await requirePostgres(t))) return; … });
+ * test('…on PostgreSQL', async () => { await requirePostgres(); … });
  */
-export async function requirePostgres(t: { skip(message?: string): void }): Promise<boolean> {
+export async function requirePostgres(): Promise<void> {
   const problem = await postgresProblem();
-  if (problem === null) return true;
-  if (process.env.CI) throw new Error(`PostgreSQL must be reachable under CI at ${TEST_PG_URL}: ${problem}`);
-  t.skip(`PostgreSQL unreachable at ${TEST_PG_URL}: ${problem}`);
-  return false;
+  if (problem !== null) throw new Error(`PostgreSQL must be reachable at ${TEST_PG_URL}: ${problem}`);
 }
 
 /** What a dialect suite gets. */

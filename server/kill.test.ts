@@ -174,7 +174,7 @@ test('SIGKILL mid-stream and mid-burst on SQLite: no acknowledged judgement is l
 });
 
 test('SIGKILL mid-stream and mid-burst on PostgreSQL: no acknowledged judgement is lost and every conversation resumes', async (t) => {
-  if (!(await requirePostgres(t))) return;
+  await requirePostgres();
   const ckpt = await makeTinyCheckpoint({ blockSize: 256 });
   const schema = `kill_${randomBytes(6).toString('hex')}`;
   try {
