@@ -36,7 +36,6 @@
  * interval is a fixed-n one, for reading, never for the decision.
  */
 import { PostgresAdapter, type Kysely } from 'kysely';
-import { getGeneration } from './generations.ts';
 import { clearAlias, promote, resolveAlias } from './model-versions.ts';
 import type { Database } from './schema.ts';
 import { inTransaction } from './transaction.ts';
@@ -288,17 +287,6 @@ export async function arenaOutcomes(db: Kysely<Database>, o: { candidate: string
     else outcome = (r.choice === 'a') === candidateIsA ? 'win' : 'loss';
     return { outcome, lengthDiff: candidateIsA ? la - lb : lb - la, raterId: r.rater_id, createdAt: r.created_at };
   });
-}
-
-/**
- * The versions that generated replies `a` and `b` when both are arena replies (generation
- * `params.source = 'arena'`), else undefined: what the server reveals once the pair is judged.
- */
-export async function arenaPairVersions(db: Kysely<Database>, a: string, b: string): Promise<{ a: string; b: string } | undefined> {
-  const [ga, gb] = await Promise.all([getGeneration(db, a), getGeneration(db, b)]);
-  if (!ga || !gb) return undefined;
-  const arena = (paramsJson: string) => (JSON.parse(paramsJson) as { source?: unknown }).source === 'arena';
-  return arena(ga.params_json) && arena(gb.params_json) ? { a: ga.model_version_id, b: gb.model_version_id } : undefined;
 }
 
 /**

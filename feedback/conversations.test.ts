@@ -23,6 +23,20 @@ await describeEachDialect('conversations', (ctx) => {
     assert.deepEqual([all[0]!.user_id, all[0]!.session_id, all[0]!.token_count], ['u1', 's1', 3]);
   });
 
+  test('stores NUL in text as U+FFFD on both dialects (PostgreSQL text cannot hold it), in messages, titles and judgement comments', async () => {
+    const db = ctx.store().db;
+    const conv = await createConversation(db, { userId: 'u-nul', title: 'a\u0000b' });
+    const q = await addMessage(db, { conversationId: conv.id, role: 'user', content: 'what\u0000?' });
+    const a = await addMessage(db, { conversationId: conv.id, parentId: q.id, role: 'assistant', content: '\u0000x\u0000' });
+    assert.deepEqual((await getThread(db, a.id)).map((m) => m.content), ['what\uFFFD?', '\uFFFDx\uFFFD']);
+    assert.equal((await db.selectFrom('conversations').select('title').where('id', '=', conv.id).executeTakeFirstOrThrow()).title, 'a\uFFFDb');
+    // A filter on the same text finds what was stored.
+    assert.equal((await db.selectFrom('messages').select('id').where('content', '=', '\u0000x\u0000').execute()).length, 1);
+    const r = await ctx.store().writer.submit({ kind: 'thumb', messageId: a.id, value: 'up', raterId: 'u-nul', comment: 'ok\u0000' });
+    assert.ok(r.ok, JSON.stringify(r));
+    assert.equal((await db.selectFrom('thumbs').select('comment').where('id', '=', r.id).executeTakeFirstOrThrow()).comment, 'ok\uFFFD');
+  });
+
   test('refuses a message in an unknown conversation, under an unknown parent or a parent elsewhere', async () => {
     const db = ctx.store().db;
     const c1 = await createConversation(db, { userId: 'u1' });

@@ -9,7 +9,9 @@
  *   2 ≤ K ≤ 16 distinct replies; with `notRankable` the order carries no meaning.
  * All take `raterId`, optional `keyId` (the rater's API key id, never the key), `sessionId`,
  * `comment` (≤ 2,000 characters) and `idempotencyKey` (a retry with the same rater and key is
- * stored once).
+ * stored once). With `ownMessagesOnly` (set by the server for its users, never by a client) every
+ * referenced reply must be in one of the rater's own conversations; another's reply is refused
+ * as `unknown_message`, exactly like one that does not exist, so ids of others reveal nothing.
  *
  * The WebSocket protocol builds its judgement messages from {@link JUDGEMENT_FIELDS} (the same
  * fields and bounds, minus who the rater is, which the server knows), and reports a refused
@@ -34,6 +36,7 @@ const common = {
   raterId: z.string().min(1).max(128),
   keyId: z.string().min(1).max(64).optional(),
   sessionId: z.string().min(1).max(128).optional(),
+  ownMessagesOnly: z.boolean().optional(),
   ...clientCommon,
 };
 
@@ -56,7 +59,7 @@ export type RankingInput = z.infer<typeof rankingInput>;
 /** A judgement as submitted. */
 export type JudgementInput = z.infer<typeof judgementInput>;
 /** A judgement as a client states it: everything but who the rater is (the server knows that). */
-export type ClientJudgement = JudgementInput extends infer J ? (J extends unknown ? Omit<J, 'raterId' | 'keyId' | 'sessionId'> : never) : never;
+export type ClientJudgement = JudgementInput extends infer J ? (J extends unknown ? Omit<J, 'raterId' | 'keyId' | 'sessionId' | 'ownMessagesOnly'> : never) : never;
 
 function codeFor(issue: z.core.$ZodIssue): FeedbackErrorCode {
   const field = issue.path[0];
@@ -117,9 +120,9 @@ export function parseJudgement(input: unknown): JudgementInput {
   return j;
 }
 
-/** A hash of what was judged, ignoring the idempotency key: equal retries hash equal. */
+/** A hash of what was judged, ignoring the idempotency key and the ownership rule: equal retries hash equal. */
 export function payloadHash(j: JudgementInput): string {
-  const { idempotencyKey: _ignored, ...rest } = j;
+  const { idempotencyKey: _ignored, ownMessagesOnly: _rule, ...rest } = j;
   const canonical = JSON.stringify(rest, Object.keys(rest).sort());
   return createHash('sha256').update(canonical).digest('base64url');
 }

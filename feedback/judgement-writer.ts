@@ -9,8 +9,8 @@
  * taking the same subject first), each item is retried alone (up to 3 times) so the others
  * still land; an item that still fails rejects its promise with the underlying error.
  *
- * The store down or slow (a connection refused or timed out, a statement timeout): the batch is
- * retried whole with exponential backoff (50 ms doubling to 2 s) for up to `retryForMs`; its
+ * The store down, slow or busy (a connection refused or timed out, a statement timeout, every
+ * pooled connection in use): the batch is retried whole with exponential backoff (50 ms doubling to 2 s) for up to `retryForMs`; its
  * promises stay pending meanwhile, so nothing is acknowledged that was not committed, and it
  * rejects with the last error only after that. The queue is bounded (`maxQueue`): past it,
  * `submit` rejects at once with a `StoreUnavailableError` instead of holding memory without end.
@@ -19,7 +19,7 @@ import type { Kysely } from 'kysely';
 import { applyJudgements, type JudgementResult } from './judgements.ts';
 import type { JudgementInput } from './judgement-input.ts';
 import type { Database, DialectName } from './schema.ts';
-import { isStoreUnavailable, StoreUnavailableError, type StoreHealth } from './store-health.ts';
+import { isStoreUnavailable, StoreBusyError, StoreUnavailableError, type StoreHealth } from './store-health.ts';
 import { writeTransaction } from './transaction.ts';
 
 /** Options for {@link JudgementWriter}. */
@@ -157,8 +157,9 @@ export class JudgementWriter {
         this.#health?.succeeded();
         break;
       } catch (err) {
-        if (isStoreUnavailable(err)) {
-          this.#health?.failed(err);
+        const busy = err instanceof StoreBusyError; // every connection in use: wait like an outage, but the store is up
+        if (busy || isStoreUnavailable(err)) {
+          if (!busy) this.#health?.failed(err);
           if (Date.now() - t0 < this.#retryForMs) {
             this.stats.retries++;
             await new Promise((r) => setTimeout(r, Math.min(2000, 50 * 2 ** attempt)));

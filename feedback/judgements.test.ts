@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { Kysely } from 'kysely';
 import { getJudgement, getJudgementHistory, listComparisons, listRankings, listThumbs } from './judgement-queries.ts';
-import { submitJudgement, submitJudgements } from './judgements.ts';
+import { applyJudgements, submitJudgement, submitJudgements } from './judgements.ts';
+import { writeTransaction } from './transaction.ts';
 import { addMessage } from './conversations.ts';
 import { FeedbackError } from './errors.ts';
 import type { Database } from './schema.ts';
@@ -37,6 +38,49 @@ await describeEachDialect('judgements', (ctx) => {
     assert.deepEqual(rank!.candidates, [s.replies[2], s.replies[0], s.replies[1]]);
     assert.equal(rank!.k, 3);
     assert.equal(rank!.not_rankable, 0);
+  });
+
+  test('with ownMessagesOnly a rater judges only replies in their own conversations; another\'s reply is unknown_message', async () => {
+    const db = ctx.store().db;
+    const s = await seedContext(db, { n: 2, userId: 'owner-a' });
+    const [mine, theirs, open] = await submitJudgements(db, [
+      { kind: 'thumb', messageId: s.replies[0]!, raterId: 'owner-a', value: 'up', ownMessagesOnly: true },
+      { kind: 'comparison', a: s.replies[0]!, b: s.replies[1]!, choice: 'a', raterId: 'owner-b', ownMessagesOnly: true },
+      { kind: 'comparison', a: s.replies[0]!, b: s.replies[1]!, choice: 'a', raterId: 'labeller' },
+    ]);
+    assert.ok(mine!.ok, JSON.stringify(mine));
+    assert.deepEqual(theirs, { ok: false, error: { code: 'unknown_message', message: `no message ${s.replies[0]}` } });
+    assert.ok(open!.ok, 'without the rule any rater may judge (labelling of exported replies)');
+  });
+
+  test('a comparison of an arena pair tells the versions that wrote a and b, also on a retry; other pairs tell nothing', async () => {
+    const db = ctx.store().db;
+    const arena = await seedContext(db, { n: 2, modelVersionId: ['champ-1', 'cand-1'], params: { temperature: 1, source: 'arena' } });
+    const plain = await seedContext(db, { n: 2, modelVersionId: ['champ-1', 'cand-1'] });
+    const pick = { kind: 'comparison', a: arena.replies[1]!, b: arena.replies[0]!, choice: 'a', raterId: 'r-arena', idempotencyKey: 'k1' } as const;
+    const [a, p] = await submitJudgements(db, [pick, { kind: 'comparison', a: plain.replies[0]!, b: plain.replies[1]!, choice: 'b', raterId: 'r-arena' }]);
+    assert.ok(a!.ok && p!.ok);
+    assert.deepEqual(a.revealed, { a: 'cand-1', b: 'champ-1' });
+    assert.equal(p.revealed, undefined);
+    const [again] = await submitJudgements(db, [pick]);
+    assert.ok(again!.ok && again.duplicate);
+    assert.deepEqual(again.revealed, { a: 'cand-1', b: 'champ-1' });
+  });
+
+  test('batches judging the same subject in parallel transactions all land: one current row, the others history', async () => {
+    const store = ctx.store();
+    const s = await seedContext(store.db, { n: 2 });
+    const one = (choice: 'a' | 'b') => writeTransaction(store.db, store.dialect, (trx) => applyJudgements(trx, [
+      { kind: 'comparison', a: s.replies[0]!, b: s.replies[1]!, choice, raterId: 'r-race' },
+      { kind: 'thumb', messageId: s.replies[0]!, value: choice === 'a' ? 'up' : 'down', raterId: 'r-race' },
+    ]));
+    const results = (await Promise.all(Array.from({ length: 8 }, (_, i) => one(i % 2 ? 'a' : 'b')))).flat();
+    assert.ok(results.every((r) => r.ok), JSON.stringify(results.filter((r) => !r.ok)));
+    for (const table of ['comparisons', 'thumbs'] as const) {
+      const rows = await store.db.selectFrom(table).select('current').where('rater_id', '=', 'r-race').execute();
+      assert.equal(rows.length, 8);
+      assert.equal(rows.filter((r) => r.current === 1).length, 1, `${table}: exactly one current row`);
+    }
   });
 
   test('refuses bad input with a stable code and writes nothing', async () => {

@@ -9,7 +9,7 @@
  * a thumb, the same pair of replies for a comparison, the same set of replies for a ranking)
  * supersedes the earlier one: the new row is `current`, the old ones stay as history.
  */
-import type { Kysely } from 'kysely';
+import { PostgresAdapter, sql, type Kysely } from 'kysely';
 import { FeedbackError, type FeedbackErrorCode } from './errors.ts';
 import { newId, nowIso } from './ids.ts';
 import { parseJudgement, payloadHash, type JudgementInput } from './judgement-input.ts';
@@ -25,12 +25,23 @@ import { inTransaction } from './transaction.ts';
 
 /** What happened to one submitted judgement. */
 export type JudgementResult =
-  | { ok: true; kind: JudgementKind; id: string; duplicate: boolean }
+  | {
+      ok: true;
+      kind: JudgementKind;
+      id: string;
+      duplicate: boolean;
+      /** A comparison of an arena pair: the model version that wrote `a` and the one that wrote `b`, told once the judgement is stored. */
+      revealed?: { a: string; b: string };
+    }
   | { ok: false; error: { code: FeedbackErrorCode; message: string } };
 
 interface MessageFacts {
   role: string;
   parent_id: string | null;
+  /** Whose conversation it is in. */
+  user_id: string | null;
+  /** The version that generated it, when the reply was decoded as one side of an arena pair. */
+  arenaVersion: string | null;
 }
 
 interface Planned {
@@ -42,6 +53,7 @@ interface Planned {
   subjectKey: string;
   row: NewThumb | NewComparison | NewRanking;
   items: RankingItemTable[];
+  revealed?: { a: string; b: string };
 }
 
 const CHUNK = 200;
@@ -66,18 +78,38 @@ function referencedIds(j: JudgementInput): string[] {
 async function lookupMessages(db: Kysely<Database>, ids: string[]): Promise<Map<string, MessageFacts>> {
   const found = new Map<string, MessageFacts>();
   for (const part of chunks([...new Set(ids)], 500)) {
-    const rows = await db.selectFrom('messages').select(['id', 'role', 'parent_id']).where('id', 'in', part).execute();
-    for (const r of rows) found.set(r.id, r);
+    const rows = await db
+      .selectFrom('messages as m')
+      .innerJoin('conversations as c', 'c.id', 'm.conversation_id')
+      .leftJoin('generations as g', 'g.message_id', 'm.id')
+      .select(['m.id', 'm.role', 'm.parent_id', 'c.user_id', 'g.model_version_id', 'g.params_json'])
+      .where('m.id', 'in', part)
+      .execute();
+    for (const r of rows) {
+      const arena = r.params_json !== null && (JSON.parse(r.params_json) as { source?: unknown }).source === 'arena';
+      found.set(r.id, { role: r.role, parent_id: r.parent_id, user_id: r.user_id, arenaVersion: arena ? r.model_version_id : null });
+    }
   }
   return found;
 }
 
-/** Checks the replies exist, are the assistant's, and answer the same context; returns it. */
-function sharedContext(ids: readonly string[], contextId: string | undefined, messages: Map<string, MessageFacts>): string {
+/** The versions behind a compared pair when both replies were decoded as an arena pair. */
+function arenaVersions(j: JudgementInput, messages: Map<string, MessageFacts>): { revealed?: { a: string; b: string } } {
+  if (j.kind !== 'comparison') return {};
+  const a = messages.get(j.a)?.arenaVersion;
+  const b = messages.get(j.b)?.arenaVersion;
+  return a && b ? { revealed: { a, b } } : {};
+}
+
+/**
+ * Checks the replies exist (and, with `owner`, are in that user's conversations), are the
+ * assistant's, and answer the same context; returns it.
+ */
+function sharedContext(ids: readonly string[], contextId: string | undefined, messages: Map<string, MessageFacts>, owner?: string): string {
   let context: string | null | undefined;
   for (const id of ids) {
     const m = messages.get(id);
-    if (!m) throw new FeedbackError('unknown_message', `no message ${id}`);
+    if (!m || (owner !== undefined && m.user_id !== owner)) throw new FeedbackError('unknown_message', `no message ${id}`);
     if (m.role !== 'assistant') throw new FeedbackError('not_assistant_message', `message ${id} is not an assistant reply`);
     if (m.parent_id === null) throw new FeedbackError('context_mismatch', `reply ${id} answers no context`);
     if (context !== undefined && m.parent_id !== context) {
@@ -93,6 +125,7 @@ function sharedContext(ids: readonly string[], contextId: string | undefined, me
 
 function plan(index: number, j: JudgementInput, messages: Map<string, MessageFacts>, createdAt: string): Planned {
   const id = newId();
+  const owner = j.ownMessagesOnly ? j.raterId : undefined;
   const base = {
     id,
     rater_id: j.raterId,
@@ -111,18 +144,18 @@ function plan(index: number, j: JudgementInput, messages: Map<string, MessageFac
     scopeKey: j.idempotencyKey === undefined ? null : JSON.stringify([j.raterId, j.idempotencyKey]),
   };
   if (j.kind === 'thumb') {
-    sharedContext([j.messageId], undefined, messages);
+    sharedContext([j.messageId], undefined, messages, owner);
     const subjectKey = JSON.stringify([j.raterId, j.messageId]);
     const row: NewThumb = { ...base, subject_key: subjectKey, message_id: j.messageId, value: j.value, reason: j.reason ?? null };
     return { ...common, subjectKey, row, items: [] };
   }
   if (j.kind === 'comparison') {
-    const context = sharedContext([j.a, j.b], j.contextId, messages);
+    const context = sharedContext([j.a, j.b], j.contextId, messages, owner);
     const subjectKey = JSON.stringify([j.raterId, ...[j.a, j.b].sort()]);
     const row: NewComparison = { ...base, subject_key: subjectKey, context_id: context, a_id: j.a, b_id: j.b, choice: j.choice };
-    return { ...common, subjectKey, row, items: [] };
+    return { ...common, ...arenaVersions(j, messages), subjectKey, row, items: [] };
   }
-  const context = sharedContext(j.candidates, j.contextId, messages);
+  const context = sharedContext(j.candidates, j.contextId, messages, owner);
   const subjectKey = JSON.stringify([j.raterId, ...[...j.candidates].sort()]);
   const row: NewRanking = {
     ...base,
@@ -136,6 +169,20 @@ function plan(index: number, j: JudgementInput, messages: Map<string, MessageFac
 }
 
 const TABLE = { thumb: 'thumbs', comparison: 'comparisons', ranking: 'rankings' } as const;
+
+/**
+ * On PostgreSQL, takes a transaction-scoped advisory lock on every subject (and idempotency key)
+ * of the batch, in one sorted order, so two transactions judging the same subject at once (the
+ * writer runs several batches in parallel; several servers may share the store) run one after
+ * the other: the second then sees the first's row and supersedes it, instead of both inserting a
+ * `current` row and the second failing on the unique index. One order for every transaction
+ * means no deadlock. SQLite needs none: its writers are serialised.
+ */
+async function lockSubjects(db: Kysely<Database>, keys: string[]): Promise<void> {
+  if (keys.length === 0 || !(db.getExecutor().adapter instanceof PostgresAdapter)) return;
+  const sorted = [...new Set(keys)].sort();
+  await sql`select count(pg_advisory_xact_lock(hashtextextended(k, 0))) from (select k from unnest(${sorted}::text[]) as k order by k) s`.execute(db);
+}
 
 async function write(db: Kysely<Database>, planned: Planned[], createdAt: string): Promise<void> {
   const lastBySubject = new Map<string, Planned>();
@@ -192,6 +239,7 @@ export async function applyJudgements(db: Kysely<Database>, inputs: readonly unk
   }
 
   const scopeKeys = [...new Set(valid.flatMap((p) => (p.scopeKey === null ? [] : [p.scopeKey])))];
+  await lockSubjects(db, [...valid.map((p) => `${p.kind}\n${p.subjectKey}`), ...scopeKeys.map((k) => `key\n${k}`)]);
   const seen = new Map<string, { kind: JudgementKind; id: string; hash: string }>();
   for (const part of chunks(scopeKeys, 500)) {
     const rows = await db.selectFrom('idempotency_keys').selectAll().where('key', 'in', part).execute();
@@ -204,7 +252,7 @@ export async function applyJudgements(db: Kysely<Database>, inputs: readonly unk
       if (p.scopeKey !== null) seen.set(p.scopeKey, { kind: p.kind, id: p.id, hash: p.hash });
       toWrite.push(p);
     } else if (prior.hash === p.hash && prior.kind === p.kind) {
-      results[p.index] = { ok: true, kind: prior.kind, id: prior.id, duplicate: true };
+      results[p.index] = { ok: true, kind: prior.kind, id: prior.id, duplicate: true, ...(p.revealed ? { revealed: p.revealed } : {}) };
     } else {
       results[p.index] = fail(
         new FeedbackError('idempotency_conflict', 'this idempotency key was already used for a different judgement'),
@@ -213,7 +261,7 @@ export async function applyJudgements(db: Kysely<Database>, inputs: readonly unk
   }
 
   await write(db, toWrite, createdAt);
-  for (const p of toWrite) results[p.index] = { ok: true, kind: p.kind, id: p.id, duplicate: false };
+  for (const p of toWrite) results[p.index] = { ok: true, kind: p.kind, id: p.id, duplicate: false, ...(p.revealed ? { revealed: p.revealed } : {}) };
   return results;
 }
 

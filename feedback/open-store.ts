@@ -13,7 +13,9 @@
  * PostgreSQL down or slow: a connection is given up after `connectTimeoutMs` (default 2 s) and a
  * statement after `statementTimeoutMs` (default 10 s), so nothing waits forever; the store's
  * `health` (store-health.ts) turns `degraded` on such failures and back to `ok` when a probe
- * or a connection succeeds.
+ * or a connection succeeds. A wait for a pooled connection that times out while connections
+ * keep coming back (every one busy with queries that finish) is saturation, not an outage: it
+ * throws `StoreBusyError` (`overloaded`, retry) and leaves the health as it is.
  */
 import { mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
@@ -23,7 +25,8 @@ import { CompiledQuery, Kysely, PostgresDialect, SqliteDialect, SqliteDriver, sq
 import pg from 'pg';
 import { JudgementWriter, type JudgementWriterOptions } from './judgement-writer.ts';
 import { migrateToLatest } from './migrate.ts';
-import { StoreHealth } from './store-health.ts';
+import { StoreBusyError, StoreHealth } from './store-health.ts';
+import { StorableTextPlugin } from './text-plugin.ts';
 import { WalCheckpointer } from './wal-checkpointer.ts';
 import type { Database, DialectName } from './schema.ts';
 
@@ -180,7 +183,7 @@ function openSqlite(url: string | undefined, opts: StoreOptions, log: (line: str
     database.pragma('wal_autocheckpoint = 0');
     checkpointer = new WalCheckpointer(resolve(file), { intervalMs: interval, synchronous: sync, log });
   }
-  const db = new Kysely<Database>({ dialect: new ImmediateSqliteDialect(database) });
+  const db = new Kysely<Database>({ dialect: new ImmediateSqliteDialect(database), plugins: [new StorableTextPlugin()] });
   return { db, dialect: 'sqlite', location: resolve(file), checkpointer, beforeClose: () => checkpointer?.stop() };
 }
 
@@ -198,10 +201,11 @@ async function openPostgres(url: string, opts: StoreOptions): Promise<Opened> {
     }
   }
   const statementTimeout = opts.statementTimeoutMs ?? 10_000;
+  const connectTimeoutMs = opts.connectTimeoutMs ?? 2000;
   const pool = new pg.Pool({
     connectionString: url,
     max: opts.poolSize ?? 10,
-    connectionTimeoutMillis: opts.connectTimeoutMs ?? 2000,
+    connectionTimeoutMillis: connectTimeoutMs,
     keepAlive: true,
     options: [`-c statement_timeout=${statementTimeout}`, ...(opts.schema ? [`-c search_path="${opts.schema}"`] : [])].join(' '),
   });
@@ -211,6 +215,8 @@ async function openPostgres(url: string, opts: StoreOptions): Promise<Opened> {
   // Every query of Kysely starts with pool.connect(): its failures and successes are the health signal.
   const connect = pool.connect.bind(pool) as (cb?: unknown) => Promise<pg.PoolClient>;
   const watchedClients = new WeakSet<pg.PoolClient>();
+  // When a connection last came back to the pool: queries are finishing, so the store is up.
+  let lastRelease = 0;
   const watched = async () => {
     try {
       const client = await connect();
@@ -222,12 +228,18 @@ async function openPostgres(url: string, opts: StoreOptions): Promise<Opened> {
       }
       return client;
     } catch (err) {
+      // Waiting in the pool's queue past the timeout while connections keep coming back is
+      // saturation (too many requests at once), not an outage: busy, and the health stays.
+      if (pool.totalCount >= pool.options.max && Date.now() - lastRelease < connectTimeoutMs && /timeout exceeded when trying to connect/.test((err as Error).message)) {
+        throw new StoreBusyError(`every one of the store's ${pool.options.max} connections is busy; retry later`, { cause: err });
+      }
       health?.failed(err);
       throw err;
     }
   };
+  pool.on('release', () => (lastRelease = Date.now()));
   (pool as { connect: unknown }).connect = (cb?: unknown) => (cb === undefined ? watched() : connect(cb)); // pool.query passes a callback
-  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }), plugins: [new StorableTextPlugin()] });
   const schema = opts.schema ?? (await sql<{ s: string }>`select current_schema() as s`.execute(db)).rows[0]!.s;
   health = new StoreHealth(() => sql`select 1`.execute(db), { probeMs: opts.healthProbeMs ?? 1000, log: opts.log ?? ((l) => console.error(l)) });
   return { db, dialect: 'postgres', location: schema, schema, health };

@@ -3,12 +3,10 @@ import { createServer, type Socket } from 'node:net';
 import { test } from 'node:test';
 import { sql } from 'kysely';
 import { openStore } from './open-store.ts';
-import { isStoreUnavailable, StoreHealth, StoreUnavailableError } from './store-health.ts';
+import { isStoreUnavailable, StoreBusyError, StoreHealth, StoreUnavailableError } from './store-health.ts';
 import { openTempStore } from './temp-store.ts';
-import { postgresProblem, TEST_PG_URL } from './test-support.ts';
+import { requirePostgres, TEST_PG_URL } from './test-support.ts';
 
-const problem = await postgresProblem();
-const skip = problem !== null && !process.env.CI ? `PostgreSQL unreachable at ${TEST_PG_URL} (${problem})` : false;
 
 test('health turns degraded on a failure, says why, and ok again on a probe that succeeds', async () => {
   let up = false;
@@ -35,7 +33,8 @@ test('errors that mean "not now" are told from errors that mean "not this"', () 
   assert.ok(!isStoreUnavailable(new Error('invalid_choice')));
 });
 
-test('a statement over statementTimeoutMs is cancelled, as store_unavailable', { skip }, async () => {
+test('a statement over statementTimeoutMs is cancelled, as store_unavailable', async () => {
+  await requirePostgres();
   const store = await openTempStore({ url: TEST_PG_URL, prefix: 'fb_health', statementTimeoutMs: 200, healthProbeMs: 0 });
   try {
     const t0 = Date.now();
@@ -65,5 +64,28 @@ test('a PostgreSQL that accepts connections and never answers is given up after 
   } finally {
     for (const s of sockets) s.destroy();
     blackhole.close();
+  }
+});
+
+test('a full pool whose connections keep coming back is busy (overloaded), not down; one whose connections are all stuck is down', async () => {
+  await requirePostgres();
+  const store = await openTempStore({ url: TEST_PG_URL, prefix: 'fb_busy', poolSize: 1, connectTimeoutMs: 200, healthProbeMs: 0 });
+  const outcome = (p: Promise<unknown>) => p.then(() => 'ok', (e: unknown) => e);
+  try {
+    // Stuck: the only connection sleeps for 1 s, and nothing comes back to the pool while a query waits.
+    const long = sql`select pg_sleep(1)`.execute(store.db);
+    await new Promise((r) => setTimeout(r, 250));
+    const stuck = await outcome(sql`select 1`.execute(store.db));
+    assert.ok(isStoreUnavailable(stuck) && !(stuck instanceof StoreBusyError), String(stuck));
+    assert.equal(store.health.state().state, 'degraded');
+    await long;
+    // Saturated: twelve 50 ms queries on one connection; the later ones wait past 200 ms while the earlier ones finish.
+    const results = await Promise.all(Array.from({ length: 12 }, () => outcome(sql`select pg_sleep(0.05)`.execute(store.db))));
+    const busy = results.filter((r) => r instanceof StoreBusyError);
+    assert.ok(results.includes('ok') && busy.length > 0, results.map(String).join(', '));
+    assert.ok(busy.every((e) => !isStoreUnavailable(e)));
+    assert.equal(store.health.state().state, 'ok', 'saturation leaves the health ok');
+  } finally {
+    await store.close();
   }
 });

@@ -15,6 +15,16 @@ export class StoreUnavailableError extends Error {
   readonly code = 'store_unavailable';
 }
 
+/**
+ * A store error that says "busy" (every pooled connection is in use by queries that are
+ * finishing, and a request waited past the connect timeout for one), not "down": answered with
+ * `overloaded` and a retry, and never counted against the store's health.
+ */
+export class StoreBusyError extends Error {
+  override readonly name = 'StoreBusyError';
+  readonly code = 'overloaded';
+}
+
 const NET_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'SQLITE_BUSY']);
 // SQLSTATE: 08xxx connection exception, 57014 statement timeout, 57P01-03 shutdown / cannot connect now, 53300 too many connections.
 const SQLSTATE = /^(08...|57014|57P0[123]|53300)$/;
@@ -23,7 +33,7 @@ const MESSAGES = /timeout exceeded when trying to connect|Connection terminated|
 /** Whether `err` means the store is unreachable or too slow (worth a retry later). */
 export function isStoreUnavailable(err: unknown): boolean {
   if (err instanceof StoreUnavailableError) return true;
-  if (!(err instanceof Error)) return false;
+  if (!(err instanceof Error) || err instanceof StoreBusyError) return false;
   const code = (err as { code?: unknown }).code;
   if (typeof code === 'string' && (NET_CODES.has(code) || SQLSTATE.test(code))) return true;
   const cause = (err as { cause?: unknown }).cause;

@@ -18,7 +18,7 @@ import { addMessage, createConversation, getConversation, getThread, listMessage
 import { addAssistantReply } from '../feedback/generations.ts';
 import { inTransaction } from '../feedback/transaction.ts';
 import type { ClientJudgement } from '../feedback/judgement-input.ts';
-import { messagesOwnedBy, type JudgementResult } from '../feedback/judgements.ts';
+import type { JudgementResult } from '../feedback/judgements.ts';
 import type { FeedbackStore } from '../feedback/open-store.ts';
 import type { Identity } from './auth.ts';
 import type { ServerConfig } from './config.ts';
@@ -29,7 +29,6 @@ import type { ModelRegistry, ModelTarget } from './model-registry.ts';
 import type { GenerationResult, Job, Scheduler } from './scheduler.ts';
 import type { ConversationState, SessionCache, Turn } from './session-cache.ts';
 import type { Sampling } from './ws-protocol.ts';
-import { arenaPairVersions } from '../feedback/arena.ts';
 
 export interface ChatDeps {
   store: FeedbackStore;
@@ -147,11 +146,8 @@ export class ChatService {
    * `unknown_message`, like a message that does not exist.
    */
   async judge(who: Identity, input: ClientJudgement): Promise<JudgementResult> {
-    const ids = input.kind === 'thumb' ? [input.messageId] : input.kind === 'comparison' ? [input.a, input.b] : input.candidates;
-    const owned = await messagesOwnedBy(this.deps.store.db, who.userId, ids);
-    const foreign = ids.find((id) => !owned.has(id));
-    if (foreign !== undefined) return { ok: false, error: { code: 'unknown_message', message: `no message ${foreign}` } };
-    return this.deps.store.writer.submit({ ...input, raterId: who.userId, ...(who.keyId ? { keyId: who.keyId } : {}) });
+    // One batched transaction checks ownership, stores the judgement and finds an arena pair's versions.
+    return this.deps.store.writer.submit({ ...input, raterId: who.userId, ownMessagesOnly: true, ...(who.keyId ? { keyId: who.keyId } : {}) });
   }
 
   /** The path from the root to `messageId` (a message of this conversation), from the cache when it is on the active branch. */
@@ -396,9 +392,6 @@ export class ChatService {
   }
 
   /** The versions behind replies `a` and `b` when both are arena replies (revealed after the judgement), else undefined. */
-  arenaReveal(a: string, b: string): Promise<{ a: string; b: string } | undefined> {
-    return arenaPairVersions(this.deps.store.db, a, b);
-  }
 
   #gauges(): void {
     this.deps.metrics.activeConversations.set(this.deps.sessions.size);

@@ -5,7 +5,7 @@
  */
 import { CheckpointError } from '../model/checkpoint.ts';
 import { FeedbackError } from '../feedback/errors.ts';
-import { isStoreUnavailable } from '../feedback/store-health.ts';
+import { isStoreUnavailable, StoreBusyError } from '../feedback/store-health.ts';
 
 /** Every code the server itself produces (the feedback store's codes pass through unchanged). */
 export type ServerErrorCode =
@@ -110,6 +110,7 @@ export function toChatError(err: unknown): ChatError {
   if (err instanceof ChatError) return err;
   if (err instanceof FeedbackError) return new ChatError(err.code, err.message);
   if (err instanceof CheckpointError) return new ChatError(err.code, err.message, 503);
+  if (err instanceof StoreBusyError) return new ChatError('overloaded', err.message, 429, 1);
   if (isStoreUnavailable(err)) return new ChatError('store_unavailable', 'the feedback store is unreachable; retry later', 503, 2);
   return new ChatError('internal_error', 'internal error');
 }

@@ -150,8 +150,7 @@ export function feedbackRoutes(deps: FeedbackRouteDeps): Hono<FeedbackEnv> {
       const e = new ChatError(r.error.code, r.error.message);
       throw param ? e.withParam(param) : e;
     }
-    const revealed = kind === 'comparison' ? await chat.arenaReveal(fields.a as string, fields.b as string) : undefined;
-    return c.json({ object: 'feedback', id: r.id, type: r.kind, duplicate: r.duplicate, ...(revealed ? { revealed } : {}) }, r.duplicate ? 200 : 201);
+    return c.json({ object: 'feedback', id: r.id, type: r.kind, duplicate: r.duplicate, ...(r.revealed ? { revealed: r.revealed } : {}) }, r.duplicate ? 200 : 201);
   });
 
   app.get('/', async (c) => {

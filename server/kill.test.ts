@@ -102,11 +102,13 @@ async function killMidStreamAndBurst(args: string[], dialect: string): Promise<s
 
   // The burst: every rater sends judgements without waiting; acknowledgements are collected.
   const acked: { kind: string; id: string }[] = [];
+  const refusals = new Map<string, number>(); // error code → count: what the burst got instead of acks
   let n = 0;
   for (const c of raters) {
     c.ws.on('message', (d) => {
       const m = JSON.parse(String(d)) as Record<string, unknown>;
       if (m.type === 'feedback_ack') acked.push({ kind: String(m.kind), id: String(m.id) });
+      else if (m.type === 'error') refusals.set(String(m.code), (refusals.get(String(m.code)) ?? 0) + 1);
     });
   }
   const burst = setInterval(() => {
@@ -121,12 +123,13 @@ async function killMidStreamAndBurst(args: string[], dialect: string): Promise<s
   const t0 = Date.now();
   while ((acked.length < 300 || !inFlight || deltasInFlight === 0) && Date.now() - t0 < 20_000) await new Promise((r) => setTimeout(r, 2));
   assert.ok(inFlight && deltasInFlight > 0, 'a reply was streaming at the kill');
+  const killedAfterMs = Date.now() - t0;
   first.proc.kill('SIGKILL');
   streaming = false;
   clearInterval(burst);
   assert.equal(await first.exited, 'SIGKILL');
   const ackedAtKill = acked.length;
-  assert.ok(ackedAtKill >= 300, `${ackedAtKill} judgements acknowledged before the kill`);
+  assert.ok(ackedAtKill >= 300, `${ackedAtKill} judgements acknowledged before the kill; refused: ${JSON.stringify(Object.fromEntries(refusals))}`);
   for (const c of [streamer, ...raters]) c.ws.terminate();
 
   // Restart on the same store.
@@ -155,7 +158,7 @@ async function killMidStreamAndBurst(args: string[], dialect: string): Promise<s
       assert.equal(next.type, 'reply', JSON.stringify(next));
     }
     c.close();
-    return `${ackedAtKill} judgements acknowledged before the kill (${acked.length} by the time the socket saw it die), all stored; ${lastReply.size} conversations resumed`;
+    return `${ackedAtKill} judgements acknowledged in ${killedAfterMs} ms before the kill (${acked.length} by the time the socket saw it die), all stored; refused meanwhile: ${JSON.stringify(Object.fromEntries(refusals))}; ${lastReply.size} conversations resumed`;
   } finally {
     second.proc.kill('SIGKILL');
     await second.exited;

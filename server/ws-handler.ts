@@ -330,8 +330,7 @@ class Connection {
     const { type, requestId: _r, ...rest } = msg;
     const r = await chat.judge(this.identity, { ...rest, kind: type } as Parameters<ChatService['judge']>[1]);
     if (!r.ok) return this.error(r.error.code, r.error.message, requestId);
-    const revealed = msg.type === 'comparison' ? await chat.arenaReveal(msg.a, msg.b) : undefined;
-    this.send({ type: 'feedback_ack', requestId, kind: r.kind, id: r.id, duplicate: r.duplicate, ...(revealed ? { revealed } : {}) });
+    this.send({ type: 'feedback_ack', requestId, kind: r.kind, id: r.id, duplicate: r.duplicate, ...(r.revealed ? { revealed: r.revealed } : {}) });
   }
 }
 
