@@ -78,6 +78,7 @@ export const SimConfig = z.object({
   data: z.string().default('data').describe('dialogues.{train,val}.jsonl; built when missing'),
   minRewardAccuracy: nonNegative().default(0.6).describe("the loop's guard on reward-model held-out accuracy"),
   rewardCovariates: z.enum(['none', 'length', 'length+likelihood']).optional().describe("the loop's rewardCovariates (default: the loop's)"),
+  rewardHeads: z.enum(['on', 'auto']).optional().describe("the loop's rewardHeads (default: the loop's)"),
   rewardLengthWeight: nonNegative().optional().describe("the loop's rewardLengthWeight: weight of λ·words in the optimiser's reward (default: the loop's)"),
   keep: z.boolean().default(false).describe('keep the temporary stores and checkpoints'),
   raw: z.boolean().default(false).describe("with --json: every seed's line also carries its per-prompt comparison (for --pool)"),
@@ -97,6 +98,7 @@ function withPreset(plain: Readonly<z.infer<typeof SimConfig>>, argv: readonly s
   const loop: Record<string, unknown> = {};
   if (o.rewardCovariates !== undefined) loop.rewardCovariates = o.rewardCovariates;
   if (o.rewardLengthWeight !== undefined) loop.rewardLengthWeight = o.rewardLengthWeight;
+  if (o.rewardHeads !== undefined) loop.rewardHeads = o.rewardHeads;
   return Object.keys(loop).length ? { ...o, loop: { ...o.loop, ...loop } } : o;
 }
 

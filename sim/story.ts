@@ -99,6 +99,8 @@ export interface RoundReport {
   /** The reward model's accuracy on the fixed evaluation split (over `rm_eval_pairs` pairs, as the loop logged it). */
   rm_eval_accuracy: number | null;
   rm_eval_pairs: number;
+  /** 1 when the users' val judgements dropped the reward heads for the covariates alone (`--reward-heads auto`), 0 when kept. */
+  rm_heads_dropped: number | null;
   /** The best accuracy any model could reach on the users' labels of the evaluation split's pairs so far (`eval_pairs` of them). */
   bayes_ceiling: number | null;
   eval_pairs: number;
@@ -320,11 +322,11 @@ export async function story(o: StoryOptions, prompts: { train: DefinitionPrompt[
         res = d ? { status: 'arena', reason: d.applied ? `arena: candidate ${d.applied}` : 'arena: undecided; the candidate keeps collecting judgements', arena: d.summary, metrics: {} } : { status: 'skipped', reason: 'no candidate to judge', metrics: {} };
       }
       const pairs = heldOutPairs(sessions, isEval);
-      const rm = res.runId ? Object.fromEntries((await getMetrics(store.db, res.runId, { names: ['rm_eval_accuracy', 'rm_eval_pairs'] })).map((m) => [m.name, m.value])) : {};
+      const rm = res.runId ? Object.fromEntries((await getMetrics(store.db, res.runId, { names: ['rm_eval_accuracy', 'rm_eval_pairs', 'rm_heads_dropped'] })).map((m) => [m.name, m.value])) : {};
       const report: RoundReport = {
         round: r, phase, served, judgements: out.length, head_to_head: h2h, users_gold: round3(usersGold),
         status: res.status, reason: res.reason, decisions: decisionsOf(res), arena: res.arena ? arenaFigures(res.arena) : null,
-        rm_eval_accuracy: round3(rm.rm_eval_accuracy ?? NaN), rm_eval_pairs: rm.rm_eval_pairs ?? 0, bayes_ceiling: round3(bayesCeiling(pairs, JUDGE_TEMPERATURE)), eval_pairs: pairs.length,
+        rm_eval_accuracy: round3(rm.rm_eval_accuracy ?? NaN), rm_eval_pairs: rm.rm_eval_pairs ?? 0, rm_heads_dropped: rm.rm_heads_dropped ?? null, bayes_ceiling: round3(bayesCeiling(pairs, JUDGE_TEMPERATURE)), eval_pairs: pairs.length,
         metrics: Object.fromEntries(Object.entries(res.metrics).map(([k, v]) => [k, round3(v)])),
       };
       rounds.push(report);

@@ -25,6 +25,7 @@ export const OnlineLoopConfig = z.object({
   recencyHalfLife: z.number().nonnegative().default(0).describe('weight of a judgement 0.5^(newer judgements / this); 0 = all equal'),
   tieWeight: z.number().nonnegative().default(1).describe('weight of ties (Bradley–Terry target ½) in the reward loss; 0 = ignored'),
   rewardCovariates: z.enum(['none', 'length', 'length+likelihood']).default('length+likelihood').describe('covariates in the reward, their λ fitted on the judgements (reward-covariates.ts): length = words; likelihood = mean log-probability under SFT; the heads learn the rest'),
+  rewardHeads: z.enum(['on', 'auto']).default('on').describe("the reward models' heads: on, or auto = kept only when they fit the users' val judgements better than the covariates alone (else zeroed; reward-ensemble.ts)"),
   rewardLengthWeight: z.number().nonnegative().default(1).describe('weight of the length covariate λ·words in the optimiser\'s reward (1 = the users\' whole preference, 0 = the heads only)'),
   minRewardAccuracy: z.number().min(0).max(1).default(0.6).describe('guard: pairwise accuracy the reward ensemble must reach on the fixed eval split (val while eval has no pair)'),
   maxAccuracyDrop: z.number().min(0).max(1).default(0.1).describe('guard: stop when that accuracy falls this much below the last iteration\'s'),

@@ -258,3 +258,44 @@ test('the likelihood covariate: users who prefer what the reference finds likely
   r.ensemble.dispose();
   sft.dispose();
 });
+
+test("heads 'auto': the users' val judgements drop the heads when length alone explains them, and keep them when the words matter", () => {
+  const sft = GPT.create(toyConfig(tok), 'policy', 4);
+  const rng = createRng(21);
+  const fruit = ['apple', 'pear', 'kiwi', 'fig'];
+  const say = (n: number, banana: boolean) => {
+    const words = Array.from({ length: n }, () => rng.pick(fruit));
+    if (banana) words[rng.int(n)] = 'banana';
+    return words.join(' ');
+  };
+  // Two kinds of users over the same replies: ones who only want shorter replies (σ(−1.2·Δwords)),
+  // and ones who only want "banana" in it, whatever its length.
+  const groupsFor = (byLength: boolean): PreferenceGroup[] =>
+    Array.from({ length: 320 }, (_, i) => {
+      const [la, lb] = [1 + rng.int(6), 1 + rng.int(6)];
+      const banana = rng() < 0.5;
+      const replies = [say(la, banana), say(lb, !banana)];
+      const aWins = byLength ? rng() < 1 / (1 + Math.exp(1.2 * (la - lb))) : banana;
+      return { prompt: [{ role: 'user' as const, content: `say a fruit ${byLength ? 'L' : 'B'} ${i}` }], replies, pairs: [aWins ? [0, 1] : [1, 0]], weight: 1, source: 'toy' };
+    });
+  const train = (groups: PreferenceGroup[], heads: 'on' | 'auto') =>
+    trainRewardEnsemble({ sft, tok, data: { groups, unpaired: [] }, cfg: { ...fast, members: 2, epochs: 3, covariates: ['length'], heads }, log: () => {} });
+
+  const lengthUsers = groupsFor(true);
+  const dropped = train(lengthUsers, 'auto');
+  assert.equal(dropped.heads, 'dropped');
+  const scores = memberScores(dropped.ensemble, tok, items);
+  const lambda = dropped.covariates.length!;
+  scores.forEach((row) => row.forEach((x, i) => assert.ok(Math.abs(x - lambda * replyWords(items[i]!.reply)) < 1e-5, 'score = λ·words once the heads are dropped')));
+  assert.equal(dropped.meanStd, 0, 'without heads the members agree exactly');
+  dropped.ensemble.dispose();
+  const on = train(lengthUsers, 'on');
+  assert.equal(on.heads, 'kept', "'on' never drops them");
+  on.ensemble.dispose();
+
+  const bananaUsers = train(groupsFor(false), 'auto');
+  assert.equal(bananaUsers.heads, 'kept', 'length says nothing about banana: the heads stay');
+  assert.ok(bananaUsers.evalSet.accuracy > 0.8, `and they predict the users: ${bananaUsers.evalSet.accuracy}`);
+  bananaUsers.ensemble.dispose();
+  sft.dispose();
+});

@@ -25,6 +25,11 @@
  *     scores r_j(x, y) = q_j(x, y) + Σ λ_k f_k(x, y) with λ fixed, so the heads learn what the
  *     covariates do not explain. One λ for all members: that part has no disagreement. The
  *     optimiser's proxy can weigh length apart (`lengthWeight`: mean − k·std − (1 − w)·λ_length·words).
+ *  7. Heads or covariates alone (`heads: 'auto'`): a reward of the covariates alone is a model
+ *     too, and the users' 'val' judgements choose between the two each round by their
+ *     Bradley–Terry loss. When the covariates alone explain the held-out judgements better, the
+ *     heads are zeroed (they added noise, not signal) and the members agree exactly; the choice
+ *     is logged and reported (`heads`). 'eval' stays untouched by the choice.
  *
  * Deviations: members are K whole models, not K heads on one shared trunk. Heads on a frozen or
  * shared trunk disagree far less where the trunk's features are what is wrong (out-of-
@@ -82,6 +87,12 @@ export interface EnsembleTrainConfig {
   bootstrap: boolean;
   /** Covariates whose λ is fitted on the judgements and fixed in every member's score (file comment, 6); [] = none. */
   covariates: readonly Covariate[];
+  /**
+   * The heads (file comment, 7): 'on' keeps them; 'auto' keeps them only when the ensemble's
+   * loss on the 'val' judgements is lower with them than with the covariates alone, else zeroes
+   * them (the score is then Σ λ f). Without covariates the heads are always kept.
+   */
+  heads: 'on' | 'auto';
 }
 
 export const ENSEMBLE_DEFAULTS: Readonly<EnsembleTrainConfig> = Object.freeze({
@@ -99,6 +110,7 @@ export const ENSEMBLE_DEFAULTS: Readonly<EnsembleTrainConfig> = Object.freeze({
   evalEvery: 0,
   bootstrap: true,
   covariates: [],
+  heads: 'on',
 });
 
 /** K reward models scored together. */
@@ -263,6 +275,8 @@ export interface EnsembleTrainResult {
   meanStd: number;
   /** λ of the covariates (empty when none). */
   covariates: CovariateCoefs;
+  /** Whether the heads were kept or zeroed by the 'val' judgements (`heads: 'auto'`). */
+  heads: 'kept' | 'dropped';
   /** Judgements in each split (groups + unpaired). */
   splits: { train: number; val: number; eval: number };
   seconds: number;
@@ -336,7 +350,19 @@ export function trainRewardEnsemble(o: { sft: GPT; previous?: RewardEnsemble; to
     throw err;
   }
   const ensemble = rewardEnsemble(members, covariates, covariates.likelihood ? o.sft : undefined);
-  const val = evaluateEnsemble(ensemble, o.tok, parts.val.groups);
+  let val = evaluateEnsemble(ensemble, o.tok, parts.val.groups);
+  let heads: 'kept' | 'dropped' = 'kept';
+  if (cfg.heads === 'auto' && scoreOffset) {
+    const alone = covariateEval(parts.val.groups, scoreOffset);
+    if (alone.pairs > 0 && alone.loss < val.ensemble.loss) {
+      log(`reward ensemble: the covariates alone fit the val judgements better (loss ${alone.loss.toFixed(4)} against ${val.ensemble.loss.toFixed(4)} with the heads, ${alone.pairs} pairs): heads dropped`);
+      for (const m of members) tf.tidy(() => ['score.w', 'score.b'].forEach((n) => m.params.get(n)!.assign(tf.zerosLike(m.params.get(n)!))));
+      heads = 'dropped';
+      val = evaluateEnsemble(ensemble, o.tok, parts.val.groups);
+    } else if (alone.pairs > 0) {
+      log(`reward ensemble: the heads fit the val judgements better (loss ${val.ensemble.loss.toFixed(4)} against ${alone.loss.toFixed(4)} for the covariates alone, ${alone.pairs} pairs): heads kept`);
+    }
+  }
   const ev = evaluateEnsemble(ensemble, o.tok, parts.eval.groups);
   const count = (d: PreferenceData) => d.groups.length + d.unpaired.length;
   const seconds = (performance.now() - t0) / 1000;
@@ -348,6 +374,7 @@ export function trainRewardEnsemble(o: { sft: GPT; previous?: RewardEnsemble; to
     steps,
     meanStd: ev.meanStd,
     covariates,
+    heads,
     splits: { train: count(parts.train), val: count(parts.val), eval: count(parts.eval) },
     seconds,
   };
@@ -356,6 +383,19 @@ export function trainRewardEnsemble(o: { sft: GPT; previous?: RewardEnsemble; to
       `(members ${ev.perMember.map((m) => m.accuracy.toFixed(3)).join(', ')}), val loss ${val.ensemble.loss.toFixed(4)}, mean std ${ev.meanStd.toFixed(4)}`,
   );
   return result;
+}
+
+/** Accuracy and loss on `groups` of the score Σ λ f alone (the covariates' part of every member). */
+function covariateEval(groups: readonly PreferenceGroup[], scoreOffset: (prompt: readonly ChatMessage[], reply: string) => number): RewardEval {
+  const deltas: number[] = [];
+  const weights: number[] = [];
+  for (const g of groups) {
+    for (const [w, l] of g.pairs) {
+      deltas.push(scoreOffset(g.prompt, g.replies[w]!) - scoreOffset(g.prompt, g.replies[l]!));
+      weights.push(g.weight);
+    }
+  }
+  return pairStatistics(deltas, weights);
 }
 
 /**
