@@ -20,9 +20,10 @@ import { z } from 'zod';
 import { JUDGEMENT_FIELDS, judgementIssue } from '../feedback/judgement-input.ts';
 import { raterJudgementsOn } from '../feedback/judgement-queries.ts';
 import { messagesOwnedBy } from '../feedback/judgements.ts';
-import type { Auth, Identity, Meter } from './auth.ts';
+import type { Auth, Meter } from './auth.ts';
 import type { ChatService } from './chat-service.ts';
 import { ChatError } from './errors.ts';
+import { apiRoutes, type ApiEnv } from './openai-common.ts';
 import { requireJson } from './openai-routes.ts';
 
 export interface FeedbackRouteDeps {
@@ -43,11 +44,6 @@ const BODY: Record<Kind, z.ZodType> = { thumb: wire('thumb'), comparison: wire('
 
 /** The fields that name messages, by kind (where an `unknown_message` points). */
 const ID_FIELDS: Record<Kind, readonly string[]> = { thumb: ['message_id'], comparison: ['a', 'b'], ranking: ['candidates'] };
-
-function peerAddress(c: Context): string {
-  const incoming = (c.env as { incoming?: { socket?: { remoteAddress?: string } } } | undefined)?.incoming;
-  return incoming?.socket?.remoteAddress ?? 'unknown';
-}
 
 /** Reads and validates a judgement body; returns its kind and the judgement in the store's (camelCase) terms. */
 async function readJudgement(c: Context): Promise<{ kind: Kind; fields: Record<string, unknown> }> {
@@ -123,21 +119,8 @@ function row(kind: Kind, r: Record<string, unknown>): Record<string, unknown> {
   return { ...common, context_id: r.context_id, candidates: r.candidates, not_rankable: r.not_rankable === 1 };
 }
 
-type FeedbackEnv = { Variables: { identity: Identity } };
-
-export function feedbackRoutes(deps: FeedbackRouteDeps): Hono<FeedbackEnv> {
-  const app = new Hono<FeedbackEnv>();
-  const need = (): ChatService => {
-    const chat = deps.chat();
-    if (!chat) throw new ChatError('not_ready', 'the model is still loading', 503, 1);
-    return chat;
-  };
-
-  app.use('*', async (c, next) => {
-    need();
-    c.set('identity', await deps.auth.forApi({ authorization: c.req.header('authorization'), address: peerAddress(c) }));
-    await next();
-  });
+export function feedbackRoutes(deps: FeedbackRouteDeps): Hono<ApiEnv> {
+  const { app, need } = apiRoutes(deps);
 
   app.post('/', async (c) => {
     const chat = need();

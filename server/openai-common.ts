@@ -12,7 +12,9 @@
  *    audio, …);
  *  - any other field: refused (`unsupported_parameter`, `param` = the field).
  */
-import type { Context } from 'hono';
+import { Hono, type Context } from 'hono';
+import type { Auth, Identity } from './auth.ts';
+import type { ChatService } from './chat-service.ts';
 import { streamSSE } from 'hono/streaming';
 import { z } from 'zod';
 import type { TokenChoice } from '../model/sampling.ts';
@@ -227,4 +229,30 @@ export function usage(promptTokens: number, completionTokens: number): { prompt_
 export function peerAddress(c: Context): string {
   const incoming = (c.env as { incoming?: { socket?: { remoteAddress?: string } } } | undefined)?.incoming;
   return incoming?.socket?.remoteAddress ?? 'unknown';
+}
+
+/** The Hono environment of the HTTP API routes: the caller's identity, set by {@link apiRoutes}' middleware. */
+export type ApiEnv = { Variables: { identity: Identity } };
+
+/**
+ * A Hono app for API routes (`/v1/...`), and `need()`, the chat service or `not_ready` (503)
+ * while the model loads. Its middleware refuses while loading, then identifies the caller (a
+ * Bearer key, or local mode) before any route runs: `c.get('identity')`.
+ * @example
+ * const { app, need } = apiRoutes(deps);
+ * app.post('/', async (c) => need().judge(c.get('identity'), …));
+ */
+export function apiRoutes(deps: { chat: () => ChatService | undefined; auth: Auth }): { app: Hono<ApiEnv>; need: () => ChatService } {
+  const app = new Hono<ApiEnv>();
+  const need = (): ChatService => {
+    const chat = deps.chat();
+    if (!chat) throw new ChatError('not_ready', 'the model is still loading', 503, 1);
+    return chat;
+  };
+  app.use('*', async (c, next) => {
+    need();
+    c.set('identity', await deps.auth.forApi({ authorization: c.req.header('authorization'), address: peerAddress(c) }));
+    await next();
+  });
+  return { app, need };
 }

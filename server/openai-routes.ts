@@ -32,21 +32,22 @@ import { z } from 'zod';
 import type { ChatMessage } from '../model/chat-template.ts';
 import type { TokenLogprob } from '../model/generate.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
-import type { Auth, Identity, Meter } from './auth.ts';
+import type { Auth, Meter } from './auth.ts';
 import type { ChatService, StoredReply } from './chat-service.ts';
 import { ChatError } from './errors.ts';
 import type { ServedModel } from './model-host.ts';
 import type { ModelTarget } from './model-registry.ts';
 import {
+  apiRoutes,
   asContextError,
   CHAT_FIELDS,
+  type ApiEnv,
   chatToken,
   errorEvent,
   logitBiasField,
   logitBiasPairs,
   MAX_TOP_LOGPROBS,
   parseBody,
-  peerAddress,
   penaltyField,
   sseQueue,
   stopField,
@@ -133,21 +134,10 @@ function chatLogprobs(tok: Tokenizer, tokens: readonly TokenLogprob[]): { conten
 }
 
 /** The routes' Hono environment: the caller's identity, set by the auth middleware. */
-export type OpenAIEnv = { Variables: { [IDENTITY]: Identity } };
+export type OpenAIEnv = ApiEnv;
 
 export function openAIRoutes(deps: OpenAIDeps): Hono<OpenAIEnv> {
-  const app = new Hono<OpenAIEnv>();
-  const need = (): ChatService => {
-    const chat = deps.chat();
-    if (!chat) throw new ChatError('not_ready', 'the model is still loading', 503, 1);
-    return chat;
-  };
-
-  app.use('*', async (c, next) => {
-    need();
-    c.set(IDENTITY, await deps.auth.forApi({ authorization: c.req.header('authorization'), address: peerAddress(c) }));
-    await next();
-  });
+  const { app, need } = apiRoutes(deps);
 
   const modelObject = (m: ServedModel) => ({ id: m.version, object: 'model', created: m.createdAt, owned_by: 'rlhf-chat' });
 
