@@ -33,6 +33,7 @@ import { GoldRubric, readDefinitionPrompts, type DefinitionPrompt } from './gold
 import { runPopulation, type SessionResult } from './sim-users.ts';
 import { API_KEY_ENV, authHeaders } from '../client/ws-client.ts';
 import { comparisonFigures } from './report.ts';
+import { COVARIATE_SETS } from '../training/covariate-sets.ts';
 import { mean, round3 } from './stats.ts';
 import type { StoryOptions, StoryResult } from './story.ts';
 
@@ -77,7 +78,7 @@ export const SimConfig = z.object({
   sft: z.string().default('checkpoints/sft').describe('SFT checkpoint'),
   data: z.string().default('data').describe('dialogues.{train,val}.jsonl; built when missing'),
   minRewardAccuracy: nonNegative().default(0.6).describe("the loop's guard on reward-model held-out accuracy"),
-  rewardCovariates: z.enum(['none', 'length', 'length+likelihood']).optional().describe("the loop's rewardCovariates (default: the loop's)"),
+  rewardCovariates: z.enum(COVARIATE_SETS).optional().describe("the loop's rewardCovariates (default: the loop's)"),
   rewardHeads: z.enum(['on', 'auto']).optional().describe("the loop's rewardHeads (default: the loop's)"),
   rewardLengthWeight: nonNegative().optional().describe("the loop's rewardLengthWeight: weight of λ·words in the optimiser's reward (default: the loop's)"),
   keep: z.boolean().default(false).describe('keep the temporary stores and checkpoints'),

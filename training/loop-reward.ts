@@ -19,7 +19,7 @@ import { loadStorePreferences, type PreferenceData } from './preferences.ts';
 import { sampleReplies, type RewardEval } from './reward-model.ts';
 import { EnsembleRewardSource, loadRewardEnsemble, normaliseEnsemble, saveRewardEnsemble, trainRewardEnsemble, type RewardEnsemble } from './reward-ensemble.ts';
 import { rewardAccuracyGuard } from './loop-gates.ts';
-import type { Covariate } from './reward-covariates.ts';
+import { covariatesOf } from './covariate-sets.ts';
 import { finite } from './loop-eval.ts';
 import { registerCheckpointVersion } from './register-versions.ts';
 import type { IterationContext } from './loop-run.ts';
@@ -82,7 +82,7 @@ export async function prepareReward(ctx: IterationContext, sft: GPT, normPrompts
     try {
       r = trainRewardEnsemble({
         sft, previous, tok, data, log,
-        cfg: { members: cfg.rewardEnsemble, epochs: cfg.rewardEpochs, lr: cfg.rewardLr, patience: cfg.rewardPatience, recencyHalfLife: cfg.recencyHalfLife, tieWeight: cfg.tieWeight, covariates: cfg.rewardCovariates === 'none' ? [] : (cfg.rewardCovariates.split('+') as Covariate[]), heads: cfg.rewardHeads, seed: cfg.seed },
+        cfg: { members: cfg.rewardEnsemble, epochs: cfg.rewardEpochs, lr: cfg.rewardLr, patience: cfg.rewardPatience, recencyHalfLife: cfg.recencyHalfLife, tieWeight: cfg.tieWeight, covariates: covariatesOf(cfg.rewardCovariates), heads: cfg.rewardHeads, seed: cfg.seed },
       });
     } finally {
       previous?.dispose();
@@ -92,7 +92,7 @@ export async function prepareReward(ctx: IterationContext, sft: GPT, normPrompts
     accuracy = accuracyOf(r.evalSet, r.heldOut);
     const figures = finite({
       rm_heldout_accuracy: accuracy, rm_eval_accuracy: r.evalSet.accuracy, rm_eval_pairs: r.evalSet.pairs, rm_val_accuracy: r.heldOut.accuracy, rm_heldout_ece: r.heldOut.ece, rm_heldout_loss: r.heldOut.loss,
-      rm_spread: r.meanStd, rm_members: ensemble.members.length, rm_covariate_length: r.covariates.length ?? NaN, rm_covariate_likelihood: r.covariates.likelihood ?? NaN, rm_heads_dropped: r.heads === 'dropped' ? 1 : 0, rm_member_accuracy_min: Math.min(...r.perMember.map((m) => m.accuracy)),
+      rm_spread: r.meanStd, rm_members: ensemble.members.length, rm_covariate_length: r.covariates.length ?? NaN, rm_covariate_likelihood: r.covariates.likelihood ?? NaN, rm_covariate_relevance: r.covariates.relevance ?? NaN, rm_heads_dropped: r.heads === 'dropped' ? 1 : 0, rm_member_accuracy_min: Math.min(...r.perMember.map((m) => m.accuracy)),
       new_judgements: ctx.window.newJudgements, data_judgements: ctx.window.judgements, data_new_judgements: ctx.window.newJudgements,
     });
     await logMetrics(db, runId, 0, figures);

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { createRng } from '../model/random.ts';
 import { initBackend } from '../model/backend.ts';
 import { GPT } from '../model/gpt.ts';
-import { covariateFeatures, fitCovariateCoefs, referenceLikelihood } from './reward-covariates.ts';
+import { covariateFeatures, covariatesOf, fitCovariateCoefs, needsReference, referenceLikelihood, withoutQuestion } from './reward-covariates.ts';
 import { replyLogProbs } from './ppo.ts';
 import { encodeExchange } from './rlhf-common.ts';
 import type { PreferenceGroup } from './preferences.ts';
@@ -95,5 +95,32 @@ test('the likelihood covariate is the mean log-probability per token of the cano
   assert.notEqual(got[0], got[1]);
   assert.deepEqual(covariateFeatures(['length', 'likelihood'], items, { reference: ref, tok }), items.map((it, i) => [it.reply.split(' ').length, got[i]]));
   assert.throws(() => covariateFeatures(['likelihood'], items, { tok }), /reference policy/);
+  ref.dispose();
+});
+
+test('the relevance covariate is the likelihood with the question minus the likelihood with the last user turn emptied (only that turn)', () => {
+  const tok = toyTokenizer();
+  const ref = GPT.create(toyConfig(tok), 'policy', 5);
+  const prompt = [
+    { role: 'system' as const, content: 'be brief' },
+    { role: 'user' as const, content: 'say a fruit' },
+    { role: 'assistant' as const, content: 'pear' },
+    { role: 'user' as const, content: 'another fruit' },
+  ];
+  assert.deepEqual(withoutQuestion(prompt), [prompt[0], prompt[1], prompt[2], { role: 'user', content: '' }]);
+  const items = [{ prompt, reply: 'banana' }, { prompt, reply: 'apple kiwi' }];
+  const withQ = referenceLikelihood(ref, tok, items);
+  const blind = referenceLikelihood(ref, tok, items.map((it) => ({ ...it, prompt: withoutQuestion(it.prompt) })));
+  const f = covariateFeatures(['relevance', 'length', 'likelihood'], items, { reference: ref, tok });
+  f.forEach((row, i) => {
+    assert.ok(Math.abs(row[0]! - (withQ[i]! - blind[i]!)) < 1e-6, `relevance of ${items[i]!.reply}`);
+    assert.ok(row[0] !== 0, 'the question changes the reference likelihood');
+    assert.equal(row[1], items[i]!.reply.split(' ').length);
+    assert.equal(row[2], withQ[i]);
+  });
+  assert.throws(() => covariateFeatures(['relevance'], items, { tok }), /reference policy/);
+  assert.ok(needsReference({ relevance: 0.3 }) && !needsReference({ length: -0.2 }));
+  assert.deepEqual(covariatesOf('length+likelihood+relevance'), ['length', 'likelihood', 'relevance']);
+  assert.deepEqual(covariatesOf('none'), []);
   ref.dispose();
 });

@@ -7,6 +7,11 @@
  *   f_length(x, y)     = words of y (feedback/reply-words.ts, as the arena's length control counts);
  *   f_likelihood(x, y) = mean log-probability per token of y (its canonical encoding and the
  *                        closing `<|end|>`) under the reference policy (SFT), at temperature 1;
+ *   f_relevance(x, y)  = f_likelihood(x, y) − f_likelihood(x∅, y), x∅ = x with its last user
+ *                        turn emptied: the pointwise mutual information per token between the
+ *                        question and the reply under the reference (MMI, Li et al. 2016), how
+ *                        much the reply depends on what was asked (a reply that repeats the
+ *                        asked word gains; a generic or garbled one does not);
  *
  * maximised over the pairs (ties with target ½) with the reward model's weights, by Newton's
  * method. The reward model then scores r(x, y) = q(x, y) + Σ_k λ_k f_k(x, y) with λ fixed, so
@@ -30,11 +35,9 @@ import type { PreferenceGroup } from './preferences.ts';
 import { replyWords } from '../feedback/reply-words.ts';
 import { encodeExchange } from './rlhf-common.ts';
 import { replyLogProbs } from './ppo.ts';
+import type { Covariate } from './covariate-sets.ts';
 
-export const COVARIATES = ['length', 'likelihood'] as const;
-export type Covariate = (typeof COVARIATES)[number];
-/** λ per covariate (absent or 0 = not in the score). */
-export type CovariateCoefs = Partial<Record<Covariate, number>>;
+export { COVARIATES, COVARIATE_SETS, covariatesOf, needsReference, type Covariate, type CovariateCoefs, type CovariateSet } from './covariate-sets.ts';
 
 /** A tiny ridge: λ stays finite when the pairs separate, and is 0 for a feature that never differs. */
 const RIDGE = 1e-6;
@@ -121,12 +124,22 @@ export function referenceLikelihood(reference: GPT, tok: Tokenizer, items: reado
   return out;
 }
 
-/** The covariates' feature vectors of `items` (in the order of `names`); the likelihood needs the reference policy. */
+/** `prompt` with its last user turn emptied (the context of f_relevance's second term). */
+export function withoutQuestion(prompt: readonly ChatMessage[]): ChatMessage[] {
+  const last = prompt.map((m) => m.role).lastIndexOf('user');
+  return prompt.map((m, i) => (i === last ? { ...m, content: '' } : m));
+}
+
+/** The covariates' feature vectors of `items` (in the order of `names`); likelihood and relevance need the reference policy. */
 export function covariateFeatures(names: readonly Covariate[], items: readonly { prompt: readonly ChatMessage[]; reply: string }[], o: { reference?: GPT; tok: Tokenizer }): number[][] {
+  let likelihood: number[] | undefined;
+  const reference = (): GPT => o.reference ?? (() => { throw new Error(`the ${names.filter((n) => n !== 'length').join(' and ')} covariate needs the reference policy`); })();
   const columns = names.map((n) => {
     if (n === 'length') return items.map((it) => replyWords(it.reply));
-    if (!o.reference) throw new Error('the likelihood covariate needs the reference policy');
-    return referenceLikelihood(o.reference, o.tok, items);
+    likelihood ??= referenceLikelihood(reference(), o.tok, items);
+    if (n === 'likelihood') return likelihood;
+    const blind = referenceLikelihood(reference(), o.tok, items.map((it) => ({ prompt: withoutQuestion(it.prompt), reply: it.reply })));
+    return likelihood.map((l, i) => l - blind[i]!);
   });
   return items.map((_, i) => columns.map((c) => c[i]!));
 }

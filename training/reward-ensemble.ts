@@ -52,7 +52,7 @@ import { mean } from './rlhf-common.ts';
 import { pairStatistics, scoreExchanges, trainRewardModel, type RewardEval } from './reward-model.ts';
 import { splitByContext, splitPreferences, splitPrompts, promptText, type PreferenceData, type PreferenceGroup } from './preferences.ts';
 import { RewardError, type RewardItem, type RewardSource } from './reward-source.ts';
-import { COVARIATES, covariateFeatures, fitCovariateCoefs, type Covariate, type CovariateCoefs } from './reward-covariates.ts';
+import { COVARIATES, covariateFeatures, fitCovariateCoefs, needsReference, type Covariate, type CovariateCoefs } from './reward-covariates.ts';
 import { replyWords } from '../feedback/reply-words.ts';
 import { replyAsText } from './reward-model.ts';
 
@@ -118,20 +118,20 @@ export interface RewardEnsemble {
   members: GPT[];
   /** λ of the covariates in every member's score (empty = none). */
   covariates: CovariateCoefs;
-  /** The reference policy the likelihood covariate reads (not owned: dispose leaves it). */
+  /** The reference policy the likelihood and relevance covariates read (not owned: dispose leaves it). */
   reference?: GPT;
   dispose(): void;
 }
 
 /**
  * An ensemble owning `members` (dispose frees them all), with covariate weights λ (default none);
- * a likelihood covariate needs the `reference` policy.
+ * a likelihood or relevance covariate needs the `reference` policy.
  */
 export function rewardEnsemble(members: GPT[], covariates: CovariateCoefs = {}, reference?: GPT): RewardEnsemble {
   if (!members.length) throw new Error('a reward ensemble needs at least one member');
   for (const m of members) if (m.kind !== 'reward') throw new Error(`a reward ensemble member must be a reward model, got a ${m.kind} model`);
   for (const [k, v] of Object.entries(covariates)) if (!Number.isFinite(v)) throw new Error(`covariate ${k}: λ must be a finite number, got ${v}`);
-  if (covariates.likelihood && !reference) throw new Error('a reward ensemble with a likelihood covariate needs the reference policy');
+  if (needsReference(covariates) && !reference) throw new Error('a reward ensemble with a likelihood or relevance covariate needs the reference policy');
   return {
     members,
     covariates,
@@ -349,7 +349,7 @@ export function trainRewardEnsemble(o: { sft: GPT; previous?: RewardEnsemble; to
     members.forEach((m) => m.dispose());
     throw err;
   }
-  const ensemble = rewardEnsemble(members, covariates, covariates.likelihood ? o.sft : undefined);
+  const ensemble = rewardEnsemble(members, covariates, needsReference(covariates) ? o.sft : undefined);
   let val = evaluateEnsemble(ensemble, o.tok, parts.val.groups);
   let heads: 'kept' | 'dropped' = 'kept';
   if (cfg.heads === 'auto' && scoreOffset) {
@@ -475,13 +475,13 @@ export function saveRewardEnsemble(dir: string, e: RewardEnsemble, meta: Ensembl
 
 /**
  * Loads an ensemble saved by {@link saveRewardEnsemble} (or a single reward checkpoint as K = 1);
- * one with a likelihood covariate needs its `reference` policy (SFT).
+ * one with a likelihood or relevance covariate needs its `reference` policy (SFT).
  */
 export function loadRewardEnsemble(dir: string, tok: Tokenizer, reference?: GPT): { ensemble: RewardEnsemble; meta: CheckpointMeta } {
   const ck = loadCheckpoint(dir, { kind: 'reward', tokenizerFingerprint: tok.fingerprint() });
   const covariates: CovariateCoefs = Object.fromEntries(COVARIATES.flatMap((k) => (ck.meta.metrics[`covariate_${k}`] ? [[k, ck.meta.metrics[`covariate_${k}`]!]] : [])));
-  if (covariates.likelihood && !reference) throw new CheckpointError('checkpoint_corrupt', `${dir}: this reward ensemble scores the reference likelihood; load it with the reference policy`);
-  const ref = covariates.likelihood ? reference : undefined;
+  if (needsReference(covariates) && !reference) throw new CheckpointError('checkpoint_corrupt', `${dir}: this reward ensemble scores the reference likelihood; load it with the reference policy`);
+  const ref = needsReference(covariates) ? reference : undefined;
   if (ck.weights.has('wte')) return { ensemble: rewardEnsemble([GPT.fromWeights(ck.meta.config, 'reward', ck.weights)], covariates, ref), meta: ck.meta };
   const K = ck.meta.metrics.members;
   if (!(Number.isInteger(K) && K! >= 1)) throw new CheckpointError('checkpoint_corrupt', `${dir}: meta.json has no member count for a reward ensemble`);
