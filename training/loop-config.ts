@@ -25,7 +25,7 @@ export const OnlineLoopConfig = z.object({
   rewardPatience: z.number().int().nonnegative().default(2).describe('early stopping of each reward model: held-out evaluations without a lower loss (0 = off)'),
   recencyHalfLife: z.number().nonnegative().default(0).describe('weight of a judgement 0.5^(newer judgements / this); 0 = all equal'),
   tieWeight: z.number().nonnegative().default(1).describe('weight of ties (Bradley–Terry target ½) in the reward loss; 0 = ignored'),
-  rewardCovariates: z.enum(COVARIATE_SETS).default('length+likelihood').describe('covariates in the reward, their λ fitted on the judgements (reward-covariates.ts): length = words; likelihood = mean log-probability under SFT; relevance = that minus the same without the question; the heads learn the rest'),
+  rewardCovariates: z.enum(COVARIATE_SETS).default('length+likelihood').describe('covariates in the reward, their λ fitted on the judgements (reward-covariates.ts): length = words; likelihood = mean log-probability under SFT; relevance = that minus the same without the question; tail = mean log-probability of the 20% least likely tokens; the heads learn the rest'),
   rewardHeads: z.enum(['on', 'auto']).default('on').describe("the reward models' heads: on, or auto = kept only when they fit the users' val judgements better than the covariates alone (else zeroed; reward-ensemble.ts)"),
   rewardLengthWeight: z.number().nonnegative().default(1).describe('weight of the length covariate λ·words in the optimiser\'s reward (1 = the users\' whole preference, 0 = the heads only)'),
   minRewardAccuracy: z.number().min(0).max(1).default(0.6).describe('guard: pairwise accuracy the reward ensemble must reach on the fixed eval split (val while eval has no pair)'),

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { createRng } from '../model/random.ts';
 import { initBackend } from '../model/backend.ts';
 import { GPT } from '../model/gpt.ts';
-import { covariateFeatures, covariatesOf, fitCovariateCoefs, needsReference, referenceLikelihood, withoutQuestion } from './reward-covariates.ts';
+import { covariateFeatures, covariatesOf, fitCovariateCoefs, needsReference, referenceLikelihood, referenceTokenLogProbs, tailOf, withoutQuestion } from './reward-covariates.ts';
 import { replyLogProbs } from './ppo.ts';
 import { encodeExchange } from './rlhf-common.ts';
 import type { PreferenceGroup } from './preferences.ts';
@@ -122,5 +122,20 @@ test('the relevance covariate is the likelihood with the question minus the like
   assert.ok(needsReference({ relevance: 0.3 }) && !needsReference({ length: -0.2 }));
   assert.deepEqual(covariatesOf('length+likelihood+relevance'), ['length', 'likelihood', 'relevance']);
   assert.deepEqual(covariatesOf('none'), []);
+  ref.dispose();
+});
+
+test('the tail covariate is the mean of the reply\'s ⌈20%⌉ least likely tokens under the reference', () => {
+  assert.equal(tailOf([]), 0);
+  assert.equal(tailOf([-1]), -1);
+  assert.equal(tailOf([-0.1, -3, -0.2, -0.3, -0.4]), -3, '⌈0.2·5⌉ = 1 token: the least likely');
+  assert.ok(Math.abs(tailOf([-0.1, -3, -0.2, -0.3, -0.4, -2]) - -2.5) < 1e-12, '⌈0.2·6⌉ = 2 tokens');
+  const tok = toyTokenizer();
+  const ref = GPT.create(toyConfig(tok), 'policy', 7);
+  const items = [{ prompt: [{ role: 'user' as const, content: 'say a fruit' }], reply: 'banana apple kiwi pear fig' }];
+  const lp = referenceTokenLogProbs(ref, tok, items)[0]!;
+  const [[tail, likelihood]] = covariateFeatures(['tail', 'likelihood'], items, { reference: ref, tok });
+  assert.equal(tail, tailOf(lp));
+  assert.ok(tail! < likelihood!, 'the tail lies below the mean');
   ref.dispose();
 });

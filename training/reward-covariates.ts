@@ -7,6 +7,9 @@
  *   f_length(x, y)     = words of y (feedback/reply-words.ts, as the arena's length control counts);
  *   f_likelihood(x, y) = mean log-probability per token of y (its canonical encoding and the
  *                        closing `<|end|>`) under the reference policy (SFT), at temperature 1;
+ *   f_tail(x, y)       = mean log-probability of y's ⌈20%⌉ least likely tokens under the
+ *                        reference (Min-K% Prob, Shi et al. 2023): one misspelt or garbled word
+ *                        in a short reply moves it far more than it moves the mean;
  *   f_relevance(x, y)  = f_likelihood(x, y) − f_likelihood(x∅, y), x∅ = x with its last user
  *                        turn emptied: the pointwise mutual information per token between the
  *                        question and the reply under the reference (MMI, Li et al. 2016), how
@@ -111,17 +114,34 @@ function solve(A: readonly (readonly number[])[], b: readonly number[]): number[
   return x;
 }
 
-/** Mean log-probability per token of each reply (canonical encoding + `<|end|>`) under `reference` at temperature 1. */
-export function referenceLikelihood(reference: GPT, tok: Tokenizer, items: readonly { prompt: readonly ChatMessage[]; reply: string }[], batchSize = 32): number[] {
-  const out: number[] = [];
+/** Log-probability of each token of each reply (canonical encoding + `<|end|>`) under `reference` at temperature 1. */
+export function referenceTokenLogProbs(reference: GPT, tok: Tokenizer, items: readonly { prompt: readonly ChatMessage[]; reply: string }[], batchSize = 32): number[][] {
+  const out: number[][] = [];
   for (let i = 0; i < items.length; i += batchSize) {
     const eps = items.slice(i, i + batchSize).map((it) => {
       const x = encodeExchange(tok, it.prompt, it.reply, reference.config.blockSize);
       return { prompt: [...it.prompt], promptIds: x.ids.slice(0, x.replyStart), replyIds: x.ids.slice(x.replyStart), reply: it.reply, finishReason: 'stop' as const };
     });
-    for (const lp of replyLogProbs(reference, tok, eps, 1)) out.push(lp.length ? lp.reduce((a, b) => a + b, 0) / lp.length : 0);
+    out.push(...replyLogProbs(reference, tok, eps, 1));
   }
   return out;
+}
+
+const meanOf = (lp: readonly number[]): number => (lp.length ? lp.reduce((a, b) => a + b, 0) / lp.length : 0);
+
+/** The share of a reply's least likely tokens that f_tail averages (Min-K% Prob). */
+export const TAIL_SHARE = 0.2;
+
+/** Mean of the ⌈20%⌉ lowest of `lp` (0 for none). */
+export function tailOf(lp: readonly number[]): number {
+  if (!lp.length) return 0;
+  const k = Math.max(1, Math.ceil(TAIL_SHARE * lp.length));
+  return meanOf([...lp].sort((a, b) => a - b).slice(0, k));
+}
+
+/** Mean log-probability per token of each reply (canonical encoding + `<|end|>`) under `reference` at temperature 1. */
+export function referenceLikelihood(reference: GPT, tok: Tokenizer, items: readonly { prompt: readonly ChatMessage[]; reply: string }[], batchSize = 32): number[] {
+  return referenceTokenLogProbs(reference, tok, items, batchSize).map(meanOf);
 }
 
 /** `prompt` with its last user turn emptied (the context of f_relevance's second term). */
@@ -132,11 +152,13 @@ export function withoutQuestion(prompt: readonly ChatMessage[]): ChatMessage[] {
 
 /** The covariates' feature vectors of `items` (in the order of `names`); likelihood and relevance need the reference policy. */
 export function covariateFeatures(names: readonly Covariate[], items: readonly { prompt: readonly ChatMessage[]; reply: string }[], o: { reference?: GPT; tok: Tokenizer }): number[][] {
-  let likelihood: number[] | undefined;
+  let tokens: number[][] | undefined;
   const reference = (): GPT => o.reference ?? (() => { throw new Error(`the ${names.filter((n) => n !== 'length').join(' and ')} covariate needs the reference policy`); })();
   const columns = names.map((n) => {
     if (n === 'length') return items.map((it) => replyWords(it.reply));
-    likelihood ??= referenceLikelihood(reference(), o.tok, items);
+    tokens ??= referenceTokenLogProbs(reference(), o.tok, items);
+    if (n === 'tail') return tokens.map(tailOf);
+    const likelihood = tokens.map(meanOf);
     if (n === 'likelihood') return likelihood;
     const blind = referenceLikelihood(reference(), o.tok, items.map((it) => ({ prompt: withoutQuestion(it.prompt), reply: it.reply })));
     return likelihood.map((l, i) => l - blind[i]!);
