@@ -20,6 +20,8 @@ export interface NativeAddon {
   sum(heap: ArrayBuffer, params: Float64Array): void;
   /** The compiled micro-kernel and the size of the thread pool. */
   info(): { kernel: string; threads: number };
+  /** Runs `jobs` short parallel jobs of changing sizes; counts tasks run twice, outside their job, or never (all 0 for a correct pool). */
+  poolCheck(jobs: number): { jobs: number; duplicates: number; outOfRange: number; missing: number };
   /** A new, empty native KV cache (absent from addons built before the fused decoder). */
   cacheNew?(nLayer: number, nHead: number, headSize: number, blockSize: number): NativeCacheHandle;
   /** Releases a cache's memory now (it is also released when the handle is collected). */

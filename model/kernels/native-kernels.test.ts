@@ -2,6 +2,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-wasm';
@@ -95,6 +96,26 @@ test('registers BatchMatMul, _FusedMatMul, Transpose, Exp and Sum when the addon
   assert.deepEqual(registerNativeKernels(), ALL);
   assert.deepEqual(registerNativeKernels(), ALL, 'registering twice is harmless');
   assert.match(loadNativeAddon().addon!.info().kernel, /\d+x\d+/);
+});
+
+test('the thread pool runs every task of every job exactly once, also while other threads compete for the cores', async () => {
+  const addon = loadNativeAddon().addon!;
+  // Two busy threads make the pool's workers get descheduled mid-job, as on a loaded machine;
+  // a job that starts while a worker is still leaving the previous one is where a race shows
+  // (a pool that let such a worker claim a task ran it twice or with the old job's context).
+  const busy = Array.from({ length: 2 }, () => new Worker('const end = Date.now() + 4000; while (Date.now() < end);', { eval: true }));
+  try {
+    const total = { jobs: 0, duplicates: 0, outOfRange: 0, missing: 0 };
+    const t0 = Date.now();
+    while (Date.now() - t0 < 3000) {
+      const r = addon.poolCheck(100_000);
+      for (const k of Object.keys(total) as (keyof typeof total)[]) total[k] += r[k];
+    }
+    assert.ok(total.jobs >= 100_000);
+    assert.deepEqual({ duplicates: total.duplicates, outOfRange: total.outOfRange, missing: total.missing }, { duplicates: 0, outOfRange: 0, missing: 0 }, `over ${total.jobs} jobs`);
+  } finally {
+    await Promise.all(busy.map((w) => w.terminate()));
+  }
 });
 
 test('2-D matMul matches the original wasm kernel for odd sizes and all transposes', () => {

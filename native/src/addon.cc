@@ -33,6 +33,7 @@
 //   adamw(heap, [pOff, gOff, mOff, vOff, p1Off, m1Off, v1Off, n, lr, beta1, beta2, eps,
 //                1 - beta1, 1 - beta2, decay, gradScale, bc1, bc2])
 // Sampling (sampler.h): sampleRows(logits, V, params, banned, ids).
+#include <atomic>
 #include <napi.h>
 
 #include <cstdint>
@@ -608,6 +609,51 @@ Napi::Value AdamW(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// ------------------------------------------------------------------ pool check
+
+// poolCheck(jobs): runs `jobs` parallel jobs of 1..13 tasks back to back (the pattern of a decode
+// or training step: many short jobs whose task counts change), each task counting its index in
+// the job's own slot, and returns how many tasks ran twice, ran outside their job's range, or
+// never ran. A correct pool gives zeros; the test runs it under load to give races their chance.
+namespace {
+struct PoolCheckJob {
+  int n;
+  std::atomic<int> hits[16];
+};
+std::atomic<int64_t> pool_check_out_of_range{0};
+void pool_check_task(void* ctx, int i) {
+  auto* job = static_cast<PoolCheckJob*>(ctx);
+  if (i < 0 || i >= job->n) pool_check_out_of_range.fetch_add(1, std::memory_order_relaxed);
+  else job->hits[i].fetch_add(1, std::memory_order_relaxed);
+}
+}  // namespace
+
+Napi::Value PoolCheck(const Napi::CallbackInfo& info) {
+  const int64_t jobs = info[0].As<Napi::Number>().Int64Value();
+  // Slots live for the whole call, so a task that runs with an older job's context reads live
+  // memory and is counted instead of crashing.
+  static PoolCheckJob slots[4];
+  pool_check_out_of_range.store(0);
+  int64_t duplicates = 0, missing = 0;
+  for (int64_t j = 0; j < jobs; ++j) {
+    PoolCheckJob& job = slots[j % 4];
+    job.n = 1 + static_cast<int>((j * 7) % 13);
+    for (auto& h : job.hits) h.store(0, std::memory_order_relaxed);
+    nk::parallel_for(job.n, pool_check_task, &job);
+    for (int i = 0; i < job.n; ++i) {
+      const int h = job.hits[i].load(std::memory_order_relaxed);
+      if (h > 1) duplicates += h - 1;
+      if (h == 0) ++missing;
+    }
+  }
+  Napi::Object out = Napi::Object::New(info.Env());
+  out.Set("jobs", static_cast<double>(jobs));
+  out.Set("duplicates", static_cast<double>(duplicates));
+  out.Set("outOfRange", static_cast<double>(pool_check_out_of_range.load()));
+  out.Set("missing", static_cast<double>(missing));
+  return out;
+}
+
 // ------------------------------------------------------------------ module
 
 Napi::Value Info(const Napi::CallbackInfo& info) {
@@ -623,6 +669,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("exp", Napi::Function::New(env, Exp, "exp"));
   exports.Set("sum", Napi::Function::New(env, Sum, "sum"));
   exports.Set("info", Napi::Function::New(env, Info, "info"));
+  exports.Set("poolCheck", Napi::Function::New(env, PoolCheck, "poolCheck"));
   exports.Set("cacheNew", Napi::Function::New(env, CacheNew, "cacheNew"));
   exports.Set("cacheFree", Napi::Function::New(env, CacheFree, "cacheFree"));
   exports.Set("cacheBytes", Napi::Function::New(env, CacheBytes, "cacheBytes"));

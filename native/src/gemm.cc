@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -78,6 +79,11 @@ struct Buffer {
       std::free(data);
       size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
       data = static_cast<float*>(std::aligned_alloc(64, bytes));
+      if (!data) {
+        // Out of memory for a packing panel: stop with a message rather than write through NULL.
+        std::fprintf(stderr, "native kernels: cannot allocate a %zu-byte GEMM panel\n", bytes);
+        std::abort();
+      }
       capacity = floats;
     }
     return data;

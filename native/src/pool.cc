@@ -47,7 +47,7 @@ void Pool::work(uint32_t generation) {
     uint64_t s = claim_.load(std::memory_order_acquire);
     if (static_cast<uint32_t>(s >> 32) != generation) return;
     const uint32_t index = static_cast<uint32_t>(s);
-    if (index >= static_cast<uint32_t>(tasks_)) return;
+    if (index >= static_cast<uint32_t>(tasks_.load(std::memory_order_acquire))) return;
     // Success means job `generation` is still running, so fn_/ctx_ are its own.
     if (claim_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) {
       fn_(ctx_, static_cast<int>(index));
@@ -85,11 +85,18 @@ bool Pool::try_run(int n, Fn fn, void* ctx) {
     started_ = true;
     for (int i = 1; i < size_; ++i) std::thread(&Pool::worker, this).detach();
   }
+  // Close the claim word first, under the new generation and with no task left: a worker still
+  // in work() for the last job (descheduled after its last task, or woken late) may hold that
+  // job's final claim word and, once tasks_ grows, would pass the bound check; its CAS must then
+  // fail, or it would run a task index past the old job's end with the old job's dead ctx_, or
+  // run a task of this job twice and let done_ count one too many. A worker that reads the new
+  // tasks_ (release/acquire) is ordered after this store, so its CAS sees it and fails.
+  const uint32_t g = ++generation_;
+  claim_.store((static_cast<uint64_t>(g) << 32) | 0xFFFFFFFFu, std::memory_order_seq_cst);
   fn_ = fn;
   ctx_ = ctx;
-  tasks_ = n;
+  tasks_.store(n, std::memory_order_release);
   done_.store(0, std::memory_order_relaxed);
-  const uint32_t g = ++generation_;
   claim_.store(static_cast<uint64_t>(g) << 32, std::memory_order_release);
   wake_.store(g, std::memory_order_release);
   wake_.notify_all();

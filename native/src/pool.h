@@ -39,7 +39,7 @@ class Pool {
   std::atomic<int> done_{0};
   int stalls_ = 0;                    // consecutive jobs whose caller waited longer than it worked
   std::atomic<int> serial_jobs_{0};   // jobs still to run on the caller alone (backing off)
-  int tasks_ = 0;
+  std::atomic<int> tasks_{0};  // written after claim_ is closed, read before a claim (see try_run)
   Fn fn_ = nullptr;
   void* ctx_ = nullptr;
 };
