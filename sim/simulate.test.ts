@@ -24,7 +24,7 @@ test('options: defaults, values, presets (explicit flags win) and refusals', () 
   assert.notEqual(d, 'help');
   if (d === 'help') return;
   assert.equal(d.klBudget, 10);
-  assert.deepEqual([d.rounds, d.klCoef, d.exploitable, d.goldGate, d.seeds, d.samplesPerPrompt, d.algorithm, d.arenaAlpha], [4, 0.05, false, false, 1, 4, 'ppo', 0.05]);
+  assert.deepEqual([d.rounds, d.klCoef, d.exploitable, d.goldGate, d.seeds, d.samplesPerPrompt, d.algorithm, d.arenaAlpha], [4, 0.6, false, false, 1, 4, 'ppo', 0.05]);
   const o = parseSimArgs(['--json', '--rounds', '2', '--users', '3', '--judgements-per-round', '40', '--minutes', '1.5', '--seed', '9', '--seeds', '3', '--kl-coef', '0', '--exploitable', '--gold-gate', '--algorithm', 'rloo']);
   if (o === 'help') return;
   assert.deepEqual([o.json, o.rounds, o.users, o.judgementsPerRound, o.minutes, o.seed, o.seeds, o.klCoef, o.exploitable, o.goldGate, o.algorithm], [true, 2, 3, 40, 1.5, 9, 3, 0, true, true, 'rloo']);

@@ -63,7 +63,7 @@ export const SimConfig = z.object({
   judgementsPerRound: int().default(1500).describe('judgements (sessions) per round'),
   judgements: int().default(100).describe('with --url: judgements in all'),
   minutes: nonNegative().default(30).describe('wall-time budget per story; no training round starts past it'),
-  klCoef: nonNegative().default(0.05).describe('PPO KL coefficient β; 0 removes the leash and the KL budget'),
+  klCoef: nonNegative().default(0.6).describe('PPO KL coefficient β of the first round (the loop\'s default); 0 removes the leash and the KL budget'),
   klBudget: nonNegative().default(10).describe("the loop's KL budget per reply to SFT (nats)"),
   exploitable: z.boolean().default(false).describe('users judge with a verbosity bias (gold stays honest)'),
   goldGate: z.boolean().default(false).describe("ablation: the loop's gold guard and gold gate on (reported apart)"),

@@ -41,7 +41,7 @@ export const OnlineLoopConfig = z.object({
   temperature: z.number().positive().default(DEFAULT_SAMPLING.temperature).describe('sampling temperature of rollouts and evaluation (the server\'s default for users\' replies)'),
   topP: z.number().gt(0).max(1).default(DEFAULT_SAMPLING.topP).describe('nucleus top-p of evaluation replies, as users get; rollouts are untruncated (top-p 1) so the optimiser stays on-policy'),
   lr: z.number().positive().default(1e-5).describe('peak learning rate of the policy optimiser (cosine to a tenth)'),
-  klCoef: z.number().nonnegative().default(0.05).describe('β of the first round (later rounds carry over the last round\'s β; adaptive towards klTarget)'),
+  klCoef: z.number().nonnegative().default(0.6).describe('β of the first round (later rounds carry over the last round\'s β; adaptive towards klTarget)'),
   klTarget: z.number().positive().default(4).describe('adaptive controller target KL per reply (nats)'),
   klBudget: z.number().positive().default(10).describe('guard: the optimiser stops, and no candidate is offered, when the KL per reply to SFT exceeds this'),
   reanchor: z.boolean().default(false).describe('KL reference = the champion instead of SFT (smaller steps per round; the total KL to SFT is still measured and budgeted)'),
