@@ -1,9 +1,9 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
-import { initBackend } from './backend.ts';
 import { GPT } from './gpt.ts';
-import { Tokenizer } from './tokenizer.ts';
+import type { Tokenizer } from './tokenizer.ts';
+import { tinyDecoder } from './test-support.ts';
 import { endOfTurnId, renderChat } from './chat-template.ts';
 import { DecodeSequence, generateBatch, promptLogprobs, type GenerateOptions } from './generate.ts';
 import { sampleToken } from './sampling.ts';
@@ -13,9 +13,7 @@ let tok: Tokenizer;
 let gpt: GPT;
 
 before(async () => {
-  await initBackend({ backend: 'wasm', log: () => {} });
-  tok = Tokenizer.train('hello world, the quick brown fox jumps over the lazy dog. '.repeat(20), { vocabSize: 300 });
-  gpt = GPT.create({ nLayer: 1, nHead: 2, nEmbd: 16, blockSize: 48, vocabSize: tok.vocabSize }, 'policy', 5);
+  ({ tok, gpt } = await tinyDecoder());
 });
 
 const prompt = () => renderChat(tok, [{ role: 'user', content: 'hello' }], { addGenerationPrompt: true }).ids;

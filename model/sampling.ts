@@ -64,6 +64,28 @@ export function adjustLogits(
   return out;
 }
 
+/** A copy of the row (in the shared scratch) with banned tokens NaN: NaN passes no comparison of the samplers. */
+function withoutBanned(logits: Float32Array, offset: number, V: number, banned: ReadonlySet<number>): { logits: Float32Array; offset: number } {
+  const row = scratch(V).row;
+  row.set(logits.subarray(offset, offset + V));
+  for (const id of banned) if (id >= 0 && id < V) row[id] = NaN;
+  return { logits: row, offset: 0 };
+}
+
+/** The largest logit of the row and its first index (-1 when none is above -∞: all NaN or -∞). */
+function peak(logits: Float32Array, offset: number, V: number): { max: number; best: number } {
+  let max = -Infinity;
+  let best = -1;
+  for (let i = 0; i < V; i++) {
+    const l = logits[offset + i]!;
+    if (l > max) {
+      max = l;
+      best = i;
+    }
+  }
+  return { max, best };
+}
+
 /** A token and its log-probability. */
 export interface TokenChoice {
   id: number;
@@ -85,36 +107,14 @@ export function sampleToken(
   rng: () => number,
   banned?: ReadonlySet<number>,
 ): number {
-  if (banned && banned.size) {
-    // Banned tokens become NaN in a copy of the row: NaN passes no comparison below.
-    const row = scratch(V).row;
-    row.set(logits.subarray(offset, offset + V));
-    for (const id of banned) if (id >= 0 && id < V) row[id] = NaN;
-    logits = row;
-    offset = 0;
-  }
-  if (params.temperature <= 0) {
-    let best = -1;
-    let bestLogit = -Infinity;
-    for (let i = 0; i < V; i++) {
-      const l = logits[offset + i]!;
-      if (l > bestLogit) {
-        bestLogit = l;
-        best = i;
-      }
-    }
-    return best;
-  }
+  if (banned && banned.size) ({ logits, offset } = withoutBanned(logits, offset, V, banned));
+  const { max, best } = peak(logits, offset, V);
+  if (params.temperature <= 0) return best;
   // Candidates: tokens within a margin of the best logit (the rest have probability below
   // e^-30 of the best after temperature). With top-k or top-p they are sorted by logit (ties:
   // lower id first), cut by top-k, then by top-p, and sampled in that order; without, sampled in
   // id order (no sort). The sort is a stable radix sort of 32-bit keys: a comparator sort of ~V
   // candidates cost ~0.5 ms per token.
-  let max = -Infinity;
-  for (let i = 0; i < V; i++) {
-    const l = logits[offset + i]!;
-    if (l > max) max = l;
-  }
   const floor = max - 30 * params.temperature;
   if (params.topK <= 0 && params.topP >= 1) return sampleAll(logits, offset, V, max, floor, params.temperature, rng);
   const { ids, probs, n, total } = nucleus(logits, offset, V, max, floor, params);
@@ -144,22 +144,8 @@ export function sampledLogprobs(
   topN: number,
   banned?: ReadonlySet<number>,
 ): { logprob: number; top: TokenChoice[] } {
-  if (banned && banned.size) {
-    const row = scratch(V).row;
-    row.set(logits.subarray(offset, offset + V));
-    for (const b of banned) if (b >= 0 && b < V) row[b] = NaN;
-    logits = row;
-    offset = 0;
-  }
-  let max = -Infinity;
-  let best = -1;
-  for (let i = 0; i < V; i++) {
-    const l = logits[offset + i]!;
-    if (l > max) {
-      max = l;
-      best = i;
-    }
-  }
+  if (banned && banned.size) ({ logits, offset } = withoutBanned(logits, offset, V, banned));
+  const { max, best } = peak(logits, offset, V);
   if (params.temperature <= 0) {
     if (id !== best) throw new Error(`sampledLogprobs: greedy decoding picks ${best}, not ${id}`);
     return { logprob: 0, top: topN > 0 ? [{ id, logprob: 0 }] : [] };

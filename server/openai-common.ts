@@ -38,6 +38,30 @@ export const logitBiasField = z
   .nullable()
   .optional();
 
+/**
+ * The request fields the chat and completion routes take alike, in three groups so each schema
+ * keeps its own field order: the sampling knobs, what and how to return, and the adjustments of
+ * the logits (with `user`).
+ */
+export const SAMPLING_FIELDS = {
+  temperature: z.number().min(0).max(2).nullable().optional(),
+  top_p: z.number().gt(0).max(1).nullable().optional(),
+};
+export const RETURN_FIELDS = {
+  // Bounded like the WebSocket's `stop`: the decoder holds back text that could start a stop string.
+  stop: stopField,
+  seed: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).nullable().optional(),
+  n: z.number().int().positive().nullable().optional(),
+  stream: z.boolean().nullable().optional(),
+  stream_options: z.strictObject({ include_usage: z.boolean().optional() }).nullable().optional(),
+};
+export const ADJUSTMENT_FIELDS = {
+  presence_penalty: penaltyField,
+  frequency_penalty: penaltyField,
+  logit_bias: logitBiasField,
+  user: z.string().max(256).optional(),
+};
+
 /** A value asks for nothing: absent, null, false, an empty list or object. */
 function asksNothing(v: unknown): boolean {
   return v == null || v === false || (Array.isArray(v) && v.length === 0) || (typeof v === 'object' && !Array.isArray(v) && Object.keys(v as object).length === 0);

@@ -30,15 +30,15 @@ import type { ServedModel } from './model-host.ts';
 import type { ModelTarget } from './model-registry.ts';
 import type { GenerationResult, Job } from './scheduler.ts';
 import {
+  ADJUSTMENT_FIELDS,
   COMPLETION_FIELDS,
   errorEvent,
-  logitBiasField,
   logitBiasPairs,
   MAX_TOP_LOGPROBS,
   parseBody,
-  penaltyField,
+  RETURN_FIELDS,
+  SAMPLING_FIELDS,
   sseQueue,
-  stopField,
   tokenText,
   usage,
   withLengthParam,
@@ -56,19 +56,11 @@ export const CompletionRequestSchema = z.object({
   model: z.string().min(1).max(256),
   prompt: z.union([z.string(), z.array(z.string()).min(1).max(MAX_PROMPTS), TokenIds, z.array(TokenIds).min(1).max(MAX_PROMPTS)]),
   max_tokens: z.number().int().min(0).nullable().optional(),
-  temperature: z.number().min(0).max(2).nullable().optional(),
-  top_p: z.number().gt(0).max(1).nullable().optional(),
-  stop: stopField,
-  seed: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).nullable().optional(),
-  n: z.number().int().positive().nullable().optional(),
-  stream: z.boolean().nullable().optional(),
-  stream_options: z.strictObject({ include_usage: z.boolean().optional() }).nullable().optional(),
+  ...SAMPLING_FIELDS,
+  ...RETURN_FIELDS,
   echo: z.boolean().nullable().optional(),
   logprobs: z.number().int().min(0).max(MAX_TOP_LOGPROBS).nullable().optional(),
-  presence_penalty: penaltyField,
-  frequency_penalty: penaltyField,
-  logit_bias: logitBiasField,
-  user: z.string().max(256).optional(),
+  ...ADJUSTMENT_FIELDS,
 });
 export type CompletionRequest = z.infer<typeof CompletionRequestSchema>;
 

@@ -38,19 +38,19 @@ import { ChatError } from './errors.ts';
 import type { ServedModel } from './model-host.ts';
 import type { ModelTarget } from './model-registry.ts';
 import {
+  ADJUSTMENT_FIELDS,
   apiRoutes,
   asContextError,
   CHAT_FIELDS,
   type ApiEnv,
   chatToken,
   errorEvent,
-  logitBiasField,
   logitBiasPairs,
   MAX_TOP_LOGPROBS,
   parseBody,
-  penaltyField,
+  RETURN_FIELDS,
+  SAMPLING_FIELDS,
   sseQueue,
-  stopField,
   usage,
   withLengthParam,
 } from './openai-common.ts';
@@ -70,22 +70,13 @@ const MessageSchema = z.looseObject({
 export const ChatCompletionRequestSchema = z.object({
   model: z.string().min(1).max(256),
   messages: z.array(MessageSchema).min(1).max(1000),
-  temperature: z.number().min(0).max(2).nullable().optional(),
-  top_p: z.number().gt(0).max(1).nullable().optional(),
+  ...SAMPLING_FIELDS,
   max_tokens: z.number().int().positive().nullable().optional(),
   max_completion_tokens: z.number().int().positive().nullable().optional(),
-  // Bounded like the WebSocket's `stop`: the decoder holds back text that could start a stop string.
-  stop: stopField,
-  seed: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).nullable().optional(),
-  n: z.number().int().positive().nullable().optional(),
-  stream: z.boolean().nullable().optional(),
-  stream_options: z.strictObject({ include_usage: z.boolean().optional() }).nullable().optional(),
+  ...RETURN_FIELDS,
   logprobs: z.boolean().nullable().optional(),
   top_logprobs: z.number().int().min(0).max(MAX_TOP_LOGPROBS).nullable().optional(),
-  presence_penalty: penaltyField,
-  frequency_penalty: penaltyField,
-  logit_bias: logitBiasField,
-  user: z.string().max(256).optional(),
+  ...ADJUSTMENT_FIELDS,
 });
 export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequestSchema>;
 

@@ -1,27 +1,16 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
-import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs-core';
-import '@tensorflow/tfjs-backend-wasm';
-import { registerAllGradients } from '../tfjs-gradients.ts';
-import { DEFAULT_ADDON_PATH, loadNativeAddon } from './native-addon.ts';
+import { loadNativeAddon } from './native-addon.ts';
+import { wasmWithNativeAddon } from './test-support.ts';
 import { registerNativeKernels, unregisterNativeKernels } from './native-kernels.ts';
 import { reductionBlocks } from './reduce-exp.ts';
 
 const ALL = ['BatchMatMul', '_FusedMatMul', 'Transpose', 'Exp', 'Sum'];
 
 before(async () => {
-  if (!existsSync(DEFAULT_ADDON_PATH)) {
-    const script = fileURLToPath(new URL('../../native/build.mjs', import.meta.url));
-    const run = spawnSync(process.execPath, [script, '--strict'], { encoding: 'utf8' });
-    assert.equal(run.status, 0, `the native addon is not built and building it failed:\n${run.stdout}${run.stderr}`);
-  }
-  registerAllGradients();
-  assert.ok(await tf.setBackend('wasm'));
-  await tf.ready();
+  await wasmWithNativeAddon();
 });
 
 after(() => unregisterNativeKernels());

@@ -1,8 +1,8 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { initBackend } from '../backend.ts';
 import { GPT } from '../gpt.ts';
-import { Tokenizer } from '../tokenizer.ts';
+import type { Tokenizer } from '../tokenizer.ts';
+import { tinyDecoder } from '../test-support.ts';
 import { renderChat } from '../chat-template.ts';
 import { DecodeSequence, generateBatch, plainSampling, sampleBatch, type GenerateOptions } from '../generate.ts';
 import { createRng } from '../random.ts';
@@ -16,9 +16,7 @@ let tok: Tokenizer;
 let gpt: GPT;
 
 before(async () => {
-  await initBackend({ backend: 'wasm', log: () => {} });
-  tok = Tokenizer.train('hello world, the quick brown fox jumps over the lazy dog. '.repeat(20), { vocabSize: 300 });
-  gpt = GPT.create({ nLayer: 1, nHead: 2, nEmbd: 16, blockSize: 48, vocabSize: tok.vocabSize }, 'policy', 5);
+  ({ tok, gpt } = await tinyDecoder());
 });
 
 const base: GenerateOptions = { temperature: 1, topK: 0, topP: 1, maxTokens: 20, seed: 0, stop: [] };

@@ -1,12 +1,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs-core';
-import '@tensorflow/tfjs-backend-wasm';
-import { registerAllGradients } from '../tfjs-gradients.ts';
-import { DEFAULT_ADDON_PATH } from './native-addon.ts';
+import { wasmWithNativeAddon } from './test-support.ts';
 import { registerNativeKernels, unregisterNativeKernels } from './native-kernels.ts';
 import { fusedEmbed, registerTrainingOps, trainingOpsAvailable, unregisterTrainingOps } from './training-ops.ts';
 import { GPT, type ForwardPath, type GPTConfig } from '../gpt.ts';
@@ -14,14 +9,7 @@ import { AdamW } from '../adamw.ts';
 import { maskedCrossEntropy, tokenLogProbs } from '../losses.ts';
 
 before(async () => {
-  if (!existsSync(DEFAULT_ADDON_PATH)) {
-    const script = fileURLToPath(new URL('../../native/build.mjs', import.meta.url));
-    const run = spawnSync(process.execPath, [script, '--strict'], { encoding: 'utf8' });
-    assert.equal(run.status, 0, `the native addon is not built and building it failed:\n${run.stdout}${run.stderr}`);
-  }
-  registerAllGradients();
-  assert.ok(await tf.setBackend('wasm'));
-  await tf.ready();
+  await wasmWithNativeAddon();
   registerNativeKernels();
   assert.deepEqual(registerTrainingOps(), ['NkLayerNorm', 'NkAttention', 'NkGelu', 'NkEmbed', 'NkTokenLogProbs', 'NkAdamW']);
 });
