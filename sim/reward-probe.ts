@@ -22,6 +22,7 @@ import { sampleForEval } from '../training/loop-eval.ts';
 import { GoldRubric, NoisyJudge, Rng, readDefinitionPrompts, type DefinitionPrompt, type RubricBreakdown } from './gold-rubric.ts';
 import { trainRewardEnsemble, memberScores, spreadOf } from '../training/reward-ensemble.ts';
 import { replyWords } from '../feedback/reply-words.ts';
+import { COVARIATE_SETS, covariatesOf } from '../training/covariate-sets.ts';
 import { rankingGroup, type PreferenceGroup, type UnpairedExample } from '../training/preferences.ts';
 
 const ProbeConfig = z.object({
@@ -29,7 +30,7 @@ const ProbeConfig = z.object({
   epochs: z.number().int().positive().default(1).describe('reward-model epochs'),
   lr: z.number().positive().default(3e-4).describe('reward-model learning rate'),
   members: z.number().int().positive().default(3).describe('ensemble members'),
-  covariates: z.enum(['length', 'likelihood', 'length+likelihood']).optional().describe('reward covariates fitted first (default: none)'),
+  covariates: z.enum(COVARIATE_SETS).optional().describe('reward covariates fitted first (default: none)'),
   fitOnly: z.boolean().default(false).describe("the covariates' Bradley–Terry fit alone, no heads"),
   policy: z.string().default('checkpoints/sft').describe('policy whose replies are judged'),
   seed: z.number().int().nonnegative().default(1).describe("seed of the users' draws"),
@@ -129,7 +130,7 @@ if (args.fitOnly) {
   for (const [k, [ok, n]] of Object.entries(cats)) console.log(`${k.padEnd(34)} ${(ok / n).toFixed(3)} over ${n}`);
   process.exit(0);
 }
-const r = trainRewardEnsemble({ sft, tok, data: { groups, unpaired }, cfg: { members, epochs, lr, seed: 3, covariates: (args.covariates ? args.covariates.split('+') : []) as ('length' | 'likelihood')[] }, log: () => {} });
+const r = trainRewardEnsemble({ sft, tok, data: { groups, unpaired }, cfg: { members, epochs, lr, seed: 3, covariates: args.covariates ? covariatesOf(args.covariates) : [] }, log: () => {} });
 console.log(`λ ${JSON.stringify(r.covariates)}; trained in ${r.seconds.toFixed(0)} s; its own eval split accuracy ${r.evalSet.accuracy.toFixed(3)} over ${r.evalSet.pairs}`);
 
 // Held-out: 4 samples on each of 256 val prompts, all 6 pairs, by gold.

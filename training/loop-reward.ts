@@ -92,7 +92,7 @@ export async function prepareReward(ctx: IterationContext, sft: GPT, normPrompts
     accuracy = accuracyOf(r.evalSet, r.heldOut);
     const figures = finite({
       rm_heldout_accuracy: accuracy, rm_eval_accuracy: r.evalSet.accuracy, rm_eval_pairs: r.evalSet.pairs, rm_val_accuracy: r.heldOut.accuracy, rm_heldout_ece: r.heldOut.ece, rm_heldout_loss: r.heldOut.loss,
-      rm_spread: r.meanStd, rm_members: ensemble.members.length, rm_covariate_length: r.covariates.length ?? NaN, rm_covariate_likelihood: r.covariates.likelihood ?? NaN, rm_covariate_relevance: r.covariates.relevance ?? NaN, rm_covariate_tail: r.covariates.tail ?? NaN, rm_heads_dropped: r.heads === 'dropped' ? 1 : 0, rm_member_accuracy_min: Math.min(...r.perMember.map((m) => m.accuracy)),
+      rm_spread: r.meanStd, rm_members: ensemble.members.length, rm_covariate_length: r.covariates.length ?? NaN, rm_covariate_likelihood: r.covariates.likelihood ?? NaN, rm_covariate_relevance: r.covariates.relevance ?? NaN, rm_covariate_tail: r.covariates.tail ?? NaN, rm_covariate_echo: r.covariates.echo ?? NaN, rm_heads_dropped: r.heads === 'dropped' ? 1 : 0, rm_member_accuracy_min: Math.min(...r.perMember.map((m) => m.accuracy)),
       new_judgements: ctx.window.newJudgements, data_judgements: ctx.window.judgements, data_new_judgements: ctx.window.newJudgements,
     });
     await logMetrics(db, runId, 0, figures);

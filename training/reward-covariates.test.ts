@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { createRng } from '../model/random.ts';
 import { initBackend } from '../model/backend.ts';
 import { GPT } from '../model/gpt.ts';
-import { covariateFeatures, covariatesOf, fitCovariateCoefs, needsReference, referenceLikelihood, referenceTokenLogProbs, tailOf, withoutQuestion } from './reward-covariates.ts';
+import { covariateFeatures, covariatesOf, echoOf, fitCovariateCoefs, needsReference, referenceLikelihood, referenceTokenLogProbs, tailOf, withoutQuestion } from './reward-covariates.ts';
 import { replyLogProbs } from './ppo.ts';
 import { encodeExchange } from './rlhf-common.ts';
 import type { PreferenceGroup } from './preferences.ts';
@@ -138,4 +138,41 @@ test('the tail covariate is the mean of the reply\'s ⌈20%⌉ least likely toke
   assert.equal(tail, tailOf(lp));
   assert.ok(tail! < likelihood!, 'the tail lies below the mean');
   ref.dispose();
+});
+
+test('the echo covariate is the share of the last user turn\'s distinct words the reply repeats verbatim, and needs no reference', () => {
+  const ask = (content: string) => [{ role: 'user' as const, content: 'earlier question' }, { role: 'assistant' as const, content: 'earlier' }, { role: 'user' as const, content }];
+  assert.equal(echoOf(ask('What does relocate mean?'), '"relocate" means to move.'), 1 / 4, 'what, does, relocate, mean: one repeated');
+  assert.equal(echoOf(ask('What does relocate mean?'), '"relocte" means to move.'), 0, 'a near miss repeats nothing');
+  assert.equal(echoOf(ask('What does Relocate mean? relocate!'), 'RELOCATE: what it does'), 3 / 4, 'case aside, each word once');
+  assert.equal(echoOf(ask('What does break into mean?'), '"break into" means to enter'), 2 / 5, 'a two-word phrase: both words');
+  assert.equal(echoOf(ask('a b ?'), 'a b'), 0, 'no word of 3+ characters asked');
+  assert.equal(echoOf(ask('earlier'), 'nothing'), 0, 'only the last user turn counts');
+  assert.equal(echoOf([{ role: 'system' as const, content: 'be brief' }], 'brief'), 0, 'no user turn');
+  const items = [{ prompt: ask('What does relocate mean?'), reply: '"relocate" means to move' }, { prompt: ask('What does relocate mean?'), reply: '"relocte" means to move' }];
+  assert.deepEqual(covariateFeatures(['length', 'echo'], items, { tok: toyTokenizer() }), [[4, 0.25], [4, 0]]);
+  assert.ok(!needsReference({ echo: 4, length: -0.2 }));
+});
+
+test('users who prefer replies that name the asked word: the fit gives echo a positive λ and length its own, jointly', () => {
+  const rng = createRng(21);
+  const words = ['relocate', 'coarse', 'deprecate', 'avid', 'jest'];
+  const groups: PreferenceGroup[] = [];
+  for (let i = 0; i < 3000; i++) {
+    const w = words[rng.int(words.length)]!;
+    const prompt = [{ role: 'user' as const, content: `What does ${w} mean?` }];
+    const make = () => {
+      const exact = rng() < 0.4;
+      const len = 3 + rng.int(8);
+      return { text: `"${exact ? w : w.slice(1)}" means ${reply(len - 2)}`, exact, len };
+    };
+    const [a, b] = [make(), make()];
+    const z = 1.2 * (Number(a.exact) - Number(b.exact)) - 0.2 * (a.len - b.len);
+    const aWins = rng() < 1 / (1 + Math.exp(-z));
+    groups.push({ prompt, replies: [a.text, b.text], pairs: [aWins ? [0, 1] : [1, 0]], weight: 1, source: 'comparison' });
+  }
+  const feats = groups.map((g) => covariateFeatures(['length', 'echo'], g.replies.map((r) => ({ prompt: g.prompt, reply: r })), { tok: toyTokenizer() }));
+  const [len, echo] = fitCovariateCoefs(groups, feats);
+  // An exact reply's echo is 1/4 higher (what, does, W, mean), so λ_echo = 1.2 / 0.25 = 4.8.
+  assert.ok(Math.abs(len! + 0.2) < 0.04 && Math.abs(echo! - 4.8) < 0.6, `fitted length ${len}, echo ${echo} for −0.2, 4.8`);
 });

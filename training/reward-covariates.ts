@@ -15,6 +15,11 @@
  *                        question and the reply under the reference (MMI, Li et al. 2016), how
  *                        much the reply depends on what was asked (a reply that repeats the
  *                        asked word gains; a generic or garbled one does not);
+ *   f_echo(x, y)       = share of the distinct words (3+ letters or digits) of x's last user
+ *                        turn that y repeats verbatim: the query-term coverage of retrieval and
+ *                        answer ranking. Lexical, so it sees what the models do not: a reply
+ *                        that names the asked thing exactly against one that garbles it by a
+ *                        letter (both are equally likely, token by token, to a small model);
  *
  * maximised over the pairs (ties with target ½) with the reward model's weights, by Newton's
  * method. The reward model then scores r(x, y) = q(x, y) + Σ_k λ_k f_k(x, y) with λ fixed, so
@@ -150,12 +155,28 @@ export function withoutQuestion(prompt: readonly ChatMessage[]): ChatMessage[] {
   return prompt.map((m, i) => (i === last ? { ...m, content: '' } : m));
 }
 
-/** The covariates' feature vectors of `items` (in the order of `names`); likelihood and relevance need the reference policy. */
+/** The distinct words of `text`: runs of 3+ letters or digits, lower case. */
+function wordSet(text: string): Set<string> {
+  return new Set(text.toLowerCase().match(/[\p{L}\p{N}]{3,}/gu) ?? []);
+}
+
+/** f_echo: the share of the distinct words of `prompt`'s last user turn that `reply` repeats (0 when that turn has none). */
+export function echoOf(prompt: readonly ChatMessage[], reply: string): number {
+  const asked = wordSet(prompt.findLast((m) => m.role === 'user')?.content ?? '');
+  if (!asked.size) return 0;
+  const said = wordSet(reply);
+  let hit = 0;
+  for (const w of asked) if (said.has(w)) hit++;
+  return hit / asked.size;
+}
+
+/** The covariates' feature vectors of `items` (in the order of `names`); likelihood, relevance and tail need the reference policy. */
 export function covariateFeatures(names: readonly Covariate[], items: readonly { prompt: readonly ChatMessage[]; reply: string }[], o: { reference?: GPT; tok: Tokenizer }): number[][] {
   let tokens: number[][] | undefined;
-  const reference = (): GPT => o.reference ?? (() => { throw new Error(`the ${names.filter((n) => n !== 'length').join(' and ')} covariate needs the reference policy`); })();
+  const reference = (): GPT => o.reference ?? (() => { throw new Error(`the ${names.filter((n) => n !== 'length' && n !== 'echo').join(' and ')} covariate needs the reference policy`); })();
   const columns = names.map((n) => {
     if (n === 'length') return items.map((it) => replyWords(it.reply));
+    if (n === 'echo') return items.map((it) => echoOf(it.prompt, it.reply));
     tokens ??= referenceTokenLogProbs(reference(), o.tok, items);
     if (n === 'tail') return tokens.map(tailOf);
     const likelihood = tokens.map(meanOf);
