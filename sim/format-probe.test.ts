@@ -1,0 +1,40 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+
+function probe(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'sim/format-probe.ts', ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d));
+    child.stderr.on('data', (d: Buffer) => (stderr += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 120_000);
+    child.on('error', reject);
+    child.on('close', (code) => (clearTimeout(timer), resolve({ code, stdout, stderr })));
+  });
+}
+
+const figures = (line: string) => Object.fromEntries([...line.matchAll(/(format|exact|gold|words|kl) (-?[\d.]+)/g)].map((m) => [m[1]!, Number(m[2])]));
+
+test('the format probe measures SFT, the sharpness family and the optimiser on the committed model', { timeout: 150_000 }, async () => {
+  const r = await probe(['--steps', '2', '--every', '1', '--heldout', '6', '--sharpness', '1,1.5']);
+  assert.equal(r.code, 0, r.stderr);
+  const lines = r.stdout.trim().split('\n');
+  const sft = lines.find((l) => l.startsWith('sft: '))!;
+  const s1 = lines.find((l) => l.startsWith('sharpness 1: '))!;
+  const s15 = lines.find((l) => l.startsWith('sharpness 1.5: '))!;
+  assert.ok(sft && s1 && s15, r.stdout);
+  // s = 1 is SFT's own weights, sampled with the same seeds: the same replies, no KL.
+  assert.equal(s1.slice('sharpness 1: '.length), sft.slice('sft: '.length));
+  assert.equal(figures(sft).kl, 0);
+  assert.ok(figures(s15).kl! > 0, `a sharper policy is another distribution: ${s15}`);
+  for (const l of [sft, s15]) {
+    const f = figures(l);
+    assert.ok(f.format! >= 0 && f.format! <= 1 && f.exact! >= 0 && f.exact! <= f.format!, l);
+  }
+  assert.equal(lines.filter((l) => /^ppo step \d \(β [\d.]+\): format/.test(l)).length, 2, r.stdout);
+});

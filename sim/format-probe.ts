@@ -1,0 +1,97 @@
+/**
+ * A diagnostic, outside every decision of the loop: can the policy optimiser learn the rubric's
+ * format part (the reply starts with `"W" means`, W copied exactly) at all? It runs the loop's
+ * optimiser (PPO or RLOO, the loop's knobs) from SFT on a reward that is the format part alone,
+ * `--reward format` (an oracle: the simulated users' rubric; this file only measures), or the
+ * users' echo covariate, `--reward echo` (the share of the question's words the reply repeats,
+ * scaled by `--echo-weight`), and reports on held-out prompts, at the users' sampling (T 1, top-p
+ * 0.95), the mean format part, the share of exact copies, the words and the KL to SFT.
+ *
+ * Beside it, the sharpness family π_s ∝ π^s (the final layer norm's gain and bias times s, so the
+ * tied head's logits are s times SFT's): what lowering the policy's entropy everywhere buys in
+ * format, and what it costs in KL.
+ *
+ *   node --import tsx sim/format-probe.ts [--algorithm ppo] [--steps 200] [--lr 0.00005]
+ *       [--kl-coef 0.6] [--reward format] [--echo-weight 4] [--every 50] [--heldout 256] [--seed 3]
+ */
+import { z } from 'zod';
+import { runCommand } from '../cli/command.ts';
+import { initBackend } from '../model/backend.ts';
+import { loadCheckpoint } from '../model/checkpoint.ts';
+import { Tokenizer } from '../model/tokenizer.ts';
+import { GPT } from '../model/gpt.ts';
+import { DEFAULT_SAMPLING } from '../model/sampling.ts';
+import type { ChatMessage } from '../model/chat-template.ts';
+import { sampleForEval } from '../training/loop-eval.ts';
+import { episodeKl } from '../training/ppo.ts';
+import { createPolicyOptimizer } from '../training/policy-optimizer.ts';
+import { OnlineLoopConfig } from '../training/loop-config.ts';
+import { echoOf } from '../training/reward-covariates.ts';
+import type { RewardItem, RewardSource } from '../training/reward-source.ts';
+import { replyWords } from '../feedback/reply-words.ts';
+import { GoldRubric, lastUserTurn, readDefinitionPrompts } from './gold-rubric.ts';
+
+const ProbeConfig = z.object({
+  algorithm: z.enum(['ppo', 'rloo']).default('ppo').describe('policy optimiser'),
+  steps: z.number().int().positive().default(200).describe('optimiser steps'),
+  lr: z.number().positive().default(5e-5).describe('peak learning rate (cosine to a tenth), the simulation\'s'),
+  klCoef: z.number().nonnegative().default(0.6).describe('β of the first step (adaptive, as in the loop)'),
+  reward: z.enum(['format', 'echo']).default('format').describe('format = the rubric\'s format part (oracle); echo = echo-weight × the echo covariate'),
+  echoWeight: z.number().positive().default(4).describe('λ of the echo reward'),
+  every: z.number().int().positive().default(50).describe('steps between held-out measurements'),
+  heldout: z.number().int().positive().default(256).describe('held-out prompts measured'),
+  sharpness: z.string().default('1,1.15,1.3,1.5').describe('comma-separated s of the sharpness family (empty: skip)'),
+  temperature: z.number().positive().default(1).describe('sampling temperature of rollouts and measurements (the simulated users\' chats)'),
+  seed: z.number().int().nonnegative().default(3).describe('seed of prompts and sampling'),
+});
+let args: z.infer<typeof ProbeConfig> | undefined;
+await runCommand({ usage: 'node --import tsx sim/format-probe.ts [options]', schema: ProbeConfig, envPrefix: 'FORMAT_PROBE' }, async (cfg) => {
+  args = cfg;
+});
+if (!args) process.exit(process.exitCode ?? 0); // --help, or a usage error already printed
+const a = args;
+await initBackend({ log: () => {} });
+const load = () => loadCheckpoint('checkpoints/sft', { kind: 'policy' });
+const ck = load();
+const tok = Tokenizer.fromJSON(ck.tokenizer);
+const sft = GPT.fromWeights(ck.meta.config, 'policy', ck.weights);
+const train = readDefinitionPrompts('data/dialogues.train.jsonl');
+const heldout = readDefinitionPrompts('data/dialogues.val.jsonl').slice(0, a.heldout);
+const rubric = new GoldRubric([...train, ...heldout]);
+const end = tok.specialId('<|end|>');
+const conv = (p: { prompt: string }): ChatMessage[] => [{ role: 'user', content: p.prompt }];
+const mean = (xs: readonly number[]) => xs.reduce((s, x) => s + x, 0) / xs.length;
+
+/** Format, exact copies, words and KL to SFT of `policy` on the held-out prompts, at the users' sampling. */
+function measure(policy: GPT): string {
+  const eps = sampleForEval(policy, tok, heldout.map(conv), { maxTokens: 48, temperature: a.temperature, topP: DEFAULT_SAMPLING.topP, seed: a.seed + 101 });
+  const parts = eps.map((e, i) => rubric.breakdown(heldout[i]!.prompt, e.reply, e.replyIds.at(-1) === end));
+  const f = (x: number, d = 3) => x.toFixed(d);
+  return `format ${f(mean(parts.map((p) => p.format)))} exact ${f(mean(parts.map((p) => (p.format === 1 ? 1 : 0))))} gold ${f(mean(parts.map((p) => p.total)))} words ${f(mean(eps.map((e) => replyWords(e.reply))), 1)} kl ${f(mean(episodeKl(policy, sft, tok, eps, a.temperature)), 2)}`;
+}
+
+console.log(`sft: ${measure(sft)}`);
+for (const s of a.sharpness.split(',').filter(Boolean).map(Number)) {
+  const w = new Map(load().weights);
+  for (const n of ['lnf.g', 'lnf.b']) w.set(n, w.get(n)!.map((x) => x * s));
+  const sharp = GPT.fromWeights(ck.meta.config, 'policy', w);
+  console.log(`sharpness ${s}: ${measure(sharp)}`);
+  sharp.dispose();
+}
+
+const reward: RewardSource = {
+  name: a.reward,
+  score: async (batch: readonly RewardItem[]) =>
+    batch.map((it) => (a.reward === 'format' ? rubric.breakdown(lastUserTurn(it.prompt), it.reply, true).format : a.echoWeight * echoOf(it.prompt, it.reply))),
+};
+const loop = OnlineLoopConfig.parse({});
+const policy = sft.clone();
+const opt = createPolicyOptimizer({
+  algorithm: a.algorithm, policy, reference: sft, tok, reward, prompts: train.map(conv), log: () => {},
+  knobs: { steps: a.steps, batchSize: loop.batchSize, minibatchSize: loop.minibatchSize, epochs: loop.epochs, maxTokens: loop.maxTokens, temperature: a.temperature, lr: a.lr, minLr: a.lr / 10, klCoef: a.klCoef, adaptiveKl: true, klTarget: loop.klTarget, klHorizon: 10 * loop.batchSize, seed: a.seed, rlooK: loop.rlooK },
+});
+for (let step = 1; step <= a.steps; step++) {
+  const s = await opt.step();
+  if (step % a.every === 0 || step === a.steps) console.log(`${a.algorithm} step ${step} (β ${s.klCoef.toFixed(3)}): ${measure(policy)}`);
+}
+opt.dispose();
