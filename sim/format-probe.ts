@@ -3,8 +3,8 @@
  * format part (the reply starts with `"W" means`, W copied exactly) at all? It runs the loop's
  * optimiser (PPO or RLOO, the loop's knobs) from SFT on a reward that is the format part alone,
  * `--reward format` (an oracle: the simulated users' rubric; this file only measures), or the
- * users' echo covariate, `--reward echo` (the share of the question's words the reply repeats,
- * scaled by `--echo-weight`), and reports on held-out prompts, at the users' sampling (T 1, top-p
+ * users' echo covariate, `--reward echo` (the IDF-weighted share of the question's words the reply
+ * repeats, IDF over the training prompts, scaled by `--echo-weight`), and reports on held-out prompts, at the users' sampling (T 1, top-p
  * 0.95), the mean format part, the share of exact copies, the words and the KL to SFT.
  *
  * Beside it, the sharpness family π_s ∝ π^s (the final layer norm's gain and bias times s, so the
@@ -26,7 +26,7 @@ import { sampleForEval } from '../training/loop-eval.ts';
 import { episodeKl } from '../training/ppo.ts';
 import { createPolicyOptimizer } from '../training/policy-optimizer.ts';
 import { OnlineLoopConfig } from '../training/loop-config.ts';
-import { echoOf } from '../training/reward-covariates.ts';
+import { echoOf, questionWords } from '../training/reward-covariates.ts';
 import type { RewardItem, RewardSource } from '../training/reward-source.ts';
 import { replyWords } from '../feedback/reply-words.ts';
 import { GoldRubric, lastUserTurn, readDefinitionPrompts } from './gold-rubric.ts';
@@ -79,10 +79,11 @@ for (const s of a.sharpness.split(',').filter(Boolean).map(Number)) {
   sharp.dispose();
 }
 
+const questions = questionWords(train.map(conv));
 const reward: RewardSource = {
   name: a.reward,
   score: async (batch: readonly RewardItem[]) =>
-    batch.map((it) => (a.reward === 'format' ? rubric.breakdown(lastUserTurn(it.prompt), it.reply, true).format : a.echoWeight * echoOf(it.prompt, it.reply))),
+    batch.map((it) => (a.reward === 'format' ? rubric.breakdown(lastUserTurn(it.prompt), it.reply, true).format : a.echoWeight * echoOf(it.prompt, it.reply, questions))),
 };
 const loop = OnlineLoopConfig.parse({});
 const policy = sft.clone();

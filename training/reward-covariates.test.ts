@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { createRng } from '../model/random.ts';
 import { initBackend } from '../model/backend.ts';
 import { GPT } from '../model/gpt.ts';
-import { covariateFeatures, covariatesOf, echoOf, fitCovariateCoefs, needsReference, referenceLikelihood, referenceTokenLogProbs, tailOf, withoutQuestion } from './reward-covariates.ts';
+import { covariateFeatures, covariatesOf, echoOf, fitCovariateCoefs, idfOf, isQuestionWords, needsReference, questionWords, referenceLikelihood, referenceTokenLogProbs, tailOf, withoutQuestion } from './reward-covariates.ts';
 import { replyLogProbs } from './ppo.ts';
 import { encodeExchange } from './rlhf-common.ts';
 import type { PreferenceGroup } from './preferences.ts';
@@ -140,18 +140,28 @@ test('the tail covariate is the mean of the reply\'s ⌈20%⌉ least likely toke
   ref.dispose();
 });
 
-test('the echo covariate is the share of the last user turn\'s distinct words the reply repeats verbatim, and needs no reference', () => {
+test('the echo covariate weighs the question\'s words by IDF: a reply that names the asked word gets about all of it, parroting the question no more, a near miss nothing', () => {
   const ask = (content: string) => [{ role: 'user' as const, content: 'earlier question' }, { role: 'assistant' as const, content: 'earlier' }, { role: 'user' as const, content }];
-  assert.equal(echoOf(ask('What does relocate mean?'), '"relocate" means to move.'), 1 / 4, 'what, does, relocate, mean: one repeated');
-  assert.equal(echoOf(ask('What does relocate mean?'), '"relocte" means to move.'), 0, 'a near miss repeats nothing');
-  assert.equal(echoOf(ask('What does Relocate mean? relocate!'), 'RELOCATE: what it does'), 3 / 4, 'case aside, each word once');
-  assert.equal(echoOf(ask('What does break into mean?'), '"break into" means to enter'), 2 / 5, 'a two-word phrase: both words');
-  assert.equal(echoOf(ask('a b ?'), 'a b'), 0, 'no word of 3+ characters asked');
-  assert.equal(echoOf(ask('earlier'), 'nothing'), 0, 'only the last user turn counts');
-  assert.equal(echoOf([{ role: 'system' as const, content: 'be brief' }], 'brief'), 0, 'no user turn');
+  const words = ['relocate', 'coarse', 'deprecate', 'avid', 'jest', 'break into', 'ping'];
+  const q = questionWords([...words.map((w) => ask(`What does ${w} mean?`)), ask('What does jest mean?')]);
+  assert.equal(q.questions, words.length, 'each distinct conversation once');
+  assert.deepEqual(q.df, { what: 7, does: 7, mean: 7 }, 'words of one question are not kept');
+  assert.equal(idfOf(q, 'what'), 0, 'a word of every question weighs nothing');
+  assert.ok(Math.abs(idfOf(q, 'relocate') - Math.log(8 / 2)) < 1e-12 && idfOf(q, 'unseen') === idfOf(q, 'relocate'), 'rare and unseen words weigh alike');
+  const echo = (question: string, reply: string) => echoOf(ask(question), reply, q);
+  assert.equal(echo('What does relocate mean?', '"relocate" means to move.'), 1);
+  assert.equal(echo('What does relocate mean?', '"relocte" means to move.'), 0, 'a near miss repeats nothing');
+  assert.equal(echo('What does relocate mean?', 'What does relocate mean? What does relocate mean?'), 1, 'parroting scores no more than naming');
+  assert.equal(echo('What does break into mean?', '"break" means to enter'), 0.5, 'a two-word phrase: one of two rare words');
+  assert.ok(Math.abs(echo('Who found relocate', 'relocate') - 1 / 3) < 1e-12, '"who", "found": unseen, as rare as "relocate"');
+  assert.equal(echo('a b ?', 'a b'), 0, 'no word of 3+ characters asked');
+  assert.equal(echo('What does relocate mean?', 'earlier question'), 0, 'only the last user turn counts');
+  assert.equal(echoOf([{ role: 'system' as const, content: 'be brief' }], 'brief', q), 0, 'no user turn');
   const items = [{ prompt: ask('What does relocate mean?'), reply: '"relocate" means to move' }, { prompt: ask('What does relocate mean?'), reply: '"relocte" means to move' }];
-  assert.deepEqual(covariateFeatures(['length', 'echo'], items, { tok: toyTokenizer() }), [[4, 0.25], [4, 0]]);
+  assert.deepEqual(covariateFeatures(['length', 'echo'], items, { tok: toyTokenizer(), questions: q }), [[4, 1], [4, 0]]);
+  assert.throws(() => covariateFeatures(['echo'], items, { tok: toyTokenizer() }), /question-word statistics/);
   assert.ok(!needsReference({ echo: 4, length: -0.2 }));
+  assert.ok(isQuestionWords(q) && !isQuestionWords({ questions: 2, df: { what: 0 } }) && !isQuestionWords({ questions: 1.5, df: {} }) && !isQuestionWords(null));
 });
 
 test('users who prefer replies that name the asked word: the fit gives echo a positive λ and length its own, jointly', () => {
@@ -171,8 +181,9 @@ test('users who prefer replies that name the asked word: the fit gives echo a po
     const aWins = rng() < 1 / (1 + Math.exp(-z));
     groups.push({ prompt, replies: [a.text, b.text], pairs: [aWins ? [0, 1] : [1, 0]], weight: 1, source: 'comparison' });
   }
-  const feats = groups.map((g) => covariateFeatures(['length', 'echo'], g.replies.map((r) => ({ prompt: g.prompt, reply: r })), { tok: toyTokenizer() }));
+  const questions = questionWords(groups.map((g) => g.prompt));
+  const feats = groups.map((g) => covariateFeatures(['length', 'echo'], g.replies.map((r) => ({ prompt: g.prompt, reply: r })), { tok: toyTokenizer(), questions }));
   const [len, echo] = fitCovariateCoefs(groups, feats);
-  // An exact reply's echo is 1/4 higher (what, does, W, mean), so λ_echo = 1.2 / 0.25 = 4.8.
-  assert.ok(Math.abs(len! + 0.2) < 0.04 && Math.abs(echo! - 4.8) < 0.6, `fitted length ${len}, echo ${echo} for −0.2, 4.8`);
+  // Five words asked 600 times each: the common words weigh 0, an exact reply's echo is 1, a garbled one's 0.
+  assert.ok(Math.abs(len! + 0.2) < 0.04 && Math.abs(echo! - 1.2) < 0.15, `fitted length ${len}, echo ${echo} for −0.2, 1.2`);
 });

@@ -15,11 +15,16 @@
  *                        question and the reply under the reference (MMI, Li et al. 2016), how
  *                        much the reply depends on what was asked (a reply that repeats the
  *                        asked word gains; a generic or garbled one does not);
- *   f_echo(x, y)       = share of the distinct words (3+ letters or digits) of x's last user
- *                        turn that y repeats verbatim: the query-term coverage of retrieval and
- *                        answer ranking. Lexical, so it sees what the models do not: a reply
- *                        that names the asked thing exactly against one that garbles it by a
- *                        letter (both are equally likely, token by token, to a small model);
+ *   f_echo(x, y)       = the IDF-weighted share of the distinct words (3+ letters or digits)
+ *                        of x's last user turn that y repeats verbatim, Σ_{w∈q∩y} idf(w) /
+ *                        Σ_{w∈q} idf(w), idf(w) = ln((N + 1) / (df(w) + 1)) over the N user turns
+ *                        of the judgements the λ are fitted on: the query-term coverage of
+ *                        retrieval and answer ranking. Words of every question ("what", "does")
+ *                        weigh about 0, so a reply that parrots the question scores no more
+ *                        than one that names the asked thing. Lexical, so it sees what the
+ *                        models do not: a reply that names the asked thing exactly against one
+ *                        that garbles it by a letter (equally likely, token by token, to a small
+ *                        model);
  *
  * maximised over the pairs (ties with target ½) with the reward model's weights, by Newton's
  * method. The reward model then scores r(x, y) = q(x, y) + Σ_k λ_k f_k(x, y) with λ fixed, so
@@ -160,23 +165,74 @@ function wordSet(text: string): Set<string> {
   return new Set(text.toLowerCase().match(/[\p{L}\p{N}]{3,}/gu) ?? []);
 }
 
-/** f_echo: the share of the distinct words of `prompt`'s last user turn that `reply` repeats (0 when that turn has none). */
-export function echoOf(prompt: readonly ChatMessage[], reply: string): number {
-  const asked = wordSet(prompt.findLast((m) => m.role === 'user')?.content ?? '');
-  if (!asked.size) return 0;
-  const said = wordSet(reply);
-  let hit = 0;
-  for (const w of asked) if (said.has(w)) hit++;
-  return hit / asked.size;
+/** The last user turn of `prompt` ('' without one). */
+const lastQuestion = (prompt: readonly ChatMessage[]): string => prompt.findLast((m) => m.role === 'user')?.content ?? '';
+
+/**
+ * The document frequencies f_echo weighs words by: of `questions` user turns, how many hold each
+ * word. Only words of two or more questions are kept (the most frequent {@link QUESTION_WORDS_KEPT});
+ * every other word counts as in one.
+ */
+export interface QuestionWords {
+  questions: number;
+  df: Readonly<Record<string, number>>;
 }
 
-/** The covariates' feature vectors of `items` (in the order of `names`); likelihood, relevance and tail need the reference policy. */
-export function covariateFeatures(names: readonly Covariate[], items: readonly { prompt: readonly ChatMessage[]; reply: string }[], o: { reference?: GPT; tok: Tokenizer }): number[][] {
+/** The most words a {@link QuestionWords} keeps (it is saved with the reward model). */
+export const QUESTION_WORDS_KEPT = 20_000;
+
+/** The question-word statistics of the last user turns of `prompts` (each distinct conversation once). */
+export function questionWords(prompts: Iterable<readonly ChatMessage[]>): QuestionWords {
+  const seen = new Set<string>();
+  const df = new Map<string, number>();
+  for (const p of prompts) {
+    const q = lastQuestion(p);
+    const key = JSON.stringify(p);
+    if (seen.has(key)) continue;
+    seen.add(key);
+    for (const w of wordSet(q)) df.set(w, (df.get(w) ?? 0) + 1);
+  }
+  const kept = [...df].filter(([, n]) => n >= 2).sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1)).slice(0, QUESTION_WORDS_KEPT);
+  return { questions: seen.size, df: Object.fromEntries(kept) };
+}
+
+/** idf(w) = ln((N + 1) / (df(w) + 1)): about 0 for a word of every question, the most for a rare one. */
+export function idfOf(words: QuestionWords, w: string): number {
+  return Math.log((words.questions + 1) / ((words.df[w] ?? 1) + 1));
+}
+
+/** Whether `x` is a well-formed {@link QuestionWords} (as read back from a checkpoint). */
+export function isQuestionWords(x: unknown): x is QuestionWords {
+  const q = x as QuestionWords;
+  return typeof q === 'object' && q !== null && Number.isInteger(q.questions) && q.questions >= 0 && typeof q.df === 'object' && q.df !== null && Object.values(q.df).every((n) => Number.isInteger(n) && n >= 1);
+}
+
+/** f_echo: the IDF-weighted share of the words of `prompt`'s last user turn that `reply` repeats (0 when they weigh nothing). */
+export function echoOf(prompt: readonly ChatMessage[], reply: string, words: QuestionWords): number {
+  const said = wordSet(reply);
+  let asked = 0;
+  let hit = 0;
+  for (const w of wordSet(lastQuestion(prompt))) {
+    const idf = idfOf(words, w);
+    asked += idf;
+    if (said.has(w)) hit += idf;
+  }
+  return asked > 0 ? hit / asked : 0;
+}
+
+/**
+ * The covariates' feature vectors of `items` (in the order of `names`); likelihood, relevance and
+ * tail need the reference policy, echo the question-word statistics.
+ */
+export function covariateFeatures(names: readonly Covariate[], items: readonly { prompt: readonly ChatMessage[]; reply: string }[], o: { reference?: GPT; tok: Tokenizer; questions?: QuestionWords }): number[][] {
   let tokens: number[][] | undefined;
   const reference = (): GPT => o.reference ?? (() => { throw new Error(`the ${names.filter((n) => n !== 'length' && n !== 'echo').join(' and ')} covariate needs the reference policy`); })();
   const columns = names.map((n) => {
     if (n === 'length') return items.map((it) => replyWords(it.reply));
-    if (n === 'echo') return items.map((it) => echoOf(it.prompt, it.reply));
+    if (n === 'echo') {
+      const q = o.questions ?? (() => { throw new Error('the echo covariate needs the question-word statistics'); })();
+      return items.map((it) => echoOf(it.prompt, it.reply, q));
+    }
     tokens ??= referenceTokenLogProbs(reference(), o.tok, items);
     if (n === 'tail') return tokens.map(tailOf);
     const likelihood = tokens.map(meanOf);

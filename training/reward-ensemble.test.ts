@@ -259,6 +259,44 @@ test('the likelihood covariate: users who prefer what the reference finds likely
   sft.dispose();
 });
 
+test('the echo covariate: users who want the asked word named get λ > 0; its IDF statistics are saved with the ensemble and required to load it', () => {
+  const sft = GPT.create(toyConfig(tok), 'policy', 4);
+  const rng = createRng(17);
+  const fruit = ['apple', 'pear', 'kiwi', 'fig', 'banana'];
+  // "say FRUIT please" about a fruit: users prefer the reply that names the asked fruit (3 log-odds).
+  const groups: PreferenceGroup[] = Array.from({ length: 240 }, (_, i) => {
+    const asked = fruit[i % fruit.length]!;
+    const prompt = [{ role: 'user' as const, content: `say ${asked} please ${i}` }];
+    const named = rng() < 0.5 ? 0 : 1;
+    const other = fruit.filter((f) => f !== asked)[rng.int(4)]!;
+    const replies = named === 0 ? [`${asked} fig`, `${other} fig`] : [`${other} fig`, `${asked} fig`];
+    const winner = rng() < 1 / (1 + Math.exp(-3)) ? named : 1 - named;
+    return { prompt, replies, pairs: [[winner, 1 - winner]] as [number, number][], weight: 1, source: 'toy' };
+  });
+  const r = trainRewardEnsemble({ sft, tok, data: { groups, unpaired: [] }, cfg: { ...fast, members: 1, epochs: 1, lr: 1e-9, covariates: ['length', 'echo'] }, log: () => {} });
+  assert.ok(r.ensemble.questions && r.ensemble.questions.questions === 240, 'the statistics of the judged questions');
+  assert.equal(r.ensemble.questions.df.say, 240);
+  // "say" and "please" are in every question (idf 0), the counter is in one: naming the fruit is about half of the weight.
+  assert.ok((r.covariates.echo ?? 0) > 3, `λ_echo ${JSON.stringify(r.covariates)}`);
+  const probe = [{ prompt: [{ role: 'user' as const, content: 'say kiwi please' }], reply: 'kiwi fig' }, { prompt: [{ role: 'user' as const, content: 'say kiwi please' }], reply: 'pear fig' }];
+  const [named, unnamed] = memberScores(r.ensemble, tok, probe)[0]!;
+  assert.ok(named! > unnamed!, `naming the asked fruit scores higher: ${named} vs ${unnamed}`);
+  const dir = join(mkdtempSync(join(tmpdir(), 'rm-echo-')), 'reward');
+  saveRewardEnsemble(dir, r.ensemble, { tokenizer: tok, parent: 'sft', step: 1 });
+  const back = loadRewardEnsemble(dir, tok).ensemble;
+  assert.deepEqual(back.questions, r.ensemble.questions);
+  assert.deepEqual(memberScores(back, tok, probe), memberScores(r.ensemble, tok, probe));
+  back.dispose();
+  const metaPath = join(dir, 'meta.json');
+  const meta = JSON.parse(readFileSync(metaPath, 'utf8'));
+  delete meta.runConfig.questionWords;
+  writeFileSync(metaPath, JSON.stringify(meta));
+  assert.throws(() => loadRewardEnsemble(dir, tok), (err: Error & { code?: string }) => err.code === 'checkpoint_corrupt' && /question-word/.test(err.message));
+  assert.throws(() => rewardEnsemble(r.ensemble.members, { echo: 1 }), /question-word statistics/);
+  r.ensemble.dispose();
+  sft.dispose();
+});
+
 test("heads 'auto': the users' val judgements drop the heads when length alone explains them, and keep them when the words matter", () => {
   const sft = GPT.create(toyConfig(tok), 'policy', 4);
   const rng = createRng(21);

@@ -52,7 +52,7 @@ import { mean } from './rlhf-common.ts';
 import { pairStatistics, scoreExchanges, trainRewardModel, type RewardEval } from './reward-model.ts';
 import { splitByContext, splitPreferences, splitPrompts, promptText, type PreferenceData, type PreferenceGroup } from './preferences.ts';
 import { RewardError, type RewardItem, type RewardSource } from './reward-source.ts';
-import { COVARIATES, covariateFeatures, fitCovariateCoefs, needsReference, type Covariate, type CovariateCoefs } from './reward-covariates.ts';
+import { COVARIATES, covariateFeatures, fitCovariateCoefs, isQuestionWords, needsReference, questionWords, type Covariate, type CovariateCoefs, type QuestionWords } from './reward-covariates.ts';
 import { replyWords } from '../feedback/reply-words.ts';
 import { replyAsText } from './reward-model.ts';
 
@@ -120,31 +120,36 @@ export interface RewardEnsemble {
   covariates: CovariateCoefs;
   /** The reference policy the likelihood and relevance covariates read (not owned: dispose leaves it). */
   reference?: GPT;
+  /** The question-word statistics the echo covariate weighs words by (fitted with λ, saved with the ensemble). */
+  questions?: QuestionWords;
   dispose(): void;
 }
 
 /**
  * An ensemble owning `members` (dispose frees them all), with covariate weights λ (default none);
- * a likelihood or relevance covariate needs the `reference` policy.
+ * a likelihood or relevance covariate needs the `reference` policy, an echo covariate the
+ * `questions` statistics.
  */
-export function rewardEnsemble(members: GPT[], covariates: CovariateCoefs = {}, reference?: GPT): RewardEnsemble {
+export function rewardEnsemble(members: GPT[], covariates: CovariateCoefs = {}, reference?: GPT, questions?: QuestionWords): RewardEnsemble {
   if (!members.length) throw new Error('a reward ensemble needs at least one member');
   for (const m of members) if (m.kind !== 'reward') throw new Error(`a reward ensemble member must be a reward model, got a ${m.kind} model`);
   for (const [k, v] of Object.entries(covariates)) if (!Number.isFinite(v)) throw new Error(`covariate ${k}: λ must be a finite number, got ${v}`);
   if (needsReference(covariates) && !reference) throw new Error('a reward ensemble with a likelihood or relevance covariate needs the reference policy');
+  if (covariates.echo && !questions) throw new Error('a reward ensemble with an echo covariate needs the question-word statistics');
   return {
     members,
     covariates,
     ...(reference ? { reference } : {}),
+    ...(covariates.echo && questions ? { questions } : {}),
     dispose: () => members.forEach((m) => m.dispose()),
   };
 }
 
 /** Σ_k λ_k f_k(x, y) per item: the fixed part of every member's score. */
-export function covariateOffsets(e: Pick<RewardEnsemble, 'covariates' | 'reference'>, tok: Tokenizer, items: readonly { prompt: readonly ChatMessage[]; reply: string }[]): number[] {
+export function covariateOffsets(e: Pick<RewardEnsemble, 'covariates' | 'reference' | 'questions'>, tok: Tokenizer, items: readonly { prompt: readonly ChatMessage[]; reply: string }[]): number[] {
   const names = (Object.keys(e.covariates) as Covariate[]).filter((k) => e.covariates[k]);
   if (!names.length) return items.map(() => 0);
-  return covariateFeatures(names, items, { reference: e.reference, tok }).map((f) => f.reduce((s, x, k) => s + e.covariates[names[k]!]! * x, 0));
+  return covariateFeatures(names, items, { reference: e.reference, tok, ...(e.questions ? { questions: e.questions } : {}) }).map((f) => f.reduce((s, x, k) => s + e.covariates[names[k]!]! * x, 0));
 }
 
 /** Per-reply mean and standard deviation across members. */
@@ -189,7 +194,7 @@ export class EnsembleRewardSource implements RewardSource {
   ) {
     if (!(o.pessimism >= 0)) throw new Error(`pessimism must be a number ≥ 0, got ${o.pessimism}`);
     if (o.lengthWeight !== undefined && !(o.lengthWeight >= 0)) throw new Error(`lengthWeight must be a number ≥ 0, got ${o.lengthWeight}`);
-    rewardEnsemble(ensemble.members, ensemble.covariates, ensemble.reference); // checks the members
+    rewardEnsemble(ensemble.members, ensemble.covariates, ensemble.reference, ensemble.questions); // checks the members
     this.name = `reward-ensemble×${ensemble.members.length}${o.pessimism ? `(−${o.pessimism}σ)` : ''}${o.label ? `:${o.label}` : ''}`;
   }
 
@@ -303,7 +308,7 @@ export function trainRewardEnsemble(o: { sft: GPT; previous?: RewardEnsemble; to
   [...o.data.groups, ...o.data.unpaired].forEach((x, i) => recOf.set(x, rec[i]!));
   if (!parts.val.groups.some((g) => g.pairs.length > 0) && cfg.patience > 0) log(`reward ensemble: no val pairs among ${o.data.groups.length} judgements; early stopping is off this round`);
   if (!parts.eval.groups.some((g) => g.pairs.length > 0)) log('reward ensemble: no eval pairs yet; the eval accuracy is undefined this round');
-  const { covariates, scoreOffset } = fitCovariates(cfg.covariates, o.data, train.groups, train.groups.map((g) => recOf.get(g)!), o.sft, o.tok);
+  const { covariates, questions, scoreOffset } = fitCovariates(cfg.covariates, o.data, train.groups, train.groups.map((g) => recOf.get(g)!), o.sft, o.tok);
   if (cfg.covariates.length) log(`reward ensemble: covariates ${JSON.stringify(covariates)} (a Bradley–Terry fit of ${train.groups.length} train judgements on them alone); the heads learn the rest`);
   const members: GPT[] = [];
   let steps = 0;
@@ -349,7 +354,7 @@ export function trainRewardEnsemble(o: { sft: GPT; previous?: RewardEnsemble; to
     members.forEach((m) => m.dispose());
     throw err;
   }
-  const ensemble = rewardEnsemble(members, covariates, needsReference(covariates) ? o.sft : undefined);
+  const ensemble = rewardEnsemble(members, covariates, needsReference(covariates) ? o.sft : undefined, questions);
   let val = evaluateEnsemble(ensemble, o.tok, parts.val.groups);
   let heads: 'kept' | 'dropped' = 'kept';
   if (cfg.heads === 'auto' && scoreOffset) {
@@ -400,22 +405,25 @@ function covariateEval(groups: readonly PreferenceGroup[], scoreOffset: (prompt:
 
 /**
  * λ of `names` fitted on the train groups (weights `omega`), and the fixed score part Σ λ f of
- * every reply of `data` (features computed once, in batches; the likelihood under `reference`).
+ * every reply of `data` (features computed once, in batches; the likelihood under `reference`;
+ * echo's word weights from the questions of all of `data`, which are inputs, not labels).
  */
-function fitCovariates(names: readonly Covariate[], data: PreferenceData, train: readonly PreferenceGroup[], omega: readonly number[], reference: GPT, tok: Tokenizer): { covariates: CovariateCoefs; scoreOffset?: (prompt: readonly ChatMessage[], reply: string) => number } {
+function fitCovariates(names: readonly Covariate[], data: PreferenceData, train: readonly PreferenceGroup[], omega: readonly number[], reference: GPT, tok: Tokenizer): { covariates: CovariateCoefs; questions?: QuestionWords; scoreOffset?: (prompt: readonly ChatMessage[], reply: string) => number } {
   if (!names.length) return { covariates: {} };
+  const questions = names.includes('echo') ? questionWords([...data.groups.map((g) => g.prompt), ...data.unpaired.map((u) => u.prompt)]) : undefined;
   const key = (prompt: readonly ChatMessage[], reply: string) => `${promptText(prompt)}\u0000${reply}`;
   const items = new Map<string, { prompt: readonly ChatMessage[]; reply: string }>();
   for (const g of data.groups) for (const reply of g.replies) items.set(key(g.prompt, reply), { prompt: g.prompt, reply });
   for (const u of data.unpaired) items.set(key(u.prompt, u.reply), { prompt: u.prompt, reply: u.reply });
   const list = [...items.values()];
-  const feats = covariateFeatures(names, list, { reference, tok });
+  const feats = covariateFeatures(names, list, { reference, tok, ...(questions ? { questions } : {}) });
   const featOf = new Map(list.map((it, i) => [key(it.prompt, it.reply), feats[i]!]));
   const lambda = fitCovariateCoefs(train, train.map((g) => g.replies.map((r) => featOf.get(key(g.prompt, r))!)), omega);
   const covariates: CovariateCoefs = Object.fromEntries(names.map((n, k) => [n, lambda[k]!]));
   const offsetOf = new Map([...featOf].map(([k, f]) => [k, f.reduce((s, x, i) => s + lambda[i]! * x, 0)]));
   return {
     covariates,
+    ...(questions ? { questions } : {}),
     scoreOffset: (prompt, reply) => {
       const v = offsetOf.get(key(prompt, reply));
       if (v === undefined) throw new Error('covariates: a reply outside the data the features were computed for');
@@ -467,7 +475,7 @@ export function saveRewardEnsemble(dir: string, e: RewardEnsemble, meta: Ensembl
       parent: meta.parent,
       step: meta.step,
       metrics: { ...meta.metrics, members: e.members.length, ...Object.fromEntries(Object.entries(e.covariates).map(([k, v]) => [`covariate_${k}`, v])) },
-      runConfig: { ...meta.runConfig, ensemble: 'reward-ensemble/1' },
+      runConfig: { ...meta.runConfig, ensemble: 'reward-ensemble/1', ...(e.questions ? { questionWords: e.questions } : {}) },
     },
     tokenizer: meta.tokenizer.toJSON(),
   });
@@ -482,7 +490,10 @@ export function loadRewardEnsemble(dir: string, tok: Tokenizer, reference?: GPT)
   const covariates: CovariateCoefs = Object.fromEntries(COVARIATES.flatMap((k) => (ck.meta.metrics[`covariate_${k}`] ? [[k, ck.meta.metrics[`covariate_${k}`]!]] : [])));
   if (needsReference(covariates) && !reference) throw new CheckpointError('checkpoint_corrupt', `${dir}: this reward ensemble scores the reference likelihood; load it with the reference policy`);
   const ref = needsReference(covariates) ? reference : undefined;
-  if (ck.weights.has('wte')) return { ensemble: rewardEnsemble([GPT.fromWeights(ck.meta.config, 'reward', ck.weights)], covariates, ref), meta: ck.meta };
+  const saved = (ck.meta.runConfig as Record<string, unknown> | undefined)?.questionWords;
+  if (covariates.echo && !isQuestionWords(saved)) throw new CheckpointError('checkpoint_corrupt', `${dir}: this reward ensemble scores the echo covariate but meta.json has no valid question-word statistics`);
+  const questions = covariates.echo ? (saved as QuestionWords) : undefined;
+  if (ck.weights.has('wte')) return { ensemble: rewardEnsemble([GPT.fromWeights(ck.meta.config, 'reward', ck.weights)], covariates, ref, questions), meta: ck.meta };
   const K = ck.meta.metrics.members;
   if (!(Number.isInteger(K) && K! >= 1)) throw new CheckpointError('checkpoint_corrupt', `${dir}: meta.json has no member count for a reward ensemble`);
   const members: GPT[] = [];
@@ -497,5 +508,5 @@ export function loadRewardEnsemble(dir: string, tok: Tokenizer, reference?: GPT)
     members.forEach((m) => m.dispose());
     throw new CheckpointError('checkpoint_corrupt', `${dir}: ${(err as Error).message}`);
   }
-  return { ensemble: rewardEnsemble(members, covariates, ref), meta: ck.meta };
+  return { ensemble: rewardEnsemble(members, covariates, ref, questions), meta: ck.meta };
 }
