@@ -31,6 +31,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Session } from 'node:inspector/promises';
+import { performance as perfHooks } from 'node:perf_hooks';
 import { writeFileSync } from 'node:fs';
 import WebSocket from 'ws';
 import { initBackend } from '../model/backend.ts';
@@ -65,6 +66,8 @@ export interface GenerateBenchOptions {
   peer?: PeerFigures;
   /** Skip the 1,000-socket memory line. */
   skipIdle?: boolean;
+  /** Serve with the decode step on a worker thread (`asyncStep`), to compare with the default. */
+  asyncStep?: boolean;
 }
 
 /** What the peer reports for decoding: tokens/s at batch 1 and at its `--gen-batch` sizes. */
@@ -250,16 +253,24 @@ function stepAlone(model: ServedModel, n: number, steps = 30): number {
   }
 }
 
-function profileOf(prof: ServeProfile, wallMs: number, tokens: number): Line {
+/**
+ * Stage shares of the wall time. `idle` is the event loop's idle time (waiting in the poll
+ * phase); when every step ran off the event loop, `step` overlaps the others and `other` is what
+ * the loop did beyond the stages on it.
+ */
+function profileOf(prof: ServeProfile, wallMs: number, idleMs: number, tokens: number): Line {
   const share = (ms: number) => +(ms / wallMs).toFixed(3);
   const out: Line = {};
+  const offThread = prof.counts.steps > 0 && prof.counts.offThreadSteps === prof.counts.steps;
   let staged = 0;
   for (const s of STAGES) {
     out[s] = share(prof.ms[s]);
-    staged += prof.ms[s];
+    if (!(offThread && s === 'step')) staged += prof.ms[s];
   }
   out.client = share(clientTime.ms);
-  out.other = share(Math.max(0, wallMs - staged - clientTime.ms));
+  out.idle = share(idleMs);
+  out.other = share(Math.max(0, wallMs - idleMs - staged - clientTime.ms));
+  out.step_off_thread = offThread;
   out.frames_per_token = tokens ? +(prof.counts.frames / tokens).toFixed(3) : 0;
   out.mean_batch = prof.counts.steps ? +(prof.counts.rows / prof.counts.steps).toFixed(1) : 0;
   out.step_ms = prof.counts.steps ? +(prof.ms.step / prof.counts.steps).toFixed(3) : 0;
@@ -287,6 +298,7 @@ async function sustained(srv: RunningServer, model: ServedModel, door: 'ws' | 'o
   const ttfts: number[] = [];
   let tokens = 0;
   let replies = 0;
+  const elu0 = perfHooks.eventLoopUtilization();
   const t0 = performance.now();
   const end = t0 + seconds * 1000;
   await Promise.all(
@@ -300,6 +312,7 @@ async function sustained(srv: RunningServer, model: ServedModel, door: 'ws' | 'o
     }),
   );
   const wallMs = performance.now() - t0;
+  const idleMs = perfHooks.eventLoopUtilization(elu0).idle;
   prof.enabled = false;
   if (cpu) {
     const { profile } = await cpu.post('Profiler.stop');
@@ -323,7 +336,7 @@ async function sustained(srv: RunningServer, model: ServedModel, door: 'ws' | 'o
     tokens,
     replies,
     seconds: +(wallMs / 1000).toFixed(2),
-    profile: profileOf(prof, wallMs, prof.counts.tokens),
+    profile: profileOf(prof, wallMs, idleMs, prof.counts.tokens),
   };
   const peerTps = peer?.byBatch.get(n === 1 ? 1 : n >= 32 && peer.byBatch.has(32) ? 32 : 16);
   if (peer && peerTps) {
@@ -413,7 +426,7 @@ export async function benchGenerate(opts: GenerateBenchOptions = {}): Promise<Li
   const dir = mkdtempSync(join(tmpdir(), 'bench-generate-'));
   const store = await openTempStore({ prefix: 'bench' });
   const model = await benchModel(dir, shape);
-  const config = defaultServerConfig({ port: 0, host: '127.0.0.1', requestsPerMinute: 1_000_000, messagesPerSecond: 100_000, heartbeatMs: 600_000, maxTokens: 256, maxConnectionsPerAddress: 5000, maxConnections: 5000, startTimeoutMs: 600_000, maxInFlightPerUser: 64 });
+  const config = defaultServerConfig({ port: 0, host: '127.0.0.1', requestsPerMinute: 1_000_000, messagesPerSecond: 100_000, heartbeatMs: 600_000, maxTokens: 256, maxConnectionsPerAddress: 5000, maxConnections: 5000, startTimeoutMs: 600_000, maxInFlightPerUser: 64, asyncStep: opts.asyncStep ?? false });
   const srv = await startServer(config, { model, store, ownStore: true, defaultMetrics: false, log: () => {} });
   await srv.ready;
   try {
@@ -443,17 +456,18 @@ const GenerateBenchConfig = z.object({
   wsStreams: streams.optional().describe('WebSocket stream counts (default 1,16,32)'),
   openaiStreams: streams.optional().describe('OpenAI streaming stream counts (default 1,16)'),
   skipIdle: z.boolean().default(false).describe('skip the 1,000 idle sockets line'),
+  asyncStep: z.boolean().default(false).describe('serve with the decode step on a worker thread (the server\'s asyncStep), to compare'),
   peer: z.string().optional().describe('PyTorch peer script (torch_gpt.py), run in the same session (default: PEER_SCRIPT)'),
   peerPython: z.string().optional().describe('the Python that runs the peer (default: PEER_PYTHON, else python3)'),
 });
 
 if (isMain(import.meta.url)) {
   await runCommand(
-    { usage: 'node --import tsx bench/generate.ts [--json] [--seconds S] [--ws-streams 1,16,32] [--openai-streams 1,16] [--peer PATH [--peer-python PY]]', schema: GenerateBenchConfig, envPrefix: 'BENCH' },
+    { usage: 'node --import tsx bench/generate.ts [--json] [--seconds S] [--ws-streams 1,16,32] [--openai-streams 1,16] [--async-step] [--peer PATH [--peer-python PY]]', schema: GenerateBenchConfig, envPrefix: 'BENCH' },
     async (cfg) => {
       const script = cfg.peer ?? process.env.PEER_SCRIPT;
       const peer = script ? runPeer(script, cfg.peerPython ?? process.env.PEER_PYTHON ?? 'python3') : undefined;
-      printFigures(await benchGenerate({ shape: cfg.shape, seconds: cfg.seconds, wsStreams: cfg.wsStreams, openaiStreams: cfg.openaiStreams, skipIdle: cfg.skipIdle, peer }), cfg.json);
+      printFigures(await benchGenerate({ shape: cfg.shape, seconds: cfg.seconds, wsStreams: cfg.wsStreams, openaiStreams: cfg.openaiStreams, skipIdle: cfg.skipIdle, asyncStep: cfg.asyncStep, peer }), cfg.json);
     },
   );
   // Something below the server (not a socket, timer or child: none is left) keeps the loop
