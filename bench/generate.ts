@@ -13,7 +13,9 @@
  *   scheduler's and doors' stages (server/serve-profile.ts: admit, step, sample, detokenize,
  *   emit, write), `client` (the benchmark's own clients, which share the thread) and `other`
  *   (the rest of the event loop: reading frames, handlers, the store, timers, GC), as shares
- *   of the wall time, with `frames_per_token` and the mean rows per decode step.
+ *   of the wall time, with `idle` (the event loop waiting), `frames_per_token` and the mean rows
+ *   per decode step. With `--async-step` the server runs its steps off the event loop
+ *   (`asyncStep`); `step` then overlaps the other stages (`step_off_thread`).
  * - `ttft_idle`: time to first token at idle for a 100-token prompt;
  * - `decode_step`: the model's batched decode step alone at batch 1, 16 and 32;
  * - `idle_ws`: memory added by 1,000 idle WebSocket connections (clients in a child process).
