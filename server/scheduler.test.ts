@@ -131,7 +131,7 @@ test('with the step off the event loop (asyncStep), every reply gets the tokens 
   const opts: GenerateOptions[] = [greedy(12), { ...greedy(12), temperature: 1, seed: 3 }, { ...greedy(12), temperature: 0.8, topK: 5, topP: 0.9, seed: 4 }, { ...greedy(12), temperature: 1, seed: 5, logitBias: [[7, 5]] }, { ...greedy(12), stop: ['e'] }];
   const texts = ['hello', 'the cat', 'what does lucid mean?', 'dog', 'a mat'];
   const serve = async (asyncStep: boolean) => {
-    const s = new Scheduler(m, { ...OPTS, asyncStep });
+    const s = new Scheduler(m, { ...OPTS, asyncStep, asyncMinRows: 1 });
     return await Promise.all(texts.map((t, i) => s.submit({ promptIds: prompt(t), opts: opts[i]! }).result));
   };
   const on = await serve(false);
@@ -162,7 +162,7 @@ test('with asyncStep, a reply cancelled while its step runs ends at once, its ca
     }
     return running;
   };
-  s = new Scheduler({ ...model, gpt }, { ...OPTS, asyncStep: true });
+  s = new Scheduler({ ...model, gpt }, { ...OPTS, asyncStep: true, asyncMinRows: 1 });
   victim = s.submit({ promptIds: prompt('a'), opts: { ...greedy(40), temperature: 1 } });
   const other = s.submit({ promptIds: prompt('b'), opts: greedy(10) });
   const [cancelled, done] = await Promise.all([victim.result, other.result]);
@@ -177,7 +177,7 @@ test('with asyncStep, a step that fails fails its replies with its error, and th
   let failures = 1;
   const gpt = Object.create(model.gpt) as typeof model.gpt;
   gpt.decodeStepAsync = (caches, tokens, sample) => (failures-- > 0 ? Promise.reject(new Error('step broke')) : model.gpt.decodeStepAsync(caches, tokens, sample));
-  const s = new Scheduler({ ...model, gpt }, { ...OPTS, asyncStep: true });
+  const s = new Scheduler({ ...model, gpt }, { ...OPTS, asyncStep: true, asyncMinRows: 1 });
   const failed = await Promise.allSettled([s.submit({ promptIds: prompt('a'), opts: greedy(5) }).result]);
   assert.equal(failed[0]!.status, 'rejected');
   assert.match(String((failed[0] as PromiseRejectedResult).reason), /step broke/);
@@ -190,7 +190,7 @@ test('with asyncStep, a hot swap while a step runs lets the old model finish its
   const [first, next] = [await tinyModel({ blockSize: 64 }), await tinyModel({ blockSize: 64 })];
   const expected = generateBatch(first.gpt, first.tok, [prompt('a')], greedy(8))[0]!.ids;
   const disposed: ServedModel[] = [];
-  const s = new Scheduler(first, { ...OPTS, asyncStep: true, onDispose: (m) => disposed.push(m) });
+  const s = new Scheduler(first, { ...OPTS, asyncStep: true, asyncMinRows: 1, onDispose: (m) => disposed.push(m) });
   const old = s.submit({ promptIds: prompt('a'), opts: greedy(8) });
   while (s.activeCount === 0) await new Promise((r) => setImmediate(r));
   s.setModel(next);
@@ -202,4 +202,27 @@ test('with asyncStep, a hot swap while a step runs lets the old model finish its
   assert.deepEqual(r1.ids, expected, 'the old model decoded its reply to the end');
   while (!disposed.includes(first)) await new Promise((r) => setImmediate(r));
   next.gpt.dispose();
+});
+
+test('with asyncStep, replies whose batch shrinks below asyncMinRows go on on the event loop with their text in order', async () => {
+  const offThread: boolean[] = [];
+  const m = watchedSteps(model, { onStep: (_, off) => offThread.push(off) });
+  const lengths = [4, 8, 12, 16, 24];
+  const serve = async (asyncStep: boolean, asyncMinRows: number) => {
+    const s = new Scheduler(m, { ...OPTS, asyncStep, asyncMinRows });
+    const streamed = lengths.map((): string[] => []);
+    const results = await Promise.all(lengths.map((n, i) => s.submit({ promptIds: prompt(`reply ${i}`), opts: { ...greedy(n), temperature: 1, seed: i }, onDelta: (t) => streamed[i]!.push(t) }).result));
+    return { results, streamed };
+  };
+  const reference = await serve(false, 1);
+  for (const minRows of [2, 3, 4]) {
+    offThread.length = 0;
+    const mixed = await serve(true, minRows);
+    assert.ok(offThread.includes(true) && offThread.includes(false), `steps ran off the event loop while ${minRows} or more replies were live, on it after`);
+    mixed.results.forEach((r, i) => {
+      assert.deepEqual(r.ids, reference.results[i]!.ids, `reply ${i}`);
+      assert.deepEqual(mixed.streamed[i], reference.streamed[i], `reply ${i}: the same deltas in the same order`);
+      assert.equal(mixed.streamed[i]!.join(''), r.text);
+    });
+  }
 });

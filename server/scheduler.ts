@@ -94,6 +94,8 @@ export interface SchedulerOptions {
   onDispose?: (model: ServedModel) => void;
   /** Run the decode step off the event loop when the model can (`GPT.decodesAsync`); default false. */
   asyncStep?: boolean;
+  /** With `asyncStep`, fewest live slots of a model for which its step runs off the event loop (default `ASYNC_MIN_ROWS`). */
+  asyncMinRows?: number;
 }
 
 interface Pending {
@@ -141,6 +143,12 @@ interface Landed {
 }
 
 const tick = () => new Promise<void>((r) => setImmediate(r));
+
+/**
+ * Fewest live slots for which a step runs off the event loop (with `asyncStep`): below it the
+ * two thread hand-offs of a step cost more than the overlap gives (measured at one row).
+ */
+export const ASYNC_MIN_ROWS = 8;
 
 export class Scheduler {
   readonly #waiting: Pending[] = [];
@@ -278,8 +286,7 @@ export class Scheduler {
     let landed: Landed[] = [];
     while (this.#waiting.length || this.#active.length || landed.length) {
       this.#admit();
-      const running = this.#step();
-      for (const l of landed) this.#stream(l.slots, l.deltas);
+      const running = this.#step(landed);
       this.#gauges();
       this.#collect();
       landed = running.length ? await this.#land(running) : [];
@@ -445,24 +452,31 @@ export class Scheduler {
   }
 
   /**
-   * One step of every live slot, one `decodeStep` per model. A model that decodes asynchronously
-   * (and `asyncStep` on) gets its step started and returned, to be landed by `#land`; the others
-   * run here to the end.
+   * One step of every live slot, one `decodeStep` per model. A model that decodes asynchronously,
+   * with `asyncStep` on and at least `asyncMinRows` live slots, gets its step started and
+   * returned, to be landed by `#land`. Then the text of the steps landed last is streamed, and
+   * the other models step here to the end (after that text, so each reply's text stays in order).
    */
-  #step(): RunningStep[] {
+  #step(landed: readonly Landed[]): RunningStep[] {
     const models = [...new Set(this.#active.filter((s) => !s.seq.done).map((s) => s.model))];
+    const liveOf = (model: ServedModel) => this.#active.filter((s) => s.model === model && !s.seq.done && s.job.state === 'active');
     const running: RunningStep[] = [];
-    let rows = 0;
-    const t0 = performance.now();
+    const here: ServedModel[] = [];
     for (const model of models) {
-      // Re-read per model: a callback of the previous group may have cancelled a slot.
-      const live = this.#active.filter((s) => s.model === model && !s.seq.done && s.job.state === 'active');
-      if (!live.length) continue;
-      rows += live.length;
-      if (this.opts.asyncStep && model.gpt.decodesAsync()) running.push(this.#launch(model, live));
-      else this.#stepModel(model, live);
+      const live = liveOf(model);
+      if (this.opts.asyncStep && live.length >= (this.opts.asyncMinRows ?? ASYNC_MIN_ROWS) && model.gpt.decodesAsync()) running.push(this.#launch(model, live));
+      else here.push(model);
     }
     this.#inFlight = running;
+    for (const l of landed) this.#stream(l.slots, l.deltas);
+    let rows = running.reduce((n, r) => n + r.live.length, 0);
+    const t0 = performance.now();
+    for (const model of here) {
+      // Re-read per model: a delta callback may have cancelled a slot.
+      const live = liveOf(model);
+      if (live.length) this.#stepModel(model, live);
+      rows += live.length;
+    }
     if (!rows) return running;
     if (!running.length) this.opts.metrics?.stepSeconds.observe((performance.now() - t0) / 1000);
     this.opts.metrics?.batchSize.set(rows);
