@@ -500,7 +500,7 @@ export class Scheduler {
       ids,
       started: performance.now(),
       done: done.then((logits) => {
-        this.profile.add('step', t);
+        this.profile.addOffThreadStep(t);
         finishSamples(seqs, logits, model.gpt.config.vocabSize, ids, plan);
         return logits;
       }),
@@ -524,7 +524,6 @@ export class Scheduler {
         return;
       }
       prof.counts.steps++;
-      prof.counts.offThreadSteps++;
       prof.counts.rows += live.length;
       landed.push({ slots: live, deltas: this.#append(live, ids, outcome.value, model.gpt.config.vocabSize) });
     });

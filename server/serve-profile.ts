@@ -62,7 +62,20 @@ export class ServeProfile {
     if (this.#inEmit) this.#writeInEmit += ms;
   }
 
+  /** Of `ms.step`, the time of steps run off the event loop (launch to landing), which overlaps the other stages. */
+  offThreadStepMs = 0;
+
+  /** Records a step that ran off the event loop from `since` to now (under `step` too). */
+  addOffThreadStep(since: number): void {
+    if (!this.enabled) return;
+    const ms = performance.now() - since;
+    this.ms.step += ms;
+    this.offThreadStepMs += ms;
+    this.counts.offThreadSteps++;
+  }
+
   reset(): void {
+    this.offThreadStepMs = 0;
     for (const s of STAGES) this.ms[s] = 0;
     for (const k of Object.keys(this.counts) as (keyof ServeProfile['counts'])[]) this.counts[k] = 0;
   }
