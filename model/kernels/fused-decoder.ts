@@ -120,7 +120,8 @@ export class FusedDecoder {
   /**
    * `run` on a worker thread: resolves with the logits once the step is done. With `sample`, its
    * rows are sampled in the same job (`sampleRows`, ids written to `sample[2]`). Arguments are
-   * checked before it starts (a bad call throws here); the caches advance when it resolves.
+   * checked before it starts (a bad call rejects and nothing runs); the caches advance when it
+   * resolves.
    */
   async runAsync(weights: readonly tf.Tensor[], caches: readonly NativeKVCache[], rows: readonly number[], tokens: readonly number[], sample?: NativeSampleArgs): Promise<Float32Array> {
     const { heap, params, handles, logits } = this.#call(weights, caches, rows, tokens);
