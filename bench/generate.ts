@@ -13,7 +13,9 @@
  *   scheduler's and doors' stages (server/serve-profile.ts: admit, step, sample, detokenize,
  *   emit, write), `client` (the benchmark's own clients, which share the thread) and `other`
  *   (the rest of the event loop: reading frames, handlers, the store, timers, GC), as shares
- *   of the wall time, with `frames_per_token` and the mean rows per decode step.
+ *   of the wall time, with `idle` (the event loop waiting), `frames_per_token` and the mean rows
+ *   per decode step. With `--async-step` the server runs its steps off the event loop
+ *   (`asyncStep`); `step` then overlaps the other stages (`steps_off_thread`).
  * - `ttft_idle`: time to first token at idle for a 100-token prompt;
  * - `decode_step`: the model's batched decode step alone at batch 1, 16 and 32;
  * - `idle_ws`: memory added by 1,000 idle WebSocket connections (clients in a child process).
@@ -31,6 +33,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Session } from 'node:inspector/promises';
+import { performance as perfHooks } from 'node:perf_hooks';
 import { writeFileSync } from 'node:fs';
 import WebSocket from 'ws';
 import { initBackend } from '../model/backend.ts';
@@ -65,6 +68,8 @@ export interface GenerateBenchOptions {
   peer?: PeerFigures;
   /** Skip the 1,000-socket memory line. */
   skipIdle?: boolean;
+  /** Serve with the decode step on a worker thread (`asyncStep`), to compare with the default. */
+  asyncStep?: boolean;
 }
 
 /** What the peer reports for decoding: tokens/s at batch 1 and at its `--gen-batch` sizes. */
@@ -250,16 +255,24 @@ function stepAlone(model: ServedModel, n: number, steps = 30): number {
   }
 }
 
-function profileOf(prof: ServeProfile, wallMs: number, tokens: number): Line {
+/**
+ * Stage shares of the wall time. `idle` is the event loop's idle time (waiting in the poll
+ * phase). Steps run off the event loop (`steps_off_thread`, their share of all steps) count in
+ * `step` from launch to landing, overlapping the other stages; `other` is what the loop did
+ * beyond the stages on it.
+ */
+function profileOf(prof: ServeProfile, wallMs: number, idleMs: number, tokens: number): Line {
   const share = (ms: number) => +(ms / wallMs).toFixed(3);
   const out: Line = {};
-  let staged = 0;
+  let staged = -prof.offThreadStepMs;
   for (const s of STAGES) {
     out[s] = share(prof.ms[s]);
     staged += prof.ms[s];
   }
   out.client = share(clientTime.ms);
-  out.other = share(Math.max(0, wallMs - staged - clientTime.ms));
+  out.idle = share(idleMs);
+  out.other = share(Math.max(0, wallMs - idleMs - staged - clientTime.ms));
+  out.steps_off_thread = prof.counts.steps ? +(prof.counts.offThreadSteps / prof.counts.steps).toFixed(3) : 0;
   out.frames_per_token = tokens ? +(prof.counts.frames / tokens).toFixed(3) : 0;
   out.mean_batch = prof.counts.steps ? +(prof.counts.rows / prof.counts.steps).toFixed(1) : 0;
   out.step_ms = prof.counts.steps ? +(prof.ms.step / prof.counts.steps).toFixed(3) : 0;
@@ -287,6 +300,8 @@ async function sustained(srv: RunningServer, model: ServedModel, door: 'ws' | 'o
   const ttfts: number[] = [];
   let tokens = 0;
   let replies = 0;
+  const elu0 = perfHooks.eventLoopUtilization();
+  const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   const end = t0 + seconds * 1000;
   await Promise.all(
@@ -300,6 +315,8 @@ async function sustained(srv: RunningServer, model: ServedModel, door: 'ws' | 'o
     }),
   );
   const wallMs = performance.now() - t0;
+  const idleMs = perfHooks.eventLoopUtilization(elu0).idle;
+  const cpuUs = process.cpuUsage(cpu0);
   prof.enabled = false;
   if (cpu) {
     const { profile } = await cpu.post('Profiler.stop');
@@ -320,10 +337,13 @@ async function sustained(srv: RunningServer, model: ServedModel, door: 'ws' | 'o
     ttft_p99_ms: +pct(ttfts, 99).toFixed(1),
     step_tokens_per_s: stepTps,
     server_share: +(tokensPerS / stepTps).toFixed(3),
+    // CPU time of the whole process (server, its native threads and the clients) per delivered
+    // token: steadier than tokens/s when other processes share the machine.
+    cpu_us_per_token: tokens ? Math.round((cpuUs.user + cpuUs.system) / tokens) : 0,
     tokens,
     replies,
     seconds: +(wallMs / 1000).toFixed(2),
-    profile: profileOf(prof, wallMs, prof.counts.tokens),
+    profile: profileOf(prof, wallMs, idleMs, prof.counts.tokens),
   };
   const peerTps = peer?.byBatch.get(n === 1 ? 1 : n >= 32 && peer.byBatch.has(32) ? 32 : 16);
   if (peer && peerTps) {
@@ -413,7 +433,7 @@ export async function benchGenerate(opts: GenerateBenchOptions = {}): Promise<Li
   const dir = mkdtempSync(join(tmpdir(), 'bench-generate-'));
   const store = await openTempStore({ prefix: 'bench' });
   const model = await benchModel(dir, shape);
-  const config = defaultServerConfig({ port: 0, host: '127.0.0.1', requestsPerMinute: 1_000_000, messagesPerSecond: 100_000, heartbeatMs: 600_000, maxTokens: 256, maxConnectionsPerAddress: 5000, maxConnections: 5000, startTimeoutMs: 600_000, maxInFlightPerUser: 64 });
+  const config = defaultServerConfig({ port: 0, host: '127.0.0.1', requestsPerMinute: 1_000_000, messagesPerSecond: 100_000, heartbeatMs: 600_000, maxTokens: 256, maxConnectionsPerAddress: 5000, maxConnections: 5000, startTimeoutMs: 600_000, maxInFlightPerUser: 64, asyncStep: opts.asyncStep ?? false });
   const srv = await startServer(config, { model, store, ownStore: true, defaultMetrics: false, log: () => {} });
   await srv.ready;
   try {
@@ -443,17 +463,18 @@ const GenerateBenchConfig = z.object({
   wsStreams: streams.optional().describe('WebSocket stream counts (default 1,16,32)'),
   openaiStreams: streams.optional().describe('OpenAI streaming stream counts (default 1,16)'),
   skipIdle: z.boolean().default(false).describe('skip the 1,000 idle sockets line'),
+  asyncStep: z.boolean().default(false).describe('serve with the decode step on a worker thread (the server\'s asyncStep), to compare'),
   peer: z.string().optional().describe('PyTorch peer script (torch_gpt.py), run in the same session (default: PEER_SCRIPT)'),
   peerPython: z.string().optional().describe('the Python that runs the peer (default: PEER_PYTHON, else python3)'),
 });
 
 if (isMain(import.meta.url)) {
   await runCommand(
-    { usage: 'node --import tsx bench/generate.ts [--json] [--seconds S] [--ws-streams 1,16,32] [--openai-streams 1,16] [--peer PATH [--peer-python PY]]', schema: GenerateBenchConfig, envPrefix: 'BENCH' },
+    { usage: 'node --import tsx bench/generate.ts [--json] [--seconds S] [--ws-streams 1,16,32] [--openai-streams 1,16] [--async-step] [--peer PATH [--peer-python PY]]', schema: GenerateBenchConfig, envPrefix: 'BENCH' },
     async (cfg) => {
       const script = cfg.peer ?? process.env.PEER_SCRIPT;
       const peer = script ? runPeer(script, cfg.peerPython ?? process.env.PEER_PYTHON ?? 'python3') : undefined;
-      printFigures(await benchGenerate({ shape: cfg.shape, seconds: cfg.seconds, wsStreams: cfg.wsStreams, openaiStreams: cfg.openaiStreams, skipIdle: cfg.skipIdle, peer }), cfg.json);
+      printFigures(await benchGenerate({ shape: cfg.shape, seconds: cfg.seconds, wsStreams: cfg.wsStreams, openaiStreams: cfg.openaiStreams, skipIdle: cfg.skipIdle, asyncStep: cfg.asyncStep, peer }), cfg.json);
     },
   );
   // Something below the server (not a socket, timer or child: none is left) keeps the loop

@@ -17,6 +17,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { adjustLogits, adjustsLogits, DEFAULT_SAMPLING, sampledLogprobs, sampleToken, type LogitAdjustments, type SamplingParams, type TokenChoice } from './sampling.ts';
 import { createRng } from './random.ts';
 import { nativeSampleRows } from './kernels/native-sampler.ts';
+import type { NativeSampleArgs } from './kernels/native-addon.ts';
 
 export type FinishReason = 'stop' | 'length' | 'cancelled';
 
@@ -212,43 +213,54 @@ export class DecodeSequence {
 /** How `sampleBatch` samples: `auto` (native when available), or forced. */
 export type SamplePath = 'auto' | 'native' | 'js';
 
-let params = new Float64Array(0);
-let picked = new Int32Array(0);
-
 /**
  * Samples the next token of each plain sequence `seqs[r]` (`plainSampling`) from row r of
  * `logits` (`seqs.length * V` values) into `ids[r]`, drawing from its own generator exactly as
  * `sample` would; the tokens are not accepted (call `accept`). Other sequences get -1: they
  * adjust logits or record log-probabilities, so `push` samples them. Native when the addon has
  * the sampler (and `path` is not `js`), else `sample` row by row.
+ *
+ * It is `planSamples`, the native sampler over the plan, then `finishSamples`; a caller that runs
+ * the native rows elsewhere (with the decode step: `GPT.decodeStepAsync`) calls the two itself.
  */
 export function sampleBatch(seqs: readonly DecodeSequence[], logits: Float32Array, V: number, ids: Int32Array, path: SamplePath = 'auto'): void {
+  const plan = planSamples(seqs, V, path);
+  if (plan) nativeSampleRows()!(logits, V, ...plan);
+  finishSamples(seqs, logits, V, ids, plan);
+}
+
+/**
+ * The rows of a step the native sampler takes, with their uniform draws taken now (one per row,
+ * from each sequence's own generator, so before or after the step is the same): `[params, banned,
+ * ids]` for `sampleRows`, or undefined when no row is for it (no sampler, `path` `js`, no plain
+ * row). Rows it does not take run there as greedy and are overwritten by `finishSamples`.
+ */
+export function planSamples(seqs: readonly DecodeSequence[], V: number, path: SamplePath = 'auto'): NativeSampleArgs | undefined {
   const n = seqs.length;
   const native = path === 'js' ? undefined : nativeSampleRows();
   if (path === 'native' && !native) throw new Error('sampleBatch: the native sampler is not available');
-  const banned = n ? seqs[0]!.bannedMask(V) : undefined;
-  let fast = 0;
-  if (native) for (const s of seqs) if (s.plainSampling && s.bannedMask(V) === banned) fast++;
-  if (!fast) {
-    for (let r = 0; r < n; r++) ids[r] = seqs[r]!.plainSampling ? seqs[r]!.sample(logits, r * V, V) : -1;
-    return;
-  }
-  if (params.length < n * 4) params = new Float64Array(n * 4);
+  if (!native || !n) return undefined;
+  const banned = seqs[0]!.bannedMask(V);
+  if (!seqs.some((s) => s.plainSampling && s.bannedMask(V) === banned)) return undefined;
+  const params = new Float64Array(n * 4);
   for (let r = 0; r < n; r++) {
     const s = seqs[r]!;
     const plain = s.plainSampling && s.bannedMask(V) === banned;
-    // Other rows run natively as greedy (cheap) and are overwritten below.
     params[4 * r] = plain ? s.opts.temperature : 0;
     params[4 * r + 1] = plain ? s.opts.topK : 0;
     params[4 * r + 2] = plain ? s.opts.topP : 1;
     params[4 * r + 3] = plain ? s.draw() : 0;
   }
-  if (picked.length < n) picked = new Int32Array(n);
-  const out = picked.subarray(0, n);
-  native!(logits, V, params.subarray(0, 4 * n), banned!, out);
-  for (let r = 0; r < n; r++) {
+  return [params, banned, new Int32Array(n)];
+}
+
+/** Completes `ids` after the native rows of `plan` were sampled: those ids, the other plain rows sampled here, -1 for the rest (see `sampleBatch`). */
+export function finishSamples(seqs: readonly DecodeSequence[], logits: Float32Array, V: number, ids: Int32Array, plan: NativeSampleArgs | undefined): void {
+  const banned = plan?.[1];
+  const out = plan?.[2];
+  for (let r = 0; r < seqs.length; r++) {
     const s = seqs[r]!;
-    ids[r] = !s.plainSampling ? -1 : s.bannedMask(V) === banned ? out[r]! : s.sample(logits, r * V, V);
+    ids[r] = !s.plainSampling ? -1 : out && s.bannedMask(V) === banned ? out[r]! : s.sample(logits, r * V, V);
   }
 }
 

@@ -22,6 +22,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { z } from 'zod';
 import { FusedDecoder, NativeKVCache, fusedDecoderAvailable } from './kernels/fused-decoder.ts';
+import type { NativeSampleArgs } from './kernels/native-addon.ts';
 import { fusedAttention, fusedEmbed, fusedGelu, fusedLayerNorm, trainingOpsAvailable } from './kernels/training-ops.ts';
 
 export const GPTConfigSchema = z
@@ -209,7 +210,12 @@ export class GPT {
     return out;
   }
 
+  /** Frees the weights; while `decodeStepAsync` steps run (they read them in place), when the last one ends. */
   dispose(): void {
+    if (this.stepsRunning > 0) {
+      this.disposeWhenIdle = true;
+      return;
+    }
     for (const p of this.params.values()) p.dispose();
   }
 
@@ -307,6 +313,8 @@ export class GPT {
   // Plain (not #) fields: tests wrap a GPT with Object.create, and # fields do not follow the prototype.
   private decoder?: FusedDecoder;
   private decoderWeights?: tf.Variable[];
+  private stepsRunning = 0;
+  private disposeWhenIdle = false;
 
   private fused(): { decoder: FusedDecoder; weights: tf.Variable[] } {
     if (!this.decoder) {
@@ -400,13 +408,7 @@ export class GPT {
    * from the same path.
    */
   decodeStep(caches: readonly KVCache[], tokens: readonly number[]): Float32Array {
-    const N = caches.length;
-    if (N !== tokens.length) throw new Error(`decodeStep: ${N} caches but ${tokens.length} tokens`);
-    const { blockSize } = this.config;
-    for (const c of caches) {
-      if (c.disposed) throw new Error('decodeStep: a cache was disposed');
-      if (c.length >= blockSize) throw new Error(`cache is full (${c.length} of blockSize ${blockSize})`);
-    }
+    const N = this.checkStep(caches, tokens);
     if (N === 0) return new Float32Array(0);
     const kind = caches[0]!.kind;
     if (caches.some((c) => c.kind !== kind)) throw new Error('decodeStep: caches from different decode paths');
@@ -415,6 +417,43 @@ export class GPT {
       return decoder.run(weights, caches as NativeKVCache[], new Array<number>(N).fill(1), tokens);
     }
     return this.decodeStepTensors(caches as TensorKVCache[], tokens);
+  }
+
+  /** Whether `decodeStepAsync` can run here: the fused native decoder, with an addon that has its asynchronous step. */
+  decodesAsync(): boolean {
+    return this.decodePath() === 'native' && this.fused().decoder.canRunAsync;
+  }
+
+  /**
+   * `decodeStep` on a worker thread (`decodesAsync()` must hold and the caches be native): the
+   * JS thread goes on while the step runs and the promise resolves with the same logits. Until
+   * then the caches take no other step (a disposed one is freed when it ends) and the weights
+   * stay alive. With `sample`, the rows are sampled right after the step in the same job (the
+   * native sampler: `[params, banned, ids]` as for `sampleRows`, ids written into `sample[2]`).
+   */
+  async decodeStepAsync(caches: readonly KVCache[], tokens: readonly number[], sample?: NativeSampleArgs): Promise<Float32Array> {
+    const N = this.checkStep(caches, tokens);
+    if (caches.some((c) => c.kind !== 'native')) throw new Error('decodeStepAsync: needs caches of the native decoder');
+    if (N === 0) return new Float32Array(0);
+    const { decoder, weights } = this.fused();
+    this.stepsRunning++;
+    try {
+      return await decoder.runAsync(weights, caches as NativeKVCache[], new Array<number>(N).fill(1), tokens, sample);
+    } finally {
+      if (--this.stepsRunning === 0 && this.disposeWhenIdle) this.dispose();
+    }
+  }
+
+  /** The batch size of a step over `caches`; throws when a cache cannot take one more token. */
+  private checkStep(caches: readonly KVCache[], tokens: readonly number[]): number {
+    const N = caches.length;
+    if (N !== tokens.length) throw new Error(`decodeStep: ${N} caches but ${tokens.length} tokens`);
+    const { blockSize } = this.config;
+    for (const c of caches) {
+      if (c.disposed) throw new Error('decodeStep: a cache was disposed');
+      if (c.length >= blockSize) throw new Error(`cache is full (${c.length} of blockSize ${blockSize})`);
+    }
+    return N;
   }
 
   private prefillTensors(ids: readonly number[]): { cache: KVCache; logits: Float32Array } {

@@ -5,7 +5,7 @@ import { createApiKey } from '../feedback/api-keys.ts';
 import { openTempStore } from '../feedback/temp-store.ts';
 import { defaultServerConfig } from './config.ts';
 import { startServer } from './server.ts';
-import { startTestServer, TestClient, tinyModel, type TestServer } from './test-support.ts';
+import { startTestServer, watchedSteps, TestClient, tinyModel, type TestServer } from './test-support.ts';
 
 const ADMIN = 'admin-token-for-tests-0123456789';
 
@@ -258,13 +258,7 @@ describe('the door: Origin, connection caps, start timeout, in-flight cap', () =
   });
 
   test('one identity has at most maxInFlightPerUser requests in flight; others are "overloaded"', async () => {
-    const gpt = Object.create(srv.model.gpt) as typeof srv.model.gpt;
-    gpt.decodeStep = (caches, tokens) => {
-      const until = performance.now() + 3;
-      while (performance.now() < until);
-      return srv.model.gpt.decodeStep(caches, tokens);
-    };
-    const slow = await startTestServer({ maxInFlightPerUser: 1, heartbeatMs: 60_000 }, { model: { ...srv.model, gpt } });
+    const slow = await startTestServer({ maxInFlightPerUser: 1, heartbeatMs: 60_000 }, { model: watchedSteps(srv.model, { busyMs: 3 }) });
     try {
       const a = await TestClient.connect(slow.wsUrl);
       const c1 = await a.request({ type: 'start' }, (m) => m.type === 'conversation');

@@ -17,7 +17,7 @@ import { registerModelVersion } from '../feedback/model-versions.ts';
 import { getGeneration } from '../feedback/generations.ts';
 import { modelBytes } from './model-cache.ts';
 import { loadServedModel } from './model-host.ts';
-import { makeTinyCheckpoint, startTestServer, type TestServer } from './test-support.ts';
+import { makeTinyCheckpoint, startTestServer, watchedSteps, type TestServer } from './test-support.ts';
 
 const TOKEN = 'test-admin-token-0123';
 let srv: TestServer;
@@ -285,13 +285,7 @@ test('under a canary the response names the candidate that decoded it, streamed 
 test('during a hot swap a stream in flight names the version it started on, and the next request the new champion', async () => {
   // A decode step slowed to ≥ 2 ms keeps the stream decoding while the promotion swaps the champion.
   const base = await loadServedModel(await makeTinyCheckpoint({ blockSize: 128 }));
-  const gpt = Object.create(base.gpt) as typeof base.gpt;
-  gpt.decodeStep = (caches, tokens) => {
-    const until = performance.now() + 2;
-    while (performance.now() < until);
-    return base.gpt.decodeStep(caches, tokens);
-  };
-  const slow = await startTestServer({ adminToken: TOKEN, registryPollMs: 50 }, { model: { ...base, gpt } });
+  const slow = await startTestServer({ adminToken: TOKEN, registryPollMs: 50 }, { model: watchedSteps(base, { busyMs: 2 }) });
   try {
     const dir = join(mkdtempSync(join(tmpdir(), 'srv-ckpt-')), 'ppo-3');
     cpSync(await makeTinyCheckpoint({ blockSize: 128 }, 97), dir, { recursive: true });

@@ -4,7 +4,7 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startTestServer, TestClient, type TestServer } from './test-support.ts';
+import { startTestServer, watchedSteps, TestClient, type TestServer } from './test-support.ts';
 
 let srv: TestServer;
 before(async () => {
@@ -12,13 +12,7 @@ before(async () => {
   await base.close();
   // One slot, no queue, and a decode step slowed to ≥ 5 ms so a reply holds its slot for a while.
   const model = base.model;
-  const gpt = Object.create(model.gpt) as typeof model.gpt;
-  gpt.decodeStep = (caches, tokens) => {
-    const until = performance.now() + 5;
-    while (performance.now() < until);
-    return model.gpt.decodeStep(caches, tokens);
-  };
-  srv = await startTestServer({ heartbeatMs: 60_000, maxBatch: 1, maxQueue: 0, maxTokens: 200 }, { model: { ...model, gpt } });
+  srv = await startTestServer({ heartbeatMs: 60_000, maxBatch: 1, maxQueue: 0, maxTokens: 200 }, { model: watchedSteps(model, { busyMs: 5 }) });
 });
 after(() => srv.close());
 

@@ -1,7 +1,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { getGeneration } from '../feedback/generations.ts';
-import { startTestServer, type TestServer } from './test-support.ts';
+import { startTestServer, watchedSteps, type TestServer } from './test-support.ts';
 
 let srv: TestServer;
 before(async () => {
@@ -120,13 +120,7 @@ test('bad requests get 400 with an OpenAI error body and a stable code', async (
 
 test('when the queue is full a request gets 429 "overloaded" with Retry-After', async () => {
   // A decode step slowed to ≥ 3 ms keeps the first reply in its slot while the second arrives.
-  const gpt = Object.create(srv.model.gpt) as typeof srv.model.gpt;
-  gpt.decodeStep = (caches, tokens) => {
-    const until = performance.now() + 3;
-    while (performance.now() < until);
-    return srv.model.gpt.decodeStep(caches, tokens);
-  };
-  const tight = await startTestServer({ maxBatch: 1, maxQueue: 0, retryAfterSeconds: 3 }, { model: { ...srv.model, gpt } });
+  const tight = await startTestServer({ maxBatch: 1, maxQueue: 0, retryAfterSeconds: 3 }, { model: watchedSteps(srv.model, { busyMs: 3 }) });
   try {
     const ctl = new AbortController();
     const first = fetch(`${tight.url}/v1/chat/completions`, { method: 'POST', signal: ctl.signal, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'x', messages: user('hi'), max_tokens: 200, temperature: 1, seed: 1, stream: true }) });

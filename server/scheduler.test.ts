@@ -3,31 +3,30 @@ import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import { renderChat } from '../model/chat-template.ts';
 import { generateBatch, type GenerateOptions } from '../model/generate.ts';
-import type { KVCache } from '../model/gpt.ts';
 import { ChatError } from './errors.ts';
 import type { ServedModel } from './model-host.ts';
-import { Scheduler, type SchedulerOptions } from './scheduler.ts';
-import { tinyModel } from './test-support.ts';
+import { Scheduler, type Job, type SchedulerOptions } from './scheduler.ts';
+import { cacheBytes, type KVCache } from '../model/gpt.ts';
+import { NativeKVCache } from '../model/kernels/fused-decoder.ts';
+import { loadNativeAddon } from '../model/kernels/native-addon.ts';
+import { tinyModel, watchedSteps } from './test-support.ts';
 
 let model: ServedModel;
 before(async () => {
   model = await tinyModel({ blockSize: 64 });
 });
 
+/** Bytes the native side still holds for a cache (0 once really freed). */
+const nativeBytes = (c: KVCache) => loadNativeAddon().addon!.cacheBytes!((c as NativeKVCache).handle);
+
 const OPTS: SchedulerOptions = { maxBatch: 8, maxQueue: 4, prefillTokensPerStep: 1000, retryAfterSeconds: 2 };
 const greedy = (maxTokens: number, seed = 1): GenerateOptions => ({ temperature: 0, topK: 0, topP: 1, maxTokens, seed, stop: [] });
 const prompt = (text: string) => renderChat(model.tok, [{ role: 'user', content: text }], { addGenerationPrompt: true }).ids;
 
-/** The model with decodeStep wrapped to record batch sizes. */
+/** The model with its decode steps wrapped to record batch sizes. */
 function spied(): { m: ServedModel; sizes: number[] } {
   const sizes: number[] = [];
-  const gpt = model.gpt;
-  const proxy = Object.create(gpt) as typeof gpt;
-  proxy.decodeStep = (caches: readonly KVCache[], tokens: readonly number[]) => {
-    sizes.push(caches.length);
-    return gpt.decodeStep(caches, tokens);
-  };
-  return { m: { ...model, gpt: proxy }, sizes };
+  return { m: watchedSteps(model, { onStep: (n) => sizes.push(n) }), sizes };
 }
 
 test('concurrent replies are decoded together, one batched step for all, with the text of decoding each alone', async () => {
@@ -124,4 +123,106 @@ test('prompts admitted together are prefilled in one pass, and a prompt too long
     const alone = generateBatch(model.gpt, model.tok, [prompt(texts[i]!)], greedy(6))[0]!;
     assert.deepEqual((r as PromiseFulfilledResult<{ ids: number[] }>).value.ids, alone.ids, `reply ${i} matches decoding alone`);
   });
+});
+
+test('with the step off the event loop (asyncStep), every reply gets the tokens of the step on it: greedy, sampled, top-k/top-p and logit bias', async () => {
+  const offThread: boolean[] = [];
+  const m = watchedSteps(model, { onStep: (_, off) => offThread.push(off) });
+  const opts: GenerateOptions[] = [greedy(12), { ...greedy(12), temperature: 1, seed: 3 }, { ...greedy(12), temperature: 0.8, topK: 5, topP: 0.9, seed: 4 }, { ...greedy(12), temperature: 1, seed: 5, logitBias: [[7, 5]] }, { ...greedy(12), stop: ['e'] }];
+  const texts = ['hello', 'the cat', 'what does lucid mean?', 'dog', 'a mat'];
+  const serve = async (asyncStep: boolean) => {
+    const s = new Scheduler(m, { ...OPTS, asyncStep, asyncMinRows: 1 });
+    return await Promise.all(texts.map((t, i) => s.submit({ promptIds: prompt(t), opts: opts[i]! }).result));
+  };
+  const on = await serve(false);
+  assert.ok(offThread.length > 0 && !offThread.some(Boolean), 'asyncStep off: every step on the event loop');
+  offThread.length = 0;
+  const off = await serve(true);
+  assert.ok(offThread.length > 0 && offThread.every(Boolean), 'asyncStep on: every step off the event loop');
+  off.forEach((r, i) => {
+    assert.deepEqual(r.ids, on[i]!.ids, `reply ${i}`);
+    assert.equal(r.text, on[i]!.text);
+    assert.equal(r.finishReason, on[i]!.finishReason);
+  });
+});
+
+test('with asyncStep, a reply cancelled while its step runs ends at once, its cache is freed when the step lands, and the others go on', async () => {
+  const before = tf.memory().numTensors;
+  let s!: Scheduler;
+  let victim: Job | undefined;
+  let held: KVCache | undefined;
+  const gpt = Object.create(model.gpt) as typeof model.gpt;
+  gpt.decodeStepAsync = (caches, tokens, sample) => {
+    const running = model.gpt.decodeStepAsync(caches, tokens, sample);
+    if (victim && !held && caches.length === 2) {
+      held = caches[0];
+      victim.cancel();
+      assert.equal(s.activeCount, 1, 'the slot is free at once');
+      assert.ok(cacheBytes(held!) === 0 && nativeBytes(held!) > 0, 'disposed, but its memory kept for the running step');
+    }
+    return running;
+  };
+  s = new Scheduler({ ...model, gpt }, { ...OPTS, asyncStep: true, asyncMinRows: 1 });
+  victim = s.submit({ promptIds: prompt('a'), opts: { ...greedy(40), temperature: 1 } });
+  const other = s.submit({ promptIds: prompt('b'), opts: greedy(10) });
+  const [cancelled, done] = await Promise.all([victim.result, other.result]);
+  assert.ok(held, 'a step ran with both replies');
+  assert.equal(cancelled.finishReason, 'cancelled');
+  assert.equal(nativeBytes(held), 0, 'freed once the step landed');
+  assert.deepEqual(done.ids, generateBatch(model.gpt, model.tok, [prompt('b')], greedy(10))[0]!.ids);
+  assert.equal(tf.memory().numTensors, before);
+});
+
+test('with asyncStep, a step that fails fails its replies with its error, and the next replies are served', async () => {
+  let failures = 1;
+  const gpt = Object.create(model.gpt) as typeof model.gpt;
+  gpt.decodeStepAsync = (caches, tokens, sample) => (failures-- > 0 ? Promise.reject(new Error('step broke')) : model.gpt.decodeStepAsync(caches, tokens, sample));
+  const s = new Scheduler({ ...model, gpt }, { ...OPTS, asyncStep: true, asyncMinRows: 1 });
+  const failed = await Promise.allSettled([s.submit({ promptIds: prompt('a'), opts: greedy(5) }).result]);
+  assert.equal(failed[0]!.status, 'rejected');
+  assert.match(String((failed[0] as PromiseRejectedResult).reason), /step broke/);
+  assert.equal(s.activeCount, 0);
+  const next = await s.submit({ promptIds: prompt('a'), opts: greedy(5) }).result;
+  assert.deepEqual(next.ids, generateBatch(model.gpt, model.tok, [prompt('a')], greedy(5))[0]!.ids);
+});
+
+test('with asyncStep, a hot swap while a step runs lets the old model finish its reply, then disposes it', async () => {
+  const [first, next] = [await tinyModel({ blockSize: 64 }), await tinyModel({ blockSize: 64 })];
+  const expected = generateBatch(first.gpt, first.tok, [prompt('a')], greedy(8))[0]!.ids;
+  const disposed: ServedModel[] = [];
+  const s = new Scheduler(first, { ...OPTS, asyncStep: true, asyncMinRows: 1, onDispose: (m) => disposed.push(m) });
+  const old = s.submit({ promptIds: prompt('a'), opts: greedy(8) });
+  while (s.activeCount === 0) await new Promise((r) => setImmediate(r));
+  s.setModel(next);
+  assert.equal(disposed.length, 0, 'not while its reply decodes');
+  const fresh = s.submit({ promptIds: prompt('a'), opts: greedy(8) });
+  const [r1, r2] = await Promise.all([old.result, fresh.result]);
+  assert.equal(r1.version, first.version);
+  assert.equal(r2.version, next.version);
+  assert.deepEqual(r1.ids, expected, 'the old model decoded its reply to the end');
+  while (!disposed.includes(first)) await new Promise((r) => setImmediate(r));
+  next.gpt.dispose();
+});
+
+test('with asyncStep, replies whose batch shrinks below asyncMinRows go on on the event loop with their text in order', async () => {
+  const offThread: boolean[] = [];
+  const m = watchedSteps(model, { onStep: (_, off) => offThread.push(off) });
+  const lengths = [4, 8, 12, 16, 24];
+  const serve = async (asyncStep: boolean, asyncMinRows: number) => {
+    const s = new Scheduler(m, { ...OPTS, asyncStep, asyncMinRows });
+    const streamed = lengths.map((): string[] => []);
+    const results = await Promise.all(lengths.map((n, i) => s.submit({ promptIds: prompt(`reply ${i}`), opts: { ...greedy(n), temperature: 1, seed: i }, onDelta: (t) => streamed[i]!.push(t) }).result));
+    return { results, streamed };
+  };
+  const reference = await serve(false, 1);
+  for (const minRows of [2, 3, 4]) {
+    offThread.length = 0;
+    const mixed = await serve(true, minRows);
+    assert.ok(offThread.includes(true) && offThread.includes(false), `steps ran off the event loop while ${minRows} or more replies were live, on it after`);
+    mixed.results.forEach((r, i) => {
+      assert.deepEqual(r.ids, reference.results[i]!.ids, `reply ${i}`);
+      assert.deepEqual(mixed.streamed[i], reference.streamed[i], `reply ${i}: the same deltas in the same order`);
+      assert.equal(mixed.streamed[i]!.join(''), r.text);
+    });
+  }
 });

@@ -9,11 +9,20 @@
  *      then appends each token to its sequence and streams the text deltas;
  *   3. retires finished slots and yields to the event loop (`setImmediate`) so sockets are served.
  *
+ * When the model decodes asynchronously (`GPT.decodesAsync`, the native decoder) and
+ * `asyncStep` is on, steps 2 and 3 are pipelined instead: the step and the native rows' sampling
+ * run on a worker thread (`decodeStepAsync`) while the event loop streams the previous step's
+ * deltas, retires its finished slots and serves sockets; when the step lands its tokens are
+ * appended (which says who is done), and the next step starts right after the admissions. So
+ * the KV caches and the slots change only between steps, and each sequence gets the same tokens
+ * as on the synchronous path (its draws and logits do not depend on when they run).
+ *
  * With `profile.enabled`, each stage's time is added up (server/serve-profile.ts).
  *
  * Sequences join and leave between steps. The queue is bounded: when `maxBatch` slots are busy and
- * `maxQueue` requests wait, `submit` throws `overloaded`. Cancelling frees a slot at once (cancel
- * can only run between steps, since a step is synchronous).
+ * `maxQueue` requests wait, `submit` throws `overloaded`. Cancelling frees a slot at once; a slot
+ * cancelled while its step runs is left out of that step's results, and its cache is freed when
+ * the step ends.
  *
  * A cached context (a conversation's KV cache from its previous turn) is continued with one
  * prefill of the new prompt tokens only, when it was computed by the same model version and the
@@ -24,7 +33,7 @@
  * default model between steps: replies in flight finish on their version, the next ones start on
  * the new one. A replaced model is disposed once no slot or queued request uses it.
  */
-import { DecodeSequence, sampleBatch, type FinishReason, type GenerateOptions, type TokenLogprob } from '../model/generate.ts';
+import { DecodeSequence, finishSamples, planSamples, sampleBatch, type FinishReason, type GenerateOptions, type TokenLogprob } from '../model/generate.ts';
 import { disposeCache, type KVCache } from '../model/gpt.ts';
 import { ChatError } from './errors.ts';
 import type { ServerMetrics } from './metrics.ts';
@@ -83,6 +92,10 @@ export interface SchedulerOptions {
   metrics?: ServerMetrics;
   /** Called after a replaced model was disposed (no sequence used it any more). */
   onDispose?: (model: ServedModel) => void;
+  /** Run the decode step off the event loop when the model can (`GPT.decodesAsync`); default false. */
+  asyncStep?: boolean;
+  /** With `asyncStep`, fewest live slots of a model for which its step runs off the event loop (default `ASYNC_MIN_ROWS`). */
+  asyncMinRows?: number;
 }
 
 interface Pending {
@@ -114,7 +127,28 @@ interface Slot {
   reused: boolean;
 }
 
+/** A step running off the event loop: its slots, and the logits and sampled ids it lands with. */
+interface RunningStep {
+  model: ServedModel;
+  live: Slot[];
+  ids: Int32Array;
+  started: number;
+  done: Promise<Float32Array>;
+}
+
+/** Text appended to a slot by a landed step, waiting to be streamed. */
+interface Landed {
+  slots: Slot[];
+  deltas: string[];
+}
+
 const tick = () => new Promise<void>((r) => setImmediate(r));
+
+/**
+ * Fewest live slots for which a step runs off the event loop (with `asyncStep`): below it the
+ * two thread hand-offs of a step cost more than the overlap gives (measured at one row).
+ */
+export const ASYNC_MIN_ROWS = 8;
 
 export class Scheduler {
   readonly #waiting: Pending[] = [];
@@ -127,6 +161,8 @@ export class Scheduler {
   // Cost estimates (ms), refined by measurement.
   #tpsWindow = { start: performance.now(), tokens: 0 };
   #ids = new Int32Array(0);
+  /** Steps running on a worker thread (one per model), between their launch and landing. */
+  #inFlight: RunningStep[] = [];
   /** Time per serving stage, when `profile.enabled` (benchmarks). */
   readonly profile = new ServeProfile();
 
@@ -154,9 +190,9 @@ export class Scheduler {
     this.#collect();
   }
 
-  /** Whether a live sequence or a queued request uses `model`. */
+  /** Whether a live sequence, a running step or a queued request uses `model`. */
   inUse(model: ServedModel): boolean {
-    return this.#active.some((s) => s.model === model) || this.#waiting.some((j) => j.model === model);
+    return this.#active.some((s) => s.model === model) || this.#inFlight.some((r) => r.model === model) || this.#waiting.some((j) => j.model === model);
   }
 
   /** Versions of the models decoding right now (more than one while a swap overlaps). */
@@ -247,13 +283,16 @@ export class Scheduler {
   }
 
   async #loop(): Promise<void> {
-    while (this.#waiting.length || this.#active.length) {
+    let landed: Landed[] = [];
+    while (this.#waiting.length || this.#active.length || landed.length) {
       this.#admit();
-      this.#step();
+      const running = this.#step(landed);
       this.#gauges();
       this.#collect();
-      await tick();
+      landed = running.length ? await this.#land(running) : [];
+      if (!running.length) await tick();
     }
+    this.#collect();
   }
 
   /**
@@ -364,6 +403,11 @@ export class Scheduler {
    * `logits` itself, counted under `detokenize`.
    */
   #accept(slots: readonly Slot[], ids: ArrayLike<number>, logits: Float32Array, V: number): void {
+    this.#stream(slots, this.#append(slots, ids, logits, V));
+  }
+
+  /** The detokenizing half of `#accept`: appends the tokens and returns each slot's new text. */
+  #append(slots: readonly Slot[], ids: ArrayLike<number>, logits: Float32Array, V: number): string[] {
     const prof = this.profile;
     const t = prof.now();
     const deltas: string[] = new Array(slots.length);
@@ -383,7 +427,12 @@ export class Scheduler {
     prof.counts.tokens += accepted;
     this.#tpsWindow.tokens += accepted;
     this.opts.metrics?.tokens.inc(accepted);
-    prof.emit(() => {
+    return deltas;
+  }
+
+  /** The streaming half of `#accept`: hands each slot its delta and retires the finished ones. */
+  #stream(slots: readonly Slot[], deltas: readonly (string | undefined)[]): void {
+    this.profile.emit(() => {
       for (let r = 0; r < slots.length; r++) {
         const slot = slots[r]!;
         if (slot.job.state !== 'active') continue; // cancelled from a callback during this loop
@@ -402,20 +451,83 @@ export class Scheduler {
     }
   }
 
-  #step(): void {
+  /**
+   * One step of every live slot, one `decodeStep` per model. A model that decodes asynchronously,
+   * with `asyncStep` on and at least `asyncMinRows` live slots, gets its step started and
+   * returned, to be landed by `#land`. Then the text of the steps landed last is streamed, and
+   * the other models step here to the end (after that text, so each reply's text stays in order).
+   */
+  #step(landed: readonly Landed[]): RunningStep[] {
     const models = [...new Set(this.#active.filter((s) => !s.seq.done).map((s) => s.model))];
-    let rows = 0;
-    const t0 = performance.now();
+    const liveOf = (model: ServedModel) => this.#active.filter((s) => s.model === model && !s.seq.done && s.job.state === 'active');
+    const running: RunningStep[] = [];
+    const here: ServedModel[] = [];
     for (const model of models) {
-      // Re-read per model: a callback of the previous group may have cancelled a slot.
-      const live = this.#active.filter((s) => s.model === model && !s.seq.done && s.job.state === 'active');
+      const live = liveOf(model);
+      if (this.opts.asyncStep && live.length >= (this.opts.asyncMinRows ?? ASYNC_MIN_ROWS) && model.gpt.decodesAsync()) running.push(this.#launch(model, live));
+      else here.push(model);
+    }
+    this.#inFlight = running;
+    for (const l of landed) this.#stream(l.slots, l.deltas);
+    let rows = running.reduce((n, r) => n + r.live.length, 0);
+    const t0 = performance.now();
+    for (const model of here) {
+      // Re-read per model: a delta callback may have cancelled a slot.
+      const live = liveOf(model);
       if (live.length) this.#stepModel(model, live);
       rows += live.length;
     }
-    if (!rows) return;
-    const ms = performance.now() - t0;
-    this.opts.metrics?.stepSeconds.observe(ms / 1000);
+    if (!rows) return running;
+    if (!running.length) this.opts.metrics?.stepSeconds.observe((performance.now() - t0) / 1000);
     this.opts.metrics?.batchSize.set(rows);
+    return running;
+  }
+
+  /** Starts the step of one model's live slots on a worker thread, with the native rows' sampling. */
+  #launch(model: ServedModel, live: Slot[]): RunningStep {
+    const t = this.profile.now();
+    const seqs = live.map((s) => s.seq);
+    const plan = planSamples(seqs, model.gpt.config.vocabSize);
+    const ids = new Int32Array(live.length);
+    const done = model.gpt.decodeStepAsync(
+      live.map((s) => s.cache),
+      seqs.map((s) => s.lastToken),
+      plan,
+    );
+    return {
+      model,
+      live,
+      ids,
+      started: performance.now(),
+      done: done.then((logits) => {
+        this.profile.addOffThreadStep(t);
+        finishSamples(seqs, logits, model.gpt.config.vocabSize, ids, plan);
+        return logits;
+      }),
+    };
+  }
+
+  /**
+   * Waits for the running steps, then appends their tokens (so the next step knows who is done);
+   * their text is streamed by the caller once the next step runs. A failed step fails its slots.
+   */
+  async #land(running: readonly RunningStep[]): Promise<Landed[]> {
+    const prof = this.profile;
+    const settled = await Promise.allSettled(running.map((r) => r.done));
+    this.#inFlight = [];
+    this.opts.metrics?.stepSeconds.observe((performance.now() - running[0]!.started) / 1000);
+    const landed: Landed[] = [];
+    settled.forEach((outcome, i) => {
+      const { model, live, ids } = running[i]!;
+      if (outcome.status === 'rejected') {
+        this.#fail(live.filter((s) => s.job.state === 'active'), outcome.reason);
+        return;
+      }
+      prof.counts.steps++;
+      prof.counts.rows += live.length;
+      landed.push({ slots: live, deltas: this.#append(live, ids, outcome.value, model.gpt.config.vocabSize) });
+    });
+    return landed;
   }
 
   /** One batched decode step of the live slots of one model, every row sampled in one pass. */

@@ -5,7 +5,8 @@
  * and taken out of `emit`.
  *
  * - `admit`: prefill of newly admitted prompts (the model's prompt pass);
- * - `step`: the model's batched decode step;
+ * - `step`: the model's batched decode step (off the event loop: from its start to its landing,
+ *   overlapping the other stages, and its native rows' sampling with it);
  * - `sample`: picking each sequence's next token from its logits;
  * - `detokenize`: token to text, stop strings, finish rules;
  * - `emit`: delta callbacks (per-token frame building, queueing, JSON);
@@ -20,8 +21,12 @@ export type Stage = (typeof STAGES)[number];
 export class ServeProfile {
   enabled = false;
   readonly ms: Record<Stage, number> = { admit: 0, step: 0, sample: 0, detokenize: 0, emit: 0, write: 0 };
-  /** Decode steps, sequences decoded in them (rows), tokens sampled, socket writes (WebSocket frames, SSE writes). */
-  readonly counts = { steps: 0, rows: 0, tokens: 0, frames: 0 };
+  /**
+   * Decode steps, those of them run off the event loop (their `step` time, launch to landing,
+   * overlaps the other stages), sequences decoded in them (rows), tokens sampled, socket writes
+   * (WebSocket frames, SSE writes).
+   */
+  readonly counts = { steps: 0, offThreadSteps: 0, rows: 0, tokens: 0, frames: 0 };
   #inEmit = false;
   #writeInEmit = 0;
 
@@ -57,7 +62,20 @@ export class ServeProfile {
     if (this.#inEmit) this.#writeInEmit += ms;
   }
 
+  /** Of `ms.step`, the time of steps run off the event loop (launch to landing), which overlaps the other stages. */
+  offThreadStepMs = 0;
+
+  /** Records a step that ran off the event loop from `since` to now (under `step` too). */
+  addOffThreadStep(since: number): void {
+    if (!this.enabled) return;
+    const ms = performance.now() - since;
+    this.ms.step += ms;
+    this.offThreadStepMs += ms;
+    this.counts.offThreadSteps++;
+  }
+
   reset(): void {
+    this.offThreadStepMs = 0;
     for (const s of STAGES) this.ms[s] = 0;
     for (const k of Object.keys(this.counts) as (keyof ServeProfile['counts'])[]) this.counts[k] = 0;
   }

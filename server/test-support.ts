@@ -39,6 +39,30 @@ export async function tinyModel(cfg: Partial<GPTConfig> = {}): Promise<ServedMod
   return await loadServedModel(await makeTinyCheckpoint(cfg));
 }
 
+/**
+ * `model` whose decode steps, on the event loop or off it (`decodeStepAsync`), first keep the
+ * event loop busy for `busyMs` (so a reply holds its slot for a while) and report their batch
+ * size and whether they run off the event loop to `onStep`.
+ */
+export function watchedSteps(model: ServedModel, { busyMs = 0, onStep }: { busyMs?: number; onStep?: (size: number, offThread: boolean) => void }): ServedModel {
+  const base = model.gpt;
+  const gpt = Object.create(base) as typeof base;
+  const before = (size: number, offThread = false) => {
+    onStep?.(size, offThread);
+    const until = performance.now() + busyMs;
+    while (performance.now() < until);
+  };
+  gpt.decodeStep = (caches, tokens) => {
+    before(caches.length);
+    return base.decodeStep(caches, tokens);
+  };
+  gpt.decodeStepAsync = (caches, tokens, sample) => {
+    before(caches.length, true);
+    return base.decodeStepAsync(caches, tokens, sample);
+  };
+  return { ...model, gpt };
+}
+
 export interface TestServer extends RunningServer {
   config: ServerConfig;
   model: ServedModel;

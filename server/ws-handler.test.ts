@@ -2,7 +2,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { getGeneration, } from '../feedback/generations.ts';
 import { startServer } from './server.ts';
-import { startTestServer, TestClient, type TestServer } from './test-support.ts';
+import { startTestServer, watchedSteps, TestClient, type TestServer } from './test-support.ts';
 
 let srv: TestServer;
 /** The same model with a decode step slowed to ≥ 3 ms, so a reply lasts long enough to be interrupted. */
@@ -10,13 +10,7 @@ let slow: TestServer;
 
 before(async () => {
   srv = await startTestServer({ heartbeatMs: 60_000 });
-  const gpt = Object.create(srv.model.gpt) as typeof srv.model.gpt;
-  gpt.decodeStep = (caches, tokens) => {
-    const until = performance.now() + 3;
-    while (performance.now() < until);
-    return srv.model.gpt.decodeStep(caches, tokens);
-  };
-  slow = await startTestServer({ heartbeatMs: 60_000 }, { model: { ...srv.model, gpt } });
+  slow = await startTestServer({ heartbeatMs: 60_000 }, { model: watchedSteps(srv.model, { busyMs: 3 }) });
 });
 after(async () => {
   await srv.close();

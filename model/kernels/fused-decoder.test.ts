@@ -3,7 +3,9 @@ import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend } from '../backend.ts';
 import { GPT, cacheBytes, disposeCache, type DecodePath, type KVCache } from '../gpt.ts';
-import { fusedDecoderAvailable } from './fused-decoder.ts';
+import { NativeKVCache, fusedDecoderAvailable } from './fused-decoder.ts';
+import { loadNativeAddon } from './native-addon.ts';
+import { nativeSampleRows } from './native-sampler.ts';
 
 // hs = 16, and 3C, 4C multiples of the vector width, as in the real shapes.
 const cfg = { nLayer: 2, nHead: 2, nEmbd: 32, blockSize: 40, vocabSize: 64 };
@@ -126,4 +128,53 @@ test('wide batches (6 and 20 sequences), a long prompt and a vocabulary off the 
     caches.forEach(disposeCache);
   }
   gpt.dispose();
+});
+
+test('decodeStepAsync gives the logits of decodeStep, and the rows it samples in the same job are the native sampler\'s', async () => {
+  const gpt = GPT.create(cfg, 'policy', 11);
+  try {
+    const prompts = [[1], [2, 3, 4, 5, 6], Array.from({ length: 20 }, (_, i) => (i * 7) % 64)];
+    const sync = prompts.map((p) => gpt.prefill(p).cache);
+    const off = prompts.map((p) => gpt.prefill(p).cache);
+    assert.ok(gpt.decodesAsync());
+    for (let step = 0; step < 4; step++) {
+      const tokens = prompts.map((_, i) => 10 + step * 3 + i);
+      const expected = gpt.decodeStep(sync, tokens);
+      const params = new Float64Array(prompts.flatMap((_, i) => [0.7 + 0.2 * i, i === 2 ? 5 : 0, i === 1 ? 0.8 : 1, (0.1 + 0.3 * i + 0.05 * step) % 1]));
+      const ids = new Int32Array(prompts.length);
+      const logits = await gpt.decodeStepAsync(off, tokens, [params, null, ids]);
+      assert.deepEqual(logits, expected, `step ${step}`);
+      const reference = new Int32Array(prompts.length);
+      nativeSampleRows()!(expected, cfg.vocabSize, params, null, reference);
+      assert.deepEqual(ids, reference);
+      off.forEach((c, i) => assert.equal(c.length, sync[i]!.length));
+    }
+    [...sync, ...off].forEach(disposeCache);
+  } finally {
+    gpt.dispose();
+  }
+});
+
+test('while its step runs, a cache refuses another step, a dispose frees it when the step ends, and the GPT keeps its weights until then', async () => {
+  const gpt = GPT.create(cfg, 'policy', 12);
+  const twin = GPT.create(cfg, 'policy', 12);
+  const addon = loadNativeAddon().addon!;
+  const a = gpt.prefill([1, 2, 3]).cache as NativeKVCache;
+  const b = gpt.prefill([4, 5]).cache as NativeKVCache;
+  const ref = [twin.prefill([1, 2, 3]).cache, twin.prefill([4, 5]).cache];
+  const running = gpt.decodeStepAsync([a, b], [7, 8]);
+  assert.throws(() => gpt.decodeStep([a], [9]), /in a running step/);
+  disposeCache(b);
+  assert.ok(b.disposed && addon.cacheBytes!(b.handle) > 0, 'disposed, memory kept for the step');
+  const tensors = tf.memory().numTensors;
+  gpt.dispose();
+  assert.equal(tf.memory().numTensors, tensors, 'the weights wait for the step');
+  const logits = await running;
+  assert.ok(tf.memory().numTensors < tensors, 'and are freed after it');
+  assert.deepEqual(logits, twin.decodeStep(ref, [7, 8]), 'the weights were alive for the whole step');
+  assert.equal(addon.cacheBytes!(b.handle), 0, 'freed when the step ended');
+  assert.equal(a.length, 4);
+  disposeCache(a);
+  ref.forEach(disposeCache);
+  twin.dispose();
 });

@@ -7,11 +7,15 @@
  * variables, so an optimizer step or a hot swap is seen by the next call. The caches are opaque
  * handles (`NativeKVCache`) freed by `dispose()` (or, as a safety net, when collected).
  *
+ * `runAsync` runs the same step on a worker thread while the JS thread goes on, and can sample
+ * the step's rows there too (the native sampler, `sampleRows`). Until it settles its caches
+ * refuse another step, and disposing one of them frees its memory when the step ends.
+ *
  * Available when the backend is `wasm`, the addon is built with the decoder, and
  * `TF_NATIVE_KERNELS` is not `0` (a list of kernel names turns it on only if it names `Decoder`).
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { loadNativeAddon, type NativeAddon, type NativeCacheHandle } from './native-addon.ts';
+import { loadNativeAddon, type NativeAddon, type NativeCacheHandle, type NativeSampleArgs } from './native-addon.ts';
 import { heapOf, offsetOf, type WasmHeapBackend } from './wasm-heap.ts';
 
 /** Model dimensions the decoder needs (a subset of GPTConfig). */
@@ -23,7 +27,7 @@ export interface DecoderConfig {
   readonly vocabSize: number;
 }
 
-type DecoderAddon = Required<Pick<NativeAddon, 'cacheNew' | 'cacheFree' | 'cacheBytes' | 'decode'>>;
+type DecoderAddon = Required<Pick<NativeAddon, 'cacheNew' | 'cacheFree' | 'cacheBytes' | 'decode'>> & Pick<NativeAddon, 'decodeAsync'>;
 
 function decoderAddon(): DecoderAddon | undefined {
   const setting = process.env.TF_NATIVE_KERNELS;
@@ -102,6 +106,32 @@ export class FusedDecoder {
    * float32 tensors on the wasm backend.
    */
   run(weights: readonly tf.Tensor[], caches: readonly NativeKVCache[], rows: readonly number[], tokens: readonly number[]): Float32Array {
+    const { heap, params, handles, logits } = this.#call(weights, caches, rows, tokens);
+    this.#addon.decode(heap, params, handles, logits);
+    for (let i = 0; i < caches.length; i++) caches[i]!.length += rows[i]!;
+    return logits;
+  }
+
+  /** Whether the addon has `runAsync` (addons built before it have `run` only). */
+  get canRunAsync(): boolean {
+    return typeof this.#addon.decodeAsync === 'function';
+  }
+
+  /**
+   * `run` on a worker thread: resolves with the logits once the step is done. With `sample`, its
+   * rows are sampled in the same job (`sampleRows`, ids written to `sample[2]`). Arguments are
+   * checked before it starts (a bad call rejects and nothing runs); the caches advance when it
+   * resolves.
+   */
+  async runAsync(weights: readonly tf.Tensor[], caches: readonly NativeKVCache[], rows: readonly number[], tokens: readonly number[], sample?: NativeSampleArgs): Promise<Float32Array> {
+    const { heap, params, handles, logits } = this.#call(weights, caches, rows, tokens);
+    if (!this.#addon.decodeAsync) throw new Error('fused decoder: the native addon has no decodeAsync');
+    await this.#addon.decodeAsync(heap, params, handles, logits, sample ?? null);
+    for (let i = 0; i < caches.length; i++) if (!caches[i]!.disposed) caches[i]!.length += rows[i]!;
+    return logits;
+  }
+
+  #call(weights: readonly tf.Tensor[], caches: readonly NativeKVCache[], rows: readonly number[], tokens: readonly number[]) {
     const { nLayer, nHead, nEmbd, blockSize, vocabSize } = this.#cfg;
     const N = caches.length;
     if (weights.length !== this.#nWeights) throw new Error(`fused decoder: ${weights.length} weights, expected ${this.#nWeights}`);
@@ -130,9 +160,6 @@ export class FusedDecoder {
     }
     if (total !== tokens.length) throw new Error(`fused decoder: rows add up to ${total}, got ${tokens.length} tokens`);
     params.set(tokens, 6 + this.#nWeights + N);
-    const logits = new Float32Array(N * vocabSize);
-    this.#addon.decode(heapOf(backend), params, handles, logits);
-    for (let i = 0; i < N; i++) caches[i]!.length += rows[i]!;
-    return logits;
+    return { heap: heapOf(backend), params, handles, logits: new Float32Array(N * vocabSize) };
   }
 }

@@ -30,6 +30,11 @@ export interface NativeAddon {
   cacheBytes?(cache: NativeCacheHandle): number;
   /** One fused forward pass of N sequences against their caches; writes N*V logits. */
   decode?(heap: ArrayBuffer, params: Float64Array, caches: NativeCacheHandle[], logits: Float32Array): void;
+  /**
+   * `decode` on a worker thread, then (with `sample`) `sampleRows` of its logits there; settles when
+   * both are done. Meanwhile its caches refuse other decodes and `cacheFree` of them waits for it.
+   */
+  decodeAsync?(heap: ArrayBuffer, params: Float64Array, caches: NativeCacheHandle[], logits: Float32Array, sample: NativeSampleArgs | null): Promise<void>;
   // Fused training kernels (absent from addons built before them); layouts in addon.cc.
   layerNorm?(heap: ArrayBuffer, params: Float64Array): void;
   layerNormGrad?(heap: ArrayBuffer, params: Float64Array): void;
@@ -45,6 +50,9 @@ export interface NativeAddon {
   sumSquares?(heap: ArrayBuffer, params: Float64Array): number;
   adamw?(heap: ArrayBuffer, params: Float64Array): void;
 }
+
+/** Rows to sample in the native job right after a step: per row [temperature, topK, topP, u], the banned mask (V bytes), the sampled ids out. */
+export type NativeSampleArgs = [params: Float64Array, banned: Uint8Array | null, ids: Int32Array];
 
 /** An opaque native KV cache (an N-API external). */
 export type NativeCacheHandle = { readonly __nativeKVCache: unique symbol };

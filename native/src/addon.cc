@@ -17,6 +17,8 @@
 //   decode(heap, [nLayer, nHead, C, V, blockSize, N, ...weight offsets (wte, wpe,
 //          12 per block in checkpoint order, lnf.g, lnf.b), ...rows (N), ...tokens (sum rows)],
 //          caches (Array of N distinct caches), logits (Float32Array, N*V))
+//   decodeAsync(heap, params, caches, logits, sample: null | [params, banned, ids]) -> Promise:
+//          the same on a worker thread, then sampleRows of the logits there (see DecodeWorker)
 //
 // Fused training kernels (train.h, elementwise.h); all float32 except ids (int32):
 //   layerNorm(heap, [xOff, gOff, bOff, yOff, meanOff, rstdOff, n, c, eps])
@@ -221,7 +223,7 @@ Napi::Value CacheFree(const Napi::CallbackInfo& info) {
   const Napi::Env env = info.Env();
   nk::KVCache* cache = info.Length() > 0 ? unwrap_cache(env, info[0]) : nullptr;
   if (cache == nullptr) fail(env, "cacheFree: not a KV cache");
-  else cache->release();
+  else cache->release_when_idle();
   return env.Undefined();
 }
 
@@ -235,12 +237,24 @@ Napi::Value CacheBytes(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(cache->bytes()));
 }
 
-Napi::Value Decode(const Napi::CallbackInfo& info) {
+// The checked arguments of a decode call: every cache reserved for its rows, every pointer
+// inside the heap (or the logits array), which the caller keeps alive while it runs.
+struct DecodeCall {
+  nk::DecoderShape shape;
+  nk::DecoderWeights w;
+  std::vector<nk::KVCache*> caches;
+  std::vector<int> rows;
+  std::vector<int32_t> tokens;
+  float* logits = nullptr;
+};
+
+// Reads decode(heap, params, caches, logits); throws in JS and returns false on bad arguments.
+bool read_decode(const Napi::CallbackInfo& info, DecodeCall* call) {
   const Napi::Env env = info.Env();
   Heap h;
-  if (!read_args(info, 6, &h)) return env.Undefined();
+  if (!read_args(info, 6, &h)) return false;
   const double* p = h.p;
-  nk::DecoderShape shape;
+  nk::DecoderShape& shape = call->shape;
   shape.n_layer = static_cast<int>(p[0]);
   shape.n_head = static_cast<int>(p[1]);
   shape.n_embd = static_cast<int>(p[2]);
@@ -250,17 +264,17 @@ Napi::Value Decode(const Napi::CallbackInfo& info) {
   if (shape.n_layer < 1 || shape.n_head < 1 || shape.n_embd < 1 || shape.vocab < 1 ||
       shape.block_size < 1 || shape.n_embd % shape.n_head != 0 || n < 1) {
     fail(env, "decode: bad shape");
-    return env.Undefined();
+    return false;
   }
   const size_t n_weights = 4 + 12 * static_cast<size_t>(shape.n_layer);
   if (h.np < 6 + n_weights + n) {
     fail(env, "decode: too few params");
-    return env.Undefined();
+    return false;
   }
   if (info.Length() < 4 || !info[2].IsArray() || !info[3].IsTypedArray() ||
       info[3].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
     fail(env, "decode: expected (ArrayBuffer, Float64Array, caches, Float32Array)");
-    return env.Undefined();
+    return false;
   }
   // Weights, with the number of floats each must span.
   const double C = shape.n_embd;
@@ -268,7 +282,7 @@ Napi::Value Decode(const Napi::CallbackInfo& info) {
   const float* wp[4 + 12 * 64];
   if (shape.n_layer > 64) {
     fail(env, "decode: too many layers");
-    return env.Undefined();
+    return false;
   }
   for (size_t i = 0; i < n_weights; ++i) {
     double floats;
@@ -278,11 +292,11 @@ Napi::Value Decode(const Napi::CallbackInfo& info) {
     else floats = sizes[(i - 2) % 12];
     if (!in_heap(h, p[6 + i], floats)) {
       fail(env, "decode: weight outside the heap");
-      return env.Undefined();
+      return false;
     }
     wp[i] = reinterpret_cast<const float*>(h.data + static_cast<uint64_t>(p[6 + i]));
   }
-  nk::DecoderWeights w;
+  nk::DecoderWeights& w = call->w;
   w.wte = wp[0];
   w.wpe = wp[1];
   for (int l = 0; l < shape.n_layer; ++l) {
@@ -296,10 +310,12 @@ Napi::Value Decode(const Napi::CallbackInfo& info) {
   if (list.Length() != static_cast<uint32_t>(n) ||
       logits.ElementLength() != static_cast<size_t>(n) * shape.vocab) {
     fail(env, "decode: caches or logits do not match N");
-    return env.Undefined();
+    return false;
   }
-  std::vector<nk::KVCache*> caches(n);
-  std::vector<int> rows(n);
+  std::vector<nk::KVCache*>& caches = call->caches;
+  std::vector<int>& rows = call->rows;
+  caches.resize(n);
+  rows.resize(n);
   const double* tokens_in = p + 6 + n_weights + n;
   size_t total = 0;
   for (int s = 0; s < n; ++s) {
@@ -307,41 +323,125 @@ Napi::Value Decode(const Napi::CallbackInfo& info) {
     const double r = p[6 + n_weights + s];
     if (caches[s] == nullptr || !caches[s]->matches(shape)) {
       fail(env, "decode: not a KV cache of this shape");
-      return env.Undefined();
+      return false;
     }
     if (!(r >= 1) || caches[s]->length() + r > shape.block_size) {
       fail(env, "decode: a sequence would exceed blockSize");
-      return env.Undefined();
+      return false;
+    }
+    if (caches[s]->in_flight()) {
+      fail(env, "decode: a KV cache is in a running step");
+      return false;
     }
     for (int t = 0; t < s; ++t)
       if (caches[t] == caches[s]) {
         fail(env, "decode: the same cache twice in a batch");
-        return env.Undefined();
+        return false;
       }
     rows[s] = static_cast<int>(r);
     total += rows[s];
   }
   if (h.np < 6 + n_weights + n + total) {
     fail(env, "decode: too few tokens");
-    return env.Undefined();
+    return false;
   }
-  std::vector<int32_t> tokens(total);
+  std::vector<int32_t>& tokens = call->tokens;
+  tokens.resize(total);
   for (size_t i = 0; i < total; ++i) {
     const double t = tokens_in[i];
     if (!(t >= 0 && t < shape.vocab) || t != static_cast<int32_t>(t)) {
       fail(env, "decode: token id out of range");
-      return env.Undefined();
+      return false;
     }
     tokens[i] = static_cast<int32_t>(t);
   }
   for (int s = 0; s < n; ++s) {
     if (!caches[s]->reserve(caches[s]->length() + rows[s])) {
       fail(env, "decode: out of memory for the KV cache");
-      return env.Undefined();
+      return false;
     }
   }
-  nk::decode(shape, w, {n, caches.data(), rows.data(), tokens.data(), logits.Data()});
-  return env.Undefined();
+  call->logits = logits.Data();
+  return true;
+}
+
+void run_decode(const DecodeCall& c) {
+  nk::decode(c.shape, c.w, {static_cast<int>(c.caches.size()), c.caches.data(), c.rows.data(), c.tokens.data(), c.logits});
+}
+
+Napi::Value Decode(const Napi::CallbackInfo& info) {
+  DecodeCall call;
+  if (read_decode(info, &call)) run_decode(call);
+  return info.Env().Undefined();
+}
+
+// decodeAsync: decode on a worker thread while the JS thread goes on, then optionally samples
+// every row of the logits there too (sampleRows). Resolves when both are done. Until then its
+// caches refuse other decodes and a cacheFree of them takes effect when the step ends; the heap,
+// the caches, the logits and the sampling arrays are held so the collector keeps them. The heap
+// must not move meanwhile: V8 grows wasm memory in place on 64-bit hosts, and the caller keeps
+// the weights alive (GPT.dispose waits for its running steps).
+class DecodeWorker : public Napi::AsyncWorker {
+ public:
+  DecodeWorker(Napi::Env env, DecodeCall call, bool sample, SampleArgs args)
+      : Napi::AsyncWorker(env, "nkDecode"), deferred_(Napi::Promise::Deferred::New(env)),
+        call_(std::move(call)), sample_(sample), args_(std::move(args)) {
+    for (nk::KVCache* c : call_.caches) c->enter_flight();
+  }
+  Napi::Promise promise() const { return deferred_.Promise(); }
+  void hold(const Napi::Value& v) {
+    if (v.IsObject()) held_.push_back(Napi::Persistent(v.As<Napi::Object>()));
+  }
+  void Execute() override {
+    run_decode(call_);
+    if (sample_)
+      nk::sample_rows(call_.logits, static_cast<int>(call_.caches.size()), call_.shape.vocab, args_.banned,
+                      args_.rows.data(), args_.ids);
+  }
+  void OnOK() override {
+    settle();
+    deferred_.Resolve(Env().Undefined());
+  }
+  void OnError(const Napi::Error& e) override {
+    settle();
+    deferred_.Reject(e.Value());
+  }
+
+ private:
+  void settle() {
+    for (nk::KVCache* c : call_.caches) c->leave_flight();
+    for (auto& r : held_) r.Reset();
+  }
+  Napi::Promise::Deferred deferred_;
+  DecodeCall call_;
+  bool sample_;
+  SampleArgs args_;
+  std::vector<Napi::ObjectReference> held_;
+};
+
+// decodeAsync(heap, params, caches, logits, sample: null | [params, banned, ids]) -> Promise
+Napi::Value DecodeAsync(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  DecodeCall call;
+  if (!read_decode(info, &call)) return env.Undefined();
+  SampleArgs args;
+  const bool sample = info.Length() > 4 && info[4].IsArray();
+  if (sample) {
+    Napi::Array s = info[4].As<Napi::Array>();
+    if (s.Length() != 3) {
+      fail(env, "decodeAsync: sample must be [params, banned, ids]");
+      return env.Undefined();
+    }
+    if (!read_sample_args(env, call.caches.size(), call.shape.vocab, s.Get(0u), s.Get(1u), s.Get(2u), &args))
+      return env.Undefined();
+  } else if (info.Length() > 4 && !info[4].IsNull() && !info[4].IsUndefined()) {
+    fail(env, "decodeAsync: sample must be [params, banned, ids] or null");
+    return env.Undefined();
+  }
+  auto* worker = new DecodeWorker(env, std::move(call), sample, std::move(args));
+  for (size_t i = 0; i < 5 && i < info.Length(); ++i) worker->hold(info[i]);
+  worker->Queue();
+  return worker->promise();
 }
 
 // ------------------------------------------------------------------ fused training kernels
@@ -674,6 +774,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cacheFree", Napi::Function::New(env, CacheFree, "cacheFree"));
   exports.Set("cacheBytes", Napi::Function::New(env, CacheBytes, "cacheBytes"));
   exports.Set("decode", Napi::Function::New(env, Decode, "decode"));
+  exports.Set("decodeAsync", Napi::Function::New(env, DecodeAsync, "decodeAsync"));
   // Fused training kernels.
   exports.Set("layerNorm", Napi::Function::New(env, LayerNorm, "layerNorm"));
   exports.Set("layerNormGrad", Napi::Function::New(env, LayerNormGrad, "layerNormGrad"));

@@ -53,6 +53,7 @@ void KVCache::release() {
   capacity_ = 0;
   length_ = 0;
   released_ = true;
+  release_pending_ = false;
 }
 
 namespace {

@@ -45,6 +45,17 @@ class KVCache {
   int length() const { return length_; }
   int block_size() const { return block_size_; }
   bool released() const { return released_; }
+  // A cache in a running asynchronous decode (addon.cc) is released when that step ends, not
+  // under it. Both are touched on the JS thread only.
+  bool in_flight() const { return in_flight_ > 0; }
+  void enter_flight() { ++in_flight_; }
+  void leave_flight() {
+    if (--in_flight_ == 0 && release_pending_) release();
+  }
+  void release_when_idle() {
+    if (in_flight()) release_pending_ = true;
+    else release();
+  }
   size_t bytes() const;
   // Room for `tokens` tokens in all (keeps the first length() tokens); false when out of memory.
   bool reserve(int tokens);
@@ -59,8 +70,8 @@ class KVCache {
     return data_ + ((static_cast<size_t>(layer) * 2 + kv) * n_head_ + head) * capacity_ * head_size_;
   }
   const int n_layer_, n_head_, head_size_, block_size_;
-  int length_ = 0, capacity_ = 0;
-  bool released_ = false;
+  int length_ = 0, capacity_ = 0, in_flight_ = 0;
+  bool released_ = false, release_pending_ = false;
   float* data_ = nullptr;
 };
 

@@ -250,6 +250,37 @@ void sample_rows(const float* logits, int n, int V, const uint8_t* banned, const
 
 }  // namespace nk
 
+bool read_sample_args(const Napi::Env& env, size_t n, int V, const Napi::Value& params_value,
+                      const Napi::Value& banned_value, const Napi::Value& ids_value, SampleArgs* out) {
+  auto bad = [&](const char* message) {
+    Napi::RangeError::New(env, message).ThrowAsJavaScriptException();
+    return false;
+  };
+  if (!params_value.IsTypedArray() || !ids_value.IsTypedArray()) return bad("sampleRows: expected (Float32Array, V, Float64Array, Uint8Array | null, Int32Array)");
+  Napi::TypedArray params = params_value.As<Napi::TypedArray>();
+  Napi::TypedArray ids = ids_value.As<Napi::TypedArray>();
+  if (params.TypedArrayType() != napi_float64_array || ids.TypedArrayType() != napi_int32_array)
+    return bad("sampleRows: expected (Float32Array, V, Float64Array, Uint8Array | null, Int32Array)");
+  if (ids.ElementLength() != n || params.ElementLength() < n * 4) return bad("sampleRows: logits or params shorter than the rows");
+  out->banned = nullptr;
+  if (banned_value.IsTypedArray()) {
+    Napi::TypedArray b = banned_value.As<Napi::TypedArray>();
+    if (b.TypedArrayType() != napi_uint8_array || b.ElementLength() < static_cast<size_t>(V)) return bad("sampleRows: banned must be a Uint8Array of V bytes");
+    out->banned = static_cast<const uint8_t*>(b.ArrayBuffer().Data()) + b.ByteOffset();
+  } else if (!banned_value.IsNull() && !banned_value.IsUndefined()) {
+    return bad("sampleRows: banned must be a Uint8Array or null");
+  }
+  const double* p = reinterpret_cast<const double*>(static_cast<const uint8_t*>(params.ArrayBuffer().Data()) + params.ByteOffset());
+  out->rows.resize(n);
+  for (size_t r = 0; r < n; ++r) {
+    const double* q = p + 4 * r;
+    if (!(q[3] >= 0 && q[3] < 1) || std::isnan(q[0]) || std::isnan(q[2])) return bad("sampleRows: bad sampling params");
+    out->rows[r] = {q[0], q[1] > 2147483647.0 ? 2147483647 : static_cast<int>(q[1]), q[2], q[3]};
+  }
+  out->ids = reinterpret_cast<int32_t*>(static_cast<uint8_t*>(ids.ArrayBuffer().Data()) + ids.ByteOffset());
+  return true;
+}
+
 namespace {
 
 Napi::Value SampleRows(const Napi::CallbackInfo& info) {
@@ -261,33 +292,18 @@ Napi::Value SampleRows(const Napi::CallbackInfo& info) {
   if (info.Length() < 5 || !info[0].IsTypedArray() || !info[1].IsNumber() || !info[2].IsTypedArray() || !info[4].IsTypedArray())
     return bad("sampleRows: expected (Float32Array, V, Float64Array, Uint8Array | null, Int32Array)");
   Napi::TypedArray logits = info[0].As<Napi::TypedArray>();
-  Napi::TypedArray params = info[2].As<Napi::TypedArray>();
   Napi::TypedArray ids = info[4].As<Napi::TypedArray>();
-  if (logits.TypedArrayType() != napi_float32_array || params.TypedArrayType() != napi_float64_array || ids.TypedArrayType() != napi_int32_array)
+  if (logits.TypedArrayType() != napi_float32_array || ids.TypedArrayType() != napi_int32_array)
     return bad("sampleRows: expected (Float32Array, V, Float64Array, Uint8Array | null, Int32Array)");
   const double v = info[1].As<Napi::Number>().DoubleValue();
   const size_t n = ids.ElementLength();
   if (!(v >= 1) || v != static_cast<int>(v) || n == 0) return bad("sampleRows: bad V or no rows");
   const int V = static_cast<int>(v);
-  if (logits.ElementLength() < n * V || params.ElementLength() < n * 4) return bad("sampleRows: logits or params shorter than the rows");
-  const uint8_t* banned = nullptr;
-  if (info[3].IsTypedArray()) {
-    Napi::TypedArray b = info[3].As<Napi::TypedArray>();
-    if (b.TypedArrayType() != napi_uint8_array || b.ElementLength() < static_cast<size_t>(V)) return bad("sampleRows: banned must be a Uint8Array of V bytes");
-    banned = static_cast<const uint8_t*>(b.ArrayBuffer().Data()) + b.ByteOffset();
-  } else if (!info[3].IsNull() && !info[3].IsUndefined()) {
-    return bad("sampleRows: banned must be a Uint8Array or null");
-  }
-  const double* p = reinterpret_cast<const double*>(static_cast<const uint8_t*>(params.ArrayBuffer().Data()) + params.ByteOffset());
-  std::vector<nk::SampleRow> rows(n);
-  for (size_t r = 0; r < n; ++r) {
-    const double* q = p + 4 * r;
-    if (!(q[3] >= 0 && q[3] < 1) || std::isnan(q[0]) || std::isnan(q[2])) return bad("sampleRows: bad sampling params");
-    rows[r] = {q[0], q[1] > 2147483647.0 ? 2147483647 : static_cast<int>(q[1]), q[2], q[3]};
-  }
+  if (logits.ElementLength() < n * V) return bad("sampleRows: logits or params shorter than the rows");
+  SampleArgs args;
+  if (!read_sample_args(env, n, V, info[2], info[3], info[4], &args)) return env.Undefined();
   const float* l = reinterpret_cast<const float*>(static_cast<const uint8_t*>(logits.ArrayBuffer().Data()) + logits.ByteOffset());
-  int32_t* out = reinterpret_cast<int32_t*>(static_cast<uint8_t*>(ids.ArrayBuffer().Data()) + ids.ByteOffset());
-  nk::sample_rows(l, static_cast<int>(n), V, banned, rows.data(), out);
+  nk::sample_rows(l, static_cast<int>(n), V, args.banned, args.rows.data(), args.ids);
   return env.Undefined();
 }
 

@@ -4,7 +4,9 @@
 // caller (each sequence's seeded generator in JS): one per row whose temperature is above 0.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace nk {
 
@@ -24,7 +26,20 @@ void sample_rows(const float* logits, int n, int V, const uint8_t* banned, const
 namespace Napi {
 class Env;
 class Object;
+class Value;
 }
+
+// The checked sampling arguments of `n` rows of V logits: params [temperature, topK, topP, u] per
+// row (Float64Array), banned (Uint8Array of V bytes, or null) and ids (Int32Array of n). On bad
+// arguments it throws a RangeError in `env` and returns false. The pointers stay valid while the
+// caller holds the arrays.
+struct SampleArgs {
+  std::vector<nk::SampleRow> rows;
+  const uint8_t* banned = nullptr;
+  int32_t* ids = nullptr;
+};
+bool read_sample_args(const Napi::Env& env, size_t n, int V, const Napi::Value& params,
+                      const Napi::Value& banned, const Napi::Value& ids, SampleArgs* out);
 
 // Adds `sampleRows(logits: Float32Array, V, params: Float64Array [temperature, topK, topP, u] per
 // row, banned: Uint8Array(V) | null, ids: Int32Array(n))` to the addon's exports.
