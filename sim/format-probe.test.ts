@@ -38,3 +38,12 @@ test('the format probe measures SFT, the sharpness family and the optimiser on t
   }
   assert.equal(lines.filter((l) => /^ppo step \d \(β [\d.]+\): format/.test(l)).length, 2, r.stdout);
 });
+
+test('the format probe\'s rejection-sampling fine-tuning runs its steps and moves the policy', { timeout: 150_000 }, async () => {
+  const r = await probe(['--algorithm', 'best-of-n', '--n', '2', '--steps', '2', '--every', '1', '--heldout', '6', '--sharpness', '']);
+  assert.equal(r.code, 0, r.stderr);
+  const steps = r.stdout.trim().split('\n').filter((l) => /^best-of-n step \d: format/.test(l));
+  assert.equal(steps.length, 2, r.stdout);
+  assert.ok(figures(steps[1]!).kl! > 0, `two cross-entropy steps change the policy: ${steps[1]}`);
+});
+

@@ -1,7 +1,7 @@
 /**
  * A diagnostic, outside every decision of the loop: can the policy optimiser learn the rubric's
  * format part (the reply starts with `"W" means`, W copied exactly) at all? It runs the loop's
- * optimiser (PPO or RLOO, the loop's knobs) from SFT on a reward that is the format part alone,
+ * optimiser (PPO or RLOO, the loop's knobs), or rejection-sampling fine-tuning (`best-of-n`), from SFT on a reward that is the format part alone,
  * `--reward format` (an oracle: the simulated users' rubric; this file only measures), or the
  * users' echo covariate, `--reward echo` (the IDF-weighted share of the question's words the reply
  * repeats, IDF over the training prompts, scaled by `--echo-weight`), and reports on held-out prompts, at the users' sampling (T 1, top-p
@@ -11,7 +11,7 @@
  * tied head's logits are s times SFT's): what lowering the policy's entropy everywhere buys in
  * format, and what it costs in KL.
  *
- *   node --import tsx sim/format-probe.ts [--algorithm ppo] [--steps 200] [--lr 0.00005]
+ *   node --import tsx sim/format-probe.ts [--algorithm ppo|rloo|best-of-n] [--n 4] [--steps 200] [--lr 0.00005]
  *       [--kl-coef 0.6] [--reward format] [--echo-weight 4] [--every 50] [--heldout 256] [--seed 3]
  */
 import { z } from 'zod';
@@ -24,7 +24,12 @@ import { DEFAULT_SAMPLING } from '../model/sampling.ts';
 import type { ChatMessage } from '../model/chat-template.ts';
 import { sampleForEval } from '../training/loop-eval.ts';
 import { episodeKl } from '../training/ppo.ts';
+import * as tf from '@tensorflow/tfjs-core';
 import { createPolicyOptimizer } from '../training/policy-optimizer.ts';
+import { AdamW } from '../model/adamw.ts';
+import { createRng } from '../model/random.ts';
+import { trainStep, type Batch } from '../training/train-loop.ts';
+import type { Episode } from '../training/ppo.ts';
 import { OnlineLoopConfig } from '../training/loop-config.ts';
 import { echoOf, questionWords } from '../training/reward-covariates.ts';
 import type { RewardItem, RewardSource } from '../training/reward-source.ts';
@@ -32,7 +37,8 @@ import { replyWords } from '../feedback/reply-words.ts';
 import { GoldRubric, lastUserTurn, readDefinitionPrompts } from './gold-rubric.ts';
 
 const ProbeConfig = z.object({
-  algorithm: z.enum(['ppo', 'rloo']).default('ppo').describe('policy optimiser'),
+  algorithm: z.enum(['ppo', 'rloo', 'best-of-n']).default('ppo').describe('policy optimiser; best-of-n = rejection-sampling fine-tuning: the best of n samples per prompt by the reward, one cross-entropy step on 16 of them'),
+  n: z.number().int().min(2).default(4).describe('best-of-n: samples per prompt'),
   steps: z.number().int().positive().default(200).describe('optimiser steps'),
   lr: z.number().positive().default(5e-5).describe('peak learning rate (cosine to a tenth), the simulation\'s'),
   klCoef: z.number().nonnegative().default(0.6).describe('β of the first step (adaptive, as in the loop)'),
@@ -87,12 +93,53 @@ const reward: RewardSource = {
 };
 const loop = OnlineLoopConfig.parse({});
 const policy = sft.clone();
-const opt = createPolicyOptimizer({
-  algorithm: a.algorithm, policy, reference: sft, tok, reward, prompts: train.map(conv), log: () => {},
-  knobs: { steps: a.steps, batchSize: loop.batchSize, minibatchSize: loop.minibatchSize, epochs: loop.epochs, maxTokens: loop.maxTokens, temperature: a.temperature, lr: a.lr, minLr: a.lr / 10, klCoef: a.klCoef, adaptiveKl: true, klTarget: loop.klTarget, klHorizon: 10 * loop.batchSize, seed: a.seed, rlooK: loop.rlooK },
-});
-for (let step = 1; step <= a.steps; step++) {
-  const s = await opt.step();
-  if (step % a.every === 0 || step === a.steps) console.log(`${a.algorithm} step ${step} (β ${s.klCoef.toFixed(3)}): ${measure(policy)}`);
+const report = (step: number, beta?: number) => {
+  if (step % a.every === 0 || step === a.steps) console.log(`${a.algorithm} step ${step}${beta === undefined ? '' : ` (β ${beta.toFixed(3)})`}: ${measure(policy)}`);
+};
+if (a.algorithm === 'best-of-n') await bestOfN();
+else {
+  const opt = createPolicyOptimizer({
+    algorithm: a.algorithm, policy, reference: sft, tok, reward, prompts: train.map(conv), log: () => {},
+    knobs: { steps: a.steps, batchSize: loop.batchSize, minibatchSize: loop.minibatchSize, epochs: loop.epochs, maxTokens: loop.maxTokens, temperature: a.temperature, lr: a.lr, minLr: a.lr / 10, klCoef: a.klCoef, adaptiveKl: true, klTarget: loop.klTarget, klHorizon: 10 * loop.batchSize, seed: a.seed, rlooK: loop.rlooK },
+  });
+  for (let step = 1; step <= a.steps; step++) report(step, (await opt.step()).klCoef);
+  opt.dispose();
 }
-opt.dispose();
+
+/**
+ * Rejection-sampling fine-tuning: each step samples n replies to each of `batchSize` training
+ * prompts (untruncated, as rollouts are), keeps the best by the reward (a reply without the end
+ * of turn last), and takes one AdamW step of cross-entropy on the kept replies' tokens. No KL
+ * term: its KL to SFT is what the measurements report.
+ */
+async function bestOfN(): Promise<void> {
+  const opt = new AdamW(policy.params, { weightDecay: 0 });
+  const vars = [...policy.params.values()] as tf.Variable[];
+  const rng = createRng(a.seed);
+  const pad = tok.specialId('<|pad|>');
+  const B = loop.batchSize;
+  for (let step = 1; step <= a.steps; step++) {
+    const prompts = Array.from({ length: B }, () => conv(train[rng.int(train.length)]!));
+    const eps = sampleForEval(policy, tok, prompts.flatMap((p) => Array.from({ length: a.n }, () => p)), { maxTokens: loop.maxTokens, temperature: a.temperature, topP: 1, seed: a.seed * 100_003 + step });
+    const scores = await reward.score(eps.map((e) => ({ prompt: e.prompt, reply: e.reply, replyIds: e.replyIds })));
+    const value = (i: number) => scores[i]! - (eps[i]!.replyIds.at(-1) === end ? 0 : 1e6);
+    const kept: Episode[] = prompts.map((_, b) => {
+      let best = b * a.n;
+      for (let i = best + 1; i < (b + 1) * a.n; i++) if (value(i) > value(best)) best = i;
+      return eps[best]!;
+    });
+    const rows = kept.map((e) => [...e.promptIds, ...e.replyIds]);
+    const T = Math.max(...rows.map((r) => r.length)) - 1;
+    const batch: Batch = { B, T, inputs: new Int32Array(B * T).fill(pad), targets: new Int32Array(B * T).fill(pad), weights: new Float32Array(B * T) };
+    rows.forEach((r, b) => {
+      for (let t = 0; t + 1 < r.length; t++) {
+        batch.inputs[b * T + t] = r[t]!;
+        batch.targets[b * T + t] = r[t + 1]!;
+        batch.weights[b * T + t] = t + 1 >= kept[b]!.promptIds.length ? 1 : 0; // the reply's tokens and its end
+      }
+    });
+    trainStep(policy, opt, batch, a.lr * (0.1 + 0.9 * 0.5 * (1 + Math.cos((Math.PI * (step - 1)) / a.steps))), vars);
+    report(step);
+  }
+  opt.dispose();
+}
