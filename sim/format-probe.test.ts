@@ -2,6 +2,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { dialoguePrompts } from './simulate.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
@@ -18,10 +22,20 @@ function probe(args: string[]): Promise<{ code: number | null; stdout: string; s
   });
 }
 
+/** Small dialogue files of its own, built once (a fresh clone has no data/). */
+let data: string | undefined;
+async function dataDir(): Promise<string> {
+  if (!data) {
+    data = join(mkdtempSync(join(tmpdir(), 'format-probe-')), 'data');
+    await dialoguePrompts(data, () => {}, { trainDialogues: 200, valDialogues: 80, maxDocsPerSource: 2 });
+  }
+  return data;
+}
+
 const figures = (line: string) => Object.fromEntries([...line.matchAll(/(format|exact|gold|words|kl) (-?[\d.]+)/g)].map((m) => [m[1]!, Number(m[2])]));
 
 test('the format probe measures SFT, the sharpness family and the optimiser on the committed model', { timeout: 150_000 }, async () => {
-  const r = await probe(['--steps', '2', '--every', '1', '--heldout', '6', '--sharpness', '1,1.5']);
+  const r = await probe(['--data', await dataDir(), '--steps', '2', '--every', '1', '--heldout', '6', '--sharpness', '1,1.5']);
   assert.equal(r.code, 0, r.stderr);
   const lines = r.stdout.trim().split('\n');
   const sft = lines.find((l) => l.startsWith('sft: '))!;
@@ -40,7 +54,7 @@ test('the format probe measures SFT, the sharpness family and the optimiser on t
 });
 
 test('the format probe\'s rejection-sampling fine-tuning runs its steps and moves the policy', { timeout: 150_000 }, async () => {
-  const r = await probe(['--algorithm', 'best-of-n', '--n', '2', '--steps', '2', '--every', '1', '--heldout', '6', '--sharpness', '']);
+  const r = await probe(['--data', await dataDir(), '--algorithm', 'best-of-n', '--n', '2', '--steps', '2', '--every', '1', '--heldout', '6', '--sharpness', '']);
   assert.equal(r.code, 0, r.stderr);
   const steps = r.stdout.trim().split('\n').filter((l) => /^best-of-n step \d: format/.test(l));
   assert.equal(steps.length, 2, r.stdout);

@@ -34,7 +34,8 @@ import { OnlineLoopConfig } from '../training/loop-config.ts';
 import { echoOf, questionWords } from '../training/reward-covariates.ts';
 import type { RewardItem, RewardSource } from '../training/reward-source.ts';
 import { replyWords } from '../feedback/reply-words.ts';
-import { GoldRubric, lastUserTurn, readDefinitionPrompts } from './gold-rubric.ts';
+import { GoldRubric, lastUserTurn } from './gold-rubric.ts';
+import { dialoguePrompts } from './simulate.ts';
 
 const ProbeConfig = z.object({
   algorithm: z.enum(['ppo', 'rloo', 'best-of-n']).default('ppo').describe('policy optimiser; best-of-n = rejection-sampling fine-tuning: the best of n samples per prompt by the reward, one cross-entropy step on 16 of them'),
@@ -49,6 +50,7 @@ const ProbeConfig = z.object({
   sharpness: z.string().default('1,1.15,1.3,1.5').describe('comma-separated s of the sharpness family (empty: skip)'),
   temperature: z.number().positive().default(1).describe('sampling temperature of rollouts and measurements (the simulated users\' chats)'),
   seed: z.number().int().nonnegative().default(3).describe('seed of prompts and sampling'),
+  data: z.string().default('data').describe('dialogues.{train,val}.jsonl; built when missing'),
 });
 let args: z.infer<typeof ProbeConfig> | undefined;
 await runCommand({ usage: 'node --import tsx sim/format-probe.ts [options]', schema: ProbeConfig, envPrefix: 'FORMAT_PROBE' }, async (cfg) => {
@@ -61,8 +63,9 @@ const load = () => loadCheckpoint('checkpoints/sft', { kind: 'policy' });
 const ck = load();
 const tok = Tokenizer.fromJSON(ck.tokenizer);
 const sft = GPT.fromWeights(ck.meta.config, 'policy', ck.weights);
-const train = readDefinitionPrompts('data/dialogues.train.jsonl');
-const heldout = readDefinitionPrompts('data/dialogues.val.jsonl').slice(0, a.heldout);
+const dialogues = await dialoguePrompts(a.data, (l) => console.error(`format-probe: ${l}`));
+const train = dialogues.train;
+const heldout = dialogues.val.slice(0, a.heldout);
 const rubric = new GoldRubric([...train, ...heldout]);
 const end = tok.specialId('<|end|>');
 const conv = (p: { prompt: string }): ChatMessage[] => [{ role: 'user', content: p.prompt }];

@@ -19,7 +19,8 @@ import { loadCheckpoint } from '../model/checkpoint.ts';
 import { Tokenizer } from '../model/tokenizer.ts';
 import { GPT } from '../model/gpt.ts';
 import { sampleForEval } from '../training/loop-eval.ts';
-import { GoldRubric, NoisyJudge, Rng, readDefinitionPrompts, type DefinitionPrompt, type RubricBreakdown } from './gold-rubric.ts';
+import { GoldRubric, NoisyJudge, Rng, type DefinitionPrompt, type RubricBreakdown } from './gold-rubric.ts';
+import { dialoguePrompts } from './simulate.ts';
 import { trainRewardEnsemble, memberScores, spreadOf } from '../training/reward-ensemble.ts';
 import { replyWords } from '../feedback/reply-words.ts';
 import { COVARIATE_SETS, covariatesOf } from '../training/covariate-sets.ts';
@@ -35,6 +36,7 @@ const ProbeConfig = z.object({
   policy: z.string().default('checkpoints/sft').describe('policy whose replies are judged'),
   seed: z.number().int().nonnegative().default(1).describe("seed of the users' draws"),
   heldout: z.number().int().positive().default(256).describe('held-out prompts scored'),
+  data: z.string().default('data').describe('dialogues.{train,val}.jsonl; built when missing'),
 });
 let args: z.infer<typeof ProbeConfig> | undefined;
 await runCommand({ usage: 'node --import tsx sim/reward-probe.ts [options]', schema: ProbeConfig, envPrefix: 'REWARD_PROBE' }, async (cfg) => {
@@ -48,8 +50,7 @@ const tok = Tokenizer.fromJSON(ck.tokenizer);
 const sft = GPT.fromWeights(ck.meta.config, 'policy', ck.weights);
 const pk = loadCheckpoint(policyDir, { kind: 'policy' });
 const policy = GPT.fromWeights(pk.meta.config, 'policy', pk.weights);
-const train = readDefinitionPrompts('data/dialogues.train.jsonl');
-const val = readDefinitionPrompts('data/dialogues.val.jsonl');
+const { train, val } = await dialoguePrompts(args.data, (l) => console.error(`reward-probe: ${l}`));
 const rub = new GoldRubric([...train, ...val]);
 const end = tok.specialId('<|end|>');
 const rng = new Rng(args.seed);
