@@ -51,6 +51,7 @@ const ProbeConfig = z.object({
   temperature: z.number().positive().default(1).describe('sampling temperature of rollouts and measurements (the simulated users\' chats)'),
   seed: z.number().int().nonnegative().default(3).describe('seed of prompts and sampling'),
   data: z.string().default('data').describe('dialogues.{train,val}.jsonl; built when missing'),
+  sft: z.string().default('checkpoints/sft').describe('the SFT checkpoint the optimiser starts from and the KL is measured to'),
 });
 let args: z.infer<typeof ProbeConfig> | undefined;
 await runCommand({ usage: 'node --import tsx sim/format-probe.ts [options]', schema: ProbeConfig, envPrefix: 'FORMAT_PROBE' }, async (cfg) => {
@@ -59,7 +60,7 @@ await runCommand({ usage: 'node --import tsx sim/format-probe.ts [options]', sch
 if (!args) process.exit(process.exitCode ?? 0); // --help, or a usage error already printed
 const a = args;
 await initBackend({ log: () => {} });
-const load = () => loadCheckpoint('checkpoints/sft', { kind: 'policy' });
+const load = () => loadCheckpoint(a.sft, { kind: 'policy' });
 const ck = load();
 const tok = Tokenizer.fromJSON(ck.tokenizer);
 const sft = GPT.fromWeights(ck.meta.config, 'policy', ck.weights);
