@@ -26,6 +26,11 @@ export interface RenderedChat {
 
 const OPENER = { system: '<|system|>', user: '<|user|>', assistant: '<|assistant|>' } as const;
 
+/** The content of the last user turn of `messages` ('' without one). */
+export function lastUserTurn(messages: readonly ChatMessage[]): string {
+  return messages.findLast((m) => m.role === 'user')?.content ?? '';
+}
+
 /** Throws an Error naming the first message that breaks "optional system first, then user/assistant alternating, user first". */
 export function validateChat(messages: readonly ChatMessage[]): void {
   let expect: 'user' | 'assistant' = 'user';

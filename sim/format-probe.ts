@@ -21,7 +21,7 @@ import { loadCheckpoint } from '../model/checkpoint.ts';
 import { Tokenizer } from '../model/tokenizer.ts';
 import { GPT } from '../model/gpt.ts';
 import { DEFAULT_SAMPLING } from '../model/sampling.ts';
-import type { ChatMessage } from '../model/chat-template.ts';
+import { lastUserTurn, type ChatMessage } from '../model/chat-template.ts';
 import { sampleForEval } from '../training/loop-eval.ts';
 import { episodeKl } from '../training/ppo.ts';
 import * as tf from '@tensorflow/tfjs-core';
@@ -29,12 +29,13 @@ import { createPolicyOptimizer } from '../training/policy-optimizer.ts';
 import { AdamW } from '../model/adamw.ts';
 import { createRng } from '../model/random.ts';
 import { trainStep, type Batch } from '../training/train-loop.ts';
+import { warmupCosine } from '../training/rlhf-common.ts';
 import type { Episode } from '../training/ppo.ts';
 import { OnlineLoopConfig } from '../training/loop-config.ts';
 import { echoOf, questionWords } from '../training/reward-covariates.ts';
 import type { RewardItem, RewardSource } from '../training/reward-source.ts';
 import { replyWords } from '../feedback/reply-words.ts';
-import { GoldRubric, lastUserTurn } from './gold-rubric.ts';
+import { GoldRubric } from './gold-rubric.ts';
 import { dialoguePrompts } from './simulate.ts';
 
 const ProbeConfig = z.object({
@@ -60,8 +61,7 @@ await runCommand({ usage: 'node --import tsx sim/format-probe.ts [options]', sch
 if (!args) process.exit(process.exitCode ?? 0); // --help, or a usage error already printed
 const a = args;
 await initBackend({ log: () => {} });
-const load = () => loadCheckpoint(a.sft, { kind: 'policy' });
-const ck = load();
+const ck = loadCheckpoint(a.sft, { kind: 'policy' });
 const tok = Tokenizer.fromJSON(ck.tokenizer);
 const sft = GPT.fromWeights(ck.meta.config, 'policy', ck.weights);
 const dialogues = await dialoguePrompts(a.data, (l) => console.error(`format-probe: ${l}`));
@@ -82,7 +82,7 @@ function measure(policy: GPT): string {
 
 console.log(`sft: ${measure(sft)}`);
 for (const s of a.sharpness.split(',').filter(Boolean).map(Number)) {
-  const w = new Map(load().weights);
+  const w = new Map(ck.weights);
   for (const n of ['lnf.g', 'lnf.b']) w.set(n, w.get(n)!.map((x) => x * s));
   const sharp = GPT.fromWeights(ck.meta.config, 'policy', w);
   console.log(`sharpness ${s}: ${measure(sharp)}`);
@@ -142,7 +142,7 @@ async function bestOfN(): Promise<void> {
         batch.weights[b * T + t] = t + 1 >= kept[b]!.promptIds.length ? 1 : 0; // the reply's tokens and its end
       }
     });
-    trainStep(policy, opt, batch, a.lr * (0.1 + 0.9 * 0.5 * (1 + Math.cos((Math.PI * (step - 1)) / a.steps))), vars);
+    trainStep(policy, opt, batch, warmupCosine(step - 1, a.steps, a.lr, a.lr / 10, 0), vars);
     report(step);
   }
   opt.dispose();

@@ -30,7 +30,7 @@
  * under the `goldGate` ablation, lets guard and gate.
  */
 import { readFileSync } from 'node:fs';
-import type { ChatMessage } from '../model/chat-template.ts';
+import { lastUserTurn } from '../model/chat-template.ts';
 import type { RewardItem, RewardSource } from '../training/reward-source.ts';
 
 export interface DefinitionPrompt {
@@ -138,12 +138,6 @@ export class GoldRubric {
   score(prompt: string, reply: string, clean: boolean): number {
     return this.breakdown(prompt, reply, clean).total;
   }
-}
-
-/** The last user turn of a conversation. */
-export function lastUserTurn(prompt: readonly ChatMessage[]): string {
-  for (let i = prompt.length - 1; i >= 0; i--) if (prompt[i]!.role === 'user') return prompt[i]!.content;
-  return '';
 }
 
 /**

@@ -43,7 +43,7 @@
  */
 import type { GPT } from '../model/gpt.ts';
 import type { Tokenizer } from '../model/tokenizer.ts';
-import type { ChatMessage } from '../model/chat-template.ts';
+import { lastUserTurn, type ChatMessage } from '../model/chat-template.ts';
 import type { PreferenceGroup } from './preferences.ts';
 import { replyWords } from '../feedback/reply-words.ts';
 import { encodeExchange } from './rlhf-common.ts';
@@ -165,9 +165,6 @@ function wordSet(text: string): Set<string> {
   return new Set(text.toLowerCase().match(/[\p{L}\p{N}]{3,}/gu) ?? []);
 }
 
-/** The last user turn of `prompt` ('' without one). */
-const lastQuestion = (prompt: readonly ChatMessage[]): string => prompt.findLast((m) => m.role === 'user')?.content ?? '';
-
 /**
  * The document frequencies f_echo weighs words by: of `questions` user turns, how many hold each
  * word. Only words of two or more questions are kept (the most frequent {@link QUESTION_WORDS_KEPT});
@@ -186,7 +183,7 @@ export function questionWords(prompts: Iterable<readonly ChatMessage[]>): Questi
   const seen = new Set<string>();
   const df = new Map<string, number>();
   for (const p of prompts) {
-    const q = lastQuestion(p);
+    const q = lastUserTurn(p);
     const key = JSON.stringify(p);
     if (seen.has(key)) continue;
     seen.add(key);
@@ -212,7 +209,7 @@ export function echoOf(prompt: readonly ChatMessage[], reply: string, words: Que
   const said = wordSet(reply);
   let asked = 0;
   let hit = 0;
-  for (const w of wordSet(lastQuestion(prompt))) {
+  for (const w of wordSet(lastUserTurn(prompt))) {
     const idf = idfOf(words, w);
     asked += idf;
     if (said.has(w)) hit += idf;
