@@ -46,6 +46,11 @@ export interface ChatDeps {
 /** Per-request sampling beyond the WebSocket's `params` (the OpenAI routes' penalties, bias and log-probabilities). */
 export type ExtraSampling = Partial<Pick<GenerateOptions, 'presencePenalty' | 'frequencyPenalty' | 'logitBias' | 'logprobs'>>;
 
+/** The seed of sample `j` (≥ 1) of a reranked reply whose first sample has `seed`: distinct per j, and far from the next reply's `seed + 1`. */
+export function poolSeed(seed: number, j: number): number {
+  return (seed + j * 0x9e3779b1) % 2 ** 31;
+}
+
 /** A prompt ready to decode. */
 export interface Prompt {
   ids: number[];
@@ -292,31 +297,66 @@ export class ChatService {
     for (const m of arms) if (!byModel.has(m)) byModel.set(m, this.prompt(context.map((t) => ({ role: t.role, content: t.content })), opts.maxTokens, m));
     const prompts = arms.map((m) => byModel.get(m)!);
     const { scheduler, metrics } = this.deps;
-    const jobs: Job[] = [];
     const perCandidate = Array.from({ length: n }, (_, i) => ({ ...opts, seed: (opts.seed + i) % Number.MAX_SAFE_INTEGER }));
+    // A reranked arm decodes `reranker.n` samples of the reply together and keeps the best; its
+    // text is sent whole once picked, and the conversation's cached context is left as it was.
+    const pools = arms.map((m) => (m.reranker && m.reranker.n > 1 ? m.reranker.n : 1));
+    const holds = arms.map((m, i) => (pools[i]! > 1 ? m.reranker!.hold() : undefined));
+    const groups: Job[][] = [];
+    const submitted = performance.now();
     try {
       for (let i = 0; i < n; i++) {
-        const reuse = i === 0 && state ? this.deps.sessions.takeKv(state) : undefined;
-        jobs.push(
-          scheduler.submit({
-            promptIds: prompts[i]!.ids,
-            opts: perCandidate[i]!,
-            reuse,
-            keepContext: i === 0 && state !== undefined,
-            source,
-            model: arms[i],
-            onDelta: onDelta && ((t, lp) => onDelta(i, t, lp)),
-          }),
-        );
+        const plain = pools[i] === 1;
+        const group: Job[] = [];
+        for (let j = 0; j < pools[i]!; j++) {
+          const reuse = plain && i === 0 && state ? this.deps.sessions.takeKv(state) : undefined;
+          group.push(
+            scheduler.submit({
+              promptIds: prompts[i]!.ids,
+              opts: j === 0 ? perCandidate[i]! : { ...perCandidate[i]!, seed: poolSeed(perCandidate[i]!.seed, j) },
+              reuse,
+              keepContext: plain && i === 0 && state !== undefined,
+              source,
+              model: arms[i],
+              onDelta: plain && onDelta ? (t, lp) => onDelta(i, t, lp) : undefined,
+            }),
+          );
+        }
+        groups.push(group);
       }
     } catch (err) {
-      jobs.forEach((j) => j.cancel());
+      groups.flat().forEach((j) => j.cancel());
+      holds.forEach((release) => release?.());
       throw err;
     }
+    const jobs = groups.flat();
     metrics.requests.inc({ source }, n);
+    const messages = context.map((t) => ({ role: t.role, content: t.content }));
+    const pick = async (i: number): Promise<{ result: GenerationResult; rerank?: Record<string, unknown> }> => {
+      const rs = await Promise.all(groups[i]!.map((j) => j.result));
+      if (rs.length === 1) return { result: rs[0]! };
+      const reranker = arms[i]!.reranker!;
+      let chosen = 0;
+      let scores: number[] | undefined;
+      let error: string | undefined;
+      if (!rs.some((r) => r.finishReason === 'cancelled')) {
+        try {
+          scores = await reranker.score(rs.map((r) => ({ prompt: messages, reply: r.text, replyIds: r.ids })));
+          chosen = scores.indexOf(Math.max(...scores));
+        } catch (err) {
+          error = (err as Error).message; // the first sample is kept: a failed score never fails the reply
+        }
+      }
+      const elapsed = performance.now() - submitted;
+      const r = { ...rs[chosen]!, ttftMs: rs[chosen]!.ttftMs === undefined ? undefined : elapsed, latencyMs: elapsed };
+      if (r.text && r.finishReason !== 'cancelled') onDelta?.(i, r.text, r.logprobs ?? []);
+      const rerank = { n: rs.length, reward: reranker.version, chosen, sampledTokens: rs.reduce((a, x) => a + x.completionTokens, 0), ...(scores ? { scores: scores.map((x) => Math.round(x * 1e4) / 1e4) } : {}), ...(error ? { error } : {}) };
+      return { result: r, rerank };
+    };
     const done = (async () => {
       try {
-        const results = await Promise.all(jobs.map((j) => j.result));
+        const picked = await Promise.all(groups.map((_, i) => pick(i)));
+        const results = picked.map((p) => p.result);
         const stored: StoredReply[] = [];
         // Stored last to first: a resumed conversation's active branch is the path to its most
         // recent message, and candidate 0 is the one that continues (as on the live socket).
@@ -340,6 +380,7 @@ export class ChatService {
                 source,
                 candidates: n,
                 droppedMessages: prompt.droppedMessages,
+                ...(picked[i]!.rerank ? { rerank: picked[i]!.rerank } : {}),
               },
               seed: o.seed,
               finishReason: r.finishReason,
@@ -364,6 +405,7 @@ export class ChatService {
         }
         throw err;
       } finally {
+        holds.forEach((release) => release?.());
         this.#gauges();
       }
     })();

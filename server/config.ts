@@ -32,6 +32,7 @@ export const ServerConfigSchema = z.object({
   maxTokens: z.number().int().positive().default(256).describe('most tokens one reply may ask for'),
   defaultMaxTokens: z.number().int().positive().default(128).describe('reply length when the request names none'),
   minReplyTokens: z.number().int().positive().default(16).describe('context kept free for the reply when old turns are dropped'),
+  rerankN: z.number().int().min(1).max(16).default(4).describe('best-of-n: a policy the online loop trained answers with the best of this many samples by the reward ensemble it was trained against (1 = off; the SFT model always samples one)'),
   maxN: z.number().int().positive().default(4).describe('most choices (`n`) per OpenAI request'),
   requestsPerMinute: z.number().int().positive().default(120).describe('generation requests per identity per minute'),
   messagesPerSecond: z.number().int().positive().default(50).describe('WebSocket messages (of every type) per identity per second before rate_limited'),

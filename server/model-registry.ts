@@ -39,7 +39,7 @@ import type { FeedbackStore } from '../feedback/open-store.ts';
 import { DEFAULT_SETTINGS, getRegistrySettings, type RegistrySettings } from '../feedback/registry-settings.ts';
 import { ChatError } from './errors.ts';
 import { ModelCache } from './model-cache.ts';
-import { loadServedModel, type ServedModel } from './model-host.ts';
+import { disposeServedModel, loadServedModel, type ServedModel } from './model-host.ts';
 import type { Scheduler } from './scheduler.ts';
 
 export interface ModelRegistryOptions {
@@ -58,6 +58,8 @@ export interface ModelRegistryOptions {
   retryCapMs?: number;
   /** Bytes of weights of the versions loaded on demand (default 1 GiB). */
   modelCacheBytes?: number;
+  /** Best-of-n for versions that name their reward ensemble (default 1: off). */
+  rerankN?: number;
 }
 
 /** What a request's `model` selected: a name (`champion`, `candidate`, `sft` or a version id) and the version it meant. */
@@ -191,7 +193,7 @@ export class ModelRegistry {
     }
     const model = await this.#loadVerified(versionId);
     if (this.#prepared.has(versionId)) {
-      model.gpt.dispose(); // a concurrent prepare won
+      disposeServedModel(model); // a concurrent prepare won
       return this.#prepared.get(versionId)!;
     }
     this.#prepared.set(versionId, model);
@@ -207,13 +209,13 @@ export class ModelRegistry {
     await readFile(join(row.checkpoint, 'model.safetensors')).catch(() => undefined);
     let model: ServedModel;
     try {
-      model = await loadServedModel(row.checkpoint);
+      model = await loadServedModel(row.checkpoint, { rerankN: this.opts.rerankN });
     } catch (err) {
       if (err instanceof CheckpointError) throw new ChatError(err.code === 'kind_mismatch' ? 'not_a_policy' : err.code, err.message, err.code === 'checkpoint_missing' ? 404 : 409);
       throw err;
     }
     if (model.version !== versionId || (row.sha256 !== null && !model.version.endsWith(row.sha256.slice(0, 12)))) {
-      model.gpt.dispose();
+      disposeServedModel(model);
       throw new ChatError('version_mismatch', `the checkpoint at ${row.checkpoint} is ${model.version}, not ${versionId}`, 409);
     }
     // Warm-up: one prefill, so the first real step pays no first-call costs.
@@ -301,7 +303,7 @@ export class ModelRegistry {
         if (this.#candidate === model) this.#candidate = undefined;
         this.opts.scheduler.setModel(model);
         this.#swaps++;
-        this.opts.log(`registry: champion is now ${champion}`);
+        this.opts.log(`registry: champion is now ${champion}${model.reranker ? ` (best of ${model.reranker.n} by ${model.reranker.version})` : ''}`);
         this.opts.onSwap?.(model);
       }
     }
@@ -414,7 +416,7 @@ export class ModelRegistry {
     clearTimeout(this.#retryTimer);
     await this.#refreshing;
     await this.#listener?.end().catch(() => {});
-    for (const m of this.#prepared.values()) m.gpt.dispose();
+    for (const m of this.#prepared.values()) disposeServedModel(m);
     this.#prepared.clear();
     this.#onDemand.clear();
     if (this.#candidate && this.#candidate !== this.champion) this.opts.scheduler.release(this.#candidate);

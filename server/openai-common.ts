@@ -89,7 +89,7 @@ export const REFUSED: Readonly<Record<string, { why: string; accepts?: (v: unkno
   store: { why: 'every chat completion is stored (for feedback); store: false cannot be honoured', accepts: (v) => v == null || v === true },
   metadata: { why: 'stored requests carry no metadata' },
   suffix: { why: 'insertion (text after the completion) is not supported' },
-  best_of: { why: 'server-side best-of is not supported (ask for n choices and pick)', accepts: (v) => v == null || v === 1 },
+  best_of: { why: 'best-of per request is not supported (a version the online loop trained already answers with the best of RERANK_N samples by its reward model; ask for n choices and pick)', accepts: (v) => v == null || v === 1 },
 });
 
 /** Fields a route honours or ignores by design. */

@@ -37,7 +37,7 @@ import { DecodeSequence, finishSamples, planSamples, sampleBatch, type FinishRea
 import { disposeCache, type KVCache } from '../model/gpt.ts';
 import { ChatError } from './errors.ts';
 import type { ServerMetrics } from './metrics.ts';
-import type { ServedModel } from './model-host.ts';
+import { disposeServedModel, type ServedModel } from './model-host.ts';
 import type { CachedContext } from './session-cache.ts';
 import { ServeProfile } from './serve-profile.ts';
 
@@ -204,7 +204,7 @@ export class Scheduler {
     for (const m of this.#retiring) {
       if (m === this.model || this.inUse(m)) continue;
       this.#retiring.delete(m);
-      m.gpt.dispose();
+      disposeServedModel(m);
       this.opts.onDispose?.(m);
     }
   }

@@ -92,7 +92,7 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
   const ready = (async () => {
     const { initBackend } = await import('../model/backend.ts');
     await initBackend({ log });
-    const model = opts.model ?? (await loadServedModel(config.modelDir));
+    const model = opts.model ?? (await loadServedModel(config.modelDir, { rerankN: config.rerankN }));
     store ??= opts.store ?? (await openStore({ url: storeUrl(config.database), dataDir: config.dataDir, schema: config.databaseSchema, log }));
     metrics.watchStore(store);
     scheduler = new Scheduler(model, { maxBatch: config.maxBatch, maxQueue: config.maxQueue, prefillTokensPerStep: config.prefillTokensPerStep, asyncStep: config.asyncStep, retryAfterSeconds: config.retryAfterSeconds, reuse: opts.reuse, metrics });
@@ -102,6 +102,7 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
       listenUrl: storeUrl(config.database) ?? process.env.DATABASE_URL,
       pollMs: config.registryPollMs,
       modelCacheBytes: config.modelCacheBytes,
+      rerankN: config.rerankN,
       log,
       onSwap: (m) => metrics.setModel(m.version),
     });

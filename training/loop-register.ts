@@ -18,7 +18,7 @@ import type { IterationContext } from './loop-run.ts';
 import type { IterationResult, IterationStatus } from './loop-config.ts';
 
 /** Saves, registers and gates the candidate; finishes the run. */
-export async function registerAndGate(ctx: IterationContext, r: { policy: OptimisedPolicy; candidate: PolicyEval; champion: PolicyEval; rewardVersion: string; metrics: Record<string, number> }): Promise<IterationResult> {
+export async function registerAndGate(ctx: IterationContext, r: { policy: OptimisedPolicy; candidate: PolicyEval; champion: PolicyEval; rewardVersion: string; rewardDir: string; metrics: Record<string, number> }): Promise<IterationResult> {
   const { cfg, db, tok, runId, log } = ctx;
   const { candidate: cand, champion: champ, metrics } = r;
   const { stopReason, steps } = r.policy;
@@ -27,7 +27,7 @@ export async function registerAndGate(ctx: IterationContext, r: { policy: Optimi
     ? readCheckpointMeta(polDir)
     : saveCheckpoint(polDir, {
         weights: await r.policy.shipped.exportWeights(),
-        meta: { stage: 'policy', kind: 'policy', config: r.policy.shipped.config, tokenizerFingerprint: tok.fingerprint(), parent: ctx.championDir, step: steps, metrics, runConfig: { ...cfg, runId, reference: cfg.reanchor ? ctx.championDir : cfg.sft, reward: r.rewardVersion, stopReason, dataWindow: ctx.window, push: ctx.push } },
+        meta: { stage: 'policy', kind: 'policy', config: r.policy.shipped.config, tokenizerFingerprint: tok.fingerprint(), parent: ctx.championDir, step: steps, metrics, runConfig: { ...cfg, runId, reference: cfg.reanchor ? ctx.championDir : cfg.sft, reward: r.rewardVersion, rewardDir: r.rewardDir, stopReason, dataWindow: ctx.window, push: ctx.push } },
         tokenizer: tok.toJSON(),
       });
   const policyVersion = await registerCheckpointVersion(db, { dir: polDir, meta: polMeta, stage: 'policy', runId, parentId: ctx.championVersion, metrics, notes: stopReason || undefined });

@@ -29,6 +29,8 @@ import type { IterationResult } from './loop-config.ts';
 export interface PreparedReward {
   proxy: EnsembleRewardSource;
   rewardVersion: string;
+  /** Its checkpoint directory (the served policy's reranker, named in the policy's checkpoint). */
+  rewardDir: string;
   /** The guard's accuracy: the fixed 'eval' split's, or 'val''s while 'eval' has no pair. */
   accuracy: number;
   /** The judgements it was trained on (DPO reads them). */
@@ -111,5 +113,5 @@ export async function prepareReward(ctx: IterationContext, sft: GPT, normPrompts
     });
   }
   const rewardVersion = await registerCheckpointVersion(db, { dir: rmDir, meta, stage: 'reward', runId, parentId: ctx.sftVersion });
-  return { proxy: new EnsembleRewardSource(ensemble, tok, { pessimism: cfg.pessimism, lengthWeight: cfg.rewardLengthWeight, label: rewardVersion }), rewardVersion, accuracy, data };
+  return { proxy: new EnsembleRewardSource(ensemble, tok, { pessimism: cfg.pessimism, lengthWeight: cfg.rewardLengthWeight, label: rewardVersion }), rewardVersion, rewardDir: rmDir, accuracy, data };
 }

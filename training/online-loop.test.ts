@@ -9,6 +9,7 @@ import { ALIAS } from '../feedback/aliases.ts';
 import { OnlineLoopConfig, runOnlineIteration, type IterationResult } from './online-loop.ts';
 import { RuleRewardSource } from './reward-source.ts';
 import { saveToySft, seedArena, seedJudgements } from './loop-fixture.ts';
+import { disposeServedModel, loadServedModel } from '../server/model-host.ts';
 
 let root: string;
 let store: FeedbackStore;
@@ -45,6 +46,11 @@ test('an iteration trains a reward model, optimises from the champion, registers
   const sft = versions.find((v) => v.stage === 'sft')!.id;
   assert.equal(await resolveAlias(store.db, ALIAS.champion), sft, 'a good proxy score never promotes: the champion of an empty registry is SFT, and stays');
   assert.deepEqual(versions.map((v) => v.kind).sort(), ['policy', 'policy', 'reward'], 'SFT, the reward model and the candidate');
+  // The candidate names the reward ensemble it was trained against; a server serves it best of n by that ensemble.
+  const served = await loadServedModel(versions.find((v) => v.id === r.policyVersion)!.checkpoint, { rerankN: 2 });
+  assert.equal(served.reranker?.version, r.rewardVersion);
+  assert.equal(served.reranker?.n, 2);
+  disposeServedModel(served);
   assert.ok(r.metrics.rmAccuracy! >= 0.6);
   const run = await getRun(store.db, r.runId!);
   assert.equal(run?.status, 'succeeded');

@@ -167,7 +167,7 @@ async function trainIteration(started: IterationContext): Promise<IterationResul
       dataJudgements: window.judgements, dataNewJudgements: window.newJudgements,
     });
     await logMetrics(db, runId, policy.steps + 1, metrics);
-    return await registerAndGate(ctx, { policy, candidate: cand, champion: champ, rewardVersion: reward.rewardVersion, metrics });
+    return await registerAndGate(ctx, { policy, candidate: cand, champion: champ, rewardVersion: reward.rewardVersion, rewardDir: reward.rewardDir, metrics });
   } catch (err) {
     await finishRun(db, runId, { status: 'failed', error: (err as Error).message.slice(0, 10_000) }).catch(() => {});
     throw err;
