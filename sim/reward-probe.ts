@@ -8,7 +8,12 @@
  * correlation of its score with reply length. Gold only measures here.
  *
  *   node --import tsx sim/reward-probe.ts [--sessions 1500] [--epochs 1] [--lr 3e-4] [--members 3]
- *       [--covariates length+likelihood] [--fit-only] [--policy checkpoints/sft] [--seed 1]
+ *       [--covariates length+likelihood] [--fit-only] [--policy checkpoints/sft] [--seed 1] [--best-of 1,2,4,8]
+ *
+ * `--best-of` also measures best-of-n with the trained ensemble as the server's reranker does it
+ * (mean − k·std, `--pessimism` k): on each held-out prompt, 8 policy samples are scored and, for
+ * every n listed, the best of n of them is compared by gold with an independent policy sample
+ * (4 pairs a prompt, paired bootstrap over prompts; the length-controlled rate as the story's).
  *
  * `--fit-only` skips the heads: the covariates' Bradley–Terry fit alone, scored the same way.
  */
@@ -25,6 +30,7 @@ import { trainRewardEnsemble, memberScores, spreadOf } from '../training/reward-
 import { replyWords } from '../feedback/reply-words.ts';
 import { COVARIATE_SETS, covariatesOf } from '../training/covariate-sets.ts';
 import { rankingGroup, type PreferenceGroup, type UnpairedExample } from '../training/preferences.ts';
+import type { ArenaOutcome } from '../feedback/arena.ts';
 
 const ProbeConfig = z.object({
   sessions: z.number().int().positive().default(1500).describe("the users' sessions of the round"),
@@ -37,6 +43,8 @@ const ProbeConfig = z.object({
   seed: z.number().int().nonnegative().default(1).describe("seed of the users' draws"),
   heldout: z.number().int().positive().default(256).describe('held-out prompts scored'),
   data: z.string().default('data').describe('dialogues.{train,val}.jsonl; built when missing'),
+  bestOf: z.string().optional().describe('comma-separated n (at most 8): best-of-n by the ensemble against one policy sample, by gold'),
+  pessimism: z.number().nonnegative().default(1).describe("with --best-of: k of the reranker's mean − k·std (the loop's default)"),
 });
 let args: z.infer<typeof ProbeConfig> | undefined;
 await runCommand({ usage: 'node --import tsx sim/reward-probe.ts [options]', schema: ProbeConfig, envPrefix: 'REWARD_PROBE' }, async (cfg) => {
@@ -163,4 +171,43 @@ for (const [k, [ok, n]] of Object.entries(cats)) console.log(`${k.padEnd(34)} ${
 const corr = (x: number[], y: number[]) => { const mx = x.reduce((a, b) => a + b) / x.length, my = y.reduce((a, b) => a + b) / y.length; let sxy = 0, sxx = 0, syy = 0; x.forEach((v, i) => { sxy += (v - mx) * (y[i]! - my); sxx += (v - mx) ** 2; syy += (y[i]! - my) ** 2; }); return sxy / Math.sqrt(sxx * syy); };
 console.log('corr(score, words)', corr(scores, h.map((x) => x.words)).toFixed(3), 'corr(score, format)', corr(scores, h.map((x) => x.b.format)).toFixed(3), 'corr(score, gold)', corr(scores, h.map((x) => x.b.total)).toFixed(3), 'corr(gold, words)', corr(h.map((x) => x.b.total), h.map((x) => x.words)).toFixed(3));
 console.log('policy means', JSON.stringify(Object.fromEntries((['format', 'overlap', 'length', 'clean', 'total'] as const).map((k) => [k, (h.reduce((a, x) => a + x.b[k], 0) / h.length).toFixed(3)]))), 'words', (h.reduce((a, x) => a + x.words, 0) / h.length).toFixed(1));
+if (args.bestOf) await bestOf(args.bestOf.split(',').map(Number), args.pessimism);
 console.log(`total ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+
+/** Best-of-n by the ensemble (as the server reranks) against one policy sample, judged by gold. */
+async function bestOf(ns: number[], pessimism: number): Promise<void> {
+  const { EnsembleRewardSource } = await import('../training/reward-ensemble.ts');
+  const { lengthControlledWinRate } = await import('../feedback/arena.ts');
+  const { pairedBootstrap } = await import('./stats.ts');
+  const N = 8;
+  for (const n of ns) if (!(Number.isInteger(n) && n >= 1 && n <= N)) throw new Error(`--best-of: n must be 1..${N}, got ${n}`);
+  const rs = new EnsembleRewardSource(r.ensemble, tok, { pessimism });
+  const pool = sample(hp.flatMap((p) => Array<DefinitionPrompt>(N).fill(p)), 4242);
+  const single = sample(hp.flatMap((p) => [p, p, p, p]), 5555);
+  const sc = await rs.score(pool.map((x, i) => ({ prompt: conv(hp[Math.floor(i / N)]!), reply: x.text, replyIds: [] })));
+  for (const n of ns) {
+    const outcomes: ArenaOutcome[] = [];
+    const wins: number[] = [];
+    let fA = 0, fB = 0, wA = 0, wB = 0;
+    for (let q = 0; q < hp.length; q++) {
+      let w = 0;
+      for (let k = 0; k < 4; k++) {
+        // Pair k takes n of the prompt's 8 samples (the k-th run of n, wrapping) and keeps the best.
+        let best = -1;
+        for (let j = 0; j < n; j++) {
+          const idx = q * N + ((k * n + j) % N);
+          if (best < 0 || sc[idx]! > sc[best]!) best = idx;
+        }
+        const a = pool[best]!, b = single[q * 4 + k]!;
+        const outcome = a.b.total > b.b.total ? 'win' : a.b.total < b.b.total ? 'loss' : 'tie';
+        w += outcome === 'win' ? 1 : outcome === 'tie' ? 0.5 : 0;
+        outcomes.push({ outcome, lengthDiff: a.words - b.words, raterId: 'gold', createdAt: '' });
+        fA += a.b.format; fB += b.b.format; wA += a.words; wB += b.words;
+      }
+      wins.push(w / 4);
+    }
+    const bt = pairedBootstrap(wins, { seed: 1 });
+    const m = hp.length * 4;
+    console.log(`best of ${n}: gold win rate vs one sample ${bt.mean.toFixed(3)} [${bt.interval.map((x) => x.toFixed(3)).join(', ')}], length-controlled ${lengthControlledWinRate(outcomes).p.toFixed(3)}, format ${(fA / m).toFixed(3)} vs ${(fB / m).toFixed(3)}, words ${(wA / m).toFixed(1)} vs ${(wB / m).toFixed(1)}`);
+  }
+}

@@ -28,9 +28,9 @@ export interface ServerChild {
 }
 
 /** Starts a server and waits for /healthz; `log` gets its last output if it exits. */
-export async function startServerProcess(o: { modelDir: string; databaseUrl: string; name: string; log: (l: string) => void }): Promise<ServerChild> {
+export async function startServerProcess(o: { modelDir: string; databaseUrl: string; name: string; log: (l: string) => void; rerankN?: number }): Promise<ServerChild> {
   const adminToken = randomBytes(24).toString('hex');
-  const args = ['--import', 'tsx', 'server/main.ts', '--port', '0', '--host', '127.0.0.1', '--model-dir', o.modelDir, '--requests-per-minute', '1000000', '--messages-per-second', '100000'];
+  const args = ['--import', 'tsx', 'server/main.ts', '--port', '0', '--host', '127.0.0.1', '--model-dir', o.modelDir, '--requests-per-minute', '1000000', '--messages-per-second', '100000', ...(o.rerankN !== undefined ? ['--rerank-n', String(o.rerankN)] : [])];
   const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, DATABASE_URL: o.databaseUrl, ADMIN_TOKEN: adminToken, LOOP: '', ...SIMULATION_LIMITS } });
   let err = '';
   const reap = (): void => void child.kill('SIGKILL');

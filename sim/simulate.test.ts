@@ -85,7 +85,7 @@ test('figures: the win rate over paired samples, its bootstrap interval, part de
   assert.equal(outcomes(a).length, 16);
   assert.ok(f.length_controlled_win_rate !== null && f.length_controlled_win_rate > 0 && f.length_controlled_win_rate < 1);
   const b = fakeComparison([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]]);
-  const seed = (s: number, c: Comparison): StoryResult => ({ ...comparisonFigures(c, s), seed: s, gold_in_decisions: false, kl_to_sft: s, minutes: 1, champion: 'policy-x', sft: 'sft-y', judgements: 10, eval_prompts: 4, samples_per_prompt: 4, exploitable: false, gold_gate: false, kl_coef: 0.05, rounds: [], champion_moves: [], curve: [], comparison: c });
+  const seed = (s: number, c: Comparison): StoryResult => ({ ...comparisonFigures(c, s), seed: s, gold_in_decisions: false, kl_to_sft: s, minutes: 1, champion: 'policy-x', sft: 'sft-y', judgements: 10, eval_prompts: 4, samples_per_prompt: 4, exploitable: false, gold_gate: false, kl_coef: 0.05, rerank_n: 4, rounds: [], champion_moves: [], curve: [], comparison: c });
   const p = pooled([seed(1, a), seed(2, b)], 1);
   assert.equal(p.seeds, 2);
   assert.equal(p.gold_in_decisions, false);
@@ -111,7 +111,7 @@ test('--seeds N: N stories on seeds s..s+N−1, a line per seed as each finishes
     const fake = async (so: { seed: number; goldGate: boolean }): Promise<StoryResult> => {
       seen.push({ seed: so.seed, goldGate: so.goldGate });
       const c = fakeComparison([[1, 0], [so.seed % 2, 1]]);
-      return { ...comparisonFigures(c, so.seed), seed: so.seed, gold_in_decisions: so.goldGate, kl_to_sft: 1, minutes: 0.5, champion: 'policy-x', sft: 'sft-y', judgements: 1, eval_prompts: 2, samples_per_prompt: 2, exploitable: false, gold_gate: so.goldGate, kl_coef: 0.05, rounds: [], champion_moves: [], curve: [], comparison: c };
+      return { ...comparisonFigures(c, so.seed), seed: so.seed, gold_in_decisions: so.goldGate, kl_to_sft: 1, minutes: 0.5, champion: 'policy-x', sft: 'sft-y', judgements: 1, eval_prompts: 2, samples_per_prompt: 2, exploitable: false, gold_gate: so.goldGate, kl_coef: 0.05, rerank_n: 4, rounds: [], champion_moves: [], curve: [], comparison: c };
     };
     const r = await stories(o, () => {}, (l) => printed.push(l), fake);
     assert.deepEqual(seen, [7, 8, 9].map((seed) => ({ seed, goldGate: true })));
@@ -129,7 +129,7 @@ test('--raw and --pool: seeds run apart (one process each) pool to exactly the p
     await dialoguePrompts(dir, () => {}, { trainDialogues: 200, valDialogues: 80, maxDocsPerSource: 2 });
     const fake = async (so: { seed: number }): Promise<StoryResult> => {
       const c = fakeComparison([[1, 0], [so.seed % 2, 1], [0.5, 0.5]]);
-      return { ...comparisonFigures(c, so.seed), seed: so.seed, gold_in_decisions: false, kl_to_sft: so.seed, minutes: 0.5, champion: 'policy-x', sft: 'sft-y', judgements: 1, eval_prompts: 3, samples_per_prompt: 2, exploitable: false, gold_gate: false, kl_coef: 0.05, rounds: [], champion_moves: [], curve: [], comparison: c };
+      return { ...comparisonFigures(c, so.seed), seed: so.seed, gold_in_decisions: false, kl_to_sft: so.seed, minutes: 0.5, champion: 'policy-x', sft: 'sft-y', judgements: 1, eval_prompts: 3, samples_per_prompt: 2, exploitable: false, gold_gate: false, kl_coef: 0.05, rerank_n: 4, rounds: [], champion_moves: [], curve: [], comparison: c };
     };
     const together = await stories(parseSimArgs(['--json', '--seeds', '3', '--data', dir]) as SimOptions, () => {}, () => {}, fake);
     const files: string[] = [];

@@ -81,6 +81,7 @@ export const SimConfig = z.object({
   rewardCovariates: z.enum(COVARIATE_SETS).optional().describe("the loop's rewardCovariates (default: the loop's)"),
   rewardHeads: z.enum(['on', 'auto']).optional().describe("the loop's rewardHeads (default: the loop's)"),
   rewardLengthWeight: nonNegative().optional().describe("the loop's rewardLengthWeight: weight of λ·words in the optimiser's reward (default: the loop's)"),
+  rerankN: int(1).optional().describe("the servers' best-of-n for loop-trained versions (1 = off; default: the server's)"),
   keep: z.boolean().default(false).describe('keep the temporary stores and checkpoints'),
   raw: z.boolean().default(false).describe("with --json: every seed's line also carries its per-prompt comparison (for --pool)"),
   pool: z.string().optional().describe("comma-separated files of seeds' --raw lines (stories run apart, e.g. one seed per process): print their pooled line; nothing is run"),
@@ -173,6 +174,7 @@ export function pooled(results: readonly StoryResult[], firstSeed: number): Reco
     exploitable: results[0]?.exploitable ?? false,
     gold_gate: results[0]?.gold_gate ?? false,
     kl_coef: results[0]?.kl_coef ?? null,
+    rerank_n: results[0]?.rerank_n ?? null,
     per_seed: results.map(printable),
   };
 }

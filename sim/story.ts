@@ -27,6 +27,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { GoldRewardSource, GoldRubric, NoisyJudge, Rng, type DefinitionPrompt } from './gold-rubric.ts';
 import { runPopulation, type SessionResult } from './sim-users.ts';
+import { defaultServerConfig } from '../server/config.ts';
 import { awaitServed, awaitServing, servedVersion, setArenaShare, startServerProcess } from './server-process.ts';
 import { compareServers, type Comparison } from './compare.ts';
 import { bayesCeiling, heldOutPairs, mean, round3 } from './stats.ts';
@@ -62,6 +63,8 @@ export interface StoryOptions {
   algorithm: 'ppo' | 'rloo' | 'dpo';
   sft: string;
   keep: boolean;
+  /** The servers' best-of-n for loop-trained versions (`--rerank-n`; undefined: the server's default). */
+  rerankN?: number;
   /** Loop config keys set as given (a preset's or a test's), after the story's own. */
   loop?: Record<string, unknown>;
 }
@@ -140,6 +143,8 @@ export interface StoryResult extends ComparisonFigures {
   exploitable: boolean;
   gold_gate: boolean;
   kl_coef: number;
+  /** The servers' best-of-n for loop-trained versions (1 = each reply is one sample). */
+  rerank_n: number;
   rounds: RoundReport[];
   /** Every move of the champion alias after the server first set it (start-up), from the promotion log. */
   champion_moves: ChampionMove[];
@@ -277,7 +282,7 @@ export async function story(o: StoryOptions, prompts: { train: DefinitionPrompt[
   const tok = Tokenizer.fromJSON(sftCk.tokenizer);
   const gold = new GoldRewardSource(honest, tok.specialId('<|end|>'));
 
-  const server = await startServerProcess({ modelDir: sftDir, databaseUrl: dbUrl, name: 'champion', log });
+  const server = await startServerProcess({ modelDir: sftDir, databaseUrl: dbUrl, name: 'champion', log, rerankN: o.rerankN });
   const store = await openStore({ url: dbUrl });
   const rounds: RoundReport[] = [];
   const curve: CurvePoint[] = [];
@@ -374,6 +379,7 @@ export async function story(o: StoryOptions, prompts: { train: DefinitionPrompt[
       exploitable: o.exploitable,
       gold_gate: o.goldGate,
       kl_coef: o.klCoef,
+      rerank_n: o.rerankN ?? defaultServerConfig().rerankN,
       rounds,
       champion_moves: championMoves,
       curve,
