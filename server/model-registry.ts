@@ -88,10 +88,14 @@ export interface RegistryState {
   /** The version `champion` points at while it cannot be loaded: tries so far and when the next one is due. */
   pendingLoad?: { versionId: string; code: string; message: string; attempts: number; nextRetryAt: string };
   swaps: number;
+  /** Best-of-n of the served versions that have it: the samples per reply and the reward version that picks (see `model-host.ts`). */
+  rerank?: { champion?: { n: number; reward: string }; candidate?: { n: number; reward: string } };
 }
 
 /** Policy aliases: only policy versions may be pointed at by them. */
 export const POLICY_ALIASES: readonly string[] = ['champion', 'candidate', 'sft'];
+
+const rerankOf = (alias: 'champion' | 'candidate', m: ServedModel | undefined) => (m?.reranker ? { [alias]: { n: m.reranker.n, reward: m.reranker.version } } : {});
 
 export class ModelRegistry {
   #candidate: ServedModel | undefined;
@@ -169,6 +173,7 @@ export class ModelRegistry {
       lastError: this.#lastError,
       ...(this.#pendingLoad() ? { pendingLoad: this.#pendingLoad() } : {}),
       swaps: this.#swaps,
+      ...(this.champion.reranker || this.#candidate?.reranker ? { rerank: { ...rerankOf('champion', this.champion), ...rerankOf('candidate', this.#candidate) } } : {}),
     };
   }
 

@@ -46,7 +46,7 @@ before(async () => {
   const dir = join(mkdtempSync(join(tmpdir(), 'rerank-')), 'policy-2');
   cpSync(sft, dir, { recursive: true });
   const model: ServedModel = { ...(await loadServedModel(dir)), reranker: fake };
-  srv = await startTestServer({ heartbeatMs: 60_000 }, { model });
+  srv = await startTestServer({ heartbeatMs: 60_000, adminToken: 'test-admin-token' }, { model });
 });
 after(async () => srv.close());
 
@@ -141,4 +141,11 @@ test('OpenAI choices are each the best of their own n samples', async () => {
   for (const [i, items] of rounds.entries()) assert.equal(items.length, 4, `choice ${i}: four samples`);
   const picks = rounds.map((items) => items.map((it) => new Set(it.reply).size + it.reply.length / 1000)).map((s, i) => rounds[i]![s.indexOf(Math.max(...s))]!.reply);
   assert.deepEqual(body.choices.map((c) => c.message.content).sort(), [...picks].sort());
+});
+
+test('the admin view says which served versions answer best of n, and by which reward', async () => {
+  const r = await fetch(`${srv.url}/admin/versions`, { headers: { authorization: 'Bearer test-admin-token' } });
+  assert.equal(r.status, 200, await r.clone().text());
+  const body = (await r.json()) as { serving: { rerank?: unknown } };
+  assert.deepEqual(body.serving.rerank, { champion: { n: 4, reward: 'reward-fake' } });
 });

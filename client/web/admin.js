@@ -133,7 +133,9 @@ async function refresh() {
   $('serving').replaceChildren(
     el('p', { 'data-testid': 'serving' }, [
       `champion ${short(serving.champion)}`,
+      serving.rerank?.champion ? ` (best of ${serving.rerank.champion.n} by ${short(serving.rerank.champion.reward)})` : '',
       serving.candidate ? ` · candidate ${serving.candidate}` : '',
+      serving.rerank?.candidate ? ` (best of ${serving.rerank.candidate.n} by ${short(serving.rerank.candidate.reward)})` : '',
       ` · canary ${canary.share}`,
       ` · arena ${arena.share}`,
       ` · loop ${loop.loopPaused ? 'paused' : 'running'}`,
