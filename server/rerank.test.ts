@@ -28,11 +28,16 @@ function loopPolicy(runConfig: Record<string, unknown>): string {
 let srv: TestServer;
 const seen: RewardItem[][] = [];
 let holds = 0;
+let failNext = false;
 // A reranker that prefers the reply with the most distinct characters, and records what it scored.
 const fake: Reranker = {
   n: 4,
   version: 'reward-fake',
   score: async (items) => {
+    if (failNext) {
+      failNext = false;
+      throw new Error('reward_not_finite: score 2 is NaN');
+    }
     seen.push([...items]);
     return items.map((it) => new Set(it.reply).size + it.reply.length / 1000);
   },
@@ -141,6 +146,20 @@ test('OpenAI choices are each the best of their own n samples', async () => {
   for (const [i, items] of rounds.entries()) assert.equal(items.length, 4, `choice ${i}: four samples`);
   const picks = rounds.map((items) => items.map((it) => new Set(it.reply).size + it.reply.length / 1000)).map((s, i) => rounds[i]![s.indexOf(Math.max(...s))]!.reply);
   assert.deepEqual(body.choices.map((c) => c.message.content).sort(), [...picks].sort());
+});
+
+test('a reranker that fails to score does not fail the reply: the first sample is kept and the failure recorded', async () => {
+  const c = await TestClient.connect(srv.wsUrl);
+  const conv = (await c.request({ type: 'start' }, (m) => m.type === 'conversation')).conversationId as string;
+  failNext = true;
+  const reply = await c.request({ type: 'user_message', requestId: 'f1', conversationId: conv, content: 'what does lucid mean?', params: { maxTokens: 8, seed: 9 } }, (m) => (m.type === 'reply' || m.type === 'error') && m.requestId === 'f1');
+  assert.equal(reply.type, 'reply', JSON.stringify(reply));
+  const params = JSON.parse((await getGeneration(srv.chat()!.deps.store.db, String(reply.messageId)))!.params_json);
+  assert.equal(params.rerank.chosen, 0);
+  assert.match(params.rerank.error, /reward_not_finite/);
+  assert.equal(params.rerank.scores, undefined);
+  assert.equal(holds, 0);
+  c.close();
 });
 
 test('the admin view says which served versions answer best of n, and by which reward', async () => {
