@@ -19,9 +19,9 @@ export interface ModelCacheOptions {
   release: (model: ServedModel) => void;
 }
 
-/** Bytes of a model's weights (float32). */
+/** Bytes of a model's weights (float32), its reranker's included. */
 export function modelBytes(model: ServedModel): number {
-  return model.gpt.numParams * 4;
+  return model.gpt.numParams * 4 + (model.reranker?.bytes ?? 0);
 }
 
 export class ModelCache {

@@ -22,6 +22,8 @@ export interface Reranker {
   readonly n: number;
   /** The reward version scoring them (`reward-…`). */
   readonly version: string;
+  /** Bytes of its weights (the ensemble's members and the reference), float32. */
+  readonly bytes: number;
   score(items: readonly RewardItem[]): Promise<number[]>;
   /** Keeps the weights alive until the returned release is called (a reply holds them from submission to its pick). */
   hold(): () => void;
@@ -105,6 +107,7 @@ function loadReranker(dir: string, runConfig: Record<string, unknown>, tok: Toke
     return Object.freeze({
       n,
       version,
+      bytes: 4 * (ensemble.members.reduce((a, m) => a + m.numParams, 0) + (reference?.numParams ?? 0)),
       score: (items: readonly RewardItem[]) => {
         if (freed) throw new Error(`reranker ${version} was disposed`);
         return source.score(items);

@@ -10,6 +10,7 @@ import { getGeneration } from '../feedback/generations.ts';
 import { EnsembleRewardSource, loadRewardEnsemble, rewardEnsemble, saveRewardEnsemble } from '../training/reward-ensemble.ts';
 import type { RewardItem } from '../training/reward-source.ts';
 import { poolSeed } from './chat-service.ts';
+import { modelBytes } from './model-cache.ts';
 import { loadServedModel, type Reranker, type ServedModel } from './model-host.ts';
 import { makeTinyCheckpoint, startTestServer, TestClient, type TestServer } from './test-support.ts';
 
@@ -33,6 +34,7 @@ let failNext = false;
 const fake: Reranker = {
   n: 4,
   version: 'reward-fake',
+  bytes: 0,
   score: async (items) => {
     if (failNext) {
       failNext = false;
@@ -79,6 +81,7 @@ test('a policy that names its reward ensemble loads it as a reranker only when b
   const m = await loadServedModel(dir, { rerankN: 3 });
   assert.equal(m.reranker?.n, 3);
   assert.equal(m.reranker?.version, 'reward-1-abc');
+  assert.equal(modelBytes(m), 3 * 4 * m.gpt.numParams, 'the cache counts the policy and its two reward members (same shape)');
   const items: RewardItem[] = ['clear', 'the cat sat on the mat'].map((reply) => ({ prompt: [{ role: 'user', content: 'what does lucid mean?' }], reply, replyIds: tok.encode(reply) }));
   const scores = await m.reranker!.score(items);
   const direct = await new EnsembleRewardSource(loadRewardEnsemble(rmDir, tok).ensemble, tok, { pessimism: 1 }).score(items);
