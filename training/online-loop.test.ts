@@ -37,7 +37,7 @@ const cfg = (extra: Record<string, unknown>) =>
 
 test('an iteration trains a reward model, optimises from the champion, registers both and offers the candidate to the arena without moving the champion; then waits for new feedback', async () => {
   const c = cfg({ rewardCovariates: OnlineLoopConfig.shape.rewardCovariates.parse(undefined) });
-  assert.equal(c.rewardCovariates, 'length+likelihood');
+  assert.equal(c.rewardCovariates, 'length+likelihood+echo');
   const r = await runOnlineIteration(store, c, { log: () => {} });
   assert.equal(r.status, 'offered', r.reason);
   assert.match(r.reason, /offered to the users' arena .*the users' head-to-head judgements decide/);
@@ -55,7 +55,7 @@ test('an iteration trains a reward model, optimises from the champion, registers
   const run = await getRun(store.db, r.runId!);
   assert.equal(run?.status, 'succeeded');
   const names = new Set((await getMetrics(store.db, r.runId!)).map((m) => m.name));
-  for (const n of ['rm_heldout_accuracy', 'rm_covariate_length', 'rm_covariate_likelihood', 'score', 'kl', 'clip_frac', 'value_loss', 'entropy', 'reply_length', 'eval_proxy', 'final_kl_coef']) assert.ok(names.has(n), `run metric ${n}`);
+  for (const n of ['rm_heldout_accuracy', 'rm_covariate_length', 'rm_covariate_likelihood', 'rm_covariate_echo', 'score', 'kl', 'clip_frac', 'value_loss', 'entropy', 'reply_length', 'eval_proxy', 'final_kl_coef']) assert.ok(names.has(n), `run metric ${n}`);
   assert.ok(!names.has('eval_gold'), 'no gold, no gold curve');
   const judging = await runOnlineIteration(store, { ...c, minNewJudgements: 0 }, { log: () => {} });
   assert.equal(judging.status, 'arena', 'while the candidate is before the users the loop collects their judgements');
