@@ -17,6 +17,7 @@ import { disposeCache } from '../model/gpt.ts';
 import { addMessage, createConversation, getConversation, getThread, listMessages } from '../feedback/conversations.ts';
 import { addAssistantReply } from '../feedback/generations.ts';
 import { inTransaction } from '../feedback/transaction.ts';
+import { storableText } from '../feedback/text-plugin.ts';
 import type { ClientJudgement } from '../feedback/judgement-input.ts';
 import type { JudgementResult } from '../feedback/judgements.ts';
 import type { FeedbackStore } from '../feedback/open-store.ts';
@@ -318,7 +319,7 @@ export class ChatService {
               keepContext: plain && i === 0 && state !== undefined,
               source,
               model: arms[i],
-              onDelta: plain && onDelta ? (t, lp) => onDelta(i, t, lp) : undefined,
+              onDelta: plain && onDelta ? (t, lp) => onDelta(i, storableText(t), lp) : undefined,
             }),
           );
         }
@@ -334,7 +335,7 @@ export class ChatService {
     const messages = context.map((t) => ({ role: t.role, content: t.content }));
     const pick = async (i: number): Promise<{ result: GenerationResult; rerank?: Record<string, unknown> }> => {
       const rs = await Promise.all(groups[i]!.map((j) => j.result));
-      if (rs.length === 1) return { result: rs[0]! };
+      if (rs.length === 1) return { result: { ...rs[0]!, text: storableText(rs[0]!.text) } };
       const reranker = arms[i]!.reranker!;
       let chosen = 0;
       let scores: number[] | undefined;
@@ -348,7 +349,7 @@ export class ChatService {
         }
       }
       const elapsed = performance.now() - submitted;
-      const r = { ...rs[chosen]!, ttftMs: rs[chosen]!.ttftMs === undefined ? undefined : elapsed, latencyMs: elapsed };
+      const r = { ...rs[chosen]!, text: storableText(rs[chosen]!.text), ttftMs: rs[chosen]!.ttftMs === undefined ? undefined : elapsed, latencyMs: elapsed };
       if (r.text && r.finishReason !== 'cancelled') onDelta?.(i, r.text, r.logprobs ?? []);
       const rerank = { n: rs.length, reward: reranker.version, chosen, sampledTokens: rs.reduce((a, x) => a + x.completionTokens, 0), ...(scores ? { scores: scores.map((x) => Math.round(x * 1e4) / 1e4) } : {}), ...(error ? { error } : {}) };
       return { result: r, rerank };

@@ -144,3 +144,16 @@ test('when the queue is full a request gets 429 "overloaded" with Retry-After', 
     await tight.close();
   }
 });
+
+test('a sampled NUL reaches the client as U+FFFD, as it is stored: what was streamed is what the store holds', async () => {
+  const nul = srv.model.tok.encode('\u0000');
+  assert.equal(nul.length, 1, 'the byte-level tokenizer has a token for NUL');
+  const r = await post({ model: 'x', messages: user('hello'), max_tokens: 3, temperature: 0, stream: true, logit_bias: { [nul[0]!]: 100 } });
+  assert.equal(r.status, 200);
+  const chunks = sse(await r.text()).filter((e) => e !== '[DONE]').map((e) => JSON.parse(e) as { choices: { delta: { content?: string }; message_id?: string }[] });
+  const text = chunks.map((c) => c.choices[0]?.delta.content ?? '').join('');
+  assert.ok(text.includes('\uFFFD') && !text.includes('\u0000'), JSON.stringify(text));
+  const id = chunks.map((c) => c.choices[0]?.message_id).find(Boolean)!;
+  const stored = await srv.chat()!.deps.store.db.selectFrom('messages').select('content').where('id', '=', id).executeTakeFirstOrThrow();
+  assert.equal(stored.content, text);
+});
