@@ -10,7 +10,7 @@
  *       `LOOP=1` runs it, the users' judgements its only signal and their blind head-to-head
  *       judgements its promotion gate; gold is measured for the report only. One JSON line per
  *       seed as it finishes, then the LAST line pools them:
- *       {seeds, gold_in_decisions, gold_win_rate_vs_sft, gold_win_rate_ci95, length_controlled_win_rate,
+ *       {seeds, gold_in_decisions, gold_win_rate_vs_sft, gold_win_rate_ci95, length_controlled_win_rate, length_controlled_ci95,
  *        parts_delta, kl_to_sft, minutes, per_seed: [{…the same fields, rounds, curve…}]}
  *
  *   --preset over-optimisation   few judgements, long PPO with a weak leash: the proxy rises, the
@@ -166,6 +166,7 @@ export function pooled(results: readonly StoryResult[], firstSeed: number): Reco
     gold_win_rate_vs_sft: figures.gold_win_rate_vs_sft,
     gold_win_rate_ci95: figures.gold_win_rate_ci95,
     length_controlled_win_rate: figures.length_controlled_win_rate,
+    length_controlled_ci95: figures.length_controlled_ci95,
     parts_delta: figures.parts_delta,
     kl_to_sft: round3(mean(results.map((r) => r.kl_to_sft ?? NaN))),
     minutes: round3(results.reduce((a, r) => a + (r.minutes ?? 0), 0)),

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { NoisyJudge, Rng } from './gold-rubric.ts';
-import { bayesCeiling, heldOutPairs, pairedBootstrap, promptWin } from './stats.ts';
+import { bayesCeiling, clusterBootstrap, heldOutPairs, pairedBootstrap, promptWin } from './stats.ts';
 import type { SessionResult } from './sim-users.ts';
 
 const bernoulli = (n: number, p: number, seed: number): number[] => {
@@ -20,6 +20,23 @@ test('the bootstrap interval contains the point estimate, is seeded, and narrows
   assert.deepEqual(pairedBootstrap(bernoulli(50, 0.7, 1), { seed: 3 }), small, 'same seed, same interval');
   assert.deepEqual(pairedBootstrap([0.5, 0.5, 0.5]).interval, [0.5, 0.5]);
   assert.equal(pairedBootstrap([]).units, 0);
+});
+
+test('the cluster bootstrap keeps a prompt\'s samples together: copies of one draw widen its interval, independent draws do not', () => {
+  const mean = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  const draws = bernoulli(200, 0.6, 5);
+  // Four identical samples per prompt carry one draw's information; four independent draws carry four.
+  const copies = draws.map((x) => [x, x, x, x]);
+  const independent = Array.from({ length: 200 }, (_, i) => bernoulli(4, 0.6, 100 + i));
+  const w = (iv: [number, number]) => iv[1] - iv[0];
+  const wc = w(clusterBootstrap(copies, mean, { seed: 2 }));
+  const wi = w(clusterBootstrap(independent, mean, { seed: 2 }));
+  assert.ok(Math.abs(wc - 2 * 1.96 * Math.sqrt(0.24 / 200)) < 0.03, `copies: the width of 200 draws, ≈ 0.136; got ${wc}`);
+  assert.ok(wi < wc * 0.65, `independent samples narrow it by about half: ${wc} → ${wi}`);
+  const iv = clusterBootstrap(copies, mean, { seed: 2 });
+  assert.ok(iv[0] <= mean(draws) && mean(draws) <= iv[1]);
+  assert.deepEqual(clusterBootstrap(copies, mean, { seed: 2 }), iv, 'seeded');
+  assert.deepEqual(clusterBootstrap([], mean), [NaN, NaN]);
 });
 
 test('a prompt\'s win pairs samples by seed; ties count one half', () => {

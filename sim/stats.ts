@@ -36,6 +36,28 @@ export function pairedBootstrap(perUnit: readonly number[], o: { resamples?: num
   return { mean: perUnit.reduce((a, b) => a + b, 0) / n, interval: [q(alpha / 2), q(1 - alpha / 2)], units: n };
 }
 
+/**
+ * Percentile-bootstrap (1 − alpha) interval of `stat` over clustered data: each resample draws
+ * clusters (prompts) with replacement and evaluates `stat` on their items together, so the
+ * samples of one prompt stay together as in {@link pairedBootstrap}.
+ */
+export function clusterBootstrap<T>(clusters: readonly (readonly T[])[], stat: (items: readonly T[]) => number, o: { resamples?: number; seed?: number; alpha?: number } = {}): [number, number] {
+  const n = clusters.length;
+  if (!n) return [NaN, NaN];
+  const resamples = Math.max(200, o.resamples ?? 1000);
+  const alpha = o.alpha ?? 0.05;
+  const rng = new Rng(o.seed ?? 1);
+  const values = new Float64Array(resamples);
+  for (let r = 0; r < resamples; r++) {
+    const items: T[] = [];
+    for (let i = 0; i < n; i++) for (const x of clusters[rng.int(n)]!) items.push(x);
+    values[r] = stat(items);
+  }
+  values.sort();
+  const q = (p: number): number => values[Math.min(resamples - 1, Math.max(0, Math.round(p * (resamples - 1))))]!;
+  return [q(alpha / 2), q(1 - alpha / 2)];
+}
+
 /** One prompt's win for side A from paired gold scores (same seeds): the mean of 1 / ½ / 0 over its samples. */
 export function promptWin(a: readonly number[], b: readonly number[]): number {
   if (a.length !== b.length || !a.length) throw new Error(`promptWin: paired samples expected, got ${a.length} and ${b.length}`);

@@ -359,7 +359,7 @@ export async function story(o: StoryOptions, prompts: { train: DefinitionPrompt[
       await sftVersion.server.stop();
     }
     const figures = comparisonFigures(cmp, o.seed);
-    log(`seed ${o.seed}: champion ${cmp.versionA} vs SFT ${cmp.versionB} on ${evalSet.length} held-out prompts × ${o.samplesPerPrompt}: gold win rate ${figures.gold_win_rate_vs_sft} ${JSON.stringify(figures.gold_win_rate_ci95)}, length-controlled ${figures.length_controlled_win_rate}`);
+    log(`seed ${o.seed}: champion ${cmp.versionA} vs SFT ${cmp.versionB} on ${evalSet.length} held-out prompts × ${o.samplesPerPrompt}: gold win rate ${figures.gold_win_rate_vs_sft} ${JSON.stringify(figures.gold_win_rate_ci95)}, length-controlled ${figures.length_controlled_win_rate} ${JSON.stringify(figures.length_controlled_ci95)}`);
     const championRow = await getModelVersion(store.db, champion);
     const kl = championRow && champion !== sftVersion.version ? await klToSft(championRow.checkpoint, sftDir, evalSet, o.seed, params) : 0;
     const decisions = rounds.flatMap((r) => r.decisions);
