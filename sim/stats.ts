@@ -22,18 +22,9 @@ import type { SessionResult } from './sim-users.ts';
 export function pairedBootstrap(perUnit: readonly number[], o: { resamples?: number; seed?: number; alpha?: number } = {}): { mean: number; interval: [number, number]; units: number } {
   const n = perUnit.length;
   if (!n) return { mean: NaN, interval: [NaN, NaN], units: 0 };
-  const resamples = Math.max(1000, o.resamples ?? 2000);
-  const alpha = o.alpha ?? 0.05;
-  const rng = new Rng(o.seed ?? 1);
-  const means = new Float64Array(resamples);
-  for (let r = 0; r < resamples; r++) {
-    let s = 0;
-    for (let i = 0; i < n; i++) s += perUnit[rng.int(n)]!;
-    means[r] = s / n;
-  }
-  means.sort();
-  const q = (p: number): number => means[Math.min(resamples - 1, Math.max(0, Math.round(p * (resamples - 1))))]!;
-  return { mean: perUnit.reduce((a, b) => a + b, 0) / n, interval: [q(alpha / 2), q(1 - alpha / 2)], units: n };
+  const sum = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0);
+  const interval = clusterBootstrap(perUnit.map((x) => [x]), (xs) => sum(xs) / xs.length, { ...o, resamples: Math.max(1000, o.resamples ?? 2000) });
+  return { mean: sum(perUnit) / n, interval, units: n };
 }
 
 /**
