@@ -294,8 +294,9 @@ export class ChatService {
     // the version is known before the first token and a swap meanwhile does not change it.
     const model = this.deps.registry?.modelFor(conversationId) ?? this.deps.scheduler.model;
     const arms = models ?? Array.from({ length: n }, () => model);
+    const messages = context.map((t) => ({ role: t.role, content: t.content }));
     const byModel = new Map<ServedModel, Prompt>();
-    for (const m of arms) if (!byModel.has(m)) byModel.set(m, this.prompt(context.map((t) => ({ role: t.role, content: t.content })), opts.maxTokens, m));
+    for (const m of arms) if (!byModel.has(m)) byModel.set(m, this.prompt(messages, opts.maxTokens, m));
     const prompts = arms.map((m) => byModel.get(m)!);
     const { scheduler, metrics } = this.deps;
     const perCandidate = Array.from({ length: n }, (_, i) => ({ ...opts, seed: (opts.seed + i) % Number.MAX_SAFE_INTEGER }));
@@ -332,7 +333,6 @@ export class ChatService {
     }
     const jobs = groups.flat();
     metrics.requests.inc({ source }, n);
-    const messages = context.map((t) => ({ role: t.role, content: t.content }));
     const pick = async (i: number): Promise<{ result: GenerationResult; rerank?: Record<string, unknown> }> => {
       const rs = await Promise.all(groups[i]!.map((j) => j.result));
       if (rs.length === 1) return { result: { ...rs[0]!, text: storableText(rs[0]!.text) } };

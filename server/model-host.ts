@@ -13,7 +13,8 @@ import { resolve } from 'node:path';
 import { GPT } from '../model/gpt.ts';
 import { Tokenizer } from '../model/tokenizer.ts';
 import { CheckpointError, loadCheckpoint, readCheckpointMeta, versionId } from '../model/checkpoint.ts';
-import { EnsembleRewardSource, loadRewardEnsemble } from '../training/reward-ensemble.ts';
+import { EnsembleRewardSource, loadRewardEnsemble, savedCovariates } from '../training/reward-ensemble.ts';
+import { needsReference } from '../training/reward-covariates.ts';
 import type { RewardItem } from '../training/reward-source.ts';
 
 /** Best-of-n reranking of a served policy's replies by the reward ensemble it was trained against. */
@@ -71,7 +72,7 @@ export async function loadServedModel(dir: string, o: ServeOptions = {}): Promis
   await tick();
   let reranker: Reranker | undefined;
   try {
-    reranker = (o.rerankN ?? 1) > 1 ? loadReranker(dir, ck.meta.runConfig, tok, o.rerankN!) : undefined;
+    reranker = (o.rerankN ?? 1) > 1 ? await loadReranker(dir, ck.meta.runConfig, tok, o.rerankN!, tick) : undefined;
   } catch (err) {
     gpt.dispose();
     throw err;
@@ -79,16 +80,20 @@ export async function loadServedModel(dir: string, o: ServeOptions = {}): Promis
   return Object.freeze({ gpt, tok, version: versionId(dir, ck.meta.sha256), dir: resolve(dir), createdAt: Math.floor(Date.parse(ck.meta.createdAt) / 1000) || 0, ...(reranker ? { reranker } : {}) });
 }
 
-/** The reranker a policy's run config names, or undefined when it names none. */
-function loadReranker(dir: string, runConfig: Record<string, unknown>, tok: Tokenizer, n: number): Reranker | undefined {
+/**
+ * The reranker a policy's run config names, or undefined when it names none. The SFT reference
+ * is loaded only when the ensemble's covariates read it; `tick` yields between the loads.
+ */
+async function loadReranker(dir: string, runConfig: Record<string, unknown>, tok: Tokenizer, n: number, tick: () => Promise<void>): Promise<Reranker | undefined> {
   const rewardDir = runConfig.rewardDir;
   if (rewardDir === undefined) return undefined;
   if (typeof rewardDir !== 'string' || !rewardDir) throw new CheckpointError('checkpoint_corrupt', `${dir}: runConfig.rewardDir must be a directory`);
   const rewardMeta = readCheckpointMeta(rewardDir);
   let reference: GPT | undefined;
-  if (rewardMeta.parent) {
+  if (rewardMeta.parent && needsReference(savedCovariates(rewardMeta))) {
     const ref = loadCheckpoint(rewardMeta.parent, { kind: 'policy', tokenizerFingerprint: tok.fingerprint() });
     reference = GPT.fromWeights(ref.meta.config, 'policy', ref.weights);
+    await tick();
   }
   try {
     const { ensemble } = loadRewardEnsemble(rewardDir, tok, reference);

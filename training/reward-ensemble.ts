@@ -481,13 +481,18 @@ export function saveRewardEnsemble(dir: string, e: RewardEnsemble, meta: Ensembl
   });
 }
 
+/** The covariate weights λ a saved ensemble's meta carries (`covariate_<name>` metrics). */
+export function savedCovariates(meta: Pick<CheckpointMeta, 'metrics'>): CovariateCoefs {
+  return Object.fromEntries(COVARIATES.flatMap((k) => (meta.metrics[`covariate_${k}`] ? [[k, meta.metrics[`covariate_${k}`]!]] : [])));
+}
+
 /**
  * Loads an ensemble saved by {@link saveRewardEnsemble} (or a single reward checkpoint as K = 1);
  * one with a likelihood or relevance covariate needs its `reference` policy (SFT).
  */
 export function loadRewardEnsemble(dir: string, tok: Tokenizer, reference?: GPT): { ensemble: RewardEnsemble; meta: CheckpointMeta } {
   const ck = loadCheckpoint(dir, { kind: 'reward', tokenizerFingerprint: tok.fingerprint() });
-  const covariates: CovariateCoefs = Object.fromEntries(COVARIATES.flatMap((k) => (ck.meta.metrics[`covariate_${k}`] ? [[k, ck.meta.metrics[`covariate_${k}`]!]] : [])));
+  const covariates = savedCovariates(ck.meta);
   if (needsReference(covariates) && !reference) throw new CheckpointError('checkpoint_corrupt', `${dir}: this reward ensemble scores the reference likelihood; load it with the reference policy`);
   const ref = needsReference(covariates) ? reference : undefined;
   const saved = (ck.meta.runConfig as Record<string, unknown> | undefined)?.questionWords;
