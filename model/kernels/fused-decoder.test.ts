@@ -107,8 +107,9 @@ test('native caches report their bytes, free them on dispose, and reject misuse 
   gpt.dispose();
 });
 
-test('wide batches (6 and 20 sequences), a long prompt and a vocabulary off the tile size decode like the full forward pass', () => {
-  const wide = { ...cfg, vocabSize: 70 };
+// The second shape's widths (48, 144, 192 floats) leave an odd number of vectors to each of
+// the pool's column slices, so the kernel's narrower remainder tiles run too.
+for (const wide of [{ ...cfg, vocabSize: 70 }, { ...cfg, nEmbd: 48, vocabSize: 70 }]) test(`wide batches (6, 16 and 20 sequences), a long prompt and a vocabulary off the tile size decode like the full forward pass (width ${wide.nEmbd})`, () => {
   const gpt = GPT.create(wide, 'policy', 4);
   const full = (ids: number[]) =>
     (tf.tidy(() => gpt.forward(tf.tensor2d([ids], [1, ids.length], 'int32'))).dataSync() as Float32Array).slice((ids.length - 1) * wide.vocabSize);
@@ -116,7 +117,7 @@ test('wide batches (6 and 20 sequences), a long prompt and a vocabulary off the 
   const { cache, logits } = gpt.prefill(long, { path: 'native' });
   assert.ok(maxAbsDiff(logits, full(long)) < 1e-4, 'prompt longer than the unpacked GEMM handles');
   disposeCache(cache);
-  for (const n of [6, 20]) {
+  for (const n of [6, 16, 20]) {
     const seqs = Array.from({ length: n }, (_, i) => Array.from({ length: 1 + (i % 5) }, (_, j) => (i * 3 + j) % 70));
     const caches = seqs.map((s) => gpt.prefill(s, { path: 'native' }).cache);
     const tokens = seqs.map((_, i) => (i * 11) % 70);

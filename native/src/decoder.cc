@@ -60,7 +60,7 @@ namespace {
 
 constexpr float kLnEps = 1e-5f;
 // Multiply-adds of attention in one layer above which heads are split over the pool.
-constexpr double kParallelAttention = 1.0e6;
+constexpr double kParallelAttention = 3.0e4;
 
 struct Scratch {
   std::vector<float> x, a, qkv, y, tmp, fc, last;
@@ -89,8 +89,25 @@ void layer_norm(const float* x, const float* g, const float* b, float* out, int 
 
 // Rows up to this many use the unpacked kernel below; more go to sgemm (prefill).
 constexpr int kFewRows = 32;
-// Multiply-adds above which the unpacked kernel splits its columns over the pool.
-constexpr double kParallelMacs = 1.5e6;
+// A tile's accumulators, its weight vectors and one broadcast must fit in the vector registers
+// (32 with AVX-512, 16 with AVX/AVX2 and SSE), or the compiler spills them to the stack inside
+// the innermost loop: 6 rows x 4 vectors with AVX-512, 6 x 2 otherwise. The LM head's tiles are
+// 8 vocabulary rows x up to 2 vectors with AVX-512, 6 x 2 (or 8 x 1) otherwise.
+constexpr int kVectorRegisters = VL == 16 ? 32 : 16;
+constexpr int kTileVecs = kVectorRegisters == 32 ? 4 : 2;
+// The kernel below walks a strip of w down its rows, one row of n floats apart: with AVX2's
+// narrow strips and a small L2 the hardware prefetcher misses that stride, and the loads stall.
+// It asks for the strip this many rows ahead (one prefetch per cache line; past the end of w a
+// prefetch is a no-op), which took the batch-16 step from 3.8 to 2.8 ms on a 2-core AMD EPYC.
+constexpr int kPrefetchRows = 8;
+constexpr int kVecsPerLine = VL * 4 >= 64 ? 1 : 64 / (VL * 4);
+template <int MV>
+constexpr int kLmRows = kVectorRegisters == 32 || MV == 1 ? 8 : 6;
+// Multiply-adds above which the unpacked kernel splits its columns over the pool: every linear
+// layer of a batch of 16 small-shape rows (and most of one row's), each half then streaming half
+// the weights. On the 2-core AMD EPYC this took the batch-16 step from 3.0-3.5 ms (1.5e6, only
+// the LM head split) to 1.2-2.2 ms, and one row's from 0.25 to 0.21 ms.
+constexpr double kParallelMacs = 6.0e4;
 
 // c[MR, NV*VL] = a[MR, k] · w[k, NV*VL] + bias, w read in place (each weight is used once per
 // call when decoding, so packing it would cost more than it saves).
@@ -103,6 +120,7 @@ inline void tile_nn(const float* a, int lda, const float* w, int ldw, int k, con
   }
   for (int p = 0; p < k; ++p) {
     vec b[NV];
+    for (int v = 0; v < NV; v += kVecsPerLine) __builtin_prefetch(w + static_cast<size_t>(p + kPrefetchRows) * ldw + v * VL);
     for (int v = 0; v < NV; ++v) b[v] = load(w + static_cast<size_t>(p) * ldw + v * VL);
     for (int i = 0; i < MR; ++i) {
       const vec av = splat(a[static_cast<size_t>(i) * lda + p]);
@@ -142,10 +160,10 @@ void few_rows_part(void* ctx, int t) {
   const int vecs = f.n / VL;
   const int j0 = vecs * t / f.parts * VL, j1 = vecs * (t + 1) / f.parts * VL;
   int j = j0;
-  for (; j + 4 * VL <= j1; j += 4 * VL) rows_nn<4>(f.a, f.m, f.k, f.w, f.n, f.bias, f.c, j);
+  for (; j + kTileVecs * VL <= j1; j += kTileVecs * VL) rows_nn<kTileVecs>(f.a, f.m, f.k, f.w, f.n, f.bias, f.c, j);
   switch ((j1 - j) / VL) {
-    case 3: rows_nn<3>(f.a, f.m, f.k, f.w, f.n, f.bias, f.c, j); break;
-    case 2: rows_nn<2>(f.a, f.m, f.k, f.w, f.n, f.bias, f.c, j); break;
+    case 3: if constexpr (kTileVecs > 3) rows_nn<3>(f.a, f.m, f.k, f.w, f.n, f.bias, f.c, j); break;
+    case 2: if constexpr (kTileVecs > 2) rows_nn<2>(f.a, f.m, f.k, f.w, f.n, f.bias, f.c, j); break;
     case 1: rows_nn<1>(f.a, f.m, f.k, f.w, f.n, f.bias, f.c, j); break;
     default: break;
   }
@@ -182,7 +200,7 @@ inline void tile_lm(const LmHead& f, int v0) {
 template <int MV>
 void lm_head_part(void* ctx, int t) {
   const LmHead& f = *static_cast<const LmHead*>(ctx);
-  constexpr int MR = 8;
+  constexpr int MR = kLmRows<MV>;
   const int blocks = (f.vocab + MR - 1) / MR;
   const int v0 = blocks * t / f.parts * MR, v1 = std::min(f.vocab, blocks * (t + 1) / f.parts * MR);
   int v = v0;
