@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { sql } from 'kysely';
 import { migrateToEmpty, migrateToLatest } from './migrate.ts';
-import { dialectOf, openStore, sqliteSynchronous } from './open-store.ts';
+import SqliteDatabase from 'better-sqlite3';
+import { STATEMENT_CACHE, dialectOf, openStore, sqliteSynchronous, withStatementCache } from './open-store.ts';
 import { openTempStore } from './temp-store.ts';
 import { describeEachDialect } from './test-support.ts';
 
@@ -91,4 +92,41 @@ await describeEachDialect('migrations', (ctx) => {
       await store.close();
     }
   });
+});
+
+test('SQLite statements are prepared once per text, a busy one is not shared, and the least recently used text goes first', () => {
+  const database = new SqliteDatabase(':memory:');
+  let prepared = 0;
+  const prepare = database.prepare.bind(database);
+  database.prepare = ((text: string) => (prepared++, prepare(text))) as typeof database.prepare;
+  const db = withStatementCache(database);
+  db.prepare('create table t (x integer)').run([]);
+  const insert = db.prepare('insert into t (x) values (?)');
+  for (let i = 0; i < 5; i++) assert.equal(db.prepare('insert into t (x) values (?)'), insert);
+  insert.run([1]);
+  insert.run([2]);
+  assert.equal(prepared, 2);
+  // A select still iterating is busy: the same text gets a statement of its own meanwhile.
+  const select = db.prepare('select x from t order by x');
+  const rows = select.iterate([]);
+  assert.deepEqual(rows.next().value, { x: 1 });
+  const other = db.prepare('select x from t order by x');
+  assert.notEqual(other, select);
+  assert.deepEqual(other.all([]), [{ x: 1 }, { x: 2 }]);
+  assert.deepEqual(rows.next().value, { x: 2 });
+  rows.return?.();
+  assert.equal(db.prepare('select x from t order by x'), select, 'the kept statement once it is done');
+  // Fill the cache with other texts: the insert, used again meanwhile, stays; the select goes.
+  const before = prepared;
+  for (let i = 0; i < STATEMENT_CACHE; i++) {
+    db.prepare(`select ${i} as n`);
+    if (i === STATEMENT_CACHE - 10) db.prepare('insert into t (x) values (?)');
+  }
+  assert.equal(prepared, before + STATEMENT_CACHE);
+  assert.equal(db.prepare('insert into t (x) values (?)'), insert);
+  assert.equal(prepared, before + STATEMENT_CACHE);
+  assert.notEqual(db.prepare('select x from t order by x'), select);
+  assert.equal(prepared, before + STATEMENT_CACHE + 1, 'a text least recently used was prepared again');
+  db.close();
+  assert.equal(database.open, false);
 });

@@ -21,7 +21,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import SqliteDatabase from 'better-sqlite3';
-import { CompiledQuery, Kysely, PostgresDialect, SqliteDialect, SqliteDriver, sql, type DatabaseConnection, type Driver } from 'kysely';
+import { CompiledQuery, Kysely, PostgresDialect, SqliteDialect, SqliteDriver, sql, type DatabaseConnection, type Driver, type SqliteDatabase as KyselySqliteDatabase } from 'kysely';
 import pg from 'pg';
 import { JudgementWriter, type JudgementWriterOptions } from './judgement-writer.ts';
 import { migrateToLatest } from './migrate.ts';
@@ -145,12 +145,50 @@ class ImmediateSqliteDriver extends SqliteDriver {
 }
 
 class ImmediateSqliteDialect extends SqliteDialect {
-  constructor(private readonly database: SqliteDatabase.Database) {
-    super({ database });
+  private readonly database: KyselySqliteDatabase;
+  constructor(database: SqliteDatabase.Database) {
+    const cached = withStatementCache(database);
+    super({ database: cached });
+    this.database = cached;
   }
   override createDriver(): Driver {
     return new ImmediateSqliteDriver({ database: this.database });
   }
+}
+
+/** Distinct SQL texts whose prepared statements are kept. */
+export const STATEMENT_CACHE = 256;
+
+/**
+ * The database as Kysely sees it, with its prepared statements kept. Kysely prepares every query
+ * it runs, and SQLite's parse and plan of a small INSERT costs about as much as running it: each
+ * served reply stores a few rows. The statements of the last STATEMENT_CACHE distinct texts are
+ * kept, least recently used first out (bulk inserts of many sizes make many texts). A statement
+ * still iterating (a streamed select) is not handed out again: a fresh one is prepared. SQLite
+ * prepares a kept statement again by itself when the schema changes under it.
+ */
+export function withStatementCache(database: SqliteDatabase.Database): KyselySqliteDatabase {
+  const kept = new Map<string, SqliteDatabase.Statement>();
+  return {
+    prepare(text: string) {
+      const hit = kept.get(text);
+      if (hit && !hit.busy) {
+        kept.delete(text);
+        kept.set(text, hit);
+        return hit;
+      }
+      const statement = database.prepare(text);
+      if (!hit) {
+        kept.set(text, statement);
+        if (kept.size > STATEMENT_CACHE) kept.delete(kept.keys().next().value!);
+      }
+      return statement;
+    },
+    close() {
+      kept.clear();
+      database.close();
+    },
+  };
 }
 
 /** `synchronous` from the option, else `SQLITE_SYNCHRONOUS`, else NORMAL. */
