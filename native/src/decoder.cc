@@ -270,10 +270,6 @@ void add_into(float* x, const float* y, size_t n) {
   for (size_t i = 0; i < n; ++i) x[i] += y[i];
 }
 
-void gelu(float* x, size_t n) {
-  for (size_t i = 0; i < n; ++i) x[i] = x[i] * 0.5f * (std::erf(x[i] * 0.70710678118654752f) + 1.f);
-}
-
 struct Attention {
   const DecoderShape* shape;
   KVCache* const* caches;
@@ -378,7 +374,7 @@ void decode(const DecoderShape& shape, const DecoderWeights& w, const DecodeBatc
     add_into(x, tmp, RC);
     layer_norm(x, lw.ln2_g, lw.ln2_b, a, R, C);
     linear(a, R, C, lw.wfc, 4 * C, lw.bfc, fc);  // [R, 4C]
-    gelu(fc, RC * 4);
+    gelu_f32(fc, fc, static_cast<int64_t>(RC) * 4);  // vectorised erf, on the pool when large
     linear(fc, R, 4 * C, lw.wproj, C, lw.bproj, tmp);
     add_into(x, tmp, RC);
   }
