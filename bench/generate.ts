@@ -3,16 +3,17 @@
  * on the "small" shape with random weights. Every figure of one run is measured side by side:
  *
  * - `generate` lines, one per door and concurrency (WebSocket at 1, 16 and 32 streams, the OpenAI
- *   route streaming SSE at 1 and 16): N clients each keep one reply in flight for `seconds`
- *   (a new conversation and a user message, or a `POST /v1/chat/completions` with `stream`, as
- *   soon as the previous reply ended). `tokens_per_s` counts tokens delivered to the clients;
+ *   route streaming SSE at 1 and 16): N clients, in a process of their own
+ *   (bench/stream-clients.ts), each keep one reply in flight for `seconds` (a new conversation
+ *   and a user message, or a `POST /v1/chat/completions` with `stream`, as soon as the previous
+ *   reply ended). `tokens_per_s` counts tokens delivered to the clients;
  *   `ttft_p50_ms`/`_p99_ms` run from sending the request to its first streamed text.
  *   Beside it, the same run measures the model's own batched decode step at that batch size
  *   (`step_tokens_per_s`, the step called in a loop with nothing around it) and
  *   `server_share` = tokens_per_s / step_tokens_per_s. `profile` splits the wall time into the
  *   scheduler's and doors' stages (server/serve-profile.ts: admit, step, sample, detokenize,
- *   emit, write), `client` (the benchmark's own clients, which share the thread) and `other`
- *   (the rest of the event loop: reading frames, handlers, the store, timers, GC), as shares
+ *   emit, write) and `other` (the rest of the event loop: reading frames, handlers, the store,
+ *   timers, GC), as shares
  *   of the wall time, with `idle` (the event loop waiting), `frames_per_token` and the mean rows
  *   per decode step. With `--async-step` the server runs its steps off the event loop
  *   (`asyncStep`); `step` then overlaps the other stages (`steps_off_thread`).
@@ -28,14 +29,12 @@
  * Run: `node --import tsx bench/generate.ts [--json] [--seconds S] [--peer PATH [--peer-python PY]]`.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { Agent, request } from 'node:http';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Session } from 'node:inspector/promises';
 import { performance as perfHooks } from 'node:perf_hooks';
 import { writeFileSync } from 'node:fs';
-import WebSocket from 'ws';
 import { initBackend } from '../model/backend.ts';
 import { saveCheckpoint } from '../model/checkpoint.ts';
 import { GPT, disposeCache } from '../model/gpt.ts';
@@ -48,6 +47,7 @@ import { STAGES, type ServeProfile } from '../server/serve-profile.ts';
 import { z } from 'zod';
 import { isMain, printFigures, runCommand } from '../cli/command.ts';
 import { jsonOption } from '../cli/options.ts';
+import { Client, type Door, type LoadResult, type LoadSpec } from './stream-clients.ts';
 
 type Line = Record<string, unknown>;
 const SHAPES = {
@@ -122,113 +122,6 @@ async function benchModel(dir: string, shape: GenerateShape): Promise<ServedMode
   return await loadServedModel(join(dir, shape));
 }
 
-/** Time the benchmark's own clients spend handling what they receive (they share the server's thread). */
-const clientTime = { ms: 0 };
-
-class Client {
-  readonly ws: WebSocket;
-  #handlers = new Set<(m: Record<string, unknown>) => void>();
-  constructor(url: string) {
-    this.ws = new WebSocket(url);
-    this.ws.on('message', (d) => {
-      const t0 = performance.now();
-      const m = JSON.parse(String(d)) as Record<string, unknown>;
-      for (const h of this.#handlers) h(m);
-      clientTime.ms += performance.now() - t0;
-    });
-  }
-  async open(): Promise<void> {
-    await this.wait((m) => m.type === 'ready');
-  }
-  wait(pred: (m: Record<string, unknown>) => boolean, onMsg?: (m: Record<string, unknown>) => void): Promise<Record<string, unknown>> {
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error('bench: no answer within 120 s')), 120_000);
-      const h = (m: Record<string, unknown>) => {
-        onMsg?.(m);
-        if (m.type === 'error') {
-          clearTimeout(timer);
-          this.#handlers.delete(h);
-          reject(new Error(`bench: server error ${String(m.code)}: ${String(m.message)}`));
-        } else if (pred(m)) {
-          clearTimeout(timer);
-          this.#handlers.delete(h);
-          resolve(m);
-        }
-      };
-      this.#handlers.add(h);
-    });
-  }
-  async conversation(): Promise<string> {
-    const p = this.wait((m) => m.type === 'conversation');
-    this.ws.send(JSON.stringify({ type: 'start' }));
-    return String((await p).conversationId);
-  }
-  #next: Promise<string> | undefined;
-  /**
-   * Sends a user message in a new conversation; resolves with TTFT (ms, from the message) and
-   * generated tokens. The next turn's conversation is started while this reply streams, as a
-   * client preparing its next chat would.
-   */
-  async turn(content: string, maxTokens: number, seed: number): Promise<{ ttftMs: number; tokens: number }> {
-    const conversationId = await (this.#next ?? this.conversation());
-    this.#next = this.conversation();
-    const t0 = performance.now();
-    let first = 0;
-    const p = this.wait(
-      (m) => m.type === 'reply',
-      (m) => {
-        if (m.type === 'delta' && !first) first = performance.now();
-      },
-    );
-    this.ws.send(JSON.stringify({ type: 'user_message', conversationId, content, params: { maxTokens, temperature: 1, topP: 1, seed } }));
-    const reply = await p;
-    return { ttftMs: (first || performance.now()) - t0, tokens: (reply.usage as { completionTokens: number }).completionTokens };
-  }
-}
-
-const agent = new Agent({ keepAlive: true });
-
-/** One streamed OpenAI chat completion over a kept-alive connection; TTFT to the first chunk with content. */
-function openaiTurn(base: string, content: string, maxTokens: number, seed: number): Promise<{ ttftMs: number; tokens: number }> {
-  const t0 = performance.now();
-  const body = JSON.stringify({ model: 'bench', messages: [{ role: 'user', content }], max_tokens: maxTokens, temperature: 1, seed, stream: true, stream_options: { include_usage: true } });
-  return new Promise((resolve, reject) => {
-    const req = request(`${base}/v1/chat/completions`, { method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
-      let first = 0;
-      let tokens = -1;
-      let rest = '';
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (part: string) => {
-        const c0 = performance.now();
-        if (res.statusCode !== 200) {
-          text += part;
-          return;
-        }
-        rest += part;
-        let at: number;
-        while ((at = rest.indexOf('\n\n')) >= 0) {
-          const event = rest.slice(0, at);
-          rest = rest.slice(at + 2);
-          if (!event.startsWith('data: ') || event === 'data: [DONE]') continue;
-          const chunk = JSON.parse(event.slice(6)) as { choices: { delta?: { content?: string } }[]; usage?: { completion_tokens: number } };
-          if (!first && chunk.choices[0]?.delta?.content) first = performance.now();
-          if (chunk.usage) tokens = chunk.usage.completion_tokens;
-        }
-        clientTime.ms += performance.now() - c0;
-      });
-      res.on('end', () => {
-        if (res.statusCode !== 200) reject(new Error(`bench: /v1/chat/completions answered ${res.statusCode}: ${text}`));
-        else if (tokens < 0) reject(new Error('bench: the stream ended without usage'));
-        else resolve({ ttftMs: (first || performance.now()) - t0, tokens });
-      });
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end(body);
-  });
-}
-
 const pct = (xs: number[], p: number) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length ? s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]! : NaN;
@@ -269,9 +162,8 @@ function profileOf(prof: ServeProfile, wallMs: number, idleMs: number, tokens: n
     out[s] = share(prof.ms[s]);
     staged += prof.ms[s];
   }
-  out.client = share(clientTime.ms);
   out.idle = share(idleMs);
-  out.other = share(Math.max(0, wallMs - idleMs - staged - clientTime.ms));
+  out.other = share(Math.max(0, wallMs - idleMs - staged));
   out.steps_off_thread = prof.counts.steps ? +(prof.counts.offThreadSteps / prof.counts.steps).toFixed(3) : 0;
   out.frames_per_token = tokens ? +(prof.counts.frames / tokens).toFixed(3) : 0;
   out.mean_batch = prof.counts.steps ? +(prof.counts.rows / prof.counts.steps).toFixed(1) : 0;
@@ -279,17 +171,45 @@ function profileOf(prof: ServeProfile, wallMs: number, idleMs: number, tokens: n
   return out;
 }
 
-/** `n` clients keep one reply each in flight for `seconds`; tokens delivered per second, TTFT, profile. */
-async function sustained(srv: RunningServer, model: ServedModel, door: 'ws' | 'openai', n: number, seconds: number, peer?: PeerFigures): Promise<Line> {
-  const prompt = promptOf(model.tok, 20);
-  const maxTokens = 96;
-  const clients = door === 'ws' ? Array.from({ length: n }, () => new Client(`ws://127.0.0.1:${srv.port}/ws`)) : [];
-  await Promise.all(clients.map((c) => c.open()));
-  const turn = (i: number, seed: number) => (door === 'ws' ? clients[i]!.turn(prompt, maxTokens, seed) : openaiTurn(srv.url, prompt, maxTokens, seed));
-  await Promise.all(Array.from({ length: n }, (_, i) => turn(i, 10_000 + i))); // warm-up
+/**
+ * Starts the clients of `spec` in a child process (bench/stream-clients.ts) and waits until they
+ * are open and warmed up; `go` then runs the load and resolves with what the clients measured.
+ */
+async function childLoad(spec: LoadSpec): Promise<{ go: () => Promise<LoadResult> }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(import.meta.dirname, 'stream-clients.ts'), JSON.stringify(spec)], { cwd: join(import.meta.dirname, '..'), stdio: ['pipe', 'pipe', 'inherit'] });
+  let out = '';
+  const lines: string[] = [];
+  let wake = () => {};
+  child.stdout.setEncoding('utf8');
+  child.stdout.on('data', (d: string) => {
+    out += d;
+    let at: number;
+    while ((at = out.indexOf('\n')) >= 0) {
+      lines.push(out.slice(0, at));
+      out = out.slice(at + 1);
+    }
+    wake();
+  });
+  const exited = new Promise<never>((_, reject) => child.on('exit', (code) => reject(new Error(`bench: the stream clients exited with ${code}`))));
+  exited.catch(() => {});
+  const line = async () => {
+    while (!lines.length) await Promise.race([new Promise<void>((r) => (wake = r)), exited]);
+    return lines.shift()!;
+  };
+  if ((await line()) !== 'ready') throw new Error('bench: the stream clients did not start');
+  return {
+    go: async () => {
+      child.stdin.end('go\n');
+      return JSON.parse(await line()) as LoadResult;
+    },
+  };
+}
+
+/** `n` clients (in a process of their own) keep one reply each in flight for `seconds`; tokens delivered per second, TTFT, profile. */
+async function sustained(srv: RunningServer, model: ServedModel, door: Door, n: number, seconds: number, peer?: PeerFigures): Promise<Line> {
+  const load = await childLoad({ url: srv.url, door, n, seconds, prompt: promptOf(model.tok, 20), maxTokens: 96 });
   const prof = srv.chat()!.deps.scheduler.profile;
   prof.reset();
-  clientTime.ms = 0;
   prof.enabled = true;
   const cpu = process.env.BENCH_CPU_PROFILE ? new Session() : undefined;
   if (cpu) {
@@ -297,23 +217,10 @@ async function sustained(srv: RunningServer, model: ServedModel, door: 'ws' | 'o
     await cpu.post('Profiler.enable');
     await cpu.post('Profiler.start');
   }
-  const ttfts: number[] = [];
-  let tokens = 0;
-  let replies = 0;
   const elu0 = perfHooks.eventLoopUtilization();
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
-  const end = t0 + seconds * 1000;
-  await Promise.all(
-    Array.from({ length: n }, async (_, i) => {
-      for (let r = 0; performance.now() < end; r++) {
-        const x = await turn(i, r * 1000 + i);
-        ttfts.push(x.ttftMs);
-        tokens += x.tokens;
-        replies++;
-      }
-    }),
-  );
+  const { ttfts, tokens, replies } = await load.go();
   const wallMs = performance.now() - t0;
   const idleMs = perfHooks.eventLoopUtilization(elu0).idle;
   const cpuUs = process.cpuUsage(cpu0);
@@ -323,7 +230,6 @@ async function sustained(srv: RunningServer, model: ServedModel, door: 'ws' | 'o
     writeFileSync(join(process.env.BENCH_CPU_PROFILE!, `${door}-${n}.cpuprofile`), JSON.stringify(profile));
     cpu.disconnect();
   }
-  clients.forEach((c) => c.ws.terminate());
   const tokensPerS = Math.round((tokens * 1000) / wallMs);
   const stepMs = stepAlone(model, n);
   const stepTps = Math.round((n * 1000) / stepMs);
@@ -337,8 +243,8 @@ async function sustained(srv: RunningServer, model: ServedModel, door: 'ws' | 'o
     ttft_p99_ms: +pct(ttfts, 99).toFixed(1),
     step_tokens_per_s: stepTps,
     server_share: +(tokensPerS / stepTps).toFixed(3),
-    // CPU time of the whole process (server, its native threads and the clients) per delivered
-    // token: steadier than tokens/s when other processes share the machine.
+    // CPU time of the server's process (its event loop and native threads; not the clients')
+    // per delivered token: steadier than tokens/s when other processes share the machine.
     cpu_us_per_token: tokens ? Math.round((cpuUs.user + cpuUs.system) / tokens) : 0,
     tokens,
     replies,
