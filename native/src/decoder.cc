@@ -280,6 +280,48 @@ struct Attention {
   int rows, layer;
 };
 
+// The two products of a row's attention keep their sums in registers across the head
+// dimension (scores) or the keys (values), instead of loading and storing the running sums at
+// every step (23% of a batch-16 step went to those loads and stores; 18.5% after). Each sum adds
+// its terms in the same order; the logits moved by at most 7e-7 (float rounding).
+
+// s[j] = q · K[:, j] for j < keys, K stored by dimension ([hs][cap]).
+void scores_of(const float* q, const float* K, size_t cap, int hs, int keys, float* s) {
+  constexpr int U = 4;
+  int j = 0;
+  for (; j + U * VL <= keys; j += U * VL) {
+    vec acc[U] = {};
+    for (int d = 0; d < hs; ++d) {
+      const vec qd = splat(q[d]);
+      const float* kd = K + d * cap + j;
+      for (int u = 0; u < U; ++u) acc[u] += qd * load(kd + u * VL);
+    }
+    for (int u = 0; u < U; ++u) store(s + j + u * VL, acc[u]);
+  }
+  for (; j + VL <= keys; j += VL) {
+    vec acc = {};
+    for (int d = 0; d < hs; ++d) acc += splat(q[d]) * load(K + d * cap + j);
+    store(s + j, acc);
+  }
+  for (; j < keys; ++j) {
+    float acc = 0.f;
+    for (int d = 0; d < hs; ++d) acc += q[d] * K[d * cap + j];
+    s[j] = acc;
+  }
+}
+
+// out[0, NH VL) = sum over j < keys of (s[j] inv) V[j, :], V stored by position ([cap][hs]).
+template <int NH>
+void weighted_values(const float* s, float inv, const float* V, int keys, float* out) {
+  vec acc[NH] = {};
+  for (int j = 0; j < keys; ++j) {
+    const vec p = splat(s[j] * inv);
+    const float* v = V + static_cast<size_t>(j) * NH * VL;
+    for (int u = 0; u < NH; ++u) acc[u] += p * load(v + u * VL);
+  }
+  for (int u = 0; u < NH; ++u) store(out + u * VL, acc[u]);
+}
+
 // softmax(q·Kᵀ / sqrt(hs)) · V for every row, one head.
 void attend_head(void* ctx, int h) {
   thread_local std::vector<float> scores;
@@ -294,12 +336,7 @@ void attend_head(void* ctx, int h) {
     const float* V = cache->values(at.layer, h);
     const float* q = at.qkv + static_cast<size_t>(r) * 3 * C + h * hs;
     const int keys = at.row_pos[r] + 1;
-    std::memset(s, 0, keys * sizeof(float));
-    for (int d = 0; d < hs; ++d) {
-      const float qd = q[d];
-      const float* kd = K + d * cap;
-      for (int j = 0; j < keys; ++j) s[j] += qd * kd[j];
-    }
+    scores_of(q, K, cap, hs, keys, s);
     float mx = -INFINITY;
     for (int j = 0; j < keys; ++j) {
       s[j] *= scale;
@@ -311,11 +348,18 @@ void attend_head(void* ctx, int h) {
     for (int j = 0; j < keys; ++j) total += s[j];
     const float inv = 1.f / total;
     float* out = at.y + static_cast<size_t>(r) * C + h * hs;
-    std::memset(out, 0, hs * sizeof(float));
-    for (int j = 0; j < keys; ++j) {
-      const float p = s[j] * inv;
-      const float* v = V + static_cast<size_t>(j) * hs;
-      for (int d = 0; d < hs; ++d) out[d] += p * v[d];
+    switch (hs % VL == 0 ? hs / VL : 0) {
+      case 1: weighted_values<1>(s, inv, V, keys, out); break;
+      case 2: weighted_values<2>(s, inv, V, keys, out); break;
+      case 3: weighted_values<3>(s, inv, V, keys, out); break;
+      case 4: weighted_values<4>(s, inv, V, keys, out); break;
+      default:
+        std::memset(out, 0, hs * sizeof(float));
+        for (int j = 0; j < keys; ++j) {
+          const float p = s[j] * inv;
+          const float* v = V + static_cast<size_t>(j) * hs;
+          for (int d = 0; d < hs; ++d) out[d] += p * v[d];
+        }
     }
   }
 }
