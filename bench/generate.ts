@@ -32,6 +32,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { Session } from 'node:inspector/promises';
 import { performance as perfHooks } from 'node:perf_hooks';
 import { writeFileSync } from 'node:fs';
@@ -177,24 +178,11 @@ function profileOf(prof: ServeProfile, wallMs: number, idleMs: number, tokens: n
  */
 async function childLoad(spec: LoadSpec): Promise<{ go: () => Promise<LoadResult> }> {
   const child = spawn(process.execPath, ['--import', 'tsx', join(import.meta.dirname, 'stream-clients.ts'), JSON.stringify(spec)], { cwd: join(import.meta.dirname, '..'), stdio: ['pipe', 'pipe', 'inherit'] });
-  let out = '';
-  const lines: string[] = [];
-  let wake = () => {};
-  child.stdout.setEncoding('utf8');
-  child.stdout.on('data', (d: string) => {
-    out += d;
-    let at: number;
-    while ((at = out.indexOf('\n')) >= 0) {
-      lines.push(out.slice(0, at));
-      out = out.slice(at + 1);
-    }
-    wake();
-  });
-  const exited = new Promise<never>((_, reject) => child.on('exit', (code) => reject(new Error(`bench: the stream clients exited with ${code}`))));
-  exited.catch(() => {});
+  const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
   const line = async () => {
-    while (!lines.length) await Promise.race([new Promise<void>((r) => (wake = r)), exited]);
-    return lines.shift()!;
+    const next = await lines.next();
+    if (next.done) throw new Error("bench: the stream clients ended without an answer (their error is above)");
+    return next.value;
   };
   if ((await line()) !== 'ready') throw new Error('bench: the stream clients did not start');
   return {
