@@ -29,13 +29,12 @@
  * Run: `node --import tsx bench/generate.ts [--json] [--seconds S] [--peer PATH [--peer-python PY]]`.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { Session } from 'node:inspector/promises';
 import { performance as perfHooks } from 'node:perf_hooks';
-import { writeFileSync } from 'node:fs';
 import { initBackend } from '../model/backend.ts';
 import { saveCheckpoint } from '../model/checkpoint.ts';
 import { GPT, disposeCache } from '../model/gpt.ts';
@@ -181,7 +180,7 @@ async function childLoad(spec: LoadSpec): Promise<{ go: () => Promise<LoadResult
   const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
   const line = async () => {
     const next = await lines.next();
-    if (next.done) throw new Error("bench: the stream clients ended without an answer (their error is above)");
+    if (next.done) throw new Error('bench: the stream clients ended without an answer (their error is above)');
     return next.value;
   };
   if ((await line()) !== 'ready') throw new Error('bench: the stream clients did not start');

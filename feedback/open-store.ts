@@ -21,6 +21,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import SqliteDatabase from 'better-sqlite3';
+import { LRUCache } from 'lru-cache';
 import { CompiledQuery, Kysely, PostgresDialect, SqliteDialect, SqliteDriver, sql, type DatabaseConnection, type Driver, type SqliteDatabase as KyselySqliteDatabase } from 'kysely';
 import pg from 'pg';
 import { JudgementWriter, type JudgementWriterOptions } from './judgement-writer.ts';
@@ -168,20 +169,13 @@ export const STATEMENT_CACHE = 256;
  * prepares a kept statement again by itself when the schema changes under it.
  */
 export function withStatementCache(database: SqliteDatabase.Database): KyselySqliteDatabase {
-  const kept = new Map<string, SqliteDatabase.Statement>();
+  const kept = new LRUCache<string, SqliteDatabase.Statement>({ max: STATEMENT_CACHE });
   return {
     prepare(text: string) {
       const hit = kept.get(text);
-      if (hit && !hit.busy) {
-        kept.delete(text);
-        kept.set(text, hit);
-        return hit;
-      }
+      if (hit && !hit.busy) return hit;
       const statement = database.prepare(text);
-      if (!hit) {
-        kept.set(text, statement);
-        if (kept.size > STATEMENT_CACHE) kept.delete(kept.keys().next().value!);
-      }
+      if (!hit) kept.set(text, statement);
       return statement;
     },
     close() {
