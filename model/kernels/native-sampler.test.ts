@@ -63,6 +63,31 @@ test('the native batched sampler picks the same tokens as sampleToken, row by ro
   assert.ok(compared >= 1000, `compared ${compared} rows`);
 });
 
+// Plain rows (no top-k, no top-p) take a vectorised path that sums four rows side by side: whole
+// batches of them, on widths with and without a tail past the last full vector.
+test('batches of plain rows pick the same tokens natively as sampleToken, at every batch size and width', { skip }, () => {
+  const temperatures = [1, 0.7, 1.3, 0.05, 2];
+  let compared = 0;
+  for (let round = 0; round < 40; round++) {
+    const n = 1 + (round % 20);
+    const V = [2048, tok.vocabSize, 2045, 13][round % 4]!;
+    const logits = rows(n, V, 1000 + round);
+    const mk = () => Array.from({ length: n }, (_, r) => new DecodeSequence(tok, gpt.prefill([1, 2]).cache, { ...base, temperature: temperatures[(r + round) % temperatures.length]!, seed: round * 100 + r }, 48));
+    const a = mk();
+    const b = mk();
+    const idsNative = new Int32Array(n);
+    const idsJs = new Int32Array(n);
+    for (let step = 0; step < 4; step++) {
+      sampleBatch(a, logits, V, idsNative, 'native');
+      sampleBatch(b, logits, V, idsJs, 'js');
+      assert.deepEqual([...idsNative], [...idsJs], `round ${round} (n ${n}, V ${V}) step ${step}`);
+      compared += n;
+    }
+    for (const s of [...a, ...b]) s.dispose();
+  }
+  assert.ok(compared >= 1000, `compared ${compared} rows`);
+});
+
 test('banned specials are never sampled natively, even when they hold the best logit', { skip }, () => {
   const V = tok.vocabSize;
   const user = tok.specialId('<|user|>');

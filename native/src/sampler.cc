@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "pool.h"
+#include "simd.h"
 
 namespace nk {
 
@@ -48,41 +49,51 @@ __attribute__((optimize("fp-contract=off", "no-trapping-math"))) inline double e
   return tiny ? 1.0 + x : (k == 0.0 ? y0 : y1);
 }
 
-// xs[i] = e^xs[i] over the array (each xs[i] in [-700, 0]): exp_nonpos on 8 lanes at a time,
-// written with vector extensions (the compiler does not if-convert the scalar form).
-__attribute__((optimize("fp-contract=off"))) void exp_nonpos_array(double* xs, int n) {
-  typedef double v8d __attribute__((vector_size(64)));
-  typedef int64_t v8l __attribute__((vector_size(64)));
-  typedef uint64_t v8u __attribute__((vector_size(64)));
+typedef double v8d __attribute__((vector_size(64)));
+typedef int64_t v8l __attribute__((vector_size(64)));
+typedef uint64_t v8u __attribute__((vector_size(64)));
+typedef float v8f __attribute__((vector_size(32), aligned(4)));
+typedef uint8_t v8b __attribute__((vector_size(8), aligned(1)));
+
+// exp_nonpos on 8 lanes, written with vector extensions (the compiler does not if-convert the
+// scalar form). fdlibm divides twice, by c - 2 and by 2 - c; the second quotient is the first
+// negated, exactly (IEEE negation and division commute), so one division serves both.
+__attribute__((optimize("fp-contract=off"))) inline v8d exp_nonpos8(v8d x) {
   constexpr double ln2HI = 6.93147180369123816490e-01, ln2LO = 1.90821492927058770002e-10,
                    invln2 = 1.44269504088896338700e+00, P1 = 1.66666666666666019037e-01,
                    P2 = -2.77777777770155933842e-03, P3 = 6.61375632143793436117e-05,
                    P4 = -1.65339022054652515390e-06, P5 = 4.13813679705723846039e-08;
   const v8d zero = {}, one = zero + 1.0;
+  const v8u bits = reinterpret_cast<v8u&>(x);
+  const v8u hx = (bits >> 32) & 0x7FFFFFFFu;
+  const v8l reduce = hx > 0x3FD62E42u;
+  const v8l near = hx < 0x3FF0A2B2u;
+  const v8l tiny = hx < 0x3E300000u;
+  const v8u sbits = reinterpret_cast<const v8u&>(one) | (bits & 0x8000000000000000ull);
+  const v8d sign = reinterpret_cast<const v8d&>(sbits);
+  const v8d kg = __builtin_convertvector(__builtin_convertvector(x * invln2 + sign * 0.5, v8l), v8d);
+  const v8d k = reduce ? (near ? sign : kg) : zero;
+  const v8d hi = x - k * ln2HI;
+  const v8d lo = k * ln2LO;
+  const v8d r = hi - lo;
+  const v8d tt = r * r;
+  const v8d c = r - tt * (P1 + tt * (P2 + tt * (P3 + tt * (P4 + tt * P5))));
+  const v8u pk = (v8u)__builtin_convertvector(k, v8l) + 0x3FFu;
+  const v8u pk52 = pk << 52;
+  const v8d twopk = reinterpret_cast<const v8d&>(pk52);
+  const v8d q = (r * c) / (c - 2.0);  // and (r * c) / (2 - c) = -q
+  const v8d y0 = 1.0 - (q - r);
+  const v8d y1 = (1.0 - ((lo + q) - hi)) * twopk;
+  return tiny ? x + 1.0 : (k == zero ? y0 : y1);
+}
+
+// xs[i] = e^xs[i] over the array (each xs[i] in [-700, 0]).
+void exp_nonpos_array(double* xs, int n) {
   int i = 0;
   for (; i + 8 <= n; i += 8) {
     v8d x;
     std::memcpy(&x, xs + i, sizeof x);
-    const v8u bits = reinterpret_cast<v8u&>(x);
-    const v8u hx = (bits >> 32) & 0x7FFFFFFFu;
-    const v8l reduce = hx > 0x3FD62E42u;
-    const v8l near = hx < 0x3FF0A2B2u;
-    const v8l tiny = hx < 0x3E300000u;
-    const v8u sbits = reinterpret_cast<const v8u&>(one) | (bits & 0x8000000000000000ull);
-    const v8d sign = reinterpret_cast<const v8d&>(sbits);
-    const v8d kg = __builtin_convertvector(__builtin_convertvector(x * invln2 + sign * 0.5, v8l), v8d);
-    const v8d k = reduce ? (near ? sign : kg) : zero;
-    const v8d hi = x - k * ln2HI;
-    const v8d lo = k * ln2LO;
-    const v8d r = hi - lo;
-    const v8d tt = r * r;
-    const v8d c = r - tt * (P1 + tt * (P2 + tt * (P3 + tt * (P4 + tt * P5))));
-    const v8u pk = (v8u)__builtin_convertvector(k, v8l) + 0x3FFu;
-    const v8u pk52 = pk << 52;
-    const v8d twopk = reinterpret_cast<const v8d&>(pk52);
-    const v8d y0 = 1.0 - ((r * c) / (c - 2.0) - r);
-    const v8d y1 = (1.0 - ((lo - (r * c) / (2.0 - c)) - hi)) * twopk;
-    const v8d y = tiny ? x + 1.0 : (k == zero ? y0 : y1);
+    const v8d y = exp_nonpos8(x);
     std::memcpy(xs + i, &y, sizeof y);
   }
   for (; i < n; ++i) xs[i] = exp_nonpos(xs[i]);
@@ -222,6 +233,117 @@ __attribute__((optimize("fp-contract=off"))) int32_t sample_one(const float* l, 
   return ids[n - 1];
 }
 
+// ---- Plain rows (temperature above 0, no top-k, no top-p), the common case, vectorised. The JS
+// (sampleAll) adds the candidates' weights in id order and walks them again with the draw; here
+// each weight is computed once, a non-candidate gets weight 0 (every candidate's is above 0: its
+// exponent is at least -30), so adding or subtracting it changes nothing and the sums run over
+// the whole row without a branch, bit for bit the JS's.
+
+// The largest allowed logit of a row (-inf when there is none; NaNs never win a comparison):
+// the order of comparisons does not change a maximum, so lanes take their share.
+float row_max(const float* l, int V, const uint8_t* banned) {
+  typedef uint8_t bvec __attribute__((vector_size(VL), aligned(1)));
+  constexpr float ninf = -std::numeric_limits<float>::infinity();
+  vec mx = splat(ninf);
+  int i = 0;
+  for (; i + VL <= V; i += VL) {
+    vec x = load(l + i);
+    if (banned) {
+      bvec b;
+      std::memcpy(&b, banned + i, sizeof b);
+      x = __builtin_convertvector(b, ivec) != 0 ? splat(ninf) : x;
+    }
+    mx = x > mx ? x : mx;
+  }
+  float m = ninf;
+  for (int k = 0; k < VL; ++k)
+    if (mx[k] > m) m = mx[k];
+  for (; i < V; ++i)
+    if (allowed(banned, i) && l[i] > m) m = l[i];
+  return m;
+}
+
+// w[i] = e^((l[i] - max) / T) for every allowed logit at or above floor, else 0. Dividing by a
+// temperature of 1 changes nothing, so it is skipped then.
+__attribute__((optimize("fp-contract=off"))) void plain_weights(const float* l, int V, const uint8_t* banned, double max, double floor, double T, double* w) {
+  const v8d zero = {};
+  const bool divide = T != 1.0;
+  int i = 0;
+  for (; i + 8 <= V; i += 8) {
+    v8f xf;
+    std::memcpy(&xf, l + i, sizeof xf);
+    const v8d x = __builtin_convertvector(xf, v8d);
+    v8l ok = x >= floor;
+    if (banned) {
+      v8b b;
+      std::memcpy(&b, banned + i, sizeof b);
+      ok &= __builtin_convertvector(b, v8l) == 0;
+    }
+    v8d e = x - max;
+    if (divide) e = e / T;
+    const v8d y = exp_nonpos8(ok ? e : zero);
+    const v8d out = ok ? y : zero;
+    std::memcpy(w + i, &out, sizeof out);
+  }
+  for (; i < V; ++i) {
+    const double x = l[i];
+    w[i] = allowed(banned, i) && x >= floor ? exp_nonpos((x - max) / T) : 0.0;
+  }
+}
+
+// The sum of each of K rows' weights in id order, the K additions of each index side by side so
+// that they overlap (one row's additions wait on each other).
+template <int K>
+void plain_totals(double* const* w, int V, double* totals) {
+  double t[K] = {};
+  for (int i = 0; i < V; ++i)
+    for (int k = 0; k < K; ++k) t[k] += w[k][i];
+  for (int k = 0; k < K; ++k) totals[k] = t[k];
+}
+
+// The token where the draw u·total is used up, walking the weights in id order (the last
+// candidate if rounding leaves some over).
+int32_t plain_draw(const double* w, int V, double total, double u) {
+  double r = u * total;
+  int32_t last = -1;
+  for (int i = 0; i < V; ++i) {
+    const double p = w[i];
+    if (p > 0) {
+      last = i;
+      if ((r -= p) <= 0) return i;
+    }
+  }
+  return last;
+}
+
+constexpr int kPlainGroup = 4;
+
+// Rows sampled together by the plain path: their weights (one row of V doubles each) and ids.
+struct PlainGroup {
+  std::vector<double> weights;
+  int rows[kPlainGroup];
+  double u[kPlainGroup];
+  int n = 0;
+  double* row(int k, int V) {
+    if (static_cast<int>(weights.size()) < kPlainGroup * V) weights.resize(static_cast<size_t>(kPlainGroup) * V);
+    return weights.data() + static_cast<size_t>(k) * V;
+  }
+  void finish(int V, int32_t* ids) {
+    if (n == 0) return;
+    double* w[kPlainGroup];
+    double totals[kPlainGroup];
+    for (int k = 0; k < n; ++k) w[k] = row(k, V);
+    switch (n) {
+      case 4: plain_totals<4>(w, V, totals); break;
+      case 3: plain_totals<3>(w, V, totals); break;
+      case 2: plain_totals<2>(w, V, totals); break;
+      default: plain_totals<1>(w, V, totals);
+    }
+    for (int k = 0; k < n; ++k) ids[rows[k]] = plain_draw(w[k], V, totals[k], u[k]);
+    n = 0;
+  }
+};
+
 struct Job {
   const float* logits;
   int n, V, per_task;
@@ -233,9 +355,24 @@ struct Job {
 void run_task(void* ctx, int task) {
   const Job& j = *static_cast<const Job*>(ctx);
   thread_local Scratch scratch;
+  thread_local PlainGroup group;
   const int end = std::min(j.n, (task + 1) * j.per_task);
-  for (int r = task * j.per_task; r < end; ++r)
-    j.ids[r] = sample_one(j.logits + static_cast<size_t>(r) * j.V, j.V, j.banned, j.rows[r], scratch);
+  for (int r = task * j.per_task; r < end; ++r) {
+    const float* l = j.logits + static_cast<size_t>(r) * j.V;
+    const SampleRow& p = j.rows[r];
+    if (p.temperature > 0 && p.top_k <= 0 && p.top_p >= 1) {
+      const double max = row_max(l, j.V, j.banned);
+      if (std::isfinite(max)) {
+        plain_weights(l, j.V, j.banned, max, max - 30 * p.temperature, p.temperature, group.row(group.n, j.V));
+        group.rows[group.n] = r;
+        group.u[group.n++] = p.u;
+        if (group.n == kPlainGroup) group.finish(j.V, j.ids);
+        continue;
+      }
+    }
+    j.ids[r] = sample_one(l, j.V, j.banned, p, scratch);
+  }
+  group.finish(j.V, j.ids);
 }
 
 }  // namespace
