@@ -88,6 +88,38 @@ test('batches of plain rows pick the same tokens natively as sampleToken, at eve
   assert.ok(compared >= 1000, `compared ${compared} rows`);
 });
 
+// The sorted path (top-k, top-p) at its edges: every logit tied (the sort's order is the ids'),
+// or thousands of distinct logits bunched within 1e-3 under one far above them.
+test('rows whose logits all tie or bunch tightly below one outlier pick the same tokens natively with top-k and top-p', { skip }, () => {
+  const V = 2048;
+  const rng = createRng(5);
+  const shapes: ((i: number) => number)[] = [
+    () => 1.5, // every logit ties
+    (i) => (i === 77 ? 40 : 2 + rng() * 1e-3), // one outlier, the rest within 1e-3 of each other
+    (i) => (i % 97 === 0 ? 8 + (i % 3) : Math.round(rng() * 4) / 4), // a few high, five values shared by the rest
+  ];
+  const variants: Partial<GenerateOptions>[] = [{ temperature: 1, topP: 0.9 }, { temperature: 40, topP: 0.5 }, { temperature: 0.7, topK: 300 }, { temperature: 2, topK: 1500, topP: 0.99 }];
+  let compared = 0;
+  for (const [si, shape] of shapes.entries()) {
+    const n = 8;
+    const logits = new Float32Array(n * V);
+    for (let r = 0; r < n; r++) for (let i = 0; i < V; i++) logits[r * V + i] = shape(i);
+    const mk = () => Array.from({ length: n }, (_, r) => new DecodeSequence(tok, gpt.prefill([1, 2]).cache, { ...base, ...variants[r % variants.length], seed: si * 100 + r }, 48));
+    const a = mk();
+    const b = mk();
+    const idsNative = new Int32Array(n);
+    const idsJs = new Int32Array(n);
+    for (let step = 0; step < 25; step++) {
+      sampleBatch(a, logits, V, idsNative, 'native');
+      sampleBatch(b, logits, V, idsJs, 'js');
+      assert.deepEqual([...idsNative], [...idsJs], `shape ${si} step ${step}`);
+      compared += n;
+    }
+    for (const s of [...a, ...b]) s.dispose();
+  }
+  assert.ok(compared >= 600, `compared ${compared} rows`);
+});
+
 test('banned specials are never sampled natively, even when they hold the best logit', { skip }, () => {
   const V = tok.vocabSize;
   const user = tok.specialId('<|user|>');

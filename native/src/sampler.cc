@@ -156,25 +156,34 @@ const int32_t* radix_sort(Scratch& s, int n) {
   return id;
 }
 
-// No fused multiply-adds here either: the JS rounds each operation.
-__attribute__((optimize("fp-contract=off"))) int32_t sample_one(const float* l, int V, const uint8_t* banned, const SampleRow& p, Scratch& s) {
-  if (p.temperature <= 0) {
-    int32_t best = -1;
-    double best_logit = -std::numeric_limits<double>::infinity();
-    for (int i = 0; i < V; ++i) {
-      const double x = l[i];
-      if (allowed(banned, i) && x > best_logit) {
-        best_logit = x;
-        best = i;
-      }
+// The largest allowed logit of a row (-inf when there is none; NaNs never win a comparison):
+// the order of comparisons does not change a maximum, so lanes take their share.
+float row_max(const float* l, int V, const uint8_t* banned) {
+  typedef uint8_t bvec __attribute__((vector_size(VL), aligned(1)));
+  constexpr float ninf = -std::numeric_limits<float>::infinity();
+  vec mx = splat(ninf);
+  int i = 0;
+  for (; i + VL <= V; i += VL) {
+    vec x = load(l + i);
+    if (banned) {
+      bvec b;
+      std::memcpy(&b, banned + i, sizeof b);
+      x = __builtin_convertvector(b, ivec) != 0 ? splat(ninf) : x;
     }
-    return best;
+    mx = x > mx ? x : mx;
   }
-  double max = -std::numeric_limits<double>::infinity();
-  for (int i = 0; i < V; ++i) {
-    const double x = l[i];
-    if (allowed(banned, i) && x > max) max = x;
-  }
+  float m = ninf;
+  for (int k = 0; k < VL; ++k)
+    if (mx[k] > m) m = mx[k];
+  for (; i < V; ++i)
+    if (allowed(banned, i) && l[i] > m) m = l[i];
+  return m;
+}
+
+// A row with temperature above 0 whose largest allowed logit is `max`: the sorted path (top-k,
+// top-p), and any row whose maximum is not finite. No fused multiply-adds here either: the JS
+// rounds each operation.
+__attribute__((optimize("fp-contract=off"))) int32_t sample_one(const float* l, int V, const uint8_t* banned, const SampleRow& p, double max, Scratch& s) {
   const double floor = max - 30 * p.temperature;
   s.size(V);
   double* probs = s.probs.data();
@@ -238,30 +247,6 @@ __attribute__((optimize("fp-contract=off"))) int32_t sample_one(const float* l, 
 // each weight is computed once, a non-candidate gets weight 0 (every candidate's is above 0: its
 // exponent is at least -30), so adding or subtracting it changes nothing and the sums run over
 // the whole row without a branch, bit for bit the JS's.
-
-// The largest allowed logit of a row (-inf when there is none; NaNs never win a comparison):
-// the order of comparisons does not change a maximum, so lanes take their share.
-float row_max(const float* l, int V, const uint8_t* banned) {
-  typedef uint8_t bvec __attribute__((vector_size(VL), aligned(1)));
-  constexpr float ninf = -std::numeric_limits<float>::infinity();
-  vec mx = splat(ninf);
-  int i = 0;
-  for (; i + VL <= V; i += VL) {
-    vec x = load(l + i);
-    if (banned) {
-      bvec b;
-      std::memcpy(&b, banned + i, sizeof b);
-      x = __builtin_convertvector(b, ivec) != 0 ? splat(ninf) : x;
-    }
-    mx = x > mx ? x : mx;
-  }
-  float m = ninf;
-  for (int k = 0; k < VL; ++k)
-    if (mx[k] > m) m = mx[k];
-  for (; i < V; ++i)
-    if (allowed(banned, i) && l[i] > m) m = l[i];
-  return m;
-}
 
 // w[i] = e^((l[i] - max) / T) for every allowed logit at or above floor, else 0. Dividing by a
 // temperature of 1 changes nothing, so it is skipped then.
@@ -344,6 +329,15 @@ struct PlainGroup {
   }
 };
 
+// The greedy pick: the first index of the largest allowed logit (-1 when none is above -inf).
+int32_t greedy(const float* l, int V, const uint8_t* banned) {
+  const float max = row_max(l, V, banned);
+  if (max == -std::numeric_limits<float>::infinity()) return -1;
+  for (int i = 0; i < V; ++i)
+    if (l[i] == max && allowed(banned, i)) return i;
+  return -1;
+}
+
 struct Job {
   const float* logits;
   int n, V, per_task;
@@ -360,17 +354,21 @@ void run_task(void* ctx, int task) {
   for (int r = task * j.per_task; r < end; ++r) {
     const float* l = j.logits + static_cast<size_t>(r) * j.V;
     const SampleRow& p = j.rows[r];
-    if (p.temperature > 0 && p.top_k <= 0 && p.top_p >= 1) {
-      const double max = row_max(l, j.V, j.banned);
-      if (std::isfinite(max)) {
-        plain_weights(l, j.V, j.banned, max, max - 30 * p.temperature, p.temperature, group.row(group.n, j.V));
-        group.rows[group.n] = r;
-        group.u[group.n++] = p.u;
-        if (group.n == kPlainGroup) group.finish(j.V, j.ids);
-        continue;
-      }
+    if (p.temperature <= 0) {
+      j.ids[r] = greedy(l, j.V, j.banned);
+      continue;
     }
-    j.ids[r] = sample_one(l, j.V, j.banned, p, scratch);
+    const double max = row_max(l, j.V, j.banned);
+    if (!std::isfinite(max)) {
+      j.ids[r] = sample_one(l, j.V, j.banned, p, max, scratch);
+    } else if (p.top_k <= 0 && p.top_p >= 1) {
+      plain_weights(l, j.V, j.banned, max, max - 30 * p.temperature, p.temperature, group.row(group.n, j.V));
+      group.rows[group.n] = r;
+      group.u[group.n++] = p.u;
+      if (group.n == kPlainGroup) group.finish(j.V, j.ids);
+    } else {
+      j.ids[r] = sample_one(l, j.V, j.banned, p, max, scratch);
+    }
   }
   group.finish(j.V, j.ids);
 }
