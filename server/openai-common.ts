@@ -16,6 +16,8 @@ import { Hono, type Context } from 'hono';
 import type { Auth, Identity } from './auth.ts';
 import type { ChatService } from './chat-service.ts';
 import { streamSSE } from 'hono/streaming';
+import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
+import { ServerResponse } from 'node:http';
 import { z } from 'zod';
 import type { TokenChoice } from '../model/sampling.ts';
 import { SPECIAL_TOKENS, type Tokenizer } from '../model/tokenizer.ts';
@@ -194,12 +196,91 @@ export interface SseQueueOptions {
   profile?: ServeProfile;
 }
 
+/** The SSE response's headers (those of Hono's `streamSSE`). */
+const SSE_HEADERS = { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive' };
+
 /**
  * An SSE response fed by a queue: lines pushed synchronously (from the decode loop) are written
  * in order, every line queued meanwhile in one write; `end()` closes the stream after the queued
  * lines; `onAbort` runs when the client goes.
+ *
+ * On Node's HTTP server (the product's) the lines go straight to the `ServerResponse`, from the
+ * push that finds the last write `coalesceMs` old, else from one timer; a full socket buffer
+ * holds the queue until it drains. Elsewhere (Hono's in-memory `app.request`) the same queue
+ * feeds Hono's `streamSSE`.
  */
 export function sseQueue(c: Context, onAbort: () => void, opts: SseQueueOptions = {}): { push: (data: string) => void; end: () => void; response: () => Response } {
+  const outgoing = (c.env as { outgoing?: ServerResponse } | undefined)?.outgoing;
+  return outgoing instanceof ServerResponse ? nodeSse(outgoing, onAbort, opts) : webSse(c, onAbort, opts);
+}
+
+const frame = (lines: readonly string[]) => lines.map((l) => `data: ${l}\n\n`).join('');
+
+function nodeSse(res: ServerResponse, onAbort: () => void, opts: SseQueueOptions): ReturnType<typeof sseQueue> {
+  const coalesceMs = opts.coalesceMs ?? 0;
+  const lines: string[] = [];
+  let started = false;
+  let finished = false;
+  let gone = false;
+  let draining = false;
+  let writes = 0;
+  let lastWrite = -Infinity;
+  let timer: NodeJS.Timeout | undefined;
+  res.on('close', () => {
+    gone = true;
+    clearTimeout(timer);
+    if (!res.writableFinished) onAbort();
+  });
+  const flush = () => {
+    timer = undefined;
+    if (gone || draining) return;
+    if (lines.length) {
+      const batch = frame(lines);
+      lines.length = 0;
+      writes++;
+      lastWrite = performance.now();
+      const t = opts.profile?.now() ?? 0;
+      const room = res.write(batch);
+      opts.profile?.wrote(t);
+      if (!room) {
+        draining = true;
+        res.once('drain', () => {
+          draining = false;
+          schedule();
+        });
+        return;
+      }
+    }
+    if (finished) res.end();
+  };
+  // After the first two writes (the role chunks, the first text), a write waits until coalesceMs after the previous one.
+  const schedule = () => {
+    if (!started || gone || draining || timer) return;
+    const since = performance.now() - lastWrite;
+    if (writes >= 2 && !finished && since < coalesceMs) timer = setTimeout(flush, coalesceMs - since);
+    else flush();
+  };
+  return {
+    push: (line) => {
+      lines.push(line);
+      schedule();
+    },
+    end: () => {
+      finished = true;
+      clearTimeout(timer);
+      timer = undefined;
+      schedule();
+    },
+    response: () => {
+      res.writeHead(200, SSE_HEADERS);
+      started = true;
+      schedule();
+      return RESPONSE_ALREADY_SENT;
+    },
+  };
+}
+
+function webSse(c: Context, onAbort: () => void, opts: SseQueueOptions): ReturnType<typeof sseQueue> {
   const lines: string[] = [];
   let wake: (() => void) | undefined;
   let finished = false;
@@ -226,7 +307,7 @@ export function sseQueue(c: Context, onAbort: () => void, opts: SseQueueOptions 
             await new Promise((r) => setTimeout(r, coalesceMs - since));
             continue;
           }
-          const batch = lines.map((l) => `data: ${l}\n\n`).join('');
+          const batch = frame(lines);
           lines.length = 0;
           writes++;
           lastWrite = performance.now();
