@@ -103,10 +103,14 @@ export class Client {
 
 const agent = new Agent({ keepAlive: true });
 
-/** One streamed OpenAI chat completion over a kept-alive connection; TTFT to the first chunk with content. */
+/**
+ * One streamed OpenAI chat completion over a kept-alive connection; TTFT to the first chunk with
+ * content. It samples as the WebSocket clients do (temperature 1, top_p 1), so the two doors do
+ * the same decoding work; the server's default top_p of 0.95 sorts every row's candidates.
+ */
 export function openaiTurn(base: string, content: string, maxTokens: number, seed: number): Promise<Turn> {
   const t0 = performance.now();
-  const body = JSON.stringify({ model: 'bench', messages: [{ role: 'user', content }], max_tokens: maxTokens, temperature: 1, seed, stream: true, stream_options: { include_usage: true } });
+  const body = JSON.stringify({ model: 'bench', messages: [{ role: 'user', content }], max_tokens: maxTokens, temperature: 1, top_p: 1, seed, stream: true, stream_options: { include_usage: true } });
   return new Promise((resolve, reject) => {
     const req = request(`${base}/v1/chat/completions`, { method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
       let first = 0;
