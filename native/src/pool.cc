@@ -37,6 +37,10 @@ static constexpr int kCallerSpins = 4000;
 static constexpr int kStallsBeforeBackOff = 3;
 static constexpr int kSerialJobs = 200;
 
+// Set while this thread runs a task of a job: a parallel_for inside a task runs its tasks
+// serially (the pool holds one job at a time, and that job is this one).
+static thread_local bool t_in_task = false;
+
 Pool& Pool::instance() {
   static Pool* pool = new Pool(default_threads());
   return *pool;
@@ -50,7 +54,9 @@ void Pool::work(uint32_t generation) {
     if (index >= static_cast<uint32_t>(tasks_.load(std::memory_order_acquire))) return;
     // Success means job `generation` is still running, so fn_/ctx_ are its own.
     if (claim_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) {
+      t_in_task = true;
       fn_(ctx_, static_cast<int>(index));
+      t_in_task = false;
       done_.fetch_add(1, std::memory_order_release);
     }
   }
@@ -124,7 +130,7 @@ bool Pool::try_run(int n, Fn fn, void* ctx) {
 
 void parallel_for(int n, Pool::Fn fn, void* ctx) {
   Pool& pool = Pool::instance();
-  if (n > 1 && pool.size() > 1 && pool.try_run(n, fn, ctx)) return;
+  if (n > 1 && pool.size() > 1 && !t_in_task && pool.try_run(n, fn, ctx)) return;
   for (int i = 0; i < n; ++i) fn(ctx, i);
 }
 

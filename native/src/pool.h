@@ -44,7 +44,8 @@ class Pool {
   void* ctx_ = nullptr;
 };
 
-// Calls fn(ctx, i) for i in [0, n), on the pool when there is more than one task.
+// Calls fn(ctx, i) for i in [0, n), on the pool when there is more than one task (serially when
+// called from inside a task).
 void parallel_for(int n, Pool::Fn fn, void* ctx);
 
 }  // namespace nk
