@@ -102,16 +102,15 @@ void exp_nonpos_array(double* xs, int n) {
 namespace {
 
 struct Scratch {
-  std::vector<uint32_t> key, key2;
-  std::vector<int32_t> id, id2;
+  std::vector<uint64_t> item, item2;  // key << 32 | id
+  std::vector<int32_t> id;
   std::vector<double> probs;
   std::vector<uint8_t> ok;
   void size(int V) {
-    if (static_cast<int>(key.size()) >= V) return;
-    key.resize(V);
-    key2.resize(V);
+    if (static_cast<int>(id.size()) >= V) return;
+    item.resize(V);
+    item2.resize(V);
     id.resize(V);
-    id2.resize(V);
     probs.resize(V);
     ok.resize(V);
   }
@@ -129,30 +128,33 @@ inline uint32_t descending_key(float logit) {
   return ~ascending;
 }
 
-// Stable LSD radix sort of the first n (key, id) pairs; returns the sorted ids.
+// Stable LSD radix sort of the first n items (key << 32 | id, in id order) by key; returns the
+// sorted ids. One pass counts all four bytes of the keys; a byte every key shares is skipped.
 const int32_t* radix_sort(Scratch& s, int n) {
-  uint32_t* key = s.key.data();
-  int32_t* id = s.id.data();
-  uint32_t* key2 = s.key2.data();
-  int32_t* id2 = s.id2.data();
-  int counts[256];
-  for (int shift = 0; shift < 32; shift += 8) {
-    std::memset(counts, 0, sizeof counts);
-    for (int i = 0; i < n; ++i) ++counts[(key[i] >> shift) & 255];
-    if (counts[(key[0] >> shift) & 255] == n) continue;
-    for (int b = 0, sum = 0; b < 256; ++b) {
-      const int c = counts[b];
-      counts[b] = sum;
-      sum += c;
-    }
-    for (int i = 0; i < n; ++i) {
-      const int at = counts[(key[i] >> shift) & 255]++;
-      key2[at] = key[i];
-      id2[at] = id[i];
-    }
-    std::swap(key, key2);
-    std::swap(id, id2);
+  uint64_t* from = s.item.data();
+  uint64_t* to = s.item2.data();
+  int counts[4][256] = {};
+  for (int i = 0; i < n; ++i) {
+    const uint32_t k = static_cast<uint32_t>(from[i] >> 32);
+    ++counts[0][k & 255];
+    ++counts[1][(k >> 8) & 255];
+    ++counts[2][(k >> 16) & 255];
+    ++counts[3][k >> 24];
   }
+  for (int d = 0; d < 4; ++d) {
+    const int shift = 32 + 8 * d;
+    int* c = counts[d];
+    if (c[(from[0] >> shift) & 255] == n) continue;
+    for (int b = 0, sum = 0; b < 256; ++b) {
+      const int here = c[b];
+      c[b] = sum;
+      sum += here;
+    }
+    for (int i = 0; i < n; ++i) to[c[(from[i] >> shift) & 255]++] = from[i];
+    std::swap(from, to);
+  }
+  int32_t* id = s.id.data();
+  for (int i = 0; i < n; ++i) id[i] = static_cast<int32_t>(from[i]);
   return id;
 }
 
@@ -211,8 +213,7 @@ __attribute__((optimize("fp-contract=off"))) int32_t sample_one(const float* l, 
   for (int i = 0; i < V; ++i) {
     const double x = l[i];
     if (allowed(banned, i) && x >= floor) {
-      s.key[n] = descending_key(l[i]);
-      s.id[n++] = i;
+      s.item[n++] = static_cast<uint64_t>(descending_key(l[i])) << 32 | static_cast<uint32_t>(i);
     }
   }
   if (n == 0) return -1;
