@@ -405,17 +405,19 @@ export class GPT {
   /**
    * One decoding step for N sequences at once: feeds `tokens[i]` to `caches[i]` (appending to
    * it) and returns the next-token logits, `N * V` values row by row. The caches must all come
-   * from the same path.
+   * from the same path. With `sample` (native caches only: `[params, banned, ids]` as for
+   * `sampleRows`), the rows are sampled in the same call and the ids written into `sample[2]`.
    */
-  decodeStep(caches: readonly KVCache[], tokens: readonly number[]): Float32Array {
+  decodeStep(caches: readonly KVCache[], tokens: readonly number[], sample?: NativeSampleArgs): Float32Array {
     const N = this.checkStep(caches, tokens);
     if (N === 0) return new Float32Array(0);
     const kind = caches[0]!.kind;
     if (caches.some((c) => c.kind !== kind)) throw new Error('decodeStep: caches from different decode paths');
     if (kind === 'native') {
       const { decoder, weights } = this.fused();
-      return decoder.run(weights, caches as NativeKVCache[], new Array<number>(N).fill(1), tokens);
+      return decoder.run(weights, caches as NativeKVCache[], new Array<number>(N).fill(1), tokens, sample);
     }
+    if (sample) throw new Error('decodeStep: sampling in the step needs the native decoder');
     return this.decodeStepTensors(caches as TensorKVCache[], tokens);
   }
 

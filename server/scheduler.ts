@@ -539,21 +539,25 @@ export class Scheduler {
     const ids = this.#ids;
     let logits: Float32Array;
     try {
+      const seqs = live.map((s) => s.seq);
+      const native = live.every((s) => s.cache.kind === 'native');
       let t = prof.now();
+      // On the native decoder the native rows are sampled inside the step (`step` then holds
+      // their sampling), the rest by `finishSamples`, as `sampleBatch` would.
+      const plan = native ? planSamples(seqs, V) : undefined;
+      prof.add('sample', t);
+      t = prof.now();
       logits = gpt.decodeStep(
         live.map((s) => s.cache),
         live.map((s) => s.seq.lastToken),
+        plan,
       );
       prof.add('step', t);
       prof.counts.steps++;
       prof.counts.rows += live.length;
       t = prof.now();
-      sampleBatch(
-        live.map((s) => s.seq),
-        logits,
-        V,
-        ids,
-      );
+      if (native) finishSamples(seqs, logits, V, ids, plan);
+      else sampleBatch(seqs, logits, V, ids);
       prof.add('sample', t);
     } catch (err) {
       this.#fail(live, err);

@@ -52,9 +52,9 @@ export function watchedSteps(model: ServedModel, { busyMs = 0, onStep }: { busyM
     const until = performance.now() + busyMs;
     while (performance.now() < until);
   };
-  gpt.decodeStep = (caches, tokens) => {
+  gpt.decodeStep = (caches, tokens, sample) => {
     before(caches.length);
-    return base.decodeStep(caches, tokens);
+    return base.decodeStep(caches, tokens, sample);
   };
   gpt.decodeStepAsync = (caches, tokens, sample) => {
     before(caches.length, true);

@@ -103,11 +103,12 @@ export class FusedDecoder {
    * after each sequence's last token, `N * V` values row by row.
    *
    * `weights`: wte, wpe, the 12 parameters of each block in checkpoint order, lnf.g, lnf.b —
-   * float32 tensors on the wasm backend.
+   * float32 tensors on the wasm backend. With `sample`, its rows are sampled in the same call
+   * (`sampleRows`, ids written to `sample[2]`), each by the thread that computed its logits.
    */
-  run(weights: readonly tf.Tensor[], caches: readonly NativeKVCache[], rows: readonly number[], tokens: readonly number[]): Float32Array {
+  run(weights: readonly tf.Tensor[], caches: readonly NativeKVCache[], rows: readonly number[], tokens: readonly number[], sample?: NativeSampleArgs): Float32Array {
     const { heap, params, handles, logits } = this.#call(weights, caches, rows, tokens);
-    this.#addon.decode(heap, params, handles, logits);
+    this.#addon.decode(heap, params, handles, logits, sample ?? null);
     for (let i = 0; i < caches.length; i++) caches[i]!.length += rows[i]!;
     return logits;
   }

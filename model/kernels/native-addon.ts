@@ -28,8 +28,11 @@ export interface NativeAddon {
   cacheFree?(cache: NativeCacheHandle): void;
   /** Bytes a cache holds. */
   cacheBytes?(cache: NativeCacheHandle): number;
-  /** One fused forward pass of N sequences against their caches; writes N*V logits. */
-  decode?(heap: ArrayBuffer, params: Float64Array, caches: NativeCacheHandle[], logits: Float32Array): void;
+  /**
+   * One fused forward pass of N sequences against their caches; writes N*V logits, and with
+   * `sample` each row's next token (`sampleRows` of that row, by the thread that computed it).
+   */
+  decode?(heap: ArrayBuffer, params: Float64Array, caches: NativeCacheHandle[], logits: Float32Array, sample?: NativeSampleArgs | null): void;
   /**
    * `decode` on a worker thread, then (with `sample`) `sampleRows` of its logits there; settles when
    * both are done. Meanwhile its caches refuse other decodes and `cacheFree` of them waits for it.

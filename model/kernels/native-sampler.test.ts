@@ -4,7 +4,7 @@ import { GPT } from '../gpt.ts';
 import type { Tokenizer } from '../tokenizer.ts';
 import { tinyDecoder } from '../test-support.ts';
 import { renderChat } from '../chat-template.ts';
-import { DecodeSequence, generateBatch, plainSampling, sampleBatch, type GenerateOptions } from '../generate.ts';
+import { DecodeSequence, finishSamples, generateBatch, planSamples, plainSampling, sampleBatch, type GenerateOptions } from '../generate.ts';
 import { createRng } from '../random.ts';
 import { nativeSampleRows } from './native-sampler.ts';
 import { loadNativeAddon } from './native-addon.ts';
@@ -118,6 +118,51 @@ test('rows whose logits all tie or bunch tightly below one outlier pick the same
     for (const s of [...a, ...b]) s.dispose();
   }
   assert.ok(compared >= 600, `compared ${compared} rows`);
+});
+
+// The scheduler hands its plan to the step (`decodeStep(caches, tokens, plan)`): each row is
+// sampled by the thread that computed it, inside the step (split by sequences from 8 rows).
+test('rows sampled inside the native decode step get the tokens of the step followed by sampleBatch', { skip }, (t) => {
+  if (gpt.decodePath() !== 'native') return t.skip('the fused native decoder is not available');
+  const variants: Partial<GenerateOptions>[] = [{ temperature: 1 }, { temperature: 0.8, topP: 0.9 }, { temperature: 0 }, { temperature: 1.2, topK: 7 }, { temperature: 1, logitBias: [[5, 3]] }];
+  const V = gpt.config.vocabSize;
+  let compared = 0;
+  for (const n of [3, 8, 16, 20]) {
+    const prompts = Array.from({ length: n }, (_, r) => Array.from({ length: 2 + (r % 5) }, (_, j) => 1 + ((r * 7 + j * 3) % 200)));
+    // Each sequence's first token comes from its prefill's logits, as in the scheduler.
+    const mk = () =>
+      prompts.map((p, r) => {
+        const { cache, logits } = gpt.prefill(p);
+        const seq = new DecodeSequence(tok, cache, { ...base, ...variants[r % variants.length], seed: n * 100 + r }, 48);
+        seq.push(logits, 0, V);
+        return seq;
+      });
+    const fused = mk();
+    const apart = mk();
+    const idsFused = new Int32Array(n);
+    const idsApart = new Int32Array(n);
+    for (let step = 0; step < 6; step++) {
+      const plan = planSamples(fused, V, 'native');
+      const logitsFused = gpt.decodeStep(fused.map((s) => s.cache), fused.map((s) => s.lastToken), plan);
+      finishSamples(fused, logitsFused, V, idsFused, plan);
+      const logitsApart = gpt.decodeStep(apart.map((s) => s.cache), apart.map((s) => s.lastToken));
+      sampleBatch(apart, logitsApart, V, idsApart, 'native');
+      assert.deepEqual([...idsFused], [...idsApart], `batch ${n} step ${step}`);
+      for (let r = 0; r < n; r++) {
+        const id = idsFused[r]!;
+        if (id >= 0) {
+          fused[r]!.accept(id);
+          apart[r]!.accept(id);
+        } else {
+          fused[r]!.push(logitsFused, r * V, V);
+          apart[r]!.push(logitsApart, r * V, V);
+        }
+      }
+      compared += n;
+    }
+    for (const s of [...fused, ...apart]) s.dispose();
+  }
+  assert.ok(compared >= 250, `compared ${compared} rows`);
 });
 
 test('banned specials are never sampled natively, even when they hold the best logit', { skip }, () => {

@@ -16,7 +16,9 @@
 //   cacheBytes(cache) -> bytes held
 //   decode(heap, [nLayer, nHead, C, V, blockSize, N, ...weight offsets (wte, wpe,
 //          12 per block in checkpoint order, lnf.g, lnf.b), ...rows (N), ...tokens (sum rows)],
-//          caches (Array of N distinct caches), logits (Float32Array, N*V))
+//          caches (Array of N distinct caches), logits (Float32Array, N*V),
+//          sample: null | [params, banned, ids] (sampleRows of the logits, row by row, by the
+//          thread that computed each row))
 //   decodeAsync(heap, params, caches, logits, sample: null | [params, banned, ids]) -> Promise:
 //          the same on a worker thread, then sampleRows of the logits there (see DecodeWorker)
 //
@@ -365,13 +367,31 @@ bool read_decode(const Napi::CallbackInfo& info, DecodeCall* call) {
   return true;
 }
 
-void run_decode(const DecodeCall& c) {
-  nk::decode(c.shape, c.w, {static_cast<int>(c.caches.size()), c.caches.data(), c.rows.data(), c.tokens.data(), c.logits});
+// The step, then (with `sample`) each row's next token, sampled by the thread that computed it.
+void run_decode(const DecodeCall& c, const SampleArgs* sample = nullptr) {
+  const nk::StepSample step_sample = sample ? nk::StepSample{sample->banned, sample->rows.data(), sample->ids} : nk::StepSample{};
+  nk::decode(c.shape, c.w, {static_cast<int>(c.caches.size()), c.caches.data(), c.rows.data(), c.tokens.data(), c.logits}, sample ? &step_sample : nullptr);
+}
+
+// The optional `sample` argument of decode and decodeAsync, info[4]: null | [params, banned, ids].
+// False (and a thrown error) when it is neither; *has says whether it was given.
+bool read_step_sample(const Napi::CallbackInfo& info, const DecodeCall& call, const char* who, SampleArgs* args, bool* has) {
+  *has = info.Length() > 4 && info[4].IsArray();
+  if (*has) {
+    Napi::Array s = info[4].As<Napi::Array>();
+    if (s.Length() != 3) return fail(info.Env(), who);
+    return read_sample_args(info.Env(), call.caches.size(), call.shape.vocab, s.Get(0u), s.Get(1u), s.Get(2u), args);
+  }
+  if (info.Length() > 4 && !info[4].IsNull() && !info[4].IsUndefined()) return fail(info.Env(), who);
+  return true;
 }
 
 Napi::Value Decode(const Napi::CallbackInfo& info) {
   DecodeCall call;
-  if (read_decode(info, &call)) run_decode(call);
+  SampleArgs args;
+  bool sample = false;
+  if (read_decode(info, &call) && read_step_sample(info, call, "decode: sample must be [params, banned, ids] or null", &args, &sample))
+    run_decode(call, sample ? &args : nullptr);
   return info.Env().Undefined();
 }
 
@@ -392,12 +412,7 @@ class DecodeWorker : public Napi::AsyncWorker {
   void hold(const Napi::Value& v) {
     if (v.IsObject()) held_.push_back(Napi::Persistent(v.As<Napi::Object>()));
   }
-  void Execute() override {
-    run_decode(call_);
-    if (sample_)
-      nk::sample_rows(call_.logits, static_cast<int>(call_.caches.size()), call_.shape.vocab, args_.banned,
-                      args_.rows.data(), args_.ids);
-  }
+  void Execute() override { run_decode(call_, sample_ ? &args_ : nullptr); }
   void OnOK() override {
     settle();
     deferred_.Resolve(Env().Undefined());
@@ -425,19 +440,8 @@ Napi::Value DecodeAsync(const Napi::CallbackInfo& info) {
   DecodeCall call;
   if (!read_decode(info, &call)) return env.Undefined();
   SampleArgs args;
-  const bool sample = info.Length() > 4 && info[4].IsArray();
-  if (sample) {
-    Napi::Array s = info[4].As<Napi::Array>();
-    if (s.Length() != 3) {
-      fail(env, "decodeAsync: sample must be [params, banned, ids]");
-      return env.Undefined();
-    }
-    if (!read_sample_args(env, call.caches.size(), call.shape.vocab, s.Get(0u), s.Get(1u), s.Get(2u), &args))
-      return env.Undefined();
-  } else if (info.Length() > 4 && !info[4].IsNull() && !info[4].IsUndefined()) {
-    fail(env, "decodeAsync: sample must be [params, banned, ids] or null");
-    return env.Undefined();
-  }
+  bool sample = false;
+  if (!read_step_sample(info, call, "decodeAsync: sample must be [params, banned, ids] or null", &args, &sample)) return env.Undefined();
   auto* worker = new DecodeWorker(env, std::move(call), sample, std::move(args));
   for (size_t i = 0; i < 5 && i < info.Length(); ++i) worker->hold(info[i]);
   worker->Queue();

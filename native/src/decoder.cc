@@ -445,6 +445,7 @@ struct SplitStep {
   const DecoderShape* shape;
   const DecoderWeights* w;
   const DecodeBatch* batch;
+  const StepSample* sample;
   int parts;
 };
 
@@ -452,21 +453,24 @@ void decode_part(void* ctx, int t) {
   const SplitStep& s = *static_cast<const SplitStep*>(ctx);
   const DecodeBatch& b = *s.batch;
   const int s0 = b.n * t / s.parts, s1 = b.n * (t + 1) / s.parts;
-  const DecodeBatch part{s1 - s0, b.caches + s0, b.rows + s0, b.tokens + s0, b.logits + static_cast<size_t>(s0) * s.shape->vocab};
+  float* logits = b.logits + static_cast<size_t>(s0) * s.shape->vocab;
+  const DecodeBatch part{s1 - s0, b.caches + s0, b.rows + s0, b.tokens + s0, logits};
   decode_rows(*s.shape, *s.w, part);
+  if (s.sample) sample_rows(logits, s1 - s0, s.shape->vocab, s.sample->banned, s.sample->rows + s0, s.sample->ids + s0);
 }
 
 }  // namespace
 
-void decode(const DecoderShape& shape, const DecoderWeights& w, const DecodeBatch& batch) {
+void decode(const DecoderShape& shape, const DecoderWeights& w, const DecodeBatch& batch, const StepSample* sample) {
   bool step = true;
   for (int s = 0; s < batch.n && step; ++s) step = batch.rows[s] == 1;
   const int parts = std::min(Pool::instance().size(), batch.n / kRowsPerPart);
   if (step && parts > 1) {
-    SplitStep split{&shape, &w, &batch, parts};
+    SplitStep split{&shape, &w, &batch, sample, parts};
     parallel_for(parts, decode_part, &split);
   } else {
     decode_rows(shape, w, batch);
+    if (sample) sample_rows(batch.logits, batch.n, shape.vocab, sample->banned, sample->rows, sample->ids);
   }
 }
 

@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "sampler.h"
+
 namespace nk {
 
 struct DecoderShape {
@@ -83,8 +85,16 @@ struct DecodeBatch {
   float* logits;            // n x V: next-token logits after each sequence's last token
 };
 
+// Next-token sampling of a step's rows (sampler.h's sample_rows arguments): n rows.
+struct StepSample {
+  const uint8_t* banned;
+  const SampleRow* rows;
+  int32_t* ids;
+};
+
 // Runs the batch; appends to the caches and advances their lengths. The caller has checked
-// shapes, token ids, and that every cache has room (KVCache::reserve).
-void decode(const DecoderShape& shape, const DecoderWeights& w, const DecodeBatch& batch);
+// shapes, token ids, and that every cache has room (KVCache::reserve). With `sample`, each
+// sequence's next token is sampled from its logits too, by the thread that computed them.
+void decode(const DecoderShape& shape, const DecoderWeights& w, const DecodeBatch& batch, const StepSample* sample = nullptr);
 
 }  // namespace nk
