@@ -16,9 +16,6 @@ before(async () => {
   model = await tinyModel({ blockSize: 64 });
 });
 
-/** Why the off-the-event-loop tests skip: their step needs the native decoder's asynchronous step. */
-const NO_ASYNC_STEP = 'the native decoder is off or not built (npm ci without a compiler, or TF_NATIVE_KERNELS=0): steps run on the event loop only';
-
 /** Bytes the native side still holds for a cache (0 once really freed). */
 const nativeBytes = (c: KVCache) => loadNativeAddon().addon!.cacheBytes!((c as NativeKVCache).handle);
 
@@ -128,8 +125,7 @@ test('prompts admitted together are prefilled in one pass, and a prompt too long
   });
 });
 
-test('with the step off the event loop (asyncStep), every reply gets the tokens of the step on it: greedy, sampled, top-k/top-p and logit bias', async (t) => {
-  if (!model.gpt.decodesAsync()) return t.skip(NO_ASYNC_STEP);
+test('with the step off the event loop (asyncStep), every reply gets the tokens of the step on it: greedy, sampled, top-k/top-p and logit bias', async () => {
   const offThread: boolean[] = [];
   const m = watchedSteps(model, { onStep: (_, off) => offThread.push(off) });
   const opts: GenerateOptions[] = [greedy(12), { ...greedy(12), temperature: 1, seed: 3 }, { ...greedy(12), temperature: 0.8, topK: 5, topP: 0.9, seed: 4 }, { ...greedy(12), temperature: 1, seed: 5, logitBias: [[7, 5]] }, { ...greedy(12), stop: ['e'] }];
@@ -150,8 +146,7 @@ test('with the step off the event loop (asyncStep), every reply gets the tokens 
   });
 });
 
-test('with asyncStep, a reply cancelled while its step runs ends at once, its cache is freed when the step lands, and the others go on', async (t) => {
-  if (!model.gpt.decodesAsync()) return t.skip(NO_ASYNC_STEP);
+test('with asyncStep, a reply cancelled while its step runs ends at once, its cache is freed when the step lands, and the others go on', async () => {
   const before = tf.memory().numTensors;
   let s!: Scheduler;
   let victim: Job | undefined;
@@ -178,8 +173,7 @@ test('with asyncStep, a reply cancelled while its step runs ends at once, its ca
   assert.equal(tf.memory().numTensors, before);
 });
 
-test('with asyncStep, a step that fails fails its replies with its error, and the next replies are served', async (t) => {
-  if (!model.gpt.decodesAsync()) return t.skip(NO_ASYNC_STEP);
+test('with asyncStep, a step that fails fails its replies with its error, and the next replies are served', async () => {
   let failures = 1;
   const gpt = Object.create(model.gpt) as typeof model.gpt;
   gpt.decodeStepAsync = (caches, tokens, sample) => (failures-- > 0 ? Promise.reject(new Error('step broke')) : model.gpt.decodeStepAsync(caches, tokens, sample));
@@ -210,8 +204,7 @@ test('with asyncStep, a hot swap while a step runs lets the old model finish its
   next.gpt.dispose();
 });
 
-test('with asyncStep, replies whose batch shrinks below asyncMinRows go on on the event loop with their text in order', async (t) => {
-  if (!model.gpt.decodesAsync()) return t.skip(NO_ASYNC_STEP);
+test('with asyncStep, replies whose batch shrinks below asyncMinRows go on on the event loop with their text in order', async () => {
   const offThread: boolean[] = [];
   const m = watchedSteps(model, { onStep: (_, off) => offThread.push(off) });
   const lengths = [4, 8, 12, 16, 24];
