@@ -214,17 +214,45 @@ export function sseQueue(c: Context, onAbort: () => void, opts: SseQueueOptions 
   return outgoing instanceof ServerResponse ? nodeSse(outgoing, onAbort, opts) : webSse(c, onAbort, opts);
 }
 
-const frame = (lines: readonly string[]) => lines.map((l) => `data: ${l}\n\n`).join('');
+/**
+ * What both writers share: the lines queued since the last write, and the rule for when the next
+ * write goes. After the first two writes (the role chunks, the first text), a write waits until
+ * `coalesceMs` after the previous one, unless the stream has ended.
+ */
+class SseLines {
+  readonly lines: string[] = [];
+  finished = false;
+  #writes = 0;
+  #lastWrite = -Infinity;
+  constructor(
+    readonly coalesceMs: number,
+    readonly profile?: ServeProfile,
+  ) {}
+
+  /** Milliseconds until the next write may go (0: now). */
+  wait(): number {
+    const since = performance.now() - this.#lastWrite;
+    return this.#writes >= 2 && !this.finished && since < this.coalesceMs ? this.coalesceMs - since : 0;
+  }
+
+  /** Hands every queued line to `write` as one batch, timed as a socket write; returns what `write` returned. */
+  flush<T>(write: (batch: string) => T): T {
+    const batch = this.lines.map((l) => `data: ${l}\n\n`).join('');
+    this.lines.length = 0;
+    this.#writes++;
+    this.#lastWrite = performance.now();
+    const t = this.profile?.now() ?? 0;
+    const out = write(batch);
+    this.profile?.wrote(t);
+    return out;
+  }
+}
 
 function nodeSse(res: ServerResponse, onAbort: () => void, opts: SseQueueOptions): ReturnType<typeof sseQueue> {
-  const coalesceMs = opts.coalesceMs ?? 0;
-  const lines: string[] = [];
+  const q = new SseLines(opts.coalesceMs ?? 0, opts.profile);
   let started = false;
-  let finished = false;
   let gone = false;
   let draining = false;
-  let writes = 0;
-  let lastWrite = -Infinity;
   let timer: NodeJS.Timeout | undefined;
   res.on('close', () => {
     gone = true;
@@ -234,39 +262,29 @@ function nodeSse(res: ServerResponse, onAbort: () => void, opts: SseQueueOptions
   const flush = () => {
     timer = undefined;
     if (gone || draining) return;
-    if (lines.length) {
-      const batch = frame(lines);
-      lines.length = 0;
-      writes++;
-      lastWrite = performance.now();
-      const t = opts.profile?.now() ?? 0;
-      const room = res.write(batch);
-      opts.profile?.wrote(t);
-      if (!room) {
-        draining = true;
-        res.once('drain', () => {
-          draining = false;
-          schedule();
-        });
-        return;
-      }
+    if (q.lines.length && !q.flush((batch) => res.write(batch))) {
+      draining = true;
+      res.once('drain', () => {
+        draining = false;
+        schedule();
+      });
+      return;
     }
-    if (finished) res.end();
+    if (q.finished) res.end();
   };
-  // After the first two writes (the role chunks, the first text), a write waits until coalesceMs after the previous one.
   const schedule = () => {
     if (!started || gone || draining || timer) return;
-    const since = performance.now() - lastWrite;
-    if (writes >= 2 && !finished && since < coalesceMs) timer = setTimeout(flush, coalesceMs - since);
+    const wait = q.wait();
+    if (wait > 0) timer = setTimeout(flush, wait);
     else flush();
   };
   return {
     push: (line) => {
-      lines.push(line);
+      q.lines.push(line);
       schedule();
     },
     end: () => {
-      finished = true;
+      q.finished = true;
       clearTimeout(timer);
       timer = undefined;
       schedule();
@@ -281,43 +299,29 @@ function nodeSse(res: ServerResponse, onAbort: () => void, opts: SseQueueOptions
 }
 
 function webSse(c: Context, onAbort: () => void, opts: SseQueueOptions): ReturnType<typeof sseQueue> {
-  const lines: string[] = [];
+  const q = new SseLines(opts.coalesceMs ?? 0, opts.profile);
   let wake: (() => void) | undefined;
-  let finished = false;
   const push = (line: string) => {
-    lines.push(line);
+    q.lines.push(line);
     wake?.();
   };
   const end = () => {
-    finished = true;
+    q.finished = true;
     wake?.();
   };
   const response = () =>
     streamSSE(c, async (stream) => {
       stream.onAbort(onAbort);
       c.req.raw.signal.addEventListener('abort', onAbort, { once: true });
-      const coalesceMs = opts.coalesceMs ?? 0;
-      let writes = 0;
-      let lastWrite = -Infinity;
       for (;;) {
-        if (lines.length) {
+        if (q.lines.length) {
           if (stream.aborted) return;
-          const since = performance.now() - lastWrite;
-          if (writes >= 2 && !finished && since < coalesceMs) {
-            await new Promise((r) => setTimeout(r, coalesceMs - since));
-            continue;
-          }
-          const batch = frame(lines);
-          lines.length = 0;
-          writes++;
-          lastWrite = performance.now();
-          const t = opts.profile?.now() ?? 0;
-          const written = stream.write(batch);
-          opts.profile?.wrote(t);
-          await written;
+          const wait = q.wait();
+          if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+          else await q.flush((batch) => stream.write(batch));
           continue;
         }
-        if (finished) return;
+        if (q.finished) return;
         await new Promise<void>((r) => (wake = r));
         wake = undefined;
       }
