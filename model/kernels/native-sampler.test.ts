@@ -30,6 +30,26 @@ function rows(n: number, V: number, seed: number): Float32Array {
   return out;
 }
 
+/**
+ * Samples `logits` (n rows of V) `steps` times with the native and the JS sampler, each through
+ * its own sequences made with `optsOf(r)`, and asserts the two pick the same tokens every step;
+ * returns the rows compared.
+ */
+function sameTokens(logits: Float32Array, n: number, V: number, optsOf: (r: number) => Partial<GenerateOptions>, steps: number, label: string): number {
+  const mk = () => Array.from({ length: n }, (_, r) => new DecodeSequence(tok, gpt.prefill([1, 2]).cache, { ...base, ...optsOf(r) }, 48));
+  const a = mk();
+  const b = mk();
+  const idsNative = new Int32Array(n);
+  const idsJs = new Int32Array(n);
+  for (let step = 0; step < steps; step++) {
+    sampleBatch(a, logits, V, idsNative, 'native');
+    sampleBatch(b, logits, V, idsJs, 'js');
+    assert.deepEqual([...idsNative], [...idsJs], `${label} step ${step}`);
+  }
+  for (const s of [...a, ...b]) s.dispose();
+  return n * steps;
+}
+
 // Parity is exact: the same candidates, summed in the same order in double precision, with the
 // same uniform draw. The exponential (the C library's against V8's) may differ in its last bit
 // on some inputs; that moves a pick only when a draw falls within ~1e-16 of a boundary.
@@ -46,19 +66,7 @@ test('the native batched sampler picks the same tokens as sampleToken, row by ro
   for (let round = 0; round < 60; round++) {
     const n = 1 + (round % 17);
     const V = round % 2 ? 2048 : tok.vocabSize; // rows wider than the tokenizer, as a model's may be
-    const logits = rows(n, V, round);
-    const mk = () => Array.from({ length: n }, (_, r) => new DecodeSequence(tok, gpt.prefill([1, 2]).cache, { ...base, ...variants[(r + round) % variants.length], seed: round * 100 + r }, 48));
-    const a = mk();
-    const b = mk();
-    const idsNative = new Int32Array(n);
-    const idsJs = new Int32Array(n);
-    for (let step = 0; step < 3; step++) {
-      sampleBatch(a, logits, V, idsNative, 'native');
-      sampleBatch(b, logits, V, idsJs, 'js');
-      assert.deepEqual([...idsNative], [...idsJs], `round ${round} step ${step}`);
-      compared += n;
-    }
-    for (const s of [...a, ...b]) s.dispose();
+    compared += sameTokens(rows(n, V, round), n, V, (r) => ({ ...variants[(r + round) % variants.length], seed: round * 100 + r }), 3, `round ${round}`);
   }
   assert.ok(compared >= 1000, `compared ${compared} rows`);
 });
@@ -71,19 +79,7 @@ test('batches of plain rows pick the same tokens natively as sampleToken, at eve
   for (let round = 0; round < 40; round++) {
     const n = 1 + (round % 20);
     const V = [2048, tok.vocabSize, 2045, 13][round % 4]!;
-    const logits = rows(n, V, 1000 + round);
-    const mk = () => Array.from({ length: n }, (_, r) => new DecodeSequence(tok, gpt.prefill([1, 2]).cache, { ...base, temperature: temperatures[(r + round) % temperatures.length]!, seed: round * 100 + r }, 48));
-    const a = mk();
-    const b = mk();
-    const idsNative = new Int32Array(n);
-    const idsJs = new Int32Array(n);
-    for (let step = 0; step < 4; step++) {
-      sampleBatch(a, logits, V, idsNative, 'native');
-      sampleBatch(b, logits, V, idsJs, 'js');
-      assert.deepEqual([...idsNative], [...idsJs], `round ${round} (n ${n}, V ${V}) step ${step}`);
-      compared += n;
-    }
-    for (const s of [...a, ...b]) s.dispose();
+    compared += sameTokens(rows(n, V, 1000 + round), n, V, (r) => ({ temperature: temperatures[(r + round) % temperatures.length]!, seed: round * 100 + r }), 4, `round ${round} (n ${n}, V ${V})`);
   }
   assert.ok(compared >= 1000, `compared ${compared} rows`);
 });
@@ -104,18 +100,7 @@ test('rows whose logits all tie or bunch tightly below one outlier pick the same
     const n = 8;
     const logits = new Float32Array(n * V);
     for (let r = 0; r < n; r++) for (let i = 0; i < V; i++) logits[r * V + i] = shape(i);
-    const mk = () => Array.from({ length: n }, (_, r) => new DecodeSequence(tok, gpt.prefill([1, 2]).cache, { ...base, ...variants[r % variants.length], seed: si * 100 + r }, 48));
-    const a = mk();
-    const b = mk();
-    const idsNative = new Int32Array(n);
-    const idsJs = new Int32Array(n);
-    for (let step = 0; step < 25; step++) {
-      sampleBatch(a, logits, V, idsNative, 'native');
-      sampleBatch(b, logits, V, idsJs, 'js');
-      assert.deepEqual([...idsNative], [...idsJs], `shape ${si} step ${step}`);
-      compared += n;
-    }
-    for (const s of [...a, ...b]) s.dispose();
+    compared += sameTokens(logits, n, V, (r) => ({ ...variants[r % variants.length], seed: si * 100 + r }), 25, `shape ${si}`);
   }
   assert.ok(compared >= 600, `compared ${compared} rows`);
 });
