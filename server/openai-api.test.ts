@@ -326,3 +326,45 @@ test('during a hot swap a stream in flight names the version it started on, and 
     await slow.close();
   }
 });
+
+test('streamed deltas that wait for one write (deltaCoalesceMs) join into one chunk, for chat and text completions; with logprobs, or at 0, a chunk per token', async () => {
+  const end = srv.model.tok.specialId('<|end|>');
+  const streamed = async (api: OpenAI, kind: 'chat' | 'text', logprobs = false) => {
+    // Greedy, the end of turn banned: the reply runs to max_tokens.
+    const common = { model: 'x', max_tokens: 24, temperature: 0, logit_bias: { [end]: -100 }, stream: true as const, stream_options: { include_usage: true } };
+    const stream = kind === 'chat' ? await api.chat.completions.create({ ...common, messages, logprobs }) : await api.completions.create({ ...common, prompt: 'the dog', ...(logprobs ? { logprobs: 0 } : {}) });
+    let text = '';
+    let chunks = 0;
+    let tokens = 0;
+    for await (const chunk of stream as AsyncIterable<{ choices: { delta?: { content?: string | null }; text?: string; logprobs?: { content?: unknown[] | null; tokens?: string[] } | null }[]; usage?: { completion_tokens: number } | null }>) {
+      const ch = chunk.choices[0];
+      const piece = ch?.delta?.content ?? ch?.text ?? '';
+      if (piece) chunks++;
+      text += piece;
+      if (chunk.usage) tokens = chunk.usage.completion_tokens;
+    }
+    return { text, chunks, tokens };
+  };
+  const held = await startTestServer({ deltaCoalesceMs: 10_000 }, { model: srv.model });
+  const each = await startTestServer({ deltaCoalesceMs: 0 }, { model: srv.model });
+  try {
+    const heldApi = new OpenAI({ baseURL: `${held.url}/v1`, apiKey: 'sk-test', maxRetries: 0 });
+    const eachApi = new OpenAI({ baseURL: `${each.url}/v1`, apiKey: 'sk-test', maxRetries: 0 });
+    for (const kind of ['chat', 'text'] as const) {
+      const a = await streamed(heldApi, kind);
+      const b = await streamed(eachApi, kind);
+      const c = await streamed(heldApi, kind, true);
+      assert.equal(a.tokens, 24, `${kind}: the reply ran to max_tokens`);
+      assert.equal(a.text, b.text, `${kind}: the same text either way`);
+      assert.equal(c.text, b.text, `${kind}: the same text with logprobs`);
+      // The first two writes go at once (chat: the role chunk, then the first text; text: two texts).
+      const first = kind === 'chat' ? 1 : 2;
+      assert.ok(a.chunks <= first + 1, `${kind}: ${a.chunks} content chunks for ${a.tokens} tokens: ${first} at once, the rest joined at the end`);
+      assert.ok(b.chunks >= b.tokens / 2, `${kind}: ${b.chunks} content chunks for ${b.tokens} tokens without coalescing`);
+      assert.ok(c.chunks >= c.tokens / 2, `${kind}: ${c.chunks} content chunks for ${c.tokens} tokens with logprobs (a chunk carries its tokens' logprobs)`);
+    }
+  } finally {
+    await held.close();
+    await each.close();
+  }
+});

@@ -196,6 +196,35 @@ export interface SseQueueOptions {
   profile?: ServeProfile;
 }
 
+/** A string standing where a chunk's text goes, to split the chunk around it (`jsonAround`); no delta is it. */
+export const TEXT_SLOT = '\u0000text slot\u0000';
+
+/**
+ * `json`, made with the string `slot` as its last string value, split around it: `head +
+ * JSON.stringify(text) + tail` is then the same JSON with `text` in its place.
+ */
+export function jsonAround(json: string, slot: string): { head: string; tail: string } {
+  const quoted = JSON.stringify(slot);
+  const at = json.lastIndexOf(quoted);
+  if (at < 0) throw new Error('jsonAround: the slot is not in the JSON');
+  return { head: json.slice(0, at), tail: json.slice(at + quoted.length) };
+}
+
+/** What `sseQueue` returns. */
+export interface SseQueue {
+  /** Queues one event's data. */
+  push: (data: string) => void;
+  /**
+   * Queues a text delta, the event `head + JSON.stringify(text) + tail`: deltas with the same head
+   * queued one after another, with no other event between them, go out as one event of their
+   * joined text (so under load a stream sends an event per write, not per token).
+   */
+  text: (head: string, text: string, tail: string) => void;
+  /** Closes the stream after the queued events. */
+  end: () => void;
+  response: () => Response;
+}
+
 /** The SSE response's headers (those of Hono's `streamSSE`). */
 const SSE_HEADERS = { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive' };
 
@@ -209,9 +238,19 @@ const SSE_HEADERS = { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-
  * holds the queue until it drains. Elsewhere (Hono's in-memory `app.request`) the same queue
  * feeds Hono's `streamSSE`.
  */
-export function sseQueue(c: Context, onAbort: () => void, opts: SseQueueOptions = {}): { push: (data: string) => void; end: () => void; response: () => Response } {
+export function sseQueue(c: Context, onAbort: () => void, opts: SseQueueOptions = {}): SseQueue {
   const outgoing = (c.env as { outgoing?: ServerResponse } | undefined)?.outgoing;
   return outgoing instanceof ServerResponse ? nodeSse(outgoing, onAbort, opts) : webSse(c, onAbort, opts);
+}
+
+/**
+ * A text delta held in the queue: the event `head + JSON.stringify(text) + tail`. Deltas of one
+ * choice queued one after another (under load, within one coalescing wait) join into one event.
+ */
+interface HeldText {
+  head: string;
+  text: string;
+  tail: string;
 }
 
 /**
@@ -220,7 +259,7 @@ export function sseQueue(c: Context, onAbort: () => void, opts: SseQueueOptions 
  * `coalesceMs` after the previous one, unless the stream has ended.
  */
 class SseLines {
-  readonly lines: string[] = [];
+  readonly lines: (string | HeldText)[] = [];
   finished = false;
   #writes = 0;
   #lastWrite = -Infinity;
@@ -228,6 +267,13 @@ class SseLines {
     readonly coalesceMs: number,
     readonly profile?: ServeProfile,
   ) {}
+
+  /** Queues a text delta, joined to the line before it when that is a text delta with the same head. */
+  text(head: string, text: string, tail: string): void {
+    const last = this.lines[this.lines.length - 1];
+    if (last !== undefined && typeof last !== 'string' && last.head === head) last.text += text;
+    else this.lines.push({ head, text, tail });
+  }
 
   /** Milliseconds until the next write may go (0: now). */
   wait(): number {
@@ -237,7 +283,8 @@ class SseLines {
 
   /** Hands every queued line to `write` as one batch, timed as a socket write; returns what `write` returned. */
   flush<T>(write: (batch: string) => T): T {
-    const batch = this.lines.map((l) => `data: ${l}\n\n`).join('');
+    let batch = '';
+    for (const l of this.lines) batch += `data: ${typeof l === 'string' ? l : l.head + JSON.stringify(l.text) + l.tail}\n\n`;
     this.lines.length = 0;
     this.#writes++;
     this.#lastWrite = performance.now();
@@ -248,7 +295,7 @@ class SseLines {
   }
 }
 
-function nodeSse(res: ServerResponse, onAbort: () => void, opts: SseQueueOptions): ReturnType<typeof sseQueue> {
+function nodeSse(res: ServerResponse, onAbort: () => void, opts: SseQueueOptions): SseQueue {
   const q = new SseLines(opts.coalesceMs ?? 0, opts.profile);
   let started = false;
   let gone = false;
@@ -283,6 +330,10 @@ function nodeSse(res: ServerResponse, onAbort: () => void, opts: SseQueueOptions
       q.lines.push(line);
       schedule();
     },
+    text: (head, text, tail) => {
+      q.text(head, text, tail);
+      schedule();
+    },
     end: () => {
       q.finished = true;
       clearTimeout(timer);
@@ -298,11 +349,15 @@ function nodeSse(res: ServerResponse, onAbort: () => void, opts: SseQueueOptions
   };
 }
 
-function webSse(c: Context, onAbort: () => void, opts: SseQueueOptions): ReturnType<typeof sseQueue> {
+function webSse(c: Context, onAbort: () => void, opts: SseQueueOptions): SseQueue {
   const q = new SseLines(opts.coalesceMs ?? 0, opts.profile);
   let wake: (() => void) | undefined;
   const push = (line: string) => {
     q.lines.push(line);
+    wake?.();
+  };
+  const text = (head: string, t: string, tail: string) => {
+    q.text(head, t, tail);
     wake?.();
   };
   const end = () => {
@@ -326,7 +381,7 @@ function webSse(c: Context, onAbort: () => void, opts: SseQueueOptions): ReturnT
         wake = undefined;
       }
     });
-  return { push, end, response };
+  return { push, text, end, response };
 }
 
 /** OpenAI's `usage`. */

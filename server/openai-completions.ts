@@ -33,12 +33,15 @@ import {
   ADJUSTMENT_FIELDS,
   COMPLETION_FIELDS,
   errorEvent,
+  jsonAround,
   logitBiasPairs,
   MAX_TOP_LOGPROBS,
   parseBody,
   RETURN_FIELDS,
   SAMPLING_FIELDS,
   sseQueue,
+  type SseQueue,
+  TEXT_SLOT,
   tokenText,
   usage,
   withLengthParam,
@@ -239,13 +242,19 @@ export function completionRoute(deps: CompletionDeps): (c: Context) => Promise<R
     results.then(leave, leave);
     const cancel = () => jobs.forEach((j) => j.job?.cancel());
 
-    let out: ReturnType<typeof sseQueue> | undefined;
+    let out: SseQueue | undefined;
     const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) => JSON.stringify({ id, object: 'text_completion', created, model: version, system_fingerprint: version, choices, ...extra });
     // Called from the decode loop, after this synchronous run: `out` is set by then when streaming.
     // The tokens streamed per choice are counted, so the rest goes with its final chunk.
+    // Without log-probabilities a text delta is queued as text around its choice's chunk, so the
+    // deltas that wait for one write join into one chunk.
+    const around: { head: string; tail: string }[] = [];
     function onDelta(index: number, text: string, lp: readonly TokenLogprob[]): void {
       streamed[index] = (streamed[index] ?? 0) + lp.length;
-      out?.push(chunk([{ index, text, logprobs: topN !== undefined ? legacy(tok, lp, base(index)) : null, finish_reason: null }]));
+      if (!out) return;
+      if (topN !== undefined) return out.push(chunk([{ index, text, logprobs: legacy(tok, lp, base(index)), finish_reason: null }]));
+      const a = (around[index] ??= jsonAround(chunk([{ index, text: TEXT_SLOT, logprobs: null, finish_reason: null }]), TEXT_SLOT));
+      out.text(a.head, text, a.tail);
     }
 
     if (!req.stream) {
@@ -277,7 +286,7 @@ export function completionRoute(deps: CompletionDeps): (c: Context) => Promise<R
       });
     }
 
-    out = sseQueue(c, cancel);
+    out = sseQueue(c, cancel, { coalesceMs: chat.deps.config.deltaCoalesceMs, profile: chat.deps.scheduler.profile });
     const stream = out;
     if (echo) {
       jobs.forEach(({ prompt }, index) => {

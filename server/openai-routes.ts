@@ -45,12 +45,14 @@ import {
   type ApiEnv,
   chatToken,
   errorEvent,
+  jsonAround,
   logitBiasPairs,
   MAX_TOP_LOGPROBS,
   parseBody,
   RETURN_FIELDS,
   SAMPLING_FIELDS,
   sseQueue,
+  TEXT_SLOT,
   usage,
   withLengthParam,
 } from './openai-common.ts';
@@ -258,12 +260,18 @@ export function openAIRoutes(deps: OpenAIDeps): Hono<OpenAIEnv> {
     let version = '';
     const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) =>
       JSON.stringify({ id, object: 'chat.completion.chunk', created, model: version, system_fingerprint: version, choices, ...extra });
+    const textChunk = (i: number, content: string, lp: readonly TokenLogprob[]) => chunk([{ index: i, delta: { content }, logprobs: wantLogprobs ? chatLogprobs(run.models[i]!.tok, lp) : null, finish_reason: null }]);
+    // Without log-probabilities a text delta is queued as text around its choice's chunk, so the
+    // deltas that wait for one write join into one chunk.
+    let around: { head: string; tail: string }[] = [];
     const run = replyRun((i, text, lp) => {
       streamed[i]! += lp.length;
-      out.push(chunk([{ index: i, delta: { content: text }, logprobs: wantLogprobs ? chatLogprobs(run.models[i]!.tok, lp) : null, finish_reason: null }]));
+      if (wantLogprobs) out.push(textChunk(i, text, lp));
+      else out.text(around[i]!.head, text, around[i]!.tail);
     });
     cancel = () => run.cancel();
     version = run.models[0]!.version;
+    if (!wantLogprobs) around = Array.from({ length: n }, (_, i) => jsonAround(textChunk(i, TEXT_SLOT, []), TEXT_SLOT));
     // The role chunks go first: the scheduler decodes nothing before this synchronous run ends.
     for (let i = 0; i < n; i++) out.push(chunk([{ index: i, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]));
     run.done

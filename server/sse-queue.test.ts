@@ -5,7 +5,7 @@ import type { Server } from 'node:http';
 import { request } from 'node:http';
 import { serve } from '@hono/node-server';
 import { Hono } from 'hono';
-import { sseQueue } from './openai-common.ts';
+import { jsonAround, sseQueue, TEXT_SLOT } from './openai-common.ts';
 
 /** A Node server whose one route streams `lines` through `sseQueue`, all pushed at once, then ends. */
 async function sseServer(lines: readonly string[], onAbort: () => void, coalesceMs = 0): Promise<{ url: string; close: () => Promise<void> }> {
@@ -84,4 +84,45 @@ test('a client that goes mid-stream aborts the queue once, and the server keeps 
   } finally {
     await srv.close();
   }
+});
+
+test('text deltas queued while a write waits join into one event per head; any other event between them keeps them apart', async () => {
+  const app = new Hono();
+  const a = jsonAround(JSON.stringify({ choices: [{ index: 0, delta: { content: TEXT_SLOT }, finish_reason: null }] }), TEXT_SLOT);
+  const b = jsonAround(JSON.stringify({ choices: [{ index: 1, delta: { content: TEXT_SLOT }, finish_reason: null }] }), TEXT_SLOT);
+  app.get('/', (c) => {
+    // A long coalescing wait: after the first two writes everything queued goes in the last one.
+    const out = sseQueue(c, () => {}, { coalesceMs: 60_000 });
+    out.push('role');
+    const res = out.response();
+    setImmediate(() => {
+      out.text(a.head, 'first', a.tail);
+      setImmediate(() => {
+        for (const t of ['He said ', '"hi"', ' \u00e9\n', '\u0000']) out.text(a.head, t, a.tail);
+        out.text(b.head, 'other', b.tail);
+        out.text(a.head, ' again', a.tail);
+        out.push('between');
+        out.text(a.head, ' after', a.tail);
+        out.end();
+      });
+    });
+    return res;
+  });
+  const server = await new Promise<Server>((resolve) => {
+    const s = serve({ fetch: app.fetch, port: 0, hostname: '127.0.0.1' }, () => resolve(s as Server));
+  });
+  try {
+    const body = await (await fetch(`http://127.0.0.1:${(server.address() as AddressInfo).port}/`)).text();
+    const content = (i: number, text: string) => JSON.stringify({ choices: [{ index: i, delta: { content: text }, finish_reason: null }] });
+    assert.deepEqual(events(body), ['role', content(0, 'first'), content(0, 'He said "hi" \u00e9\n\u0000'), content(1, 'other'), content(0, ' again'), 'between', content(0, ' after')]);
+  } finally {
+    await new Promise((r) => server.close(() => r(undefined)));
+  }
+});
+
+test('jsonAround splits a JSON text around its last string value: head + JSON.stringify(text) + tail is the JSON with that text', () => {
+  const make = (content: string) => JSON.stringify({ id: 'x\u0000"y', model: 'm', choices: [{ index: 3, delta: { content }, logprobs: null, finish_reason: null }] });
+  const { head, tail } = jsonAround(make(TEXT_SLOT), TEXT_SLOT);
+  for (const t of ['', 'plain', 'quote " and \\ backslash', 'nul \u0000 and \u2028 and emoji \u{1F600}', TEXT_SLOT]) assert.equal(head + JSON.stringify(t) + tail, make(t));
+  assert.throws(() => jsonAround('{"a":1}', TEXT_SLOT), /not in the JSON/);
 });
