@@ -45,6 +45,11 @@ await describeEachDialect('conversations', (ctx) => {
     await assert.rejects(addMessage(db, { conversationId: 'nope', role: 'user', content: 'x' }), code('unknown_conversation'));
     await assert.rejects(addMessage(db, { conversationId: c1.id, parentId: 'nope', role: 'user', content: 'x' }), code('unknown_message'));
     await assert.rejects(addMessage(db, { conversationId: c2.id, parentId: m.id, role: 'user', content: 'x' }), code('conversation_mismatch'));
+    // An unknown conversation is named first, whatever the parent.
+    await assert.rejects(addMessage(db, { conversationId: 'nope', parentId: m.id, role: 'user', content: 'x' }), code('unknown_conversation'));
+    await assert.rejects(addMessage(db, { conversationId: 'nope', parentId: 'nope', role: 'user', content: 'x' }), code('unknown_conversation'));
+    const reply = await addMessage(db, { conversationId: c1.id, parentId: m.id, role: 'assistant', content: 'hello' });
+    assert.equal(reply.parent_id, m.id);
     await assert.rejects(addMessage(db, { id: m.id, conversationId: c1.id, role: 'user', content: 'x' }), code('duplicate_id'));
     await assert.rejects(addMessage(db, { conversationId: c1.id, role: 'robot' as 'user', content: 'x' }), code('invalid_input'));
     assert.equal((await listMessages(db, c2.id)).length, 0);

@@ -60,14 +60,14 @@ export async function createConversation(db: Kysely<Database>, input: NewConvers
 export async function addMessage(db: Kysely<Database>, input: NewMessageInput): Promise<Message> {
   const m = parseInput(newMessageInput, input);
   if (m.id !== undefined && (await getMessage(db, m.id))) throw new FeedbackError('duplicate_id', `message ${m.id} already exists`);
-  const conversation = await db.selectFrom('conversations').select('id').where('id', '=', m.conversationId).executeTakeFirst();
-  if (!conversation) throw new FeedbackError('unknown_conversation', `no conversation ${m.conversationId}`);
-  if (m.parentId) {
-    const parent = await db.selectFrom('messages').select('conversation_id').where('id', '=', m.parentId).executeTakeFirst();
-    if (!parent) throw new FeedbackError('unknown_message', `no message ${m.parentId}`);
-    if (parent.conversation_id !== m.conversationId) {
-      throw new FeedbackError('conversation_mismatch', `message ${m.parentId} is in another conversation`);
-    }
+  // A parent in this conversation proves the conversation exists (a message's conversation is a
+  // foreign key): one lookup. Otherwise the conversation is checked first, so the error names it.
+  const parent = m.parentId ? await db.selectFrom('messages').select('conversation_id').where('id', '=', m.parentId).executeTakeFirst() : undefined;
+  if (parent?.conversation_id !== m.conversationId) {
+    const conversation = await db.selectFrom('conversations').select('id').where('id', '=', m.conversationId).executeTakeFirst();
+    if (!conversation) throw new FeedbackError('unknown_conversation', `no conversation ${m.conversationId}`);
+    if (m.parentId && !parent) throw new FeedbackError('unknown_message', `no message ${m.parentId}`);
+    if (parent) throw new FeedbackError('conversation_mismatch', `message ${m.parentId} is in another conversation`);
   }
   const row: Message = {
     id: m.id ?? newId(),

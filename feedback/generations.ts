@@ -34,6 +34,11 @@ export async function recordGeneration(db: Kysely<Database>, input: GenerationIn
   const message = await db.selectFrom('messages').select('role').where('id', '=', g.messageId).executeTakeFirst();
   if (!message) throw new FeedbackError('unknown_message', `no message ${g.messageId}`);
   if (message.role !== 'assistant') throw new FeedbackError('not_assistant_message', `message ${g.messageId} is not an assistant reply`);
+  return insertGeneration(db, g);
+}
+
+/** Stores a parsed generation record of a message known to be an assistant reply. */
+async function insertGeneration(db: Kysely<Database>, g: z.output<typeof generationInput>): Promise<Generation> {
   const row: Generation = {
     message_id: g.messageId,
     model_version_id: g.modelVersionId,
@@ -66,7 +71,8 @@ export async function addAssistantReply(
 ): Promise<{ message: Message; generation: Generation }> {
   return inTransaction(db, async (trx) => {
     const message = await addMessage(trx, { ...input.message, role: 'assistant' });
-    const generation = await recordGeneration(trx, { ...input.generation, messageId: message.id });
+    // The message was just added as an assistant reply: no need to look it up again.
+    const generation = await insertGeneration(trx, parseInput(generationInput, { ...input.generation, messageId: message.id }));
     return { message, generation };
   });
 }
