@@ -84,6 +84,7 @@ export class FusedDecoder {
   readonly #addon: DecoderAddon;
   readonly #cfg: DecoderConfig;
   readonly #nWeights: number;
+  #seen: { backend: WasmHeapBackend; ids: object[]; offsets: Float64Array } | undefined;
 
   constructor(cfg: DecoderConfig) {
     const addon = decoderAddon();
@@ -132,6 +133,22 @@ export class FusedDecoder {
     return logits;
   }
 
+  /** The weights' heap offsets, looked up again only when a weight's data changed (a variable assigned) or the backend did. */
+  #offsets(backend: WasmHeapBackend, weights: readonly tf.Tensor[]): Float64Array {
+    const seen = this.#seen;
+    let same = seen !== undefined && seen.backend === backend && seen.ids.length === weights.length;
+    for (let i = 0; same && i < weights.length; i++) same = seen!.ids[i] === weights[i]!.dataId;
+    if (same) return seen!.offsets;
+    const offsets = new Float64Array(weights.length);
+    for (let i = 0; i < weights.length; i++) {
+      const w = weights[i]!;
+      if (w.dtype !== 'float32') throw new Error('fused decoder: weights must be float32');
+      offsets[i] = offsetOf(backend, w);
+    }
+    this.#seen = { backend, ids: weights.map((w) => w.dataId), offsets };
+    return offsets;
+  }
+
   #call(weights: readonly tf.Tensor[], caches: readonly NativeKVCache[], rows: readonly number[], tokens: readonly number[]) {
     const { nLayer, nHead, nEmbd, blockSize, vocabSize } = this.#cfg;
     const N = caches.length;
@@ -145,11 +162,7 @@ export class FusedDecoder {
     params[4] = blockSize;
     params[5] = N;
     const backend = tf.backend() as unknown as WasmHeapBackend;
-    for (let i = 0; i < weights.length; i++) {
-      const w = weights[i]!;
-      if (w.dtype !== 'float32') throw new Error('fused decoder: weights must be float32');
-      params[6 + i] = offsetOf(backend, w);
-    }
+    params.set(this.#offsets(backend, weights), 6);
     const handles: NativeCacheHandle[] = new Array(N);
     let total = 0;
     for (let i = 0; i < N; i++) {
