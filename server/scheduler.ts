@@ -489,11 +489,9 @@ export class Scheduler {
     const seqs = live.map((s) => s.seq);
     const plan = planSamples(seqs, model.gpt.config.vocabSize);
     const ids = new Int32Array(live.length);
-    const done = model.gpt.decodeStepAsync(
-      live.map((s) => s.cache),
-      seqs.map((s) => s.lastToken),
-      plan,
-    );
+    const caches = live.map((s) => s.cache);
+    this.profile.stepped(caches);
+    const done = model.gpt.decodeStepAsync(caches, seqs.map((s) => s.lastToken), plan);
     return {
       model,
       live,
@@ -512,7 +510,6 @@ export class Scheduler {
    * their text is streamed by the caller once the next step runs. A failed step fails its slots.
    */
   async #land(running: readonly RunningStep[]): Promise<Landed[]> {
-    const prof = this.profile;
     const settled = await Promise.allSettled(running.map((r) => r.done));
     this.#inFlight = [];
     this.opts.metrics?.stepSeconds.observe((performance.now() - running[0]!.started) / 1000);
@@ -523,8 +520,6 @@ export class Scheduler {
         this.#fail(live.filter((s) => s.job.state === 'active'), outcome.reason);
         return;
       }
-      prof.counts.steps++;
-      prof.counts.rows += live.length;
       landed.push({ slots: live, deltas: this.#append(live, ids, outcome.value, model.gpt.config.vocabSize) });
     });
     return landed;
@@ -547,14 +542,14 @@ export class Scheduler {
       const plan = native ? planSamples(seqs, V) : undefined;
       prof.add('sample', t);
       t = prof.now();
+      const caches = live.map((s) => s.cache);
+      prof.stepped(caches);
       logits = gpt.decodeStep(
-        live.map((s) => s.cache),
+        caches,
         live.map((s) => s.seq.lastToken),
         plan,
       );
       prof.add('step', t);
-      prof.counts.steps++;
-      prof.counts.rows += live.length;
       t = prof.now();
       if (native) finishSamples(seqs, logits, V, ids, plan);
       else sampleBatch(seqs, logits, V, ids);

@@ -23,10 +23,11 @@ export class ServeProfile {
   readonly ms: Record<Stage, number> = { admit: 0, step: 0, sample: 0, detokenize: 0, emit: 0, write: 0 };
   /**
    * Decode steps, those of them run off the event loop (their `step` time, launch to landing,
-   * overlaps the other stages), sequences decoded in them (rows), tokens sampled, socket writes
-   * (WebSocket frames, SSE writes).
+   * overlaps the other stages), sequences decoded in them (rows), the tokens those rows attended
+   * to (their caches' lengths: `context / rows` is the mean context a step decodes at), tokens
+   * sampled, socket writes (WebSocket frames, SSE writes).
    */
-  readonly counts = { steps: 0, offThreadSteps: 0, rows: 0, tokens: 0, frames: 0 };
+  readonly counts = { steps: 0, offThreadSteps: 0, rows: 0, context: 0, tokens: 0, frames: 0 };
   #inEmit = false;
   #writeInEmit = 0;
 
@@ -64,6 +65,14 @@ export class ServeProfile {
 
   /** Of `ms.step`, the time of steps run off the event loop (launch to landing), which overlaps the other stages. */
   offThreadStepMs = 0;
+
+  /** Counts a decode step of `caches`. */
+  stepped(caches: readonly { readonly length: number }[]): void {
+    if (!this.enabled) return;
+    this.counts.steps++;
+    this.counts.rows += caches.length;
+    for (const c of caches) this.counts.context += c.length;
+  }
 
   /** Records a step that ran off the event loop from `since` to now (under `step` too). */
   addOffThreadStep(since: number): void {
