@@ -3,6 +3,7 @@
 // per row and head over that row's own cache (keys 0..position, so no padding and a prompt is
 // causal by construction). Logits are computed for each sequence's last row only.
 #include "decoder.h"
+#include <cstdlib>
 
 #include <algorithm>
 #include <cmath>
@@ -369,7 +370,9 @@ void attend_head(void* ctx, int h) {
 namespace {
 
 // One forward pass of a batch on this thread's scratch (its kernels split over the pool when large).
-void decode_rows(const DecoderShape& shape, const DecoderWeights& w, const DecodeBatch& batch) {
+// With `hidden`, each sequence's last hidden state after the final layer norm is written there
+// (n x C) instead of its logits.
+void decode_rows(const DecoderShape& shape, const DecoderWeights& w, const DecodeBatch& batch, float* hidden = nullptr) {
   thread_local Scratch sc;
   const int C = shape.n_embd, H = shape.n_head, hs = shape.head_size();
   int R = 0;
@@ -425,20 +428,23 @@ void decode_rows(const DecoderShape& shape, const DecoderWeights& w, const Decod
     linear(fc, R, 4 * C, lw.wproj, C, lw.bproj, tmp);
     add_into(x, tmp, RC);
   }
-  float* last = sized(sc.last, static_cast<size_t>(batch.n) * C);
+  float* last = hidden ? hidden : sized(sc.last, static_cast<size_t>(batch.n) * C);
   for (int s = 0, r = 0; s < batch.n; ++s) {
     r += batch.rows[s];
     std::memcpy(last + static_cast<size_t>(s) * C, x + static_cast<size_t>(r - 1) * C, C * sizeof(float));
     batch.caches[s]->set_length(batch.caches[s]->length() + batch.rows[s]);
   }
   layer_norm(last, w.lnf_g, w.lnf_b, last, batch.n, C);
-  lm_head(last, batch.n, C, w.wte, shape.vocab, batch.logits);  // [n, V] = last · wteᵀ
+  if (!hidden) lm_head(last, batch.n, C, w.wte, shape.vocab, batch.logits);  // [n, V] = last · wteᵀ
 }
 
 // A decode step (one token per sequence) of at least this many sequences per thread is split
-// by sequences: each thread runs its share through the whole model, with no hand-off between
+// by sequences: each thread runs its share through the blocks, with no hand-off between
 // kernels. Split by columns instead, a step of 16 small sequences is some 20 jobs of a few
-// microseconds, and its second thread bought 1.24x.
+// microseconds, and its second thread bought 1.24x. The output projection (the largest matrix)
+// then runs on the whole batch, its vocabulary split between the threads: each reads half of it,
+// and the batch's rows fill the vector lanes (16 rows to a 16-lane vector, where a thread's 8
+// filled half), and each thread samples its share of the rows.
 constexpr int kRowsPerPart = 4;
 
 struct SplitStep {
@@ -446,17 +452,24 @@ struct SplitStep {
   const DecoderWeights* w;
   const DecodeBatch* batch;
   const StepSample* sample;
+  float* hidden;  // n x C: each sequence's last hidden state, after the final layer norm
   int parts;
 };
 
-void decode_part(void* ctx, int t) {
+void blocks_part(void* ctx, int t) {
   const SplitStep& s = *static_cast<const SplitStep*>(ctx);
   const DecodeBatch& b = *s.batch;
   const int s0 = b.n * t / s.parts, s1 = b.n * (t + 1) / s.parts;
-  float* logits = b.logits + static_cast<size_t>(s0) * s.shape->vocab;
-  const DecodeBatch part{s1 - s0, b.caches + s0, b.rows + s0, b.tokens + s0, logits};
-  decode_rows(*s.shape, *s.w, part);
-  if (s.sample) sample_rows(logits, s1 - s0, s.shape->vocab, s.sample->banned, s.sample->rows + s0, s.sample->ids + s0);
+  const DecodeBatch part{s1 - s0, b.caches + s0, b.rows + s0, b.tokens + s0, nullptr};
+  decode_rows(*s.shape, *s.w, part, s.hidden + static_cast<size_t>(s0) * s.shape->n_embd);
+}
+
+void sample_part(void* ctx, int t) {
+  const SplitStep& s = *static_cast<const SplitStep*>(ctx);
+  const DecodeBatch& b = *s.batch;
+  const int s0 = b.n * t / s.parts, s1 = b.n * (t + 1) / s.parts;
+  const int V = s.shape->vocab;
+  sample_rows(b.logits + static_cast<size_t>(s0) * V, s1 - s0, V, s.sample->banned, s.sample->rows + s0, s.sample->ids + s0);
 }
 
 }  // namespace
@@ -466,8 +479,12 @@ void decode(const DecoderShape& shape, const DecoderWeights& w, const DecodeBatc
   for (int s = 0; s < batch.n && step; ++s) step = batch.rows[s] == 1;
   const int parts = std::min(Pool::instance().size(), batch.n / kRowsPerPart);
   if (step && parts > 1) {
-    SplitStep split{&shape, &w, &batch, sample, parts};
-    parallel_for(parts, decode_part, &split);
+    thread_local std::vector<float> hidden_buffer;
+    float* hidden = sized(hidden_buffer, static_cast<size_t>(batch.n) * shape.n_embd);
+    SplitStep split{&shape, &w, &batch, sample, hidden, parts};
+    parallel_for(parts, blocks_part, &split);
+    lm_head(hidden, batch.n, shape.n_embd, w.wte, shape.vocab, batch.logits);
+    if (sample) parallel_for(parts, sample_part, &split);
   } else {
     decode_rows(shape, w, batch);
     if (sample) sample_rows(batch.logits, batch.n, shape.vocab, sample->banned, sample->rows, sample->ids);
