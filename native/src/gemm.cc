@@ -395,11 +395,13 @@ void sgemm(const GemmArgs& g) {
       plan.parts = static_cast<int>(g.batch);
     } else {
       // Split the larger side, counted in micro-tiles, into a few slices per thread: when a
-      // thread is descheduled (a busy machine), the others take its remaining slices.
+      // thread is descheduled (a busy machine), the others take its remaining slices. The count
+      // is a multiple of the threads (3 slices on 2 threads would leave one thread a third idle).
       const int64_t row_tiles = (g.m + MR - 1) / MR, col_tiles = (g.n + NR - 1) / NR;
       plan.split = row_tiles >= col_tiles ? Plan::kRows : Plan::kCols;
       const int64_t tiles = std::max(row_tiles, col_tiles);
-      plan.parts = static_cast<int>(std::max<int64_t>(threads, std::min<int64_t>(tiles / 4, kSlicesPerThread * threads)));
+      const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(tiles / 4, kSlicesPerThread * threads) / threads);
+      plan.parts = static_cast<int>(slices * threads);
     }
   }
   if (plan.parts == 1) {
