@@ -126,3 +126,25 @@ test('jsonAround splits a JSON text around its last string value: head + JSON.st
   for (const t of ['', 'plain', 'quote " and \\ backslash', 'nul \u0000 and \u2028 and emoji \u{1F600}', TEXT_SLOT]) assert.equal(head + JSON.stringify(t) + tail, make(t));
   assert.throws(() => jsonAround('{"a":1}', TEXT_SLOT), /not in the JSON/);
 });
+
+test('off Node\'s server (Hono\'s app.request, the fuzzer\'s way in) the queue joins text deltas by the same rule', async () => {
+  const app = new Hono();
+  const a = jsonAround(JSON.stringify({ choices: [{ index: 0, delta: { content: TEXT_SLOT } }] }), TEXT_SLOT);
+  const b = jsonAround(JSON.stringify({ choices: [{ index: 1, delta: { content: TEXT_SLOT } }] }), TEXT_SLOT);
+  app.get('/', (c) => {
+    const out = sseQueue(c, () => {}, { coalesceMs: 60_000 });
+    out.push('role');
+    const res = out.response();
+    // All queued before the stream's first write: they go out in it.
+    for (const t of ['one', ' two', ' "three"']) out.text(a.head, t, a.tail);
+    out.text(b.head, 'other', b.tail);
+    out.text(a.head, ' four', a.tail);
+    out.push('[DONE]');
+    out.end();
+    return res;
+  });
+  const res = await app.request('/');
+  assert.equal(res.headers.get('content-type'), 'text/event-stream');
+  const content = (i: number, text: string) => JSON.stringify({ choices: [{ index: i, delta: { content: text } }] });
+  assert.deepEqual(events(await res.text()), ['role', content(0, 'one two "three"'), content(1, 'other'), content(0, ' four'), '[DONE]']);
+});
