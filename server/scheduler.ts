@@ -541,9 +541,9 @@ export class Scheduler {
       // their sampling), the rest by `finishSamples`, as `sampleBatch` would.
       const plan = native ? planSamples(seqs, V) : undefined;
       prof.add('sample', t);
-      t = prof.now();
       const caches = live.map((s) => s.cache);
       prof.stepped(caches);
+      t = prof.now();
       logits = gpt.decodeStep(
         caches,
         live.map((s) => s.seq.lastToken),

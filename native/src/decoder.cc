@@ -3,7 +3,6 @@
 // per row and head over that row's own cache (keys 0..position, so no padding and a prompt is
 // causal by construction). Logits are computed for each sequence's last row only.
 #include "decoder.h"
-#include <cstdlib>
 
 #include <algorithm>
 #include <cmath>
