@@ -199,11 +199,17 @@ export interface SseQueueOptions {
 /** A string standing where a chunk's text goes, to split the chunk around it (`jsonAround`); no delta is it. */
 export const TEXT_SLOT = '\u0000text slot\u0000';
 
+/** A chunk split around its text: the event of a text is `head + JSON.stringify(text) + tail`. */
+export interface TextChunk {
+  head: string;
+  tail: string;
+}
+
 /**
  * `json`, made with the string `slot` as its last string value, split around it: `head +
  * JSON.stringify(text) + tail` is then the same JSON with `text` in its place.
  */
-export function jsonAround(json: string, slot: string): { head: string; tail: string } {
+export function jsonAround(json: string, slot: string = TEXT_SLOT): TextChunk {
   const quoted = JSON.stringify(slot);
   const at = json.lastIndexOf(quoted);
   if (at < 0) throw new Error('jsonAround: the slot is not in the JSON');
@@ -215,11 +221,11 @@ export interface SseQueue {
   /** Queues one event's data. */
   push: (data: string) => void;
   /**
-   * Queues a text delta, the event `head + JSON.stringify(text) + tail`: deltas with the same head
-   * queued one after another, with no other event between them, go out as one event of their
-   * joined text (so under load a stream sends an event per write, not per token).
+   * Queues a text delta of `chunk`: deltas of the same chunk queued one after another, with no
+   * other event between them, go out as one event of their joined text (so under load a stream
+   * sends an event per write, not per token).
    */
-  text: (head: string, text: string, tail: string) => void;
+  text: (chunk: TextChunk, text: string) => void;
   /** Closes the stream after the queued events. */
   end: () => void;
   response: () => Response;
@@ -244,13 +250,12 @@ export function sseQueue(c: Context, onAbort: () => void, opts: SseQueueOptions 
 }
 
 /**
- * A text delta held in the queue: the event `head + JSON.stringify(text) + tail`. Deltas of one
- * choice queued one after another (under load, within one coalescing wait) join into one event.
+ * A text delta held in the queue. Deltas of one chunk queued one after another (under load,
+ * within one coalescing wait) join into one event.
  */
 interface HeldText {
-  head: string;
+  chunk: TextChunk;
   text: string;
-  tail: string;
 }
 
 /**
@@ -268,11 +273,11 @@ class SseLines {
     readonly profile?: ServeProfile,
   ) {}
 
-  /** Queues a text delta, joined to the line before it when that is a text delta with the same head. */
-  text(head: string, text: string, tail: string): void {
+  /** Queues a text delta, joined to the line before it when that is a text delta of the same chunk. */
+  text(chunk: TextChunk, text: string): void {
     const last = this.lines[this.lines.length - 1];
-    if (last !== undefined && typeof last !== 'string' && last.head === head) last.text += text;
-    else this.lines.push({ head, text, tail });
+    if (last !== undefined && typeof last !== 'string' && last.chunk === chunk) last.text += text;
+    else this.lines.push({ chunk, text });
   }
 
   /** Milliseconds until the next write may go (0: now). */
@@ -284,7 +289,7 @@ class SseLines {
   /** Hands every queued line to `write` as one batch, timed as a socket write; returns what `write` returned. */
   flush<T>(write: (batch: string) => T): T {
     let batch = '';
-    for (const l of this.lines) batch += `data: ${typeof l === 'string' ? l : l.head + JSON.stringify(l.text) + l.tail}\n\n`;
+    for (const l of this.lines) batch += `data: ${typeof l === 'string' ? l : l.chunk.head + JSON.stringify(l.text) + l.chunk.tail}\n\n`;
     this.lines.length = 0;
     this.#writes++;
     this.#lastWrite = performance.now();
@@ -330,8 +335,8 @@ function nodeSse(res: ServerResponse, onAbort: () => void, opts: SseQueueOptions
       q.lines.push(line);
       schedule();
     },
-    text: (head, text, tail) => {
-      q.text(head, text, tail);
+    text: (chunk, text) => {
+      q.text(chunk, text);
       schedule();
     },
     end: () => {
@@ -356,8 +361,8 @@ function webSse(c: Context, onAbort: () => void, opts: SseQueueOptions): SseQueu
     q.lines.push(line);
     wake?.();
   };
-  const text = (head: string, t: string, tail: string) => {
-    q.text(head, t, tail);
+  const text = (chunk: TextChunk, t: string) => {
+    q.text(chunk, t);
     wake?.();
   };
   const end = () => {

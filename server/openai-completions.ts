@@ -42,6 +42,7 @@ import {
   sseQueue,
   type SseQueue,
   TEXT_SLOT,
+  type TextChunk,
   tokenText,
   usage,
   withLengthParam,
@@ -248,13 +249,12 @@ export function completionRoute(deps: CompletionDeps): (c: Context) => Promise<R
     // The tokens streamed per choice are counted, so the rest goes with its final chunk.
     // Without log-probabilities a text delta is queued as text around its choice's chunk, so the
     // deltas that wait for one write join into one chunk.
-    const around: { head: string; tail: string }[] = [];
+    const around: TextChunk[] = [];
     function onDelta(index: number, text: string, lp: readonly TokenLogprob[]): void {
       streamed[index] = (streamed[index] ?? 0) + lp.length;
       if (!out) return;
       if (topN !== undefined) return out.push(chunk([{ index, text, logprobs: legacy(tok, lp, base(index)), finish_reason: null }]));
-      const a = (around[index] ??= jsonAround(chunk([{ index, text: TEXT_SLOT, logprobs: null, finish_reason: null }]), TEXT_SLOT));
-      out.text(a.head, text, a.tail);
+      out.text((around[index] ??= jsonAround(chunk([{ index, text: TEXT_SLOT, logprobs: null, finish_reason: null }]))), text);
     }
 
     if (!req.stream) {

@@ -53,6 +53,7 @@ import {
   SAMPLING_FIELDS,
   sseQueue,
   TEXT_SLOT,
+  type TextChunk,
   usage,
   withLengthParam,
 } from './openai-common.ts';
@@ -263,15 +264,15 @@ export function openAIRoutes(deps: OpenAIDeps): Hono<OpenAIEnv> {
     const textChunk = (i: number, content: string, lp: readonly TokenLogprob[]) => chunk([{ index: i, delta: { content }, logprobs: wantLogprobs ? chatLogprobs(run.models[i]!.tok, lp) : null, finish_reason: null }]);
     // Without log-probabilities a text delta is queued as text around its choice's chunk, so the
     // deltas that wait for one write join into one chunk.
-    let around: { head: string; tail: string }[] = [];
+    let around: TextChunk[] = [];
     const run = replyRun((i, text, lp) => {
       streamed[i]! += lp.length;
       if (wantLogprobs) out.push(textChunk(i, text, lp));
-      else out.text(around[i]!.head, text, around[i]!.tail);
+      else out.text(around[i]!, text);
     });
     cancel = () => run.cancel();
     version = run.models[0]!.version;
-    if (!wantLogprobs) around = Array.from({ length: n }, (_, i) => jsonAround(textChunk(i, TEXT_SLOT, []), TEXT_SLOT));
+    if (!wantLogprobs) around = Array.from({ length: n }, (_, i) => jsonAround(textChunk(i, TEXT_SLOT, [])));
     // The role chunks go first: the scheduler decodes nothing before this synchronous run ends.
     for (let i = 0; i < n; i++) out.push(chunk([{ index: i, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]));
     run.done

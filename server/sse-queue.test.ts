@@ -96,13 +96,13 @@ test('text deltas queued while a write waits join into one event per head; any o
     out.push('role');
     const res = out.response();
     setImmediate(() => {
-      out.text(a.head, 'first', a.tail);
+      out.text(a, 'first');
       setImmediate(() => {
-        for (const t of ['He said ', '"hi"', ' \u00e9\n', '\u0000']) out.text(a.head, t, a.tail);
-        out.text(b.head, 'other', b.tail);
-        out.text(a.head, ' again', a.tail);
+        for (const t of ['He said ', '"hi"', ' \u00e9\n', '\u0000']) out.text(a, t);
+        out.text(b, 'other');
+        out.text(a, ' again');
         out.push('between');
-        out.text(a.head, ' after', a.tail);
+        out.text(a, ' after');
         out.end();
       });
     });
@@ -136,9 +136,9 @@ test('off Node\'s server (Hono\'s app.request, the fuzzer\'s way in) the queue j
     out.push('role');
     const res = out.response();
     // All queued before the stream's first write: they go out in it.
-    for (const t of ['one', ' two', ' "three"']) out.text(a.head, t, a.tail);
-    out.text(b.head, 'other', b.tail);
-    out.text(a.head, ' four', a.tail);
+    for (const t of ['one', ' two', ' "three"']) out.text(a, t);
+    out.text(b, 'other');
+    out.text(a, ' four');
     out.push('[DONE]');
     out.end();
     return res;
