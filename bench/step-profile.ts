@@ -4,7 +4,8 @@
  * optimizer timed on its own, and the rest of the step's wall time called framework overhead.
  *
  * Classes:
- * - `matmul`: matrix products of rank 2 (the linear layers and the LM head, forward and backward);
+ * - `matmul`: matrix products of rank 2 (the linear layers and the LM head, forward and backward,
+ *   `NkLinear` included);
  * - `attention`: every kernel on the per-head tensors (rank 4, or a batched product of rank 3):
  *   QKᵀ, scale, mask, softmax, ·V, the head transposes and their gradients, and any kernel
  *   whose name says attention (a fused one);
@@ -42,7 +43,7 @@ function classOf(k: KernelRecord): Exclude<StepClass, 'optimizer' | 'overhead'> 
   if (/attention/i.test(k.name)) return 'attention';
   const shapes = [...k.inputShapes, ...k.outputShapes].filter((s): s is number[] => Array.isArray(s));
   if (shapes.some((s) => s.length >= 4)) return 'attention';
-  if (/MatMul/i.test(k.name)) {
+  if (/MatMul|NkLinear/i.test(k.name)) {
     const batched = shapes.some((s) => s.length === 3 && s[0]! > 1);
     return batched ? 'attention' : 'matmul';
   }

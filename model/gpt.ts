@@ -23,7 +23,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { z } from 'zod';
 import { FusedDecoder, NativeKVCache, fusedDecoderAvailable } from './kernels/fused-decoder.ts';
 import type { NativeSampleArgs } from './kernels/native-addon.ts';
-import { fusedAttention, fusedEmbed, fusedGelu, fusedLayerNorm, trainingOpsAvailable } from './kernels/training-ops.ts';
+import { fusedAttention, fusedEmbed, fusedGelu, fusedLayerNorm, fusedLinear, trainingOpsAvailable } from './kernels/training-ops.ts';
 
 export const GPTConfigSchema = z
   .object({
@@ -268,7 +268,7 @@ export class GPT {
     const [B, T] = idx.shape;
     const ids = tf.reshape(idx.dtype === 'int32' ? idx : tf.cast(idx, 'int32'), [B * T]) as tf.Tensor1D;
     let x = fusedEmbed(this.p('wte') as tf.Tensor2D, this.p('wpe') as tf.Tensor2D, ids, B, T); // [B*T, C]
-    const dense = (a: tf.Tensor2D, w: string, b: string) => tf.fused.matMul({ a, b: this.p(w) as tf.Tensor2D, bias: this.p(b) }) as tf.Tensor2D; // [B*T, out]
+    const dense = (a: tf.Tensor2D, w: string, b: string) => fusedLinear(a, this.p(w) as tf.Tensor2D, this.p(b) as tf.Tensor1D); // [B*T, out]
     for (let l = 0; l < this.config.nLayer; l++) {
       const h = `h.${l}.`;
       const a = fusedLayerNorm(x, this.p(h + 'ln1.g'), this.p(h + 'ln1.b'), LN_EPS);
@@ -283,7 +283,8 @@ export class GPT {
   }
 
   /** Language-model logits `[N, V]` of hidden states `[N, C]` (head tied to `wte`). */
-  lmLogits(h: tf.Tensor2D): tf.Tensor2D {
+  lmLogits(h: tf.Tensor2D, path: ForwardPath = this.forwardPath()): tf.Tensor2D {
+    if (path === 'native') return fusedLinear(h, this.p('wte') as tf.Tensor2D, undefined, true); // [N, V]
     return tf.matMul(h, this.p('wte'), false, true); // [N, V]
   }
 

@@ -21,13 +21,14 @@ const ACTIVATIONS: Readonly<Record<string, number>> = {
   elu: 6,
 };
 
-interface Epilogue {
+export interface Epilogue {
   bias?: TensorInfo;
   activation: number;
   alpha: number;
 }
 
-function matMul(
+/** C = op(A)·op(B) (+ bias, activation) on the addon, into a new output of the backend (`params`: 14 slots of scratch). */
+export function matMul(
   addon: NativeAddon,
   params: Float64Array,
   backend: WasmHeapBackend,

@@ -11,7 +11,7 @@ import { maskedCrossEntropy, tokenLogProbs } from '../losses.ts';
 before(async () => {
   await wasmWithNativeAddon();
   registerNativeKernels();
-  assert.deepEqual(registerTrainingOps(), ['NkLayerNorm', 'NkAttention', 'NkGelu', 'NkEmbed', 'NkTokenLogProbs', 'NkAdamW']);
+  assert.deepEqual(registerTrainingOps(), ['NkLinear', 'NkLayerNorm', 'NkAttention', 'NkGelu', 'NkEmbed', 'NkTokenLogProbs', 'NkAdamW']);
 });
 
 after(() => {
@@ -221,4 +221,16 @@ test('TF_NATIVE_KERNELS=0 leaves the training ops off, so the model and optimize
     registerTrainingOps();
   }
   assert.equal(trainingOpsAvailable(), true);
+});
+
+test('a fused step leaves no tensor or buffer behind: saved tensors share memory and are freed with the tape', () => {
+  const gpt = randomModel(SHAPES.even!, 8);
+  const b = batchFor(SHAPES.even!, 2, 16, 5);
+  lossAndGrads(gpt, b, 'native');
+  const backend = tf.backend() as unknown as { numDataIds(): number };
+  const [tensors, buffers] = [tf.memory().numTensors, backend.numDataIds()];
+  for (let i = 0; i < 3; i++) lossAndGrads(gpt, b, 'native');
+  assert.equal(tf.memory().numTensors, tensors);
+  assert.equal(backend.numDataIds(), buffers);
+  gpt.dispose();
 });

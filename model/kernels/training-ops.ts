@@ -16,16 +16,31 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { GradConfig, KernelConfig, KernelFunc, NamedAttrMap, TensorInfo } from '@tensorflow/tfjs-core';
+import { matMul } from './mat-mul.ts';
 import { loadNativeAddon, type NativeAddon } from './native-addon.ts';
 import { heapOf, offsetOf, type WasmHeapBackend } from './wasm-heap.ts';
 
 /** The addon functions these ops need (absent from addons built before them). */
-type TrainingAddon = Required<Pick<NativeAddon, 'layerNorm' | 'layerNormGrad' | 'attention' | 'attentionGrad' | 'gelu' | 'geluGrad' | 'embed' | 'embedGrad' | 'tokenLogProbs' | 'tokenLogProbsGrad' | 'sumSquares' | 'adamw'>>;
+type TrainingAddon = NativeAddon & Required<Pick<NativeAddon, 'layerNorm' | 'layerNormGrad' | 'attention' | 'attentionGrad' | 'gelu' | 'geluGrad' | 'embed' | 'embedGrad' | 'tokenLogProbs' | 'tokenLogProbsGrad' | 'sumSquares' | 'adamw'>>;
 
-const OPS = ['NkLayerNorm', 'NkAttention', 'NkGelu', 'NkEmbed', 'NkTokenLogProbs', 'NkAdamW'] as const;
+const OPS = ['NkLinear', 'NkLayerNorm', 'NkAttention', 'NkGelu', 'NkEmbed', 'NkTokenLogProbs', 'NkAdamW'] as const;
 
 let addonInUse: TrainingAddon | undefined;
 let originalIdentity: KernelConfig | undefined;
+
+/** What of tfjs's engine (4.x) the ops below replace while they are registered. */
+interface EngineInternals {
+  backend: { incRef?(dataId: object): void };
+  backendName: string;
+  state: { nextTapeNodeId: number; activeTape: object[] };
+  keep<T>(t: T): T;
+  makeTensorFromTensorInfo(info: TensorInfo): tf.Tensor;
+  saveTensorsForBackwardMode(tensors: tf.Tensor[]): tf.Tensor[];
+  addTapeNode(kernelName: string, inputs: tf.NamedTensorMap, outputs: tf.Tensor[], gradientsFunc: unknown, saved: tf.Tensor[], attrs: NamedAttrMap): void;
+}
+let originalEngine: Pick<EngineInternals, 'saveTensorsForBackwardMode' | 'addTapeNode'> | undefined;
+// Kernels whose later outputs only carry saved state to their gradient (no gradient flows into them).
+const STATE_OUTPUTS = new Set(['NkLayerNorm', 'NkAttention', 'NkTokenLogProbs']);
 
 function trainingAddon(addon: NativeAddon): TrainingAddon | undefined {
   const a = addon as Partial<TrainingAddon>;
@@ -39,10 +54,13 @@ function kernel(name: string, fn: (addon: TrainingAddon, backend: WasmHeapBacken
 }
 
 const p9 = new Float64Array(9);
+const p14 = new Float64Array(14);
 const p10 = new Float64Array(10);
 const p18 = new Float64Array(18);
 
 const KERNELS: readonly KernelConfig[] = [
+  // y [N, out] = x [N, in] · w [in, out] (+ b), or x · wᵀ for w [out, in] with `transposeB`.
+  kernel('NkLinear', (addon, be, { x, w, b }, attrs) => matMul(addon, p14, be, x!, w!, false, !!attrs.transposeB, { bias: b, activation: 0, alpha: 0 })),
   kernel('NkLayerNorm', (addon, be, { x, gamma, beta }, attrs) => {
     const [n, c] = x!.shape as [number, number];
     const y = be.makeOutput([n, c], 'float32');
@@ -133,6 +151,22 @@ const run = (name: string, inputs: tf.NamedTensorMap, attrs: NamedAttrMap = {}) 
 
 const GRADIENTS: readonly GradConfig[] = [
   {
+    // y = x·w + b: dx = dy·wᵀ, dw = xᵀ·dy, db = Σ rows of dy; y = x·wᵀ: dx = dy·w, dw = dyᵀ·x.
+    kernelName: 'NkLinear',
+    inputsToSave: ['x', 'w'],
+    gradFunc: (dy, saved, attrs) => {
+      const [x, w] = saved as tf.Tensor[];
+      const d = dy as tf.Tensor;
+      const t = !!(attrs as { transposeB?: boolean }).transposeB;
+      const product = (a: tf.Tensor, b: tf.Tensor, transposeA: boolean, transposeB: boolean) => run('BatchMatMul', { a, b }, { transposeA, transposeB }) as tf.Tensor;
+      return {
+        x: () => product(d, w!, false, !t),
+        w: () => (t ? product(d, x!, true, false) : product(x!, d, true, false)),
+        b: () => run('Sum', { x: d }, { axis: [0], keepDims: false }) as tf.Tensor,
+      };
+    },
+  },
+  {
     kernelName: 'NkLayerNorm',
     inputsToSave: ['x', 'gamma'],
     outputsToSave: [false, true, true],
@@ -199,6 +233,7 @@ export function registerTrainingOps(): string[] {
     tf.registerKernel(k);
   }
   for (const g of GRADIENTS) tf.registerGradient(g);
+  shareSavedTensors();
   originalIdentity = tf.getKernel('Identity', 'wasm');
   if (originalIdentity) {
     const original = originalIdentity;
@@ -216,10 +251,43 @@ export function registerTrainingOps(): string[] {
   return [...OPS];
 }
 
+/**
+ * Two costs of tfjs's tape that a training step pays hundreds of times, removed on the wasm
+ * backend (elsewhere the engine's own methods run):
+ * - every tensor saved for the backward pass is a clone, one `Identity` kernel and one tape
+ *   node each (176 of a small step's 508 kernels); here it is a new tensor on the same memory
+ *   (the backend's reference count raised), as the `Identity` below would make, with no kernel
+ *   run and no tape node (nothing reads a saved tensor forward, so backprop never visits it);
+ * - an output that gets no gradient is handed to the gradient as zeros the engine allocates,
+ *   fills and copies in (2 MB for each layer's attention probabilities); the fused ops' state
+ *   outputs (`STATE_OUTPUTS`) get none, their gradients read only the first output's.
+ */
+function shareSavedTensors(): void {
+  const engine = tf.engine() as unknown as EngineInternals;
+  const original = { saveTensorsForBackwardMode: engine.saveTensorsForBackwardMode, addTapeNode: engine.addTapeNode };
+  originalEngine = original;
+  engine.saveTensorsForBackwardMode = function (this: EngineInternals, tensors) {
+    const backend = this.backend;
+    if (this.backendName !== 'wasm' || !backend.incRef) return original.saveTensorsForBackwardMode.call(this, tensors);
+    return tensors.map((t) => {
+      backend.incRef!(t.dataId);
+      return this.keep(this.makeTensorFromTensorInfo({ dataId: t.dataId, shape: [...t.shape], dtype: t.dtype }));
+    });
+  };
+  engine.addTapeNode = function (this: EngineInternals, kernelName, inputs, outputs, gradientsFunc, saved, attrs) {
+    const config = STATE_OUTPUTS.has(kernelName) ? tf.getGradient(kernelName) : undefined;
+    if (!config) return original.addTapeNode.call(this, kernelName, inputs, outputs, gradientsFunc, saved, attrs);
+    const gradient = (dys: (tf.Tensor | null)[]) => config.gradFunc([dys[0] ?? tf.zerosLike(outputs[0]!), ...dys.slice(1)] as tf.Tensor[], saved, attrs);
+    this.state.activeTape.push({ id: this.state.nextTapeNodeId++, kernelName, inputs, outputs, saved, gradient });
+  };
+}
+
 /** Removes the fused training ops and puts the copying `Identity` back (for tests). */
 export function unregisterTrainingOps(): void {
   if (!addonInUse) return;
   for (const k of KERNELS) tf.unregisterKernel(k.kernelName, 'wasm');
+  if (originalEngine) Object.assign(tf.engine(), originalEngine);
+  originalEngine = undefined;
   if (originalIdentity) {
     tf.unregisterKernel('Identity', 'wasm');
     tf.registerKernel(originalIdentity);
@@ -231,6 +299,11 @@ export function unregisterTrainingOps(): void {
 /** True when the fused ops can run now: registered, and tfjs is on the wasm backend. */
 export function trainingOpsAvailable(): boolean {
   return addonInUse !== undefined && tf.getBackend() === 'wasm';
+}
+
+/** `x · w + b` for x `[N, in]`, w `[in, out]` (bias optional): `[N, out]`; with `transposeB`, `x · wᵀ` for w `[out, in]`. */
+export function fusedLinear(x: tf.Tensor2D, w: tf.Tensor2D, b?: tf.Tensor1D, transposeB = false): tf.Tensor2D {
+  return run('NkLinear', b ? { x, w, b } : { x, w }, { transposeB }) as tf.Tensor2D;
 }
 
 /** LayerNorm over the last axis of `x` `[N, C]`. */
