@@ -21,7 +21,7 @@ const ACTIVATIONS: Readonly<Record<string, number>> = {
   elu: 6,
 };
 
-export interface Epilogue {
+interface Epilogue {
   bias?: TensorInfo;
   activation: number;
   alpha: number;

@@ -1,5 +1,5 @@
 /**
- * Fused training ops for the wasm backend: LayerNorm, causal self-attention, GELU, the
+ * Fused training ops for the wasm backend: the linear layer (and the tied LM head), LayerNorm, causal self-attention, GELU, the
  * token + position embedding and the log-probabilities of target tokens (the cross-entropy),
  * each one native kernel forward and one backward (registered as
  * tfjs kernels with tfjs gradients, so `tf.variableGrads` sees them as single ops), plus the
@@ -8,7 +8,8 @@
  * (the reference path, which the tests compare against).
  *
  * Also replaces the wasm backend's `Identity` (a copy) by one that shares the input's memory,
- * as its `Reshape` does: tfjs clones every tensor it saves for the backward pass.
+ * as its `Reshape` does, and has the engine save tensors for the backward pass without a clone
+ * (`shareSavedTensors`).
  *
  * Deviations from the reference path: float32 rounding differs (fused multiply-adds, sums in
  * several lanes); attention probabilities are kept for the backward pass instead of the
