@@ -142,6 +142,41 @@ test('large and multi-threaded matMuls match the original kernel', () => {
   }
 });
 
+// A matrix cut into row slices reads all of B, one cut into column slices all of A. These shapes
+// put that operand over several column blocks (n > 2048), depth slabs (k > 256) and row blocks,
+// with ragged edges, and shared by a batch (stride 0) or not.
+test('matMuls split into row or column slices over several blocks match the original kernel', () => {
+  const plain: [number, number, number][] = [
+    [1030, 2100, 300], // row slices; B over 2 column blocks and 2 depth slabs
+    [150, 1030, 520], // column slices; A over 2 row blocks and 3 depth slabs
+    [520, 40, 1030], // row slices, few columns: the weight gradient's shape
+  ];
+  for (const [m, n, k] of plain) {
+    for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]] as const) {
+      tf.tidy(() => {
+        const [sa, sb] = operandShapes(m, n, k, ta, tb);
+        const a = tf.randomNormal(sa);
+        const b = tf.randomNormal(sb);
+        const want = withOriginals(() => tf.matMul(a, b, ta, tb));
+        assertClose(tf.matMul(a, b, ta, tb), want, `m=${m} n=${n} k=${k} ta=${ta} tb=${tb}`);
+      });
+    }
+  }
+  const batched: [number[], number[], boolean, boolean][] = [
+    [[3, 600, 200], [200, 300], false, false], // row slices, one B for the batch
+    [[2, 600, 200], [2, 300, 200], false, true], // row slices, a B per matrix
+    [[200, 300], [3, 300, 1500], false, false], // column slices, one A for the batch
+    [[2, 300, 200], [2, 300, 1500], true, false], // column slices, an A per matrix
+  ];
+  for (const [sa, sb, ta, tb] of batched) {
+    tf.tidy(() => {
+      const a = tf.randomNormal(sa);
+      const b = tf.randomNormal(sb);
+      assertClose(tf.matMul(a, b, ta, tb), referenceMatMul(a, b, ta, tb), `${sa} x ${sb} ta=${ta} tb=${tb}`);
+    });
+  }
+});
+
 test('batched rank-3 and rank-4 matMuls broadcast batch dims like tf does', () => {
   const cases: [number[], number[], boolean, boolean][] = [
     [[4, 17, 3], [4, 3, 130], false, false],
