@@ -49,6 +49,7 @@ import { z } from 'zod';
 import { isMain, printFigures, runCommand } from '../cli/command.ts';
 import { jsonOption } from '../cli/options.ts';
 import { Client, type Door, type LoadResult, type LoadSpec } from './stream-clients.ts';
+import { stealMeter } from './cpu-steal.ts';
 
 type Line = Record<string, unknown>;
 const SHAPES = {
@@ -216,9 +217,11 @@ async function sustained(srv: RunningServer, model: ServedModel, door: Door, n: 
   }
   const elu0 = perfHooks.eventLoopUtilization();
   const cpu0 = process.cpuUsage();
+  const steal = stealMeter();
   const t0 = performance.now();
   const { ttfts, tokens, replies } = await load.go();
   const wallMs = performance.now() - t0;
+  const cpuSteal = steal();
   const idleMs = perfHooks.eventLoopUtilization(elu0).idle;
   const cpuUs = process.cpuUsage(cpu0);
   prof.enabled = false;
@@ -249,6 +252,7 @@ async function sustained(srv: RunningServer, model: ServedModel, door: Door, n: 
     tokens,
     replies,
     seconds: +(wallMs / 1000).toFixed(2),
+    ...(cpuSteal !== undefined ? { cpu_steal: cpuSteal } : {}),
     profile: profileOf(prof, wallMs, idleMs, prof.counts.tokens),
   };
   const peerTps = peer?.byBatch.get(n === 1 ? 1 : n >= 32 && peer.byBatch.has(32) ? 32 : 16);

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -82,6 +82,15 @@ test('training lines carry the peer figure with its PyTorch version and threads,
     assert.ok(Object.values(share).every((x) => x >= 0 && x <= 1));
     assert.ok(Math.abs(Object.values(share).reduce((a, b) => a + b, 0) - 1) < 0.01, JSON.stringify(share));
     assert.ok(share.matmul! > 0 && share.attention! > 0 && share.optimizer! > 0, JSON.stringify(share));
+    if (existsSync('/proc/stat')) {
+      // The share of CPU time the hypervisor took, over the line's own steps and over the peer's run.
+      for (const line of [roof!, train!]) {
+        for (const key of ['cpu_steal', 'peer_cpu_steal']) {
+          const v = line[key] as number;
+          assert.ok(typeof v === 'number' && v >= 0 && v <= 1, `${key} of ${JSON.stringify(line)}`);
+        }
+      }
+    }
   } finally {
     rmSync(root, { recursive: true, force: true });
   }

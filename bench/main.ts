@@ -17,6 +17,7 @@ import { jsonOption } from '../cli/options.ts';
 import { initBackend } from '../model/backend.ts';
 import { benchTrain, trainFlopsPerToken, SHAPES, type ShapeName } from './train.ts';
 import { findPeerPython, PEER_SCRIPT, runPeer, type PeerFigures, type PeerPython } from './peer.ts';
+import { stealMeter } from './cpu-steal.ts';
 
 type Line = Record<string, unknown>;
 type Bench = { name: string; run: (ctx: Ctx) => Promise<Line[]> };
@@ -81,6 +82,7 @@ class Ctx {
     line.ratio = +((line[key] as number) / figure).toFixed(3);
     line.peer_torch = p.peer.replace(/^pytorch-/, '');
     line.peer_threads = p.threads;
+    if (p.cpu_steal !== undefined) line.peer_cpu_steal = p.cpu_steal;
   }
 }
 
@@ -185,7 +187,12 @@ async function main(cfg: BenchConfig): Promise<void> {
   printFigures([machine('start')], cfg.json);
   for (const b of BENCHES) {
     if (only && !only.includes(b.name)) continue;
-    printFigures(await b.run(ctx), cfg.json);
+    // Lines that time a span of their own (training, serving) carry its steal; the others the group's.
+    const steal = stealMeter();
+    const lines = await b.run(ctx);
+    const share = steal();
+    if (share !== undefined) for (const line of lines) line.cpu_steal ??= share;
+    printFigures(lines, cfg.json);
   }
   printFigures([machine('end')], cfg.json);
 }

@@ -10,6 +10,7 @@
 import { spawnSync } from 'node:child_process';
 import { accessSync, constants, realpathSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
+import { stealMeter } from './cpu-steal.ts';
 
 /** The repository's copy of the peer script. */
 export const PEER_SCRIPT = join(import.meta.dirname, 'peer', 'torch_gpt.py');
@@ -38,6 +39,8 @@ export interface PeerFigures {
   gen_batch: number;
   gen_batch_tokens_per_s: number;
   gemm_gflops: number;
+  /** CPU steal over the peer's whole run (bench/cpu-steal.ts), when the machine reports it. */
+  cpu_steal?: number;
 }
 
 /** `torch.__version__` of `python`, or why it has none. */
@@ -91,9 +94,12 @@ export function findPeerPython(explicit: string | undefined, path = process.env.
 /** Runs the peer script on one shape; throws with the script's last error line when it fails. */
 export function runPeer(python: string, script: string, s: PeerShape): PeerFigures {
   const args = [script, '--layers', `${s.nLayer}`, '--heads', `${s.nHead}`, '--embd', `${s.nEmbd}`, '--block', `${s.blockSize}`, '--vocab', `${s.vocabSize}`, '--batch', `${s.batch}`];
+  const steal = stealMeter();
   const r = spawnSync(python, args, { encoding: 'utf8', timeout: 600_000 });
+  const cpuSteal = steal();
   if (r.status !== 0) throw new Error(`peer failed: ${(r.error?.message ?? r.stderr.trim().split('\n').pop()) || `exit ${r.status}`}`);
   const line = JSON.parse(r.stdout.trim().split('\n').pop()!) as PeerFigures;
+  if (cpuSteal !== undefined) line.cpu_steal = cpuSteal;
   for (const k of ['train_tokens_per_s', 'gen_tokens_per_s', 'gen_batch_tokens_per_s', 'gemm_gflops', 'threads'] as const) {
     if (typeof line[k] !== 'number') throw new Error(`peer printed no ${k}: ${r.stdout.trim()}`);
   }

@@ -11,6 +11,7 @@ import { GPT } from '../model/gpt.ts';
 import { AdamW } from '../model/adamw.ts';
 import { trainStep, type Batch } from '../training/train-loop.ts';
 import { profileStep } from './step-profile.ts';
+import { stealMeter } from './cpu-steal.ts';
 
 export const SHAPES = {
   small: { nLayer: 4, nHead: 4, nEmbd: 128, blockSize: 128, vocabSize: 2048, batch: 8 },
@@ -39,12 +40,14 @@ export async function benchTrain(shape: ShapeName, opts: { steps?: number; gemmG
   for (let i = 0; i < 2; i++) trainStep(gpt, opt, batch, 1e-4, vars);
   const steps = opts.steps ?? (shape === 'medium' ? 5 : 10);
   const times: number[] = [];
+  const steal = stealMeter();
   for (let i = 0; i < steps; i++) {
     const t0 = performance.now();
     trainStep(gpt, opt, batch, 1e-4, vars);
     times.push(performance.now() - t0);
   }
   const stepMs = times.reduce((a, b) => a + b, 0) / steps;
+  const cpuSteal = steal();
   // Shares against the fastest step: the one least disturbed by other processes, as the kernel times are.
   const profile = await profileStep(() => trainStep(gpt, opt, batch, 1e-4, vars), opt, Math.min(...times));
   let params = 0;
@@ -66,5 +69,6 @@ export async function benchTrain(shape: ShapeName, opts: { steps?: number; gemmG
     top_kernels_ms: profile.top,
     backend: info.name + (info.nativeKernels.length ? '+native' : ''),
     params,
+    ...(cpuSteal !== undefined ? { cpu_steal: cpuSteal } : {}),
   };
 }
