@@ -23,13 +23,14 @@
  * - `idle_ws`: memory added by 1,000 idle WebSocket connections (clients in a child process).
  *
  * With `--peer PATH` (the PyTorch peer, `torch_gpt.py`; `--peer-python` picks the interpreter,
- * default `python3`), the peer's batch-1, batch-16 and batch-32 decoding run in the same session
- * and each `generate` line gets `peer_tokens_per_s` (batch 1 for one stream, batch 16 for more;
- * batch 32 for 32) and `ratio`, with the peer's PyTorch version and threads.
+ * default `python3`), the peer's decoding runs right after each `generate` line, and the line
+ * gets `peer_tokens_per_s` (its batch 1 for one stream, its batch n for n streams), `ratio`,
+ * `peer_batch`, the peer's PyTorch version and threads, and `peer_cpu_steal` over that run: both
+ * sides of a ratio are measured within seconds of each other.
  *
  * Run: `node --import tsx bench/generate.ts [--json] [--seconds S] [--peer PATH [--peer-python PY]]`.
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -50,6 +51,7 @@ import { isMain, printFigures, runCommand } from '../cli/command.ts';
 import { jsonOption } from '../cli/options.ts';
 import { Client, type Door, type LoadResult, type LoadSpec } from './stream-clients.ts';
 import { stealMeter } from './cpu-steal.ts';
+import { peerDecoder, type PeerDecode, type PeerDecodeRun, type PeerDecoder } from './peer.ts';
 
 type Line = Record<string, unknown>;
 const SHAPES = {
@@ -66,38 +68,31 @@ export interface GenerateBenchOptions {
   wsStreams?: readonly number[];
   /** Stream counts of the OpenAI lines (default 1, 16). */
   openaiStreams?: readonly number[];
-  /** The peer's decoding figures (`torch_gpt.py` output), for `ratio`. */
-  peer?: PeerFigures;
+  /**
+   * Runs the PyTorch peer's decoding now (`peerDecoder`): each line is compared with a peer run
+   * made right after it, so that both sides see the same machine (a shared VM's speed moves
+   * within minutes).
+   */
+  peer?: PeerDecoder;
   /** Skip the 1,000-socket memory line. */
   skipIdle?: boolean;
   /** Serve with the decode step on a worker thread (`asyncStep`), to compare with the default. */
   asyncStep?: boolean;
 }
 
-/** What the peer reports for decoding: tokens/s at batch 1 and at its `--gen-batch` sizes. */
-export interface PeerFigures {
-  version: string;
-  threads: number;
-  byBatch: Map<number, number>;
-}
-
-/** Runs the PyTorch peer's decoding at batch 1, 16 and 32 on the small shape (one process per batch size above 1). */
-export function runPeer(script: string, python = 'python3', batches: readonly number[] = [16, 32]): PeerFigures {
-  const s = SHAPES.small;
-  const byBatch = new Map<number, number>();
-  let version = '';
-  let threads = 0;
-  for (const b of batches) {
-    const args = [script, '--layers', `${s.nLayer}`, '--heads', `${s.nHead}`, '--embd', `${s.nEmbd}`, '--block', `${s.blockSize}`, '--vocab', `${s.vocabSize}`, '--batch', '8', '--steps', '1', '--gen-batch', `${b}`];
-    const r = spawnSync(python, args, { encoding: 'utf8', timeout: 600_000 });
-    if (r.status !== 0) throw new Error(`peer failed: ${(r.stderr || String(r.error)).trim().split('\n').pop()}`);
-    const out = JSON.parse(r.stdout.trim().split('\n').pop()!) as { peer: string; threads: number; gen_tokens_per_s: number; gen_batch_tokens_per_s: number };
-    version = out.peer;
-    threads = out.threads;
-    byBatch.set(1, Math.max(byBatch.get(1) ?? 0, out.gen_tokens_per_s));
-    byBatch.set(b, out.gen_batch_tokens_per_s);
+/** Fills a `generate` line's peer columns from the peer's run beside it, for `batch` streams. */
+function addPeer(line: Line, tokensPerS: number, p: PeerDecode, batch: number): void {
+  if ('skipped' in p) {
+    line.peer_skipped = p.skipped;
+    return;
   }
-  return { version, threads, byBatch };
+  const figure = batch === 1 ? p.batch1TokensPerS : p.batchTokensPerS;
+  line.peer_tokens_per_s = figure;
+  line.peer_batch = batch;
+  line.ratio = +(tokensPerS / figure).toFixed(3);
+  line.peer_torch = p.version;
+  line.peer_threads = p.threads;
+  if (p.cpuSteal !== undefined) line.peer_cpu_steal = p.cpuSteal;
 }
 
 function benchTokenizer(vocabSize: number): Tokenizer {
@@ -204,7 +199,7 @@ async function childLoad(spec: LoadSpec): Promise<{ go: () => Promise<LoadResult
 }
 
 /** `n` clients (in a process of their own) keep one reply each in flight for `seconds`; tokens delivered per second, TTFT, profile. */
-async function sustained(srv: RunningServer, model: ServedModel, door: Door, n: number, seconds: number, peer?: PeerFigures): Promise<Line> {
+async function sustained(srv: RunningServer, model: ServedModel, door: Door, n: number, seconds: number, peer: PeerDecoder | undefined, peerRuns: Map<number, PeerDecodeRun>): Promise<Line> {
   const load = await childLoad({ url: srv.url, door, n, seconds, prompt: promptOf(model.tok, 20), maxTokens: 96 });
   const prof = srv.chat()!.deps.scheduler.profile;
   prof.reset();
@@ -255,13 +250,12 @@ async function sustained(srv: RunningServer, model: ServedModel, door: Door, n: 
     ...(cpuSteal !== undefined ? { cpu_steal: cpuSteal } : {}),
     profile: profileOf(prof, wallMs, idleMs, prof.counts.tokens),
   };
-  const peerTps = peer?.byBatch.get(n === 1 ? 1 : n >= 32 && peer.byBatch.has(32) ? 32 : 16);
-  if (peer && peerTps) {
-    line.peer = peer.version;
-    line.peer_threads = peer.threads;
-    line.peer_batch = n === 1 ? 1 : n >= 32 && peer.byBatch.has(32) ? 32 : 16;
-    line.peer_tokens_per_s = peerTps;
-    line.ratio = +(tokensPerS / peerTps).toFixed(2);
+  if (peer) {
+    // Right after the line: one stream against the peer's batch 1, n streams against its batch n.
+    const batch = n === 1 ? 16 : n;
+    const run = peer(batch);
+    if (!('skipped' in run)) peerRuns.set(batch, run);
+    addPeer(line, tokensPerS, run, n);
   }
   return line;
 }
@@ -277,16 +271,18 @@ async function idleTtft(srv: RunningServer, model: ServedModel): Promise<Line> {
   return { bench: 'ttft_idle', prompt_tokens: model.tok.encode(prompt).length + 3, ttft_p50_ms: +pct(warm, 50).toFixed(1), ttft_p99_ms: +pct(warm, 99).toFixed(1) };
 }
 
-function decodeSteps(model: ServedModel, peer?: PeerFigures): Line {
+/** The step alone at batch 1, 16 and 32, beside the peer's runs made during the serving lines (the last at each batch). */
+function decodeSteps(model: ServedModel, peerRuns: ReadonlyMap<number, PeerDecodeRun>): Line {
   const out: Line = { bench: 'decode_step' };
+  const last = [...peerRuns.values()].pop();
   for (const n of [1, 16, 32]) {
     const ms = stepAlone(model, n);
     out[`step_ms_n${n}`] = +ms.toFixed(2);
     out[`tokens_per_s_n${n}`] = Math.round((n * 1000) / ms);
-    const p = peer?.byBatch.get(n);
+    const p = n === 1 ? last?.batch1TokensPerS : peerRuns.get(n)?.batchTokensPerS;
     if (p) out[`peer_tokens_per_s_n${n}`] = p;
   }
-  if (peer) out.peer = peer.version;
+  if (last) out.peer_torch = last.version;
   return out;
 }
 
@@ -348,10 +344,11 @@ export async function benchGenerate(opts: GenerateBenchOptions = {}): Promise<Li
   await srv.ready;
   try {
     const lines: Line[] = [];
-    for (const n of opts.wsStreams ?? [1, 16, 32]) lines.push(await sustained(srv, model, 'ws', n, seconds, opts.peer));
-    for (const n of opts.openaiStreams ?? [1, 16]) lines.push(await sustained(srv, model, 'openai', n, seconds, opts.peer));
+    const peerRuns = new Map<number, PeerDecodeRun>();
+    for (const n of opts.wsStreams ?? [1, 16, 32]) lines.push(await sustained(srv, model, 'ws', n, seconds, opts.peer, peerRuns));
+    for (const n of opts.openaiStreams ?? [1, 16]) lines.push(await sustained(srv, model, 'openai', n, seconds, opts.peer, peerRuns));
     lines.push(await idleTtft(srv, model));
-    lines.push(decodeSteps(model, opts.peer));
+    lines.push(decodeSteps(model, peerRuns));
     if (!opts.skipIdle) lines.push(await idleSockets(srv, 1000));
     return lines;
   } finally {
@@ -383,7 +380,7 @@ if (isMain(import.meta.url)) {
     { usage: 'node --import tsx bench/generate.ts [--json] [--seconds S] [--ws-streams 1,16,32] [--openai-streams 1,16] [--async-step] [--peer PATH [--peer-python PY]]', schema: GenerateBenchConfig, envPrefix: 'BENCH' },
     async (cfg) => {
       const script = cfg.peer ?? process.env.PEER_SCRIPT;
-      const peer = script ? runPeer(script, cfg.peerPython ?? process.env.PEER_PYTHON ?? 'python3') : undefined;
+      const peer = script ? peerDecoder(script, cfg.peerPython ?? process.env.PEER_PYTHON ?? 'python3', SHAPES.small) : undefined;
       printFigures(await benchGenerate({ shape: cfg.shape, seconds: cfg.seconds, wsStreams: cfg.wsStreams, openaiStreams: cfg.openaiStreams, skipIdle: cfg.skipIdle, asyncStep: cfg.asyncStep, peer }), cfg.json);
     },
   );

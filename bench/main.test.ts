@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,7 +16,8 @@ function fakePython(dir: string, version: string | undefined, figures: Record<st
   const file = join(dir, 'python3');
   const line = JSON.stringify({ peer: `pytorch-${version}`, threads: 2, params: 1, train_step_ms: 1, train_tokens_per_s: 1000, gen_tokens_per_s: 500, gen_batch: 16, gen_batch_tokens_per_s: 4000, gemm_gflops: 100, ...figures });
   const probe = version === undefined ? `echo "ModuleNotFoundError: No module named 'torch'" >&2; exit 1` : `echo '${version}'; exit 0`;
-  writeFileSync(file, `#!/bin/sh\nif [ "$1" = "-c" ]; then ${probe}; fi\necho '${line}'\n`);
+  // Each peer run appends its arguments to `runs` beside the script.
+  writeFileSync(file, `#!/bin/sh\nif [ "$1" = "-c" ]; then ${probe}; fi\necho "$*" >> "${join(dir, 'runs')}"\necho '${line}'\n`);
   chmodSync(file, 0o755);
   return file;
 }
@@ -25,6 +26,8 @@ function fakePython(dir: string, version: string | undefined, figures: Record<st
 function bench(cwd: string, args: string[], timeout = 120_000) {
   return spawnSync(process.execPath, ['--import', tsx, main, '--json', ...args], { cwd, encoding: 'utf8', timeout, env: { ...process.env, PEER_PYTHON: '', PEER_SCRIPT: '' } });
 }
+
+const isShare = (v: unknown) => typeof v === 'number' && v >= 0 && v <= 1;
 
 /** The benchmark lines of a run (without the `machine` lines that open and close it, which are checked here). */
 function lines(stdout: string): Record<string, unknown>[] {
@@ -83,14 +86,36 @@ test('training lines carry the peer figure with its PyTorch version and threads,
     assert.ok(Math.abs(Object.values(share).reduce((a, b) => a + b, 0) - 1) < 0.01, JSON.stringify(share));
     assert.ok(share.matmul! > 0 && share.attention! > 0 && share.optimizer! > 0, JSON.stringify(share));
     if (existsSync('/proc/stat')) {
-      // The share of CPU time the hypervisor took, over the line's own steps and over the peer's run.
+      // The share of CPU time the hypervisor took while the line was measured, and over the peer's
+      // run when it lasted a clock tick (this stand-in peer may not).
       for (const line of [roof!, train!]) {
-        for (const key of ['cpu_steal', 'peer_cpu_steal']) {
-          const v = line[key] as number;
-          assert.ok(typeof v === 'number' && v >= 0 && v <= 1, `${key} of ${JSON.stringify(line)}`);
-        }
+        assert.ok(isShare(line.cpu_steal), `cpu_steal of ${JSON.stringify(line)}`);
+        assert.ok(line.peer_cpu_steal === undefined || isShare(line.peer_cpu_steal), `peer_cpu_steal of ${JSON.stringify(line)}`);
       }
     }
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('each serving line is compared with a peer run made right after it, at as many sequences as it had streams', () => {
+  const root = mkdtempSync(join(tmpdir(), 'bench-generate-peer-'));
+  try {
+    const python = fakePython(join(root, 'bin'), '2.13.0+cpu', { gen_tokens_per_s: 500, gen_batch_tokens_per_s: 4000 });
+    const r = bench(root, ['--only', 'generate', '--tiny', '--peer-python', python]);
+    assert.equal(r.status, 0, r.stderr);
+    const serving = lines(r.stdout).filter((l) => l.bench === 'generate');
+    assert.equal(serving.length, 2, r.stdout);
+    for (const line of serving) {
+      assert.equal(line.peer_batch, line.concurrency);
+      assert.equal(line.peer_tokens_per_s, 4000);
+      assert.equal(line.ratio, +((line.tokens_per_s as number) / 4000).toFixed(3));
+      assert.equal(line.peer_torch, '2.13.0+cpu');
+      if (existsSync('/proc/stat')) assert.ok(isShare(line.cpu_steal) && (line.peer_cpu_steal === undefined || isShare(line.peer_cpu_steal)), JSON.stringify(line));
+    }
+    // One decoding run per line (the version probe aside), each at the line's stream count.
+    const runs = readFileSync(join(root, 'bin', 'runs'), 'utf8').trim().split('\n');
+    assert.deepEqual(runs.map((a) => /--gen-batch (\d+)/.exec(a)?.[1]), serving.map((l) => String(l.concurrency)));
   } finally {
     rmSync(root, { recursive: true, force: true });
   }

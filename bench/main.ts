@@ -16,7 +16,7 @@ import { printFigures, runCommand } from '../cli/command.ts';
 import { jsonOption } from '../cli/options.ts';
 import { initBackend } from '../model/backend.ts';
 import { benchTrain, trainFlopsPerToken, SHAPES, type ShapeName } from './train.ts';
-import { findPeerPython, PEER_SCRIPT, runPeer, type PeerFigures, type PeerPython } from './peer.ts';
+import { findPeerPython, peerDecoder, PEER_SCRIPT, runPeer, type PeerDecoder, type PeerFigures, type PeerPython } from './peer.ts';
 import { stealMeter } from './cpu-steal.ts';
 
 type Line = Record<string, unknown>;
@@ -67,6 +67,14 @@ class Ctx {
     if ('skipped' in out && this.script && ![...this.figures.values()].some((f) => 'skipped' in f && f.skipped === out.skipped)) console.error(`bench: peer skipped: ${out.skipped}`);
     this.figures.set(shape, out);
     return out;
+  }
+
+  /** The peer's decoding, run when called (for lines compared with the same moment), or why there is none. */
+  decoder(): PeerDecoder | { skipped: string } {
+    if (!this.script) return { skipped: 'peer off (--no-peer)' };
+    this.python ??= findPeerPython(this.peerPython);
+    if ('skipped' in this.python) return this.python;
+    return peerDecoder(this.script, this.python.python, SHAPES.small);
   }
 
   /** Adds the peer's figure `pick(peer)` beside `line[key]`: the figure, the ratio, PyTorch's version and threads. */
@@ -133,13 +141,12 @@ const BENCHES: Bench[] = [
   {
     name: 'generate',
     run: async (ctx) => {
-      const lines: Line[] = await (await import('./generate.ts')).benchGenerate(ctx.tiny ? { shape: 'tiny', seconds: 1, skipIdle: true, wsStreams: [2], openaiStreams: [2] } : {});
-      for (const line of lines) {
-        if (line.bench !== 'generate') continue;
-        const n = line.concurrency as number;
-        // Streams through the server against the peer decoding as many sequences in one batch.
-        ctx.compare(line, 'small', 'tokens_per_s', (p) => (n === 1 ? p.gen_tokens_per_s : n === p.gen_batch ? p.gen_batch_tokens_per_s : undefined));
-      }
+      // Streams through the server against the peer decoding as many sequences in one batch,
+      // run right after each line (bench/generate.ts).
+      const decoder = ctx.decoder();
+      const peer = 'skipped' in decoder ? undefined : decoder;
+      const lines: Line[] = await (await import('./generate.ts')).benchGenerate({ ...(ctx.tiny ? { shape: 'tiny', seconds: 1, skipIdle: true, wsStreams: [2], openaiStreams: [2] } : {}), peer });
+      if ('skipped' in decoder) for (const line of lines) if (line.bench === 'generate') line.peer_skipped = decoder.skipped;
       return lines;
     },
   },

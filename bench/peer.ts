@@ -105,3 +105,31 @@ export function runPeer(python: string, script: string, s: PeerShape): PeerFigur
   }
   return line;
 }
+
+/** One run of the peer's decoding: tokens/s at batch 1 and at `batch`, and the CPU steal over the run. */
+export type PeerDecode = PeerDecodeRun | { skipped: string };
+export interface PeerDecodeRun {
+  version: string;
+  threads: number;
+  batch: number;
+  batch1TokensPerS: number;
+  batchTokensPerS: number;
+  cpuSteal?: number;
+}
+export type PeerDecoder = (batch: number) => PeerDecode;
+
+/**
+ * Runs the peer's greedy decoding of shape `s`, one process per call, at batch 1 and `batch`:
+ * for a line compared with the same moment. A failed run is a `skipped` with the reason.
+ */
+export function peerDecoder(script: string, python: string, s: Omit<PeerShape, 'batch'>): PeerDecoder {
+  return (batch) => {
+    const args = [script, '--layers', `${s.nLayer}`, '--heads', `${s.nHead}`, '--embd', `${s.nEmbd}`, '--block', `${s.blockSize}`, '--vocab', `${s.vocabSize}`, '--batch', '8', '--steps', '1', '--gen-batch', `${batch}`];
+    const steal = stealMeter();
+    const r = spawnSync(python, args, { encoding: 'utf8', timeout: 600_000 });
+    const cpuSteal = steal();
+    if (r.status !== 0) return { skipped: `peer failed: ${(r.error?.message ?? r.stderr.trim().split('\n').pop()) || `exit ${r.status}`}` };
+    const out = JSON.parse(r.stdout.trim().split('\n').pop()!) as { peer: string; threads: number; gen_tokens_per_s: number; gen_batch_tokens_per_s: number };
+    return { version: out.peer.replace(/^pytorch-/, ''), threads: out.threads, batch, batch1TokensPerS: out.gen_tokens_per_s, batchTokensPerS: out.gen_batch_tokens_per_s, ...(cpuSteal !== undefined ? { cpuSteal } : {}) };
+  };
+}
