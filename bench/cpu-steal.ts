@@ -1,12 +1,13 @@
 /**
- * CPU time the hypervisor ran other guests on this machine's virtual CPUs ("steal" in
- * /proc/stat), as a share of all its CPU time over a span. On a shared VM every figure depends
- * on it: a line that ran while a third of the CPU time was stolen is not the figure of a quiet
- * machine. Undefined where /proc/stat is missing (not Linux).
+ * CPU time the hypervisor ran other guests while this machine's virtual CPUs had work ("steal"
+ * in /proc/stat), as a share of the time they had work (busy + stolen, idle left out) over a
+ * span: so a one-thread run and a two-thread run are measured alike. On a shared VM every figure
+ * depends on it: a line measured while a third of that time was stolen is not the figure of a
+ * quiet machine. Undefined where /proc/stat is missing (not Linux) or nothing ran.
  */
 import { readFileSync } from 'node:fs';
 
-/** The machine's summed CPU times: [steal, total] in clock ticks, or undefined. */
+/** The machine's summed CPU times: [steal, busy + steal] in clock ticks, or undefined. */
 function cpuTicks(): [number, number] | undefined {
   let text: string;
   try {
@@ -19,7 +20,8 @@ function cpuTicks(): [number, number] | undefined {
   // user nice system idle iowait irq softirq steal [guest guest_nice: already inside user and nice]
   const t = line.trim().split(/\s+/).slice(1, 9).map(Number);
   if (t.length < 8 || t.some((x) => !Number.isFinite(x))) return undefined;
-  return [t[7]!, t.reduce((a, b) => a + b, 0)];
+  const [user, nice, system, , , irq, softirq, steal] = t as [number, number, number, number, number, number, number, number];
+  return [steal, user + nice + system + irq + softirq + steal];
 }
 
 /** Starts a span; the function it returns gives the steal share since then (3 decimals), or undefined. */
