@@ -9,7 +9,9 @@ test('the serving benchmark at a tiny size prints every line, with a profile who
   const r = spawnSync(process.execPath, ['--import', 'tsx', script, '--json', '--shape', 'tiny', '--seconds', '1', '--skip-idle', '--ws-streams', '2', '--openai-streams', '2'], { encoding: 'utf8', timeout: 120_000 });
   assert.equal(r.status, 0, r.stderr);
   const lines = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
-  assert.deepEqual(lines.map((l) => `${l.bench}${l.door ? `:${l.door}` : ''}`), ['generate:ws', 'generate:openai', 'ttft_idle', 'decode_step']);
+  assert.deepEqual(lines.map((l) => `${l.bench}${l.door ? `:${l.door}` : ''}`), ['generate:ws', 'generate:openai', 'ttft_idle', 'openai_request', 'decode_step']);
+  const request = lines.find((l) => l.bench === 'openai_request')!;
+  assert.ok(request.requests === 40 && (request.cpu_us_per_request as number) > 0 && (request.requests_per_s as number) > 0, JSON.stringify(request));
   for (const l of lines.slice(0, 2)) {
     assert.equal(l.concurrency, 2);
     assert.ok((l.tokens as number) > 0 && (l.tokens_per_s as number) > 0 && (l.step_tokens_per_s as number) > 0);

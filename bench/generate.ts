@@ -19,6 +19,8 @@
  *   per decode step and their mean context. With `--async-step` the server runs its steps off the event loop
  *   (`asyncStep`); `step` then overlaps the other stages (`steps_off_thread`).
  * - `ttft_idle`: time to first token at idle for a 100-token prompt;
+ * - `openai_request`: the server's CPU time per short request (a non-streamed chat completion of
+ *   one token, 8 in flight from a child process): what a request costs around its decoding;
  * - `decode_step`: the model's batched decode step alone at batch 1, 16 and 32;
  * - `idle_ws`: memory added by 1,000 idle WebSocket connections (clients in a child process).
  *
@@ -300,6 +302,50 @@ for (let i = 0; i < n; i++) {
 process.stdin.on('data', () => process.exit(0));
 `;
 
+const REQUEST_CLIENT_SCRIPT = `
+const [url, n, c] = [process.argv[1], Number(process.argv[2]), Number(process.argv[3])];
+const body = JSON.stringify({ model: 'champion', messages: [{ role: 'user', content: 'word1 word2 word3' }], max_tokens: 1 });
+let sent = 0;
+async function one() {
+  while (sent < n) {
+    sent++;
+    const r = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+    const text = await r.text();
+    if (r.status !== 200) { process.stderr.write(r.status + ' ' + text + '\\n'); process.exit(1); }
+  }
+}
+Promise.all(Array.from({ length: c }, one)).then(() => process.exit(0));
+`;
+
+/**
+ * The server's CPU time per short OpenAI request: `n` non-streamed chat completions of one token,
+ * `concurrency` in flight, from a child process (so the clients' CPU is not counted), after a
+ * warm-up of `n / 4`.
+ */
+async function requestCpu(srv: RunningServer, n: number, concurrency = 8): Promise<Line> {
+  const run = (count: number) =>
+    new Promise<void>((resolve, reject) => {
+      const child = spawn(process.execPath, ['-e', REQUEST_CLIENT_SCRIPT, `${srv.url}/v1/chat/completions`, String(count), String(concurrency)], { stdio: ['ignore', 'ignore', 'inherit'] });
+      child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`bench: request client exited with ${code}`))));
+    });
+  await run(Math.max(concurrency, Math.round(n / 4)));
+  const steal = stealMeter();
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  await run(n);
+  const wallMs = performance.now() - t0;
+  const cpu = process.cpuUsage(cpu0);
+  const cpuSteal = steal();
+  return {
+    bench: 'openai_request',
+    requests: n,
+    concurrency,
+    cpu_us_per_request: Math.round((cpu.user + cpu.system) / n),
+    requests_per_s: Math.round((n * 1000) / wallMs),
+    ...(cpuSteal !== undefined ? { cpu_steal: cpuSteal } : {}),
+  };
+}
+
 async function idleSockets(srv: RunningServer, n: number): Promise<Line> {
   const gc = (globalThis as { gc?: () => void }).gc;
   const settle = async () => {
@@ -348,6 +394,7 @@ export async function benchGenerate(opts: GenerateBenchOptions = {}): Promise<Li
     for (const n of opts.wsStreams ?? [1, 16, 32]) lines.push(await sustained(srv, model, 'ws', n, seconds, opts.peer, peerRuns));
     for (const n of opts.openaiStreams ?? [1, 16]) lines.push(await sustained(srv, model, 'openai', n, seconds, opts.peer, peerRuns));
     lines.push(await idleTtft(srv, model));
+    lines.push(await requestCpu(srv, shape === 'tiny' ? 40 : 1500));
     lines.push(decodeSteps(model, peerRuns));
     if (!opts.skipIdle) lines.push(await idleSockets(srv, 1000));
     return lines;

@@ -6,7 +6,7 @@
  * (`{ error: { message, type, code, param } }`) with `Retry-After` on 429 and 503.
  * Testable without a socket through `app.request()`.
  */
-import { Hono } from 'hono';
+import { Hono, type MiddlewareHandler } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { adminRoutes, type AdminDeps } from './admin-routes.ts';
 import type { ChatService } from './chat-service.ts';
@@ -58,20 +58,12 @@ export function createApp(deps: AppDeps): Hono {
     return c.body(body, 200, { 'Content-Type': deps.metrics.registry.contentType });
   });
 
-  app.use(
-    '/v1/*',
-    bodyLimit({
-      maxSize: deps.config.maxMessageBytes,
-      onError: () => {
-        throw new ChatError('message_too_large', `the request body is over ${deps.config.maxMessageBytes} bytes`);
-      },
-    }),
-  );
+  app.use('/v1/*', limitBody(deps.config.maxMessageBytes));
   if (deps.admin) {
-    app.use('/admin/*', bodyLimit({ maxSize: 64 * 1024, onError: () => { throw new ChatError('message_too_large', 'the request body is over 65536 bytes'); } }));
+    app.use('/admin/*', limitBody(64 * 1024));
     app.route('/admin', adminRoutes(deps.admin));
   }
-  app.use('/session', bodyLimit({ maxSize: 4096, onError: () => { throw new ChatError('message_too_large', 'the request body is over 4096 bytes'); } }));
+  app.use('/session', limitBody(4096));
   app.route('/session', sessionRoutes(deps.auth));
   // Before the OpenAI routes, whose `/v1/*` middleware would otherwise check the caller a second time.
   app.route('/v1/feedback', feedbackRoutes({ chat: deps.chat, auth: deps.auth, meter: deps.meter }));
@@ -93,4 +85,28 @@ export function createApp(deps: AppDeps): Hono {
   });
 
   return app;
+}
+
+/**
+ * Refuses a body over `maxSize` bytes with `message_too_large`. A body whose length the request
+ * declares (`Content-Length`, no `Transfer-Encoding`) is checked from that header alone: Node's
+ * parser never reads past it, and the route then reads the body straight from the socket. Hono's
+ * `bodyLimit`, which takes every other body, first reads `c.req.raw.body`, and on Node's server
+ * that builds a whole web `Request` and streams the body through web streams: 2.5% of the
+ * server's time at 16 OpenAI streams.
+ */
+function limitBody(maxSize: number): MiddlewareHandler {
+  const tooLarge = () => new ChatError('message_too_large', `the request body is over ${maxSize} bytes`);
+  const streamed = bodyLimit({
+    maxSize,
+    onError: () => {
+      throw tooLarge();
+    },
+  });
+  return async (c, next) => {
+    const length = c.req.header('content-length');
+    if (length === undefined || c.req.header('transfer-encoding') !== undefined || !/^\d+$/.test(length)) return streamed(c, next);
+    if (Number(length) > maxSize) throw tooLarge();
+    await next();
+  };
 }

@@ -1,5 +1,6 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { request as httpRequest } from 'node:http';
 import { getGeneration } from '../feedback/generations.ts';
 import { startTestServer, watchedSteps, type TestServer } from './test-support.ts';
 
@@ -116,6 +117,47 @@ test('bad requests get 400 with an OpenAI error body and a stable code', async (
   const big = await post({ model: 'x', messages: user('x'.repeat(srv.config.maxMessageBytes)) });
   assert.equal(big.status, 413);
   assert.equal(((await big.json()) as { error: { code: string } }).error.code, 'message_too_large');
+});
+
+/** POSTs `body` to a chat completion in `chunks` pieces with no Content-Length (Transfer-Encoding: chunked). */
+function postChunked(body: string, chunks: number): Promise<{ status: number; json: { error?: { code: string }; choices?: unknown[] } }> {
+  return new Promise((resolve, reject) => {
+    const url = new URL(`${srv.url}/v1/chat/completions`);
+    const req = httpRequest({ host: url.hostname, port: url.port, path: url.pathname, method: 'POST', headers: { 'content-type': 'application/json', 'transfer-encoding': 'chunked' } }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => (text += d));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, json: JSON.parse(text) as never }));
+    });
+    req.on('error', reject);
+    const size = Math.ceil(body.length / chunks);
+    for (let i = 0; i < body.length; i += size) req.write(body.slice(i, i + size));
+    req.end();
+  });
+}
+
+test('a body over the limit gets 413 message_too_large whether its length is declared or it comes in chunks; one under it is served either way', async () => {
+  const max = srv.config.maxMessageBytes;
+  const pad = (bytes: number) => {
+    const base = JSON.stringify({ model: 'x', messages: user(''), max_tokens: 2 });
+    return JSON.stringify({ model: 'x', messages: user('x'.repeat(bytes - base.length)), max_tokens: 2 });
+  };
+  const over = pad(max + 1);
+  const under = JSON.stringify({ model: 'x', messages: user('lucid means'), max_tokens: 2 });
+  assert.equal(Buffer.byteLength(over), max + 1);
+  const declared = await post(over);
+  assert.equal(declared.status, 413);
+  assert.equal(((await declared.json()) as { error: { code: string } }).error.code, 'message_too_large');
+  const streamed = await postChunked(over, 7);
+  assert.equal(streamed.status, 413);
+  assert.equal(streamed.json.error?.code, 'message_too_large');
+  // Under the limit: the same reply whichever way the body came.
+  const ok = await post(under);
+  assert.equal(ok.status, 200, await ok.clone().text());
+  assert.equal(((await ok.json()) as { choices: unknown[] }).choices.length, 1);
+  const okChunked = await postChunked(under, 5);
+  assert.equal(okChunked.status, 200, JSON.stringify(okChunked.json));
+  assert.equal(okChunked.json.choices?.length, 1);
 });
 
 test('when the queue is full a request gets 429 "overloaded" with Retry-After', async () => {
