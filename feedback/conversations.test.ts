@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { addMessage, createConversation, getThread, listChildren, listMessages } from './conversations.ts';
+import { addMessage, createConversation, getThread, listChildren, listMessages, startThreadRows } from './conversations.ts';
+import { inTransaction } from './transaction.ts';
 import { FeedbackError } from './errors.ts';
 import { addAssistantReply, getGeneration, recordGeneration } from './generations.ts';
 import { describeEachDialect } from './test-support.ts';
@@ -53,6 +54,35 @@ await describeEachDialect('conversations', (ctx) => {
     await assert.rejects(addMessage(db, { id: m.id, conversationId: c1.id, role: 'user', content: 'x' }), code('duplicate_id'));
     await assert.rejects(addMessage(db, { conversationId: c1.id, role: 'robot' as 'user', content: 'x' }), code('invalid_input'));
     assert.equal((await listMessages(db, c2.id)).length, 0);
+  });
+
+  test('a thread stored in one go is a chain under a new conversation, the same rows as message by message; a bad turn stores nothing', async () => {
+    const db = ctx.store().db;
+    const turns = [
+      { role: 'system' as const, content: 'Be brief.' },
+      { role: 'user' as const, content: 'Define cat.' },
+      { role: 'assistant' as const, content: 'A small feline.' },
+      { role: 'user' as const, content: 'And dog?' },
+    ];
+    const { conversation, messages } = await inTransaction(db, (trx) => startThreadRows(trx, { userId: 'u-chain', keyId: 'key_1' }, turns));
+    assert.equal(conversation.user_id, 'u-chain');
+    assert.equal(conversation.key_id, 'key_1');
+    const stored = await listMessages(db, conversation.id);
+    assert.deepEqual(stored, messages);
+    assert.deepEqual(stored.map((m) => [m.role, m.content, m.user_id]), turns.map((t) => [t.role, t.content, 'u-chain']));
+    assert.deepEqual(stored.map((m) => m.parent_id), [null, ...stored.slice(0, -1).map((m) => m.id)]);
+    assert.deepEqual((await getThread(db, stored[3]!.id)).map((m) => m.content), turns.map((t) => t.content));
+    // Longer than one INSERT's worth of rows.
+    const long = Array.from({ length: 1203 }, (_, i) => ({ role: (i % 2 ? 'assistant' : 'user') as 'user' | 'assistant', content: `turn ${i}` }));
+    const big = await inTransaction(db, (trx) => startThreadRows(trx, { userId: 'u-chain' }, long));
+    const bigStored = await listMessages(db, big.conversation.id);
+    assert.equal(bigStored.length, 1203);
+    assert.equal((await getThread(db, bigStored[1202]!.id)).length, 1203);
+    // A bad turn (validated as addMessage validates) is refused, and the transaction leaves no conversation behind.
+    const before = await db.selectFrom('conversations').select(db.fn.countAll<number>().as('n')).where('user_id', '=', 'u-bad').executeTakeFirstOrThrow();
+    await assert.rejects(inTransaction(db, (trx) => startThreadRows(trx, { userId: 'u-bad' }, [{ role: 'user', content: 'ok' }, { role: 'robot' as 'user', content: 'x' }])), code('invalid_input'));
+    const after = await db.selectFrom('conversations').select(db.fn.countAll<number>().as('n')).where('user_id', '=', 'u-bad').executeTakeFirstOrThrow();
+    assert.equal(Number(after.n), Number(before.n));
   });
 
   test('records how each assistant reply was generated', async () => {

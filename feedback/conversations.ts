@@ -84,6 +84,44 @@ export async function addMessage(db: Kysely<Database>, input: NewMessageInput): 
   return row;
 }
 
+/** Rows per INSERT of {@link startThreadRows}: far under SQLite's and PostgreSQL's bound on a statement's parameters. */
+const CHAIN_ROWS_PER_INSERT = 500;
+
+/**
+ * Starts a conversation whose messages are a chain (each the child of the one before; an OpenAI
+ * request's `messages`), in as few statements as it takes: the conversation row and one INSERT
+ * per 500 messages. Nothing is looked up: the conversation and every parent are rows this call
+ * writes. Each input is validated as {@link createConversation} and {@link addMessage} validate
+ * theirs. Run it in a transaction so that a failure leaves no half-stored thread.
+ */
+export async function startThreadRows(
+  db: Kysely<Database>,
+  conversation: NewConversationInput,
+  turns: readonly { role: Message['role']; content: string }[],
+): Promise<{ conversation: Conversation; messages: Message[] }> {
+  const conv = await createConversation(db, conversation);
+  const messages: Message[] = [];
+  let parent: string | null = null;
+  for (const t of turns) {
+    const m = parseInput(newMessageInput, { conversationId: conv.id, parentId: parent, role: t.role, content: t.content, userId: conv.user_id });
+    const row: Message = {
+      id: newId(),
+      conversation_id: conv.id,
+      parent_id: parent,
+      role: m.role,
+      content: m.content,
+      token_count: null,
+      user_id: m.userId ?? null,
+      session_id: null,
+      created_at: nowIso(),
+    };
+    messages.push(row);
+    parent = row.id;
+  }
+  for (let i = 0; i < messages.length; i += CHAIN_ROWS_PER_INSERT) await db.insertInto('messages').values(messages.slice(i, i + CHAIN_ROWS_PER_INSERT)).execute();
+  return { conversation: conv, messages };
+}
+
 /** One message, or undefined. */
 export async function getMessage(db: Kysely<Database>, id: string): Promise<Message | undefined> {
   return db.selectFrom('messages').selectAll().where('id', '=', id).executeTakeFirst();

@@ -14,7 +14,7 @@ import { randomInt } from 'node:crypto';
 import { renderChat, type ChatMessage } from '../model/chat-template.ts';
 import { DEFAULT_GENERATE, type GenerateOptions, type TokenLogprob } from '../model/generate.ts';
 import { disposeCache } from '../model/gpt.ts';
-import { addMessage, createConversation, getConversation, getThread, listMessages } from '../feedback/conversations.ts';
+import { addMessage, createConversation, getConversation, getThread, listMessages, startThreadRows } from '../feedback/conversations.ts';
 import { addAssistantReply } from '../feedback/generations.ts';
 import { inTransaction } from '../feedback/transaction.ts';
 import { storableText } from '../feedback/text-plugin.ts';
@@ -136,13 +136,8 @@ export class ChatService {
     const userId = who.userId;
     // The request's rows in one transaction: a failure leaves no half-stored conversation.
     return inTransaction(this.deps.store.db, async (trx) => {
-      const conv = await createConversation(trx, { userId, ...(who.keyId ? { keyId: who.keyId } : {}) });
-      const context: Turn[] = [];
-      for (const m of messages) {
-        const row = await addMessage(trx, { conversationId: conv.id, parentId: context[context.length - 1]?.id ?? null, role: m.role, content: m.content, userId });
-        context.push({ id: row.id, role: m.role, content: m.content });
-      }
-      return { conversationId: conv.id, context };
+      const { conversation, messages: rows } = await startThreadRows(trx, { userId, ...(who.keyId ? { keyId: who.keyId } : {}) }, messages);
+      return { conversationId: conversation.id, context: rows.map((r, i) => ({ id: r.id, role: messages[i]!.role, content: messages[i]!.content })) };
     });
   }
 
