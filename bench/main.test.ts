@@ -27,6 +27,16 @@ function bench(cwd: string, args: string[], timeout = 120_000) {
   return spawnSync(process.execPath, ['--import', tsx, main, '--json', ...args], { cwd, encoding: 'utf8', timeout, env: { ...process.env, PEER_PYTHON: '', PEER_SCRIPT: '' } });
 }
 
+/** Runs `fn` in a fresh temporary directory (no data/, as in a fresh clone), removed afterwards. */
+function withTempDir(prefix: string, fn: (root: string) => void): void {
+  const root = mkdtempSync(join(tmpdir(), prefix));
+  try {
+    fn(root);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+}
+
 const isShare = (v: unknown) => typeof v === 'number' && v >= 0 && v <= 1;
 
 /** The benchmark lines of a run (without the `machine` lines that open and close it, which are checked here). */
@@ -39,8 +49,7 @@ function lines(stdout: string): Record<string, unknown>[] {
 }
 
 test('the peer python is the first python3 on PATH with PyTorch 2.x; one with 1.x or none is never used, and the reason says what was found', () => {
-  const root = mkdtempSync(join(tmpdir(), 'bench-peer-'));
-  try {
+  withTempDir('bench-peer-', (root) => {
     fakePython(join(root, 'a'), undefined);
     fakePython(join(root, 'b'), '1.13.1');
     const two = fakePython(join(root, 'c'), '2.13.0+cpu');
@@ -55,14 +64,11 @@ test('the peer python is the first python3 on PATH with PyTorch 2.x; one with 1.
     const explicit = findPeerPython(join(root, 'b', 'python3'), path);
     assert.ok('skipped' in explicit && /has PyTorch 1\.13\.1, not 2\.x/.test(explicit.skipped), JSON.stringify(explicit));
     assert.deepEqual(findPeerPython(join(root, 'd', 'python3'), path), { python: join(root, 'd', 'python3'), torch: '2.1.0' });
-  } finally {
-    rmSync(root, { recursive: true, force: true });
-  }
+  });
 });
 
 test('training lines carry the peer figure with its PyTorch version and threads, the ratio, MFU over the run\'s GEMM roof and a step profile', () => {
-  const root = mkdtempSync(join(tmpdir(), 'bench-train-'));
-  try {
+  withTempDir('bench-train-', (root) => {
     const python = fakePython(join(root, 'bin'), '2.13.0+cpu', { train_tokens_per_s: 250, gemm_gflops: 80 });
     const r = bench(root, ['--only', 'train', '--tiny', '--peer-python', python]);
     assert.equal(r.status, 0, r.stderr);
@@ -93,14 +99,11 @@ test('training lines carry the peer figure with its PyTorch version and threads,
         assert.ok(line.peer_cpu_steal === undefined || isShare(line.peer_cpu_steal), `peer_cpu_steal of ${JSON.stringify(line)}`);
       }
     }
-  } finally {
-    rmSync(root, { recursive: true, force: true });
-  }
+  });
 });
 
 test('each serving line is compared with a peer run made right after it, at as many sequences as it had streams', () => {
-  const root = mkdtempSync(join(tmpdir(), 'bench-generate-peer-'));
-  try {
+  withTempDir('bench-generate-peer-', (root) => {
     const python = fakePython(join(root, 'bin'), '2.13.0+cpu', { gen_tokens_per_s: 500, gen_batch_tokens_per_s: 4000 });
     const r = bench(root, ['--only', 'generate', '--tiny', '--peer-python', python]);
     assert.equal(r.status, 0, r.stderr);
@@ -116,14 +119,11 @@ test('each serving line is compared with a peer run made right after it, at as m
     // One decoding run per line (the version probe aside), each at the line's stream count.
     const runs = readFileSync(join(root, 'bin', 'runs'), 'utf8').trim().split('\n');
     assert.deepEqual(runs.map((a) => /--gen-batch (\d+)/.exec(a)?.[1]), serving.map((l) => String(l.concurrency)));
-  } finally {
-    rmSync(root, { recursive: true, force: true });
-  }
+  });
 });
 
 test('with only PyTorch 1.x available the peer columns are skipped with the reason, never filled from 1.x', () => {
-  const root = mkdtempSync(join(tmpdir(), 'bench-old-peer-'));
-  try {
+  withTempDir('bench-old-peer-', (root) => {
     const python = fakePython(join(root, 'bin'), '1.13.1');
     const r = bench(root, ['--only', 'decode', '--tiny', '--peer-python', python]);
     assert.equal(r.status, 0, r.stderr);
@@ -133,14 +133,11 @@ test('with only PyTorch 1.x available the peer columns are skipped with the reas
       assert.equal(line.peer_tokens_per_s, undefined);
       assert.equal(line.ratio, undefined);
     }
-  } finally {
-    rmSync(root, { recursive: true, force: true });
-  }
+  });
 });
 
 test('every benchmark runs at a tiny size in a fresh clone (no data/ directory) and prints its lines', () => {
-  const root = mkdtempSync(join(tmpdir(), 'bench-fresh-'));
-  try {
+  withTempDir('bench-fresh-', (root) => {
     const known = bench(root, ['--only', 'no-such-benchmark']);
     assert.notEqual(known.status, 0);
     const names = /known: (.*)$/m.exec(known.stderr)?.[1]?.split(', ') ?? [];
@@ -164,7 +161,5 @@ test('every benchmark runs at a tiny size in a fresh clone (no data/ directory) 
         assert.ok(Number.isFinite(loop!.p99_ms) && (loop!.ppo_steps as number) > 0, JSON.stringify(loop));
       }
     }
-  } finally {
-    rmSync(root, { recursive: true, force: true });
-  }
+  });
 });

@@ -52,16 +52,13 @@ class Ctx {
     const hit = this.figures.get(shape);
     if (hit) return hit;
     let out: PeerFigures | { skipped: string };
-    if (!this.script) out = { skipped: 'peer off (--no-peer)' };
+    const found = this.found();
+    if ('skipped' in found) out = found;
     else {
-      this.python ??= findPeerPython(this.peerPython);
-      if ('skipped' in this.python) out = this.python;
-      else {
-        try {
-          out = runPeer(this.python.python, this.script, SHAPES[shape]);
-        } catch (err) {
-          out = { skipped: (err as Error).message };
-        }
+      try {
+        out = runPeer(found.python, found.script, SHAPES[shape]);
+      } catch (err) {
+        out = { skipped: (err as Error).message };
       }
     }
     if ('skipped' in out && this.script && ![...this.figures.values()].some((f) => 'skipped' in f && f.skipped === out.skipped)) console.error(`bench: peer skipped: ${out.skipped}`);
@@ -71,10 +68,15 @@ class Ctx {
 
   /** The peer's decoding, run when called (for lines compared with the same moment), or why there is none. */
   decoder(): PeerDecoder | { skipped: string } {
+    const found = this.found();
+    return 'skipped' in found ? found : peerDecoder(found.script, found.python, SHAPES.small);
+  }
+
+  /** The peer script and the python that runs it (looked for once), or why there is none. */
+  private found(): { script: string; python: string } | { skipped: string } {
     if (!this.script) return { skipped: 'peer off (--no-peer)' };
     this.python ??= findPeerPython(this.peerPython);
-    if ('skipped' in this.python) return this.python;
-    return peerDecoder(this.script, this.python.python, SHAPES.small);
+    return 'skipped' in this.python ? this.python : { script: this.script, python: this.python.python };
   }
 
   /** Adds the peer's figure `pick(peer)` beside `line[key]`: the figure, the ratio, PyTorch's version and threads. */

@@ -91,17 +91,28 @@ export function findPeerPython(explicit: string | undefined, path = process.env.
   return { skipped: `no python3 on PATH has PyTorch 2.x (${tried.length ? tried.join('; ') : 'no python3 found'}); set PEER_PYTHON or --peer-python` };
 }
 
-/** Runs the peer script on one shape; throws with the script's last error line when it fails. */
-export function runPeer(python: string, script: string, s: PeerShape): PeerFigures {
-  const args = [script, '--layers', `${s.nLayer}`, '--heads', `${s.nHead}`, '--embd', `${s.nEmbd}`, '--block', `${s.blockSize}`, '--vocab', `${s.vocabSize}`, '--batch', `${s.batch}`];
+/**
+ * Runs the peer script with the shape `s` and `extra` arguments: its last output line, parsed, and
+ * the CPU steal over the run; or why it failed (the script's last error line).
+ */
+function spawnPeer(python: string, script: string, s: Omit<PeerShape, 'batch'>, extra: readonly string[]): { out: Record<string, unknown>; cpuSteal?: number } | { error: string } {
+  const args = [script, '--layers', `${s.nLayer}`, '--heads', `${s.nHead}`, '--embd', `${s.nEmbd}`, '--block', `${s.blockSize}`, '--vocab', `${s.vocabSize}`, ...extra];
   const steal = stealMeter();
   const r = spawnSync(python, args, { encoding: 'utf8', timeout: 600_000 });
   const cpuSteal = steal();
-  if (r.status !== 0) throw new Error(`peer failed: ${(r.error?.message ?? r.stderr.trim().split('\n').pop()) || `exit ${r.status}`}`);
-  const line = JSON.parse(r.stdout.trim().split('\n').pop()!) as PeerFigures;
-  if (cpuSteal !== undefined) line.cpu_steal = cpuSteal;
+  if (r.status !== 0) return { error: `peer failed: ${(r.error?.message ?? r.stderr.trim().split('\n').pop()) || `exit ${r.status}`}` };
+  const out = JSON.parse(r.stdout.trim().split('\n').pop()!) as Record<string, unknown>;
+  return cpuSteal !== undefined ? { out, cpuSteal } : { out };
+}
+
+/** Runs the peer script on one shape; throws with the script's last error line when it fails. */
+export function runPeer(python: string, script: string, s: PeerShape): PeerFigures {
+  const r = spawnPeer(python, script, s, ['--batch', `${s.batch}`]);
+  if ('error' in r) throw new Error(r.error);
+  const line = r.out as unknown as PeerFigures;
+  if (r.cpuSteal !== undefined) line.cpu_steal = r.cpuSteal;
   for (const k of ['train_tokens_per_s', 'gen_tokens_per_s', 'gen_batch_tokens_per_s', 'gemm_gflops', 'threads'] as const) {
-    if (typeof line[k] !== 'number') throw new Error(`peer printed no ${k}: ${r.stdout.trim()}`);
+    if (typeof line[k] !== 'number') throw new Error(`peer printed no ${k}: ${JSON.stringify(r.out)}`);
   }
   return line;
 }
@@ -124,12 +135,9 @@ export type PeerDecoder = (batch: number) => PeerDecode;
  */
 export function peerDecoder(script: string, python: string, s: Omit<PeerShape, 'batch'>): PeerDecoder {
   return (batch) => {
-    const args = [script, '--layers', `${s.nLayer}`, '--heads', `${s.nHead}`, '--embd', `${s.nEmbd}`, '--block', `${s.blockSize}`, '--vocab', `${s.vocabSize}`, '--batch', '8', '--steps', '1', '--gen-batch', `${batch}`];
-    const steal = stealMeter();
-    const r = spawnSync(python, args, { encoding: 'utf8', timeout: 600_000 });
-    const cpuSteal = steal();
-    if (r.status !== 0) return { skipped: `peer failed: ${(r.error?.message ?? r.stderr.trim().split('\n').pop()) || `exit ${r.status}`}` };
-    const out = JSON.parse(r.stdout.trim().split('\n').pop()!) as { peer: string; threads: number; gen_tokens_per_s: number; gen_batch_tokens_per_s: number };
-    return { version: out.peer.replace(/^pytorch-/, ''), threads: out.threads, batch, batch1TokensPerS: out.gen_tokens_per_s, batchTokensPerS: out.gen_batch_tokens_per_s, ...(cpuSteal !== undefined ? { cpuSteal } : {}) };
+    const r = spawnPeer(python, script, s, ['--batch', '8', '--steps', '1', '--gen-batch', `${batch}`]);
+    if ('error' in r) return { skipped: r.error };
+    const out = r.out as { peer: string; threads: number; gen_tokens_per_s: number; gen_batch_tokens_per_s: number };
+    return { version: out.peer.replace(/^pytorch-/, ''), threads: out.threads, batch, batchTokensPerS: out.gen_batch_tokens_per_s, batch1TokensPerS: out.gen_tokens_per_s, ...(r.cpuSteal !== undefined ? { cpuSteal: r.cpuSteal } : {}) };
   };
 }

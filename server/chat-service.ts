@@ -137,7 +137,7 @@ export class ChatService {
     // The request's rows in one transaction: a failure leaves no half-stored conversation.
     return inTransaction(this.deps.store.db, async (trx) => {
       const { conversation, messages: rows } = await startThreadRows(trx, { userId, ...(who.keyId ? { keyId: who.keyId } : {}) }, messages);
-      return { conversationId: conversation.id, context: rows.map((r, i) => ({ id: r.id, role: messages[i]!.role, content: messages[i]!.content })) };
+      return { conversationId: conversation.id, context: rows.map((r) => ({ id: r.id, role: r.role, content: r.content })) };
     });
   }
 

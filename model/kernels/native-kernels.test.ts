@@ -107,39 +107,27 @@ test('the thread pool runs every task of every job exactly once, also while othe
   }
 });
 
-test('2-D matMul matches the original wasm kernel for odd sizes and all transposes', () => {
-  const sizes = [1, 3, 17, 130];
-  for (const m of sizes) {
-    for (const n of [1, 17, 130, 33]) {
-      for (const k of [1, 3, 130, 300]) {
-        for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]] as const) {
-          tf.tidy(() => {
-            const [sa, sb] = operandShapes(m, n, k, ta, tb);
-            const a = tf.randomNormal(sa);
-            const b = tf.randomNormal(sb);
-            const want = withOriginals(() => tf.matMul(a, b, ta, tb));
-            const got = tf.matMul(a, b, ta, tb);
-            assert.deepEqual(got.shape, [m, n]);
-            assertClose(got, want, `m=${m} n=${n} k=${k} ta=${ta} tb=${tb}`);
-          });
-        }
-      }
-    }
+/** op(A)·op(B) of m x k by k x n random operands, in all four transpose cases, against the original wasm kernel. */
+function matchesOriginal(m: number, n: number, k: number): void {
+  for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]] as const) {
+    tf.tidy(() => {
+      const [sa, sb] = operandShapes(m, n, k, ta, tb);
+      const a = tf.randomNormal(sa);
+      const b = tf.randomNormal(sb);
+      const want = withOriginals(() => tf.matMul(a, b, ta, tb));
+      const got = tf.matMul(a, b, ta, tb);
+      assert.deepEqual(got.shape, [m, n]);
+      assertClose(got, want, `m=${m} n=${n} k=${k} ta=${ta} tb=${tb}`);
+    });
   }
+}
+
+test('2-D matMul matches the original wasm kernel for odd sizes and all transposes', () => {
+  for (const m of [1, 3, 17, 130]) for (const n of [1, 17, 130, 33]) for (const k of [1, 3, 130, 300]) matchesOriginal(m, n, k);
 });
 
 test('large and multi-threaded matMuls match the original kernel', () => {
-  for (const [m, n, k] of [[1024, 384, 128], [128, 384, 1024], [16, 384, 128], [257, 2050, 129]]) {
-    for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]] as const) {
-      tf.tidy(() => {
-        const [sa, sb] = operandShapes(m!, n!, k!, ta, tb);
-        const a = tf.randomNormal(sa);
-        const b = tf.randomNormal(sb);
-        const want = withOriginals(() => tf.matMul(a, b, ta, tb));
-        assertClose(tf.matMul(a, b, ta, tb), want, `m=${m} n=${n} k=${k} ta=${ta} tb=${tb}`);
-      });
-    }
-  }
+  for (const [m, n, k] of [[1024, 384, 128], [128, 384, 1024], [16, 384, 128], [257, 2050, 129]] as const) matchesOriginal(m, n, k);
 });
 
 // A matrix cut into row slices reads all of B, one cut into column slices all of A. These shapes
@@ -151,17 +139,7 @@ test('matMuls split into row or column slices over several blocks match the orig
     [150, 1030, 520], // column slices; A over 2 row blocks and 3 depth slabs
     [520, 40, 1030], // row slices, few columns: the weight gradient's shape
   ];
-  for (const [m, n, k] of plain) {
-    for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]] as const) {
-      tf.tidy(() => {
-        const [sa, sb] = operandShapes(m, n, k, ta, tb);
-        const a = tf.randomNormal(sa);
-        const b = tf.randomNormal(sb);
-        const want = withOriginals(() => tf.matMul(a, b, ta, tb));
-        assertClose(tf.matMul(a, b, ta, tb), want, `m=${m} n=${n} k=${k} ta=${ta} tb=${tb}`);
-      });
-    }
-  }
+  for (const [m, n, k] of plain) matchesOriginal(m, n, k);
   const batched: [number[], number[], boolean, boolean][] = [
     [[3, 600, 200], [200, 300], false, false], // row slices, one B for the batch
     [[2, 600, 200], [2, 300, 200], false, true], // row slices, a B per matrix
