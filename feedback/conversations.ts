@@ -69,7 +69,14 @@ export async function addMessage(db: Kysely<Database>, input: NewMessageInput): 
     if (m.parentId && !parent) throw new FeedbackError('unknown_message', `no message ${m.parentId}`);
     if (parent) throw new FeedbackError('conversation_mismatch', `message ${m.parentId} is in another conversation`);
   }
-  const row: Message = {
+  const row = messageRow(m);
+  await db.insertInto('messages').values(row).execute();
+  return row;
+}
+
+/** The row of a validated message input, with a new id unless it has one. */
+function messageRow(m: z.output<typeof newMessageInput>): Message {
+  return {
     id: m.id ?? newId(),
     conversation_id: m.conversationId,
     parent_id: m.parentId ?? null,
@@ -80,8 +87,6 @@ export async function addMessage(db: Kysely<Database>, input: NewMessageInput): 
     session_id: m.sessionId ?? null,
     created_at: nowIso(),
   };
-  await db.insertInto('messages').values(row).execute();
-  return row;
 }
 
 /** Rows per INSERT of {@link startThreadRows}: far under SQLite's and PostgreSQL's bound on a statement's parameters. */
@@ -103,18 +108,7 @@ export async function startThreadRows(
   const messages: Message[] = [];
   let parent: string | null = null;
   for (const t of turns) {
-    const m = parseInput(newMessageInput, { conversationId: conv.id, parentId: parent, role: t.role, content: t.content, userId: conv.user_id });
-    const row: Message = {
-      id: newId(),
-      conversation_id: conv.id,
-      parent_id: parent,
-      role: m.role,
-      content: m.content,
-      token_count: null,
-      user_id: m.userId ?? null,
-      session_id: null,
-      created_at: nowIso(),
-    };
+    const row = messageRow(parseInput(newMessageInput, { conversationId: conv.id, parentId: parent, role: t.role, content: t.content, userId: conv.user_id }));
     messages.push(row);
     parent = row.id;
   }
