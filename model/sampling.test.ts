@@ -1,30 +1,62 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createRng } from './random.ts';
-import { adjustLogits, sampledLogprobs, sampleToken, type SamplingParams } from './sampling.ts';
+import { adjustLogits, expWeight, sampledLogprobs, sampleToken, weightBits, type SamplingParams } from './sampling.ts';
 
-/** The sampler written the obvious way: sort the candidates (when top-k or top-p cut them) with a comparator. */
-function reference(logits: Float32Array, V: number, params: SamplingParams, rng: () => number, banned?: ReadonlySet<number>): number {
+/**
+ * The candidates of a row and their integer weights, written the obvious way (the definition in
+ * sampling.ts): sorted by logit with a comparator when top-k or top-p cut them, then cut.
+ */
+function referenceKept(logits: Float32Array, V: number, params: SamplingParams, banned?: ReadonlySet<number>): { idx: number[]; weight: number[] } {
   const ok = (i: number) => !banned?.has(i);
   let max = -Infinity;
   for (let i = 0; i < V; i++) if (logits[i]! > max && ok(i)) max = logits[i]!;
+  const invT = Math.fround(1 / params.temperature);
+  const q = (i: number) => {
+    const x = Math.fround(Math.fround(logits[i]! - max) * invT);
+    return x >= -30 ? Math.trunc(expWeight(x) * 2 ** weightBits(V)) : 0;
+  };
   let idx: number[] = [];
-  for (let i = 0; i < V; i++) if (logits[i]! >= max - 30 * params.temperature && ok(i)) idx.push(i);
+  for (let i = 0; i < V; i++) if (ok(i) && q(i) > 0) idx.push(i);
   if (params.topK > 0 || params.topP < 1) idx.sort((a, b) => logits[b]! - logits[a]! || a - b);
   if (params.topK > 0 && params.topK < idx.length) idx = idx.slice(0, params.topK);
-  let probs = idx.map((i) => Math.exp((logits[i]! - max) / params.temperature));
-  let total = probs.reduce((a, b) => a + b, 0);
   if (params.topP < 1) {
+    const target = params.topP * idx.reduce((a, i) => a + q(i), 0);
     let acc = 0;
-    const keep = probs.findIndex((p) => (acc += p / total) >= params.topP) + 1 || probs.length;
-    probs = probs.slice(0, keep);
+    const keep = idx.findIndex((i) => (acc += q(i)) >= target) + 1 || idx.length;
     idx = idx.slice(0, keep);
-    total = probs.reduce((a, b) => a + b, 0);
   }
-  let r = rng() * total;
-  for (let j = 0; j < probs.length; j++) if ((r -= probs[j]!) <= 0) return idx[j]!;
-  return idx[idx.length - 1]!;
+  idx.sort((a, b) => a - b);
+  return { idx, weight: idx.map(q) };
 }
+
+/** The sampler written the obvious way: the kept tokens walked in id order with the draw. */
+function reference(logits: Float32Array, V: number, params: SamplingParams, rng: () => number, banned?: ReadonlySet<number>): number {
+  const { idx, weight } = referenceKept(logits, V, params, banned);
+  const total = weight.reduce((a, b) => a + b, 0);
+  const r = Math.min(Math.floor(rng() * total), total - 1);
+  let acc = 0;
+  for (let j = 0; j < idx.length; j++) if ((acc += weight[j]!) > r) return idx[j]!;
+  return -1;
+}
+
+test('the weights\' exponential is e^x within 2e-7 relative over [-30, 0], never decreasing, 1 at 0', () => {
+  assert.equal(expWeight(0), 1);
+  const rng = createRng(12);
+  let prev = 0;
+  for (let i = 0; i <= 200_000; i++) {
+    const x = Math.fround(-30 + (30 * i) / 200_000);
+    const e = expWeight(x);
+    assert.ok(Math.abs(e - Math.exp(x)) <= 2e-7 * Math.exp(x), `e^${x}: ${e} against ${Math.exp(x)}`);
+    assert.ok(e >= prev, `e^${x} = ${e} below the value before it, ${prev}`);
+    prev = e;
+    const y = Math.fround(-rng() * 30);
+    assert.ok(Math.abs(expWeight(y) - Math.exp(y)) <= 2e-7 * Math.exp(y));
+  }
+  assert.equal(weightBits(2048), 40);
+  assert.equal(weightBits(50_257), 37);
+  assert.ok(50_257 * 2 ** weightBits(50_257) <= 2 ** 53);
+});
 
 test('sampling picks exactly the token of the obvious reference sampler, with ties, negatives, bans, top-k and top-p', () => {
   const V = 300;
@@ -63,22 +95,9 @@ test('sampling reads the row at the offset and never returns a banned token', ()
 
 /** The distribution the reference sampler draws from, as probabilities by token id (0 outside it). */
 function referenceDistribution(logits: Float32Array, V: number, params: SamplingParams): Map<number, number> {
-  let max = -Infinity;
-  for (let i = 0; i < V; i++) if (logits[i]! > max) max = logits[i]!;
-  let idx: number[] = [];
-  for (let i = 0; i < V; i++) if (logits[i]! >= max - 30 * params.temperature) idx.push(i);
-  idx.sort((a, b) => logits[b]! - logits[a]! || a - b);
-  if (params.topK > 0 && params.topK < idx.length) idx = idx.slice(0, params.topK);
-  let probs = idx.map((i) => Math.exp((logits[i]! - max) / params.temperature));
-  let total = probs.reduce((a, b) => a + b, 0);
-  if (params.topP < 1) {
-    let acc = 0;
-    const keep = probs.findIndex((p) => (acc += p / total) >= params.topP) + 1 || probs.length;
-    probs = probs.slice(0, keep);
-    idx = idx.slice(0, keep);
-    total = probs.reduce((a, b) => a + b, 0);
-  }
-  return new Map(idx.map((id, j) => [id, probs[j]! / total]));
+  const { idx, weight } = referenceKept(logits, V, params);
+  const total = weight.reduce((a, b) => a + b, 0);
+  return new Map(idx.map((id, j) => [id, weight[j]! / total]));
 }
 
 test('sampledLogprobs gives the distribution actually sampled from: after temperature, top-k and top-p, renormalised', () => {

@@ -93,7 +93,64 @@ export interface TokenChoice {
 }
 
 /**
- * Picks a token from `logits[offset .. offset+V)`.
+ * How a row's tokens are weighed (the same in `sampleToken`, `sampledLogprobs` and the native
+ * sampler, model/kernels/native-sampler.ts, which picks the same token for the same draw):
+ *
+ * - `x = fround(fround(l - max) · fround(1 / T))`, in single precision, for every allowed logit
+ *   `l` (`max`: the largest allowed one);
+ * - candidates are the tokens with `x ≥ -30` (probability above e^-30 of the best);
+ * - a candidate's weight is the integer `q = trunc(expWeight(x) · 2^S)`: `expWeight` is a
+ *   single-precision exponential specified operation by operation (below), and `S` (`weightBits`)
+ *   keeps the sum of V weights under 2^53, so every sum of weights is an exact integer in double
+ *   precision, whatever the order of its terms. A weight of 0 (below 2^-S of the best) leaves the
+ *   token out.
+ *
+ * Top-k keeps the k candidates of largest logit (ties: lower id first), top-p the shortest prefix
+ * of them in that order whose weight reaches `topP` times theirs; the token is then drawn among
+ * those kept, walking them in id order: the first whose running sum of weights exceeds
+ * `floor(u · total)`. Exact sums make the pick independent of how it is computed, so the native
+ * sampler may select the nucleus without sorting it and add the weights in any order.
+ */
+const LOG2E = Math.fround(1.44269504088896341);
+const LN2_HI = Math.fround(0.693359375); // 9 significant bits: k · LN2_HI is exact
+const LN2_LO = Math.fround(-2.12194440e-4);
+const E1 = Math.fround(1.9875691500e-4);
+const E2 = Math.fround(1.3981999507e-3);
+const E3 = Math.fround(8.3334519073e-3);
+const E4 = Math.fround(4.1665795894e-2);
+const E5 = Math.fround(1.6666665459e-1);
+const E6 = Math.fround(5.0000001201e-1);
+/** 2^k for the exponents k of `expWeight` (k in [-64, 0]), exact in single precision. */
+const POW2 = Float64Array.from({ length: 65 }, (_, i) => 2 ** (i - 64));
+
+/**
+ * e^x in single precision for x in [-30, 0] (a float): Cody-Waite reduction by ln 2, then a
+ * degree-7 polynomial (Cephes' expf), every operation rounded to single precision as written, so
+ * that the native sampler's vectorised copy gives the same bits. Relative error under 2e-7.
+ */
+export function expWeight(x: number): number {
+  const fr = Math.fround;
+  const k = Math.floor(fr(fr(x * LOG2E) + 0.5));
+  const f = fr(fr(x - fr(k * LN2_HI)) - fr(k * LN2_LO));
+  const z = fr(f * f);
+  let p = fr(fr(E1 * f) + E2);
+  p = fr(fr(p * f) + E3);
+  p = fr(fr(p * f) + E4);
+  p = fr(fr(p * f) + E5);
+  p = fr(fr(p * f) + E6);
+  const y = fr(fr(fr(p * z) + f) + 1);
+  return fr(y * POW2[k + 64]!);
+}
+
+/** S of the weights `trunc(expWeight(x) · 2^S)` of a row of V logits: at most 40, and V · 2^S ≤ 2^53. */
+export function weightBits(V: number): number {
+  let bits = 0;
+  while (2 ** bits < V) bits++;
+  return Math.min(40, 53 - bits);
+}
+
+/**
+ * Picks a token from `logits[offset .. offset+V)` (see the weights above).
  *
  * @example
  *   const rng = createRng(42);
@@ -109,21 +166,13 @@ export function sampleToken(
 ): number {
   if (banned && banned.size) ({ logits, offset } = withoutBanned(logits, offset, V, banned));
   const { max, best } = peak(logits, offset, V);
+  const invT = Math.fround(1 / params.temperature);
   if (params.temperature <= 0) return best;
-  // Candidates: tokens within a margin of the best logit (the rest have probability below
-  // e^-30 of the best after temperature). With top-k or top-p they are sorted by logit (ties:
-  // lower id first), cut by top-k, then by top-p, and sampled in that order; without, sampled in
-  // id order (no sort). The sort is a stable radix sort of 32-bit keys: a comparator sort of ~V
-  // candidates cost ~0.5 ms per token.
-  const floor = max - 30 * params.temperature;
-  if (params.topK <= 0 && params.topP >= 1) return sampleAll(logits, offset, V, max, floor, params.temperature, rng);
-  const { ids, probs, n, total } = nucleus(logits, offset, V, max, floor, params);
-  let r = rng() * total;
-  for (let j = 0; j < n; j++) {
-    r -= probs[j]!;
-    if (r <= 0) return ids[j]!;
-  }
-  return ids[n - 1]!;
+  const u = rng(); // one draw whenever the temperature is above 0, as the batched samplers take it
+  if (invT === Infinity || max === Infinity || best < 0) return best;
+  const s = scratch(V);
+  const kept = weigh(logits, offset, V, max, invT, params, s);
+  return kept < 0 ? pickInIdOrder(s.weight, V, u) : pickKept(s, kept, V, u);
 }
 
 /**
@@ -146,76 +195,96 @@ export function sampledLogprobs(
 ): { logprob: number; top: TokenChoice[] } {
   if (banned && banned.size) ({ logits, offset } = withoutBanned(logits, offset, V, banned));
   const { max, best } = peak(logits, offset, V);
-  if (params.temperature <= 0) {
+  const invT = Math.fround(1 / params.temperature);
+  if (best < 0) throw new Error(`sampledLogprobs: token ${id} has probability 0 under these sampling parameters`);
+  if (params.temperature <= 0 || invT === Infinity || max === Infinity) {
     if (id !== best) throw new Error(`sampledLogprobs: greedy decoding picks ${best}, not ${id}`);
     return { logprob: 0, top: topN > 0 ? [{ id, logprob: 0 }] : [] };
   }
-  const { ids, probs, n, total } = nucleus(logits, offset, V, max, max - 30 * params.temperature, params);
+  const s = scratch(V);
+  const kept = weigh(logits, offset, V, max, invT, { ...params, topK: params.topK || V }, s); // sorted: topK is set
+  const { id: ids, weight } = s;
+  let total = 0;
+  for (let j = 0; j < kept; j++) total += weight[ids[j]!]!;
   const logTotal = Math.log(total);
   let logprob = NaN;
-  for (let j = 0; j < n; j++) if (ids[j] === id) logprob = Math.log(probs[j]!) - logTotal;
+  for (let j = 0; j < kept; j++) if (ids[j] === id) logprob = Math.log(weight[id]!) - logTotal;
   if (Number.isNaN(logprob)) throw new Error(`sampledLogprobs: token ${id} has probability 0 under these sampling parameters`);
-  const top: TokenChoice[] = [];
-  for (let j = 0; j < Math.min(topN, n); j++) top.push({ id: ids[j]!, logprob: Math.log(probs[j]!) - logTotal });
+  const order = Array.from(ids.subarray(0, kept)).sort((a, b) => weight[b]! - weight[a]! || a - b);
+  const top: TokenChoice[] = order.slice(0, Math.max(0, topN)).map((t) => ({ id: t, logprob: Math.log(weight[t]!) - logTotal }));
   return { logprob, top };
 }
 
 /**
- * The tokens kept at or above `floor`, sorted by logit (ties: lower id first), cut by top-k then
- * top-p, with their unnormalised probabilities (`exp((l - max) / T)`) and their sum. The arrays
- * are shared scratch buffers, valid until the next call.
+ * Writes every token's weight into `s.weight` (0 for non-candidates). Without top-k and top-p it
+ * returns -1 (every candidate is kept); otherwise the candidates kept, in order of logit (ties:
+ * lower id first), are `s.id[0 .. returned)`.
  */
-function nucleus(logits: Float32Array, offset: number, V: number, max: number, floor: number, params: SamplingParams): { ids: Int32Array; probs: Float64Array; n: number; total: number } {
-  const s = scratch(V);
+function weigh(logits: Float32Array, offset: number, V: number, max: number, invT: number, params: SamplingParams, s: Scratch): number {
+  const scale = 2 ** weightBits(V);
+  const weight = s.weight;
+  const sorted = params.topK > 0 || params.topP < 1;
   let n = 0;
   for (let i = 0; i < V; i++) {
     const l = logits[offset + i]!;
-    if (l >= floor) {
+    const x = Math.fround(Math.fround(l - max) * invT);
+    const q = x >= -30 ? Math.trunc(expWeight(x) * scale) : 0;
+    weight[i] = q;
+    if (sorted && q > 0) {
       s.key[n] = descendingKey(l);
       s.id[n++] = i;
     }
   }
+  if (!sorted) return -1;
   const ids = radixSort(s, n);
+  if (ids !== s.id) s.id.set(ids.subarray(0, n));
   if (params.topK > 0 && params.topK < n) n = params.topK;
-  const probs = s.probs;
-  let total = 0;
-  for (let j = 0; j < n; j++) {
-    const p = Math.exp((logits[offset + ids[j]!]! - max) / params.temperature);
-    probs[j] = p;
-    total += p;
-  }
   if (params.topP < 1) {
+    let total = 0;
+    for (let j = 0; j < n; j++) total += weight[s.id[j]!]!;
+    const target = params.topP * total;
     let acc = 0;
     for (let j = 0; j < n; j++) {
-      acc += probs[j]! / total;
-      if (acc >= params.topP) {
+      acc += weight[s.id[j]!]!;
+      if (acc >= target) {
         n = j + 1;
         break;
       }
     }
-    total = 0;
-    for (let j = 0; j < n; j++) total += probs[j]!;
   }
-  return { ids, probs, n, total };
+  return n;
 }
 
-/** Samples among the tokens at or above `floor`, walking them in id order. */
-function sampleAll(logits: Float32Array, offset: number, V: number, max: number, floor: number, temperature: number, rng: () => number): number {
+/** The token the draw `u` picks among tokens of positive weight, in id order (-1 when there is none). */
+function pickInIdOrder(weight: Float64Array, V: number, u: number): number {
   let total = 0;
-  let last = -1;
+  for (let i = 0; i < V; i++) total += weight[i]!;
+  if (total === 0) return -1;
+  const r = Math.min(Math.floor(u * total), total - 1);
+  let acc = 0;
   for (let i = 0; i < V; i++) {
-    const l = logits[offset + i]!;
-    if (l >= floor) {
-      total += Math.exp((l - max) / temperature);
-      last = i;
-    }
+    acc += weight[i]!;
+    if (acc > r) return i;
   }
-  let r = rng() * total;
+  return -1; // unreachable: acc ends at total > r
+}
+
+/** The token the draw `u` picks among the `kept` tokens `s.id[0 .. kept)`, walked in id order. */
+function pickKept(s: Scratch, kept: number, V: number, u: number): number {
+  if (kept === 0) return -1;
+  const mark = s.mark;
+  mark.fill(0, 0, V);
+  for (let j = 0; j < kept; j++) mark[s.id[j]!] = 1;
+  let total = 0;
+  for (let j = 0; j < kept; j++) total += s.weight[s.id[j]!]!;
+  const r = Math.min(Math.floor(u * total), total - 1);
+  let acc = 0;
   for (let i = 0; i < V; i++) {
-    const l = logits[offset + i]!;
-    if (l >= floor && (r -= Math.exp((l - max) / temperature)) <= 0) return i;
+    if (!mark[i]) continue;
+    acc += s.weight[i]!;
+    if (acc > r) return i;
   }
-  return last;
+  return -1; // unreachable
 }
 
 interface Scratch {
@@ -224,7 +293,8 @@ interface Scratch {
   id: Int32Array;
   key2: Int32Array;
   id2: Int32Array;
-  probs: Float64Array;
+  weight: Float64Array; // each token's integer weight (0: not a candidate)
+  mark: Uint8Array; // the tokens kept by top-k and top-p
   counts: Int32Array;
 }
 
@@ -238,7 +308,8 @@ function scratch(V: number): Scratch {
       id: new Int32Array(V),
       key2: new Int32Array(V),
       id2: new Int32Array(V),
-      probs: new Float64Array(V),
+      weight: new Float64Array(V),
+      mark: new Uint8Array(V),
       counts: new Int32Array(256),
     };
   }

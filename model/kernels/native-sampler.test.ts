@@ -6,6 +6,7 @@ import { tinyDecoder } from '../test-support.ts';
 import { renderChat } from '../chat-template.ts';
 import { DecodeSequence, finishSamples, generateBatch, planSamples, plainSampling, sampleBatch, type GenerateOptions } from '../generate.ts';
 import { createRng } from '../random.ts';
+import { expWeight } from '../sampling.ts';
 import { nativeSampleRows } from './native-sampler.ts';
 import { loadNativeAddon } from './native-addon.ts';
 
@@ -50,9 +51,8 @@ function sameTokens(logits: Float32Array, n: number, V: number, optsOf: (r: numb
   return n * steps;
 }
 
-// Parity is exact: the same candidates, summed in the same order in double precision, with the
-// same uniform draw. The exponential (the C library's against V8's) may differ in its last bit
-// on some inputs; that moves a pick only when a draw falls within ~1e-16 of a boundary.
+// Parity is exact: the same single-precision weights (the same exponential, operation for
+// operation) made integers whose sums are exact in any order, and the same uniform draw.
 test('the native batched sampler picks the same tokens as sampleToken, row by row, for every kind of option', { skip }, () => {
   const variants: Partial<GenerateOptions>[] = [
     { temperature: 0 },
@@ -71,8 +71,9 @@ test('the native batched sampler picks the same tokens as sampleToken, row by ro
   assert.ok(compared >= 1000, `compared ${compared} rows`);
 });
 
-// Plain rows (no top-k, no top-p) take a vectorised path that sums four rows side by side: whole
-// batches of them, on widths with and without a tail past the last full vector.
+// Plain rows (no top-k, no top-p) take a vectorised path that adds the weights lane by lane and
+// skips whole blocks in the draw: whole batches of them, on widths with and without a tail past
+// the last full vector.
 test('batches of plain rows pick the same tokens natively as sampleToken, at every batch size and width', { skip }, () => {
   const temperatures = [1, 0.7, 1.3, 0.05, 2];
   let compared = 0;
@@ -84,8 +85,9 @@ test('batches of plain rows pick the same tokens natively as sampleToken, at eve
   assert.ok(compared >= 1000, `compared ${compared} rows`);
 });
 
-// The sorted path (top-k, top-p) at its edges: every logit tied (the sort's order is the ids'),
-// or thousands of distinct logits bunched within 1e-3 under one far above them.
+// The cut path (top-k, top-p: a radix select of the boundary, not a sort) at its edges: every
+// logit tied (the order is then the ids'), or thousands of distinct logits bunched within 1e-3
+// under one far above them.
 test('rows whose logits all tie or bunch tightly below one outlier pick the same tokens natively with top-k and top-p', { skip }, () => {
   const V = 2048;
   const rng = createRng(5);
@@ -204,24 +206,24 @@ test('generateBatch gives the same replies with the native and the JS sampler (g
   }
 });
 
-test('the native sampler\'s exponential is V8\'s Math.exp bit for bit over the weights it takes', { skip }, () => {
+test('the native sampler\'s exponential is sampling.ts\'s expWeight bit for bit over the weights it takes', { skip }, () => {
   const { addon } = loadNativeAddon();
-  const exp = (addon as unknown as { expNonPositive: (xs: Float64Array) => void }).expNonPositive;
+  const exp = (addon as unknown as { expWeight: (xs: Float32Array) => Float32Array }).expWeight;
   const rng = createRng(17);
-  const xs = new Float64Array(400_000);
+  const xs = new Float32Array(400_003); // a tail past the last full vector
   for (let i = 0; i < xs.length; i++) {
     const band = i % 4;
-    // Every branch of the reduction: |x| < 2^-28, below 0.5 ln2, below 1.5 ln2, the rest (to -700).
-    xs[i] = band === 0 ? -rng() * 2 ** -27 : band === 1 ? -rng() * 0.36 : band === 2 ? -rng() * 1.1 : -rng() * (i % 8 === 3 ? 700 : 30);
+    // Small values, both sides of each multiple of ln 2 / 2 (where the reduction's k steps), the rest.
+    xs[i] = band === 0 ? -rng() * 2 ** -20 : band === 1 ? -(Math.LN2 / 2) * (1 + (i % 60)) + (rng() - 0.5) * 1e-6 : -rng() * 30;
+    if (xs[i]! > 0) xs[i] = 0;
+    if (xs[i]! < -30) xs[i] = -30;
   }
   xs[0] = 0;
   xs[1] = -0;
-  xs[2] = -Math.LN2 / 2;
-  xs[3] = -1.5 * Math.LN2;
-  xs[4] = -30;
-  const out = Float64Array.from(xs);
-  exp(out);
+  xs[2] = -30;
+  const out = exp(xs);
   let differ = 0;
-  for (let i = 0; i < xs.length; i++) if (out[i] !== Math.exp(xs[i]!)) differ++;
-  assert.equal(differ, 0, `${differ} of ${xs.length} values differ from Math.exp`);
+  for (let i = 0; i < xs.length; i++) if (out[i] !== expWeight(xs[i]!)) differ++;
+  assert.equal(differ, 0, `${differ} of ${xs.length} values differ from expWeight`);
+  assert.throws(() => exp(Float32Array.of(0.5)), /\[-30, 0\]/);
 });

@@ -1,7 +1,9 @@
 /**
  * Batched next-token sampling in the native addon (`native/src/sampler.cc`): one call samples
- * every row of a decode step's logits, with the algorithm of `sampleToken` (model/sampling.ts)
- * in double precision, so that with the same uniform draw it picks the same token. It reads a JS
+ * every row of a decode step's logits, weighing them as `sampleToken` (model/sampling.ts) defines
+ * (single-precision weights made exact integers), so that with the same uniform draw it picks the
+ * same token; its sums are exact, so it adds them in any order and finds the top-k and top-p
+ * boundary by a radix select instead of a sort. It reads a JS
  * `Float32Array`, so it works whatever the tensor backend.
  *
  * Available when the addon is built with the sampler and `TF_NATIVE_KERNELS` is not `0` (a list

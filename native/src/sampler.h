@@ -1,7 +1,7 @@
-// Next-token sampling over a batch of logit rows, the same algorithm as model/sampling.ts's
-// `sampleToken` (temperature, top-k, top-p, banned ids), step for step and in double precision,
-// so that given the same uniform draw it picks the same token. The uniform draws come from the
-// caller (each sequence's seeded generator in JS): one per row whose temperature is above 0.
+// Next-token sampling over a batch of logit rows, as model/sampling.ts's `sampleToken` defines it
+// (temperature, top-k, top-p, banned ids; single-precision weights made exact integers), so that
+// given the same uniform draw it picks the same token. The uniform draws come from the caller
+// (each sequence's seeded generator in JS): one per row whose temperature is above 0.
 #pragma once
 
 #include <cstddef>
@@ -20,6 +20,9 @@ struct SampleRow {
 // ids[r] = the token sampled from logits[r*V .. (r+1)*V); banned (V bytes, or null) marks ids
 // that are never picked. Rows are split over the pool when there are several.
 void sample_rows(const float* logits, int n, int V, const uint8_t* banned, const SampleRow* rows, int32_t* ids);
+
+// out[i] = sampling.ts's expWeight(xs[i]), bit for bit (each xs[i] in [-30, 0]).
+void exp_weight_array(const float* xs, float* out, int n);
 
 }  // namespace nk
 
