@@ -80,6 +80,8 @@ export interface GenerateBenchOptions {
   skipIdle?: boolean;
   /** Serve with the decode step on a worker thread (`asyncStep`), to compare with the default. */
   asyncStep?: boolean;
+  /** The server's `decodeSliceMs` (default: the server's default), to compare. */
+  decodeSliceMs?: number;
 }
 
 /** Fills a `generate` line's peer columns from the peer's run beside it, for `batch` streams. */
@@ -385,7 +387,7 @@ export async function benchGenerate(opts: GenerateBenchOptions = {}): Promise<Li
   const dir = mkdtempSync(join(tmpdir(), 'bench-generate-'));
   const store = await openTempStore({ prefix: 'bench' });
   const model = await benchModel(dir, shape);
-  const config = defaultServerConfig({ port: 0, host: '127.0.0.1', requestsPerMinute: 1_000_000, messagesPerSecond: 100_000, heartbeatMs: 600_000, maxTokens: 256, maxConnectionsPerAddress: 5000, maxConnections: 5000, startTimeoutMs: 600_000, maxInFlightPerUser: 64, asyncStep: opts.asyncStep ?? false });
+  const config = defaultServerConfig({ port: 0, host: '127.0.0.1', requestsPerMinute: 1_000_000, messagesPerSecond: 100_000, heartbeatMs: 600_000, maxTokens: 256, maxConnectionsPerAddress: 5000, maxConnections: 5000, startTimeoutMs: 600_000, maxInFlightPerUser: 64, asyncStep: opts.asyncStep ?? false, ...(opts.decodeSliceMs !== undefined ? { decodeSliceMs: opts.decodeSliceMs } : {}) });
   const srv = await startServer(config, { model, store, ownStore: true, defaultMetrics: false, log: () => {} });
   await srv.ready;
   try {
@@ -418,17 +420,18 @@ const GenerateBenchConfig = z.object({
   openaiStreams: streams.optional().describe('OpenAI streaming stream counts (default 1,16)'),
   skipIdle: z.boolean().default(false).describe('skip the 1,000 idle sockets line'),
   asyncStep: z.boolean().default(false).describe('serve with the decode step on a worker thread (the server\'s asyncStep), to compare'),
+  decodeSliceMs: z.number().nonnegative().optional().describe('the server\'s decodeSliceMs (0: one decode step per event-loop turn), to compare with its default'),
   peer: z.string().optional().describe('PyTorch peer script (torch_gpt.py), run in the same session (default: PEER_SCRIPT)'),
   peerPython: z.string().optional().describe('the Python that runs the peer (default: PEER_PYTHON, else python3)'),
 });
 
 if (isMain(import.meta.url)) {
   await runCommand(
-    { usage: 'node --import tsx bench/generate.ts [--json] [--seconds S] [--ws-streams 1,16,32] [--openai-streams 1,16] [--async-step] [--peer PATH [--peer-python PY]]', schema: GenerateBenchConfig, envPrefix: 'BENCH' },
+    { usage: 'node --import tsx bench/generate.ts [--json] [--seconds S] [--ws-streams 1,16,32] [--openai-streams 1,16] [--async-step] [--decode-slice-ms MS] [--peer PATH [--peer-python PY]]', schema: GenerateBenchConfig, envPrefix: 'BENCH' },
     async (cfg) => {
       const script = cfg.peer ?? process.env.PEER_SCRIPT;
       const peer = script ? peerDecoder(script, cfg.peerPython ?? process.env.PEER_PYTHON ?? 'python3', SHAPES.small) : undefined;
-      printFigures(await benchGenerate({ shape: cfg.shape, seconds: cfg.seconds, wsStreams: cfg.wsStreams, openaiStreams: cfg.openaiStreams, skipIdle: cfg.skipIdle, asyncStep: cfg.asyncStep, peer }), cfg.json);
+      printFigures(await benchGenerate({ shape: cfg.shape, seconds: cfg.seconds, wsStreams: cfg.wsStreams, openaiStreams: cfg.openaiStreams, skipIdle: cfg.skipIdle, asyncStep: cfg.asyncStep, decodeSliceMs: cfg.decodeSliceMs, peer }), cfg.json);
     },
   );
   // Something below the server (not a socket, timer or child: none is left) keeps the loop

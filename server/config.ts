@@ -26,6 +26,7 @@ export const ServerConfigSchema = z.object({
   maxBatch: z.number().int().positive().default(32).describe('sequences decoded together in one step'),
   maxQueue: z.number().int().nonnegative().default(64).describe('requests waiting for a batch slot before "overloaded"'),
   asyncStep: z.boolean().default(false).describe('run the decode step on a native worker thread while the event loop streams and serves sockets (when the addon has it); off: on the event loop, which measured as fast or faster on 2 busy cores'),
+  decodeSliceMs: z.number().nonnegative().max(1000).default(3).describe('decode steps run back to back for up to this long (or until a reply ends) before their text is streamed and sockets are served; 0 = one step per event-loop turn'),
   prefillTokensPerStep: z.number().int().positive().default(256).describe('prompt tokens prefilled between two decode steps (at least one prompt)'),
   maxMessageBytes: z.number().int().positive().default(64 * 1024).describe('largest WebSocket frame / HTTP body accepted'),
   maxPromptTokens: z.number().int().positive().default(4096).describe('largest prompt (before context-window trimming) accepted'),

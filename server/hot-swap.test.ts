@@ -28,7 +28,9 @@ function admin(path: string, init: { method?: string; body?: unknown; token?: st
 }
 
 before(async () => {
-  srv = await startTestServer({ adminToken: TOKEN, registryPollMs: 50 }, { modelConfig: { blockSize: 512 } });
+  // One decode step per event-loop turn: in slices, the tiny model's 250-token replies would end
+  // within a few turns, before the promotion below is read (swaps happen between turns either way).
+  srv = await startTestServer({ adminToken: TOKEN, registryPollMs: 50, decodeSliceMs: 0 }, { modelConfig: { blockSize: 512 } });
   // A second policy with other weights (same tokenizer and shape), in a directory of its own name.
   const dir = join(mkdtempSync(join(tmpdir(), 'srv-ckpt-')), 'ppo-1');
   cpSync(await makeTinyCheckpoint({ blockSize: 512 }, 99), dir, { recursive: true });

@@ -345,8 +345,10 @@ test('streamed deltas that wait for one write (deltaCoalesceMs) join into one ch
     }
     return { text, chunks, tokens };
   };
-  const held = await startTestServer({ deltaCoalesceMs: 10_000 }, { model: srv.model });
-  const each = await startTestServer({ deltaCoalesceMs: 0 }, { model: srv.model });
+  // One decode step per turn, so each token comes to the door as a delta of its own (in slices,
+  // the scheduler already hands a reply's tokens of a slice over as one delta).
+  const held = await startTestServer({ deltaCoalesceMs: 10_000, decodeSliceMs: 0 }, { model: srv.model });
+  const each = await startTestServer({ deltaCoalesceMs: 0, decodeSliceMs: 0 }, { model: srv.model });
   try {
     const heldApi = new OpenAI({ baseURL: `${held.url}/v1`, apiKey: 'sk-test', maxRetries: 0 });
     const eachApi = new OpenAI({ baseURL: `${each.url}/v1`, apiKey: 'sk-test', maxRetries: 0 });

@@ -226,3 +226,71 @@ test('with asyncStep, replies whose batch shrinks below asyncMinRows go on on th
     });
   }
 });
+
+test('with decodeSliceMs, steps run back to back and each reply\'s text of a slice goes out at once, with the tokens of one step a turn', async () => {
+  const turns: number[] = [0];
+  const m = watchedSteps(model, { busyMs: 1, onStep: () => turns[turns.length - 1]!++ });
+  const opts: GenerateOptions[] = [
+    greedy(24),
+    { ...greedy(24), temperature: 1, seed: 3 },
+    { ...greedy(24), temperature: 0.8, topK: 5, topP: 0.9, seed: 4 },
+    { ...greedy(24), temperature: 1, seed: 5, logitBias: [[7, 5]], logprobs: 2 },
+    { ...greedy(24), temperature: 1, seed: 6, stop: ['e'] },
+  ];
+  const texts = ['hello', 'the cat', 'what does lucid mean?', 'dog', 'a mat'];
+  const serve = async (decodeSliceMs: number) => {
+    const s = new Scheduler(m, { ...OPTS, decodeSliceMs });
+    const streamed = texts.map((): string[] => []);
+    const streamedLogprobs = texts.map((): number[] => []);
+    turns.length = 0;
+    turns.push(0);
+    let counting = true;
+    const count = () => {
+      turns.push(0);
+      if (counting) setImmediate(count);
+    };
+    setImmediate(count);
+    const results = await Promise.all(
+      texts.map((t, i) =>
+        s.submit({
+          promptIds: prompt(t),
+          opts: opts[i]!,
+          onDelta: (d, lps) => {
+            streamed[i]!.push(d);
+            streamedLogprobs[i]!.push(...lps.map((lp) => lp.id));
+          },
+        }).result,
+      ),
+    );
+    counting = false;
+    return { results, streamed, streamedLogprobs, mostStepsInATurn: Math.max(...turns) };
+  };
+  const one = await serve(0);
+  const sliced = await serve(8);
+  assert.ok(one.mostStepsInATurn <= 1, `one step a turn without a slice (${one.mostStepsInATurn})`);
+  assert.ok(sliced.mostStepsInATurn >= 3, `an 8 ms slice of 1 ms steps runs several steps a turn (${sliced.mostStepsInATurn})`);
+  sliced.results.forEach((r, i) => {
+    assert.deepEqual(r.ids, one.results[i]!.ids, `reply ${i}`);
+    assert.equal(r.text, one.results[i]!.text);
+    assert.equal(r.finishReason, one.results[i]!.finishReason);
+    assert.deepEqual(r.logprobs, one.results[i]!.logprobs);
+    assert.equal(sliced.streamed[i]!.join(''), r.text, `reply ${i}: the streamed text is the reply`);
+    assert.deepEqual(sliced.streamedLogprobs[i], one.streamedLogprobs[i], `reply ${i}: every log-probability streamed once, in order`);
+  });
+  const deltas = (x: typeof one) => x.streamed.reduce((n, d) => n + d.length, 0);
+  assert.ok(deltas(sliced) < deltas(one), `fewer deltas in slices (${deltas(sliced)} against ${deltas(one)})`);
+  assert.equal(one.results[4]!.finishReason, 'stop', 'the stop string ended a reply mid-slice');
+});
+
+test('with decodeSliceMs, a slice ends when a reply ends, so its result and its slot do not wait for the slice', async () => {
+  const s = new Scheduler(watchedSteps(model, { busyMs: 1 }), { ...OPTS, decodeSliceMs: 60_000 });
+  const long = s.submit({ promptIds: prompt('long'), opts: { ...greedy(40), temperature: 1, seed: 1, logitBias: [[model.tok.specialId('<|end|>'), -100]] } });
+  const short = await s.submit({ promptIds: prompt('short'), opts: greedy(2) }).result;
+  assert.equal(short.completionTokens, 2);
+  assert.equal(s.activeCount, 1, 'the long reply is still decoding when the short one resolves');
+  const next = await s.submit({ promptIds: prompt('next'), opts: greedy(2) }).result;
+  assert.equal(next.completionTokens, 2, 'a request submitted meanwhile got the free slot and ended');
+  assert.equal(s.activeCount, 1);
+  long.cancel();
+  assert.equal((await long.result).finishReason, 'cancelled');
+});

@@ -96,6 +96,11 @@ export interface SchedulerOptions {
   asyncStep?: boolean;
   /** With `asyncStep`, fewest live slots of a model for which its step runs off the event loop (default `ASYNC_MIN_ROWS`). */
   asyncMinRows?: number;
+  /**
+   * Steps on the event loop run back to back for up to this many milliseconds before their text
+   * is streamed and the event loop serves sockets (default 0: one step per turn).
+   */
+  decodeSliceMs?: number;
 }
 
 interface Pending {
@@ -285,8 +290,8 @@ export class Scheduler {
   async #loop(): Promise<void> {
     let landed: Landed[] = [];
     while (this.#waiting.length || this.#active.length || landed.length) {
-      this.#admit();
-      const running = this.#step(landed);
+      const admitted = this.#admit();
+      const running = this.#step(landed, admitted > 0);
       this.#gauges();
       this.#collect();
       landed = running.length ? await this.#land(running) : [];
@@ -298,8 +303,9 @@ export class Scheduler {
   /**
    * Moves waiting requests into free slots, within the prompt-token budget (at least one), and
    * prefills them together: one pass per model, then their first tokens sampled in one batch.
+   * Returns how many it admitted.
    */
-  #admit(): void {
+  #admit(): number {
     let budget = this.opts.prefillTokensPerStep;
     const byModel = new Map<ServedModel, Admission[]>();
     let admitted = 0;
@@ -320,6 +326,7 @@ export class Scheduler {
       else byModel.set(a.model, [a]);
     }
     for (const [model, group] of byModel) this.#start(model, group);
+    return admitted;
   }
 
   /**
@@ -456,8 +463,16 @@ export class Scheduler {
    * with `asyncStep` on and at least `asyncMinRows` live slots, gets its step started and
    * returned, to be landed by `#land`. Then the text of the steps landed last is streamed, and
    * the other models step here to the end (after that text, so each reply's text stays in order).
+   *
+   * With `decodeSliceMs` and no step off the event loop, the models here step again and again
+   * until that much time has passed or a reply ends (its slot is then free for a waiting or a
+   * follow-up request), except in a turn that admitted requests (their first tokens, streamed
+   * already, are written to the sockets on the next turn): each step's tokens are appended at
+   * once (stop rules, the context window and log-probabilities apply token by token, as with one
+   * step a turn), and each reply's text of the whole slice is streamed once at its end. Sockets,
+   * admissions, cancellations and model swaps wait for the slice to end.
    */
-  #step(landed: readonly Landed[]): RunningStep[] {
+  #step(landed: readonly Landed[], admitted = false): RunningStep[] {
     const models = [...new Set(this.#active.filter((s) => !s.seq.done).map((s) => s.model))];
     const liveOf = (model: ServedModel) => this.#active.filter((s) => s.model === model && !s.seq.done && s.job.state === 'active');
     const running: RunningStep[] = [];
@@ -470,15 +485,27 @@ export class Scheduler {
     this.#inFlight = running;
     for (const l of landed) this.#stream(l.slots, l.deltas);
     let rows = running.reduce((n, r) => n + r.live.length, 0);
-    const t0 = performance.now();
-    for (const model of here) {
-      // Re-read per model: a delta callback may have cancelled a slot.
-      const live = liveOf(model);
-      if (live.length) this.#stepModel(model, live);
-      rows += live.length;
+    // After admissions, one step: their first tokens' writes go out on the next turn.
+    const slice = running.length || admitted ? 0 : (this.opts.decodeSliceMs ?? 0);
+    const start = performance.now();
+    const held = new Map<Slot, string>();
+    for (let first = true; ; first = false) {
+      const t0 = performance.now();
+      let stepped = 0;
+      for (const model of here) {
+        // Re-read per model: a delta callback may have cancelled a slot.
+        const live = liveOf(model);
+        if (live.length) this.#stepModel(model, live, slice > 0 ? held : undefined);
+        stepped += live.length;
+      }
+      if (first) rows += stepped;
+      if (!stepped) break;
+      if (!running.length) this.opts.metrics?.stepSeconds.observe((performance.now() - t0) / 1000);
+      // A reply that ended frees its slot for the next request: end the slice to stream it.
+      if (performance.now() - start >= slice || this.#active.some((s) => s.seq.done)) break;
     }
+    if (held.size) this.#stream([...held.keys()], [...held.values()]);
     if (!rows) return running;
-    if (!running.length) this.opts.metrics?.stepSeconds.observe((performance.now() - t0) / 1000);
     this.opts.metrics?.batchSize.set(rows);
     return running;
   }
@@ -525,8 +552,12 @@ export class Scheduler {
     return landed;
   }
 
-  /** One batched decode step of the live slots of one model, every row sampled in one pass. */
-  #stepModel(model: ServedModel, live: Slot[]): void {
+  /**
+   * One batched decode step of the live slots of one model, every row sampled in one pass. With
+   * `held`, the tokens are appended and each slot's new text is added to its entry there, to be
+   * streamed by the caller; else it is streamed now.
+   */
+  #stepModel(model: ServedModel, live: Slot[], held?: Map<Slot, string>): void {
     const { gpt } = model;
     const V = gpt.config.vocabSize;
     const prof = this.profile;
@@ -558,7 +589,9 @@ export class Scheduler {
       this.#fail(live, err);
       return;
     }
-    this.#accept(live, ids, logits, V);
+    if (!held) return this.#accept(live, ids, logits, V);
+    const deltas = this.#append(live, ids, logits, V);
+    for (let r = 0; r < live.length; r++) held.set(live[r]!, (held.get(live[r]!) ?? '') + (deltas[r] ?? ''));
   }
 
   #remove(slot: Slot): void {

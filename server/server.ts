@@ -95,7 +95,7 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
     const model = opts.model ?? (await loadServedModel(config.modelDir, { rerankN: config.rerankN }));
     store ??= opts.store ?? (await openStore({ url: storeUrl(config.database), dataDir: config.dataDir, schema: config.databaseSchema, log }));
     metrics.watchStore(store);
-    scheduler = new Scheduler(model, { maxBatch: config.maxBatch, maxQueue: config.maxQueue, prefillTokensPerStep: config.prefillTokensPerStep, asyncStep: config.asyncStep, retryAfterSeconds: config.retryAfterSeconds, reuse: opts.reuse, metrics });
+    scheduler = new Scheduler(model, { maxBatch: config.maxBatch, maxQueue: config.maxQueue, prefillTokensPerStep: config.prefillTokensPerStep, asyncStep: config.asyncStep, decodeSliceMs: config.decodeSliceMs, retryAfterSeconds: config.retryAfterSeconds, reuse: opts.reuse, metrics });
     registry = new ModelRegistry({
       store,
       scheduler,

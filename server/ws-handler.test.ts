@@ -200,8 +200,10 @@ test('deltas arriving within deltaCoalesceMs of a reply\'s previous frame are se
     assert.equal(mine[mine.length - 1]!.type, 'reply', 'no delta after the reply');
     return { deltas: deltas.length, tokens: (reply.usage as { completionTokens: number }).completionTokens, content: reply.content };
   };
-  const held = await startTestServer({ heartbeatMs: 60_000, deltaCoalesceMs: 10_000 }, { model: srv.model });
-  const each = await startTestServer({ heartbeatMs: 60_000, deltaCoalesceMs: 0 }, { model: srv.model });
+  // One decode step per turn, so each token comes to the socket as a delta of its own (in slices,
+  // the scheduler already hands a reply's tokens of a slice over as one delta).
+  const held = await startTestServer({ heartbeatMs: 60_000, deltaCoalesceMs: 10_000, decodeSliceMs: 0 }, { model: srv.model });
+  const each = await startTestServer({ heartbeatMs: 60_000, deltaCoalesceMs: 0, decodeSliceMs: 0 }, { model: srv.model });
   try {
     const a = await frames(held, 'co1');
     const b = await frames(each, 'co2');
