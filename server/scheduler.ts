@@ -9,6 +9,9 @@
  *      then appends each token to its sequence and streams the text deltas;
  *   3. retires finished slots and yields to the event loop (`setImmediate`) so sockets are served.
  *
+ * With `decodeSliceMs`, step 2 repeats for up to that long (a decode slice: until a reply ends,
+ * and never in a turn that admitted requests) before the text is streamed and the loop yields.
+ *
  * When the model decodes asynchronously (`GPT.decodesAsync`, the native decoder) and
  * `asyncStep` is on, steps 2 and 3 are pipelined instead: the step and the native rows' sampling
  * run on a worker thread (`decodeStepAsync`) while the event loop streams the previous step's
