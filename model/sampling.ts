@@ -171,8 +171,10 @@ export function sampleToken(
   const u = rng(); // one draw whenever the temperature is above 0, as the batched samplers take it
   if (invT === Infinity || max === Infinity || best < 0) return best;
   const s = scratch(V);
-  const kept = weigh(logits, offset, V, max, invT, params, s);
-  return kept < 0 ? pickInIdOrder(s.weight, V, u) : pickKept(s, kept, V, u);
+  const sorted = params.topK > 0 || params.topP < 1;
+  const kept = weigh(logits, offset, V, max, invT, params, sorted, s);
+  if (sorted) keepOnly(s, kept, V);
+  return pickInIdOrder(s.weight, V, u);
 }
 
 /**
@@ -202,7 +204,7 @@ export function sampledLogprobs(
     return { logprob: 0, top: topN > 0 ? [{ id, logprob: 0 }] : [] };
   }
   const s = scratch(V);
-  const kept = weigh(logits, offset, V, max, invT, { ...params, topK: params.topK || V }, s); // sorted: topK is set
+  const kept = weigh(logits, offset, V, max, invT, params, true, s);
   const { id: ids, weight } = s;
   let total = 0;
   for (let j = 0; j < kept; j++) total += weight[ids[j]!]!;
@@ -216,14 +218,13 @@ export function sampledLogprobs(
 }
 
 /**
- * Writes every token's weight into `s.weight` (0 for non-candidates). Without top-k and top-p it
- * returns -1 (every candidate is kept); otherwise the candidates kept, in order of logit (ties:
- * lower id first), are `s.id[0 .. returned)`.
+ * Writes every token's weight into `s.weight` (0 for non-candidates). With `sorted`, the
+ * candidates kept by top-k and top-p, in order of logit (ties: lower id first), are `s.id[0 ..
+ * returned)`; without (no top-k, no top-p), every candidate is kept and it returns -1.
  */
-function weigh(logits: Float32Array, offset: number, V: number, max: number, invT: number, params: SamplingParams, s: Scratch): number {
+function weigh(logits: Float32Array, offset: number, V: number, max: number, invT: number, params: SamplingParams, sorted: boolean, s: Scratch): number {
   const scale = 2 ** weightBits(V);
   const weight = s.weight;
-  const sorted = params.topK > 0 || params.topP < 1;
   let n = 0;
   for (let i = 0; i < V; i++) {
     const l = logits[offset + i]!;
@@ -269,22 +270,12 @@ function pickInIdOrder(weight: Float64Array, V: number, u: number): number {
   return -1; // unreachable: acc ends at total > r
 }
 
-/** The token the draw `u` picks among the `kept` tokens `s.id[0 .. kept)`, walked in id order. */
-function pickKept(s: Scratch, kept: number, V: number, u: number): number {
-  if (kept === 0) return -1;
+/** Sets the weight of every token but the `kept` ones `s.id[0 .. kept)` to 0. */
+function keepOnly(s: Scratch, kept: number, V: number): void {
   const mark = s.mark;
   mark.fill(0, 0, V);
   for (let j = 0; j < kept; j++) mark[s.id[j]!] = 1;
-  let total = 0;
-  for (let j = 0; j < kept; j++) total += s.weight[s.id[j]!]!;
-  const r = Math.min(Math.floor(u * total), total - 1);
-  let acc = 0;
-  for (let i = 0; i < V; i++) {
-    if (!mark[i]) continue;
-    acc += s.weight[i]!;
-    if (acc > r) return i;
-  }
-  return -1; // unreachable
+  for (let i = 0; i < V; i++) if (!mark[i]) s.weight[i] = 0;
 }
 
 interface Scratch {
