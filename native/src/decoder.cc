@@ -24,9 +24,14 @@ bool KVCache::reserve(int tokens) {
   if (tokens <= capacity_) return true;
   int capacity = std::max(capacity_ * 2, 16);
   capacity = std::min(std::max(capacity, tokens), block_size_);
+  // Whole vectors, so that attention reads a row's keys a vector at a time up to its last key
+  // (the lanes past it are ignored; zeroed here, they are never a NaN or a denormal).
+  capacity = (capacity + VL - 1) / VL * VL;
   const size_t floats = static_cast<size_t>(n_layer_) * 2 * n_head_ * capacity * head_size_;
-  float* data = static_cast<float*>(std::aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64));
+  const size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
+  float* data = static_cast<float*>(std::aligned_alloc(64, bytes));
   if (data == nullptr) return false;
+  std::memset(data, 0, bytes);
   const size_t plane_new = static_cast<size_t>(capacity) * head_size_;
   const size_t plane_old = static_cast<size_t>(capacity_) * head_size_;
   for (int plane = 0; length_ > 0 && plane < n_layer_ * 2 * n_head_; ++plane) {
@@ -285,41 +290,58 @@ struct Attention {
 // every step (23% of a batch-16 step went to those loads and stores; 18.5% after). Each sum adds
 // its terms in the same order; the logits moved by at most 7e-7 (float rounding).
 
-// s[j] = q · K[:, j] for j < keys, K stored by dimension ([hs][cap]).
-void scores_of(const float* q, const float* K, size_t cap, int hs, int keys, float* s) {
+// s[j0 + i] = scale · (q · K[:, j0 + i]) for i < U VL, K stored by dimension ([hs][cap]). Each
+// sum adds its terms in dimension order.
+template <int U>
+inline void scores_block(const float* q, const float* K, size_t cap, int hs, int j0, vec scale, float* s) {
+  vec acc[U] = {};
+  for (int d = 0; d < hs; ++d) {
+    const vec qd = splat(q[d]);
+    const float* kd = K + d * cap + j0;
+    for (int u = 0; u < U; ++u) acc[u] += qd * load(kd + u * VL);
+  }
+  for (int u = 0; u < U; ++u) store(s + j0 + u * VL, acc[u] * scale);
+}
+
+// s[j] = scale · (q · K[:, j]) for j < keys. The keys are taken in whole vectors (the cache's
+// capacity is a multiple of VL): s gets ceil(keys / VL) VL entries, and the caller ignores those
+// past `keys`. (A scalar loop over the last keys took a third of the scores' time.)
+void scores_of(const float* q, const float* K, size_t cap, int hs, int keys, float scale, float* s) {
   constexpr int U = 4;
-  int j = 0;
-  for (; j + U * VL <= keys; j += U * VL) {
-    vec acc[U] = {};
-    for (int d = 0; d < hs; ++d) {
-      const vec qd = splat(q[d]);
-      const float* kd = K + d * cap + j;
-      for (int u = 0; u < U; ++u) acc[u] += qd * load(kd + u * VL);
-    }
-    for (int u = 0; u < U; ++u) store(s + j + u * VL, acc[u]);
-  }
-  for (; j + VL <= keys; j += VL) {
-    vec acc = {};
-    for (int d = 0; d < hs; ++d) acc += splat(q[d]) * load(K + d * cap + j);
-    store(s + j, acc);
-  }
-  for (; j < keys; ++j) {
-    float acc = 0.f;
-    for (int d = 0; d < hs; ++d) acc += q[d] * K[d * cap + j];
-    s[j] = acc;
+  const int vecs = (keys + VL - 1) / VL;
+  const vec sc = splat(scale);
+  int v = 0;
+  for (; v + U <= vecs; v += U) scores_block<U>(q, K, cap, hs, v * VL, sc, s);
+  switch (vecs - v) {
+    case 3: scores_block<3>(q, K, cap, hs, v * VL, sc, s); break;
+    case 2: scores_block<2>(q, K, cap, hs, v * VL, sc, s); break;
+    case 1: scores_block<1>(q, K, cap, hs, v * VL, sc, s); break;
+    default: break;
   }
 }
 
 // out[0, NH VL) = sum over j < keys of (s[j] inv) V[j, :], V stored by position ([cap][hs]).
+// Four running sums (keys j mod 4) keep the multiply-adds from waiting on each other (with one,
+// this loop waited out the FMA latency at every key: 45% of attention's time); they are added
+// pairwise at the end, so every sum is rounded in a fixed order.
 template <int NH>
 void weighted_values(const float* s, float inv, const float* V, int keys, float* out) {
-  vec acc[NH] = {};
-  for (int j = 0; j < keys; ++j) {
+  constexpr int W = 4;
+  vec acc[W][NH] = {};
+  int j = 0;
+  for (; j + W <= keys; j += W) {
+    for (int w = 0; w < W; ++w) {
+      const vec p = splat(s[j + w] * inv);
+      const float* v = V + static_cast<size_t>(j + w) * NH * VL;
+      for (int u = 0; u < NH; ++u) acc[w][u] += p * load(v + u * VL);
+    }
+  }
+  for (int w = 0; j < keys; ++j, ++w) {
     const vec p = splat(s[j] * inv);
     const float* v = V + static_cast<size_t>(j) * NH * VL;
-    for (int u = 0; u < NH; ++u) acc[u] += p * load(v + u * VL);
+    for (int u = 0; u < NH; ++u) acc[w][u] += p * load(v + u * VL);
   }
-  for (int u = 0; u < NH; ++u) store(out + u * VL, acc[u]);
+  for (int u = 0; u < NH; ++u) store(out + u * VL, (acc[0][u] + acc[1][u]) + (acc[2][u] + acc[3][u]));
 }
 
 // softmax(q·Kᵀ / sqrt(hs)) · V for every row, one head.
@@ -328,7 +350,7 @@ void attend_head(void* ctx, int h) {
   const Attention& at = *static_cast<const Attention*>(ctx);
   const int C = at.shape->n_embd, hs = at.shape->head_size();
   const float scale = 1.f / std::sqrt(static_cast<float>(hs));
-  float* s = sized(scores, at.shape->block_size + VL);
+  float* s = sized(scores, at.shape->block_size + 2 * VL);
   for (int r = 0; r < at.rows; ++r) {
     KVCache* cache = at.caches[at.row_seq[r]];
     const size_t cap = cache->capacity();
@@ -336,13 +358,18 @@ void attend_head(void* ctx, int h) {
     const float* V = cache->values(at.layer, h);
     const float* q = at.qkv + static_cast<size_t>(r) * 3 * C + h * hs;
     const int keys = at.row_pos[r] + 1;
-    scores_of(q, K, cap, hs, keys, s);
-    float mx = -INFINITY;
-    for (int j = 0; j < keys; ++j) {
-      s[j] *= scale;
-      mx = std::max(mx, s[j]);
+    scores_of(q, K, cap, hs, keys, scale, s);
+    const int padded = (keys + VL - 1) / VL * VL;
+    for (int j = keys; j < padded; ++j) s[j] = -INFINITY;
+    vec m = splat(-INFINITY);
+    for (int j = 0; j < padded; j += VL) {
+      const vec x = load(s + j);
+      m = m < x ? x : m;  // std::max's rule, lane by lane: a NaN is never taken
     }
-    for (int j = 0; j < keys; ++j) s[j] -= mx;
+    float mx = -INFINITY;
+    for (int l = 0; l < VL; ++l) mx = std::max(mx, m[l]);
+    const vec mv = splat(mx);
+    for (int j = 0; j < padded; j += VL) store(s + j, load(s + j) - mv);
     exp_f32(s, s, keys);
     float total = 0.f;
     for (int j = 0; j < keys; ++j) total += s[j];

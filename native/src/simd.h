@@ -4,6 +4,10 @@
 
 #include <cstdint>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 namespace nk {
 
 #if defined(__AVX512F__)
@@ -20,6 +24,21 @@ typedef int32_t ivec __attribute__((vector_size(VL * 4)));
 
 inline vec load(const float* p) { return *reinterpret_cast<const uvec*>(p); }
 inline void store(float* p, vec v) { *reinterpret_cast<uvec*>(p) = v; }
-inline vec splat(float x) { return vec{} + x; }
+// Every lane x. A broadcast, not `vec{} + x`: that sum is a scalar add of 0 (it cannot be left
+// out, as 0 + -0 is +0) before the broadcast, which cost the LM head's inner loop a dependent
+// add per weight and kept every multiply-add from taking its broadcast operand from memory.
+inline vec splat(float x) {
+#if defined(__AVX512F__)
+  return reinterpret_cast<vec>(_mm512_set1_ps(x));
+#elif defined(__AVX__)
+  return reinterpret_cast<vec>(_mm256_set1_ps(x));
+#elif defined(__SSE__)
+  return reinterpret_cast<vec>(_mm_set1_ps(x));
+#else
+  vec v;
+  for (int i = 0; i < VL; ++i) v[i] = x;
+  return v;
+#endif
+}
 
 }  // namespace nk
