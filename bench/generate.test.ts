@@ -16,6 +16,8 @@ test('the serving benchmark at a tiny size prints every line, with a profile who
     assert.equal(l.concurrency, 2);
     assert.ok((l.tokens as number) > 0 && (l.tokens_per_s as number) > 0 && (l.step_tokens_per_s as number) > 0);
     assert.ok((l.ttft_p99_ms as number) >= (l.ttft_p50_ms as number));
+    // Both processes did work: the server's CPU and the load generator's, each per delivered token.
+    assert.ok((l.cpu_us_per_token as number) > 0 && (l.client_cpu_us_per_token as number) > 0, JSON.stringify(l));
     const p = l.profile as Record<string, number>;
     // The wall time is the event loop's idle time, its stages and the rest (every step on the loop by default; the clients run in a process of their own).
     assert.equal(p.steps_off_thread, 0);

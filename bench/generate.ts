@@ -218,7 +218,7 @@ async function sustained(srv: RunningServer, model: ServedModel, door: Door, n: 
   const cpu0 = process.cpuUsage();
   const steal = stealMeter();
   const t0 = performance.now();
-  const { ttfts, tokens, replies } = await load.go();
+  const { ttfts, tokens, replies, cpuUs: clientCpuUs } = await load.go();
   const wallMs = performance.now() - t0;
   const cpuSteal = steal();
   const idleMs = perfHooks.eventLoopUtilization(elu0).idle;
@@ -248,6 +248,8 @@ async function sustained(srv: RunningServer, model: ServedModel, door: Door, n: 
     // CPU time of the server's process (its event loop and native threads; not the clients')
     // per delivered token: steadier than tokens/s when other processes share the machine.
     cpu_us_per_token: tokens ? Math.round((cpuUs.user + cpuUs.system) / tokens) : 0,
+    // The load generator's own CPU per token: on a small machine it competes with the server.
+    client_cpu_us_per_token: tokens ? Math.round(clientCpuUs / tokens) : 0,
     tokens,
     replies,
     seconds: +(wallMs / 1000).toFixed(2),

@@ -10,7 +10,7 @@
  * As a child (`node --import tsx bench/stream-clients.ts '<json>'` with `{url, door, n, seconds,
  * prompt, maxTokens}`): it opens the clients and warms each up with one reply, prints `ready`,
  * waits for a line on stdin, keeps them busy for `seconds`, and prints one JSON line
- * `{ttfts, tokens, replies, wallMs}`.
+ * `{ttfts, tokens, replies, wallMs, cpuUs}`.
  */
 import { Agent, request } from 'node:http';
 import { createInterface } from 'node:readline';
@@ -34,6 +34,8 @@ export interface LoadResult {
   tokens: number;
   replies: number;
   wallMs: number;
+  /** CPU time of the client process over the run (user + system, µs). */
+  cpuUs: number;
 }
 
 export interface Turn {
@@ -157,6 +159,7 @@ export async function openLoad(spec: LoadSpec): Promise<{ run: () => Promise<Loa
     const ttfts: number[] = [];
     let tokens = 0;
     let replies = 0;
+    const cpu0 = process.cpuUsage();
     const t0 = performance.now();
     const end = t0 + spec.seconds * 1000;
     await Promise.all(
@@ -169,7 +172,8 @@ export async function openLoad(spec: LoadSpec): Promise<{ run: () => Promise<Loa
         }
       }),
     );
-    return { ttfts, tokens, replies, wallMs: performance.now() - t0 };
+    const cpu = process.cpuUsage(cpu0);
+    return { ttfts, tokens, replies, wallMs: performance.now() - t0, cpuUs: cpu.user + cpu.system };
   };
   return { run, close: () => clients.forEach((c) => c.ws.terminate()) };
 }
