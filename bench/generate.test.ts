@@ -27,4 +27,6 @@ test('the serving benchmark at a tiny size prints every line, with a profile who
     assert.ok(p.step! > 0 && p.sample! > 0 && p.write! > 0, 'the stages were timed');
     assert.ok(p.frames_per_token! > 0 && p.mean_batch! >= 1);
   }
+  const step = lines.find((l) => l.bench === 'decode_step')!;
+  assert.ok((step.step_ms_n16_back_to_back as number) > 0 && (step.step_ms_n16_after_1ms as number) > 0, JSON.stringify(step));
 });

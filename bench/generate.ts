@@ -21,7 +21,10 @@
  * - `ttft_idle`: time to first token at idle for a 100-token prompt;
  * - `openai_request`: the server's CPU time per short request (a non-streamed chat completion of
  *   one token, 8 in flight from a child process): what a request costs around its decoding;
- * - `decode_step`: the model's batched decode step alone at batch 1, 16 and 32;
+ * - `decode_step`: the model's batched decode step alone at batch 1, 16 and 32 (the best of three
+ *   runs of 29 steps back to back), and at batch 16 the median step back to back
+ *   (`step_ms_n16_back_to_back`) and right after a millisecond's busy wait of the JS thread
+ *   (`step_ms_n16_after_1ms`), as the server's steps follow its event loop's work;
  * - `idle_ws`: memory added by 1,000 idle WebSocket connections (clients in a child process).
  *
  * With `--peer PATH` (the PyTorch peer, `torch_gpt.py`; `--peer-python` picks the interpreter,
@@ -158,6 +161,33 @@ function stepAlone(model: ServedModel, n: number, steps = 30, prompt = 20, runs 
 }
 
 /**
+ * The step at batch n when the JS thread has just spent `gapMs` elsewhere (a busy wait that
+ * touches no memory), as a step in the server follows a turn of the event loop: ms per step, the
+ * median of `steps` steps over caches that start at `prompt` tokens (as `stepAlone`'s do), each
+ * step after its own gap.
+ * On a VM whose last-level cache other guests share, the weights and caches leave the cache
+ * within a millisecond even though this process touched nothing else.
+ */
+function stepAfterGap(model: ServedModel, n: number, gapMs: number, steps = 30, prompt = 20): number {
+  prompt = Math.max(1, Math.min(prompt, model.gpt.config.blockSize - steps - 2));
+  const caches = Array.from({ length: n }, (_, i) => model.gpt.prefill(Array.from({ length: prompt }, (_, j) => 10 + ((i + j) % 100))).cache);
+  const times: number[] = [];
+  try {
+    model.gpt.decodeStep(caches, caches.map(() => 7));
+    for (let s = 0; s < steps; s++) {
+      const end = performance.now() + gapMs;
+      while (performance.now() < end);
+      const t0 = performance.now();
+      model.gpt.decodeStep(caches, caches.map(() => 7));
+      times.push(performance.now() - t0);
+    }
+  } finally {
+    for (const c of caches) disposeCache(c);
+  }
+  return pct(times, 50);
+}
+
+/**
  * Stage shares of the wall time. `idle` is the event loop's idle time (waiting in the poll
  * phase). Steps run off the event loop (`steps_off_thread`, their share of all steps) count in
  * `step` from launch to landing, overlapping the other stages; `other` is what the loop did
@@ -289,6 +319,11 @@ function decodeSteps(model: ServedModel, peerRuns: ReadonlyMap<number, PeerDecod
     if (p) out[`peer_tokens_per_s_n${n}`] = p;
   }
   if (last) out.peer_torch = last.version;
+  // The same step right after a millisecond of other work, beside one right after the last.
+  const warm = stepAfterGap(model, 16, 0);
+  const cold = stepAfterGap(model, 16, 1);
+  out.step_ms_n16_back_to_back = +warm.toFixed(3);
+  out.step_ms_n16_after_1ms = +cold.toFixed(3);
   return out;
 }
 
