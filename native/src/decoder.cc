@@ -321,12 +321,13 @@ void scores_of(const float* q, const float* K, size_t cap, int hs, int keys, flo
 }
 
 // out[0, NH VL) = sum over j < keys of (s[j] inv) V[j, :], V stored by position ([cap][hs]).
-// Four running sums (keys j mod 4) keep the multiply-adds from waiting on each other (with one,
+// W running sums (keys j mod W) keep the multiply-adds from waiting on each other (with one,
 // this loop waited out the FMA latency at every key: 45% of attention's time); they are added
-// pairwise at the end, so every sum is rounded in a fixed order.
+// pairwise at the end, so every sum is rounded in a fixed order. W NH accumulators stay at 8 or
+// fewer, so that they fit AVX2's 16 registers beside the loads.
 template <int NH>
 void weighted_values(const float* s, float inv, const float* V, int keys, float* out) {
-  constexpr int W = 4;
+  constexpr int W = NH >= 4 ? 2 : 4;
   vec acc[W][NH] = {};
   int j = 0;
   for (; j + W <= keys; j += W) {
@@ -341,7 +342,10 @@ void weighted_values(const float* s, float inv, const float* V, int keys, float*
     const float* v = V + static_cast<size_t>(j) * NH * VL;
     for (int u = 0; u < NH; ++u) acc[w][u] += p * load(v + u * VL);
   }
-  for (int u = 0; u < NH; ++u) store(out + u * VL, (acc[0][u] + acc[1][u]) + (acc[2][u] + acc[3][u]));
+  for (int u = 0; u < NH; ++u) {
+    if constexpr (W == 4) store(out + u * VL, (acc[0][u] + acc[1][u]) + (acc[2][u] + acc[3][u]));
+    else store(out + u * VL, acc[0][u] + acc[1][u]);
+  }
 }
 
 // softmax(q·Kᵀ / sqrt(hs)) · V for every row, one head.
