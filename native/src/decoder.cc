@@ -323,11 +323,12 @@ void scores_of(const float* q, const float* K, size_t cap, int hs, int keys, flo
 // out[0, NH VL) = sum over j < keys of (s[j] inv) V[j, :], V stored by position ([cap][hs]).
 // W running sums (keys j mod W) keep the multiply-adds from waiting on each other (with one,
 // this loop waited out the FMA latency at every key: 45% of attention's time); they are added
-// pairwise at the end, so every sum is rounded in a fixed order. W NH accumulators stay at 8 or
-// fewer, so that they fit AVX2's 16 registers beside the loads.
+// pairwise at the end, so every sum is rounded in a fixed order. W is 2 for heads of 3 or more
+// vectors, so that the W NH accumulators stay at 8 or fewer and fit AVX2's 16 registers beside
+// the loads.
 template <int NH>
 void weighted_values(const float* s, float inv, const float* V, int keys, float* out) {
-  constexpr int W = NH >= 4 ? 2 : 4;
+  constexpr int W = NH >= 3 ? 2 : 4;
   vec acc[W][NH] = {};
   int j = 0;
   for (; j + W <= keys; j += W) {
