@@ -147,17 +147,27 @@ function promptOf(tok: Tokenizer, tokens: number): string {
 function stepAlone(model: ServedModel, n: number, steps = 30, prompt = 20, runs = 3): number {
   let best = Infinity;
   for (let r = 0; r < runs; r++) {
-    const caches = Array.from({ length: n }, (_, i) => model.gpt.prefill(Array.from({ length: prompt }, (_, j) => 10 + ((i + j) % 100))).cache);
-    try {
-      model.gpt.decodeStep(caches, caches.map(() => 7));
-      const t0 = performance.now();
-      for (let s = 1; s < steps; s++) model.gpt.decodeStep(caches, caches.map(() => 7));
-      best = Math.min(best, (performance.now() - t0) / (steps - 1));
-    } finally {
-      for (const c of caches) disposeCache(c);
-    }
+    best = Math.min(
+      best,
+      withCaches(model, n, prompt, (step) => {
+        step();
+        const t0 = performance.now();
+        for (let s = 1; s < steps; s++) step();
+        return (performance.now() - t0) / (steps - 1);
+      }),
+    );
   }
   return best;
+}
+
+/** Runs `fn` over `n` fresh caches prefilled with `prompt` tokens each; `step` decodes one token in all of them. */
+function withCaches<T>(model: ServedModel, n: number, prompt: number, fn: (step: () => void) => T): T {
+  const caches = Array.from({ length: n }, (_, i) => model.gpt.prefill(Array.from({ length: prompt }, (_, j) => 10 + ((i + j) % 100))).cache);
+  try {
+    return fn(() => void model.gpt.decodeStep(caches, caches.map(() => 7)));
+  } finally {
+    for (const c of caches) disposeCache(c);
+  }
 }
 
 /**
@@ -170,20 +180,18 @@ function stepAlone(model: ServedModel, n: number, steps = 30, prompt = 20, runs 
  */
 function stepAfterGap(model: ServedModel, n: number, gapMs: number, steps = 30, prompt = 20): number {
   prompt = Math.max(1, Math.min(prompt, model.gpt.config.blockSize - steps - 2));
-  const caches = Array.from({ length: n }, (_, i) => model.gpt.prefill(Array.from({ length: prompt }, (_, j) => 10 + ((i + j) % 100))).cache);
-  const times: number[] = [];
-  try {
-    model.gpt.decodeStep(caches, caches.map(() => 7));
+  const times = withCaches(model, n, prompt, (step) => {
+    step();
+    const out: number[] = [];
     for (let s = 0; s < steps; s++) {
       const end = performance.now() + gapMs;
       while (performance.now() < end);
       const t0 = performance.now();
-      model.gpt.decodeStep(caches, caches.map(() => 7));
-      times.push(performance.now() - t0);
+      step();
+      out.push(performance.now() - t0);
     }
-  } finally {
-    for (const c of caches) disposeCache(c);
-  }
+    return out;
+  });
   return pct(times, 50);
 }
 

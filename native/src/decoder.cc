@@ -26,7 +26,7 @@ bool KVCache::reserve(int tokens) {
   capacity = std::min(std::max(capacity, tokens), block_size_);
   // Whole vectors, so that attention reads a row's keys a vector at a time up to its last key
   // (the lanes past it are ignored; zeroed here, they are never a NaN or a denormal).
-  capacity = (capacity + VL - 1) / VL * VL;
+  capacity = whole_vectors(capacity);
   const size_t floats = static_cast<size_t>(n_layer_) * 2 * n_head_ * capacity * head_size_;
   const size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
   float* data = static_cast<float*>(std::aligned_alloc(64, bytes));
@@ -304,11 +304,11 @@ inline void scores_block(const float* q, const float* K, size_t cap, int hs, int
 }
 
 // s[j] = scale · (q · K[:, j]) for j < keys. The keys are taken in whole vectors (the cache's
-// capacity is a multiple of VL): s gets ceil(keys / VL) VL entries, and the caller ignores those
+// capacity is a multiple of VL): s gets whole_vectors(keys) entries, and the caller ignores those
 // past `keys`. (A scalar loop over the last keys took a third of the scores' time.)
 void scores_of(const float* q, const float* K, size_t cap, int hs, int keys, float scale, float* s) {
   constexpr int U = 4;
-  const int vecs = (keys + VL - 1) / VL;
+  const int vecs = whole_vectors(keys) / VL;
   const vec sc = splat(scale);
   int v = 0;
   for (; v + U <= vecs; v += U) scores_block<U>(q, K, cap, hs, v * VL, sc, s);
@@ -364,7 +364,7 @@ void attend_head(void* ctx, int h) {
     const float* q = at.qkv + static_cast<size_t>(r) * 3 * C + h * hs;
     const int keys = at.row_pos[r] + 1;
     scores_of(q, K, cap, hs, keys, scale, s);
-    const int padded = (keys + VL - 1) / VL * VL;
+    const int padded = whole_vectors(keys);
     for (int j = keys; j < padded; ++j) s[j] = -INFINITY;
     vec m = splat(-INFINITY);
     for (int j = 0; j < padded; j += VL) {

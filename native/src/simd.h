@@ -22,6 +22,9 @@ typedef float vec __attribute__((vector_size(VL * 4)));
 typedef float uvec __attribute__((vector_size(VL * 4), aligned(4)));  // unaligned access
 typedef int32_t ivec __attribute__((vector_size(VL * 4)));
 
+// n rounded up to whole vectors.
+constexpr int whole_vectors(int n) { return (n + VL - 1) / VL * VL; }
+
 inline vec load(const float* p) { return *reinterpret_cast<const uvec*>(p); }
 inline void store(float* p, vec v) { *reinterpret_cast<uvec*>(p) = v; }
 // Every lane x. A broadcast, not `vec{} + x`: that sum is a scalar add of 0 (it cannot be left
