@@ -6,12 +6,13 @@
  * Deviations: weight decay applies only to matrices (rank ≥ 2), as in nanoGPT; the learning
  * rate is passed to every step so schedules live with the caller. State (m, v, step) can be
  * exported and restored so a run resumes where it stopped. On the wasm backend with the native
- * addon, the norm is one native pass over all gradients and each update one native pass over
- * its parameter (model/kernels/training-ops.ts); otherwise tfjs ops do the same arithmetic.
+ * addon, the norm is one native pass over all gradients and the update one native pass over all
+ * parameters, in place (model/kernels/training-ops.ts; one pass per parameter, into new tensors,
+ * where a parameter's data is shared); otherwise tfjs ops do the same arithmetic.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { z } from 'zod';
-import { fusedAdamW, sumOfSquares, trainingOpsAvailable } from './kernels/training-ops.ts';
+import { adamwInPlace, fusedAdamW, sumOfSquares, trainingOpsAvailable } from './kernels/training-ops.ts';
 
 export const AdamWConfigSchema = z
   .object({
@@ -64,13 +65,23 @@ export class AdamW {
     this.step += 1;
     const bc1 = 1 - beta1 ** this.step;
     const bc2 = 1 - beta2 ** this.step;
+    const decayOf = (p: tf.Variable) => (p.rank >= 2 && weightDecay > 0 ? 1 - lr * weightDecay : 1);
+    if (native) {
+      const entries = names.map((name) => {
+        const p = this.params.get(name)!;
+        return { p, g: grads[name]!, m: this.slot(this.m, name, p), v: this.slot(this.v, name, p), decay: decayOf(p) };
+      });
+      if (adamwInPlace(entries, { lr, beta1, beta2, eps, gradScale: scale, bc1, bc2 })) {
+        tf.dispose(Object.values(grads));
+        return norm;
+      }
+    }
     for (const name of names) {
       const p = this.params.get(name)!;
       const m = this.slot(this.m, name, p);
       const v = this.slot(this.v, name, p);
       if (native) {
-        const decay = p.rank >= 2 && weightDecay > 0 ? 1 - lr * weightDecay : 1;
-        const next = fusedAdamW(p, grads[name]!, m, v, { lr, beta1, beta2, eps, decay, gradScale: scale, bc1, bc2 });
+        const next = fusedAdamW(p, grads[name]!, m, v, { lr, beta1, beta2, eps, decay: decayOf(p), gradScale: scale, bc1, bc2 });
         p.assign(next[0]);
         m.assign(next[1]);
         v.assign(next[2]);

@@ -52,6 +52,7 @@ export interface NativeAddon {
   /** Sum of squares of every value of the listed float32 arrays. */
   sumSquares?(heap: ArrayBuffer, params: Float64Array): number;
   adamw?(heap: ArrayBuffer, params: Float64Array): void;
+  adamwAll?(heap: ArrayBuffer, params: Float64Array): void;
 }
 
 /** Rows to sample in the native job right after a step: per row [temperature, topK, topP, u], the banned mask (V bytes), the sampled ids out. */

@@ -133,6 +133,37 @@ test('the native AdamW update matches the tfjs one, with clipping and weight dec
   b.dispose();
 });
 
+test('the in-place AdamW pass over all parameters gives the per-parameter kernel\'s values bit for bit, and leaves shared data alone', () => {
+  const cfg = SHAPES.odd!;
+  // Two models with the same values and data of their own (a clone would share its data).
+  const [a, b] = [randomModel(cfg, 8), randomModel(cfg, 8)];
+  const optA = new AdamW(a.params, { gradClip: 0.05, weightDecay: 0.1 });
+  const optB = new AdamW(b.params, { gradClip: 0.05, weightDecay: 0.1 });
+  for (let step = 0; step < 3; step++) {
+    const { grads } = lossAndGrads(a, batchFor(cfg, 2, 10, 20 + step), 'tfjs');
+    const named = (gpt: GPT) => Object.fromEntries([...grads].map(([n, g]) => [n, tf.tensor(g, gpt.params.get(n)!.shape)]));
+    const before = new Map([...a.params].map(([n, p]) => [n, p.dataId]));
+    optA.apply(named(a), 1e-2, 'native');
+    // In place: every parameter keeps its memory.
+    for (const [n, p] of a.params) if (grads.has(n)) assert.equal(p.dataId, before.get(n), `${n} was updated in place`);
+    // A tensor sharing each parameter's data sends b's update down the per-parameter kernel,
+    // which writes new tensors; the sharing tensors keep the old values.
+    const shared = new Map([...b.params].map(([n, p]) => [n, { t: tf.clone(p), values: p.dataSync().slice() }]));
+    optB.apply(named(b), 1e-2, 'native');
+    for (const [n, p] of b.params) {
+      const { t, values } = shared.get(n)!;
+      if (grads.has(n)) assert.notEqual(p.dataId, t.dataId, `${n} was not updated in place`);
+      assert.deepEqual(t.dataSync(), values, `${n}: the tensor sharing its data did not change`);
+      t.dispose();
+    }
+  }
+  for (const [name, p] of a.params) assert.deepEqual(p.dataSync(), b.params.get(name)!.dataSync(), name);
+  optA.dispose();
+  optB.dispose();
+  a.dispose();
+  b.dispose();
+});
+
 test('ten training steps on the fused path track the tfjs path', () => {
   const cfg = SHAPES.even!;
   const runs = (['native', 'tfjs'] as const).map((path) => {

@@ -359,6 +359,41 @@ export interface AdamWAttrs {
   bc2: number;
 }
 
+/** One parameter of {@link adamwInPlace}: the variables it updates, its gradient, and the factor p is multiplied by first. */
+export interface AdamWEntry {
+  p: tf.Variable;
+  g: tf.Tensor;
+  m: tf.Variable;
+  v: tf.Variable;
+  /** 1 - lr * weightDecay, or 1. */
+  decay: number;
+}
+
+/** The backend's reference count of a tensor's data (1: no other tensor shares it). */
+function refCount(t: tf.Tensor): number {
+  return (tf.backend() as unknown as { refCount(dataId: object): number }).refCount(t.dataId);
+}
+
+/**
+ * The AdamW update of every entry in one native pass, written into the variables' own memory
+ * (the values {@link fusedAdamW} gives each). Returns false and changes nothing when it cannot
+ * run here: an addon without it, or a variable whose data another tensor shares (a clone or a
+ * reshape of it sees the same memory, and must not change with it).
+ */
+export function adamwInPlace(entries: readonly AdamWEntry[], attrs: Omit<AdamWAttrs, 'decay'>): boolean {
+  const all = addonInUse?.adamwAll;
+  if (!all || !trainingOpsAvailable()) return false;
+  for (const e of entries) {
+    if (e.p.dtype !== 'float32' || e.g.dtype !== 'float32' || refCount(e.p) !== 1 || refCount(e.m) !== 1 || refCount(e.v) !== 1) return false;
+  }
+  const backend = tf.backend() as unknown as WasmHeapBackend;
+  const params = new Float64Array(10 + 6 * entries.length);
+  params.set([entries.length, attrs.lr, attrs.beta1, attrs.beta2, attrs.eps, 1 - attrs.beta1, 1 - attrs.beta2, attrs.gradScale, attrs.bc1, attrs.bc2]);
+  entries.forEach((e, i) => params.set([offsetOf(backend, e.p), offsetOf(backend, e.g), offsetOf(backend, e.m), offsetOf(backend, e.v), e.p.size, e.decay], 10 + 6 * i));
+  all.call(addonInUse, heapOf(backend), params);
+  return true;
+}
+
 /** The AdamW update of one parameter: new `[p, m, v]` (the inputs are left unchanged). */
 export function fusedAdamW(p: tf.Tensor, g: tf.Tensor, m: tf.Tensor, v: tf.Tensor, attrs: AdamWAttrs): [tf.Tensor, tf.Tensor, tf.Tensor] {
   return run('NkAdamW', { p, g, m, v }, attrs as unknown as NamedAttrMap) as [tf.Tensor, tf.Tensor, tf.Tensor];

@@ -36,6 +36,8 @@
 //   sumSquares(heap, [count, off0, size0, off1, size1, ...]) -> sum of squares of all values
 //   adamw(heap, [pOff, gOff, mOff, vOff, p1Off, m1Off, v1Off, n, lr, beta1, beta2, eps,
 //                1 - beta1, 1 - beta2, decay, gradScale, bc1, bc2])
+//   adamwAll(heap, [count, lr, beta1, beta2, eps, 1 - beta1, 1 - beta2, gradScale, bc1, bc2,
+//                   then per tensor pOff, gOff, mOff, vOff, n, decay])   p, m, v updated in place
 // Sampling (sampler.h): sampleRows(logits, V, params, banned, ids).
 #include <atomic>
 #include <napi.h>
@@ -713,6 +715,42 @@ Napi::Value AdamW(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+Napi::Value AdamWAll(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  Heap h;
+  if (!read_args(info, 10, &h)) return env.Undefined();
+  const double* p = h.p;
+  const double count = p[0];
+  if (!sizes_ok(p, 0, 1) || h.np < 10 + 6 * count) {
+    fail(env, "adamwAll: too few params");
+    return env.Undefined();
+  }
+  nk::AdamWStep s;
+  s.lr = static_cast<float>(p[1]);
+  s.beta1 = static_cast<float>(p[2]);
+  s.beta2 = static_cast<float>(p[3]);
+  s.eps = static_cast<float>(p[4]);
+  s.one_minus_beta1 = static_cast<float>(p[5]);
+  s.one_minus_beta2 = static_cast<float>(p[6]);
+  s.grad_scale = static_cast<float>(p[7]);
+  s.bc1 = static_cast<float>(p[8]);
+  s.bc2 = static_cast<float>(p[9]);
+  s.decay = 1.f;
+  std::vector<nk::AdamWTensor> tensors(static_cast<size_t>(count));
+  for (size_t a = 0; a < tensors.size(); ++a) {
+    const double* t = p + 10 + 6 * a;
+    bool ok = sizes_ok(t, 4, 5);
+    for (int i = 0; i < 4 && ok; ++i) ok = in_heap(h, t[i], t[4]);
+    if (!ok) {
+      fail(env, "adamwAll: operand outside the heap");
+      return env.Undefined();
+    }
+    tensors[a] = {at<float>(h, t[0]), at<const float>(h, t[1]), at<float>(h, t[2]), at<float>(h, t[3]), static_cast<int64_t>(t[4]), static_cast<float>(t[5])};
+  }
+  nk::adamw_all(s, tensors.data(), static_cast<int>(count));
+  return env.Undefined();
+}
+
 // ------------------------------------------------------------------ pool check
 
 // poolCheck(jobs): runs `jobs` parallel jobs of 1..13 tasks back to back (the pattern of a decode
@@ -792,6 +830,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("tokenLogProbsGrad", Napi::Function::New(env, TokenLogProbsGrad, "tokenLogProbsGrad"));
   exports.Set("sumSquares", Napi::Function::New(env, SumSquares, "sumSquares"));
   exports.Set("adamw", Napi::Function::New(env, AdamW, "adamw"));
+  exports.Set("adamwAll", Napi::Function::New(env, AdamWAll, "adamwAll"));
   register_sampler(env, exports);
   return exports;
 }

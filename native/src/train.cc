@@ -368,34 +368,64 @@ struct AdamWJob {
   int parts;
 };
 
-void adamw_part(void* ctx, int t) {
-  const AdamWJob& j = *static_cast<const AdamWJob*>(ctx);
-  const AdamWStep& s = *j.s;
-  const int64_t chunk = (j.n / j.parts + VL - 1) / VL * VL;
-  const int64_t i0 = std::min(j.n, chunk * t);
-  const int64_t i1 = t == j.parts - 1 ? j.n : std::min(j.n, chunk * (t + 1));
+// The AdamW update of p[i0, i1) (decay: the factor p is multiplied by), into p1, m1, v1, which
+// may be p, m, v themselves (each value is read before its result is written). i0 is a multiple
+// of VL from the array's start; a partial vector at the array's end runs the scalar loop.
+void adamw_range(const AdamWStep& s, float decay_value, const float* p, const float* g, const float* m_in,
+                 const float* v_in, float* p1, float* m1, float* v1, int64_t i0, int64_t i1) {
   const vec scale = splat(s.grad_scale), b1 = splat(s.beta1), b2 = splat(s.beta2);
   const vec c1 = splat(s.one_minus_beta1), c2 = splat(s.one_minus_beta2);
-  const vec bc1 = splat(s.bc1), bc2 = splat(s.bc2), eps = splat(s.eps), decay = splat(s.decay);
+  const vec bc1 = splat(s.bc1), bc2 = splat(s.bc2), eps = splat(s.eps), decay = splat(decay_value);
   const vec lr = splat(s.lr);
   int64_t i = i0;
   for (; i + VL <= i1; i += VL) {
-    const vec g = s.grad_scale == 1.f ? load(j.g + i) : load(j.g + i) * scale;
-    const vec m = load(j.m + i) * b1 + g * c1;
-    const vec v = load(j.v + i) * b2 + g * g * c2;
+    const vec gi = s.grad_scale == 1.f ? load(g + i) : load(g + i) * scale;
+    const vec m = load(m_in + i) * b1 + gi * c1;
+    const vec v = load(v_in + i) * b2 + gi * gi * c2;
     const vec update = (m / bc1) / (vsqrt(v / bc2) + eps);
-    store(j.p1 + i, load(j.p + i) * decay - update * lr);
-    store(j.m1 + i, m);
-    store(j.v1 + i, v);
+    store(p1 + i, load(p + i) * decay - update * lr);
+    store(m1 + i, m);
+    store(v1 + i, v);
   }
   for (; i < i1; ++i) {
-    const float g = s.grad_scale == 1.f ? j.g[i] : j.g[i] * s.grad_scale;
-    const float m = j.m[i] * s.beta1 + g * s.one_minus_beta1;
-    const float v = j.v[i] * s.beta2 + g * g * s.one_minus_beta2;
+    const float gi = s.grad_scale == 1.f ? g[i] : g[i] * s.grad_scale;
+    const float m = m_in[i] * s.beta1 + gi * s.one_minus_beta1;
+    const float v = v_in[i] * s.beta2 + gi * gi * s.one_minus_beta2;
     const float update = (m / s.bc1) / (std::sqrt(v / s.bc2) + s.eps);
-    j.p1[i] = j.p[i] * s.decay - update * s.lr;
-    j.m1[i] = m;
-    j.v1[i] = v;
+    p1[i] = p[i] * decay_value - update * s.lr;
+    m1[i] = m;
+    v1[i] = v;
+  }
+}
+
+void adamw_part(void* ctx, int t) {
+  const AdamWJob& j = *static_cast<const AdamWJob*>(ctx);
+  const int64_t chunk = (j.n / j.parts + VL - 1) / VL * VL;
+  const int64_t i0 = std::min(j.n, chunk * t);
+  const int64_t i1 = t == j.parts - 1 ? j.n : std::min(j.n, chunk * (t + 1));
+  adamw_range(*j.s, j.s->decay, j.p, j.g, j.m, j.v, j.p1, j.m1, j.v1, i0, i1);
+}
+
+struct AdamWAllJob {
+  const AdamWStep* s;
+  const AdamWTensor* tensors;
+  const int64_t* first_block;  // count + 1: each tensor's first vector block in the whole
+  int count;
+  int parts;
+};
+
+// Part t updates the vector blocks [total * t / parts, total * (t + 1) / parts) of all the
+// tensors laid end to end, each tensor's share from a block boundary of its own.
+void adamw_all_part(void* ctx, int t) {
+  const AdamWAllJob& j = *static_cast<const AdamWAllJob*>(ctx);
+  const int64_t total = j.first_block[j.count];
+  const int64_t b0 = total * t / j.parts, b1 = total * (t + 1) / j.parts;
+  for (int a = 0; a < j.count; ++a) {
+    const int64_t lo = std::max(b0, j.first_block[a]), hi = std::min(b1, j.first_block[a + 1]);
+    if (lo >= hi) continue;
+    const AdamWTensor& x = j.tensors[a];
+    const int64_t i0 = (lo - j.first_block[a]) * VL, i1 = std::min(x.n, (hi - j.first_block[a]) * VL);
+    adamw_range(*j.s, x.decay, x.p, x.g, x.m, x.v, x.p, x.m, x.v, i0, i1);
   }
 }
 
@@ -504,6 +534,17 @@ void adamw(const AdamWStep& s, const float* p, const float* g, const float* m, c
            int64_t n, float* p1, float* m1, float* v1) {
   AdamWJob job{&s, p, g, m, v, n, p1, m1, v1, parts_for(12.0 * n, n / VL + 1)};
   parallel_for(job.parts, adamw_part, &job);
+}
+
+void adamw_all(const AdamWStep& s, const AdamWTensor* tensors, int count) {
+  std::vector<int64_t> first_block(static_cast<size_t>(count) + 1, 0);
+  double values = 0;
+  for (int a = 0; a < count; ++a) {
+    first_block[a + 1] = first_block[a] + (tensors[a].n + VL - 1) / VL;
+    values += static_cast<double>(tensors[a].n);
+  }
+  AdamWAllJob job{&s, tensors, first_block.data(), count, parts_for(12.0 * values, first_block[count])};
+  parallel_for(job.parts, adamw_all_part, &job);
 }
 
 }  // namespace nk

@@ -54,8 +54,23 @@ struct AdamWStep {
   float bc1, bc2;    // bias corrections 1 - beta^step
 };
 
-// One AdamW update of n values: writes p1, m1, v1 (may not alias the inputs).
+// One AdamW update of n values: writes p1, m1, v1 (which may be p, m, v themselves).
 void adamw(const AdamWStep& s, const float* p, const float* g, const float* m, const float* v,
            int64_t n, float* p1, float* m1, float* v1);
+
+// One parameter of `adamw_all`: its values, gradient and moments (n each), and the factor
+// p is multiplied by before its update (AdamWStep's decay is not used there).
+struct AdamWTensor {
+  float* p;
+  const float* g;
+  float* m;
+  float* v;
+  int64_t n;
+  float decay;
+};
+
+// The AdamW update of every tensor in place (p, m, v overwritten), in one pass split over the
+// pool: the same values `adamw` gives each tensor.
+void adamw_all(const AdamWStep& s, const AdamWTensor* tensors, int count);
 
 }  // namespace nk
