@@ -240,18 +240,31 @@ async function childLoad(spec: LoadSpec): Promise<{ go: () => Promise<LoadResult
   };
 }
 
+/**
+ * With `BENCH_CPU_PROFILE` set to a directory, starts V8's CPU profiler on the server's thread
+ * and returns what stops it and writes `<name>.cpuprofile` there (for Chrome's DevTools).
+ */
+async function cpuProfile(name: string): Promise<(() => Promise<void>) | undefined> {
+  const dir = process.env.BENCH_CPU_PROFILE;
+  if (!dir) return undefined;
+  const session = new Session();
+  session.connect();
+  await session.post('Profiler.enable');
+  await session.post('Profiler.start');
+  return async () => {
+    const { profile } = await session.post('Profiler.stop');
+    writeFileSync(join(dir, `${name}.cpuprofile`), JSON.stringify(profile));
+    session.disconnect();
+  };
+}
+
 /** `n` clients (in a process of their own) keep one reply each in flight for `seconds`; tokens delivered per second, TTFT, profile. */
 async function sustained(srv: RunningServer, model: ServedModel, door: Door, n: number, seconds: number, peer: PeerDecoder | undefined, peerRuns: Map<number, PeerDecodeRun>): Promise<Line> {
   const load = await childLoad({ url: srv.url, door, n, seconds, prompt: promptOf(model.tok, 20), maxTokens: 96 });
   const prof = srv.chat()!.deps.scheduler.profile;
   prof.reset();
   prof.enabled = true;
-  const cpu = process.env.BENCH_CPU_PROFILE ? new Session() : undefined;
-  if (cpu) {
-    cpu.connect();
-    await cpu.post('Profiler.enable');
-    await cpu.post('Profiler.start');
-  }
+  const cpu = await cpuProfile(`${door}-${n}`);
   const elu0 = perfHooks.eventLoopUtilization();
   const cpu0 = process.cpuUsage();
   const steal = stealMeter();
@@ -262,11 +275,7 @@ async function sustained(srv: RunningServer, model: ServedModel, door: Door, n: 
   const idleMs = perfHooks.eventLoopUtilization(elu0).idle;
   const cpuUs = process.cpuUsage(cpu0);
   prof.enabled = false;
-  if (cpu) {
-    const { profile } = await cpu.post('Profiler.stop');
-    writeFileSync(join(process.env.BENCH_CPU_PROFILE!, `${door}-${n}.cpuprofile`), JSON.stringify(profile));
-    cpu.disconnect();
-  }
+  await cpu?.();
   const tokensPerS = Math.round((tokens * 1000) / wallMs);
   // The step alone at the batch and the mean context the server decoded at.
   const steps = 30;
@@ -377,11 +386,13 @@ async function requestCpu(srv: RunningServer, n: number, concurrency = 8): Promi
     });
   await run(Math.max(concurrency, Math.round(n / 4)));
   const steal = stealMeter();
+  const profile = await cpuProfile('openai-request');
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   await run(n);
   const wallMs = performance.now() - t0;
   const cpu = process.cpuUsage(cpu0);
+  await profile?.();
   const cpuSteal = steal();
   return {
     bench: 'openai_request',
