@@ -18,6 +18,8 @@ export interface NativeAddon {
   exp(heap: ArrayBuffer, params: Float64Array): void;
   /** Sum of x viewed as [outer, reduce, inner] over its middle axis, float32. */
   sum(heap: ArrayBuffer, params: Float64Array): void;
+  /** out = a + b for float32 arrays of one size (absent from addons built before it). */
+  add?(heap: ArrayBuffer, params: Float64Array): void;
   /** The compiled micro-kernel and the size of the thread pool. */
   info(): { kernel: string; threads: number };
   /** Runs `jobs` short parallel jobs of changing sizes; counts tasks run twice, outside their job, or never (all 0 for a correct pool). */

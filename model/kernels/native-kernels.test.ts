@@ -7,7 +7,7 @@ import { wasmWithNativeAddon } from './test-support.ts';
 import { registerNativeKernels, unregisterNativeKernels } from './native-kernels.ts';
 import { reductionBlocks } from './reduce-exp.ts';
 
-const ALL = ['BatchMatMul', '_FusedMatMul', 'Transpose', 'Exp', 'Sum'];
+const ALL = ['BatchMatMul', '_FusedMatMul', 'Transpose', 'Exp', 'Sum', 'Add'];
 
 before(async () => {
   await wasmWithNativeAddon();
@@ -81,7 +81,7 @@ function operandShapes(m: number, n: number, k: number, ta: boolean, tb: boolean
   return [ta ? [k, m] : [m, k], tb ? [n, k] : [k, n]];
 }
 
-test('registers BatchMatMul, _FusedMatMul, Transpose, Exp and Sum when the addon loads', () => {
+test('registers BatchMatMul, _FusedMatMul, Transpose, Exp, Sum and Add when the addon loads', () => {
   assert.deepEqual(registerNativeKernels(), ALL);
   assert.deepEqual(registerNativeKernels(), ALL, 'registering twice is harmless');
   assert.match(loadNativeAddon().addon!.info().kernel, /\d+x\d+/);
@@ -265,6 +265,24 @@ test('sum reduces leading, trailing and middle axes like the original kernel', (
   assert.deepEqual(reductionBlocks([3, 5, 7], [1]), [3, 5, 7]);
   assert.deepEqual(reductionBlocks([3, 1, 5, 7], [0, 1]), [1, 3, 35]);
   assert.equal(reductionBlocks([3, 5, 7], [0, 2]), undefined);
+});
+
+test('add of two float32 tensors of one shape equals the original kernel bit for bit; broadcasting and int32 go to it', () => {
+  // Sizes below and above the split over the pool, and ones that leave a partial vector.
+  for (const shape of [[7], [1024, 128], [3, 33, 1031], [2049]]) {
+    tf.tidy(() => {
+      const [a, b] = [tf.randomNormal(shape), tf.randomNormal(shape)];
+      const want = withOriginals(() => tf.add(a, b));
+      assert.deepEqual(tf.add(a, b).dataSync(), want.dataSync(), `add ${shape}`);
+    });
+  }
+  tf.tidy(() => {
+    const [a, row] = [tf.randomNormal([5, 6]), tf.randomNormal([6])];
+    assert.deepEqual(tf.add(a, row).dataSync(), withOriginals(() => tf.add(a, row)).dataSync(), 'broadcast');
+    assert.deepEqual(tf.add(tf.tensor1d([1, 2], 'int32'), tf.tensor1d([3, 4], 'int32')).dataSync(), Int32Array.from([4, 6]), 'int32');
+  });
+  const { addon } = loadNativeAddon();
+  assert.throws(() => addon!.add!(new ArrayBuffer(64), new Float64Array([0, 0, 32, 16])), RangeError);
 });
 
 test('gradients through matMul and transpose match the original kernels', () => {

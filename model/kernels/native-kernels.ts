@@ -1,6 +1,6 @@
 /**
  * Native kernels for the wasm backend: replaces the slow paths of @tensorflow/tfjs-backend-wasm
- * (transposed and batched matmuls, transposes, exp, sums over leading axes) with kernels from a C++ addon that work on the
+ * (transposed and batched matmuls, transposes, exp, sums over leading axes, same-shape adds) with kernels from a C++ addon that work on the
  * wasm heap in place, so model code stays plain tfjs.
  *
  * `registerNativeKernels()` swaps the wasm kernels in the tfjs kernel registry and returns the
@@ -14,7 +14,7 @@ import type { KernelConfig } from '@tensorflow/tfjs-core';
 import { loadNativeAddon, type NativeAddon } from './native-addon.ts';
 import { nativeBatchMatMul, nativeFusedMatMul } from './mat-mul.ts';
 import { nativeTranspose } from './transpose.ts';
-import { nativeExp, nativeSum } from './reduce-exp.ts';
+import { nativeAdd, nativeExp, nativeSum } from './reduce-exp.ts';
 
 type Factory = (addon: NativeAddon, original: KernelConfig) => KernelConfig;
 
@@ -24,6 +24,7 @@ const FACTORIES: Readonly<Record<string, Factory>> = {
   Transpose: nativeTranspose,
   Exp: nativeExp,
   Sum: nativeSum,
+  Add: nativeAdd,
 };
 
 /** Originals of the kernels currently replaced, by name. */
@@ -43,7 +44,7 @@ function wanted(setting: string | undefined): string[] {
  *
  * @example
  *   await tf.setBackend('wasm');
- *   registerNativeKernels(); // ['BatchMatMul', '_FusedMatMul', 'Transpose', 'Exp', 'Sum']
+ *   registerNativeKernels(); // ['BatchMatMul', '_FusedMatMul', 'Transpose', 'Exp', 'Sum', 'Add']
  */
 export function registerNativeKernels(): string[] {
   const names = wanted(process.env.TF_NATIVE_KERNELS);

@@ -1,5 +1,9 @@
 /**
- * Native replacements for the wasm backend's `Exp` and `Sum` kernels (float32).
+ * Native replacements for the wasm backend's `Exp`, `Sum` and `Add` kernels (float32).
+ *
+ * `Add` handles two float32 tensors of one shape (the residual stream's sums and the gradients
+ * the tape adds up, on both cores when large); broadcasting and other dtypes go to the
+ * original kernel. Its results are the same as the original's: one float32 addition each.
  *
  * `Sum` handles every reduction that, after dropping size-1 axes and merging neighbours, reads
  * as x[outer, reduce, inner] -> out[outer, inner]: the last axes (row sums), the leading axes
@@ -77,6 +81,25 @@ export function nativeSum(addon: NativeAddon, original: KernelConfig): KernelCon
     params[1] = offsetOf(backend, out);
     [params[2], params[3], params[4]] = blocks;
     addon.sum(heapOf(backend), params);
+    return out;
+  };
+  return { ...original, kernelFunc };
+}
+
+export function nativeAdd(addon: NativeAddon, original: KernelConfig): KernelConfig {
+  const add = addon.add;
+  if (!add) return original;
+  const params = new Float64Array(4);
+  const kernelFunc: KernelFunc = (args) => {
+    const { a, b } = args.inputs as { a: TensorInfo; b: TensorInfo };
+    if (a.dtype !== 'float32' || b.dtype !== 'float32' || !util.arraysEqual(a.shape, b.shape)) return original.kernelFunc(args);
+    const backend = args.backend as WasmHeapBackend;
+    const out = backend.makeOutput([...a.shape], 'float32');
+    params[0] = offsetOf(backend, a);
+    params[1] = offsetOf(backend, b);
+    params[2] = offsetOf(backend, out);
+    params[3] = util.sizeFromShape(a.shape);
+    add.call(addon, heapOf(backend), params);
     return out;
   };
   return { ...original, kernelFunc };

@@ -8,6 +8,7 @@
 //   transpose(heap, [srcOff, dstOff, rank, ...shape, ...perm])    4-byte elements
 //   exp(heap, [xOff, outOff, size])                                float32
 //   sum(heap, [xOff, outOff, outer, reduce, inner])                float32, x as [outer, reduce, inner]
+//   add(heap, [aOff, bOff, outOff, size])                           float32, same sizes
 //   info() -> { kernel, threads }
 //
 // Fused decoding (decoder.h): KV caches are native objects handed to JS as tagged externals.
@@ -172,6 +173,21 @@ Napi::Value Exp(const Napi::CallbackInfo& info) {
   nk::exp_f32(reinterpret_cast<const float*>(h.data + static_cast<uint64_t>(h.p[0])),
               reinterpret_cast<float*>(h.data + static_cast<uint64_t>(h.p[1])),
               static_cast<int64_t>(size));
+  return env.Undefined();
+}
+
+Napi::Value Add(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  Heap h;
+  if (!read_args(info, 4, &h)) return env.Undefined();
+  const double n = h.p[3];
+  if (n < 0 || n != static_cast<double>(static_cast<int64_t>(n)) || !in_heap(h, h.p[0], n) || !in_heap(h, h.p[1], n) || !in_heap(h, h.p[2], n)) {
+    fail(env, "add: operand outside the heap");
+    return env.Undefined();
+  }
+  nk::add_f32(reinterpret_cast<const float*>(h.data + static_cast<uint64_t>(h.p[0])),
+              reinterpret_cast<const float*>(h.data + static_cast<uint64_t>(h.p[1])),
+              reinterpret_cast<float*>(h.data + static_cast<uint64_t>(h.p[2])), static_cast<int64_t>(n));
   return env.Undefined();
 }
 
@@ -810,6 +826,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("transpose", Napi::Function::New(env, Transpose, "transpose"));
   exports.Set("exp", Napi::Function::New(env, Exp, "exp"));
   exports.Set("sum", Napi::Function::New(env, Sum, "sum"));
+  exports.Set("add", Napi::Function::New(env, Add, "add"));
   exports.Set("info", Napi::Function::New(env, Info, "info"));
   exports.Set("poolCheck", Napi::Function::New(env, PoolCheck, "poolCheck"));
   exports.Set("cacheNew", Napi::Function::New(env, CacheNew, "cacheNew"));

@@ -155,6 +155,30 @@ void sum_part(void* ctx, int t) {
 
 }  // namespace
 
+struct AddJob {
+  const float *a, *b;
+  float* out;
+  int64_t size;
+  int parts;
+};
+
+void add_part(void* ctx, int t) {
+  const AddJob& j = *static_cast<const AddJob*>(ctx);
+  const int64_t chunk = (j.size / j.parts + VL - 1) / VL * VL;
+  const int64_t begin = std::min(j.size, chunk * t);
+  const int64_t end = t == j.parts - 1 ? j.size : std::min(j.size, chunk * (t + 1));
+  int64_t i = begin;
+  for (; i + VL <= end; i += VL) store(j.out + i, load(j.a + i) + load(j.b + i));
+  for (; i < end; ++i) j.out[i] = j.a[i] + j.b[i];
+}
+
+void add_f32(const float* a, const float* b, float* out, int64_t size) {
+  if (size <= 0) return;
+  AddJob job{a, b, out, size, 1};
+  if (size >= kParallelElements / 4) job.parts = Pool::instance().size();
+  parallel_for(job.parts, add_part, &job);
+}
+
 void exp_f32(const float* x, float* out, int64_t size) {
   if (size <= 0) return;
   ExpJob job{x, out, size, 1};

@@ -8,6 +8,9 @@ namespace nk {
 // out[i] = exp(x[i]) (relative error ~2 ulp; overflow to inf and underflow to 0 as expf).
 void exp_f32(const float* x, float* out, int64_t size);
 
+// out = a + b, element by element (out may be a or b).
+void add_f32(const float* a, const float* b, float* out, int64_t size);
+
 // x viewed as [outer, reduce, inner]; out[o, i] = sum over r of x[o, r, i].
 void sum_f32(const float* x, float* out, int64_t outer, int64_t reduce, int64_t inner);
 
