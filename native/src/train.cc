@@ -215,6 +215,179 @@ inline void softmax_row(float* row, int64_t n, int64_t T, float scale) {
 // so the matrix products skip (most of) the masked upper triangle.
 constexpr int64_t kCausalBlock = 64;
 
+// Head sizes that are whole vectors (NV of them, 1 to 8) take the fused kernels below, which
+// work on groups of kRows query rows at once, without packing and with the exact causal
+// triangle: scores S = Q Kᵀ with the keys transposed into scratch (16 keys per vector), a
+// causal softmax per row, and Y = P V with each value row loaded once for the group. The
+// backward pass reuses that shape: dP = dY Vᵀ, dS = P (dP - rowsum(P dP)) scale, dQ = dS K, and
+// dK, dV accumulated per key in scratch as dK[j] += dS[i][j] Q[i], dV[j] += P[i][j] dY[i].
+constexpr int kRows = 8;
+
+struct HeadScratch {
+  std::vector<float> kt;     // hs x Tp: a head's keys (or values), transposed, zero-padded
+  std::vector<float> s;      // kRows x Tp: the group's scores / probabilities / dS
+  std::vector<float> dp;     // kRows x Tp: the group's dP (backward)
+  std::vector<float> dk, dv;  // T x hs accumulators (backward)
+};
+thread_local HeadScratch head_scratch;
+
+// dst[d * Tp + j] = src[j * stride + d] for j < T, 0 for T <= j < Tp.
+inline void transpose_head(const float* src, int64_t stride, int64_t T, int64_t hs, int64_t Tp, float* dst) {
+  for (int64_t d = 0; d < hs; ++d) {
+    float* row = dst + d * Tp;
+    for (int64_t j = 0; j < T; ++j) row[j] = src[j * stride + d];
+    for (int64_t j = T; j < Tp; ++j) row[j] = 0.f;
+  }
+}
+
+// out[r][j] = a[r] · keys[j] for the group's rows r < rows and keys j < n (whole vectors of
+// keys, from the transposed keys kt with row stride Tp); a[r] is a row of hs values at a + r * lda.
+template <int NV>
+inline void group_scores(const float* a, int64_t lda, int rows, const float* kt, int64_t Tp, int64_t n, float* out) {
+  constexpr int hs = NV * VL;
+  for (int64_t j = 0; j < n; j += VL) {
+    vec acc[kRows] = {};
+    for (int d = 0; d < hs; ++d) {
+      const vec k = load(kt + d * Tp + j);
+      for (int r = 0; r < kRows; ++r)
+        if (r < rows) acc[r] += splat(a[r * lda + d]) * k;
+    }
+    for (int r = 0; r < rows; ++r) store(out + r * Tp + j, acc[r]);
+  }
+}
+
+// y[r] = Σ_{j < n} w[r][j] · rows[j] for the group's rows r < rows; rows[j] at m + j * ldm (hs
+// values), w with row stride Tp, y[r] at y + r * ldy. With `accumulate`, added to y.
+template <int NV>
+inline void group_weighted_rows(const float* w, int64_t Tp, int rows, const float* m, int64_t ldm, int64_t n, float* y, int64_t ldy) {
+  vec acc[kRows][NV] = {};
+  for (int64_t j = 0; j < n; ++j) {
+    vec x[NV];
+    for (int v = 0; v < NV; ++v) x[v] = load(m + j * ldm + v * VL);
+    for (int r = 0; r < kRows; ++r) {
+      if (r >= rows) break;
+      const vec wr = splat(w[r * Tp + j]);
+      for (int v = 0; v < NV; ++v) acc[r][v] += wr * x[v];
+    }
+  }
+  for (int r = 0; r < rows; ++r)
+    for (int v = 0; v < NV; ++v) store(y + r * ldy + v * VL, acc[r][v]);
+}
+
+// acc[j] += Σ_r w[r][j] · x[r] for keys j < n: x[r] at x + r * ldx (hs values), acc rows of hs.
+template <int NV>
+inline void group_scatter(const float* w, int64_t Tp, int rows, const float* x, int64_t ldx, int64_t n, float* acc) {
+  constexpr int hs = NV * VL;
+  vec xr[kRows][NV];
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < NV; ++v) xr[r][v] = r < rows ? load(x + r * ldx + v * VL) : vec{};
+  for (int64_t j = 0; j < n; ++j) {
+    vec sum[NV];
+    for (int v = 0; v < NV; ++v) sum[v] = load(acc + j * hs + v * VL);
+    for (int r = 0; r < kRows; ++r) {
+      if (r >= rows) break;
+      const vec wr = splat(w[r * Tp + j]);
+      for (int v = 0; v < NV; ++v) sum[v] += wr * xr[r][v];
+    }
+    for (int v = 0; v < NV; ++v) store(acc + j * hs + v * VL, sum[v]);
+  }
+}
+
+template <int NV>
+void attention_head(const float* q, const float* k, const float* v, int64_t T, int64_t C, float scale, float* p, float* y) {
+  constexpr int hs = NV * VL;
+  const int64_t Tp = (T + VL - 1) / VL * VL;
+  HeadScratch& sc = head_scratch;
+  if (sc.kt.size() < static_cast<size_t>(hs * Tp)) sc.kt.resize(hs * Tp);
+  if (sc.s.size() < static_cast<size_t>(kRows * Tp)) sc.s.resize(kRows * Tp);
+  float* kt = sc.kt.data();
+  float* s = sc.s.data();
+  transpose_head(k, 3 * C, T, hs, Tp, kt);
+  for (int64_t i0 = 0; i0 < T; i0 += kRows) {
+    const int rows = static_cast<int>(std::min<int64_t>(kRows, T - i0));
+    const int64_t n = i0 + rows;  // keys the group's last row sees
+    group_scores<NV>(q + i0 * 3 * C, 3 * C, rows, kt, Tp, n, s);
+    for (int r = 0; r < rows; ++r) {
+      softmax_row(s + r * Tp, i0 + r + 1, n, scale);
+      std::memcpy(p + (i0 + r) * T, s + r * Tp, n * sizeof(float));
+      std::memset(p + (i0 + r) * T + n, 0, (T - n) * sizeof(float));
+    }
+    group_weighted_rows<NV>(s, Tp, rows, v, 3 * C, n, y + i0 * C, C);
+  }
+}
+
+template <int NV>
+void attention_grad_head(const float* q, const float* k, const float* v, const float* p, const float* dy, int64_t T, int64_t C, float scale,
+                         float* dq, float* dk, float* dv) {
+  constexpr int hs = NV * VL;
+  const int64_t Tp = (T + VL - 1) / VL * VL;
+  HeadScratch& sc = head_scratch;
+  if (sc.kt.size() < static_cast<size_t>(hs * Tp)) sc.kt.resize(hs * Tp);
+  if (sc.s.size() < static_cast<size_t>(kRows * Tp)) sc.s.resize(kRows * Tp);
+  if (sc.dp.size() < static_cast<size_t>(kRows * Tp)) sc.dp.resize(kRows * Tp);
+  if (sc.dk.size() < static_cast<size_t>(T * hs)) sc.dk.resize(T * hs);
+  if (sc.dv.size() < static_cast<size_t>(T * hs)) sc.dv.resize(T * hs);
+  float* vt = sc.kt.data();
+  float* ds = sc.s.data();
+  float* dpb = sc.dp.data();
+  float* dka = sc.dk.data();
+  float* dva = sc.dv.data();
+  std::memset(dka, 0, T * hs * sizeof(float));
+  std::memset(dva, 0, T * hs * sizeof(float));
+  transpose_head(v, 3 * C, T, hs, Tp, vt);
+  for (int64_t i0 = 0; i0 < T; i0 += kRows) {
+    const int rows = static_cast<int>(std::min<int64_t>(kRows, T - i0));
+    const int64_t n = i0 + rows;
+    group_scores<NV>(dy + i0 * C, C, rows, vt, Tp, n, dpb);  // dP
+    for (int r = 0; r < rows; ++r) {
+      const int64_t i = i0 + r, m = i + 1;
+      const float* pr = p + i * T;
+      float* dr = dpb + r * Tp;
+      float* sr = ds + r * Tp;
+      vec acc = vec{};
+      int64_t j = 0;
+      for (; j + VL <= m; j += VL) acc += load(pr + j) * load(dr + j);
+      float dot = hsum(acc);
+      for (; j < m; ++j) dot += pr[j] * dr[j];
+      for (j = 0; j < m; ++j) sr[j] = pr[j] * (dr[j] - dot) * scale;
+      for (; j < n; ++j) sr[j] = 0.f;
+      // P's row, zero past the diagonal, for dV (the dP buffer is free again).
+      std::memcpy(dr, pr, n * sizeof(float));
+    }
+    group_weighted_rows<NV>(ds, Tp, rows, k, 3 * C, n, dq + i0 * 3 * C, 3 * C);  // dQ = dS K
+    group_scatter<NV>(ds, Tp, rows, q + i0 * 3 * C, 3 * C, n, dka);            // dK += dSᵀ Q
+    group_scatter<NV>(dpb, Tp, rows, dy + i0 * C, C, n, dva);                 // dV += Pᵀ dY
+  }
+  for (int64_t j = 0; j < T; ++j) {
+    std::memcpy(dk + j * 3 * C, dka + j * hs, hs * sizeof(float));
+    std::memcpy(dv + j * 3 * C, dva + j * hs, hs * sizeof(float));
+  }
+}
+
+// The fused kernel for head size hs, or null when hs is not 1 to 8 whole vectors.
+using HeadFn = void (*)(const float*, const float*, const float*, int64_t, int64_t, float, float*, float*);
+using HeadGradFn = void (*)(const float*, const float*, const float*, const float*, const float*, int64_t, int64_t, float, float*, float*, float*);
+
+HeadFn head_kernel(int64_t hs) {
+  switch (hs == VL ? 1 : hs == 2 * VL ? 2 : hs == 4 * VL ? 4 : hs == 8 * VL ? 8 : 0) {
+    case 1: return attention_head<1>;
+    case 2: return attention_head<2>;
+    case 4: return attention_head<4>;
+    case 8: return attention_head<8>;
+    default: return nullptr;
+  }
+}
+
+HeadGradFn head_grad_kernel(int64_t hs) {
+  switch (hs == VL ? 1 : hs == 2 * VL ? 2 : hs == 4 * VL ? 4 : hs == 8 * VL ? 8 : 0) {
+    case 1: return attention_grad_head<1>;
+    case 2: return attention_grad_head<2>;
+    case 4: return attention_grad_head<4>;
+    case 8: return attention_grad_head<8>;
+    default: return nullptr;
+  }
+}
+
 void attention_part(void* ctx, int task) {
   const AttentionJob& j = *static_cast<const AttentionJob*>(ctx);
   const int64_t T = j.T, hs = j.hs, C = j.H * hs, b = task / j.H, h = task % j.H;
@@ -224,6 +397,7 @@ void attention_part(void* ctx, int task) {
   const float* v = q + 2 * C;
   float* p = j.prob + (b * j.H + h) * T * T;
   float* y = j.y + b * T * C + h * hs;
+  if (const HeadFn fused = head_kernel(hs)) return fused(q, k, v, T, C, scale, p, y);
   // S = Q K^T (lower block triangle), then a causal softmax per row, in place in p.
   for (int64_t i0 = 0; i0 < T; i0 += kCausalBlock) {
     const int64_t i1 = std::min(T, i0 + kCausalBlock);
@@ -249,6 +423,7 @@ void attention_grad_part(void* ctx, int task) {
   float* dq = j.y + b * T * 3 * C + h * hs;
   float* dk = dq + C;
   float* dv = dq + 2 * C;
+  if (const HeadGradFn fused = head_grad_kernel(hs)) return fused(q, k, v, p, dy, T, C, scale, dq, dk, dv);
   std::vector<float>& scratch = attention_scratch;
   if (scratch.size() < static_cast<size_t>(T * T)) scratch.resize(T * T);
   float* ds = scratch.data();
