@@ -26,6 +26,9 @@ test('the serving benchmark at a tiny size prints every line, with a profile who
     assert.ok(shares.every((x) => x >= 0) && Math.abs(sum - 1) < 0.02, `shares ${JSON.stringify(p)} add up to ${sum}`);
     assert.ok(p.step! > 0 && p.sample! > 0 && p.write! > 0, 'the stages were timed');
     assert.ok(p.frames_per_token! > 0 && p.mean_batch! >= 1);
+    // The prompts were counted as the server prefilled them, and their prefill bounds the share.
+    assert.ok((l.mean_prompt_tokens as number) > 1 && (l.prefill_ms as number) > 0, JSON.stringify(l));
+    assert.ok((l.share_bound as number) > 0 && (l.share_bound as number) < 1, JSON.stringify(l));
   }
   const step = lines.find((l) => l.bench === 'decode_step')!;
   assert.ok((step.step_ms_n16_back_to_back as number) > 0 && (step.step_ms_n16_after_1ms as number) > 0, JSON.stringify(step));

@@ -11,7 +11,11 @@
  *   Beside it, the same run measures the model's own batched decode step at that batch size
  *   and at the mean context the server's steps decoded at (`profile.mean_context`, tokens in
  *   each sequence's cache): `step_tokens_per_s`, the step called in a loop with nothing around
- *   it, and `server_share` = tokens_per_s / step_tokens_per_s. `profile` splits the wall time into the
+ *   it, and `server_share` = tokens_per_s / step_tokens_per_s. `share_bound` is the share a
+ *   server with nothing around the model would reach: the steps for the delivered tokens at the
+ *   step alone's speed, plus each admitted prompt's prefill (model work the step alone does not
+ *   count) at the speed of a prompt of `mean_prompt_tokens` prefilled alone (`prefill_ms`, the
+ *   best of 20). `profile` splits the wall time into the
  *   scheduler's and doors' stages (server/serve-profile.ts: admit, step, sample, detokenize,
  *   emit, write) and `other` (the rest of the event loop: reading frames, handlers, the store,
  *   timers, GC), as shares
@@ -160,6 +164,19 @@ function stepAlone(model: ServedModel, n: number, steps = 30, prompt = 20, runs 
   return best;
 }
 
+/** One prompt of `tokens` tokens prefilled alone: ms, the best of `runs`. */
+function prefillAlone(model: ServedModel, tokens: number, runs = 20): number {
+  const ids = Array.from({ length: tokens }, (_, j) => 10 + (j % 100));
+  let best = Infinity;
+  for (let r = 0; r < runs; r++) {
+    const t0 = performance.now();
+    const { cache } = model.gpt.prefill(ids);
+    best = Math.min(best, performance.now() - t0);
+    disposeCache(cache);
+  }
+  return best;
+}
+
 /** Runs `fn` over `n` fresh caches prefilled with `prompt` tokens each; `step` decodes one token in all of them. */
 function withCaches<T>(model: ServedModel, n: number, prompt: number, fn: (step: () => void) => T): T {
   const caches = Array.from({ length: n }, (_, i) => model.gpt.prefill(Array.from({ length: prompt }, (_, j) => 10 + ((i + j) % 100))).cache);
@@ -282,6 +299,13 @@ async function sustained(srv: RunningServer, model: ServedModel, door: Door, n: 
   const context = prof.counts.rows ? prof.counts.context / prof.counts.rows : 20 + steps / 2;
   const stepMs = stepAlone(model, n, steps, Math.max(1, Math.min(model.gpt.config.blockSize - steps - 1, Math.round(context - steps / 2))));
   const stepTps = Math.round((n * 1000) / stepMs);
+  // What bounds server_share even with nothing around the model: the prompts' prefills are model
+  // work the step alone does not count. Steps at the step alone's speed for the tokens delivered
+  // and each prompt prefilled at the prefill alone's speed (at the mean prompt length).
+  const meanPrompt = prof.counts.prompts ? prof.counts.promptTokens / prof.counts.prompts : 0;
+  const prefillMs = meanPrompt ? prefillAlone(model, Math.round(meanPrompt)) : 0;
+  const stepsMs = (tokens / n) * stepMs;
+  const shareBound = tokens ? stepsMs / (stepsMs + prof.counts.prompts * prefillMs) : 1;
   const line: Line = {
     bench: 'generate',
     door,
@@ -292,6 +316,9 @@ async function sustained(srv: RunningServer, model: ServedModel, door: Door, n: 
     ttft_p99_ms: +pct(ttfts, 99).toFixed(1),
     step_tokens_per_s: stepTps,
     server_share: +(tokensPerS / stepTps).toFixed(3),
+    prefill_ms: +prefillMs.toFixed(3),
+    mean_prompt_tokens: +meanPrompt.toFixed(1),
+    share_bound: +shareBound.toFixed(3),
     // CPU time of the server's process (its event loop and native threads; not the clients')
     // per delivered token: steadier than tokens/s when other processes share the machine.
     cpu_us_per_token: tokens ? Math.round((cpuUs.user + cpuUs.system) / tokens) : 0,

@@ -368,6 +368,7 @@ export class Scheduler {
       return;
     }
     prof.add('admit', t);
+    prof.prefilled(group);
     const slots = group.map((a, i): Slot => {
       const cache = prefilled.caches[i]!;
       return { job: a.job, model, seq: new DecodeSequence(tok, cache, a.job.req.opts, gpt.config.blockSize), cache, reused: a.cache !== undefined };

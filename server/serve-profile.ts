@@ -25,9 +25,10 @@ export class ServeProfile {
    * Decode steps, those of them run off the event loop (their `step` time, launch to landing,
    * overlaps the other stages), sequences decoded in them (rows), the tokens those rows attended
    * to (their caches' lengths: `context / rows` is the mean context a step decodes at), tokens
-   * sampled, socket writes (WebSocket frames, SSE writes).
+   * sampled, socket writes (WebSocket frames, SSE writes), prompts prefilled and the tokens their
+   * prefills fed.
    */
-  readonly counts = { steps: 0, offThreadSteps: 0, rows: 0, context: 0, tokens: 0, frames: 0 };
+  readonly counts = { steps: 0, offThreadSteps: 0, rows: 0, context: 0, tokens: 0, frames: 0, prompts: 0, promptTokens: 0 };
   #inEmit = false;
   #writeInEmit = 0;
 
@@ -72,6 +73,13 @@ export class ServeProfile {
     this.counts.steps++;
     this.counts.rows += caches.length;
     for (const c of caches) this.counts.context += c.length;
+  }
+
+  /** Counts the prompts of one prefill pass. */
+  prefilled(prompts: readonly { readonly ids: readonly number[] }[]): void {
+    if (!this.enabled) return;
+    this.counts.prompts += prompts.length;
+    for (const p of prompts) this.counts.promptTokens += p.ids.length;
   }
 
   /** Records a step that ran off the event loop from `since` to now (under `step` too). */
