@@ -28,9 +28,13 @@ function admin(path: string, init: { method?: string; body?: unknown; token?: st
 }
 
 before(async () => {
-  // One decode step per event-loop turn: in slices, the tiny model's 250-token replies would end
-  // within a few turns, before the promotion below is read (swaps happen between turns either way).
-  srv = await startTestServer({ adminToken: TOKEN, registryPollMs: 50, decodeSliceMs: 0 }, { modelConfig: { blockSize: 512 } });
+  // One decode step per event-loop turn: in slices, the tiny model's long replies would end
+  // within a few turns, before the promotion below is read (swaps happen between turns either
+  // way). Replies of up to 480 tokens: the promotion (a checkpoint loaded from disk) answers some
+  // 40 ms after the first delta, and the longest of the four replies below (seed 1, which runs
+  // to its limit) decodes for some 90 ms; at 250 tokens it ended 15-25 ms after the promotion, and
+  // a slow moment of a loaded machine could close that gap.
+  srv = await startTestServer({ adminToken: TOKEN, registryPollMs: 50, decodeSliceMs: 0, maxTokens: 480 }, { modelConfig: { blockSize: 512 } });
   // A second policy with other weights (same tokenizer and shape), in a directory of its own name.
   const dir = join(mkdtempSync(join(tmpdir(), 'srv-ckpt-')), 'ppo-1');
   cpSync(await makeTinyCheckpoint({ blockSize: 512 }, 99), dir, { recursive: true });
@@ -50,7 +54,7 @@ test('a promotion swaps the champion between steps: replies in flight finish on 
   const clients = await Promise.all(Array.from({ length: 4 }, () => TestClient.connect(srv.wsUrl)));
   const convs = await Promise.all(clients.map((c) => c.request({ type: 'start', userId: 'u' }, (m) => m.type === 'conversation')));
   const replies = clients.map((c, i) =>
-    c.request({ type: 'user_message', requestId: `r${i}`, conversationId: convs[i]!.conversationId, content: 'what does lucid mean?', params: { maxTokens: 250, temperature: 1, seed: i, stop: [] } }, (m) => m.type === 'reply' || m.type === 'error', 30_000),
+    c.request({ type: 'user_message', requestId: `r${i}`, conversationId: convs[i]!.conversationId, content: 'what does lucid mean?', params: { maxTokens: 480, temperature: 1, seed: i, stop: [] } }, (m) => m.type === 'reply' || m.type === 'error', 30_000),
   );
   await clients[0]!.next((m) => m.type === 'delta'); // streams are in flight
   const res = await admin('/promote', { body: { versionId: other.id, reason: 'test' } });
