@@ -387,9 +387,10 @@ export function adamwInPlace(entries: readonly AdamWEntry[], attrs: Omit<AdamWAt
     if (e.p.dtype !== 'float32' || e.g.dtype !== 'float32' || refCount(e.p) !== 1 || refCount(e.m) !== 1 || refCount(e.v) !== 1) return false;
   }
   const backend = tf.backend() as unknown as WasmHeapBackend;
-  const params = new Float64Array(10 + 6 * entries.length);
-  params.set([entries.length, attrs.lr, attrs.beta1, attrs.beta2, attrs.eps, 1 - attrs.beta1, 1 - attrs.beta2, attrs.gradScale, attrs.bc1, attrs.bc2]);
-  entries.forEach((e, i) => params.set([offsetOf(backend, e.p), offsetOf(backend, e.g), offsetOf(backend, e.m), offsetOf(backend, e.v), e.p.size, e.decay], 10 + 6 * i));
+  // The step's scalars as `adamw` takes them (its decay, 1, unused: each tensor has its own).
+  const params = new Float64Array(11 + 6 * entries.length);
+  params.set([entries.length, attrs.lr, attrs.beta1, attrs.beta2, attrs.eps, 1 - attrs.beta1, 1 - attrs.beta2, 1, attrs.gradScale, attrs.bc1, attrs.bc2]);
+  entries.forEach((e, i) => params.set([offsetOf(backend, e.p), offsetOf(backend, e.g), offsetOf(backend, e.m), offsetOf(backend, e.v), e.p.size, e.decay], 11 + 6 * i));
   all.call(addonInUse, heapOf(backend), params);
   return true;
 }

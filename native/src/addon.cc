@@ -37,7 +37,7 @@
 //   sumSquares(heap, [count, off0, size0, off1, size1, ...]) -> sum of squares of all values
 //   adamw(heap, [pOff, gOff, mOff, vOff, p1Off, m1Off, v1Off, n, lr, beta1, beta2, eps,
 //                1 - beta1, 1 - beta2, decay, gradScale, bc1, bc2])
-//   adamwAll(heap, [count, lr, beta1, beta2, eps, 1 - beta1, 1 - beta2, gradScale, bc1, bc2,
+//   adamwAll(heap, [count, lr, beta1, beta2, eps, 1 - beta1, 1 - beta2, 1, gradScale, bc1, bc2,
 //                   then per tensor pOff, gOff, mOff, vOff, n, decay])   p, m, v updated in place
 // Sampling (sampler.h): sampleRows(logits, V, params, banned, ids).
 #include <atomic>
@@ -702,6 +702,23 @@ Napi::Value SumSquares(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, nk::sum_squares(data.data(), sizes.data(), static_cast<int>(count)));
 }
 
+// An AdamW step's scalars from 10 params: lr, beta1, beta2, eps, 1 - beta1, 1 - beta2, decay,
+// gradScale, bc1, bc2.
+nk::AdamWStep adamw_step(const double* p) {
+  nk::AdamWStep s;
+  s.lr = static_cast<float>(p[0]);
+  s.beta1 = static_cast<float>(p[1]);
+  s.beta2 = static_cast<float>(p[2]);
+  s.eps = static_cast<float>(p[3]);
+  s.one_minus_beta1 = static_cast<float>(p[4]);
+  s.one_minus_beta2 = static_cast<float>(p[5]);
+  s.decay = static_cast<float>(p[6]);
+  s.grad_scale = static_cast<float>(p[7]);
+  s.bc1 = static_cast<float>(p[8]);
+  s.bc2 = static_cast<float>(p[9]);
+  return s;
+}
+
 Napi::Value AdamW(const Napi::CallbackInfo& info) {
   const Napi::Env env = info.Env();
   Heap h;
@@ -714,17 +731,7 @@ Napi::Value AdamW(const Napi::CallbackInfo& info) {
     fail(env, "adamw: operand outside the heap");
     return env.Undefined();
   }
-  nk::AdamWStep s;
-  s.lr = static_cast<float>(p[8]);
-  s.beta1 = static_cast<float>(p[9]);
-  s.beta2 = static_cast<float>(p[10]);
-  s.eps = static_cast<float>(p[11]);
-  s.one_minus_beta1 = static_cast<float>(p[12]);
-  s.one_minus_beta2 = static_cast<float>(p[13]);
-  s.decay = static_cast<float>(p[14]);
-  s.grad_scale = static_cast<float>(p[15]);
-  s.bc1 = static_cast<float>(p[16]);
-  s.bc2 = static_cast<float>(p[17]);
+  const nk::AdamWStep s = adamw_step(p + 8);
   nk::adamw(s, at<const float>(h, p[0]), at<const float>(h, p[1]), at<const float>(h, p[2]),
             at<const float>(h, p[3]), static_cast<int64_t>(n), at<float>(h, p[4]), at<float>(h, p[5]),
             at<float>(h, p[6]));
@@ -734,27 +741,17 @@ Napi::Value AdamW(const Napi::CallbackInfo& info) {
 Napi::Value AdamWAll(const Napi::CallbackInfo& info) {
   const Napi::Env env = info.Env();
   Heap h;
-  if (!read_args(info, 10, &h)) return env.Undefined();
+  if (!read_args(info, 11, &h)) return env.Undefined();
   const double* p = h.p;
   const double count = p[0];
-  if (!sizes_ok(p, 0, 1) || h.np < 10 + 6 * count) {
+  if (!sizes_ok(p, 0, 1) || h.np < 11 + 6 * count) {
     fail(env, "adamwAll: too few params");
     return env.Undefined();
   }
-  nk::AdamWStep s;
-  s.lr = static_cast<float>(p[1]);
-  s.beta1 = static_cast<float>(p[2]);
-  s.beta2 = static_cast<float>(p[3]);
-  s.eps = static_cast<float>(p[4]);
-  s.one_minus_beta1 = static_cast<float>(p[5]);
-  s.one_minus_beta2 = static_cast<float>(p[6]);
-  s.grad_scale = static_cast<float>(p[7]);
-  s.bc1 = static_cast<float>(p[8]);
-  s.bc2 = static_cast<float>(p[9]);
-  s.decay = 1.f;
+  const nk::AdamWStep s = adamw_step(p + 1);  // its decay is each tensor's own below
   std::vector<nk::AdamWTensor> tensors(static_cast<size_t>(count));
   for (size_t a = 0; a < tensors.size(); ++a) {
-    const double* t = p + 10 + 6 * a;
+    const double* t = p + 11 + 6 * a;
     bool ok = sizes_ok(t, 4, 5);
     for (int i = 0; i < 4 && ok; ++i) ok = in_heap(h, t[i], t[4]);
     if (!ok) {

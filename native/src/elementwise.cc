@@ -70,9 +70,7 @@ struct GeluJob {
 
 void gelu_part(void* ctx, int t) {
   const GeluJob& j = *static_cast<const GeluJob*>(ctx);
-  const int64_t chunk = (j.size / j.parts + VL - 1) / VL * VL;
-  const int64_t begin = std::min(j.size, chunk * t);
-  const int64_t end = t == j.parts - 1 ? j.size : std::min(j.size, chunk * (t + 1));
+  const auto [begin, end] = vector_part(j.size, j.parts, t);
   int64_t i = begin;
   for (; i + VL <= end; i += VL) {
     const vec x = load(j.x + i);
@@ -96,9 +94,7 @@ struct ExpJob {
 
 void exp_part(void* ctx, int t) {
   const ExpJob& j = *static_cast<const ExpJob*>(ctx);
-  const int64_t chunk = (j.size / j.parts + VL - 1) / VL * VL;
-  const int64_t begin = std::min(j.size, chunk * t);
-  const int64_t end = t == j.parts - 1 ? j.size : std::min(j.size, chunk * (t + 1));
+  const auto [begin, end] = vector_part(j.size, j.parts, t);
   exp_range(j.x, j.out, begin, end);
 }
 
@@ -164,9 +160,7 @@ struct AddJob {
 
 void add_part(void* ctx, int t) {
   const AddJob& j = *static_cast<const AddJob*>(ctx);
-  const int64_t chunk = (j.size / j.parts + VL - 1) / VL * VL;
-  const int64_t begin = std::min(j.size, chunk * t);
-  const int64_t end = t == j.parts - 1 ? j.size : std::min(j.size, chunk * (t + 1));
+  const auto [begin, end] = vector_part(j.size, j.parts, t);
   int64_t i = begin;
   for (; i + VL <= end; i += VL) store(j.out + i, load(j.a + i) + load(j.b + i));
   for (; i < end; ++i) j.out[i] = j.a[i] + j.b[i];

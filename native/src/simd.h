@@ -2,6 +2,7 @@
 // (-march=native): 16 floats with AVX-512, 8 with AVX/AVX2, 4 otherwise.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -24,6 +25,16 @@ typedef int32_t ivec __attribute__((vector_size(VL * 4)));
 
 // n rounded up to whole vectors.
 constexpr int whole_vectors(int n) { return (n + VL - 1) / VL * VL; }
+
+// Part t of `parts` of [0, size): every part but the last a whole number of vectors long, the
+// last taking the rest (a split over the pool whose vector loops leave one scalar tail).
+struct Range {
+  int64_t begin, end;
+};
+inline Range vector_part(int64_t size, int parts, int t) {
+  const int64_t chunk = (size / parts + VL - 1) / VL * VL;
+  return {std::min(size, chunk * t), t == parts - 1 ? size : std::min(size, chunk * (t + 1))};
+}
 
 inline vec load(const float* p) { return *reinterpret_cast<const uvec*>(p); }
 inline void store(float* p, vec v) { *reinterpret_cast<uvec*>(p) = v; }

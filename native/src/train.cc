@@ -575,9 +575,7 @@ void adamw_range(const AdamWStep& s, float decay_value, const float* p, const fl
 
 void adamw_part(void* ctx, int t) {
   const AdamWJob& j = *static_cast<const AdamWJob*>(ctx);
-  const int64_t chunk = (j.n / j.parts + VL - 1) / VL * VL;
-  const int64_t i0 = std::min(j.n, chunk * t);
-  const int64_t i1 = t == j.parts - 1 ? j.n : std::min(j.n, chunk * (t + 1));
+  const auto [i0, i1] = vector_part(j.n, j.parts, t);
   adamw_range(*j.s, j.s->decay, j.p, j.g, j.m, j.v, j.p1, j.m1, j.v1, i0, i1);
 }
 
