@@ -56,8 +56,11 @@ export function registerNativeKernels(): string[] {
     if (!originals.has(name)) {
       const original = tf.getKernel(name, 'wasm');
       if (!original) continue;
+      const replacement = FACTORIES[name]!(addon, original);
+      // A factory hands back the original when the addon lacks its function (an older build).
+      if (replacement === original) continue;
       tf.unregisterKernel(name, 'wasm');
-      tf.registerKernel(FACTORIES[name]!(addon, original));
+      tf.registerKernel(replacement);
       originals.set(name, original);
     }
     registered.push(name);

@@ -364,28 +364,17 @@ void attention_grad_head(const float* q, const float* k, const float* v, const f
   }
 }
 
-// The fused kernel for head size hs, or null when hs is not 1 to 8 whole vectors.
+// The fused kernels for heads of 1, 2, 4 and 8 whole vectors, and which of them takes a head of
+// hs values (-1: none; such heads take the packed products below).
 using HeadFn = void (*)(const float*, const float*, const float*, int64_t, int64_t, float, float*, float*);
 using HeadGradFn = void (*)(const float*, const float*, const float*, const float*, const float*, int64_t, int64_t, float, float*, float*, float*);
+constexpr HeadFn kHeadKernels[] = {attention_head<1>, attention_head<2>, attention_head<4>, attention_head<8>};
+constexpr HeadGradFn kHeadGradKernels[] = {attention_grad_head<1>, attention_grad_head<2>, attention_grad_head<4>, attention_grad_head<8>};
 
-HeadFn head_kernel(int64_t hs) {
-  switch (hs == VL ? 1 : hs == 2 * VL ? 2 : hs == 4 * VL ? 4 : hs == 8 * VL ? 8 : 0) {
-    case 1: return attention_head<1>;
-    case 2: return attention_head<2>;
-    case 4: return attention_head<4>;
-    case 8: return attention_head<8>;
-    default: return nullptr;
-  }
-}
-
-HeadGradFn head_grad_kernel(int64_t hs) {
-  switch (hs == VL ? 1 : hs == 2 * VL ? 2 : hs == 4 * VL ? 4 : hs == 8 * VL ? 8 : 0) {
-    case 1: return attention_grad_head<1>;
-    case 2: return attention_grad_head<2>;
-    case 4: return attention_grad_head<4>;
-    case 8: return attention_grad_head<8>;
-    default: return nullptr;
-  }
+int head_kernel(int64_t hs) {
+  for (int i = 0; i < 4; ++i)
+    if (hs == (int64_t{1} << i) * VL) return i;
+  return -1;
 }
 
 void attention_part(void* ctx, int task) {
@@ -397,7 +386,7 @@ void attention_part(void* ctx, int task) {
   const float* v = q + 2 * C;
   float* p = j.prob + (b * j.H + h) * T * T;
   float* y = j.y + b * T * C + h * hs;
-  if (const HeadFn fused = head_kernel(hs)) return fused(q, k, v, T, C, scale, p, y);
+  if (const int fused = head_kernel(hs); fused >= 0) return kHeadKernels[fused](q, k, v, T, C, scale, p, y);
   // S = Q K^T (lower block triangle), then a causal softmax per row, in place in p.
   for (int64_t i0 = 0; i0 < T; i0 += kCausalBlock) {
     const int64_t i1 = std::min(T, i0 + kCausalBlock);
@@ -423,7 +412,7 @@ void attention_grad_part(void* ctx, int task) {
   float* dq = j.y + b * T * 3 * C + h * hs;
   float* dk = dq + C;
   float* dv = dq + 2 * C;
-  if (const HeadGradFn fused = head_grad_kernel(hs)) return fused(q, k, v, p, dy, T, C, scale, dq, dk, dv);
+  if (const int fused = head_kernel(hs); fused >= 0) return kHeadGradKernels[fused](q, k, v, p, dy, T, C, scale, dq, dk, dv);
   std::vector<float>& scratch = attention_scratch;
   if (scratch.size() < static_cast<size_t>(T * T)) scratch.resize(T * T);
   float* ds = scratch.data();
