@@ -193,13 +193,16 @@ test('fused matMul with bias and activations matches matMul, add and the activat
   for (const activation of ACTIVATIONS) {
     for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]] as const) {
       tf.tidy(() => {
-        const [sa, sb] = operandShapes(37, 130, 19, ta, tb);
-        const a = tf.mul(tf.randomNormal(sa), 2);
-        const b = tf.randomNormal(sb);
-        const bias = tf.randomNormal([130]);
-        const args = { a, b, transposeA: ta, transposeB: tb, bias, activation, leakyreluAlpha: 0.3 };
-        const want = withOriginals(() => activate(activation, tf.add(tf.matMul(a, b, ta, tb), bias)));
-        assertClose(tf.fused.matMul(args as Parameters<typeof tf.fused.matMul>[0]), want, `${activation} ta=${ta} tb=${tb}`);
+        // One thread; row slices; column slices; a few rows in column slices (B read in place).
+        for (const [m, n, k] of [[37, 130, 19], [300, 260, 300], [20, 700, 300], [3, 2100, 600]] as const) {
+          const [sa, sb] = operandShapes(m, n, k, ta, tb);
+          const a = tf.mul(tf.randomNormal(sa), 2);
+          const b = tf.randomNormal(sb);
+          const bias = tf.randomNormal([n]);
+          const args = { a, b, transposeA: ta, transposeB: tb, bias, activation, leakyreluAlpha: 0.3 };
+          const want = withOriginals(() => activate(activation, tf.add(tf.matMul(a, b, ta, tb), bias)));
+          assertClose(tf.fused.matMul(args as Parameters<typeof tf.fused.matMul>[0]), want, `${activation} ${m}x${n}x${k} ta=${ta} tb=${tb}`);
+        }
       });
     }
   }

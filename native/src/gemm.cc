@@ -9,8 +9,8 @@
 //
 // Threads: one thread for small problems (decoding-size matmuls must stay cheap); otherwise the
 // matrices of a batch are tasks for the pool, or each matrix is cut into a few slices of rows or
-// columns per thread. Each task packs its own panels (some packing is duplicated rather than
-// synchronised).
+// columns per thread. The operand every slice reads whole is packed once, by all threads, and
+// its panels are shared; each slice packs only its own part of the other operand.
 #include "gemm.h"
 
 #include <algorithm>
@@ -333,24 +333,12 @@ Mat matrix(const GemmArgs& g, int64_t batch) {
   return s;
 }
 
-// Restricts s to rows [i0, i1) or columns [j0, j1) of C.
-Mat rows(Mat s, int64_t i0, int64_t i1) {
-  s.a += s.ta ? i0 : i0 * s.lda;
-  s.c += i0 * s.ldc;
-  s.m = i1 - i0;
-  return s;
-}
-Mat cols(Mat s, int64_t j0, int64_t j1) {
-  s.b += s.tb ? j0 * s.ldb : j0;
-  s.c += j0;
-  s.n = j1 - j0;
-  return s;
-}
-
+// Tasks over whole matrices (kBatch), or over column slices of every matrix of a few rows
+// (kFewRowCols: B streamed in place, nothing packed to share).
 struct Plan {
   const GemmArgs* g;
-  int parts;  // tasks: one per matrix (kBatch) or slices of every matrix (kRows, kCols)
-  enum { kBatch, kRows, kCols } split;
+  int parts;
+  enum { kBatch, kFewRowCols } split;
 };
 
 void run_part(void* ctx, int t) {
@@ -362,23 +350,127 @@ void run_part(void* ctx, int t) {
     epilogue(g, s.c, s.ldc, s.m, s.n, 0);
     return;
   }
-  const int64_t extent = plan.split == Plan::kRows ? g.m : g.n;
-  const int64_t unit = plan.split == Plan::kRows ? MR : NR;
-  const int64_t units = (extent + unit - 1) / unit;
-  const int64_t lo = std::min(extent, units * t / plan.parts * unit);
-  const int64_t hi = std::min(extent, units * (t + 1) / plan.parts * unit);
+  const int64_t units = (g.n + NR - 1) / NR;
+  const int64_t lo = std::min(g.n, units * t / plan.parts * NR);
+  const int64_t hi = std::min(g.n, units * (t + 1) / plan.parts * NR);
   if (lo >= hi) return;
   for (int64_t b = 0; b < g.batch; ++b) {
     Mat s = matrix(g, b);
-    if (plan.split == Plan::kRows) {
-      s = rows(s, lo, hi);
-      gemm_serial(s);
-      epilogue(g, s.c, s.ldc, s.m, s.n, 0);
-    } else {
-      s = cols(s, lo, hi);
-      gemm_serial(s);
-      epilogue(g, s.c, s.ldc, s.m, s.n, lo);
+    s.b += s.tb ? lo * s.ldb : lo;
+    s.c += lo;
+    s.n = hi - lo;
+    gemm_serial(s);
+    epilogue(g, s.c, s.ldc, s.m, s.n, lo);
+  }
+}
+
+// One matrix split between threads by rows (kRows) or columns (kCols) of C. The operand every
+// slice needs whole (B for row slices, A for column slices) is packed once, its panels shared by
+// the slices, rather than packed again by each: the slices then pack only their own part of the
+// other operand. Two jobs: the shared panels (tasks over depth blocks and panel groups), then
+// the slices.
+struct Split {
+  const GemmArgs* g;
+  Mat s;
+  bool by_rows;
+  int parts;
+  float* shared;    // depth block pc at shared + pc * pad; its panel at row or column x at + x * kc
+  int64_t pad;      // n (by rows) or m (by columns) rounded up to whole panels
+  int64_t groups;   // panel groups per depth block in the packing job
+  int64_t group;    // panels per group
+};
+
+void pack_shared(void* ctx, int t) {
+  const Split& sp = *static_cast<const Split*>(ctx);
+  const int64_t pc = t / sp.groups * KC;
+  const int64_t kc = std::min(KC, sp.s.k - pc);
+  const int64_t unit = sp.by_rows ? NR : MR;
+  const int64_t extent = sp.by_rows ? sp.s.n : sp.s.m;
+  const int64_t x0 = t % sp.groups * sp.group * unit;
+  const int64_t x1 = std::min(extent, x0 + sp.group * unit);
+  if (x0 >= x1) return;
+  float* dst = sp.shared + pc * sp.pad + x0 * kc;
+  if (sp.by_rows)
+    pack_b(sp.s, pc, x0, kc, x1 - x0, dst);
+  else
+    pack_a(sp.s, x0, pc, x1 - x0, kc, dst);
+}
+
+void run_slice(void* ctx, int t) {
+  const Split& sp = *static_cast<const Split*>(ctx);
+  const Mat& s = sp.s;
+  const int64_t extent = sp.by_rows ? s.m : s.n;
+  const int64_t unit = sp.by_rows ? MR : NR;
+  const int64_t units = (extent + unit - 1) / unit;
+  const int64_t lo = std::min(extent, units * t / sp.parts * unit);
+  const int64_t hi = std::min(extent, units * (t + 1) / sp.parts * unit);
+  if (lo >= hi) return;
+  const int64_t kc_max = std::min(KC, s.k);
+  if (sp.by_rows) {
+    float* ap = pack_a_buffer.ensure(kc_max * std::min(MC, (hi - lo + MR - 1) / MR * MR));
+    for (int64_t jc = 0; jc < s.n; jc += NC) {
+      const int64_t nc = std::min(NC, s.n - jc);
+      for (int64_t pc = 0; pc < s.k; pc += KC) {
+        const int64_t kc = std::min(KC, s.k - pc);
+        const float* bp = sp.shared + pc * sp.pad + jc * kc;
+        for (int64_t ic = lo; ic < hi; ic += MC) {
+          const int64_t mc = std::min(MC, hi - ic);
+          pack_a(s, ic, pc, mc, kc, ap);
+          for (int64_t jr = 0; jr < nc; jr += NR) {
+            const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
+            for (int64_t ir = 0; ir < mc; ir += MR) {
+              const int mr = static_cast<int>(std::min<int64_t>(MR, mc - ir));
+              micro_kernel(kc, ap + ir * kc, bp + jr * kc, s.c + (ic + ir) * s.ldc + jc + jr,
+                           s.ldc, pc > 0, mr, nr);
+            }
+          }
+        }
+      }
     }
+    epilogue(*sp.g, s.c + lo * s.ldc, s.ldc, hi - lo, s.n, 0);
+    return;
+  }
+  float* bp = pack_b_buffer.ensure(kc_max * std::min(NC, (hi - lo + NR - 1) / NR * NR));
+  for (int64_t jc = lo; jc < hi; jc += NC) {
+    const int64_t nc = std::min(NC, hi - jc);
+    for (int64_t pc = 0; pc < s.k; pc += KC) {
+      const int64_t kc = std::min(KC, s.k - pc);
+      pack_b(s, pc, jc, kc, nc, bp);
+      const float* ap = sp.shared + pc * sp.pad;
+      for (int64_t ic = 0; ic < s.m; ic += MC) {
+        const int64_t mc = std::min(MC, s.m - ic);
+        for (int64_t jr = 0; jr < nc; jr += NR) {
+          const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
+          for (int64_t ir = 0; ir < mc; ir += MR) {
+            const int mr = static_cast<int>(std::min<int64_t>(MR, mc - ir));
+            micro_kernel(kc, ap + (ic + ir) * kc, bp + jr * kc, s.c + (ic + ir) * s.ldc + jc + jr,
+                         s.ldc, pc > 0, mr, nr);
+          }
+        }
+      }
+    }
+  }
+  epilogue(*sp.g, s.c + lo, s.ldc, s.m, hi - lo, lo);
+}
+
+thread_local Buffer shared_pack_buffer;
+
+void gemm_split(const GemmArgs& g, bool by_rows, int parts, int threads) {
+  Split sp{&g, {}, by_rows, parts, nullptr, 0, 1, 1};
+  const int64_t unit = by_rows ? NR : MR;
+  const int64_t extent = by_rows ? g.n : g.m;
+  const int64_t panels = (extent + unit - 1) / unit;
+  sp.pad = panels * unit;
+  const int64_t blocks = (g.k + KC - 1) / KC;
+  // Enough packing tasks for every thread to take a few, at least a panel each.
+  const int64_t want = std::max<int64_t>(1, (4 * threads + blocks - 1) / blocks);
+  sp.group = std::max<int64_t>(1, (panels + want - 1) / want);
+  sp.groups = (panels + sp.group - 1) / sp.group;
+  sp.shared = shared_pack_buffer.ensure(g.k * sp.pad);
+  for (int64_t b = 0; b < g.batch; ++b) {
+    sp.s = matrix(g, b);
+    parallel_for(static_cast<int>(blocks * sp.groups), pack_shared, &sp);
+    parallel_for(parts, run_slice, &sp);
   }
 }
 
@@ -388,31 +480,33 @@ void sgemm(const GemmArgs& g) {
   if (g.batch <= 0 || g.m <= 0 || g.n <= 0) return;
   const int threads = Pool::instance().size();
   const double flops = 2.0 * g.batch * g.m * g.n * g.k;
-  Plan plan{&g, 1, Plan::kRows};
-  if (threads > 1 && flops >= kParallelFlops) {
+  if (threads > 1 && flops >= kParallelFlops && g.k > 0) {
     if (g.batch >= 2 * threads) {
-      plan.split = Plan::kBatch;
-      plan.parts = static_cast<int>(g.batch);
-    } else {
-      // Split the larger side, counted in micro-tiles, into a few slices per thread: when a
-      // thread is descheduled (a busy machine), the others take its remaining slices. The count
-      // is a multiple of the threads (3 slices on 2 threads would leave one thread a third idle).
-      const int64_t row_tiles = (g.m + MR - 1) / MR, col_tiles = (g.n + NR - 1) / NR;
-      plan.split = row_tiles >= col_tiles ? Plan::kRows : Plan::kCols;
-      const int64_t tiles = std::max(row_tiles, col_tiles);
-      const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(tiles / 4, kSlicesPerThread * threads) / threads);
-      plan.parts = static_cast<int>(slices * threads);
+      Plan plan{&g, static_cast<int>(g.batch), Plan::kBatch};
+      parallel_for(plan.parts, run_part, &plan);
+      return;
     }
-  }
-  if (plan.parts == 1) {
-    for (int64_t b = 0; b < g.batch; ++b) {
-      Mat s = matrix(g, b);
-      gemm_serial(s);
-      epilogue(g, s.c, s.ldc, s.m, s.n, 0);
+    const int64_t col_tiles = (g.n + NR - 1) / NR;
+    if (g.m <= kFewRows) {
+      const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(col_tiles / 4, kSlicesPerThread * threads) / threads);
+      Plan plan{&g, static_cast<int>(slices * threads), Plan::kFewRowCols};
+      parallel_for(plan.parts, run_part, &plan);
+      return;
     }
+    // Split the larger side, counted in micro-tiles, into a few slices per thread: when a
+    // thread is descheduled (a busy machine), the others take its remaining slices. The count
+    // is a multiple of the threads (3 slices on 2 threads would leave one thread a third idle).
+    const int64_t row_tiles = (g.m + MR - 1) / MR;
+    const int64_t tiles = std::max(row_tiles, col_tiles);
+    const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(tiles / 4, kSlicesPerThread * threads) / threads);
+    gemm_split(g, row_tiles >= col_tiles, static_cast<int>(slices * threads), threads);
     return;
   }
-  parallel_for(plan.parts, run_part, &plan);
+  for (int64_t b = 0; b < g.batch; ++b) {
+    Mat s = matrix(g, b);
+    gemm_serial(s);
+    epilogue(g, s.c, s.ldc, s.m, s.n, 0);
+  }
 }
 
 void sgemm_serial(const float* a, int64_t lda, bool trans_a, const float* b, int64_t ldb,
