@@ -83,6 +83,14 @@ test('training lines carry the peer figure with its PyTorch version and threads,
     assert.equal(train!.peer_torch, '2.13.0+cpu');
     assert.equal(train!.peer_threads, 2);
     assert.equal(train!.ratio, +((train!.tokens_per_s as number) / 250).toFixed(3));
+    // Two rounds at the tiny size, each with a peer run of its own; the line is the lower one.
+    const rounds = train!.rounds as { tokens_per_s: number; peer_tokens_per_s: number; ratio: number }[];
+    assert.equal(rounds.length, 2, JSON.stringify(train));
+    for (const round of rounds) assert.equal(round.ratio, +(round.tokens_per_s / 250).toFixed(3));
+    assert.equal(train!.ratio, Math.min(...rounds.map((x) => x.ratio)));
+    assert.deepEqual(train!.ratio_range, [Math.min(...rounds.map((x) => x.ratio)), Math.max(...rounds.map((x) => x.ratio))]);
+    const peerRuns = readFileSync(join(root, 'bin', 'runs'), 'utf8').trim().split('\n');
+    assert.equal(peerRuns.filter((a) => a.includes('--batch 2')).length, 2, peerRuns.join('\n'));
     assert.equal(train!.gemm_roof_gflops, roof!.gflops);
     assert.ok(Math.abs((train!.mfu as number) - (train!.gflops as number) / (roof!.gflops as number)) < 2e-3, JSON.stringify(train));
     assert.ok(Math.abs((train!.mfu_peer_roof as number) - (train!.gflops as number) / 80) < 2e-3);

@@ -7,6 +7,8 @@
  * shapes in the same run, with `--peer-python` / `PEER_PYTHON`, else the first `python3` on PATH
  * whose PyTorch is 2.x (bench/peer.ts). Lines it applies to get `peer_tokens_per_s`, `ratio`,
  * `peer_torch` and `peer_threads`; when it cannot run, `peer_skipped` says why. `--no-peer` skips it.
+ * Each training shape runs three rounds, the project's steps then a fresh peer run: its line is
+ * the round of median ratio, with `rounds` (every round's figures) and `ratio_range`.
  *
  * `--tiny` runs every benchmark at a size that takes seconds (for tests; figures meaningless).
  */
@@ -47,10 +49,10 @@ class Ctx {
     private readonly peerPython: string | undefined,
   ) {}
 
-  /** The peer's figures on `shape`, or why there are none (the reason is printed once). */
-  peer(shape: ShapeName): PeerFigures | { skipped: string } {
+  /** The peer's figures on `shape`, or why there are none (the reason is printed once); `fresh` runs it again. */
+  peer(shape: ShapeName, fresh = false): PeerFigures | { skipped: string } {
     const hit = this.figures.get(shape);
-    if (hit) return hit;
+    if (hit && !(fresh && !('skipped' in hit))) return hit;
     let out: PeerFigures | { skipped: string };
     const found = this.found();
     if ('skipped' in found) out = found;
@@ -80,8 +82,8 @@ class Ctx {
   }
 
   /** Adds the peer's figure `pick(peer)` beside `line[key]`: the figure, the ratio, PyTorch's version and threads. */
-  compare(line: Line, shape: ShapeName, key: string, pick: (p: PeerFigures) => number | undefined): void {
-    const p = this.peer(shape);
+  compare(line: Line, shape: ShapeName, key: string, pick: (p: PeerFigures) => number | undefined, fresh = false): void {
+    const p = this.peer(shape, fresh);
     if ('skipped' in p) {
       line.peer_skipped = p.skipped;
       return;
@@ -96,6 +98,9 @@ class Ctx {
   }
 }
 
+/** Alternating rounds (project, then peer) per training shape; the line is the median round. */
+const trainRounds = (tiny: boolean) => (tiny ? 2 : 3);
+
 const BENCHES: Bench[] = [
   {
     name: 'train',
@@ -108,15 +113,26 @@ const BENCHES: Bench[] = [
       ctx.compare(roofLine, shapes[0]!, 'gflops', (p) => p.gemm_gflops);
       const out: Line[] = [roofLine];
       for (const shape of shapes) {
-        const line = await benchTrain(shape, { gemmGflops: roof.gflops, ...(ctx.tiny ? { steps: 2 } : {}) });
-        ctx.compare(line, shape, 'tokens_per_s', (p) => p.train_tokens_per_s);
-        const peer = ctx.peer(shape);
-        if (!('skipped' in peer)) {
-          const flops = trainFlopsPerToken(shape, line.params as number);
-          line.mfu_peer_roof = +((line.gflops as number) / peer.gemm_gflops).toFixed(3);
-          line.peer_mfu = +((peer.train_tokens_per_s * flops) / 1e9 / peer.gemm_gflops).toFixed(3);
-          line.peer_gemm_gflops = peer.gemm_gflops;
+        // Rounds of the project's steps then the peer's, alternating: the line is the round of
+        // median ratio (both figures from one round), with every round's figures beside it.
+        const rounds: Line[] = [];
+        for (let r = 0; r < trainRounds(ctx.tiny); r++) {
+          const line = await benchTrain(shape, { gemmGflops: roof.gflops, ...(ctx.tiny ? { steps: 2 } : {}) });
+          ctx.compare(line, shape, 'tokens_per_s', (p) => p.train_tokens_per_s, r > 0);
+          const peer = ctx.peer(shape);
+          if (!('skipped' in peer)) {
+            const flops = trainFlopsPerToken(shape, line.params as number);
+            line.mfu_peer_roof = +((line.gflops as number) / peer.gemm_gflops).toFixed(3);
+            line.peer_mfu = +((peer.train_tokens_per_s * flops) / 1e9 / peer.gemm_gflops).toFixed(3);
+            line.peer_gemm_gflops = peer.gemm_gflops;
+          }
+          rounds.push(line);
         }
+        const key = (l: Line) => (l.ratio ?? l.tokens_per_s) as number;
+        const sorted = [...rounds].sort((a, b) => key(a) - key(b));
+        const line = sorted[Math.floor((sorted.length - 1) / 2)]!;
+        line.rounds = rounds.map((l) => ({ tokens_per_s: l.tokens_per_s, ...(l.ratio !== undefined ? { peer_tokens_per_s: l.peer_tokens_per_s, ratio: l.ratio } : {}) }));
+        if (line.ratio !== undefined) line.ratio_range = [key(sorted[0]!), key(sorted[sorted.length - 1]!)];
         out.push(line);
       }
       return out;
