@@ -467,9 +467,11 @@ void gemm_split(const GemmArgs& g, bool by_rows, int parts, int threads) {
   sp.group = std::max<int64_t>(1, (panels + want - 1) / want);
   sp.groups = (panels + sp.group - 1) / sp.group;
   sp.shared = shared_pack_buffer.ensure(g.k * sp.pad);
+  // One operand broadcast over the batch (stride 0) is packed once for all of its matrices.
+  const bool one_shared = (by_rows ? g.stride_b : g.stride_a) == 0;
   for (int64_t b = 0; b < g.batch; ++b) {
     sp.s = matrix(g, b);
-    parallel_for(static_cast<int>(blocks * sp.groups), pack_shared, &sp);
+    if (b == 0 || !one_shared) parallel_for(static_cast<int>(blocks * sp.groups), pack_shared, &sp);
     parallel_for(parts, run_slice, &sp);
   }
 }
