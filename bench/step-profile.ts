@@ -5,7 +5,8 @@
  *
  * Classes:
  * - `matmul`: matrix products of rank 2 (the linear layers and the LM head, forward and backward,
- *   `NkLinear` included);
+ *   `NkLinear` included, and `NkLinearGrad`, a linear layer's three gradients in one kernel, its
+ *   bias's column sum with them);
  * - `attention`: every kernel on the per-head tensors (rank 4, or a batched product of rank 3):
  *   QKᵀ, scale, mask, softmax, ·V, the head transposes and their gradients, and any kernel
  *   whose name says attention (a fused one);
