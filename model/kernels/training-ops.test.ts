@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import { wasmWithNativeAddon } from './test-support.ts';
 import { registerNativeKernels, unregisterNativeKernels } from './native-kernels.ts';
-import { fusedEmbed, registerTrainingOps, trainingOpsAvailable, unregisterTrainingOps } from './training-ops.ts';
+import { fusedEmbed, fusedLinear, registerTrainingOps, trainingOpsAvailable, unregisterTrainingOps } from './training-ops.ts';
 import { GPT, type ForwardPath, type GPTConfig } from '../gpt.ts';
 import { AdamW } from '../adamw.ts';
 import { maskedCrossEntropy, tokenLogProbs } from '../losses.ts';
@@ -217,6 +217,24 @@ test('the fused log-probabilities and their gradient match the tfjs ops, and bad
   const bad = tf.tensor1d(new Array(37).fill(45), 'int32');
   assert.throws(() => tokenLogProbs(logits, bad), /target 45 outside \[0, 45\)/);
   tf.dispose([logits, targets, weights, value, grad, refValue!, refGrad!, bad]);
+});
+
+// NkLinearGrad at sizes whose weight gradient runs on one thread, in row slices, in column
+// slices, and over a depth of a few rows.
+test('a linear layer\'s three gradients, from one kernel, match plain products and a column sum', () => {
+  for (const [n, cin, cout] of [[40, 24, 30], [600, 300, 260], [600, 40, 700], [5, 700, 300]] as const) {
+    tf.tidy(() => {
+      const x = tf.randomNormal([n, cin], 0, 1, 'float32', n) as tf.Tensor2D;
+      const w = tf.randomNormal([cin, cout], 0, 1, 'float32', cin) as tf.Tensor2D;
+      const b = tf.randomNormal([cout], 0, 1, 'float32', cout) as tf.Tensor1D;
+      const dy = tf.randomNormal([n, cout], 0, 1, 'float32', 7) as tf.Tensor2D;
+      const [dx, dw, db] = tf.grads((xx: tf.Tensor, ww: tf.Tensor, bb: tf.Tensor) => fusedLinear(xx as tf.Tensor2D, ww as tf.Tensor2D, bb as tf.Tensor1D))([x, w, b], dy);
+      const label = `${n}x${cin} -> ${cout}`;
+      assertClose(dx!.dataSync() as Float32Array, tf.matMul(dy, w, false, true).dataSync() as Float32Array, `${label} dx`, 1e-5);
+      assertClose(dw!.dataSync() as Float32Array, tf.matMul(x, dy, true, false).dataSync() as Float32Array, `${label} dw`, 1e-5);
+      assertClose(db!.dataSync() as Float32Array, tf.sum(dy, 0).dataSync() as Float32Array, `${label} db`, 1e-5);
+    });
+  }
 });
 
 test('the fused embedding rejects a token id outside the vocabulary', () => {
