@@ -364,7 +364,7 @@ void run_part(void* ctx, int t) {
   }
 }
 
-// One matrix split between threads by rows (kRows) or columns (kCols) of C. The operand every
+// One matrix split between threads by rows or by columns of C. The operand every
 // slice needs whole (B for row slices, A for column slices) is packed once, its panels shared by
 // the slices, rather than packed again by each: the slices then pack only their own part of the
 // other operand. Two jobs: the shared panels (tasks over depth blocks and panel groups), then
