@@ -213,6 +213,19 @@ inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __r
   }
 }
 
+// The micro-tiles of one packed block: C[ic, ic+mc) x [jc, jc+nc) (+)= the A panels (panel ir at
+// ap + ir * kc) times the B panels (panel jr at bp + jr * kc).
+inline void block_tiles(const Mat& s, int64_t kc, const float* ap, const float* bp, int64_t ic, int64_t mc,
+                        int64_t jc, int64_t nc, bool accumulate) {
+  for (int64_t jr = 0; jr < nc; jr += NR) {
+    const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
+    for (int64_t ir = 0; ir < mc; ir += MR) {
+      const int mr = static_cast<int>(std::min<int64_t>(MR, mc - ir));
+      micro_kernel(kc, ap + ir * kc, bp + jr * kc, s.c + (ic + ir) * s.ldc + jc + jr, s.ldc, accumulate, mr, nr);
+    }
+  }
+}
+
 void gemm_few_rows(const Mat& s);
 
 void gemm_serial(const Mat& s) {
@@ -238,14 +251,7 @@ void gemm_serial(const Mat& s) {
       for (int64_t ic = 0; ic < s.m; ic += MC) {
         const int64_t mc = std::min(MC, s.m - ic);
         pack_a(s, ic, pc, mc, kc, ap);
-        for (int64_t jr = 0; jr < nc; jr += NR) {
-          const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
-          for (int64_t ir = 0; ir < mc; ir += MR) {
-            const int mr = static_cast<int>(std::min<int64_t>(MR, mc - ir));
-            micro_kernel(kc, ap + ir * kc, bp + jr * kc, s.c + (ic + ir) * s.ldc + jc + jr, s.ldc,
-                         pc > 0, mr, nr);
-          }
-        }
+        block_tiles(s, kc, ap, bp, ic, mc, jc, nc, pc > 0);
       }
     }
   }
@@ -416,14 +422,7 @@ void run_slice(void* ctx, int t) {
         for (int64_t ic = lo; ic < hi; ic += MC) {
           const int64_t mc = std::min(MC, hi - ic);
           pack_a(s, ic, pc, mc, kc, ap);
-          for (int64_t jr = 0; jr < nc; jr += NR) {
-            const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
-            for (int64_t ir = 0; ir < mc; ir += MR) {
-              const int mr = static_cast<int>(std::min<int64_t>(MR, mc - ir));
-              micro_kernel(kc, ap + ir * kc, bp + jr * kc, s.c + (ic + ir) * s.ldc + jc + jr,
-                           s.ldc, pc > 0, mr, nr);
-            }
-          }
+          block_tiles(s, kc, ap, bp, ic, mc, jc, nc, pc > 0);
         }
       }
     }
@@ -438,15 +437,7 @@ void run_slice(void* ctx, int t) {
       pack_b(s, pc, jc, kc, nc, bp);
       const float* ap = sp.shared + pc * sp.pad;
       for (int64_t ic = 0; ic < s.m; ic += MC) {
-        const int64_t mc = std::min(MC, s.m - ic);
-        for (int64_t jr = 0; jr < nc; jr += NR) {
-          const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
-          for (int64_t ir = 0; ir < mc; ir += MR) {
-            const int mr = static_cast<int>(std::min<int64_t>(MR, mc - ir));
-            micro_kernel(kc, ap + (ic + ir) * kc, bp + jr * kc, s.c + (ic + ir) * s.ldc + jc + jr,
-                         s.ldc, pc > 0, mr, nr);
-          }
-        }
+        block_tiles(s, kc, ap + ic * kc, bp, ic, std::min(MC, s.m - ic), jc, nc, pc > 0);
       }
     }
   }
